@@ -1,0 +1,1 @@
+"""auditmesh: a tamper-evident audit trail for service-to-service calls."""
