@@ -1,0 +1,52 @@
+"""`auditmesh` entry point: builds the argument parser from the command-group modules.
+
+Each group module exposes ``register(subparsers)``; a registered command sets
+``func=callable(args) -> int`` (the exit code) with ``parser.set_defaults``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Command-group modules under auditmesh.cli, in the order `--help` lists them.
+GROUPS: tuple[str, ...] = ()
+
+
+class UserError(Exception):
+    """A problem the person at the keyboard can fix; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auditmesh",
+        description="Tamper-evident audit trail for service-to-service calls.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in GROUPS:
+        module = importlib.import_module(f"auditmesh.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        code: int = func(args)
+    except UserError as exc:
+        print(f"auditmesh: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
