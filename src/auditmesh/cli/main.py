@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Command-group modules under auditmesh.cli, in the order `--help` lists them.
-GROUPS: tuple[str, ...] = ()
+GROUPS: tuple[str, ...] = ("ca",)
 
 
 class UserError(Exception):

@@ -1,0 +1,144 @@
+"""`auditmesh ca ...`: create the mesh CA, mint join tokens, issue SVIDs by hand, print the bundle.
+
+Its place in the house: the operator's handle on ``auditmesh.identity``; all logic lives there,
+this module only parses arguments, reads the clock and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from auditmesh.cli.main import UserError
+from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, init_ca
+from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
+from auditmesh.identity.tokens import DEFAULT_TOKEN_TTL, JoinTokens, TokenStoreError, parse_ttl
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("ca", help="the mesh CA: init, join tokens, SVIDs, trust bundle")
+    commands = parser.add_subparsers(title="ca commands", metavar="COMMAND", required=True)
+
+    init = commands.add_parser("init", help="create the mesh CA (ECDSA P-256)")
+    init.add_argument("--trust-domain", required=True, help="e.g. cluster.local")
+    _data_arg(init)
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.set_defaults(func=_cmd_init)
+
+    token = commands.add_parser("token", help="mint a one-time join token for one SPIFFE ID")
+    token.add_argument("--id", required=True, help="spiffe://TD/ns/NAMESPACE/sa/ACCOUNT")
+    token.add_argument(
+        "--ttl", default=_show_duration(DEFAULT_TOKEN_TTL), help="validity, e.g. 10m (default)"
+    )
+    _data_arg(token)
+    token.set_defaults(func=_cmd_token)
+
+    issue = commands.add_parser("issue", help="sign an X.509-SVID for a CSR (PEM)")
+    issue.add_argument("--id", required=True, help="the SPIFFE ID to put in the SVID")
+    issue.add_argument("--csr", required=True, type=Path, help="PEM CSR file")
+    issue.add_argument(
+        "--ttl", default=_show_duration(DEFAULT_SVID_TTL), help="validity (default 24h)"
+    )
+    issue.add_argument("--out", type=Path, help="write the certificate here (default stdout)")
+    _data_arg(issue)
+    issue.set_defaults(func=_cmd_issue)
+
+    bundle = commands.add_parser("bundle", help="print the trust bundle (PEM)")
+    _data_arg(bundle)
+    bundle.set_defaults(func=_cmd_bundle)
+
+
+def _data_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="auditmesh data directory")
+
+
+def _show_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _load_ca(data: Path) -> MeshCA:
+    try:
+        return MeshCA.load(data)
+    except CAError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _workload_id(text: str, ca: MeshCA) -> SpiffeId:
+    try:
+        spiffe_id = parse(text)
+    except SpiffeIdError as exc:
+        raise UserError(str(exc)) from exc
+    if not spiffe_id.member_of(ca.trust_domain):
+        raise UserError(
+            f"{spiffe_id} is not in this CA's trust domain {ca.trust_domain!r}; "
+            f"use spiffe://{ca.trust_domain}/..."
+        )
+    if not spiffe_id.path:
+        raise UserError(f"{spiffe_id} names no workload; add a path such as /ns/NS/sa/SA")
+    return spiffe_id
+
+
+def _ttl(text: str) -> timedelta:
+    try:
+        return parse_ttl(text)
+    except ValueError as exc:
+        raise UserError(f"--ttl: {exc}") from exc
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    try:
+        ca = init_ca(args.data, args.trust_domain, now=_now(), force=args.force)
+    except (CAError, SpiffeIdError) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"mesh CA for trust domain {ca.trust_domain} created in {args.data / 'ca'}")
+    print(f"root certificate sha256 {ca.fingerprint}")
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    ca = _load_ca(args.data)
+    spiffe_id = _workload_id(args.id, ca)
+    ttl = _ttl(args.ttl)
+    now = _now()
+    try:
+        token = JoinTokens(args.data).mint(spiffe_id, now=now, ttl=ttl)
+    except TokenStoreError as exc:
+        raise UserError(str(exc)) from exc
+    print(token)
+    expires = (now + ttl).isoformat(timespec="seconds")
+    print(f"one-time join token for {spiffe_id}, expires {expires}", file=sys.stderr)
+    return 0
+
+
+def _cmd_issue(args: argparse.Namespace) -> int:
+    ca = _load_ca(args.data)
+    spiffe_id = _workload_id(args.id, ca)
+    ttl = _ttl(args.ttl)
+    try:
+        csr_pem = args.csr.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the CSR: {exc}") from exc
+    try:
+        cert_pem = ca.issue_svid(csr_pem, spiffe_id, ttl, now=_now())
+    except CAError as exc:
+        raise UserError(str(exc)) from exc
+    if args.out is None:
+        sys.stdout.write(cert_pem.decode())
+    else:
+        args.out.write_bytes(cert_pem)
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    sys.stdout.write(_load_ca(args.data).trust_bundle().decode())
+    return 0
