@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import msgspec
 from msgspec import Meta, Struct
@@ -50,8 +50,12 @@ LabelKey = Annotated[
 LabelValue = Annotated[str, Meta(max_length=1024)]
 
 
-class UnixNanos(int):
-    """Nanoseconds since the Unix epoch; written to JSON as a decimal string."""
+if TYPE_CHECKING:  # callers pass plain ints; __post_init__ wraps them
+    UnixNanos = int
+else:
+
+    class UnixNanos(int):
+        """Nanoseconds since the Unix epoch; written to JSON as a decimal string."""
 
 
 class _Part(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):

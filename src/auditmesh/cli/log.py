@@ -1,0 +1,175 @@
+"""`auditmesh log checkpoint | prove | verify`: the ledger from an auditor's seat."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from auditmesh.cli.main import UserError
+from auditmesh.client import RemoteLog, ServerError
+from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.ledger.errors import VerificationError
+from auditmesh.ledger.note import Verifier
+from auditmesh.ledger.tlogproof import TlogProof
+from auditmesh.ledger.verify import LogReader, verify_log
+from auditmesh.store.base import StoreError, StoreReader
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("log", help="inspect, prove and verify the ledger")
+    log_sub = parser.add_subparsers(title="log commands", metavar="COMMAND", required=True)
+
+    cp = log_sub.add_parser("checkpoint", help="print the latest signed checkpoint")
+    _add_source(cp)
+    cp.set_defaults(func=run_checkpoint)
+
+    prove = log_sub.add_parser("prove", help="write a C2SP tlog-proof for one event")
+    prove.add_argument("event_id", metavar="EVENT_ID")
+    prove.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    prove.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    prove.set_defaults(func=run_prove)
+
+    verify = log_sub.add_parser(
+        "verify",
+        help="recompute the whole log and check every checkpoint",
+        description=(
+            "Recompute every leaf from the stored events, rebuild the tree, check every "
+            "checkpoint's signature and root. Exit 0 only when everything verifies."
+        ),
+    )
+    _add_source(verify)
+    verify.add_argument(
+        "--key", help="verifier key to trust (default: the data directory's log.vkey)"
+    )
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(func=run_verify)
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--data", type=Path, help="data directory (default ./auditmesh-data)")
+    group.add_argument("--url", help="a running server, e.g. http://127.0.0.1:7600")
+
+
+def _open(data: Path | None) -> Ledger:
+    try:
+        return open_ledger(data or Path("auditmesh-data"), create=False)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    if args.url:
+        try:
+            remote = RemoteLog(args.url)
+        except ServerError as exc:
+            raise UserError(str(exc)) from None
+        sys.stdout.write(remote.checkpoint_note.decode())
+        remote.close()
+        return 0
+    ledger = _open(args.data)
+    try:
+        latest = ledger.store.latest_checkpoint()
+        if latest is None:
+            raise UserError("the log has no checkpoint yet (the server signs one each second)")
+        sys.stdout.write(latest.note.decode())
+    finally:
+        ledger.close()
+    return 0
+
+
+def run_prove(args: argparse.Namespace) -> int:
+    try:
+        key = uuid.UUID(args.event_id).bytes
+    except ValueError:
+        raise UserError(f"{args.event_id!r} is not an event id (a UUID)") from None
+    ledger = _open(args.data)
+    try:
+        stored = ledger.store.event_by_id(key)
+        if stored is None:
+            raise UserError(f"no event {args.event_id} in {ledger.data_dir}")
+        latest = ledger.store.latest_checkpoint()
+        if latest is None or latest.size <= stored.index:
+            raise UserError(
+                f"event {args.event_id} (index {stored.index}) is not covered by a checkpoint "
+                "yet; the server signs one each second while it runs"
+            )
+        proof = ledger.log.inclusion_proof(stored.index, latest.size)
+        text = TlogProof(stored.index, tuple(proof), latest.note, None).encode()
+    finally:
+        ledger.close()
+    if args.output:
+        args.output.write_bytes(text)
+        print(
+            f"wrote the proof of index {stored.index} at tree size {latest.size} to {args.output}"
+        )
+    else:
+        sys.stdout.write(text.decode())
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    with ExitStack() as stack:
+        reader: LogReader
+        if args.url:
+            try:
+                remote = RemoteLog(args.url)
+            except ServerError as exc:
+                raise UserError(str(exc)) from None
+            stack.callback(remote.close)
+            reader, where = remote, args.url
+            if not args.key:
+                raise UserError("with --url, give the verifier key to trust with --key")
+            vkey = args.key
+        else:
+            try:
+                ledger = open_ledger(args.data or Path("auditmesh-data"), create=False)
+            except StoreError as exc:
+                console.print(f"[bold red]FAILED[/]: cannot read the log: {exc}")
+                return 1
+            stack.callback(ledger.close)
+            reader, where = StoreReader(ledger.store), str(ledger.data_dir)
+            vkey = args.key or ledger.vkey
+        try:
+            verifier = Verifier.from_vkey(vkey.strip())
+        except ValueError as exc:
+            raise UserError(f"bad verifier key: {exc}") from None
+        progress = Progress(
+            TextColumn("verifying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=args.quiet,
+        )
+        with progress:
+            task = progress.add_task("verify", total=None)
+            try:
+                report = verify_log(
+                    reader,
+                    verifier,
+                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
+            except VerificationError as exc:
+                console.print(f"[bold red]FAILED[/]: {where}: {exc}")
+                return 1
+            except (ServerError, StoreError, ValueError, OSError) as exc:
+                console.print(f"[bold red]FAILED[/]: {where}: cannot read the log: {exc}")
+                return 1
+            except Exception as exc:  # a damaged database file surfaces as sqlite3 errors
+                console.print(f"[bold red]FAILED[/]: {where}: {type(exc).__name__}: {exc}")
+                return 1
+    latest = report.latest
+    root = "(no checkpoint)" if latest is None else latest.root_hash.hex()
+    print(
+        f"OK: {report.size} entries recomputed, {report.checkpoints} checkpoint(s) verified "
+        f"with {verifier.name}; latest root {root}"
+    )
+    return 0

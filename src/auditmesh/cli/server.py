@@ -1,0 +1,48 @@
+"""`auditmesh server`: run the collector, the ledger and the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from auditmesh.cli.main import UserError
+from auditmesh.server.run import parse_listen, serve
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "server",
+        help="run the audit server (API, ledger, tlog-tiles)",
+        description="Run the audit server on the data directory's ledger.",
+    )
+    parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    parser.add_argument("--listen", default="127.0.0.1:7600", help="HOST:PORT to serve on")
+    parser.add_argument("--origin", help="log origin for a new ledger (default: host name)")
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="sign a checkpoint at most this often while the log grows (default 1)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.checkpoint_interval <= 0:
+        raise UserError("--checkpoint-interval must be a positive number of seconds")
+    try:
+        serve(
+            args.data,
+            host,
+            port,
+            origin=args.origin,
+            checkpoint_interval_s=args.checkpoint_interval,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return 0

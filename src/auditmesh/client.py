@@ -1,0 +1,70 @@
+"""Client of a running `auditmesh server`: the API and the tlog-tiles tree it serves.
+
+`RemoteLog` is a `verify.LogReader` over C2SP tlog-tiles, so `log verify --url` checks a
+server exactly as it checks a local data directory, trusting nothing it is sent.
+The transport is httpx's, so tests can hand in any httpx transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+
+from auditmesh.ledger import tiles
+from auditmesh.ledger.checkpoint import Checkpoint
+
+
+class ServerError(Exception):
+    """The server answered with an error or could not be reached."""
+
+
+def _get(client: httpx.Client, path: str) -> bytes:
+    try:
+        response = client.get(path)
+    except httpx.HTTPError as exc:
+        raise ServerError(f"cannot reach {client.base_url}: {exc}") from exc
+    if response.status_code != 200:
+        raise ServerError(f"GET {path}: {response.status_code} {response.text.strip()}")
+    return response.content
+
+
+class RemoteLog:
+    """The log behind `/log/` at `base_url`, frozen at the checkpoint read on creation."""
+
+    def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None) -> None:
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), transport=transport, timeout=30)
+        self.checkpoint_note = _get(self._client, "/log/checkpoint")
+        text = self.checkpoint_note.decode(errors="replace")
+        self.checkpoint = Checkpoint.parse(text.split("\n\n", 1)[0] + "\n")
+
+    def close(self) -> None:
+        self._client.close()
+
+    def size(self) -> int:
+        return self.checkpoint.size
+
+    def checkpoint_notes(self) -> list[bytes]:
+        return [self.checkpoint_note]
+
+    def read_tile(self, level: int, index: int) -> bytes:
+        count = self.checkpoint.size >> (tiles.TILE_HEIGHT * level)
+        full, partial = divmod(count, tiles.TILE_WIDTH)
+        if index < full:
+            return _get(self._client, "/log/" + tiles.tile_path(level, index))
+        if index == full and partial:
+            return _get(self._client, "/log/" + tiles.tile_path(level, index, partial))
+        return b""
+
+    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        end = min(end, self.checkpoint.size)
+        first = start // tiles.TILE_WIDTH
+        for bundle in range(first, (end + tiles.TILE_WIDTH - 1) // tiles.TILE_WIDTH):
+            base = bundle * tiles.TILE_WIDTH
+            width = min(tiles.TILE_WIDTH, self.checkpoint.size - base)
+            path = tiles.entries_path(bundle, None if width == tiles.TILE_WIDTH else width)
+            bundle_data = _get(self._client, "/log/" + path)
+            for offset, data in enumerate(tiles.decode_entry_bundle(bundle_data)):
+                index = base + offset
+                if start <= index < end:
+                    yield index, data

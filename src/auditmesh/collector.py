@@ -1,0 +1,153 @@
+"""The collector: admits validated events into the log, answering only after commit.
+
+Producers (the HTTP API, ingest adapters, the server's own audit records) call `submit`
+from any thread or `submit_async` from the event loop. One sequencer thread drains the
+queue, appends everything waiting in one durable transaction (group commit), then
+resolves each caller's future with its indices. The same thread signs a checkpoint at
+most every `checkpoint_interval_ns` while the log grows, and once more on `stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+
+from auditmesh.events import AuditEvent, canonical_bytes
+from auditmesh.ledger.log import Entry, Log, StoredCheckpoint
+from auditmesh.store.base import columns_of, event_key
+
+MAX_GROUP_EVENTS = 50_000
+
+_Job = tuple[list[Entry], "Future[list[int]]"]
+
+
+def entry_of(event: AuditEvent) -> Entry:
+    return Entry(event_key(event.id), canonical_bytes(event), columns_of(event))
+
+
+class CollectorStopped(RuntimeError):
+    """The collector is shutting down and takes no more events."""
+
+
+class Collector:
+    def __init__(
+        self,
+        log: Log,
+        *,
+        checkpoint_interval_ns: int = 1_000_000_000,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.log = log
+        self._interval = checkpoint_interval_ns
+        self._monotonic_ns = monotonic_ns
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="auditmesh-sequencer")
+        self._stopping = False
+        self._checkpoint_waiters: list[tuple[int, Future[StoredCheckpoint]]] = []
+        self._waiters_lock = threading.Lock()
+        self.failure: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what was submitted, sign a last checkpoint, and end the thread."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def submit(self, events: Sequence[AuditEvent]) -> Future[list[int]]:
+        return self.submit_entries([entry_of(e) for e in events])
+
+    def submit_entries(self, entries: list[Entry]) -> Future[list[int]]:
+        future: Future[list[int]] = Future()
+        if self._stopping or self.failure is not None:
+            future.set_exception(CollectorStopped("the collector is not accepting events"))
+            return future
+        self._queue.put((entries, future))
+        return future
+
+    async def submit_async(self, events: Sequence[AuditEvent]) -> list[int]:
+        return await asyncio.wrap_future(self.submit(events))
+
+    def checkpoint_covering(self, size: int) -> Future[StoredCheckpoint]:
+        """A future for the first signed checkpoint whose size is at least `size`."""
+        future: Future[StoredCheckpoint] = Future()
+        latest = self.log.latest_checkpoint()
+        if latest is not None and latest.size >= size:
+            future.set_result(latest)
+            return future
+        with self._waiters_lock:
+            self._checkpoint_waiters.append((size, future))
+        return future
+
+    # -- the sequencer thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        last_checkpoint = self._monotonic_ns()
+        stop = False
+        while not stop:
+            due = last_checkpoint + self._interval - self._monotonic_ns()
+            jobs, stop = self._take(timeout=max(due, 0) / 1e9)
+            if jobs:
+                self._commit(jobs)
+            if stop or self._monotonic_ns() - last_checkpoint >= self._interval:
+                self._checkpoint()
+                last_checkpoint = self._monotonic_ns()
+
+    def _take(self, timeout: float) -> tuple[list[_Job], bool]:
+        jobs: list[_Job] = []
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return jobs, False
+        if first is None:
+            return jobs, True
+        jobs.append(first)
+        count = len(first[0])
+        while count < MAX_GROUP_EVENTS:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            count += len(job[0])
+        return jobs, False
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        entries = [entry for batch, _ in jobs for entry in batch]
+        try:
+            indices = self.log.append(entries)
+        except BaseException as exc:  # nothing was committed: every caller hears why
+            self.failure = exc
+            for _, future in jobs:
+                future.set_exception(exc)
+            return
+        offset = 0
+        for batch, future in jobs:
+            future.set_result(indices[offset : offset + len(batch)])
+            offset += len(batch)
+
+    def _checkpoint(self) -> None:
+        try:
+            self.log.checkpoint()
+        except BaseException as exc:
+            self.failure = exc
+            return
+        latest = self.log.latest_checkpoint()
+        if latest is None:
+            return
+        with self._waiters_lock:
+            waiting = self._checkpoint_waiters
+            self._checkpoint_waiters = [(s, f) for s, f in waiting if s > latest.size]
+        for size, future in waiting:
+            if size <= latest.size:
+                future.set_result(latest)

@@ -1,0 +1,75 @@
+"""The data directory: the store, the log's signing key and its origin, opened together.
+
+Layout (everything a backup needs):
+    DIR/ledger.db         events, tiles and checkpoints (SQLite, WAL)
+    DIR/keys/log.skey     checkpoint signing key, note format, mode 0600
+    DIR/keys/log.vkey     its verifier key, to hand to auditors
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from auditmesh.ledger.log import Log
+from auditmesh.ledger.note import Signer, Verifier, generate_key
+from auditmesh.store.sqlite import SQLiteStore
+
+ORIGIN_META = "origin"
+
+
+@dataclass(frozen=True)
+class Ledger:
+    data_dir: Path
+    store: SQLiteStore
+    log: Log
+
+    @property
+    def vkey(self) -> str:
+        return (self.data_dir / "keys" / "log.vkey").read_text().strip()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def default_origin() -> str:
+    """C2SP tlog-checkpoint origin: a schema-less URL naming this log."""
+    host = socket.gethostname().split(".")[0].lower() or "localhost"
+    return f"auditmesh.local/{host}"
+
+
+def open_ledger(data_dir: Path, *, origin: str | None = None, create: bool = True) -> Ledger:
+    """Open (or, with `create`, initialise) the ledger in `data_dir`."""
+    data_dir = Path(data_dir)
+    store = SQLiteStore(data_dir, create=create)
+    stored_origin = store.get_meta(ORIGIN_META)
+    if stored_origin is None:
+        stored_origin = origin or default_origin()
+        store.set_meta(ORIGIN_META, stored_origin)
+    elif origin is not None and origin != stored_origin:
+        store.close()
+        raise ValueError(
+            f"{data_dir} holds the log {stored_origin!r}; it cannot be reopened as {origin!r}"
+        )
+    signer, verifier = _load_or_create_keys(data_dir / "keys", stored_origin)
+    log = Log(store, signer, verifier, stored_origin, time.time_ns)
+    return Ledger(data_dir, store, log)
+
+
+def _load_or_create_keys(key_dir: Path, name: str) -> tuple[Signer, Verifier]:
+    skey_path, vkey_path = key_dir / "log.skey", key_dir / "log.vkey"
+    if not skey_path.exists():
+        key_dir.mkdir(parents=True, exist_ok=True)
+        skey, vkey = generate_key(name)
+        fd = os.open(skey_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(skey + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        vkey_path.write_text(vkey + "\n")
+    signer = Signer.from_skey(skey_path.read_text().strip())
+    verifier = Verifier.from_vkey(vkey_path.read_text().strip())
+    return signer, verifier

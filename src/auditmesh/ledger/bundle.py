@@ -1,0 +1,175 @@
+"""Evidence bundles: selected log entries with their proofs, verifiable fully offline.
+
+A bundle is a zip file an auditor can open with any tool:
+
+    README.md                    what this is and how to check it
+    manifest.json                origin, tree size, and one row per entry
+    checkpoint                   the signed checkpoint (C2SP tlog-checkpoint, signed-note)
+    log.vkey                     the log's verifier key (note format), for reference only
+    entries/<index>.json         the exact leaf data (the event's RFC 8785 bytes)
+    proofs/<index>.tlog-proof    C2SP tlog-proof of that entry against the checkpoint
+
+`verify_bundle` trusts only the verifier key it is given, never the one inside.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
+
+from auditmesh.ledger.checkpoint import Checkpoint
+from auditmesh.ledger.errors import VerificationError
+from auditmesh.ledger.note import Verifier
+from auditmesh.ledger.tlogproof import TlogProof, verify_tlog_proof
+
+FORMAT = "auditmesh-bundle/v1"
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BundleEntry:
+    index: int
+    data: bytes
+    proof: TlogProof
+
+
+class ManifestRow(msgspec.Struct, frozen=True):
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    entry: str
+    proof: str
+
+
+class Manifest(msgspec.Struct, frozen=True):
+    format: str
+    origin: str
+    tree_size: Annotated[int, msgspec.Meta(ge=0)]
+    entries: list[ManifestRow]
+
+
+@dataclass(frozen=True, slots=True)
+class BundleReport:
+    origin: str
+    tree_size: int
+    indices: tuple[int, ...]
+    key_matches_bundled: bool
+
+
+README = """# auditmesh evidence bundle
+
+This archive holds {count} audit event(s) from the log `{origin}`, each with a proof that it
+is entry number N of the log whose signed checkpoint (tree size {size}) is in `checkpoint`.
+
+Check it offline, with the verifier key you obtained from the log operator (not the
+copy in this archive):
+
+    auditmesh bundle verify THIS_FILE.zip --key 'NAME+HASH+KEY'
+
+By hand: for each `entries/N.json`, the leaf hash is SHA-256(0x00 || file bytes)
+(RFC 9162 §2.1.1); `proofs/N.tlog-proof` (https://c2sp.org/tlog-proof) holds the audit
+path and the checkpoint; verify the path up to the checkpoint's root (RFC 9162 §2.1.3.2)
+and the checkpoint's Ed25519 signature (https://c2sp.org/signed-note).
+"""
+
+
+def create_bundle(
+    entries: Sequence[BundleEntry], checkpoint_note: bytes, checkpoint: Checkpoint, vkey: str
+) -> bytes:
+    manifest = Manifest(
+        FORMAT,
+        checkpoint.origin,
+        checkpoint.size,
+        [ManifestRow(e.index, f"entries/{e.index}.json", _proof_name(e.index)) for e in entries],
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        readme = README.format(count=len(entries), origin=checkpoint.origin, size=checkpoint.size)
+        archive.writestr("README.md", readme)
+        archive.writestr("manifest.json", msgspec.json.format(msgspec.json.encode(manifest)))
+        archive.writestr("checkpoint", checkpoint_note)
+        archive.writestr("log.vkey", vkey + "\n")
+        for entry in entries:
+            archive.writestr(f"entries/{entry.index}.json", entry.data)
+            archive.writestr(_proof_name(entry.index), entry.proof.encode())
+    return buffer.getvalue()
+
+
+def _proof_name(index: int) -> str:
+    return f"proofs/{index}.tlog-proof"
+
+
+def verify_bundle(data: bytes, verifier: Verifier) -> BundleReport:
+    """Check every entry's proof against the bundle's checkpoint under `verifier`."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise VerificationError(f"not an evidence bundle (zip): {exc}") from None
+    with archive:
+        manifest = _manifest(_read(archive, "manifest.json"))
+        checkpoint_note = _read(archive, "checkpoint")
+        indices: list[int] = []
+        checkpoint: Checkpoint | None = None
+        for row in manifest.entries:
+            index = row.index
+            leaf = _read(archive, f"entries/{index}.json")
+            try:
+                proof = TlogProof.parse(_read(archive, _proof_name(index)))
+            except ValueError as exc:
+                raise VerificationError(f"malformed proof: {exc}", where=f"entry {index}") from None
+            if proof.index != index:
+                raise VerificationError(
+                    "proof is for another entry",
+                    expected=index,
+                    computed=proof.index,
+                    where=_proof_name(index),
+                )
+            if proof.checkpoint_note != checkpoint_note:
+                raise VerificationError(
+                    "proof is against another checkpoint than the bundle's",
+                    where=_proof_name(index),
+                )
+            try:
+                checkpoint = verify_tlog_proof(proof, leaf, verifier, manifest.origin)
+            except VerificationError as exc:
+                raise VerificationError(
+                    f"entry does not verify: {exc}", where=f"entries/{index}.json"
+                ) from exc
+            indices.append(index)
+        if checkpoint is None:
+            raise VerificationError("the bundle holds no entries")
+        if checkpoint.size != manifest.tree_size:
+            raise VerificationError(
+                "manifest tree size differs from the checkpoint",
+                expected=checkpoint.size,
+                computed=manifest.tree_size,
+            )
+        bundled_key = archive.read("log.vkey").decode().strip()
+        return BundleReport(
+            checkpoint.origin, checkpoint.size, tuple(indices), bundled_key == verifier.vkey
+        )
+
+
+def _read(archive: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise VerificationError(f"the bundle lacks {name}") from None
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise VerificationError(f"{name} is implausibly large ({info.file_size} bytes)")
+    return archive.read(info)
+
+
+def _manifest(raw: bytes) -> Manifest:
+    try:
+        manifest = msgspec.json.decode(raw, type=Manifest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise VerificationError(f"manifest.json is not valid: {exc}") from None
+    if manifest.format != FORMAT:
+        raise VerificationError(
+            "manifest.json is not an auditmesh bundle", expected=FORMAT, computed=manifest.format
+        )
+    return manifest

@@ -1,0 +1,190 @@
+"""Full verification of a log, offline: recompute everything, trust nothing stored.
+
+Reads every entry in index order, recomputes its leaf hash (RFC 9162 §2.1.1), compares it
+with the stored level-0 tile, rebuilds the tree with `TreeBuilder` comparing every
+completed level-8k subtree with the stored higher tiles (C2SP tlog-tiles), opens every
+checkpoint with the verifier key (C2SP signed-note) and checks its root against the
+rebuilt tree at its size, so successive checkpoints are consistent by construction. The
+first divergence raises `VerificationError` naming the place, the expected (stored or
+signed) value and the computed one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from auditmesh.ledger import merkle, tiles
+from auditmesh.ledger.checkpoint import Checkpoint, open_checkpoint
+from auditmesh.ledger.errors import VerificationError
+from auditmesh.ledger.note import Verifier
+
+HASH = 32
+
+
+class LogReader(Protocol):
+    """Read access to a log, local (a store) or remote (tlog-tiles over HTTP)."""
+
+    def size(self) -> int: ...
+
+    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]: ...
+
+    def read_tile(self, level: int, index: int) -> bytes: ...
+
+    def checkpoint_notes(self) -> list[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    size: int
+    checkpoints: int
+    latest: Checkpoint | None
+
+
+Progress = Callable[[int, int], None]
+
+
+def verify_log(
+    reader: LogReader,
+    verifier: Verifier,
+    *,
+    origin: str | None = None,
+    progress: Progress | None = None,
+    chunk: int = 65536,
+) -> VerifyReport:
+    checkpoints = _open_checkpoints(reader.checkpoint_notes(), verifier, origin)
+    size = reader.size()
+    if checkpoints and checkpoints[-1].size > size:
+        raise VerificationError(
+            "entries are missing: a signed checkpoint covers more entries than are stored",
+            expected=checkpoints[-1].size,
+            computed=size,
+            where="end of log",
+        )
+    pending = iter(checkpoints)
+    next_cp = next(pending, None)
+    tile_checker = _TileChecker(reader)
+    builder = merkle.TreeBuilder(on_complete=tile_checker.check_subtree)
+    leaf_hash = merkle.leaf_hash
+    expected_index = 0
+    while next_cp is not None and next_cp.size == 0:
+        _check_root(next_cp, merkle.EMPTY_ROOT)
+        next_cp = next(pending, None)
+    for start in range(0, size, chunk):
+        end = min(start + chunk, size)
+        for index, data in reader.entries(start, end):
+            if index != expected_index:
+                raise VerificationError(
+                    "an entry is missing or out of order",
+                    expected=expected_index,
+                    computed=index,
+                    where=f"index {expected_index}",
+                )
+            h = leaf_hash(data)
+            tile_checker.check_leaf(index, h)
+            builder.append(h)
+            expected_index += 1
+            if next_cp is not None and next_cp.size == expected_index:
+                _check_root(next_cp, builder.root())
+                next_cp = next(pending, None)
+        if expected_index != end:
+            raise VerificationError(
+                "an entry is missing", expected=end, computed=expected_index, where=f"index {end}"
+            )
+        if progress is not None:
+            progress(end, size)
+    tile_checker.check_edge(builder)
+    return VerifyReport(size, len(checkpoints), checkpoints[-1] if checkpoints else None)
+
+
+def _open_checkpoints(
+    notes: list[bytes], verifier: Verifier, origin: str | None
+) -> list[Checkpoint]:
+    opened: list[Checkpoint] = []
+    for number, note in enumerate(notes, start=1):
+        try:
+            checkpoint = open_checkpoint(note, verifier, origin)
+        except (VerificationError, ValueError) as exc:
+            raise VerificationError(
+                f"checkpoint does not verify: {exc}", where=f"checkpoint #{number}"
+            ) from exc
+        if opened and checkpoint.size < opened[-1].size:
+            raise VerificationError(
+                "checkpoints are out of order",
+                expected=f"size >= {opened[-1].size}",
+                computed=checkpoint.size,
+                where=f"checkpoint #{number}",
+            )
+        opened.append(checkpoint)
+    return opened
+
+
+def _check_root(checkpoint: Checkpoint, computed: bytes) -> None:
+    if checkpoint.root_hash != computed:
+        raise VerificationError(
+            "the signed checkpoint's root differs from the tree rebuilt from the entries",
+            expected=checkpoint.root_hash,
+            computed=computed,
+            where=f"checkpoint at size {checkpoint.size}",
+        )
+
+
+class _TileChecker:
+    """Compares recomputed hashes with the stored tiles, one tile read at a time."""
+
+    def __init__(self, reader: LogReader) -> None:
+        self._reader = reader
+        self._cached: dict[int, tuple[int, bytes]] = {}  # tile level -> (index, data)
+
+    def _tile(self, level: int, index: int) -> bytes:
+        cached = self._cached.get(level)
+        if cached is None or cached[0] != index:
+            cached = (index, self._reader.read_tile(level, index))
+            self._cached[level] = cached
+        return cached[1]
+
+    def _compare(self, level: int, index: int, computed: bytes, what: str) -> None:
+        tile_index, offset = divmod(index, tiles.TILE_WIDTH)
+        data = self._tile(level, tile_index)
+        stored = data[offset * HASH : (offset + 1) * HASH]
+        if stored != computed:
+            raise VerificationError(
+                f"stored tile hash differs from the hash recomputed from {what}",
+                expected=stored or None,
+                computed=computed,
+                where=f"{tiles.tile_path(level, tile_index)} entry {offset}",
+            )
+
+    def check_leaf(self, index: int, leaf_hash: bytes) -> None:
+        self._compare(0, index, leaf_hash, f"the entry at index {index}")
+
+    def check_subtree(self, level: int, index: int, subtree_hash: bytes) -> None:
+        if level % tiles.TILE_HEIGHT == 0:
+            first = index << level
+            self._compare(
+                level // tiles.TILE_HEIGHT,
+                index,
+                subtree_hash,
+                f"entries {first}..{first + (1 << level) - 1}",
+            )
+
+    def check_edge(self, builder: merkle.TreeBuilder) -> None:
+        """No tile may hold hashes beyond the end of the log."""
+        size = builder.size
+        level = 0
+        while True:
+            width_leaves = 1 << (level * tiles.TILE_HEIGHT)
+            count = size // width_leaves  # complete hashes at this tile level
+            tile_index, used = divmod(count, tiles.TILE_WIDTH)
+            data = self._reader.read_tile(level, tile_index)
+            if len(data) > used * HASH:
+                raise VerificationError(
+                    "a tile holds hashes beyond the end of the log",
+                    expected=used,
+                    computed=len(data) // HASH,
+                    where=tiles.tile_path(level, tile_index),
+                )
+            if count == 0:
+                return
+            level += 1

@@ -1,0 +1,189 @@
+"""HTTP API of `auditmesh server`: routes only; the logic lives in the collector and ledger.
+
+POST /v1/events                    batch in (JSON array or NDJSON), answered after commit
+GET  /v1/events/{id}               the event, its index and inclusion proof
+GET  /v1/proof/inclusion?id=       C2SP tlog-proof for one event
+GET  /v1/proof/consistency?from=&to=
+GET  /log/checkpoint               C2SP tlog-tiles, read-only
+GET  /log/tile/<L>/<N>[.p/<W>]     hash tiles
+GET  /log/tile/entries/<N>[.p/<W>] entry bundles
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.datadir import Ledger
+from auditmesh.events import EventError, decode_batch
+from auditmesh.ledger import tiles
+from auditmesh.ledger.tlogproof import TlogProof
+from auditmesh.store.base import StoredEvent
+
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+CHECKPOINT_WAIT_S = 10.0
+_IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _error(status: int, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Api:
+    def __init__(
+        self, ledger: Ledger, collector: Collector, *, max_batch_bytes: int = MAX_BATCH_BYTES
+    ) -> None:
+        self.ledger = ledger
+        self.store = ledger.store
+        self.collector = collector
+        self.max_batch_bytes = max_batch_bytes
+
+    async def post_events(self, request: Request) -> Response:
+        try:
+            body = await _read_body(request, self.max_batch_bytes)
+        except _TooLarge:
+            return _error(413, f"batch larger than {self.max_batch_bytes} bytes; split it")
+        try:
+            events = decode_batch(body)
+        except EventError as exc:
+            return _error(400, f"batch rejected, nothing stored: {exc}", line=exc.line)
+        if not events:
+            return _error(400, "empty batch: send a JSON array or NDJSON of events")
+        try:
+            indices = await self.collector.submit_async(events)
+        except CollectorStopped as exc:
+            return _error(503, str(exc))
+        return JSONResponse({"indices": indices, "size": self.collector.log.size})
+
+    async def _stored(self, request: Request, raw_id: str | None) -> StoredEvent | Response:
+        if not raw_id:
+            return _error(400, "give the event id (a UUID)")
+        try:
+            key = uuid.UUID(raw_id).bytes
+        except ValueError:
+            return _error(400, f"{raw_id!r} is not an event id (a UUID)")
+        stored = await run_in_threadpool(self.store.event_by_id, key)
+        if stored is None:
+            return _error(404, f"no event with id {raw_id}")
+        return stored
+
+    async def _covering_checkpoint(self, index: int) -> tuple[int, bytes] | Response:
+        future = self.collector.checkpoint_covering(index + 1)
+        try:
+            cp = await asyncio.wait_for(asyncio.wrap_future(future), CHECKPOINT_WAIT_S)
+        except TimeoutError:
+            return _error(503, "no checkpoint covers this event yet; try again in a second")
+        return cp.size, cp.note
+
+    async def get_event(self, request: Request) -> Response:
+        stored = await self._stored(request, request.path_params["event_id"])
+        if isinstance(stored, Response):
+            return stored
+        covering = await self._covering_checkpoint(stored.index)
+        if isinstance(covering, Response):
+            return covering
+        size, note = covering
+        proof = await run_in_threadpool(self.ledger.log.inclusion_proof, stored.index, size)
+        body: dict[str, Any] = {
+            "index": stored.index,
+            "event": msgspec.json.decode(stored.data),
+            "proof": {"tree_size": size, "hashes": [_b64(h) for h in proof]},
+            "checkpoint": note.decode(),
+        }
+        return JSONResponse(body)
+
+    async def get_inclusion(self, request: Request) -> Response:
+        stored = await self._stored(request, request.query_params.get("id"))
+        if isinstance(stored, Response):
+            return stored
+        covering = await self._covering_checkpoint(stored.index)
+        if isinstance(covering, Response):
+            return covering
+        size, note = covering
+        proof = await run_in_threadpool(self.ledger.log.inclusion_proof, stored.index, size)
+        text = TlogProof(stored.index, tuple(proof), note, None).encode()
+        return Response(text, media_type="text/plain; charset=utf-8")
+
+    async def get_consistency(self, request: Request) -> Response:
+        try:
+            size1 = int(request.query_params["from"])
+            size2 = int(request.query_params["to"])
+        except (KeyError, ValueError):
+            return _error(400, "give tree sizes as integers: ?from=N&to=M")
+        size = self.collector.log.size
+        if not 0 <= size1 <= size2 <= size:
+            return _error(400, f"need 0 <= from <= to <= {size} (the log's size)")
+        proof = await run_in_threadpool(self.ledger.log.consistency_proof, size1, size2)
+        return JSONResponse({"from": size1, "to": size2, "proof": [_b64(h) for h in proof]})
+
+    async def get_checkpoint(self, request: Request) -> Response:
+        latest = await run_in_threadpool(self.store.latest_checkpoint)
+        if latest is None:
+            return _error(404, "the log has no checkpoint yet")
+        return Response(latest.note, media_type="text/plain; charset=utf-8")
+
+    async def get_tile(self, request: Request) -> Response:
+        path = "tile/" + request.path_params["path"]
+        try:
+            ref = tiles.parse_tile_path(path)
+        except ValueError as exc:
+            return _error(400, f"bad tile path {path!r}: {exc}")
+        width = ref.width or tiles.TILE_WIDTH
+        headers: dict[str, str] = _IMMUTABLE if ref.width is None else {}
+        if ref.is_entries:
+            start = ref.index * tiles.TILE_WIDTH
+            rows = await run_in_threadpool(
+                lambda: [data for _, data in self.store.entries(start, start + width)]
+            )
+            if len(rows) < width:
+                return _error(404, f"{path} is beyond the end of the log")
+            return Response(tiles.encode_entry_bundle(rows), headers=headers)
+        stored = await run_in_threadpool(self.store.read_tile, ref.level, ref.index)
+        if len(stored) < width * 32:
+            return _error(404, f"{path} is beyond the end of the log")
+        return Response(stored[: width * 32], headers=headers)
+
+
+def create_app(ledger: Ledger, collector: Collector, **options: Any) -> Starlette:
+    api = Api(ledger, collector, **options)
+    routes = [
+        Route("/v1/events", api.post_events, methods=["POST"]),
+        Route("/v1/events/{event_id}", api.get_event, methods=["GET"]),
+        Route("/v1/proof/inclusion", api.get_inclusion, methods=["GET"]),
+        Route("/v1/proof/consistency", api.get_consistency, methods=["GET"]),
+        Route("/log/checkpoint", api.get_checkpoint, methods=["GET"]),
+        Route("/log/tile/{path:path}", api.get_tile, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,146 @@
+"""What every store offers, and how an event maps onto the indexed columns.
+
+The ledger's `LogStorage` protocol covers appends, tiles and checkpoints; `Store` adds the
+event reads the server, CLI and bundles need. Stores keep the event's canonical bytes as
+the single source of truth; the indexed columns are derived from them by `columns_of`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+from auditmesh.events import AuditEvent
+from auditmesh.ledger.checkpoint import Checkpoint
+from auditmesh.ledger.errors import VerificationError
+from auditmesh.ledger.log import LogStorage
+
+
+class StoreError(Exception):
+    """The store cannot be opened or read; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    index: int
+    key: bytes
+    data: bytes
+
+    @property
+    def id(self) -> str:
+        return str(uuid.UUID(bytes=self.key))
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Selection of stored events; every field is optional and fields are ANDed."""
+
+    source: str | None = None  # SPIFFE ID of the caller
+    dest: str | None = None  # SPIFFE ID of the callee
+    service: str | None = None  # destination service name
+    status: int | None = None
+    trace_id: str | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    limit: int = 1000
+
+    def sql(self) -> tuple[list[str], list[object]]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (
+            ("source_id", self.source),
+            ("dest_id", self.dest),
+            ("dest_service", self.service),
+            ("status", self.status),
+            ("trace_id", self.trace_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.since_ns is not None:
+            clauses.append("time_ns >= ?")
+            params.append(self.since_ns)
+        if self.until_ns is not None:
+            clauses.append("time_ns < ?")
+            params.append(self.until_ns)
+        return clauses, params
+
+
+def event_key(event_id: str) -> bytes:
+    """The 16-byte dedup key of an event id (a UUID)."""
+    return uuid.UUID(event_id).bytes
+
+
+def columns_of(event: AuditEvent) -> tuple[object, ...]:
+    """Indexed columns, in the order of the `events` table after `idx, id`."""
+    src, dst = event.source, event.destination
+    return (
+        int(event.time_ns),
+        event.kind,
+        None if src is None else src.identity,
+        None if src is None else src.service,
+        None if dst is None else dst.identity,
+        None if dst is None else dst.service,
+        None if event.http is None else event.http.status,
+        None if event.authz is None else event.authz.decision,
+        None if event.trace is None else event.trace.trace_id,
+        event.outcome,
+    )
+
+
+class Store(LogStorage, Protocol):
+    def event_by_id(self, key: bytes) -> StoredEvent | None: ...
+
+    def find(self, where: EventFilter) -> list[StoredEvent]: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StoreReader:
+    """A store seen as a `LogReader`; also checks stored checkpoint roots against notes."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.size = store.size
+        self.entries = store.entries
+        self.read_tile = store.read_tile
+
+    def checkpoint_notes(self) -> list[bytes]:
+        notes = []
+        for stored in self._store.checkpoints():
+            text = stored.note.decode(errors="replace").split("\n\n", 1)[0] + "\n"
+            try:
+                signed = Checkpoint.parse(text)
+            except ValueError as exc:
+                raise VerificationError(
+                    f"stored checkpoint is malformed: {exc}", where=f"checkpoint row {stored.size}"
+                ) from exc
+            for what, in_note, in_row in (
+                ("size", signed.size, stored.size),
+                ("root hash", signed.root_hash, stored.root_hash),
+            ):
+                if in_note != in_row:
+                    raise VerificationError(
+                        f"stored checkpoint {what} differs from its signed note",
+                        expected=in_note,
+                        computed=in_row,
+                        where=f"checkpoint row {stored.size}",
+                    )
+            notes.append(stored.note)
+        return notes
+
+
+__all__ = [
+    "EventFilter",
+    "Store",
+    "StoreError",
+    "StoredEvent",
+    "columns_of",
+    "event_key",
+    "StoreReader",
+]

@@ -1,0 +1,232 @@
+"""Embedded SQLite store, the default: one file in the data directory a person can back up.
+
+WAL mode with `synchronous=FULL`: a commit is on disk when `write` returns. One writer
+connection (the sequencer's thread); each reading thread gets its own connection, so
+reads run alongside appends. The schema is versioned with `PRAGMA user_version` and
+upgraded by the ordered migrations below.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from auditmesh.ledger.log import Entry, StoredCheckpoint
+from auditmesh.store.base import EventFilter, StoredEvent, StoreError
+
+# Each migration takes the schema from version i to i+1; never edit a released one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE events (
+        idx INTEGER PRIMARY KEY,
+        id BLOB NOT NULL UNIQUE,
+        time_ns INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        source_id TEXT,
+        source_service TEXT,
+        dest_id TEXT,
+        dest_service TEXT,
+        status INTEGER,
+        decision TEXT,
+        trace_id TEXT,
+        outcome TEXT NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE INDEX events_time ON events (time_ns);
+    CREATE INDEX events_source ON events (source_id, time_ns);
+    CREATE INDEX events_dest ON events (dest_id, time_ns);
+    CREATE INDEX events_dest_service ON events (dest_service, time_ns);
+    CREATE INDEX events_status ON events (status, time_ns);
+    CREATE INDEX events_trace ON events (trace_id) WHERE trace_id IS NOT NULL;
+    CREATE TABLE tiles (
+        level INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE checkpoints (
+        size INTEGER PRIMARY KEY, root BLOB NOT NULL, note BLOB NOT NULL,
+        signed_ns INTEGER NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+DB_NAME = "ledger.db"
+
+_INSERT_EVENT = (
+    "INSERT INTO events (idx, id, time_ns, kind, source_id, source_service, dest_id,"
+    " dest_service, status, decision, trace_id, outcome, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_EVENT_COLUMNS = "idx, id, data"
+
+
+class SQLiteStore:
+    """`LogStorage` and event reads over one SQLite database file."""
+
+    def __init__(self, data_dir: Path, *, create: bool = True) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        if not create and not self.path.exists():
+            raise StoreError(f"no ledger at {self.path} (run `auditmesh server --data DIR`)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._writer = self._connect()
+        self._migrate()
+
+    # -- connections ---------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _migrate(self) -> None:
+        try:
+            (version,) = self._writer.execute("PRAGMA user_version").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a readable ledger: {exc}") from exc
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this auditmesh "
+                f"({SCHEMA_VERSION}); upgrade auditmesh"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._writer.execute(statement)
+                self._writer.execute(f"PRAGMA user_version={number + 1}")
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._writer.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- meta ----------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._writer.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- LogStorage ----------------------------------------------------------------
+
+    def size(self) -> int:
+        row = self._reader().execute("SELECT max(idx) FROM events").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def read_tile(self, level: int, index: int) -> bytes:
+        row = (
+            self._reader()
+            .execute("SELECT data FROM tiles WHERE level = ? AND idx = ?", (level, index))
+            .fetchone()
+        )
+        return b"" if row is None else bytes(row[0])
+
+    def indices_of(self, keys: Sequence[bytes]) -> dict[bytes, int]:
+        found: dict[bytes, int] = {}
+        conn = self._writer
+        for chunk_start in range(0, len(keys), 500):
+            chunk = keys[chunk_start : chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, idx in conn.execute(
+                f"SELECT id, idx FROM events WHERE id IN ({marks})", chunk
+            ):
+                found[bytes(key)] = int(idx)
+        return found
+
+    def write(
+        self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], bytes]
+    ) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                _INSERT_EVENT,
+                ((start + i, e.key, *e.columns, e.data) for i, e in enumerate(entries)),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO tiles (level, idx, data) VALUES (?, ?, ?)",
+                ((level, index, data) for (level, index), data in tile_updates.items()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        cursor = self._reader().execute(
+            "SELECT idx, data FROM events WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+        )
+        for idx, data in cursor:
+            yield int(idx), bytes(data)
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        self._writer.execute(
+            "INSERT INTO checkpoints (size, root, note, signed_ns) VALUES (?, ?, ?, ?)",
+            (checkpoint.size, checkpoint.root_hash, checkpoint.note, checkpoint.signed_ns),
+        )
+
+    def checkpoints(self) -> Iterator[StoredCheckpoint]:
+        cursor = self._reader().execute(
+            "SELECT size, root, note, signed_ns FROM checkpoints ORDER BY size"
+        )
+        for size, root, note, signed_ns in cursor:
+            yield StoredCheckpoint(int(size), bytes(root), bytes(note), int(signed_ns))
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT size, root, note, signed_ns FROM checkpoints ORDER BY size DESC LIMIT 1"
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return StoredCheckpoint(int(row[0]), bytes(row[1]), bytes(row[2]), int(row[3]))
+
+    # -- event reads ---------------------------------------------------------------
+
+    def event_by_id(self, key: bytes) -> StoredEvent | None:
+        row = (
+            self._reader()
+            .execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (key,))
+            .fetchone()
+        )
+        return None if row is None else StoredEvent(int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def find(self, where: EventFilter) -> list[StoredEvent]:
+        clauses, params = where.sql()
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY idx LIMIT ?"
+        rows = self._reader().execute(sql, (*params, where.limit)).fetchall()
+        return [StoredEvent(int(i), bytes(k), bytes(d)) for i, k, d in rows]

@@ -1,0 +1,181 @@
+"""`log verify` catches every kind of tampering with stored data and names the place."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from auditmesh.cli.main import main
+from auditmesh.datadir import open_ledger
+from auditmesh.ledger.note import Verifier, generate_key
+from auditmesh.ledger.verify import verify_log
+from auditmesh.store.base import StoreReader
+from tests.conftest import fill, generate
+
+SIZE = 700  # three level-0 tiles, and a level-1 tile with two entries
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    ledger = open_ledger(tmp_path / "data", origin="test.auditmesh/log")
+    fill(ledger, generate(SIZE), checkpoint_every=250)
+    ledger.close()
+    return tmp_path / "data"
+
+
+def run_verify(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["log", "verify", "--data", str(data_dir), "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def sql(data_dir: Path, statement: str, *params: object) -> None:
+    with sqlite3.connect(data_dir / "ledger.db") as db:
+        db.execute(statement, params)
+
+
+def test_untouched_log_verifies(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_verify(data_dir, capsys)
+    assert code == 0, out
+    assert f"OK: {SIZE} entries" in out and "3 checkpoint(s)" in out
+
+
+def flip_event_body(d: Path) -> None:
+    with sqlite3.connect(d / "ledger.db") as db:
+        (data,) = db.execute("SELECT data FROM events WHERE idx = 321").fetchone()
+        db.execute(
+            "UPDATE events SET data = ? WHERE idx = 321",
+            (bytes(data).replace(b'"GET"', b'"PUT"').replace(b'"POST"', b'"PUT"'),),
+        )
+
+
+def flip_leaf_hash(d: Path) -> None:
+    with sqlite3.connect(d / "ledger.db") as db:
+        (data,) = db.execute("SELECT data FROM tiles WHERE level = 0 AND idx = 1").fetchone()
+        data = bytearray(data)
+        data[5 * 32] ^= 1
+        db.execute("UPDATE tiles SET data = ? WHERE level = 0 AND idx = 1", (bytes(data),))
+
+
+def flip_level1_tile(d: Path) -> None:
+    with sqlite3.connect(d / "ledger.db") as db:
+        (data,) = db.execute("SELECT data FROM tiles WHERE level = 1 AND idx = 0").fetchone()
+        data = bytearray(data)
+        data[40] ^= 0x80
+        db.execute("UPDATE tiles SET data = ? WHERE level = 1 AND idx = 0", (bytes(data),))
+
+
+def flip_checkpoint_note(d: Path) -> None:
+    with sqlite3.connect(d / "ledger.db") as db:
+        (note,) = db.execute("SELECT note FROM checkpoints WHERE size = 500").fetchone()
+        db.execute(
+            "UPDATE checkpoints SET note = ? WHERE size = 500",
+            (bytes(note).replace(b"\n500\n", b"\n499\n"),),
+        )
+
+
+def flip_checkpoint_signature(d: Path) -> None:
+    with sqlite3.connect(d / "ledger.db") as db:
+        (note,) = db.execute("SELECT note FROM checkpoints WHERE size = 500").fetchone()
+        text, signature = bytes(note).rsplit(b" ", 1)
+        flipped = signature[:10] + (b"A" if signature[10:11] != b"A" else b"B") + signature[11:]
+        db.execute("UPDATE checkpoints SET note = ? WHERE size = 500", (text + b" " + flipped,))
+
+
+def flip_checkpoint_root(d: Path) -> None:
+    sql(d, "UPDATE checkpoints SET root = zeroblob(32) WHERE size = 250")
+
+
+def swap_rows(d: Path) -> None:
+    with sqlite3.connect(d / "ledger.db") as db:
+        a = db.execute("SELECT id, data FROM events WHERE idx = 10").fetchone()
+        b = db.execute("SELECT id, data FROM events WHERE idx = 11").fetchone()
+        db.execute("UPDATE events SET id = randomblob(16) WHERE idx = 10")
+        db.execute("UPDATE events SET id = ?, data = ? WHERE idx = 11", a)
+        db.execute("UPDATE events SET id = ?, data = ? WHERE idx = 10", b)
+
+
+def delete_row(d: Path) -> None:
+    sql(d, "DELETE FROM events WHERE idx = 600")
+
+
+def delete_last_rows(d: Path) -> None:
+    sql(d, "DELETE FROM events WHERE idx >= 650")
+
+
+def truncate_file(d: Path) -> None:
+    path = d / "ledger.db"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def replace_signing_key(d: Path) -> None:
+    """A forger re-signs a checkpoint with a key of their own: it is not the log's key."""
+    skey, _ = generate_key("test.auditmesh/log")
+    ledger = open_ledger(d, create=False)
+    from auditmesh.ledger.checkpoint import Checkpoint, sign_checkpoint
+    from auditmesh.ledger.note import Signer
+
+    cp = Checkpoint("test.auditmesh/log", ledger.log.size, ledger.log.root())
+    ledger.close()
+    sql(
+        d,
+        "UPDATE checkpoints SET note = ? WHERE size = ?",
+        sign_checkpoint(cp, Signer.from_skey(skey)),
+        SIZE,
+    )
+
+
+TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
+    "event body": (flip_event_body, "index 321"),
+    "leaf hash": (flip_leaf_hash, "tile/0/001 entry 5"),
+    "higher tile": (flip_level1_tile, "tile/1/000 entry 1"),
+    "checkpoint note": (flip_checkpoint_note, "checkpoint row 500"),
+    "checkpoint signature": (flip_checkpoint_signature, "checkpoint #2"),
+    "checkpoint root column": (flip_checkpoint_root, "checkpoint row 250"),
+    "row order": (swap_rows, "tile/0/000 entry 10"),
+    "deleted row": (delete_row, "index 600"),
+    "deleted tail": (delete_last_rows, "end of log"),
+    "truncated file": (truncate_file, "cannot read"),
+    "forged signature": (replace_signing_key, "checkpoint #3"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TAMPERING))
+def test_tampering_is_caught_and_named(
+    kind: str, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tamper, place = TAMPERING[kind]
+    tamper(data_dir)
+    code, out = run_verify(data_dir, capsys)
+    assert code == 1, out
+    assert "FAILED" in out and place in out, out
+
+
+def test_verify_with_the_wrong_key_fails(data_dir: Path) -> None:
+    ledger = open_ledger(data_dir, create=False)
+    _, other = generate_key("test.auditmesh/log")
+    try:
+        with pytest.raises(Exception, match="checkpoint #1"):
+            verify_log(StoreReader(ledger.store), Verifier.from_vkey(other))
+    finally:
+        ledger.close()
+
+
+def test_progress_is_reported(data_dir: Path) -> None:
+    ledger = open_ledger(data_dir, create=False)
+    seen: list[tuple[int, int]] = []
+    try:
+        verify_log(
+            StoreReader(ledger.store),
+            Verifier.from_vkey(ledger.vkey),
+            progress=lambda done, total: seen.append((done, total)),
+            chunk=256,
+        )
+    finally:
+        ledger.close()
+    assert seen == [(256, SIZE), (512, SIZE), (SIZE, SIZE)]

@@ -1,0 +1,92 @@
+"""SQLite store and the log's append path: durable, consecutive, exactly once."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from auditmesh.collector import entry_of
+from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.events import canonical_bytes
+from auditmesh.ledger import merkle
+from auditmesh.store.base import EventFilter, StoreError, event_key
+from auditmesh.store.sqlite import SCHEMA_VERSION
+from tests.conftest import generate
+
+
+def test_append_assigns_consecutive_indices_and_survives_reopen(tmp_path: Path) -> None:
+    events = generate(300)
+    ledger = open_ledger(tmp_path, origin="test/log")
+    assert ledger.log.append([entry_of(e) for e in events[:100]]) == list(range(100))
+    assert ledger.log.append([entry_of(e) for e in events[100:]]) == list(range(100, 300))
+    ledger.close()
+    reopened = open_ledger(tmp_path, create=False)
+    try:
+        assert reopened.log.size == 300
+        stored = reopened.store.event_by_id(event_key(events[123].id))
+        assert stored is not None and stored.index == 123
+        assert stored.data == canonical_bytes(events[123])
+        leaves = [merkle.leaf_hash(canonical_bytes(e)) for e in events]
+        assert reopened.log.root() == merkle.root(leaves)
+    finally:
+        reopened.close()
+
+
+def test_duplicates_keep_their_first_index(ledger: Ledger) -> None:
+    events = generate(10)
+    first = [entry_of(e) for e in events[:6]]
+    assert ledger.log.append(first) == [0, 1, 2, 3, 4, 5]
+    again = [entry_of(events[2]), entry_of(events[6]), entry_of(events[6]), entry_of(events[0])]
+    assert ledger.log.append(again) == [2, 6, 6, 0]
+    assert ledger.log.size == 7
+
+
+def test_query_indexes_select_by_service_status_and_time(ledger: Ledger) -> None:
+    events = generate(500)
+    ledger.log.append([entry_of(e) for e in events])
+    denied = ledger.store.find(EventFilter(status=403))
+    expected = [i for i, e in enumerate(events) if e.http is not None and e.http.status == 403]
+    assert [s.index for s in denied] == expected and expected
+    payments = ledger.store.find(EventFilter(service="payments", limit=5))
+    assert len(payments) == 5
+    middle = events[250].time_ns
+    later = ledger.store.find(EventFilter(since_ns=middle, limit=10_000))
+    assert [s.index for s in later] == list(range(250, 500))
+
+
+def test_checkpoint_only_when_the_log_grew(ledger: Ledger) -> None:
+    empty = ledger.log.checkpoint()  # a new log signs its empty tree once
+    assert empty is not None and empty.size == 0 and empty.root_hash == merkle.EMPTY_ROOT
+    assert ledger.log.checkpoint() is None
+    ledger.log.append([entry_of(e) for e in generate(3)])
+    first = ledger.log.checkpoint()
+    assert first is not None and first.size == 3
+    assert ledger.log.checkpoint() is None
+    checkpoint = ledger.log.open_checkpoint(first.note)
+    assert checkpoint.root_hash == ledger.log.root()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    open_ledger(tmp_path, origin="test/log").close()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this auditmesh"):
+        open_ledger(tmp_path)
+
+
+def test_missing_ledger_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no ledger at"):
+        open_ledger(tmp_path / "nowhere", create=False)
+
+
+def test_origin_cannot_change(tmp_path: Path) -> None:
+    open_ledger(tmp_path, origin="test/one").close()
+    with pytest.raises(ValueError, match="cannot be reopened"):
+        open_ledger(tmp_path, origin="test/two")
+
+
+def test_signing_key_is_private(tmp_path: Path) -> None:
+    open_ledger(tmp_path, origin="test/log").close()
+    assert (tmp_path / "keys" / "log.skey").stat().st_mode & 0o777 == 0o600
