@@ -1,0 +1,364 @@
+"""C2SP tlog-tiles: how the ledger's Merkle tree is stored and served (https://c2sp.org/tlog-tiles).
+
+Sits between ``merkle.py`` (pure tree math) and the store/server: the sequencer calls
+:func:`tiles_after_append` and writes the tiles it returns in the same transaction as the
+events; proofs and verifiers read the tree back through :class:`TileHashSource`; the HTTP layer
+names resources with :func:`tile_path` / :func:`entries_path` and parses them with
+:func:`parse_tile_path`. Pure functions over bytes; storage is a ``read_tile`` callable.
+
+Tile ``(L, N)`` holds the Merkle Tree Hashes of tree level ``8·L``, indices ``256·N`` to
+``256·N + 255``: level-0 tiles hold leaf hashes, and each hash of a level-``L`` tile (L ≥ 1) is
+the root of a *full* tile at level ``L-1``. The rightmost tile of each level may be partial
+(1 to 255 hashes) and is never hashed into the level above.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from auditmesh.ledger.errors import VerificationError
+from auditmesh.ledger.merkle import HASH_SIZE, node_hash
+
+__all__ = [
+    "MAX_LEVEL",
+    "ReadTile",
+    "TILE_HEIGHT",
+    "TILE_WIDTH",
+    "TileHashSource",
+    "TileNotFoundError",
+    "TileRef",
+    "decode_entry_bundle",
+    "encode_entry_bundle",
+    "entries_path",
+    "parse_tile_path",
+    "tile_path",
+    "tile_width",
+    "tiles_after_append",
+]
+
+TILE_HEIGHT = 8
+"""Tree levels spanned by one tile."""
+TILE_WIDTH = 1 << TILE_HEIGHT
+"""Hashes in a full tile (256), and entries in a full entry bundle."""
+MAX_LEVEL = 63
+"""Highest tile level a path may name (tlog-tiles: 0 to 63)."""
+_FULL_BYTES = TILE_WIDTH * HASH_SIZE
+_MAX_ENTRY = 0xFFFF
+
+ReadTile = Callable[[int, int], bytes]
+"""``read_tile(level, index)``: the concatenated hashes stored for that tile (a partial tile is
+shorter than 8,192 bytes); raises :class:`LookupError` when there is none."""
+
+
+class TileNotFoundError(LookupError):
+    """A tile needed to answer a read is missing, or is partial and too short for the read.
+
+    A LookupError, like every :class:`~auditmesh.ledger.merkle.HashSource` miss: the tree the
+    caller asked about is larger than what is stored. Stored tiles that are malformed (not a
+    whole number of hashes, longer than a full tile) raise
+    :class:`~auditmesh.ledger.errors.VerificationError` instead.
+    """
+
+    def __init__(self, message: str, *, level: int, index: int) -> None:
+        super().__init__(message)
+        self.level = level
+        self.index = index
+
+
+# --- paths (tlog-tiles "Merkle Tree" and "Log entries") ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TileRef:
+    """A parsed tile or entry-bundle path. ``width`` is 256 for a full tile; entry bundles have
+    ``is_entries`` set and level 0."""
+
+    level: int
+    index: int
+    width: int
+    is_entries: bool = False
+
+    @property
+    def is_partial(self) -> bool:
+        return self.width < TILE_WIDTH
+
+    def path(self) -> str:
+        """The canonical path, the inverse of :func:`parse_tile_path`."""
+        if self.is_entries:
+            return entries_path(self.index, self.width)
+        return tile_path(self.level, self.index, self.width)
+
+
+def _encode_index(index: int) -> str:
+    # <N>: zero-padded 3-digit path elements, all but the last prefixed with "x".
+    if index < 0:
+        raise ValueError(f"tile index must not be negative, got {index}")
+    groups: list[str] = []
+    while True:
+        index, rem = divmod(index, 1000)
+        groups.append(f"{rem:03d}")
+        if not index:
+            break
+    groups.reverse()
+    return "/".join([*(f"x{g}" for g in groups[:-1]), groups[-1]])
+
+
+def _width_suffix(width: int | None) -> str:
+    if width is None or width == TILE_WIDTH:
+        return ""
+    if not 1 <= width < TILE_WIDTH:
+        raise ValueError(f"tile width must be 1 to 256, got {width}")
+    return f".p/{width}"
+
+
+def tile_path(level: int, index: int, width: int | None = None) -> str:
+    """``tile/<L>/<N>[.p/<W>]``; width None or 256 names the full tile."""
+    if not 0 <= level <= MAX_LEVEL:
+        raise ValueError(f"tile level must be 0 to {MAX_LEVEL}, got {level}")
+    return f"tile/{level}/{_encode_index(index)}{_width_suffix(width)}"
+
+
+def entries_path(index: int, width: int | None = None) -> str:
+    """``tile/entries/<N>[.p/<W>]``; width None or 256 names the full bundle."""
+    return f"tile/entries/{_encode_index(index)}{_width_suffix(width)}"
+
+
+_DIGITS = frozenset("0123456789")
+
+
+def _decimal(text: str, what: str, path: str) -> int:
+    if not text or not set(text) <= _DIGITS:
+        raise ValueError(f"{path!r}: {what} {text!r} is not a decimal number")
+    if len(text) > 1 and text[0] == "0":
+        raise ValueError(f"{path!r}: {what} {text!r} has leading zeros")
+    return int(text)
+
+
+def parse_tile_path(path: str) -> TileRef:
+    """Parse ``tile/<L>/<N>[.p/<W>]`` or ``tile/entries/<N>[.p/<W>]`` (relative to the log
+    prefix), accepting only the canonical encoding; ValueError says what is wrong."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != "tile":
+        raise ValueError(f"{path!r}: not a tile path (want tile/<L>/<N>[.p/<W>])")
+    is_entries = parts[1] == "entries"
+    level = 0 if is_entries else _decimal(parts[1], "level", path)
+    if level > MAX_LEVEL:
+        raise ValueError(f"{path!r}: level {level} is above {MAX_LEVEL}")
+    rest = parts[2:]
+    width = TILE_WIDTH
+    if len(rest) >= 2 and rest[-2].endswith(".p"):
+        width = _decimal(rest[-1], "partial width", path)
+        if not 1 <= width < TILE_WIDTH:
+            raise ValueError(
+                f"{path!r}: partial width must be 1 to 255, got {width}"
+                + (" (a full tile has no .p/ suffix)" if width == TILE_WIDTH else "")
+            )
+        rest = [*rest[:-2], rest[-2][:-2]]
+    index = 0
+    for i, element in enumerate(rest):
+        last = i == len(rest) - 1
+        digits = element if last else element[1:]
+        if (not last and not element.startswith("x")) or (last and element.startswith("x")):
+            raise ValueError(
+                f"{path!r}: index element {element!r} must "
+                + ("not start with 'x' (it is the last)" if last else "start with 'x'")
+            )
+        if len(digits) != 3 or not set(digits) <= _DIGITS:
+            raise ValueError(f"{path!r}: index element {element!r} is not 3 decimal digits")
+        if i == 0 and not last and digits == "000":
+            raise ValueError(f"{path!r}: index has a leading zero group {element!r}")
+        index = index * 1000 + int(digits)
+    return TileRef(level=level, index=index, width=width, is_entries=is_entries)
+
+
+def tile_width(level: int, index: int, size: int) -> int:
+    """Hashes in tile ``(level, index)`` of a tree of ``size`` leaves: 256 when full, 1 to 255
+    when it is the partial rightmost tile, 0 when the tile does not exist (tlog-tiles §Partial
+    Tiles: the partial tile at level l has floor(size / 256**l) mod 256 hashes)."""
+    if level < 0 or index < 0 or size < 0:
+        raise ValueError("level, index and size must not be negative")
+    nodes = size >> (TILE_HEIGHT * level)
+    return max(0, min(TILE_WIDTH, nodes - index * TILE_WIDTH))
+
+
+# --- entry bundles --------------------------------------------------------------------------
+
+
+def encode_entry_bundle(entries: Sequence[bytes]) -> bytes:
+    """Entries as big-endian uint16 length-prefixed records (tlog-tiles §Log entries)."""
+    if len(entries) > TILE_WIDTH:
+        raise ValueError(f"an entry bundle holds at most {TILE_WIDTH} entries, got {len(entries)}")
+    out = bytearray()
+    for i, entry in enumerate(entries):
+        if len(entry) > _MAX_ENTRY:
+            raise ValueError(f"entry {i} is {len(entry)} bytes; the limit is {_MAX_ENTRY}")
+        out += len(entry).to_bytes(2, "big")
+        out += entry
+    return bytes(out)
+
+
+def decode_entry_bundle(data: bytes) -> list[bytes]:
+    """The entries of a bundle; ValueError on truncation or more than 256 entries."""
+    entries: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if len(entries) == TILE_WIDTH:
+            raise ValueError(f"entry bundle has more than {TILE_WIDTH} entries (offset {pos})")
+        if end - pos < 2:
+            raise ValueError(f"entry bundle truncated: 1 byte left at offset {pos}, need 2")
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        if end - pos < length:
+            raise ValueError(
+                f"entry bundle truncated: entry {len(entries)} at offset {pos - 2} declares "
+                f"{length} bytes, {end - pos} left"
+            )
+        entries.append(bytes(data[pos : pos + length]))
+        pos += length
+    return entries
+
+
+# --- reading the tree back ------------------------------------------------------------------
+
+
+def _split_hashes(data: bytes) -> list[bytes]:
+    return [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
+
+
+def _perfect_root(hashes: Sequence[bytes]) -> bytes:
+    """Root of a perfect subtree (len(hashes) a power of two) — RFC 9162 §2.1.1."""
+    level = list(hashes)
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def _expand(hashes: list[bytes]) -> list[list[bytes]]:
+    """All 9 levels of the height-8 subtree a full tile spans, bottom first."""
+    levels = [hashes]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below), 2)])
+    return levels
+
+
+def _fetch(read_tile: ReadTile, level: int, index: int) -> bytes:
+    try:
+        data = read_tile(level, index)
+    except LookupError as exc:
+        raise TileNotFoundError(
+            f"tile/{level}/{_encode_index(index)} is not stored", level=level, index=index
+        ) from exc
+    if len(data) % HASH_SIZE or len(data) > _FULL_BYTES:
+        raise VerificationError(
+            "stored tile is not a whole number of hashes, at most 256",
+            expected=f"a multiple of {HASH_SIZE} up to {_FULL_BYTES} bytes",
+            computed=len(data),
+            where=f"tile/{level}/{_encode_index(index)}",
+        )
+    return bytes(data)
+
+
+class TileHashSource:
+    """A :class:`~auditmesh.ledger.merkle.HashSource` over stored tiles.
+
+    ``subtree_hash(level, n)`` reads tile level ``level // 8`` and hashes the ``2**(level % 8)``
+    consecutive hashes below the subtree. Full tiles are immutable, so up to ``cache_tiles`` of
+    them are kept (fully expanded) in an LRU; partial tiles are read afresh every time, since
+    they grow. Raises :class:`TileNotFoundError` for a missing or too-short tile and
+    :class:`VerificationError` for a malformed one.
+    """
+
+    __slots__ = ("_read", "_cache", "_cache_tiles")
+
+    def __init__(self, read_tile: ReadTile, *, cache_tiles: int = 128) -> None:
+        self._read = read_tile
+        self._cache: OrderedDict[tuple[int, int], list[list[bytes]]] = OrderedDict()
+        self._cache_tiles = cache_tiles
+
+    def subtree_hash(self, level: int, index: int) -> bytes:
+        if level < 0 or index < 0:
+            raise ValueError(f"subtree level and index must not be negative: {level}, {index}")
+        tile_level, k = divmod(level, TILE_HEIGHT)
+        first = index << k  # first hash of tree level 8·tile_level under the subtree
+        tile_index, offset = divmod(first, TILE_WIDTH)
+        key = (tile_level, tile_index)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached[k][offset >> k]
+        data = _fetch(self._read, tile_level, tile_index)
+        hashes = _split_hashes(data)
+        if len(hashes) == TILE_WIDTH:
+            levels = _expand(hashes)
+            if self._cache_tiles > 0:
+                self._cache[key] = levels
+                if len(self._cache) > self._cache_tiles:
+                    self._cache.popitem(last=False)
+            return levels[k][offset >> k]
+        count = 1 << k
+        if offset + count > len(hashes):
+            raise TileNotFoundError(
+                f"{tile_path(tile_level, tile_index, len(hashes) or None)} has {len(hashes)} "
+                f"hashes; subtree (level {level}, index {index}) needs {offset + count}",
+                level=tile_level,
+                index=tile_index,
+            )
+        return _perfect_root(hashes[offset : offset + count])
+
+
+# --- writing the tree -----------------------------------------------------------------------
+
+
+def tiles_after_append(
+    old_size: int, new_leaf_hashes: Sequence[bytes], read_tile: ReadTile
+) -> dict[tuple[int, int], bytes]:
+    """Every tile that changes when ``new_leaf_hashes`` are appended to a tree of ``old_size``.
+
+    Returns ``{(level, index): contents}`` with each tile's whole contents after the append
+    (partial or full). ``read_tile`` supplies the existing partial tiles on the right edge; each
+    must hold exactly the ``floor(old_size / 256**level) mod 256`` hashes of the old tree,
+    otherwise VerificationError (the stored tiles and ``old_size`` disagree).
+    """
+    if old_size < 0:
+        raise ValueError(f"old tree size must not be negative, got {old_size}")
+    for i, h in enumerate(new_leaf_hashes):
+        if len(h) != HASH_SIZE:
+            raise ValueError(f"new leaf hash {i} is {len(h)} bytes, not {HASH_SIZE}")
+    out: dict[tuple[int, int], bytes] = {}
+    # Hashes of tree level 8·L that the append creates, starting at node index old_n.
+    new_nodes: list[bytes] = list(new_leaf_hashes)
+    level = 0
+    while new_nodes:
+        old_n = old_size >> (TILE_HEIGHT * level)
+        first_tile, kept = divmod(old_n, TILE_WIDTH)
+        current: list[bytes] = []
+        if kept:
+            data = _fetch(read_tile, level, first_tile)
+            if len(data) != kept * HASH_SIZE:
+                raise VerificationError(
+                    "stored right-edge tile does not match the old tree size",
+                    expected=kept * HASH_SIZE,
+                    computed=len(data),
+                    where=f"{tile_path(level, first_tile)} for tree size {old_size}",
+                )
+            current = _split_hashes(data)
+        # Fill tiles left to right; each tile that fills up becomes one hash a level up
+        # (tlog-tiles: a level-L hash is the MTH of a full level L-1 tile).
+        above: list[bytes] = []
+        tile_index = first_tile
+        pos = 0
+        while pos < len(new_nodes):
+            take = min(TILE_WIDTH - len(current), len(new_nodes) - pos)
+            current.extend(new_nodes[pos : pos + take])
+            pos += take
+            out[(level, tile_index)] = b"".join(current)
+            if len(current) == TILE_WIDTH:
+                above.append(_perfect_root(current))
+                current = []
+                tile_index += 1
+        new_nodes = above
+        level += 1
+    return out
