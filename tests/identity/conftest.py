@@ -1,0 +1,35 @@
+"""Fixtures for identity tests: a real mesh CA on disk, created by the real code."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from auditmesh.identity.ca import MeshCA, init_ca
+from auditmesh.identity.svid import make_csr
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+TD = "example.org"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def mesh_ca(data_dir: Path) -> MeshCA:
+    return init_ca(data_dir, TD, now=NOW)
+
+
+@pytest.fixture
+def workload_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def csr_pem(workload_key: ec.EllipticCurvePrivateKey) -> bytes:
+    return make_csr(workload_key)
