@@ -113,6 +113,21 @@ def test_load_refuses_a_key_that_does_not_match(data_dir: Path, tmp_path: Path) 
         MeshCA.load(data_dir)
 
 
+def test_load_refuses_metadata_for_another_trust_domain(mesh_ca: MeshCA, data_dir: Path) -> None:
+    meta_path = data_dir / "ca" / "ca.json"
+    meta = json.loads(meta_path.read_text())
+    meta["trust_domain"] = "other.org"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CAError, match="names trust domain 'other.org'"):
+        MeshCA.load(data_dir)
+
+
+def test_load_reports_damage(mesh_ca: MeshCA, data_dir: Path) -> None:
+    (data_dir / "ca" / "ca.json").write_text("[]")
+    with pytest.raises(CAError, match="damaged"):
+        MeshCA.load(data_dir)
+
+
 # --- issuance ------------------------------------------------------------------------------
 
 

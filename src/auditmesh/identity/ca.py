@@ -168,6 +168,11 @@ def init_ca(
         "ca_sha256": cert_sha256(cert),
     }
     _write_new_file(paths.metadata, (json.dumps(meta, indent=2) + "\n").encode(), 0o644)
+    dir_fd = os.open(paths.directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the renames durable
+    finally:
+        os.close(dir_fd)
     return MeshCA(cert, key, trust_domain)
 
 
@@ -209,6 +214,16 @@ class MeshCA:
             raise CAError(f"{paths.metadata} has an unknown format")
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
             raise CAError(f"{paths.private_key} is not an ECDSA P-256 key")
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            cert_ids = san.get_values_for_type(x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            cert_ids = []
+        if cert_ids != [f"spiffe://{trust_domain}"]:
+            raise CAError(
+                f"{paths.metadata} names trust domain {trust_domain!r} but {paths.certificate} "
+                f"is the CA for {cert_ids or 'no SPIFFE ID'}"
+            )
         return cls(cert, key, trust_domain)
 
     @property
