@@ -6,7 +6,11 @@ submitted and signs a last checkpoint before the store is closed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -14,6 +18,30 @@ import uvicorn
 from auditmesh.collector import Collector
 from auditmesh.datadir import open_ledger
 from auditmesh.server.app import create_app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after shutdown, which would skip the last checkpoint;
+    here the signals only ask the server to exit and the caller finishes the job."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_until_signalled(server: uvicorn.Server) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
+    await server.serve()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -45,7 +73,7 @@ def serve(
         log_level="warning",
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     print(
         f"auditmesh server: http://{host}:{port}  data {data_dir}  "
         f"log {ledger.log.origin}  entries {ledger.log.size}\n"
@@ -53,7 +81,8 @@ def serve(
         flush=True,
     )
     try:
-        server.run()
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve_until_signalled(server))
     finally:
         collector.stop()
         ledger.close()

@@ -1,0 +1,178 @@
+"""The HTTP API against a real server process: batches, proofs, tlog-tiles, errors."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from auditmesh.cli.main import main
+from auditmesh.client import RemoteLog
+from auditmesh.events import canonical_bytes, encode_ndjson
+from auditmesh.ledger import merkle, tiles
+from auditmesh.ledger.checkpoint import open_checkpoint
+from auditmesh.ledger.note import Verifier
+from auditmesh.ledger.tlogproof import TlogProof, verify_tlog_proof
+from auditmesh.ledger.verify import verify_log
+from auditmesh.serverproc import ServerProcess
+from tests.conftest import generate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp("api") / "data"
+    with ServerProcess(data, extra=["--checkpoint-interval", "0.2"]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def verifier(server: ServerProcess) -> Verifier:
+    return Verifier.from_vkey((server.data_dir / "keys" / "log.vkey").read_text())
+
+
+@pytest.fixture(scope="module")
+def stored(server: ServerProcess) -> list[bytes]:
+    """600 events posted as NDJSON then as a JSON array; returns their leaf data in order."""
+    events = generate(600, seed=11)
+    first = httpx.post(server.url + "/v1/events", content=encode_ndjson(events[:400]))
+    assert first.status_code == 200, first.text
+    assert first.json()["indices"] == list(range(400))
+    array = b"[" + b",".join(canonical_bytes(e) for e in events[400:]) + b"]"
+    second = httpx.post(server.url + "/v1/events", content=array)
+    assert second.json()["indices"] == list(range(400, 600))
+    return [canonical_bytes(e) for e in events]
+
+
+def test_duplicate_batch_is_not_logged_twice(server: ServerProcess, stored: list[bytes]) -> None:
+    again = httpx.post(server.url + "/v1/events", content=b"\n".join(stored[10:20]))
+    assert again.json()["indices"] == list(range(10, 20))
+    assert again.json()["size"] == 600
+
+
+def test_invalid_batch_is_refused_whole_naming_line_and_field(
+    server: ServerProcess, stored: list[bytes]
+) -> None:
+    fresh = [canonical_bytes(e) for e in generate(3, seed=99)]
+    bad = fresh[2].replace(b'"status":', b'"status":-', 1)
+    response = httpx.post(server.url + "/v1/events", content=b"\n".join([fresh[0], fresh[1], bad]))
+    assert response.status_code == 400
+    body = response.json()
+    assert (
+        body["line"] == 3 and "$.http.status" in body["error"] and "nothing stored" in body["error"]
+    )
+    lookup = httpx.get(server.url + "/v1/events/" + msgspec.json.decode(fresh[0])["id"])
+    assert lookup.status_code == 404
+
+
+def test_malformed_json_and_empty_batches_are_refused(server: ServerProcess) -> None:
+    assert httpx.post(server.url + "/v1/events", content=b"{not json").status_code == 400
+    empty = httpx.post(server.url + "/v1/events", content=b"\n\n")
+    assert empty.status_code == 400 and "empty batch" in empty.json()["error"]
+
+
+def test_oversized_batch_gets_413(server: ServerProcess) -> None:
+    response = httpx.post(server.url + "/v1/events", content=b" " * (17 * 1024 * 1024))
+    assert response.status_code == 413
+
+
+def test_event_comes_back_with_a_proof_that_verifies(
+    server: ServerProcess, stored: list[bytes], verifier: Verifier
+) -> None:
+    event_id = msgspec.json.decode(stored[333])["id"]
+    body = httpx.get(server.url + "/v1/events/" + event_id).json()
+    assert body["index"] == 333
+    assert msgspec.json.decode(stored[333]) == body["event"]
+    checkpoint = open_checkpoint(body["checkpoint"].encode(), verifier)
+    proof = [base64.b64decode(h) for h in body["proof"]["hashes"]]
+    assert body["proof"]["tree_size"] == checkpoint.size
+    merkle.verify_inclusion(
+        merkle.leaf_hash(stored[333]), 333, checkpoint.size, proof, checkpoint.root_hash
+    )
+
+
+def test_tlog_proof_endpoint(
+    server: ServerProcess, stored: list[bytes], verifier: Verifier
+) -> None:
+    event_id = msgspec.json.decode(stored[5])["id"]
+    response = httpx.get(server.url + "/v1/proof/inclusion", params={"id": event_id})
+    assert response.status_code == 200
+    proof = TlogProof.parse(response.content)
+    checkpoint = verify_tlog_proof(proof, stored[5], verifier)
+    assert proof.index == 5 and checkpoint.size >= 600
+
+
+def test_unknown_and_malformed_ids(server: ServerProcess) -> None:
+    assert httpx.get(server.url + "/v1/events/not-a-uuid").status_code == 400
+    missing = httpx.get(server.url + "/v1/events/01890a5d-ac96-774b-bcce-b302099a8057")
+    assert missing.status_code == 404 and "no event" in missing.json()["error"]
+    assert httpx.get(server.url + "/v1/proof/inclusion").status_code == 400
+
+
+def test_consistency_proof(server: ServerProcess, stored: list[bytes]) -> None:
+    response = httpx.get(server.url + "/v1/proof/consistency", params={"from": 100, "to": 600})
+    proof = [base64.b64decode(h) for h in response.json()["proof"]]
+    leaves = [merkle.leaf_hash(d) for d in stored]
+    merkle.verify_consistency(100, 600, proof, merkle.root(leaves[:100]), merkle.root(leaves))
+    too_far = httpx.get(server.url + "/v1/proof/consistency", params={"from": 1, "to": 10**6})
+    assert too_far.status_code == 400
+
+
+def test_tiles_are_served_per_c2sp(server: ServerProcess, stored: list[bytes]) -> None:
+    leaves = [merkle.leaf_hash(d) for d in stored]
+    full = httpx.get(server.url + "/log/" + tiles.tile_path(0, 1))
+    assert full.content == b"".join(leaves[256:512])
+    partial = httpx.get(server.url + "/log/" + tiles.tile_path(0, 2, 10))
+    assert partial.content == b"".join(leaves[512:522])
+    bundle = httpx.get(server.url + "/log/" + tiles.entries_path(0))
+    assert tiles.decode_entry_bundle(bundle.content) == stored[:256]
+    assert httpx.get(server.url + "/log/" + tiles.tile_path(0, 9)).status_code == 404
+    assert httpx.get(server.url + "/log/tile/0/1.p/0").status_code == 400
+
+
+def test_remote_verify_follows_the_tiles(
+    server: ServerProcess,
+    stored: list[bytes],
+    verifier: Verifier,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    remote = RemoteLog(server.url)
+    try:
+        report = verify_log(remote, verifier)
+    finally:
+        remote.close()
+    assert report.size >= 600
+    code = main(["log", "verify", "--url", server.url, "--key", verifier.vkey, "--quiet"])
+    assert code == 0, capsys.readouterr()
+
+
+def test_cli_checkpoint_over_http(
+    server: ServerProcess,
+    stored: list[bytes],
+    verifier: Verifier,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["log", "checkpoint", "--url", server.url]) == 0
+    checkpoint = open_checkpoint(capsys.readouterr().out.encode(), verifier)
+    assert checkpoint.size >= 600
+
+
+def test_graceful_stop_signs_a_last_checkpoint(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = ServerProcess(data, extra=["--checkpoint-interval", "3600"]).start()
+    events = generate(50)
+    assert httpx.post(server.url + "/v1/events", content=encode_ndjson(events)).status_code == 200
+    assert server.stop() == 0
+    from auditmesh.datadir import open_ledger
+
+    ledger = open_ledger(data, create=False)
+    try:
+        latest = ledger.store.latest_checkpoint()
+        assert latest is not None and latest.size == 50
+    finally:
+        ledger.close()
