@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 import yaml.constructor
@@ -34,7 +34,13 @@ class Origin:
         return f"{self.file}: document {self.document}"
 
 
-class _Loader(yaml.SafeLoader):
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:  # libyaml's parser when PyYAML has it (same marks, ~10x faster), else pure Python
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
     """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
 
     def construct_mapping(

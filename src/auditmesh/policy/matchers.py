@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -42,43 +43,57 @@ def _never(value: object) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class Patterns:
+    """A list of Istio string patterns split by kind (Istio ``StringMatcherWithPrefix``)."""
+
+    exact: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
+    presence: bool = False
+
+    @classmethod
+    def split(cls, patterns: Iterable[str], *, ignore_case: bool = False) -> Patterns:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        presence = False
+        for pattern in patterns:
+            if ignore_case:
+                pattern = pattern.lower()
+            if pattern == "*":
+                presence = True  # Envoy regex ".+": any non-empty value
+            elif pattern.startswith("*"):
+                suffixes.append(pattern[1:])
+            elif pattern.endswith("*"):
+                prefixes.append(pattern[:-1])
+            else:
+                exact.add(pattern)
+        if presence:
+            # Presence subsumes every other pattern: validation refuses empty values.
+            return cls(presence=True)
+        return cls(frozenset(exact), tuple(prefixes), tuple(suffixes))
+
+
 def string_matcher(patterns: Iterable[str], *, ignore_case: bool = False) -> StrMatch:
     """OR of Istio string patterns (exact, ``prefix*``, ``*suffix``, ``*``)."""
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    suffixes: list[str] = []
-    presence = False
-    for pattern in patterns:
-        if ignore_case:
-            pattern = pattern.lower()
-        if pattern == "*":
-            presence = True
-        elif pattern.startswith("*"):
-            suffixes.append(pattern[1:])
-        elif pattern.endswith("*"):
-            prefixes.append(pattern[:-1])
-        else:
-            exact.add(pattern)
-    if presence:
-        # "*" is Envoy's regex ".+": any non-empty value; it subsumes every other pattern
-        # because validation refuses empty values.
+    split = Patterns.split(patterns, ignore_case=ignore_case)
+    if split.presence:
         return bool
-    frozen = frozenset(exact)
-    pre = tuple(prefixes)
-    suf = tuple(suffixes)
+    exact, pre, suf = split.exact, split.prefixes, split.suffixes
     if not pre and not suf:
-        if not frozen:
+        if not exact:
             return _never
         if ignore_case:
-            return lambda value: value is not None and value.lower() in frozen
-        return frozen.__contains__
+            return lambda value: value is not None and value.lower() in exact
+        return exact.__contains__
 
     def match(value: str | None) -> bool:
         if value is None:
             return False
         if ignore_case:
             value = value.lower()
-        return value in frozen or value.startswith(pre) or value.endswith(suf)
+        return value in exact or value.startswith(pre) or value.endswith(suf)
 
     return match
 
@@ -129,6 +144,11 @@ def path_template_regex(path: str) -> str:
     return "/".join(parts)
 
 
+def templates_regex(templates: Iterable[str]) -> re.Pattern[str]:
+    """One regex for several templates; use with ``fullmatch``."""
+    return re.compile("|".join(f"(?:{path_template_regex(t)})" for t in templates))
+
+
 def path_matcher(patterns: Iterable[str]) -> StrMatch:
     """OR of Istio path patterns: string patterns plus ``{*}``/``{**}`` templates."""
     plain: list[str] = []
@@ -138,8 +158,7 @@ def path_matcher(patterns: Iterable[str]) -> StrMatch:
     base = string_matcher(plain)
     if not templates:
         return base
-    regex = re.compile("|".join(f"(?:{path_template_regex(t)})" for t in templates))
-    fullmatch = regex.fullmatch
+    fullmatch = templates_regex(templates).fullmatch
 
     def match(value: str | None) -> bool:
         return value is not None and (base(value) or fullmatch(value) is not None)
@@ -159,6 +178,24 @@ def parse_ip_block(block: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     except ValueError:
         kind = "CIDR range" if "/" in block else "IP address"
         raise ValueError(f"bad {kind} {block!r}") from None
+
+
+def ip_key(address: IPAddress | None) -> int:
+    """An address as one int, version in the high bits so v4 and v6 ranges never overlap; -1
+    for None. The compiled engine compares these against :func:`ip_ranges`."""
+    if address is None:
+        return -1
+    return (address.version << 128) | int(address)
+
+
+def ip_ranges(blocks: Iterable[str]) -> tuple[tuple[int, int], ...]:
+    """Inclusive ``ip_key`` ranges of ``ipBlocks``."""
+    ranges = []
+    for block in blocks:
+        net = parse_ip_block(block)
+        tag = net.version << 128
+        ranges.append((tag | int(net.network_address), tag | int(net.broadcast_address)))
+    return tuple(ranges)
 
 
 def ip_matcher(blocks: Iterable[str]) -> IPMatch:

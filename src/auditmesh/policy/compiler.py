@@ -1,0 +1,229 @@
+"""Rule tables → one flat Python function (auditmesh.policy.compiler).
+
+Place in the house: the code generator behind :mod:`auditmesh.policy.engine`. For one workload
+and one protocol it turns the applicable rules, in report order, into::
+
+    def decide(r):
+        sp = r.source_principal
+        pa = r.path
+        if (sp in _c0) and (pa is not None and (pa.startswith(_c1))): return 0   # DENY rule
+        ...
+        return -2                                                                # no ALLOW matched
+
+The way ``namedtuple`` and ``dataclasses`` build methods: the generated text only ever contains
+local names, request attribute names from a fixed table and integers; every value taken from a
+policy (strings, sets, compiled regexes, IP ranges) is passed in as a named constant, never
+spliced into source. Executed with empty builtins. A rule that fails on its first check costs
+one comparison instead of a chain of closure calls — the difference between ~50k and >200k
+decisions/s on a 200-policy set.
+
+Each ``when`` condition is ANDed into the rule, as Istio merges it into every principal and
+permission (``pilot/pkg/security/authz/model``); HTTP-only attributes on a TCP connection follow
+Istio's ``checkError``: an ALLOW rule using one is dropped, a DENY/AUDIT rule ignores it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from auditmesh.policy.matchers import (
+    Patterns,
+    ip_ranges,
+    is_path_template,
+    parse_port,
+    string_matcher,
+    templates_regex,
+)
+from auditmesh.policy.model import Action
+from auditmesh.policy.rules import Condition, Operation, Rule, Source
+
+# Request attribute → local variable in generated code (the only identifiers ever emitted).
+_LOCALS = {
+    "source_principal": "sp",
+    "source_namespace": "sn",
+    "source_ip_key": "si",
+    "destination_ip_key": "di",
+    "destination_port": "dp",
+    "method": "me",
+    "path": "pa",
+    "host": "ho",
+    "sni": "sni",
+    "headers": "hd",
+}
+# Conditions reference: key → (request attribute, value kind).
+_WHEN = {
+    "source.ip": ("source_ip_key", "ip"),
+    "source.namespace": ("source_namespace", "str"),
+    "source.principal": ("source_principal", "str"),
+    "destination.ip": ("destination_ip_key", "ip"),
+    "destination.port": ("destination_port", "port"),
+    "connection.sni": ("sni", "str"),
+}
+_HTTP_ONLY = ("host", "method", "path", "header")
+Check = tuple[int, str]  # (cost class for ordering, boolean expression)
+
+
+class _Emitter:
+    """Collects constants and used attributes while rules become expressions."""
+
+    def __init__(self, http: bool) -> None:
+        self.action: Action = "ALLOW"
+        self.http = http
+        self.consts: dict[str, object] = {}
+        self.used: set[str] = set()
+        self.dropped = False
+
+    def const(self, value: object) -> str:
+        name = f"_c{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    def rule(self, rule: Rule, action: Action) -> str | None:
+        """The rule as one expression, or None when it cannot match on this protocol."""
+        self.action = action
+        self.dropped = False
+        when = [c for cond in rule.conditions for c in self._condition(cond)]
+        sources = [self._source(s) for s in rule.sources]
+        operations = [self._operation(o) for o in rule.operations]
+        if self.dropped:
+            return None
+        if len(sources) <= 1 and len(operations) <= 1:
+            return _and([*sum(sources, []), *sum(operations, []), *when])
+        parts = [
+            f"({' or '.join(_and(s) for s in group)})" for group in (sources, operations) if group
+        ]
+        return _and([(0, p) for p in parts] + when)
+
+    def _field(
+        self, kind: str, attr: str, values: Sequence[str], nots: Sequence[str]
+    ) -> list[Check]:
+        if not values and not nots:
+            return []
+        if kind in _HTTP_ONLY and not self.http:
+            # Istio checkError: ALLOW drops the whole rule, DENY/AUDIT ignore the attribute.
+            self.dropped = self.dropped or self.action == "ALLOW"
+            return []
+        checks = []
+        for patterns, positive in ((values, True), (nots, False)):
+            if patterns:
+                cost, expr = self._match(kind, attr, patterns)
+                checks.append((cost, expr if positive else f"not {expr}"))
+        return checks
+
+    def _match(self, kind: str, attr: str, patterns: Sequence[str]) -> Check:
+        if kind == "header":
+            self.used.add("headers")
+            matcher = self.const(string_matcher(patterns))
+            return 2, f"{matcher}(hd.get({self.const(attr)}))"
+        self.used.add(attr)
+        var = _LOCALS[attr]
+        if kind == "ip":
+            # ip_key ints: version-tagged, -1 (absent) is below every range.
+            ranges = [
+                f"{self.const(low)} <= {var} <= {self.const(high)}"
+                for low, high in ip_ranges(patterns)
+            ]
+            return 1, f"({' or '.join(ranges)})"
+        if kind == "port":
+            return 0, f"({var} in {self.const(frozenset(parse_port(p) for p in patterns))})"
+        templates = [p for p in patterns if kind == "path" and is_path_template(p)]
+        if kind == "host":
+            var = "hl"  # Operation.hosts compare case-insensitively
+        split = Patterns.split(
+            [p for p in patterns if p not in templates], ignore_case=kind == "host"
+        )
+        if split.presence:
+            return 0, f'({var} is not None and {var} != "")'
+        if not (split.prefixes or split.suffixes or templates):
+            return 0, f"({var} in {self.const(split.exact)})"  # None is never in the set
+        parts = []
+        if split.exact:
+            parts.append(f"{var} in {self.const(split.exact)}")
+        if split.prefixes:
+            parts.append(f"{var}.startswith({self.const(split.prefixes)})")
+        if split.suffixes:
+            parts.append(f"{var}.endswith({self.const(split.suffixes)})")
+        if templates:
+            parts.append(f"{self.const(templates_regex(templates).fullmatch)}({var}) is not None")
+        return 1, f"({var} is not None and ({' or '.join(parts)}))"
+
+    def _source(self, s: Source) -> list[Check]:
+        return [
+            *self._field("str", "source_principal", s.principals, s.not_principals),
+            *self._field("str", "source_namespace", s.namespaces, s.not_namespaces),
+            *self._field("ip", "source_ip_key", s.ip_blocks, s.not_ip_blocks),
+        ]
+
+    def _operation(self, o: Operation) -> list[Check]:
+        return [
+            *self._field("host", "host", o.hosts, o.not_hosts),
+            *self._field("port", "destination_port", o.ports, o.not_ports),
+            *self._field("method", "method", o.methods, o.not_methods),
+            *self._field("path", "path", o.paths, o.not_paths),
+        ]
+
+    def _condition(self, c: Condition) -> list[Check]:
+        if c.header is not None:
+            return self._field("header", c.header, c.values, c.not_values)
+        attr, kind = _WHEN[c.key]
+        return self._field(kind, attr, c.values, c.not_values)
+
+
+def _and(checks: Sequence[Check]) -> str:
+    """AND of checks, cheapest first (pure booleans: order changes speed, not meaning)."""
+    if not checks:
+        return "True"
+    return " and ".join(expr for _, expr in sorted(checks, key=lambda c: c[0]))
+
+
+Branch = tuple[Action, Rule, int]  # (action, rule, result when it is the first to match)
+
+
+def compile_evaluator(
+    http: bool,
+    sections: Sequence[tuple[Sequence[Branch], int]],
+    cache: dict[tuple[int, ...], Any],
+    on_miss: Callable[[tuple[int, ...]], Any],
+) -> Callable[[Any], Any]:
+    """``evaluate(r)``: for each section, the result of its first matching rule (else its
+    default); the tuple of those results keys ``cache``, filled by ``on_miss``.
+
+    ``http`` picks the protocol. Generated shape, one ``while`` block per section so the branch
+    list stays flat however many rules there are::
+
+        while True:
+            if <rule>: s0 = 3; break
+            s0 = -2; break
+    """
+    emitter = _Emitter(http)
+    blocks: list[str] = []
+    for number, (branches, default) in enumerate(sections):
+        blocks.append("    while True:")
+        for action, rule, result in branches:
+            expr = emitter.rule(rule, action)
+            if expr is not None:
+                blocks.append(f"        if {expr}: s{number} = {result}; break")
+        blocks.append(f"        s{number} = {default}; break")
+    lines = ["def evaluate(r):"]
+    for attr in sorted(emitter.used):
+        lines.append(f"    {_LOCALS[attr]} = r.{attr}")
+        if attr == "host":
+            lines.append("    hl = None if ho is None else ho.lower()")
+    key = ", ".join(f"s{n}" for n in range(len(sections)))
+    lines += blocks
+    lines += [
+        f"    key = ({key},)",
+        "    value = _get(key)",
+        "    if value is None: value = _miss(key)",
+        "    return value",
+    ]
+    namespace: dict[str, Any] = {
+        "__builtins__": {},
+        **emitter.consts,
+        "_get": cache.get,
+        "_miss": on_miss,
+    }
+    exec(compile("\n".join(lines), "<auditmesh.policy evaluate>", "exec"), namespace)
+    function: Callable[[Any], Any] = namespace["evaluate"]
+    return function
