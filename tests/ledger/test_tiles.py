@@ -382,6 +382,12 @@ def test_partial_tiles_are_not_cached_full_tiles_are() -> None:
     assert source.subtree_hash(0, 599) == reference.subtree_hash(0, 599)
     assert source.subtree_hash(0, 599) == reference.subtree_hash(0, 599)
     assert store.reads == [(0, 2), (0, 2)]  # partial tile 2 read every time
+    # Its expansion is reused only while the bytes are the same: different stored bytes (of
+    # the same width) give a different answer at once.
+    assert source.subtree_hash(6, 8) == reference.subtree_hash(6, 8)
+    store.tiles[(0, 2)] = store.tiles[(0, 2)][::-1]
+    assert source.subtree_hash(0, 599) == store.tiles[(0, 2)][-32:]
+    assert source.subtree_hash(6, 8) != reference.subtree_hash(6, 8)
 
 
 def test_cache_is_bounded_lru() -> None:

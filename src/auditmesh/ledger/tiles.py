@@ -236,11 +236,12 @@ def _perfect_root(hashes: Sequence[bytes]) -> bytes:
 
 
 def _expand(hashes: list[bytes]) -> list[list[bytes]]:
-    """All 9 levels of the height-8 subtree a full tile spans, bottom first."""
+    """Every complete node of the height-8 subtree a tile spans, level by level, bottom first:
+    level k holds the roots of the aligned 2**k-hash blocks of the tile (9 levels when full)."""
     levels = [hashes]
     while len(levels[-1]) > 1:
         below = levels[-1]
-        levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below), 2)])
+        levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
     return levels
 
 
@@ -265,17 +266,19 @@ class TileHashSource:
     """A :class:`~auditmesh.ledger.merkle.HashSource` over stored tiles.
 
     ``subtree_hash(level, n)`` reads tile level ``level // 8`` and hashes the ``2**(level % 8)``
-    consecutive hashes below the subtree. Full tiles are immutable, so up to ``cache_tiles`` of
-    them are kept (fully expanded) in an LRU; partial tiles are read afresh every time, since
-    they grow. Raises :class:`TileNotFoundError` for a missing or too-short tile and
+    consecutive hashes below the subtree. Full tiles are final, so up to ``cache_tiles`` of
+    them are kept, expanded, in an LRU and never read again. A partial tile is read again on
+    every use, since it grows; its expansion is reused only while the bytes read are identical.
+    Raises :class:`TileNotFoundError` for a missing or too-short tile and
     :class:`VerificationError` for a malformed one.
     """
 
-    __slots__ = ("_read", "_cache", "_cache_tiles")
+    __slots__ = ("_read", "_full", "_partial", "_cache_tiles")
 
     def __init__(self, read_tile: ReadTile, *, cache_tiles: int = 128) -> None:
         self._read = read_tile
-        self._cache: OrderedDict[tuple[int, int], list[list[bytes]]] = OrderedDict()
+        self._full: OrderedDict[tuple[int, int], list[list[bytes]]] = OrderedDict()
+        self._partial: dict[tuple[int, int], tuple[bytes, list[list[bytes]]]] = {}
         self._cache_tiles = cache_tiles
 
     def subtree_hash(self, level: int, index: int) -> bytes:
@@ -285,28 +288,43 @@ class TileHashSource:
         first = index << k  # first hash of tree level 8·tile_level under the subtree
         tile_index, offset = divmod(first, TILE_WIDTH)
         key = (tile_level, tile_index)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached[k][offset >> k]
-        data = _fetch(self._read, tile_level, tile_index)
-        hashes = _split_hashes(data)
-        if len(hashes) == TILE_WIDTH:
-            levels = _expand(hashes)
-            if self._cache_tiles > 0:
-                self._cache[key] = levels
-                if len(self._cache) > self._cache_tiles:
-                    self._cache.popitem(last=False)
+        levels = self._full.get(key)
+        if levels is not None:
+            self._full.move_to_end(key)
             return levels[k][offset >> k]
-        count = 1 << k
-        if offset + count > len(hashes):
+        levels = self._load(key)
+        node = offset >> k
+        if k >= len(levels) or node >= len(levels[k]):
+            width = len(levels[0])
             raise TileNotFoundError(
-                f"{tile_path(tile_level, tile_index, len(hashes) or None)} has {len(hashes)} "
-                f"hashes; subtree (level {level}, index {index}) needs {offset + count}",
+                f"{tile_path(tile_level, tile_index, width or None)} has {width} hashes; "
+                f"subtree (level {level}, index {index}) needs {offset + (1 << k)}",
                 level=tile_level,
                 index=tile_index,
             )
-        return _perfect_root(hashes[offset : offset + count])
+        return levels[k][node]
+
+    def _load(self, key: tuple[int, int]) -> list[list[bytes]]:
+        data = _fetch(self._read, *key)
+        limit = self._cache_tiles
+        if len(data) == _FULL_BYTES:
+            levels = _expand(_split_hashes(data))
+            self._partial.pop(key, None)
+            if limit > 0:
+                self._full[key] = levels
+                if len(self._full) > limit:
+                    self._full.popitem(last=False)
+            return levels
+        seen = self._partial.get(key)
+        if seen is not None and seen[0] == data:
+            return seen[1]
+        levels = _expand(_split_hashes(data))
+        if limit > 0:
+            self._partial.pop(key, None)
+            self._partial[key] = (data, levels)
+            if len(self._partial) > limit:
+                del self._partial[next(iter(self._partial))]
+        return levels
 
 
 # --- writing the tree -----------------------------------------------------------------------
