@@ -1,0 +1,71 @@
+"""Collector: group commit from many threads, checkpoints on time and on stop, failures reported."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import pytest
+
+from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.datadir import Ledger
+from tests.conftest import generate
+
+
+def test_concurrent_submitters_get_consecutive_unique_indices(ledger: Ledger) -> None:
+    events = generate(2000)
+    collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    collector.start()
+    results: list[list[int]] = [[] for _ in range(8)]
+
+    def submit(worker: int) -> None:
+        for start in range(worker * 250, (worker + 1) * 250, 50):
+            results[worker].extend(collector.submit(events[start : start + 50]).result())
+
+    threads = [threading.Thread(target=submit, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    collector.stop()
+    everything = sorted(i for r in results for i in r)
+    assert everything == list(range(2000))
+    latest = ledger.log.latest_checkpoint()
+    assert latest is not None and latest.size == 2000  # signed on stop
+
+
+def test_checkpoint_waiters_are_answered(ledger: Ledger) -> None:
+    collector = Collector(ledger.log, checkpoint_interval_ns=50_000_000)
+    collector.start()
+    try:
+        indices = collector.submit(generate(10)).result(timeout=5)
+        covering = collector.checkpoint_covering(indices[-1] + 1).result(timeout=5)
+        assert covering.size >= 10
+    finally:
+        collector.stop()
+
+
+def test_submit_after_stop_is_refused(ledger: Ledger) -> None:
+    collector = Collector(ledger.log)
+    collector.start()
+    collector.stop()
+    with pytest.raises(CollectorStopped):
+        collector.submit(generate(1)).result(timeout=1)
+
+
+def test_storage_failure_reaches_every_caller_and_stops_intake(ledger: Ledger) -> None:
+    def broken_write(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    ledger.store.write = broken_write  # type: ignore[method-assign,assignment]
+    collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    collector.start()
+    try:
+        failed: Future[list[int]] = collector.submit(generate(5))
+        with pytest.raises(OSError, match="No space left"):
+            failed.result(timeout=5)
+        with pytest.raises(CollectorStopped):
+            collector.submit(generate(1, seed=3)).result(timeout=1)
+        assert ledger.log.size == 0
+    finally:
+        collector.stop()
