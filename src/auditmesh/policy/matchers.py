@@ -24,13 +24,11 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 StrMatch = Callable[[str | None], bool]
 IPMatch = Callable[[IPAddress | None], bool]
 PortMatch = Callable[[int | None], bool]
-T = TypeVar("T")
 
 MATCH_ONE = "{*}"
 MATCH_ANY = "{**}"
@@ -232,8 +230,3 @@ def port_matcher(ports: Iterable[str]) -> PortMatch:
     """OR of ``ports``: exact comparison with the destination port."""
     allowed = frozenset(parse_port(p) for p in ports)
     return allowed.__contains__ if allowed else _never
-
-
-def negate(match: Callable[[T], bool]) -> Callable[[T], bool]:
-    """The ``notX`` form: Envoy wraps the OR of the values in ``not_id``/``not_rule``."""
-    return lambda value: not match(value)

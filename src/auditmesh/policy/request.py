@@ -120,23 +120,26 @@ class Request:
         )
         req = _object(top.get("request", {}), "request", ("method", "path", "host", "headers"))
         conn = _object(top.get("connection", {}), "connection", ("sni",))
-        namespace = _str(dest, "destination", "namespace")
-        if namespace is None:
-            raise RequestError("destination.namespace is required (it selects the policies)")
+        principal = _str(source, "source", "principal")
+        source_namespace = _str(source, "source", "namespace")
+        labels = _str_map(dest.get("labels"), "destination.labels", False)
         port = dest.get("port")
         if port is not None and (
             not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535
         ):
             raise RequestError(f"destination.port: expected an integer in [0, 65535], got {port!r}")
+        namespace = _str(dest, "destination", "namespace")
+        if namespace is None:
+            raise RequestError("destination.namespace is required (it selects the policies)")
         return cls.of(
             destination_namespace=namespace,
-            destination_labels=_str_map(dest.get("labels"), "destination.labels", False),
-            source_principal=_str(source, "source", "principal"),
-            source_namespace=_str(source, "source", "namespace"),
+            destination_labels=labels,
+            source_principal=principal,
+            source_namespace=source_namespace,
             source_ip=_str(source, "source", "ip"),
             destination_ip=_str(dest, "destination", "ip"),
             destination_port=port,
-            http="request" in top,
+            http=top.get("request") is not None,
             method=_str(req, "request", "method"),
             path=_str(req, "request", "path"),
             host=_str(req, "request", "host"),
