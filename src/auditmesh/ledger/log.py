@@ -76,6 +76,7 @@ class Log:
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
         self._size = storage.size()
+        self._sources = threading.local()  # one tile cache per reading thread
 
     @property
     def size(self) -> int:
@@ -107,7 +108,12 @@ class Log:
             return indices
 
     def hashes(self) -> merkle.HashSource:
-        return tiles.TileHashSource(self._storage.read_tile)
+        """Subtree hashes from the stored tiles; full tiles stay cached across calls."""
+        source: tiles.TileHashSource | None = getattr(self._sources, "source", None)
+        if source is None:
+            source = tiles.TileHashSource(self._storage.read_tile)
+            self._sources.source = source
+        return source
 
     def root(self, size: int | None = None) -> bytes:
         return merkle.tree_root(self.hashes(), self._size if size is None else size)
