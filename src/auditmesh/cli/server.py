@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
     parser.add_argument("--listen", default="127.0.0.1:7600", help="HOST:PORT to serve on")
+    parser.add_argument(
+        "--mesh-listen",
+        default="127.0.0.1:7443",
+        help="HOST:PORT of the mTLS listener for sidecars, or 'off' (needs `auditmesh ca init`)",
+    )
     parser.add_argument("--origin", help="log origin for a new ledger (default: host name)")
     parser.add_argument(
         "--checkpoint-interval",
@@ -31,6 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
+        mesh = None if args.mesh_listen == "off" else parse_listen(args.mesh_listen)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.checkpoint_interval <= 0:
@@ -42,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             port,
             origin=args.origin,
             checkpoint_interval_s=args.checkpoint_interval,
+            mesh_listen=mesh,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None

@@ -61,6 +61,41 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def admit_batch(
+    request: Request,
+    collector: Collector,
+    *,
+    reporter: str | None = None,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> Response:
+    """Decode a batch, refuse it whole if any event is invalid (or, when `reporter` is
+    given, reported by anyone else), and answer with the indices once it is durable."""
+    try:
+        body = await _read_body(request, max_bytes)
+    except _TooLarge:
+        return _error(413, f"batch larger than {max_bytes} bytes; split it")
+    try:
+        events = decode_batch(body)
+    except EventError as exc:
+        return _error(400, f"batch rejected, nothing stored: {exc}", line=exc.line)
+    if not events:
+        return _error(400, "empty batch: send a JSON array or NDJSON of events")
+    if reporter is not None:
+        for number, event in enumerate(events, start=1):
+            if event.reporter != reporter:
+                return _error(
+                    403,
+                    f"batch rejected, nothing stored: event {number} has reporter "
+                    f"{event.reporter!r}, but the caller is {reporter}",
+                    line=number,
+                )
+    try:
+        indices = await collector.submit_async(events)
+    except CollectorStopped as exc:
+        return _error(503, str(exc))
+    return JSONResponse({"indices": indices, "size": collector.log.size})
+
+
 class Api:
     def __init__(
         self, ledger: Ledger, collector: Collector, *, max_batch_bytes: int = MAX_BATCH_BYTES
@@ -71,21 +106,7 @@ class Api:
         self.max_batch_bytes = max_batch_bytes
 
     async def post_events(self, request: Request) -> Response:
-        try:
-            body = await _read_body(request, self.max_batch_bytes)
-        except _TooLarge:
-            return _error(413, f"batch larger than {self.max_batch_bytes} bytes; split it")
-        try:
-            events = decode_batch(body)
-        except EventError as exc:
-            return _error(400, f"batch rejected, nothing stored: {exc}", line=exc.line)
-        if not events:
-            return _error(400, "empty batch: send a JSON array or NDJSON of events")
-        try:
-            indices = await self.collector.submit_async(events)
-        except CollectorStopped as exc:
-            return _error(503, str(exc))
-        return JSONResponse({"indices": indices, "size": self.collector.log.size})
+        return await admit_batch(request, self.collector, max_bytes=self.max_batch_bytes)
 
     async def _stored(self, request: Request, raw_id: str | None) -> StoredEvent | Response:
         if not raw_id:

@@ -11,13 +11,20 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import open_ledger
+from auditmesh.identity.ca import CAPaths, MeshCA
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.identity.workload import self_issue
 from auditmesh.server.app import create_app
+from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
 
 
 class _Server(uvicorn.Server):
@@ -29,11 +36,16 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve_until_signalled(server: uvicorn.Server) -> None:
+async def _serve_until_signalled(*servers: uvicorn.Server) -> None:
     loop = asyncio.get_running_loop()
+
+    def stop_all(sig: int) -> None:
+        for server in servers:
+            server.handle_exit(sig, None)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, server.handle_exit, sig, None)
-    await server.serve()
+        loop.add_signal_handler(sig, stop_all, sig)
+    await asyncio.gather(*(server.serve() for server in servers))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -51,6 +63,30 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _config(app: Starlette, host: str, port: int, **options: Any) -> uvicorn.Config:
+    settings: dict[str, Any] = {
+        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
+        "http": "httptools",
+        "lifespan": "off",
+        "log_level": "warning",
+        "access_log": False,
+    }
+    return uvicorn.Config(app, host=host, port=port, **(settings | options))
+
+
+def _mesh_server(data_dir: Path, collector: Collector, host: str, port: int) -> uvicorn.Server:
+    """The mTLS listener for sidecars, with the server's own SVID from the mesh CA."""
+    ca = MeshCA.load(data_dir)
+    server_id = SpiffeId.from_segments(ca.trust_domain, "auditmesh", "server")
+    credentials = self_issue(ca, server_id, datetime.now(UTC), timedelta(days=7))
+    app = create_mesh_app(MeshApi(data_dir, ca, collector, server_id))
+    config = _config(app, host, port, http=peer_protocol(ca.trust_bundle()))
+    config.load()
+    config.ssl = credentials.server_context(require_client_cert=False)
+    print(f"auditmesh server: mesh mTLS https://{host}:{port} as {server_id}", flush=True)
+    return _Server(config)
+
+
 def serve(
     data_dir: Path,
     host: str,
@@ -58,31 +94,24 @@ def serve(
     *,
     origin: str | None = None,
     checkpoint_interval_s: float = 1.0,
+    mesh_listen: tuple[str, int] | None = None,
 ) -> None:
     ledger = open_ledger(data_dir, origin=origin)
     collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
     collector.start()
-    app = create_app(ledger, collector)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-    )
-    server = _Server(config)
-    print(
-        f"auditmesh server: http://{host}:{port}  data {data_dir}  "
-        f"log {ledger.log.origin}  entries {ledger.log.size}\n"
-        f"verifier key: {ledger.vkey}",
-        flush=True,
-    )
     try:
+        app = create_app(ledger, collector)
+        servers: list[uvicorn.Server] = [_Server(_config(app, host, port))]
+        print(
+            f"auditmesh server: http://{host}:{port}  data {data_dir}  "
+            f"log {ledger.log.origin}  entries {ledger.log.size}\n"
+            f"verifier key: {ledger.vkey}",
+            flush=True,
+        )
+        if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
+            servers.append(_mesh_server(data_dir, collector, *mesh_listen))
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve_until_signalled(server))
+            runner.run(_serve_until_signalled(*servers))
     finally:
         collector.stop()
         ledger.close()

@@ -1,0 +1,92 @@
+"""A workload's live credentials — key, X.509-SVID, trust bundle — as TLS contexts.
+
+Used by the server (its own SVID on the mesh listener) and by sidecars (inbound and
+outbound mTLS, and the emitter). SPIFFE names workloads by URI SAN, not DNS name, so
+hostname checking is off and the peer's SPIFFE ID is checked after the handshake with
+`svid.verify_peer_svid` (X509-SVID §5 "Validation").
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from auditmesh.identity.ca import MeshCA
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.identity.svid import make_csr
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    spiffe_id: SpiffeId
+    key_pem: bytes
+    cert_pem: bytes
+    bundle_pem: bytes
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+    @property
+    def not_before(self) -> datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.certificate.not_valid_after_utc
+
+    def server_context(self, *, require_client_cert: bool) -> ssl.SSLContext:
+        """TLS 1.3 server side; asks for a client SVID (required or optional)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        return self._finish(context)
+
+    def client_context(self) -> ssl.SSLContext:
+        """TLS 1.3 client side presenting this SVID; the server's ID is checked afterwards."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False  # SPIFFE IDs are URI SANs, checked after the handshake
+        context.verify_mode = ssl.CERT_REQUIRED
+        return self._finish(context)
+
+    def _finish(self, context: ssl.SSLContext) -> ssl.SSLContext:
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.load_verify_locations(cadata=self.bundle_pem.decode())
+        _load_chain(context, self.cert_pem, self.key_pem)
+        return context
+
+
+def _load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """`ssl` loads keys only from files: use a private temporary file, removed at once."""
+    fd, path = tempfile.mkstemp(prefix="auditmesh-svid-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:  # mkstemp creates the file with mode 0600
+            f.write(cert_pem + key_pem)
+        context.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+
+
+def new_private_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def self_issue(ca: MeshCA, spiffe_id: SpiffeId, now: datetime, ttl: timedelta) -> Credentials:
+    """Credentials the CA's own holder (the server) issues to itself, key kept in memory."""
+    key = new_private_key()
+    cert_pem = ca.issue_svid(make_csr(key, spiffe_id), spiffe_id, ttl, now=now)
+    return Credentials(spiffe_id, key_to_pem(key), cert_pem, ca.trust_bundle())

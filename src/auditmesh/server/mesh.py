@@ -1,0 +1,184 @@
+"""The server's mesh listener: mTLS endpoints for sidecars (routes only).
+
+    POST /v1/identity/join     join token + CSR → X.509-SVID (no client certificate needed)
+    POST /v1/identity/renew    CSR → a fresh SVID for the caller's own SPIFFE ID (mTLS)
+    GET  /v1/identity/bundle   the mesh trust bundle (PEM)
+    POST /v1/events            audit batch over mTLS; every event's `reporter` must be the
+                               caller's SPIFFE ID, so no sidecar can speak for another
+
+The peer's SVID is checked once per connection by `PeerAwareProtocol`, which puts the
+result in the ASGI scope's TLS extension; issuance and renewal are audited like any call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from cryptography import x509
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from auditmesh.collector import Collector
+from auditmesh.events import TLS, AuditEvent, Error, Peer, new_event_id
+from auditmesh.identity.ca import CAError, MeshCA
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.identity.svid import PeerIdentityError, cert_sha256, verify_peer_svid
+from auditmesh.identity.tokens import JoinTokens, TokenError
+from auditmesh.server.app import _error, _read_body, _TooLarge, admit_batch
+
+PEER_KEY = "auditmesh.peer"  # scope["extensions"]["tls"][PEER_KEY]: SpiffeId | PeerIdentityError
+
+
+def peer_protocol(bundle: bytes) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, plus the ASGI TLS extension with the verified peer."""
+
+    class PeerAwareProtocol(HttpToolsProtocol):
+        _peer: SpiffeId | PeerIdentityError | None = None
+        _peer_der: bytes | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+            if der:
+                self._peer_der = der
+                try:
+                    self._peer = verify_peer_svid(der, bundle, datetime.now(UTC))
+                except PeerIdentityError as exc:
+                    self._peer = exc
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            extensions: dict[str, Any] = {"tls": {PEER_KEY: self._peer, "peer_der": self._peer_der}}
+            self.scope["extensions"] = extensions
+
+    return PeerAwareProtocol
+
+
+class _JoinRequest(msgspec.Struct, forbid_unknown_fields=True):
+    token: str
+    csr: str
+
+
+class _RenewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    csr: str
+
+
+def _peer(request: Request) -> SpiffeId | Response:
+    tls = request.scope.get("extensions", {}).get("tls", {})
+    peer = tls.get(PEER_KEY)
+    if peer is None:
+        return _error(401, "this endpoint needs a client certificate (the sidecar's SVID)")
+    if isinstance(peer, PeerIdentityError):
+        return _error(403, f"client certificate refused: {peer}")
+    assert isinstance(peer, SpiffeId)
+    return peer
+
+
+class MeshApi:
+    def __init__(self, data_dir: Any, ca: MeshCA, collector: Collector, server_id: SpiffeId):
+        self.ca = ca
+        self.tokens = JoinTokens(data_dir)
+        self.collector = collector
+        self.server_id = server_id
+
+    async def _audit(
+        self,
+        subject: str | None,
+        action: str,
+        *,
+        failure: str | None = None,
+        cert_pem: bytes | None = None,
+        client: str | None = None,
+    ) -> None:
+        tls = None
+        if cert_pem is not None:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            tls = TLS(
+                mutual=True,
+                peer_cert_sha256=cert_sha256(cert),
+                peer_not_after=int(cert.not_valid_after_utc.timestamp()),
+            )
+        event = AuditEvent(
+            id=new_event_id(),
+            time_ns=time.time_ns(),
+            reporter=str(self.server_id),
+            kind="identity" if failure is None else "authn",
+            outcome="success" if failure is None else "failure",
+            source=Peer(identity=subject, ip=client),
+            destination=Peer(identity=str(self.server_id), service="auditmesh-server"),
+            tls=tls,
+            error=None if failure is None else Error(type=action, message=failure),
+            labels={"identity.action": action},
+            attested=True,
+        )
+        await self.collector.submit_async([event])  # durable before the answer goes out
+
+    async def join(self, request: Request) -> Response:
+        client = request.client.host if request.client else None
+        try:
+            body = msgspec.json.decode(await _read_body(request, 64 * 1024), type=_JoinRequest)
+        except (_TooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _error(400, f'send JSON {{"token": ..., "csr": PEM}}: {exc}')
+        now = datetime.now(UTC)
+        try:
+            spiffe_id = await run_in_threadpool(self.tokens.redeem, body.token, now)
+        except TokenError as exc:
+            await self._audit(None, "join_token_refused", failure=str(exc), client=client)
+            return _error(403, f"join token refused: {exc}")
+        try:
+            cert = self.ca.issue_svid(body.csr.encode(), spiffe_id, now=now)
+        except (CAError, ValueError) as exc:
+            await self._audit(str(spiffe_id), "join_csr_refused", failure=str(exc), client=client)
+            return _error(400, f"CSR refused: {exc}")
+        await self._audit(str(spiffe_id), "svid_issued", cert_pem=cert, client=client)
+        return self._issued(spiffe_id, cert)
+
+    async def renew(self, request: Request) -> Response:
+        peer = _peer(request)
+        if isinstance(peer, Response):
+            return peer
+        try:
+            body = msgspec.json.decode(await _read_body(request, 64 * 1024), type=_RenewRequest)
+        except (_TooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _error(400, f'send JSON {{"csr": PEM}}: {exc}')
+        try:
+            cert = self.ca.issue_svid(body.csr.encode(), peer, now=datetime.now(UTC))
+        except (CAError, ValueError) as exc:
+            return _error(400, f"CSR refused: {exc}")
+        await self._audit(str(peer), "svid_renewed", cert_pem=cert)
+        return self._issued(peer, cert)
+
+    def _issued(self, spiffe_id: SpiffeId, cert: bytes) -> Response:
+        bundle = self.ca.trust_bundle().decode()
+        return JSONResponse(
+            {"spiffe_id": str(spiffe_id), "certificate": cert.decode(), "bundle": bundle}
+        )
+
+    async def bundle(self, request: Request) -> Response:
+        return Response(self.ca.trust_bundle(), media_type="application/x-pem-file")
+
+    async def events(self, request: Request) -> Response:
+        peer = _peer(request)
+        if isinstance(peer, Response):
+            return peer
+        return await admit_batch(request, self.collector, reporter=str(peer))
+
+
+def create_mesh_app(api: MeshApi) -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/v1/identity/join", api.join, methods=["POST"]),
+            Route("/v1/identity/renew", api.renew, methods=["POST"]),
+            Route("/v1/identity/bundle", api.bundle, methods=["GET"]),
+            Route("/v1/events", api.events, methods=["POST"]),
+        ]
+    )

@@ -1,0 +1,136 @@
+"""The mesh listener: join tokens for SVIDs, renewal and audit batches over real mTLS."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+from cryptography import x509
+
+from auditmesh.datadir import open_ledger
+from auditmesh.events import AuditEvent, encode_ndjson
+from auditmesh.identity.ca import init_ca
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.identity.svid import make_csr
+from auditmesh.identity.tokens import JoinTokens
+from auditmesh.identity.workload import Credentials, key_to_pem, new_private_key
+from auditmesh.serverproc import ServerProcess, free_port
+from tests.conftest import generate
+
+pytestmark = pytest.mark.integration
+ORDERS = SpiffeId.kubernetes("cluster.local", "shop", "orders")
+
+
+@dataclass
+class Mesh:
+    server: ServerProcess
+    mesh_url: str
+    data: Path
+
+    def token(self, spiffe_id: SpiffeId) -> str:
+        return JoinTokens(self.data).mint(spiffe_id, now=datetime.now(UTC))
+
+    def bundle(self) -> bytes:
+        return (self.data / "ca" / "ca.pem").read_bytes()
+
+    def anonymous(self) -> httpx.Client:
+        context = ssl.create_default_context(cadata=self.bundle().decode())
+        context.check_hostname = False
+        return httpx.Client(base_url=self.mesh_url, verify=context)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    data = tmp_path_factory.mktemp("mesh") / "data"
+    init_ca(data, "cluster.local", now=datetime.now(UTC) - timedelta(minutes=1))
+    port = free_port()
+    with ServerProcess(data, extra=["--mesh-listen", f"127.0.0.1:{port}"]) as server:
+        yield Mesh(server, f"https://127.0.0.1:{port}", data)
+
+
+def join(mesh: Mesh, spiffe_id: SpiffeId) -> Credentials:
+    key = new_private_key()
+    with mesh.anonymous() as client:
+        response = client.post(
+            "/v1/identity/join",
+            json={"token": mesh.token(spiffe_id), "csr": make_csr(key).decode()},
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return Credentials(
+        spiffe_id, key_to_pem(key), body["certificate"].encode(), body["bundle"].encode()
+    )
+
+
+def reported_by(spiffe_id: SpiffeId, count: int, seed: int) -> list[AuditEvent]:
+    return [msgspec.structs.replace(e, reporter=str(spiffe_id)) for e in generate(count, seed)]
+
+
+def test_join_issues_an_svid_for_the_token_identity(mesh: Mesh) -> None:
+    credentials = join(mesh, ORDERS)
+    cert = credentials.certificate
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [str(ORDERS)]
+
+
+def test_join_token_is_one_time(mesh: Mesh) -> None:
+    token = mesh.token(ORDERS)
+    csr = make_csr(new_private_key()).decode()
+    with mesh.anonymous() as client:
+        first = client.post("/v1/identity/join", json={"token": token, "csr": csr})
+        assert first.status_code == 200
+        again = client.post("/v1/identity/join", json={"token": token, "csr": csr})
+        unknown = client.post("/v1/identity/join", json={"token": "nope", "csr": csr})
+    assert again.status_code == 403 and "used" in again.json()["error"]
+    assert unknown.status_code == 403 and "unknown" in unknown.json()["error"]
+
+
+def test_batches_over_mtls_must_be_reported_by_the_caller(mesh: Mesh) -> None:
+    credentials = join(mesh, ORDERS)
+    with httpx.Client(base_url=mesh.mesh_url, verify=credentials.client_context()) as client:
+        own = client.post("/v1/events", content=encode_ndjson(reported_by(ORDERS, 5, 1)))
+        assert own.status_code == 200, own.text
+        someone_else = reported_by(SpiffeId.kubernetes("cluster.local", "shop", "payments"), 1, 2)
+        forged = client.post(
+            "/v1/events", content=encode_ndjson([*reported_by(ORDERS, 2, 3), *someone_else])
+        )
+    assert forged.status_code == 403
+    assert forged.json()["line"] == 3 and "nothing stored" in forged.json()["error"]
+    with mesh.anonymous() as client:
+        anonymous = client.post("/v1/events", content=encode_ndjson(reported_by(ORDERS, 1, 4)))
+    assert anonymous.status_code == 401
+
+
+def test_renewal_over_mtls_keeps_the_identity(mesh: Mesh) -> None:
+    credentials = join(mesh, ORDERS)
+    key = new_private_key()
+    with httpx.Client(base_url=mesh.mesh_url, verify=credentials.client_context()) as client:
+        response = client.post("/v1/identity/renew", json={"csr": make_csr(key).decode()})
+    assert response.status_code == 200, response.text
+    assert response.json()["spiffe_id"] == str(ORDERS)
+    renewed = x509.load_pem_x509_certificate(response.json()["certificate"].encode())
+    assert renewed.serial_number != credentials.certificate.serial_number
+    with mesh.anonymous() as client:
+        assert client.post("/v1/identity/renew", json={"csr": "x"}).status_code == 401
+
+
+def test_issuance_and_refusals_are_audit_events(mesh: Mesh) -> None:
+    join(mesh, ORDERS)
+    with mesh.anonymous() as client:
+        client.post("/v1/identity/join", json={"token": "forged", "csr": "x"})
+        assert client.get("/v1/identity/bundle").content == mesh.bundle()
+    ledger = open_ledger(mesh.data, create=False)
+    try:
+        actions = [
+            msgspec.json.decode(data)["labels"].get("identity.action")
+            for _, data in ledger.store.entries(0, ledger.store.size())
+        ]
+    finally:
+        ledger.close()
+    assert "svid_issued" in actions and "join_token_refused" in actions
