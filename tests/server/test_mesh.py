@@ -134,3 +134,30 @@ def test_issuance_and_refusals_are_audit_events(mesh: Mesh) -> None:
     finally:
         ledger.close()
     assert "svid_issued" in actions and "join_token_refused" in actions
+
+
+def test_identity_agent_joins_persists_and_renews(mesh: Mesh, tmp_path: Path) -> None:
+    import asyncio
+
+    from auditmesh.identity.agent import EnrollmentError, IdentityAgent
+
+    seen: list[Credentials] = []
+
+    async def scenario() -> None:
+        agent = IdentityAgent(tmp_path / "sidecar", mesh.mesh_url, mesh.bundle())
+        agent.subscribe(seen.append)
+        first = await agent.start(mesh.token(ORDERS))
+        assert first.spiffe_id == ORDERS
+        restarted = IdentityAgent(tmp_path / "sidecar", mesh.mesh_url, mesh.bundle())
+        again = await restarted.start(None)  # no token needed: the SVID on disk is valid
+        assert again.cert_pem == first.cert_pem
+        renewed = await restarted.renew()
+        assert renewed.spiffe_id == ORDERS and renewed.cert_pem != first.cert_pem
+        fresh = IdentityAgent(tmp_path / "other", mesh.mesh_url, mesh.bundle())
+        with pytest.raises(EnrollmentError, match="no join token"):
+            await fresh.start(None)
+
+    asyncio.run(scenario())
+    key_file = tmp_path / "sidecar" / "identity" / "svid-key.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert len(seen) == 1
