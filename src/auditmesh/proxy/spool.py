@@ -1,0 +1,490 @@
+"""The sidecar's disk spool: audit events the server has not acknowledged yet.
+
+Place in the house: data plane, between the sidecar's emitter (`proxy/emitter.py`) and the
+collector. When the server is away the emitter appends batches here and later replays them
+oldest first; acknowledged records are skipped by a persisted read cursor and deleted a
+segment at a time. Pure file I/O, no asyncio: the emitter runs every call on one worker
+thread, so a `Spool` is used by one thread at a time (and by one process: `DIR/lock`).
+
+Layout of DIR (the sidecar's data dir + `/spool`):
+
+    DIR/<seq:016d>.seg  segments: the 8-byte magic b"AMSPOOL1", then records
+    DIR/state.json      {"segment": seq, "offset": bytes, "dropped": {reason: count}}:
+                        the read cursor (first un-acknowledged record) and the drops not
+                        yet reported; replaced atomically (write, fsync, rename, fsync dir)
+    DIR/lock            flock(2) held while open
+
+A record is `u32 length ‖ u32 crc ‖ payload`, big-endian, where `payload` is the event's
+canonical bytes (RFC 8785, never empty) and `crc` is CRC-32 (zlib) of the 4 length bytes
+and the payload, so a zero-filled tail never passes as a record. Opening the spool checks
+every un-acknowledged record; the first short or failing one (a write torn by kill -9 or
+power loss) and everything after it in its segment is truncated, never delivered.
+
+Bound: `max_bytes` caps the un-acknowledged bytes (8-byte headers included); disk use
+can exceed it by the acknowledged head of the oldest segment (< `segment_bytes`). When
+an append would pass the bound, `when_full` decides:
+
+- `block`: the spool never discards what it accepted; `append` takes the longest prefix
+  of the batch that fits and returns how many it took, the caller keeps the rest;
+- `drop-oldest`: the oldest un-acknowledged records (then, if the batch alone is larger
+  than the bound, the oldest of the batch) are discarded to make room and counted under
+  the reason "spool_full" in `dropped_pending`, which survives restarts until the
+  emitter has reported it (`clear_dropped`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import zlib
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Literal, TypeAlias
+
+MAGIC = b"AMSPOOL1"
+_HEADER = struct.Struct(">II")
+RECORD_OVERHEAD = _HEADER.size
+_READ_CHUNK = 256 * 1024
+_STATE = "state.json"
+MiB = 1024 * 1024
+
+WhenFull: TypeAlias = Literal["block", "drop-oldest"]
+SPOOL_FULL = "spool_full"
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used: in use, not a spool, or corrupted after opening."""
+
+
+class RecordTooLarge(ValueError):
+    """One record is larger than the whole spool (`max_bytes`); it can never be stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    max_bytes: int = 64 * MiB
+    segment_bytes: int = 4 * MiB
+    when_full: WhenFull = "block"
+    fsync: bool = True  # fsync after every append (one batch) and every cursor update
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= RECORD_OVERHEAD:
+            raise ValueError(f"max_bytes must be more than {RECORD_OVERHEAD}")
+        if self.segment_bytes <= len(MAGIC) + RECORD_OVERHEAD:
+            raise ValueError(f"segment_bytes must be more than {len(MAGIC) + RECORD_OVERHEAD}")
+        if self.when_full not in ("block", "drop-oldest"):
+            raise ValueError(f"when_full must be 'block' or 'drop-oldest', not {self.when_full!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    depth_records: int  # un-acknowledged records
+    depth_bytes: int  # their bytes, headers included
+    free_bytes: int  # max_bytes - depth_bytes
+    segments: int
+    appended: int  # records appended since open
+    evicted: int  # records discarded by drop-oldest since open
+    truncated_bytes: int  # torn or corrupt bytes cut off when opening
+    dropped_pending: tuple[tuple[str, int], ...]  # (reason, count) not yet reported
+
+
+def record_size(payload: bytes) -> int:
+    """Bytes one record takes in the spool (and against `max_bytes`)."""
+    return RECORD_OVERHEAD + len(payload)
+
+
+def _encode(payload: bytes) -> bytes:
+    length = len(payload).to_bytes(4, "big")
+    crc = zlib.crc32(payload, zlib.crc32(length))
+    return length + crc.to_bytes(4, "big") + payload
+
+
+def _valid(data: bytes | memoryview, pos: int, limit: int) -> int:
+    """Size of the intact record at `pos` in `data[:limit]`, or 0 if it is torn or corrupt."""
+    if limit - pos < RECORD_OVERHEAD:
+        return 0
+    length, crc = (int(v) for v in _HEADER.unpack_from(data, pos))
+    end = pos + RECORD_OVERHEAD + length
+    if length == 0 or end > limit:
+        return 0
+    if zlib.crc32(data[pos + RECORD_OVERHEAD : end], zlib.crc32(data[pos : pos + 4])) != crc:
+        return 0
+    return RECORD_OVERHEAD + length
+
+
+@dataclass(slots=True)
+class _Segment:
+    seq: int
+    path: Path
+    end: int  # bytes of intact data, magic included
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """An append-only, segmented, crash-safe FIFO of records in `directory`."""
+
+    def __init__(self, directory: Path, config: SpoolConfig | None = None) -> None:
+        self.directory = Path(directory)
+        self.config = config or SpoolConfig()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.directory / "lock", "a+b")  # held until close
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise SpoolError(f"{self.directory} is in use by another process") from None
+        self._segments: list[_Segment] = []
+        self._cursor = (0, len(MAGIC))
+        self._dropped: dict[str, int] = {}
+        self._depth_records = 0
+        self._depth_bytes = 0
+        self._appended = 0
+        self._evicted = 0
+        self._truncated = 0
+        self._tail: BinaryIO | None = None
+        try:
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- opening ---------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        state_path = self.directory / _STATE
+        (self.directory / (_STATE + ".tmp")).unlink(missing_ok=True)
+        if state_path.exists():
+            try:
+                state = json.loads(state_path.read_bytes())
+                self._cursor = (int(state["segment"]), int(state["offset"]))
+                self._dropped = {str(k): int(v) for k, v in state["dropped"].items() if int(v)}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise SpoolError(f"{state_path} is not a spool state file: {exc}") from None
+        found = sorted(
+            (int(p.name[:-4]), p)
+            for p in self.directory.glob("*.seg")
+            if p.name[:-4].isdigit() and len(p.name) == 20
+        )
+        cursor_seq, cursor_off = self._cursor
+        for seq, path in found:
+            if seq < cursor_seq:
+                path.unlink()  # fully acknowledged; a crash interrupted its deletion
+                continue
+            self._segments.append(_Segment(seq, path, 0))
+        if not self._segments or self._segments[0].seq != cursor_seq:
+            cursor_off = len(MAGIC)  # its segment is gone: start at the next one
+        if self._segments:
+            cursor_seq = self._segments[0].seq
+        for number, segment in enumerate(self._segments):
+            start = cursor_off if number == 0 else len(MAGIC)
+            self._check_segment(segment, start, last=number == len(self._segments) - 1)
+        if self._segments:
+            cursor_off = min(cursor_off, self._segments[0].end)
+        self._cursor = (cursor_seq, cursor_off)
+        self._normalise_cursor()
+        self._depth_bytes = self._bytes_from_cursor()
+        if self._segments:
+            self._tail = open(self._segments[-1].path, "r+b")
+            self._tail.seek(self._segments[-1].end)
+
+    def _check_segment(self, segment: _Segment, start: int, *, last: bool) -> None:
+        """Count the intact records from `start`; cut off a torn or corrupt rest."""
+        data = segment.path.read_bytes()
+        if MAGIC.startswith(data):
+            data = b""  # created, but its magic never made it to disk
+        elif data[: len(MAGIC)] != MAGIC:
+            raise SpoolError(f"{segment.path} is not a spool segment (bad magic)")
+        pos = min(max(start, len(MAGIC)), len(data)) if data else len(MAGIC)
+        while pos < len(data):
+            size = _valid(data, pos, len(data))
+            if not size:
+                break
+            pos += size
+            self._depth_records += 1
+        if not data or pos < len(data):
+            self._truncated += max(len(data) - pos, 0)
+            with open(segment.path, "r+b") as f:
+                if not data:
+                    f.write(MAGIC)
+                f.truncate(pos)
+                f.flush()
+                os.fsync(f.fileno())
+        segment.end = pos
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _records(self) -> Generator[tuple[int, int, bytes], None, None]:
+        """(segment seq, offset just past the record, payload) from the cursor on."""
+        cursor_seq, cursor_off = self._cursor
+        for segment in self._segments:
+            if segment.seq < cursor_seq:
+                continue
+            pos = cursor_off if segment.seq == cursor_seq else len(MAGIC)
+            with open(segment.path, "rb") as f:
+                f.seek(pos)
+                buf, at = b"", 0  # buf[at:] holds the file from `pos` on
+                while pos < segment.end:
+                    if len(buf) - at < RECORD_OVERHEAD:
+                        buf, at = buf[at:] + f.read(_READ_CHUNK), 0
+                    if len(buf) - at >= RECORD_OVERHEAD:
+                        need = RECORD_OVERHEAD + _HEADER.unpack_from(buf, at)[0]
+                        if len(buf) - at < need:
+                            buf, at = buf[at:] + f.read(max(_READ_CHUNK, need)), 0
+                        limit = at + min(len(buf) - at, segment.end - pos)
+                        if _valid(buf, at, limit) == need:
+                            pos += need
+                            yield segment.seq, pos, buf[at + RECORD_OVERHEAD : at + need]
+                            at += need
+                            continue
+                    raise SpoolError(f"{segment.path} changed under the spool at byte {pos}")
+
+    def peek(self, max_records: int, max_bytes: int | None = None) -> list[bytes]:
+        """The oldest un-acknowledged payloads, in order, without consuming them.
+
+        At most `max_records`, and no more than `max_bytes` of payload unless the first
+        record alone is larger (it is still returned, so the queue never stalls).
+        """
+        out: list[bytes] = []
+        total = 0
+        with closing(self._records()) as records:
+            for _, _, payload in records:
+                if len(out) >= max_records:
+                    break
+                if out and max_bytes is not None and total + len(payload) > max_bytes:
+                    break
+                out.append(payload)
+                total += len(payload)
+        return out
+
+    # --- consuming -------------------------------------------------------------------
+
+    def ack(self, count: int) -> None:
+        """The oldest `count` records are delivered: move the cursor past them, durably."""
+        if not 0 <= count <= self._depth_records:
+            raise ValueError(f"cannot acknowledge {count} of {self._depth_records} records")
+        if count:
+            self._advance(count=count)
+            self._commit_cursor()
+
+    def _advance(self, *, count: int = 0, need_bytes: int = 0) -> tuple[int, int]:
+        """Move the cursor (in memory) past `count` records, or past at least `need_bytes`;
+        return (records, bytes) passed."""
+        records = freed = 0
+        with closing(self._records()) as it:
+            for seq, end, payload in it:
+                if (count and records >= count) or (not count and freed >= need_bytes):
+                    break
+                self._cursor = (seq, end)
+                records += 1
+                freed += record_size(payload)
+        self._depth_records -= records
+        self._depth_bytes -= freed
+        self._normalise_cursor()
+        return records, freed
+
+    def _commit_cursor(self) -> None:
+        """Persist the cursor, then delete what lies wholly before it.
+
+        An empty spool keeps no segment: the cursor moves to the next sequence number
+        and the next append starts a fresh segment there.
+        """
+        if self._depth_records == 0 and self._segments:
+            self._cursor = (self._segments[-1].seq + 1, len(MAGIC))
+            if self._tail is not None:
+                self._tail.close()
+                self._tail = None
+        self._write_state()
+        seq = self._cursor[0]
+        while self._segments and self._segments[0].seq < seq:
+            self._segments.pop(0).path.unlink(missing_ok=True)
+
+    def _normalise_cursor(self) -> None:
+        """A cursor at the end of a segment that is not the last moves to the next one."""
+        seq, off = self._cursor
+        for number, segment in enumerate(self._segments[:-1]):
+            if segment.seq == seq and off >= segment.end:
+                seq, off = self._segments[number + 1].seq, len(MAGIC)
+        self._cursor = (seq, off)
+
+    # --- appending -------------------------------------------------------------------
+
+    @property
+    def free_bytes(self) -> int:
+        return self.config.max_bytes - self._depth_bytes
+
+    def append(self, records: Sequence[bytes]) -> int:
+        """Append payloads in order; return how many were taken (see `when_full`).
+
+        `drop-oldest` always takes the batch (possibly evicting); `block` takes the longest
+        prefix that fits. Raises `RecordTooLarge` (taking nothing) if one payload alone
+        exceeds `max_bytes`, and `ValueError` for an empty payload.
+        """
+        sizes = [record_size(r) for r in records]
+        for record, size in zip(records, sizes, strict=True):
+            if not record:
+                raise ValueError("a spool record cannot be empty")
+            if size > self.config.max_bytes:
+                raise RecordTooLarge(f"a {size}-byte record exceeds max_bytes")
+        taken = list(records)
+        free = self.free_bytes
+        if self.config.when_full == "block":
+            count = 0
+            for size in sizes:
+                if size > free:
+                    break
+                free -= size
+                count += 1
+            taken = taken[:count]
+        else:
+            skipped = 0
+            while sum(sizes[skipped:]) > self.config.max_bytes:
+                skipped += 1
+            taken, need = taken[skipped:], sum(sizes[skipped:]) - free
+            evicted = self._advance(need_bytes=need)[0] if need > 0 else 0
+            if evicted + skipped:
+                self._evicted += evicted + skipped
+                self._dropped[SPOOL_FULL] = self._dropped.get(SPOOL_FULL, 0) + evicted + skipped
+                self._commit_cursor()
+        if taken:
+            self._write(taken)
+        return len(taken) if self.config.when_full == "block" else len(records)
+
+    def _write(self, records: list[bytes]) -> None:
+        chunk, count = bytearray(), 0
+        for record in records:
+            tail = self._segments[-1] if self._segments else None
+            if tail is None or (
+                tail.end + len(chunk) + record_size(record) > self.config.segment_bytes
+                and tail.end + len(chunk) > len(MAGIC)
+            ):
+                if chunk:
+                    self._flush_chunk(bytes(chunk), count, sync=False)  # _new_segment syncs
+                    chunk, count = bytearray(), 0
+                self._new_segment()
+            chunk += _encode(record)
+            count += 1
+        self._flush_chunk(bytes(chunk), count, sync=self.config.fsync)
+
+    def _flush_chunk(self, chunk: bytes, count: int, *, sync: bool) -> None:
+        assert self._tail is not None
+        tail = self._segments[-1]
+        try:
+            self._tail.write(chunk)
+            self._tail.flush()
+            if sync:
+                os.fsync(self._tail.fileno())
+        except OSError:
+            self._tail.seek(tail.end)  # a failed write (ENOSPC) must not leave half a record
+            self._tail.truncate(tail.end)
+            raise
+        tail.end += len(chunk)
+        self._depth_bytes += len(chunk)
+        self._depth_records += count
+        self._appended += count
+
+    def _new_segment(self) -> None:
+        seq = self._segments[-1].seq + 1 if self._segments else self._cursor[0]
+        path = self.directory / f"{seq:016d}.seg"
+        if self._tail is not None:
+            if self.config.fsync:
+                os.fsync(self._tail.fileno())
+            self._tail.close()
+        self._tail = open(path, "w+b")
+        self._tail.write(MAGIC)
+        self._tail.flush()
+        if self.config.fsync:
+            os.fsync(self._tail.fileno())
+            _fsync_dir(self.directory)
+        self._segments.append(_Segment(seq, path, len(MAGIC)))
+        self._normalise_cursor()
+
+    # --- drops -----------------------------------------------------------------------
+
+    @property
+    def dropped_pending(self) -> dict[str, int]:
+        """Records lost (by reason) and not yet reported by a `system` event."""
+        return dict(self._dropped)
+
+    def note_dropped(self, reason: str, count: int) -> None:
+        """Remember, durably, that `count` events were lost for `reason` outside the spool."""
+        if count > 0:
+            self._dropped[reason] = self._dropped.get(reason, 0) + count
+            self._write_state()
+
+    def clear_dropped(self, reported: Mapping[str, int]) -> None:
+        """The drops in `reported` are now recorded in an event: forget them."""
+        for reason, count in reported.items():
+            left = self._dropped.get(reason, 0) - count
+            if left > 0:
+                self._dropped[reason] = left
+            else:
+                self._dropped.pop(reason, None)
+        self._write_state()
+
+    # --- state -----------------------------------------------------------------------
+
+    def _bytes_from_cursor(self) -> int:
+        seq, off = self._cursor
+        return sum(s.end - (off if s.seq == seq else len(MAGIC)) for s in self._segments)
+
+    def _write_state(self) -> None:
+        seq, off = self._cursor
+        body = {"segment": seq, "offset": off, "dropped": dict(sorted(self._dropped.items()))}
+        tmp = self.directory / (_STATE + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(body).encode() + b"\n")
+            f.flush()
+            if self.config.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, self.directory / _STATE)
+        if self.config.fsync:
+            _fsync_dir(self.directory)
+
+    @property
+    def depth_records(self) -> int:
+        return self._depth_records
+
+    @property
+    def depth_bytes(self) -> int:
+        return self._depth_bytes
+
+    def stats(self) -> SpoolStats:
+        return SpoolStats(
+            depth_records=self._depth_records,
+            depth_bytes=self._depth_bytes,
+            free_bytes=self.free_bytes,
+            segments=len(self._segments),
+            appended=self._appended,
+            evicted=self._evicted,
+            truncated_bytes=self._truncated,
+            dropped_pending=tuple(sorted(self._dropped.items())),
+        )
+
+    def close(self) -> None:
+        if self._tail is not None:
+            if self.config.fsync:
+                os.fsync(self._tail.fileno())
+            self._tail.close()
+            self._tail = None
+        if not self._lock.closed:
+            self._lock.close()  # releases the flock
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
