@@ -1,0 +1,601 @@
+"""OTLP → `AuditEvent`: the pure half of the OTLP receiver.
+
+Place in the house (DESIGN.md, "Telemetry in"): OTel SDKs and Istio/Envoy send OTLP traces
+and logs to `auditmesh server`; `otlp_http.py` (OTLP/HTTP) and `otlp_grpc.py` (OTLP/gRPC)
+carry the bytes in and out, this module decides what they mean. No sockets, no asyncio,
+no clock: requests in, events plus a partial-success verdict out. Imports `events` only
+(and, for Envoy's access-log lines, the sibling `ingest.envoy` parser).
+
+What becomes an audit event (each reported, never observed: `attested=False`, `reporter`
+`ingest:otlp:<service.name>`):
+
+(a) HTTP server and client spans, per the OpenTelemetry semantic conventions for HTTP spans
+    (stable `http.request.method`, `url.path`, `http.response.status_code`, `server.address`,
+    `client.address`, … and the pre-1.21 `http.method`, `http.target`, `http.status_code`,
+    `net.host.name`, `net.peer.ip`, … names). Event id: UUIDv7 from the span's start
+    millisecond and SHA-256 of (trace id, span id), so a retried export is stored once.
+(b) Envoy access-log records from the OpenTelemetry access logger as Istio's `envoyOtelAls`
+    provider configures it: body = Istio's default TEXT access-log line, attributes =
+    the provider's `logFormat.labels`. Event id from the record's content.
+(c) Log records carrying an audit event: attribute `auditmesh.event` (`EVENT_ATTRIBUTE`)
+    holds the event's canonical JSON (RFC 8785), exactly what `audit_log_record` writes.
+    The receiver keeps the event as sent, id included, except `reporter` and `attested`
+    (`as_received`): a relayed record proves nothing about who observed the call.
+
+Rejected versus skipped (OTLP spec, "Partial Success": the server reports the records it
+*rejects*): a record we recognise as audit data but cannot map (an HTTP span with a broken
+trace id, an access-log line that does not parse, an `auditmesh.event` that is not a valid
+event) is rejected and counted in `partial_success` with the reason. Telemetry that is valid
+but not about a service-to-service call (internal, producer and consumer spans, non-HTTP
+client/server spans, ordinary application logs) is accepted and skipped, the way a
+collector's filter drops data without failing the export; it is not an error to send it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+from urllib.parse import urlsplit
+
+import msgspec
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsPartialSuccess,
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from auditmesh.events import (
+    HTTP,
+    AuditEvent,
+    Direction,
+    Error,
+    EventError,
+    Outcome,
+    Peer,
+    Trace,
+    canonical_bytes,
+    decode_event,
+    new_event_id,
+)
+
+# --- names shared with `auditmesh export otlp` (the inverse of case (c)) -------------------
+
+#: Log-record attribute whose string value is one event's RFC 8785 canonical JSON.
+EVENT_ATTRIBUTE = "auditmesh.event"
+#: `LogRecord.event_name` an exporter of audit events sets (informative: the receiver keys on
+#: `EVENT_ATTRIBUTE` alone, so records from SDKs without `event_name` work too).
+EVENT_NAME = "auditmesh.audit_event"
+#: `reporter` of every ingested event: this prefix and the resource's `service.name`.
+REPORTER_PREFIX = "ingest:otlp:"
+#: Resource semantic conventions: the SDK default when `service.name` is not configured.
+UNKNOWN_SERVICE = "unknown_service"
+
+Encoding: TypeAlias = Literal["protobuf", "json"]
+Signal: TypeAlias = Literal["traces", "logs"]
+
+_MAX_REASONS = 5
+_MAX_REPORTER = 2048
+
+
+class MalformedRequest(ValueError):
+    """The body is not a valid Export*ServiceRequest (OTLP/HTTP "Bad Data": 400)."""
+
+
+class Unmappable(ValueError):
+    """One record is audit data we cannot turn into a valid event; the reason says why."""
+
+
+@dataclass(slots=True)
+class Mapped:
+    """What one Export request yields: events to commit, and the records left out."""
+
+    signal: Signal
+    events: list[AuditEvent] = field(default_factory=list)
+    rejected: int = 0
+    skipped: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        if len(self.reasons) < _MAX_REASONS and reason not in self.reasons:
+            self.reasons.append(reason)
+
+    @property
+    def unit(self) -> str:
+        return "spans" if self.signal == "traces" else "log records"
+
+    def error_message(self) -> str:
+        """The English explanation OTLP's `partial_success.error_message` asks for."""
+        if not self.rejected:
+            return ""
+        total = self.rejected + self.skipped + len(self.events)
+        text = f"rejected {self.rejected} of {total} {self.unit}: " + "; ".join(self.reasons)
+        if self.rejected > len(self.reasons):
+            text += "; …"
+        return text
+
+
+# --- wire decoding (pure; shared by OTLP/HTTP and OTLP/gRPC) -------------------------------
+
+# OTLP spec, "JSON Protobuf Encoding": trace and span ids are hex, not base64, in every
+# message. The collector's decoder also takes the original field names; so do we.
+_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def decode_request(
+    signal: Signal, body: bytes, encoding: Encoding
+) -> ExportTraceServiceRequest | ExportLogsServiceRequest:
+    """Parse an Export*ServiceRequest from binary protobuf or OTLP/JSON."""
+    message: ExportTraceServiceRequest | ExportLogsServiceRequest = (
+        ExportTraceServiceRequest() if signal == "traces" else ExportLogsServiceRequest()
+    )
+    if encoding == "protobuf":
+        try:
+            message.ParseFromString(body)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            raise MalformedRequest(f"not a protobuf {message.DESCRIPTOR.name}: {exc}") from None
+        return message
+    try:
+        tree = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedRequest(f"not JSON: {exc}") from None
+    if not isinstance(tree, dict):
+        raise MalformedRequest(f"OTLP/JSON wants an object ({message.DESCRIPTOR.name})")
+    _hex_ids_to_base64(tree, signal)
+    try:
+        # "OTLP/JSON receivers MUST ignore message fields with unknown names".
+        json_format.ParseDict(tree, message, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise MalformedRequest(f"not OTLP/JSON {message.DESCRIPTOR.name}: {exc}") from None
+    return message
+
+
+def _hex_ids_to_base64(tree: dict[str, Any], signal: Signal) -> None:
+    outer, scopes, items = (
+        ("resourceSpans", "scopeSpans", "spans")
+        if signal == "traces"
+        else ("resourceLogs", "scopeLogs", "logRecords")
+    )
+    for record in _walk(tree, outer, scopes, items):
+        _fix_ids(record)
+        links = record.get("links")
+        if isinstance(links, list):
+            for link in links:
+                if isinstance(link, dict):
+                    _fix_ids(link)
+
+
+def _walk(tree: dict[str, Any], *path: str) -> Iterator[dict[str, Any]]:
+    level: list[dict[str, Any]] = [tree]
+    for name in path:
+        snake = "".join("_" + c.lower() if c.isupper() else c for c in name)
+        nxt: list[dict[str, Any]] = []
+        for node in level:
+            for key in dict.fromkeys((name, snake)):
+                children = node.get(key)
+                if isinstance(children, list):
+                    nxt.extend(c for c in children if isinstance(c, dict))
+        level = nxt
+    yield from level
+
+
+def _fix_ids(record: dict[str, Any]) -> None:
+    for key in _ID_KEYS:
+        value = record.get(key)
+        if isinstance(value, str):
+            try:
+                raw = bytes.fromhex(value)  # case-insensitive (RFC 4648 §8)
+            except ValueError:
+                raise MalformedRequest(f"{key} {value[:40]!r} is not hex") from None
+            record[key] = base64.b64encode(raw).decode()
+
+
+def encode_response(signal: Signal, mapped: Mapped | None, encoding: Encoding) -> bytes:
+    """The Export*ServiceResponse; `partial_success` set only when something was rejected
+    (OTLP spec, "Full Success": the server MUST leave it unset otherwise)."""
+    response: ExportTraceServiceResponse | ExportLogsServiceResponse
+    if signal == "traces":
+        response = ExportTraceServiceResponse()
+        if mapped is not None and mapped.rejected:
+            response.partial_success.CopyFrom(
+                ExportTracePartialSuccess(
+                    rejected_spans=mapped.rejected, error_message=mapped.error_message()
+                )
+            )
+    else:
+        response = ExportLogsServiceResponse()
+        if mapped is not None and mapped.rejected:
+            response.partial_success.CopyFrom(
+                ExportLogsPartialSuccess(
+                    rejected_log_records=mapped.rejected, error_message=mapped.error_message()
+                )
+            )
+    if encoding == "protobuf":
+        return response.SerializeToString()
+    return json_format.MessageToJson(response, indent=None).encode()
+
+
+# --- mapping ------------------------------------------------------------------------------
+
+
+def map_request(request: ExportTraceServiceRequest | ExportLogsServiceRequest) -> Mapped:
+    if isinstance(request, ExportTraceServiceRequest):
+        return map_traces(request)
+    return map_logs(request)
+
+
+def map_traces(request: ExportTraceServiceRequest) -> Mapped:
+    mapped = Mapped("traces")
+    for resource_spans in request.resource_spans:
+        origin = _Origin.of(resource_spans.resource)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                try:
+                    event = span_event(span, origin)
+                except Unmappable as exc:
+                    mapped.reject(f"span {span.name[:80]!r}: {exc}")
+                    continue
+                if event is None:
+                    mapped.skipped += 1
+                else:
+                    mapped.events.append(event)
+    return mapped
+
+
+def map_logs(request: ExportLogsServiceRequest) -> Mapped:
+    mapped = Mapped("logs")
+    for resource_logs in request.resource_logs:
+        origin = _Origin.of(resource_logs.resource)
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                try:
+                    event = log_event(record, origin, resource_logs.resource)
+                except Unmappable as exc:
+                    mapped.reject(f"log record: {exc}")
+                    continue
+                if event is None:
+                    mapped.skipped += 1
+                else:
+                    mapped.events.append(event)
+    return mapped
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """The reporting service, from resource attributes (resource semantic conventions)."""
+
+    service: str
+    namespace: str | None
+    attributes: Mapping[str, AnyValue]
+
+    @classmethod
+    def of(cls, resource: Resource) -> _Origin:
+        attrs = attribute_map(resource.attributes)
+        service = text(attrs, "service.name") or UNKNOWN_SERVICE
+        namespace = text(attrs, "k8s.namespace.name", "service.namespace")
+        return cls(service, namespace, attrs)
+
+    @property
+    def reporter(self) -> str:
+        return (REPORTER_PREFIX + self.service)[:_MAX_REPORTER]
+
+
+# AnyValue accessors (OTLP common.proto). Attribute values are typed; SDKs and collectors
+# sometimes carry numbers as strings, so the integer reader takes decimal strings too.
+
+
+def attribute_map(kvs: Iterable[KeyValue]) -> dict[str, AnyValue]:
+    return {kv.key: kv.value for kv in kvs}
+
+
+def _scalar(value: AnyValue) -> str | int | float | bool | bytes | None:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        items = value.array_value.values
+        return _scalar(items[0]) if items else None  # captured headers are string arrays
+    if kind is None or kind == "kvlist_value":
+        return None
+    result: str | int | float | bool | bytes = getattr(value, kind)
+    return result
+
+
+def text(attrs: Mapping[str, AnyValue], *keys: str) -> str | None:
+    """The first of `keys` present as a non-empty string (integers are written out)."""
+    for key in keys:
+        value = attrs.get(key)
+        if value is None:
+            continue
+        scalar = _scalar(value)
+        if isinstance(scalar, str) and scalar:
+            return scalar
+        if isinstance(scalar, int) and not isinstance(scalar, bool):
+            return str(scalar)
+    return None
+
+
+def integer(attrs: Mapping[str, AnyValue], *keys: str) -> int | None:
+    """The first of `keys` present as an integer (or a decimal string, or an integral
+    double); a present but non-numeric value raises `Unmappable` naming the key."""
+    for key in keys:
+        value = attrs.get(key)
+        if value is None:
+            continue
+        scalar = _scalar(value)
+        if isinstance(scalar, bool) or scalar is None:
+            raise Unmappable(f"{key} is not an integer")
+        if isinstance(scalar, int):
+            return scalar
+        if isinstance(scalar, float) and scalar.is_integer():
+            return int(scalar)
+        if isinstance(scalar, str) and scalar.isascii() and scalar.isdigit():
+            return int(scalar)
+        raise Unmappable(f"{key} is not an integer: {str(scalar)[:40]!r}")
+    return None
+
+
+def _ip(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        return None
+
+
+def derived_id(time_ns: int, *parts: bytes) -> str:
+    """A UUIDv7 (RFC 9562 §5.7) whose 48-bit time is `time_ns`'s millisecond and whose
+    random bits are SHA-256 of `parts`: the same record always gets the same id, so the
+    ledger stores a retried export once (OTLP spec, "Duplicate Data")."""
+    digest = hashlib.sha256(b"\0".join(parts)).digest()
+    return new_event_id(lambda: time_ns, lambda n: digest[:n])
+
+
+def _validated(event: AuditEvent) -> AuditEvent:
+    """msgspec checks field constraints on decode, not on construction: round-trip once so
+    an over-long path or an out-of-range status is a reject reason, not a bad leaf."""
+    try:
+        return decode_event(canonical_bytes(event))
+    except EventError as exc:
+        raise Unmappable(f"not a valid audit event: {exc}") from None
+
+
+# --- (a) HTTP spans ---------------------------------------------------------------------
+
+_SERVER = Span.SpanKind.SPAN_KIND_SERVER
+_CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
+
+
+def _hex_id(raw: bytes, size: int, what: str, *, required: bool) -> str | None:
+    # trace.proto: trace_id is 16 bytes and span_id 8, all-zero meaning invalid/absent.
+    if not raw and not required:
+        return None
+    if len(raw) != size or not any(raw):
+        raise Unmappable(f"invalid {what} {raw.hex()[:64]!r} (want {size} non-zero bytes)")
+    return raw.hex()
+
+
+def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
+    """One HTTP server or client span as an audit event; None for spans that are not about
+    an HTTP call between services (skipped, see the module docstring)."""
+    if span.kind not in (_SERVER, _CLIENT):
+        return None
+    attrs = attribute_map(span.attributes)
+    # HTTP semconv: http.request.method (stable, v1.21+) / http.method (before).
+    method = text(attrs, "http.request.method", "http.method")
+    if method is None:
+        return None
+    if method == "_OTHER":  # semconv: the original is in http.request.method_original
+        method = text(attrs, "http.request.method_original") or method
+    trace_id = _hex_id(span.trace_id, 16, "trace_id", required=True)
+    span_id = _hex_id(span.span_id, 8, "span_id", required=True)
+    parent = _hex_id(span.parent_span_id, 8, "parent_span_id", required=False)
+    assert trace_id is not None and span_id is not None
+    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+    if not start:
+        raise Unmappable("no start_time_unix_nano")
+    if start >= 2**63:
+        raise Unmappable("start_time_unix_nano is beyond the year 2262")
+    if end < start:
+        raise Unmappable("end_time_unix_nano is before start_time_unix_nano")
+    status = integer(attrs, "http.response.status_code", "http.status_code")
+    server = span.kind == _SERVER
+    url = text(attrs, "url.full", "http.url")
+    parts = urlsplit(url) if url else None
+    path = text(attrs, "url.path") or _path_only(text(attrs, "http.target"))
+    if path is None and parts is not None:
+        path = parts.path or "/"
+    route = text(attrs, "http.route")
+    here = Peer(service=origin.service[:253], namespace=_short(origin.namespace))
+    if server:
+        # HTTP server span: server.* describe this service, client.* the caller.
+        source = Peer(
+            ip=_ip(text(attrs, "client.address", "http.client_ip", "net.peer.ip"))
+            or _ip(text(attrs, "network.peer.address", "net.sock.peer.addr")),
+            port=integer(attrs, "client.port", "network.peer.port", "net.peer.port"),
+        )
+        host = text(attrs, "server.address", "net.host.name") or _host_of(text(attrs, "http.host"))
+        destination = Peer(
+            service=here.service,
+            namespace=here.namespace,
+            host=_short(host),
+            ip=_ip(text(attrs, "network.local.address", "net.sock.host.addr")),
+            port=integer(attrs, "server.port", "net.host.port"),
+        )
+        direction: Direction = "inbound"
+    else:
+        # HTTP client span: server.* (or the URL) describe the service being called.
+        source = here
+        host = text(attrs, "server.address", "net.peer.name")
+        port = integer(attrs, "server.port", "net.peer.port")
+        if parts is not None:
+            host = host or parts.hostname
+            port = port if port is not None else _url_port(parts)
+        destination = Peer(
+            service=_short(text(attrs, "peer.service")),
+            host=_short(host),
+            ip=_ip(text(attrs, "network.peer.address", "net.sock.peer.addr")) or _ip(host),
+            port=port,
+        )
+        direction = "outbound"
+    outcome, error = _span_outcome(span.status, attrs, status, server=server)
+    event = AuditEvent(
+        id=derived_id(start, b"otlp-span", span.trace_id, span.span_id),
+        time_ns=start,
+        duration_us=(end - start) // 1000 if end else 0,
+        reporter=origin.reporter,
+        kind="http",
+        direction=direction,
+        outcome=outcome,
+        source=_peer_or_none(source),
+        destination=_peer_or_none(destination),
+        http=HTTP(
+            method=method,
+            path=path,
+            status=status,
+            protocol=_protocol(attrs),
+            user_agent=text(attrs, "user_agent.original", "http.user_agent"),
+            request_bytes=integer(attrs, "http.request.body.size", "http.request_content_length"),
+            response_bytes=integer(
+                attrs, "http.response.body.size", "http.response_content_length"
+            ),
+            request_id=text(attrs, "http.request.header.x-request-id"),
+        ),
+        trace=Trace(trace_id=trace_id, span_id=span_id, parent_span_id=parent),
+        error=error,
+        labels={"http.route": route} if route else {},
+        attested=False,
+    )
+    return _validated(event)
+
+
+def _span_outcome(
+    status: Status, attrs: Mapping[str, AnyValue], http_status: int | None, *, server: bool
+) -> tuple[Outcome, Error | None]:
+    # HTTP semconv, "Status": a server span is an error for 5xx, a client span for 4xx and
+    # 5xx; error.type names the class of error (the status code, an exception type, or
+    # "_OTHER"). An explicit span status wins over the derivation.
+    error_type = text(attrs, "error.type")
+    code = status.code
+    if code == Status.StatusCode.STATUS_CODE_OK:
+        failed = False
+    elif code == Status.StatusCode.STATUS_CODE_ERROR or error_type is not None:
+        failed = True
+    elif http_status is not None:
+        failed = http_status >= (500 if server else 400)
+    else:
+        return "unknown", None
+    if not failed:
+        return "success", None
+    kind = error_type or (str(http_status) if http_status else "_OTHER")
+    return "failure", Error(type=kind[:128], message=status.message[:4096])
+
+
+def _protocol(attrs: Mapping[str, AnyValue]) -> str | None:
+    name = text(attrs, "network.protocol.name")
+    version = text(attrs, "network.protocol.version", "http.flavor")
+    if version is None or (name is not None and name.lower() != "http"):
+        return None
+    return f"HTTP/{version.removesuffix('.0') if version in ('2.0', '3.0') else version}"[:16]
+
+
+def _path_only(target: str | None) -> str | None:
+    # http.target carried path and query; the audit record keeps the path (no query
+    # parameters at the default Metadata depth, DESIGN.md "Audit depth").
+    if target is None:
+        return None
+    return target.split("?", 1)[0].split("#", 1)[0] or "/"
+
+
+def _host_of(authority: str | None) -> str | None:
+    if authority is None:
+        return None
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0] or None
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def _url_port(parts: Any) -> int | None:
+    try:
+        port = parts.port
+    except ValueError:
+        raise Unmappable("url.full has an invalid port") from None
+    if port is not None:
+        return int(port)
+    return {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def _short(value: str | None) -> str | None:
+    return value[:253] if value else None
+
+
+def _peer_or_none(peer: Peer) -> Peer | None:
+    return peer if peer != Peer() else None
+
+
+# --- logs: (c) relayed audit events, (b) Envoy access logs ----------------------------------
+
+
+def audit_log_record(event: AuditEvent) -> LogRecord:
+    """The OTLP log record that carries `event` (case (c)); `auditmesh export otlp` builds on
+    this and may add semantic-convention attributes, which the receiver ignores."""
+    record = LogRecord(
+        time_unix_nano=int(event.time_ns),
+        event_name=EVENT_NAME,
+        attributes=[
+            KeyValue(
+                key=EVENT_ATTRIBUTE,
+                value=AnyValue(string_value=canonical_bytes(event).decode()),
+            )
+        ],
+    )
+    if event.trace is not None:
+        record.trace_id = bytes.fromhex(event.trace.trace_id)
+        if event.trace.span_id is not None:
+            record.span_id = bytes.fromhex(event.trace.span_id)
+    return record
+
+
+def as_received(event: AuditEvent, service_name: str = UNKNOWN_SERVICE) -> AuditEvent:
+    """What the receiver stores for `event` relayed by the service `service_name`: the same
+    event (same id, so it is logged once however often it is relayed), reported by
+    `ingest:otlp:<service.name>` and not attested."""
+    reporter = (REPORTER_PREFIX + (service_name or UNKNOWN_SERVICE))[:_MAX_REPORTER]
+    return msgspec.structs.replace(event, reporter=reporter, attested=False)
+
+
+def log_event(record: LogRecord, origin: _Origin, resource: Resource) -> AuditEvent | None:
+    attrs = attribute_map(record.attributes)
+    carried = attrs.get(EVENT_ATTRIBUTE)
+    if carried is not None:
+        return _relayed_event(carried, origin)
+    return None
+
+
+def _relayed_event(value: AnyValue, origin: _Origin) -> AuditEvent:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        data: bytes | str = value.string_value
+    elif kind == "bytes_value":
+        data = value.bytes_value
+    else:
+        raise Unmappable(f"{EVENT_ATTRIBUTE} must be a string holding the event JSON")
+    try:
+        event = decode_event(data)
+    except EventError as exc:
+        raise Unmappable(f"{EVENT_ATTRIBUTE} is not a valid audit event: {exc}") from None
+    return as_received(event, origin.service)

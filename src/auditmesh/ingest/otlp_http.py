@@ -1,0 +1,212 @@
+"""OTLP/HTTP receiver: `POST /v1/traces` and `POST /v1/logs` on the server's HTTP port.
+
+Place in the house: the I/O shell around `ingest.otlp` (which decides what a request means)
+and the collector (which makes the events durable). `server/app.py` mounts `routes(...)`.
+Everything here follows the OTLP specification, section "OTLP/HTTP":
+
+- Request bodies are binary protobuf (`application/x-protobuf`) or OTLP/JSON
+  (`application/json`), optionally `Content-Encoding: gzip`; any other type or coding is
+  answered 415 (RFC 9110 §15.5.16).
+- The body is limited, "including after decompression" (20 MiB, the spec's recommended
+  default): 413 when over, also for a gzip bomb, which is never inflated past the limit.
+- 200 with an Export*ServiceResponse in the request's encoding, answered only after the
+  events are durable; `partial_success` counts and explains rejected records.
+- Failures carry a `google.rpc.Status` body ("Failures"): 400 for undecodable data
+  ("Bad Data", with a `BadRequest` detail), 503 with Retry-After when the collector is
+  shutting down (retryable, "OTLP/HTTP Throttling").
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from google.protobuf import any_pb2, json_format
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.ingest.otlp import (
+    Encoding,
+    MalformedRequest,
+    Mapped,
+    Signal,
+    decode_request,
+    encode_response,
+    map_request,
+)
+
+#: OTLP spec, "OTLP/HTTP Request": "It is RECOMMENDED to use 20 MiB as the default limit."
+MAX_BODY_BYTES = 20 * 1024 * 1024
+# Decoding and mapping a large body takes milliseconds; do it off the event loop.
+_INLINE_BYTES = 256 * 1024
+
+_MEDIA_TYPES: dict[str, Encoding] = {
+    "application/x-protobuf": "protobuf",
+    "application/json": "json",
+}
+_CONTENT_TYPES: dict[Encoding, str] = {
+    "protobuf": "application/x-protobuf",
+    "json": "application/json",
+}
+
+
+class BodyTooLarge(Exception):
+    """The body, as sent or once inflated, is over the limit."""
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate gzip (RFC 1952, members concatenated allowed) without ever holding more than
+    `limit` + 1 bytes of output; raises `BodyTooLarge` past the limit and
+    `MalformedRequest` for data that is not gzip or is truncated."""
+    out = bytearray()
+    pending = data
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        while True:
+            out += inflater.decompress(pending, limit + 1 - len(out))
+            if len(out) > limit:
+                raise BodyTooLarge
+            if inflater.eof:
+                pending = inflater.unused_data
+                if not pending:
+                    return bytes(out)
+                inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                continue
+            pending = inflater.unconsumed_tail
+            if not pending:
+                raise MalformedRequest("gzip body is truncated")
+    except zlib.error as exc:
+        raise MalformedRequest(f"Content-Encoding is gzip but the body is not: {exc}") from None
+
+
+def _status_response(
+    http_status: int,
+    code: int,
+    message: str,
+    encoding: Encoding,
+    *,
+    bad_request: bool = False,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    status = status_pb2.Status(code=code, message=message)
+    if bad_request:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field="", description=message)
+                ]
+            )
+        )
+        status.details.append(detail)
+    if encoding == "protobuf":
+        body = status.SerializeToString()
+    else:
+        body = json_format.MessageToJson(status, indent=None).encode()
+    return Response(
+        body, status_code=http_status, media_type=_CONTENT_TYPES[encoding], headers=headers
+    )
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_and_map(
+    signal: Signal, body: bytes, encoding: Encoding, gzipped: bool, limit: int
+) -> Mapped:
+    """The CPU part of one request: inflate, decode, map (pure, thread-safe)."""
+    if gzipped:
+        body = gunzip(body, limit)
+    return map_request(decode_request(signal, body, encoding))
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpHttpReceiver:
+    collector: Collector
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    async def traces(self, request: Request) -> Response:
+        return await self._export("traces", request)
+
+    async def logs(self, request: Request) -> Response:
+        return await self._export("logs", request)
+
+    async def _export(self, signal: Signal, request: Request) -> Response:
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        encoding = _MEDIA_TYPES.get(media_type)
+        if encoding is None:
+            return _status_response(
+                415,
+                code_pb2.INVALID_ARGUMENT,
+                f"unsupported Content-Type {media_type or '(none)'!r}: OTLP/HTTP takes "
+                "application/x-protobuf or application/json",
+                "protobuf",
+            )
+        coding = request.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("identity", "", "gzip", "x-gzip"):
+            return _status_response(
+                415,
+                code_pb2.INVALID_ARGUMENT,
+                f"unsupported Content-Encoding {coding!r}: send gzip or no compression",
+                encoding,
+            )
+        limit = self.max_body_bytes
+        try:
+            body = await _read_limited(request, limit)
+            gzipped = coding in ("gzip", "x-gzip")
+            if len(body) > _INLINE_BYTES or (gzipped and len(body) > _INLINE_BYTES // 8):
+                mapped = await run_in_threadpool(
+                    decode_and_map, signal, body, encoding, gzipped, limit
+                )
+            else:
+                mapped = decode_and_map(signal, body, encoding, gzipped, limit)
+        except BodyTooLarge:
+            return _status_response(
+                413,
+                code_pb2.RESOURCE_EXHAUSTED,
+                f"request body larger than {limit} bytes (after decompression); "
+                "send smaller batches",
+                encoding,
+            )
+        except MalformedRequest as exc:
+            return _status_response(
+                400, code_pb2.INVALID_ARGUMENT, str(exc), encoding, bad_request=True
+            )
+        if mapped.events:
+            try:
+                await self.collector.submit_async(mapped.events)
+            except CollectorStopped as exc:
+                return _status_response(
+                    503,
+                    code_pb2.UNAVAILABLE,
+                    f"{exc}; retry later",
+                    encoding,
+                    headers={"Retry-After": "5"},
+                )
+        return Response(
+            encode_response(signal, mapped, encoding), media_type=_CONTENT_TYPES[encoding]
+        )
+
+
+def routes(collector: Collector, *, max_body_bytes: int = MAX_BODY_BYTES) -> list[Route]:
+    """The OTLP/HTTP default paths (OTLP spec, "OTLP/HTTP Request")."""
+    receiver = OtlpHttpReceiver(collector, max_body_bytes)
+    return [
+        Route("/v1/traces", receiver.traces, methods=["POST"]),
+        Route("/v1/logs", receiver.logs, methods=["POST"]),
+    ]
