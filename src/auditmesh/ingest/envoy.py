@@ -1,0 +1,755 @@
+"""Envoy/Istio access-log lines → `AuditEvent`: the Envoy ingest adapter's pure core.
+
+Place in the house (DESIGN.md, "Telemetry in"): `auditmesh ingest envoy` (cli/ingest.py)
+feeds this module lines of a sidecar's access-log file; the OTLP receiver feeds it the body
+of Envoy's OpenTelemetry access-log records, which Istio's `envoyOtelAls` provider fills
+with the same TEXT line. Each function works on one line alone, without file context, and
+does no I/O. Imports `events` only.
+
+Two steps: `parse_text_line` / `parse_json_line` turn a line into an `AccessRecord` (the
+access-log fields, typed, nothing interpreted), `to_event` interprets the record as a call
+between services (direction and peers from Istio's cluster names, outcome from the response
+flags, identities from peer URI SANs, trace from `traceparent`). A line that cannot be read
+raises `EnvoyLogError`, a `ValueError` naming the field and what is wrong with it.
+
+Event ids are deterministic: a UUIDv7 whose millisecond is the request's start time and whose
+random bits are SHA-256 of (reporter, line), so ingesting the same line twice from the same
+source yields the same id and the ledger keeps it once.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from auditmesh.events import (
+    HTTP,
+    TCP,
+    AuditEvent,
+    Authz,
+    Direction,
+    Error,
+    Outcome,
+    Peer,
+    Trace,
+    canonical_bytes,
+    decode_event,
+    new_event_id,
+)
+
+# Istio's default TEXT access-log format (istio.io, "Envoy Access Logs", "Default access log
+# format"; the same string Istio sets as `text_format_source.inline_string` in every
+# sidecar's FileAccessLog, and as the body of the `envoyOtelAls` provider).
+ISTIO_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+
+# The TEXT format's fields in order: (key, command operator). The keys are the names Istio's
+# JSON encoding gives the same operators (`accessLogEncoding: JSON`), so both parsers fill
+# one record and report errors by the name a person sees in their log.
+TEXT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    ("connection_termination_details", "%CONNECTION_TERMINATION_DETAILS%"),
+    ("upstream_transport_failure_reason", "%UPSTREAM_TRANSPORT_FAILURE_REASON%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    ("upstream_service_time", "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("route_name", "%ROUTE_NAME%"),
+)
+_TEXT_LABEL = {key: f"field {n} ({op})" for n, (key, op) in enumerate(TEXT_FIELDS, start=1)}
+
+# Keys a JSON access log may add when the mesh config asks for them (Envoy command operators
+# %DOWNSTREAM_PEER_URI_SAN%, %UPSTREAM_PEER_URI_SAN%, %DOWNSTREAM_LOCAL_URI_SAN%,
+# %UPSTREAM_LOCAL_URI_SAN%, %REQ(TRACEPARENT)%).
+OPTIONAL_JSON_KEYS = (
+    "downstream_peer_uri_san",
+    "upstream_peer_uri_san",
+    "downstream_local_uri_san",
+    "upstream_local_uri_san",
+    "traceparent",
+    "trace_id",
+)
+
+# Envoy's %RESPONSE_FLAGS% (envoyproxy.io, "Access logging" → "Command Operators" →
+# %RESPONSE_FLAGS%): flag → (error.type, what Envoy's documentation says it means).
+RESPONSE_FLAGS: dict[str, tuple[str, str]] = {
+    "UH": ("no_healthy_upstream", "no healthy upstream hosts in the upstream cluster"),
+    "UF": ("upstream_connection_failure", "upstream connection failure"),
+    "UO": ("upstream_overflow", "upstream overflow (circuit breaking)"),
+    "NR": ("no_route_found", "no route configured for the request, or no matching filter chain"),
+    "URX": ("upstream_retry_limit_exceeded", "upstream retry limit or connect attempts reached"),
+    "NC": ("no_cluster_found", "upstream cluster not found"),
+    "DT": ("duration_timeout", "max connection or downstream connection duration exceeded"),
+    "DC": ("downstream_connection_termination", "downstream connection termination"),
+    "LH": ("failed_local_health_check", "local service failed its health check"),
+    "UT": ("upstream_request_timeout", "upstream request timeout"),
+    "LR": ("local_reset", "connection local reset"),
+    "UR": ("upstream_remote_reset", "upstream remote reset"),
+    "UC": ("upstream_connection_termination", "upstream connection termination"),
+    "DI": ("delay_injected", "request delayed by fault injection"),
+    "FI": ("fault_injected", "request aborted by fault injection"),
+    "RL": ("rate_limited", "request rate-limited locally"),
+    "UAEX": ("unauthorized_external_service", "request denied by the external authorization"),
+    "RLSE": ("rate_limit_service_error", "error in the rate limit service"),
+    "IH": ("invalid_envoy_request_headers", "invalid value for a strictly-checked header"),
+    "SI": ("stream_idle_timeout", "stream idle timeout"),
+    "DPE": ("downstream_protocol_error", "the downstream request had an HTTP protocol error"),
+    "UPE": ("upstream_protocol_error", "the upstream response had an HTTP protocol error"),
+    "UMSDR": ("upstream_max_stream_duration_reached", "upstream request reached max duration"),
+    "OM": ("overload_manager", "Overload Manager terminated the request"),
+    "DF": ("dns_resolution_failure", "request terminated by a DNS resolution failure"),
+    "RFCF": ("response_from_cache_filter", "response served by the cache filter"),
+    "NFCF": ("no_filter_config_found", "no filter configuration found"),
+}
+# Flags that say something happened on the way but not that the call failed.
+BENIGN_FLAGS = frozenset({"DI", "RFCF"})
+
+_MAX_TEXT = 4096  # events.Text
+_MAX_LABEL = 1024  # events.LabelValue
+_MAX_COUNT = 2**53 - 1  # events.Count
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # RFC 9110 §5.6.2 token (a method)
+_FLAG = re.compile(r"[A-Z]{1,8}")
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))"
+)
+_SPIFFE = re.compile(r"spiffe://[a-z0-9._-]+(/[^/?#]+)*")  # events.SpiffeId
+_HEX = re.compile(r"[0-9a-f]+")
+# W3C Trace Context §3.2: version-traceid-parentid-flags (future versions may append fields).
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+# Istio's RBAC filter: rbac_access_denied_matched_policy[ns[NS]-policy[NAME]-rule[N]].
+_RBAC_DENIED = re.compile(
+    r"rbac_access_denied_matched_policy\[ns\[([^\]]+)\]-policy\[([^\]]+)\]-rule\[(\d{1,9})\]\]"
+)
+# Istio's SNI for mTLS between sidecars: outbound_.PORT_.SUBSET_.HOST.
+_ISTIO_SNI = re.compile(r"outbound_\.(\d+)_\.([^.]*)_\.(.+)")
+_K8S_SERVICE = re.compile(
+    r"([a-z0-9]([a-z0-9-]*[a-z0-9])?)\.([a-z0-9]([a-z0-9-]*[a-z0-9])?)\.svc(\..*)?"
+)
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class EnvoyLogError(ValueError):
+    """An access-log line that cannot be read; the message names the field and the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """One access-log line's fields, typed; `None` where Envoy wrote `-` (unset).
+
+    `raw` is the line itself (without its line break): the event id is derived from it.
+    The last six fields are absent from Istio's defaults; a JSON log configured with them,
+    or an OTLP record's attributes, may supply them (`dataclasses.replace`).
+    """
+
+    raw: str
+    start_ns: int
+    method: str | None = None
+    path: str | None = None
+    protocol: str | None = None
+    response_code: int | None = None
+    response_flags: tuple[str, ...] = ()
+    response_code_details: str | None = None
+    connection_termination_details: str | None = None
+    upstream_transport_failure_reason: str | None = None
+    bytes_received: int | None = None
+    bytes_sent: int | None = None
+    duration_ms: int | None = None
+    upstream_service_time_ms: int | None = None
+    x_forwarded_for: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    authority: str | None = None
+    upstream_host: str | None = None
+    upstream_cluster: str | None = None
+    upstream_local_address: str | None = None
+    downstream_local_address: str | None = None
+    downstream_remote_address: str | None = None
+    requested_server_name: str | None = None
+    route_name: str | None = None
+    downstream_peer_uri_san: str | None = None
+    upstream_peer_uri_san: str | None = None
+    downstream_local_uri_san: str | None = None
+    upstream_local_uri_san: str | None = None
+    traceparent: str | None = None
+    trace_id: str | None = None
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def parse_line(line: str) -> AccessRecord:
+    """Either encoding: a line starting with `{` is JSON, anything else TEXT."""
+    return parse_json_line(line) if line.lstrip().startswith("{") else parse_text_line(line)
+
+
+def parse_text_line(line: str) -> AccessRecord:
+    """One line in Istio's default TEXT format (`ISTIO_TEXT_FORMAT`).
+
+    Quoted fields are taken as Envoy writes them, without unescaping (Envoy escapes nothing
+    in TEXT logs); the user agent, the one field a caller fills freely, may itself contain
+    quotes, so the fields after it are read from the end of the line.
+    """
+    line = _strip_newline(line)
+    cursor = _Cursor(line)
+    values: dict[str, str] = {}
+    if not line.startswith("["):
+        raise _error(
+            _TEXT_LABEL["start_time"],
+            "the line does not start with '[' (is it Istio's default TEXT access-log format?)",
+        )
+    close = line.find("] ", 1)
+    if close < 0:
+        raise _error(_TEXT_LABEL["start_time"], "no '] ' closes the start time")
+    values["start_time"] = line[1:close]
+    cursor.pos = close + 2
+    request = cursor.quoted("method")
+    method, _, rest = request.partition(" ")
+    path, _, protocol = rest.rpartition(" ")
+    if not method or not protocol:
+        raise _error(
+            "fields 2-4 (%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%)",
+            f"{_show(request)} is not 'METHOD PATH PROTOCOL'",
+        )
+    values.update(method=method, path=path, protocol=protocol)
+    for key in ("response_code", "response_flags", "response_code_details"):
+        values[key] = cursor.bare(key)
+    values["connection_termination_details"] = cursor.bare("connection_termination_details")
+    values["upstream_transport_failure_reason"] = cursor.quoted("upstream_transport_failure_reason")
+    for key in ("bytes_received", "bytes_sent", "duration", "upstream_service_time"):
+        values[key] = cursor.bare(key)
+    values["x_forwarded_for"] = cursor.quoted("x_forwarded_for")
+    # The rest: "UA" "ID" "AUTHORITY" "UPSTREAM_HOST" and six bare fields, read from the end.
+    rest = line[cursor.pos :]
+    parts = rest.rsplit(" ", 6)
+    if len(parts) < 7:
+        raise _error(
+            "fields 15-24 (%REQ(USER-AGENT)% … %ROUTE_NAME%)",
+            "the line ends early: Istio's default TEXT format has 24 fields",
+        )
+    rest = parts[0]
+    tail_keys = TEXT_FIELDS[18:]
+    for (key, _op), value in zip(tail_keys, parts[1:], strict=True):
+        if not value:
+            raise _error(_TEXT_LABEL[key], "empty value (two spaces in a row?)")
+        values[key] = value
+    for key in ("upstream_host", "authority", "request_id"):
+        if not rest.endswith('"'):
+            raise _error(_TEXT_LABEL[key], "expected a quoted value")
+        start = rest.rfind(' "', 0, len(rest) - 1)
+        if start < 0:
+            raise _error(_TEXT_LABEL[key], "expected a quoted value")
+        values[key] = rest[start + 2 : -1]
+        rest = rest[:start]
+    if len(rest) < 2 or not rest.startswith('"') or not rest.endswith('"'):
+        raise _error(_TEXT_LABEL["user_agent"], "expected a quoted value")
+    values["user_agent"] = rest[1:-1]
+    return _record(line, values.get, _TEXT_LABEL.__getitem__)
+
+
+def parse_json_line(line: str) -> AccessRecord:
+    """One JSON object with Istio's JSON access-log keys (`accessLogEncoding: JSON`).
+
+    Values may be strings (`json_format`) or typed (`typed_json_format`: numbers, `null` for
+    unset); unknown keys are ignored, `start_time` is required.
+    """
+    line = _strip_newline(line)
+    try:
+        document = msgspec.json.decode(line)
+    except (msgspec.DecodeError, RecursionError, ValueError) as exc:
+        raise EnvoyLogError(f"not a JSON access-log line: {exc}") from None
+    if not isinstance(document, dict):
+        raise EnvoyLogError(
+            f"not a JSON access-log line: expected an object, got {_kind(document)}"
+        )
+    values: dict[str, str | None] = {}
+    for key in (*(k for k, _ in TEXT_FIELDS), *OPTIONAL_JSON_KEYS):
+        value = document.get(key)
+        if value is None or isinstance(value, str):
+            values[key] = value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            values[key] = str(value)
+        elif isinstance(value, float) and value.is_integer():
+            values[key] = str(int(value))
+        else:
+            raise _error(key, f"expected a string or an integer, got {_kind(value)}")
+    if values["start_time"] is None:
+        raise _error("start_time", "missing (every access-log line has a start time)")
+    return _record(line, values.get, lambda key: key)
+
+
+class _Cursor:
+    """Left-to-right reader of a TEXT line's space-separated and quoted fields."""
+
+    __slots__ = ("line", "pos")
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+        self.pos = 0
+
+    def bare(self, key: str) -> str:
+        end = self.line.find(" ", self.pos)
+        if end < 0:
+            raise _error(
+                _TEXT_LABEL[key], "the line ends early: Istio's default TEXT format has 24 fields"
+            )
+        value = self.line[self.pos : end]
+        if not value:
+            raise _error(_TEXT_LABEL[key], "empty value (two spaces in a row?)")
+        self.pos = end + 1
+        return value
+
+    def quoted(self, key: str) -> str:
+        if not self.line.startswith('"', self.pos):
+            raise _error(_TEXT_LABEL[key], "expected a quoted value")
+        end = self.line.find('" ', self.pos + 1)
+        if end < 0:
+            raise _error(_TEXT_LABEL[key], "the quoted value is not closed by '\" '")
+        value = self.line[self.pos + 1 : end]
+        self.pos = end + 2
+        return value
+
+
+def _record(
+    raw: str, get: Callable[[str], str | None], label: Callable[[str], str]
+) -> AccessRecord:
+    """Type the raw field values; `label(key)` names a field in an error message."""
+
+    def text(key: str) -> str | None:
+        value = get(key)
+        return None if value is None or value in ("-", "") else value
+
+    def count(key: str, what: str) -> int | None:
+        value = text(key)
+        if value is None:
+            return None
+        if not (value.isascii() and value.isdigit()) or int(value) > _MAX_COUNT:
+            raise _error(label(key), f"{_show(value)} is not {what}")
+        return int(value)
+
+    start = text("start_time")
+    if start is None:
+        raise _error(label("start_time"), "missing (every access-log line has a start time)")
+    try:
+        start_ns = parse_rfc3339(start)
+    except ValueError as exc:
+        raise _error(label("start_time"), str(exc)) from None
+    method = text("method")
+    if method is not None and not _TOKEN.fullmatch(method):
+        raise _error(label("method"), f"{_show(method)} is not an HTTP method")
+    protocol = text("protocol")
+    if protocol is not None and (len(protocol) > 16 or " " in protocol):
+        raise _error(label("protocol"), f"{_show(protocol)} is not a protocol such as HTTP/1.1")
+    code = count("response_code", "a status code")
+    if code is not None and code != 0 and not 100 <= code <= 599:
+        raise _error(label("response_code"), f"{code} is not a status code (100-599, or 0)")
+    flags_text = text("response_flags")
+    flags = tuple(flags_text.split(",")) if flags_text is not None else ()
+    for flag in flags:
+        if not _FLAG.fullmatch(flag):
+            raise _error(label("response_flags"), f"{_show(flag)} is not an Envoy response flag")
+    service_time = text("upstream_service_time")
+    return AccessRecord(
+        raw=raw,
+        start_ns=start_ns,
+        method=method,
+        path=text("path"),
+        protocol=protocol,
+        response_code=code,
+        response_flags=flags,
+        response_code_details=text("response_code_details"),
+        connection_termination_details=text("connection_termination_details"),
+        upstream_transport_failure_reason=text("upstream_transport_failure_reason"),
+        bytes_received=count("bytes_received", "a byte count"),
+        bytes_sent=count("bytes_sent", "a byte count"),
+        duration_ms=count("duration", "a duration in milliseconds"),
+        # A response header the upstream may set itself: kept only when it is a number.
+        upstream_service_time_ms=(
+            int(service_time)
+            if service_time
+            and service_time.isascii()
+            and service_time.isdigit()
+            and len(service_time) < 16
+            else None
+        ),
+        x_forwarded_for=text("x_forwarded_for"),
+        user_agent=text("user_agent"),
+        request_id=text("request_id"),
+        authority=text("authority"),
+        upstream_host=text("upstream_host"),
+        upstream_cluster=text("upstream_cluster"),
+        upstream_local_address=text("upstream_local_address"),
+        downstream_local_address=text("downstream_local_address"),
+        downstream_remote_address=text("downstream_remote_address"),
+        requested_server_name=text("requested_server_name"),
+        route_name=text("route_name"),
+        downstream_peer_uri_san=text("downstream_peer_uri_san"),
+        upstream_peer_uri_san=text("upstream_peer_uri_san"),
+        downstream_local_uri_san=text("downstream_local_uri_san"),
+        upstream_local_uri_san=text("upstream_local_uri_san"),
+        traceparent=text("traceparent"),
+        trace_id=text("trace_id"),
+    )
+
+
+# --- helpers shared with the other ingest adapters ---------------------------------------
+
+
+def parse_rfc3339(text: str) -> int:
+    """Nanoseconds since the Unix epoch of an RFC 3339 §5.6 date-time (Envoy's %START_TIME%
+    is `2024-05-01T12:00:00.123Z`; Linkerd writes nanoseconds). No floats on the way."""
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{_show(text)} is not an RFC 3339 time such as 2024-05-01T12:00:00.123Z")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, zulu, sign, off_h, off_m = match.groups()[6:]
+    if not (1970 <= year <= 2261 and 1 <= month <= 12 and hour <= 23 and minute <= 59):
+        raise ValueError(f"{_show(text)} is out of range (years 1970-2261)")
+    if not 1 <= day <= calendar.monthrange(year, month)[1] or second > 60:
+        raise ValueError(f"{_show(text)} is not a valid date and time")
+    seconds = calendar.timegm((year, month, day, hour, minute, min(second, 59), 0, 0, 0))
+    if zulu is None:
+        offset = int(off_h) * 3600 + int(off_m) * 60
+        seconds -= offset if sign == "+" else -offset
+    nanos = int((fraction or "").ljust(9, "0"))
+    total = seconds * 1_000_000_000 + nanos
+    if not 0 <= total < 2**63:
+        raise ValueError(f"{_show(text)} is out of range")
+    return total
+
+
+def line_event_id(time_ns: int, source: str, line: str) -> str:
+    """The deterministic event id of one reported line: UUIDv7 (RFC 9562 §5.7) with the
+    call's millisecond and, as its "random" bits, SHA-256 of (source, line)."""
+    digest = hashlib.sha256(source.encode() + b"\n" + line.encode("utf-8", "replace")).digest()
+    return new_event_id(lambda: time_ns, lambda n: digest[:n])
+
+
+def split_address(text: str | None) -> tuple[str | None, int | None]:
+    """`10.0.0.1:8080`, `[fd00::1]:80`, `tcp://10.0.0.1:80` → (ip, port); anything else
+    (`-`, a pipe, `envoy://internal_client_address/`) → (None, None)."""
+    if not text:
+        return None, None
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        if scheme not in ("tcp", "udp", "http", "https"):
+            return None, None
+        text = text.rstrip("/")
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, ""
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = str(ipaddress.ip_address(host))
+    except ValueError:
+        return None, None
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() else None
+    return ip, port if port is not None and port <= 65535 else None
+
+
+def spiffe_id(text: str | None) -> str | None:
+    """A single SPIFFE ID as `events.SpiffeId` accepts it, else None (DESIGN.md: a peer with
+    zero or several URI SANs has no identity; Envoy joins several with commas)."""
+    if text is None or len(text) > 2048 or "," in text or not _SPIFFE.fullmatch(text):
+        return None
+    return text
+
+
+def service_of(host: str | None) -> tuple[str | None, str | None]:
+    """(service, namespace) of a Kubernetes service host: `svc.ns.svc.cluster.local[:port]`,
+    or a bare `svc[:port]` (service only). Other hosts name no service."""
+    if not host:
+        return None, None
+    name = host.lower()
+    if name.startswith("[") or name.count(":") > 1:
+        return None, None
+    name = name.partition(":")[0]
+    match = _K8S_SERVICE.fullmatch(name)
+    if match is not None and len(match.group(1)) <= 63 and len(match.group(3)) <= 63:
+        return match.group(1), match.group(3)
+    if _DNS_LABEL.fullmatch(name) and not name.isdigit():
+        return name, None
+    return None, None
+
+
+def trace_of(traceparent: str | None, trace_id: str | None = None) -> Trace | None:
+    """W3C Trace Context §3.2 `traceparent` → Trace (the header's parent-id is the caller's
+    span); else a bare trace id: 32 hex digits, or 16 (B3 64-bit, left-padded with zeros)."""
+    if traceparent:
+        match = _TRACEPARENT.fullmatch(traceparent.strip().lower())
+        version = match.group(1) if match else "ff"
+        if match and version != "ff" and (version != "00" or not match.group(5)):
+            tid, parent = match.group(2), match.group(3)
+            if tid != "0" * 32:
+                return Trace(trace_id=tid, parent_span_id=None if parent == "0" * 16 else parent)
+    if trace_id:
+        tid = trace_id.strip().lower()
+        if len(tid) in (16, 32) and _HEX.fullmatch(tid) and tid.strip("0"):
+            return Trace(trace_id=tid.rjust(32, "0"))
+    return None
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """`text` cut to `limit` characters (None stays None): an over-long URL or header is
+    kept in part rather than losing the whole record."""
+    return None if text is None else text[:limit]
+
+
+def validated(event: AuditEvent, error: type[ValueError]) -> AuditEvent:
+    """`event` if the collector will accept it; `error` naming the field otherwise.
+
+    msgspec checks constraints on decoding only, so the event goes once through its wire
+    form here: one bad line must be refused on its own, not make the server refuse a batch.
+    """
+    try:
+        decode_event(canonical_bytes(event))
+    except ValueError as exc:
+        raise error(f"cannot make an audit event of this line: {exc}") from None
+    return event
+
+
+# --- interpretation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """What Istio's cluster name says about a call (istio.io, "Envoy cluster naming":
+    `inbound|PORT|SUBSET|HOST`, `outbound|PORT|SUBSET|HOST`, and the passthrough clusters)."""
+
+    direction: Direction | None = None
+    port: int | None = None
+    subset: str | None = None
+    host: str | None = None
+
+
+def parse_cluster(name: str | None) -> Cluster:
+    if not name:
+        return Cluster()
+    parts = name.split("|")
+    if len(parts) == 4 and parts[0] in ("inbound", "outbound", "inbound-vip", "outbound-vip"):
+        direction: Direction = "inbound" if parts[0].startswith("inbound") else "outbound"
+        port = int(parts[1]) if parts[1].isascii() and parts[1].isdigit() else None
+        return Cluster(
+            direction,
+            port if port is not None and port <= 65535 else None,
+            parts[2] or None,
+            parts[3] or None,
+        )
+    if name in ("PassthroughCluster", "BlackHoleCluster"):
+        return Cluster("outbound")
+    if name.startswith("InboundPassthroughCluster"):
+        return Cluster("inbound")
+    return Cluster()
+
+
+def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
+    """The audit event one access-log record reports (`attested=False`: a log line, not a
+    call our sidecar saw). `reporter` names the source, e.g. `ingest:envoy:access.log`,
+    and seeds the event id together with the line."""
+    cluster = parse_cluster(record.upstream_cluster)
+    inbound = cluster.direction == "inbound"
+    source_ip, source_port = split_address(record.downstream_remote_address)
+    source_identity = spiffe_id(record.downstream_peer_uri_san) or (
+        None if inbound else spiffe_id(record.upstream_local_uri_san)
+    )
+    if inbound:  # the reporting sidecar is the destination: the caller dialled its address
+        dest_ip, dest_port = split_address(record.downstream_local_address)
+        dest_identity = spiffe_id(record.downstream_local_uri_san)
+        sni = _ISTIO_SNI.fullmatch(record.requested_server_name or "")
+        service_host = sni.group(3) if sni else cluster.host or record.authority
+    else:
+        dest_ip, dest_port = split_address(record.upstream_host)
+        dest_identity = spiffe_id(record.upstream_peer_uri_san)
+        service_host = cluster.host or record.authority
+    dest_service, dest_namespace = service_of(service_host)
+    source_namespace = _namespace_of(source_identity)
+    is_http = record.method is not None or (record.protocol or "").startswith("HTTP")
+    outcome, error, authz = _outcome(record, cluster.direction, is_http)
+    labels = {
+        f"envoy.{key}": value[:_MAX_LABEL]
+        for key, value in (
+            ("response_flags", ",".join(record.response_flags)),
+            ("response_code_details", record.response_code_details),
+            ("connection_termination_details", record.connection_termination_details),
+            ("upstream_transport_failure_reason", record.upstream_transport_failure_reason),
+            ("upstream_cluster", record.upstream_cluster),
+            ("route_name", record.route_name),
+            ("x_forwarded_for", record.x_forwarded_for),
+        )
+        if value
+    }
+    event = AuditEvent(
+        id=line_event_id(record.start_ns, reporter, record.raw),
+        time_ns=record.start_ns,
+        reporter=reporter,
+        kind="http" if is_http else "tcp",
+        outcome=outcome,
+        duration_us=(record.duration_ms or 0) * 1000,
+        direction=cluster.direction,
+        source=_peer(
+            identity=source_identity,
+            namespace=source_namespace,
+            ip=source_ip,
+            port=source_port,
+        ),
+        destination=_peer(
+            identity=dest_identity,
+            service=dest_service,
+            namespace=dest_namespace or _namespace_of(dest_identity),
+            ip=dest_ip,
+            port=dest_port or cluster.port,
+            host=clip(record.authority, 253) if is_http else None,
+        ),
+        http=HTTP(
+            method=record.method,
+            path=clip(record.path, _MAX_TEXT),
+            status=record.response_code or None,
+            request_bytes=record.bytes_received,
+            response_bytes=record.bytes_sent,
+            protocol=record.protocol,
+            user_agent=clip(record.user_agent, _MAX_TEXT),
+            request_id=clip(record.request_id, 256),
+        )
+        if is_http
+        else None,
+        tcp=None
+        if is_http
+        else TCP(
+            sent_bytes=record.bytes_sent or 0,
+            received_bytes=record.bytes_received or 0,
+            end=clip(
+                record.connection_termination_details or ",".join(record.response_flags) or None,
+                64,
+            ),
+        ),
+        authz=authz,
+        trace=trace_of(record.traceparent, record.trace_id),
+        error=error,
+        labels=labels,
+        attested=False,
+    )
+    return validated(event, EnvoyLogError)
+
+
+def _outcome(
+    record: AccessRecord, direction: Direction | None, is_http: bool
+) -> tuple[Outcome, Error | None, Authz | None]:
+    """Outcome, error and authorization decision, most specific first: an RBAC denial
+    (Istio's response code details), then Envoy's response flags, then the status."""
+    details = record.response_code_details or ""
+    if details.startswith("rbac_access_denied"):
+        match = _RBAC_DENIED.fullmatch(details)
+        authz = (
+            Authz(
+                decision="deny",
+                policy=f"{match.group(1)}/{match.group(2)}"[:253],
+                rule=int(match.group(3)),
+            )
+            if match
+            else Authz(decision="deny")
+        )
+        return "failure", Error(type="rbac_access_denied", message=details[:_MAX_TEXT]), authz
+    for flag in record.response_flags:
+        if flag in BENIGN_FLAGS:
+            continue
+        kind, meaning = RESPONSE_FLAGS.get(flag, (f"envoy_response_flag_{flag}", ""))
+        message = f"{flag}: {meaning}" if meaning else flag
+        external_denial = Authz(decision="deny") if flag == "UAEX" else None
+        return "failure", Error(type=kind, message=message), external_denial
+    status = record.response_code
+    if not is_http:
+        return "success", None, None
+    if not status:  # %RESPONSE_CODE% 0: no response was sent (Envoy docs)
+        return "unknown", None, None
+    # OpenTelemetry semantic conventions, HTTP spans, "Status": 5xx is an error on both
+    # sides, 4xx only for the client (outbound); error.type is the status code.
+    if status >= 500 or (status >= 400 and direction == "outbound"):
+        return "failure", Error(type=str(status), message=f"HTTP {status}"), None
+    return "success", None, None
+
+
+def _peer(
+    *,
+    identity: str | None = None,
+    service: str | None = None,
+    namespace: str | None = None,
+    ip: str | None = None,
+    port: int | None = None,
+    host: str | None = None,
+) -> Peer | None:
+    peer = Peer(
+        identity=identity, service=service, namespace=namespace, ip=ip, port=port, host=host
+    )
+    return None if peer == _NO_PEER else peer
+
+
+_NO_PEER = Peer()
+
+
+def _namespace_of(identity: str | None) -> str | None:
+    """The namespace in a Kubernetes-style SPIFFE ID `spiffe://TD/ns/NS/sa/SA`."""
+    if identity is None:
+        return None
+    parts = identity.split("/")
+    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa" and len(parts[4]) <= 253:
+        return parts[4]
+    return None
+
+
+def _strip_newline(line: str) -> str:
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def _error(label: str, reason: str) -> EnvoyLogError:
+    return EnvoyLogError(f"{label}: {reason}")
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "an array", bool: "a boolean", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+__all__ = [
+    "AccessRecord",
+    "EnvoyLogError",
+    "ISTIO_TEXT_FORMAT",
+    "RESPONSE_FLAGS",
+    "parse_json_line",
+    "parse_line",
+    "parse_text_line",
+    "to_event",
+]
