@@ -31,6 +31,7 @@ import msgspec
 from auditmesh.events import (
     HTTP,
     TCP,
+    TLS,
     AuditEvent,
     Authz,
     Direction,
@@ -591,7 +592,7 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
         dest_identity = spiffe_id(record.upstream_peer_uri_san)
         service_host = cluster.host or record.authority
     dest_service, dest_namespace = service_of(service_host)
-    source_namespace = _namespace_of(source_identity)
+    source_namespace = namespace_of(source_identity)
     is_http = record.method is not None or (record.protocol or "").startswith("HTTP")
     outcome, error, authz = _outcome(record, cluster.direction, is_http)
     labels = {
@@ -615,20 +616,24 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
         outcome=outcome,
         duration_us=(record.duration_ms or 0) * 1000,
         direction=cluster.direction,
-        source=_peer(
+        source=make_peer(
             identity=source_identity,
             namespace=source_namespace,
             ip=source_ip,
             port=source_port,
         ),
-        destination=_peer(
+        destination=make_peer(
             identity=dest_identity,
             service=dest_service,
-            namespace=dest_namespace or _namespace_of(dest_identity),
+            namespace=dest_namespace or namespace_of(dest_identity),
             ip=dest_ip,
             port=dest_port or cluster.port,
             host=clip(record.authority, 253) if is_http else None,
         ),
+        # Envoy logs a peer URI SAN only when that peer presented a certificate (mTLS).
+        tls=TLS(mutual=True)
+        if (record.downstream_peer_uri_san if inbound else record.upstream_peer_uri_san)
+        else None,
         http=HTTP(
             method=record.method,
             path=clip(record.path, _MAX_TEXT),
@@ -697,7 +702,7 @@ def _outcome(
     return "success", None, None
 
 
-def _peer(
+def make_peer(
     *,
     identity: str | None = None,
     service: str | None = None,
@@ -709,13 +714,14 @@ def _peer(
     peer = Peer(
         identity=identity, service=service, namespace=namespace, ip=ip, port=port, host=host
     )
+    """A `Peer` of the fields given, or None when nothing is known about that end."""
     return None if peer == _NO_PEER else peer
 
 
 _NO_PEER = Peer()
 
 
-def _namespace_of(identity: str | None) -> str | None:
+def namespace_of(identity: str | None) -> str | None:
     """The namespace in a Kubernetes-style SPIFFE ID `spiffe://TD/ns/NS/sa/SA`."""
     if identity is None:
         return None
