@@ -1,0 +1,308 @@
+"""`auditmesh export ecs | otlp`: the audit trail to the ELK stack or an OpenTelemetry Collector.
+
+The I/O side of `auditmesh.export`: open the ledger, read committed entries in index order
+(`--follow` polls for new ones), hand each to the pure mapping, write or send the result,
+and move the cursor only once the output is flushed (ECS) or the collector acknowledged
+(OTLP). Reads only; the ledger is never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO
+
+import msgspec
+
+from auditmesh.cli.main import UserError
+from auditmesh.cli.timespec import parse_time_ns
+from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.events import AuditEvent, EventError, decode_event
+from auditmesh.export.cursor import Cursor, CursorError, check_cursor, load_cursor, save_cursor
+from auditmesh.export.ecs import ecs_document
+from auditmesh.ledger.merkle import leaf_hash
+from auditmesh.store.base import EventFilter, StoreError
+from auditmesh.store.sqlite import SQLiteStore
+
+BATCH = 1000
+Rows = list[tuple[int, bytes]]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("export", help="export the audit trail (ECS NDJSON, OTLP logs)")
+    export_sub = parser.add_subparsers(title="export commands", metavar="COMMAND", required=True)
+
+    ecs = export_sub.add_parser(
+        "ecs",
+        help="Elastic Common Schema NDJSON, one document per event",
+        description=(
+            "Write every event as one Elastic Common Schema document per line (NDJSON), "
+            "ready for Filebeat's ndjson parser or Elastic Agent. event.hash is the event's "
+            "Merkle leaf hash and event.sequence its ledger index."
+        ),
+    )
+    _add_reading(ecs)
+    ecs.add_argument("-o", "--output", default="-", help="file to write, or - for stdout")
+    ecs.add_argument("--since", help="only events at or after: 15m, 2h, 7d or an RFC 3339 time")
+    ecs.add_argument(
+        "--preserve-original",
+        action="store_true",
+        help="keep the event's canonical JSON in event.original (the leaf hash's input)",
+    )
+    ecs.add_argument(
+        "--cursor",
+        type=Path,
+        help="resume from and save the position in this file (appends to --output)",
+    )
+    ecs.set_defaults(func=run_ecs)
+
+    otlp = export_sub.add_parser(
+        "otlp",
+        help="OTLP log records to an OpenTelemetry Collector",
+        description=(
+            "Send every event as an OTLP LogRecord with semantic-convention attributes, "
+            "resuming from the last index the collector acknowledged."
+        ),
+    )
+    _add_reading(otlp)
+    otlp.add_argument("--endpoint", required=True, help="collector URL, e.g. http://host:4318")
+    otlp.add_argument(
+        "--protocol",
+        choices=("http", "grpc"),
+        default="http",
+        help="OTLP/HTTP with protobuf (default) or OTLP/gRPC",
+    )
+    otlp.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="request header / gRPC metadata, e.g. an authorization token (repeatable)",
+    )
+    otlp.add_argument(
+        "--cursor",
+        type=Path,
+        help="resume file (default: DATA/export/otlp-<endpoint hash>.cursor)",
+    )
+    otlp.add_argument(
+        "--compression", choices=("none", "gzip"), default="none", help="request compression"
+    )
+    otlp.add_argument("--batch", type=int, default=512, help="log records per export request")
+    otlp.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    otlp.set_defaults(func=run_otlp)
+
+
+def _add_reading(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    parser.add_argument("--follow", action="store_true", help="keep polling for new events")
+    parser.add_argument(
+        "--poll", type=float, default=1.0, metavar="SECONDS", help="poll interval with --follow"
+    )
+    parser.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="with --follow: stop once no new event arrived for this long",
+    )
+
+
+def _open(data: Path) -> Ledger:
+    try:
+        return open_ledger(data, create=False)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def tail(
+    store: SQLiteStore,
+    start: int,
+    *,
+    follow: bool,
+    poll_s: float,
+    idle_exit_s: float | None,
+    batch: int = BATCH,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Rows]:
+    """Committed entries from `start` on, in index order, in batches of at most `batch`.
+
+    Without `follow`, stops at the log's size when called; with it, polls every `poll_s`
+    and stops only after `idle_exit_s` without new entries (never, when None).
+    """
+    next_index = start
+    idle_since = clock()
+    while True:
+        size = store.size()
+        if next_index < size:
+            end = min(size, next_index + batch)
+            rows = list(store.entries(next_index, end))
+            if rows:
+                yield rows
+                next_index = rows[-1][0] + 1
+                idle_since = clock()
+                continue
+        if not follow:
+            return
+        if idle_exit_s is not None and clock() - idle_since >= idle_exit_s:
+            return
+        sleep(poll_s)
+
+
+def _resume(ledger: Ledger, path: Path | None, target: str) -> int:
+    """The index to start from: the saved cursor's, checked against this log, or 0."""
+    if path is None:
+        return 0
+    try:
+        cursor = load_cursor(path)
+        if cursor is None:
+            return 0
+        leaf_at = None
+        if cursor.next_index > 0:
+            rows = list(ledger.store.entries(cursor.next_index - 1, cursor.next_index))
+            leaf_at = leaf_hash(rows[0][1]).hex() if rows else None
+        check_cursor(cursor, origin=ledger.log.origin, target=target, leaf_at=leaf_at)
+    except CursorError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return cursor.next_index
+
+
+def _save(ledger: Ledger, path: Path | None, target: str, rows: Rows) -> None:
+    if path is None or not rows:
+        return
+    last_index, last_data = rows[-1]
+    cursor = Cursor(last_index + 1, ledger.log.origin, target, leaf_hash(last_data).hex())
+    save_cursor(path, cursor)
+
+
+def _decode(index: int, data: bytes) -> AuditEvent:
+    try:
+        return decode_event(data)
+    except EventError as exc:  # a stored entry always decoded once; say where if not
+        raise UserError(f"ledger entry {index} is not a valid event: {exc}") from None
+
+
+# -- ecs -------------------------------------------------------------------------------
+
+
+def run_ecs(args: argparse.Namespace) -> int:
+    since_ns = parse_time_ns(args.since, time.time_ns()) if args.since else None
+    encoder = msgspec.json.Encoder()
+    with ExitStack() as stack:
+        ledger = _open(args.data)
+        stack.callback(ledger.close)
+        target = "-" if args.output == "-" else str(Path(args.output).resolve())
+        start = _resume(ledger, args.cursor, target)
+        if since_ns is not None:
+            # The first index whose event is at or after --since; later entries are still
+            # filtered one by one, since ledger order is arrival order, not event time.
+            first = ledger.store.find(EventFilter(since_ns=since_ns, limit=1))
+            start = max(start, first[0].index if first else ledger.store.size())
+        out: IO[bytes]
+        if args.output == "-":
+            out = sys.stdout.buffer
+        else:
+            out = stack.enter_context(open(args.output, "ab" if args.cursor else "wb"))
+        written = 0
+        try:
+            for rows in tail(
+                ledger.store,
+                start,
+                follow=args.follow,
+                poll_s=args.poll,
+                idle_exit_s=args.exit_when_idle,
+            ):
+                lines = []
+                for index, data in rows:
+                    event = _decode(index, data)
+                    if since_ns is not None and event.time_ns < since_ns:
+                        continue
+                    doc = ecs_document(
+                        event,
+                        index=index,
+                        leaf=leaf_hash(data),
+                        original=data if args.preserve_original else None,
+                    )
+                    lines.append(encoder.encode(doc) + b"\n")
+                out.write(b"".join(lines))
+                out.flush()
+                if args.output != "-":
+                    os.fsync(out.fileno())
+                _save(ledger, args.cursor, target, rows)
+                written += len(lines)
+        except BrokenPipeError:  # `| head`: the reader has all it wanted
+            # Python's documented recipe: point stdout at devnull so the exit flush is quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    print(f"exported {written} events as ECS", file=sys.stderr)
+    return 0
+
+
+# -- otlp ------------------------------------------------------------------------------
+
+
+def default_otlp_cursor(data: Path, endpoint: str) -> Path:
+    digest = hashlib.sha256(endpoint.encode()).hexdigest()[:16]
+    return data / "export" / f"otlp-{digest}.cursor"
+
+
+def _headers(pairs: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--header {pair!r}: expected KEY=VALUE")
+        headers[key.strip().lower()] = value.strip()
+    return headers
+
+
+def run_otlp(args: argparse.Namespace) -> int:
+    from auditmesh.export.otlp import ExportError, OtlpSender, log_records_request
+
+    if args.batch < 1:
+        raise UserError("--batch must be at least 1")
+    headers = _headers(args.header)
+    cursor_path: Path = args.cursor or default_otlp_cursor(args.data, args.endpoint)
+    target = f"{args.protocol}:{args.endpoint}"
+    sent = 0
+    with ExitStack() as stack:
+        ledger = _open(args.data)
+        stack.callback(ledger.close)
+        start = _resume(ledger, cursor_path, target)
+        try:
+            sender = OtlpSender(
+                args.endpoint,
+                protocol=args.protocol,
+                headers=headers,
+                timeout_s=args.timeout,
+                compression=args.compression,
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        stack.callback(sender.close)
+        for rows in tail(
+            ledger.store,
+            start,
+            follow=args.follow,
+            poll_s=args.poll,
+            idle_exit_s=args.exit_when_idle,
+            batch=args.batch,
+        ):
+            entries = [(i, _decode(i, data), data, leaf_hash(data)) for i, data in rows]
+            request = log_records_request(entries, origin=ledger.log.origin)
+            try:
+                sender.export(request)
+            except ExportError as exc:
+                raise UserError(
+                    f"{args.endpoint} did not take entries {rows[0][0]}..{rows[-1][0]}: {exc}; "
+                    f"{sent} sent, the cursor stays at {rows[0][0]}"
+                ) from None
+            _save(ledger, cursor_path, target, rows)
+            sent += len(rows)
+    print(f"exported {sent} events as OTLP log records to {args.endpoint}", file=sys.stderr)
+    return 0

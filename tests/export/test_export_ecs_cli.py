@@ -1,0 +1,157 @@
+"""`auditmesh export ecs` on real ledgers: all events, --since, --cursor, --follow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from auditmesh.cli.export import tail
+from auditmesh.cli.main import main
+from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.events import canonical_bytes
+from auditmesh.export.ecs import timestamp_text
+from auditmesh.ledger.merkle import leaf_hash
+from tests.conftest import fill, generate
+from tests.export.ecs_schema import EcsSchema
+from tests.export.test_ecs import flatten
+
+
+def read_docs(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_bytes().splitlines()
+    return [msgspec.json.decode(line) for line in lines]
+
+
+def test_exports_every_event_in_ledger_order(ledger: Ledger, tmp_path: Path) -> None:
+    events = generate(300)
+    fill(ledger, events, checkpoint_every=100)
+    out = tmp_path / "audit.ndjson"
+    assert main(["export", "ecs", "--data", str(ledger.data_dir), "-o", str(out)]) == 0
+    docs = read_docs(out)
+    assert [d["event"]["sequence"] for d in docs] == list(range(300))
+    assert [d["event"]["id"] for d in docs] == [e.id for e in events]
+    assert [d["event"]["hash"] for d in docs] == [
+        leaf_hash(canonical_bytes(e)).hex() for e in events
+    ]
+    assert docs[0]["@timestamp"] == timestamp_text(int(events[0].time_ns))
+    schema = EcsSchema.load_or_skip()
+    for doc in docs[:50]:
+        assert schema.problems(flatten(doc)) == []
+
+
+def test_since_selects_by_event_time(ledger: Ledger, tmp_path: Path) -> None:
+    events = generate(200)
+    fill(ledger, events)
+    cut = events[120].time_ns // 1000 * 1000  # --since takes microseconds
+    since = timestamp_text(cut)[:-4] + "Z"
+    out = tmp_path / "since.ndjson"
+    code = main(["export", "ecs", "--data", str(ledger.data_dir), "--since", since, "-o", str(out)])
+    assert code == 0
+    expected = [e.id for e in events if e.time_ns >= cut]
+    assert [d["event"]["id"] for d in read_docs(out)] == expected
+    assert len(expected) == 80
+
+    future = tmp_path / "future.ndjson"
+    argv = ["export", "ecs", "--data", str(ledger.data_dir), "--since", "2099-01-01T00:00:00Z"]
+    assert main([*argv, "-o", str(future)]) == 0
+    assert future.read_bytes() == b""
+
+
+def test_cursor_resumes_without_repeating(ledger: Ledger, tmp_path: Path) -> None:
+    events = generate(150)
+    fill(ledger, events[:100])
+    out, cursor = tmp_path / "out.ndjson", tmp_path / "ecs.cursor"
+    argv = ["export", "ecs", "--data", str(ledger.data_dir), "-o", str(out)]
+    argv += ["--cursor", str(cursor)]
+    assert main(argv) == 0
+    assert main(argv) == 0  # nothing new: nothing written
+    assert len(read_docs(out)) == 100
+    fill(ledger, events[100:])
+    assert main(argv) == 0
+    assert [d["event"]["sequence"] for d in read_docs(out)] == list(range(150))
+
+
+def test_cursor_of_another_log_is_refused(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(ledger, generate(20))
+    other = open_ledger(tmp_path / "other", origin="other.example/log")
+    fill(other, generate(20, seed=3))
+    other.close()
+    common = ["export", "ecs", "-o", str(tmp_path / "o.ndjson"), "--cursor", str(tmp_path / "c")]
+    assert main([*common, "--data", str(ledger.data_dir)]) == 0
+    code = main([*common, "--data", str(tmp_path / "other")])
+    assert code == 2
+    assert "belongs to the log 'test.auditmesh/log'" in capsys.readouterr().err
+
+
+def test_missing_ledger_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "ecs", "--data", str(tmp_path / "nothing")]) == 2
+    assert "no ledger" in capsys.readouterr().err
+
+
+def test_tail_polls_until_idle() -> None:
+    class GrowingStore:
+        def __init__(self) -> None:
+            self.rows = [(i, b"%d" % i) for i in range(3)]
+
+        def size(self) -> int:
+            return len(self.rows)
+
+        def entries(self, start: int, end: int) -> list[tuple[int, bytes]]:
+            return self.rows[start:end]
+
+    store = GrowingStore()
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] == 1.0:  # one poll later, two more entries arrive
+            store.rows += [(3, b"3"), (4, b"4")]
+
+    batches = list(
+        tail(
+            store,  # type: ignore[arg-type]
+            1,
+            follow=True,
+            poll_s=1.0,
+            idle_exit_s=5.0,
+            batch=2,
+            sleep=sleep,
+            clock=lambda: now[0],
+        )
+    )
+    assert [[i for i, _ in b] for b in batches] == [[1, 2], [3, 4]]
+    assert now[0] == 6.0  # stopped 5 s after the last new entry
+    assert list(tail(store, 5, follow=False, poll_s=1, idle_exit_s=None)) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+def test_follow_picks_up_new_events(ledger: Ledger, tmp_path: Path) -> None:
+    events = generate(80)
+    fill(ledger, events[:50])
+    out = tmp_path / "follow.ndjson"
+    command = [sys.executable, "-m", "auditmesh", "export", "ecs", "--data", str(ledger.data_dir)]
+    command += ["--follow", "--poll", "0.05", "--exit-when-idle", "2", "-o", str(out)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (
+            not out.exists() or out.read_bytes().count(b"\n") < 50
+        ):
+            time.sleep(0.05)
+        assert out.read_bytes().count(b"\n") == 50
+        fill(ledger, events[50:])
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert [d["event"]["id"] for d in read_docs(out)] == [e.id for e in events]
+    assert b"exported 80 events" in err
