@@ -1,0 +1,437 @@
+"""`auditmesh ingest envoy | linkerd FILE|-`: access-log files into a running server.
+
+Lines come from `ingest.follow` (a file, a growing file, or stdin), become events through
+the pure adapters (`ingest.envoy`, `ingest.linkerd`), and go to `POST /v1/events` in
+batches. A line that does not parse is reported on stderr, written to the rejects file
+(NDJSON: line number, reason, text) and skipped; the rest goes on. With `--follow` the
+position after the last line of each acknowledged batch is stored, so a restart resumes
+there: nothing acknowledged is read twice, nothing unacknowledged is lost, and what is
+sent twice anyway (a crash between the answer and the store) is deduplicated by the
+server, because event ids are derived from the lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from auditmesh.cli.main import UserError
+from auditmesh.events import AuditEvent, encode_ndjson
+from auditmesh.ingest import envoy, linkerd
+from auditmesh.ingest.follow import (
+    Line,
+    LineSource,
+    Position,
+    Stream,
+    Tail,
+    load_position,
+    save_position,
+)
+
+DEFAULT_SERVER = "http://127.0.0.1:7600"
+MAX_SHOWN = 20  # refused lines echoed on stderr; the rejects file has all of them
+RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+Convert = Callable[[str], AuditEvent]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("ingest", help="read mesh access logs into the audit trail")
+    ingest_sub = parser.add_subparsers(title="ingest commands", metavar="COMMAND", required=True)
+
+    env = ingest_sub.add_parser(
+        "envoy",
+        help="Istio/Envoy access logs (Istio's default TEXT format or its JSON fields)",
+        description="Read an Istio sidecar's access log (Istio's default TEXT format, or "
+        "accessLogEncoding: JSON) and send each line to the server as an audit event.",
+    )
+    env.add_argument(
+        "--format",
+        choices=("auto", "text", "json"),
+        default="auto",
+        help="line format (default auto: a line starting with '{' is JSON)",
+    )
+    _common(env)
+    env.set_defaults(func=run_envoy)
+
+    lkd = ingest_sub.add_parser(
+        "linkerd",
+        help="Linkerd proxy JSON access logs",
+        description="Read a Linkerd proxy's JSON access log (config.linkerd.io/access-log: "
+        "json) and send each line to the server as an audit event.",
+    )
+    _common(lkd)
+    lkd.set_defaults(func=run_linkerd)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE|-", help="the access-log file, or - for stdin")
+    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"server URL ({DEFAULT_SERVER})")
+    parser.add_argument("--batch", type=int, default=500, help="events per request (500)")
+    parser.add_argument(
+        "--rejects", type=Path, help="where refused lines go (default FILE.rejects)"
+    )
+    parser.add_argument(
+        "--source",
+        help="source name in the events' reporter, ingest:<mesh>:<source> (default: the file "
+        "name; 'stdin' for -). It seeds the event ids: keep it stable for a source",
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep reading as the file grows, across rotation; resume after a restart",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        help="position file for --follow (default: next to the rejects file, FILE.offset)",
+    )
+    parser.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="with --follow: stop once no new line came for this long",
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, default=0.2, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--retry-for",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up when the server cannot take a batch for this long (default 30; "
+        "with --follow: never)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_envoy(args: argparse.Namespace) -> int:
+    parse = {
+        "auto": envoy.parse_line,
+        "text": envoy.parse_text_line,
+        "json": envoy.parse_json_line,
+    }[args.format]
+
+    def converter(reporter: str) -> Convert:
+        return lambda text: envoy.to_event(parse(text), reporter)
+
+    return _run(args, "envoy", converter)
+
+
+def run_linkerd(args: argparse.Namespace) -> int:
+    def converter(reporter: str) -> Convert:
+        return lambda text: linkerd.to_event(linkerd.parse_line(text), reporter)
+
+    return _run(args, "linkerd", converter)
+
+
+# --- the pipeline --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Counts:
+    taken: int = 0
+    refused: int = 0
+    duplicates: int = 0
+    blank: int = 0
+    lines: int = 0
+    batches: int = 0
+    log_size: int = 0
+
+
+class Rejects:
+    """The rejects file, NDJSON `{"line": N, "reason": "...", "text": "..."}` per line;
+    created on the first refused line, appended to when reading resumes."""
+
+    def __init__(self, path: Path, *, append: bool) -> None:
+        self.path = path
+        self._out: IO[bytes] | None = None
+        self._append = append
+        if not append:
+            path.unlink(missing_ok=True)  # a fresh read: old rejects describe another run
+
+    def write(self, number: int, reason: str, text: str) -> None:
+        if self._out is None:
+            self._out = open(self.path, "ab" if self._append else "wb")
+        record = {"line": number, "reason": reason, "text": text}
+        self._out.write(msgspec.json.encode(record) + b"\n")
+
+    def sync(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+            os.fsync(self._out.fileno())
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+
+
+class Sender:
+    """POSTs batches to /v1/events; returns each event's ledger index, or the server's
+    reason when it refused that event. Retries while the server is away or busy."""
+
+    def __init__(self, url: str, *, retry_for: float | None) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(base_url=self.url, timeout=60)
+        self._retry_for = retry_for
+        self.known_size = self._log_size()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _log_size(self) -> int:
+        """The size in the latest checkpoint: every index below it was there before us."""
+        try:
+            response = self._client.get("/log/checkpoint")
+        except httpx.HTTPError:
+            return 0
+        lines = response.text.split("\n")
+        if response.status_code != 200 or len(lines) < 2 or not lines[1].isdigit():
+            return 0
+        return int(lines[1])
+
+    def send(self, events: list[AuditEvent]) -> list[int | str]:
+        results: list[int | str] = [""] * len(events)
+        todo = list(range(len(events)))
+        while todo:
+            response = self._post(encode_ndjson([events[i] for i in todo]))
+            if response.status_code == 200:
+                body = response.json()
+                for position, index in zip(todo, body["indices"], strict=True):
+                    results[position] = int(index)
+                self.known_size = max(self.known_size, int(body["size"]))
+                return results
+            line = _field(response, "line")
+            if response.status_code == 400 and isinstance(line, int) and 1 <= line <= len(todo):
+                # The batch was refused whole for one event: refuse that one, send the rest.
+                reason = f"refused by the server: {_field(response, 'error')}"
+                results[todo.pop(line - 1)] = reason
+                continue
+            if response.status_code == 413 and len(todo) > 1:
+                half = len(todo) // 2
+                for part in (todo[:half], todo[half:]):
+                    sent = self.send([events[i] for i in part])
+                    for position, result in zip(part, sent, strict=True):
+                        results[position] = result
+                return results
+            raise UserError(
+                f"the server at {self.url} refused a batch: {response.status_code} "
+                f"{response.text.strip()[:500]}"
+            )
+        return results
+
+    def _post(self, body: bytes) -> httpx.Response:
+        deadline = None if self._retry_for is None else time.monotonic() + self._retry_for
+        attempt = 0
+        while True:
+            problem: str
+            try:
+                response = self._client.post(
+                    "/v1/events", content=body, headers={"content-type": "application/x-ndjson"}
+                )
+                if response.status_code < 500:
+                    return response
+                problem = f"{response.status_code} {response.text.strip()[:200]}"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            pause = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise UserError(
+                    f"cannot deliver a batch to {self.url} ({problem}); lines before it were "
+                    "acknowledged, run again to continue (stored events are not duplicated)"
+                )
+            print(f"auditmesh: {self.url}: {problem}; retrying in {pause:g} s", file=sys.stderr)
+            time.sleep(pause)
+            attempt += 1
+
+
+def _field(response: httpx.Response, name: str) -> object:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get(name) if isinstance(body, dict) else None
+
+
+class Pipeline:
+    """Lines → events → batches → server, with rejects and the stored position."""
+
+    def __init__(
+        self,
+        convert: Convert,
+        sender: Sender,
+        rejects: Rejects,
+        *,
+        display: str,
+        batch: int,
+        state: Path | None,
+    ) -> None:
+        self.convert = convert
+        self.sender = sender
+        self.rejects = rejects
+        self.display = display
+        self.batch = batch
+        self.state = state
+        self.counts = Counts(log_size=sender.known_size)
+        self._pending: list[tuple[Line, AuditEvent]] = []
+        self._consumed: Position | None = None  # end of the last line taken in hand
+        self._saved: Position | None = None
+
+    def take(self, lines: list[Line]) -> None:
+        for line in lines:
+            self.counts.lines += 1
+            text = line.data.decode("utf-8", "replace")
+            if line.too_long:
+                self._refuse(line.number, "line longer than 1 MiB (cut here)", text[:4096])
+            elif not text.strip():
+                self.counts.blank += 1
+            else:
+                try:
+                    self._pending.append((line, self.convert(text)))
+                except ValueError as exc:
+                    self._refuse(line.number, str(exc), text)
+            self._consumed = line.end
+            if len(self._pending) >= self.batch:
+                self.flush()
+
+    def flush(self) -> None:
+        """Send what is pending; once the server has answered, store the position."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            results = self.sender.send([event for _, event in pending])
+            self.counts.batches += 1
+            seen: set[int] = set()
+            for (line, _event), result in zip(pending, results, strict=True):
+                if isinstance(result, str):
+                    self._refuse(line.number, result, line.data.decode("utf-8", "replace"))
+                elif result < self.counts.log_size or result in seen:
+                    self.counts.duplicates += 1
+                else:
+                    self.counts.taken += 1
+                    seen.add(result)
+            self.counts.log_size = self.sender.known_size
+        self.rejects.sync()
+        if self.state is not None and self._consumed not in (None, self._saved):
+            assert self._consumed is not None
+            save_position(self.state, self._consumed)
+            self._saved = self._consumed
+
+    def _refuse(self, number: int, reason: str, text: str) -> None:
+        self.counts.refused += 1
+        if self.counts.refused <= MAX_SHOWN:
+            print(f"{self.display}:{number}: {reason}", file=sys.stderr)
+        elif self.counts.refused == MAX_SHOWN + 1:
+            print(f"{self.display}: more refused lines: see {self.rejects.path}", file=sys.stderr)
+        self.rejects.write(number, reason, text)
+
+
+def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert]) -> int:
+    if not 1 <= args.batch <= 10_000:
+        raise UserError("--batch must be between 1 and 10000")
+    stdin = args.file == "-"
+    source_name = args.source or ("stdin" if stdin else Path(args.file).name)
+    if not source_name or len(source_name) > 1024:
+        raise UserError("--source must be 1 to 1024 characters")
+    reporter = f"ingest:{mesh}:{source_name}"
+    rejects_path: Path = args.rejects or Path("stdin.rejects" if stdin else f"{args.file}.rejects")
+    state: Path | None = None
+    source: LineSource
+    if stdin:
+        source = Stream(sys.stdin.buffer.fileno())
+        display = "stdin"
+    else:
+        path = Path(args.file)
+        if args.follow:
+            state = args.state or rejects_path.with_name(
+                rejects_path.name.removesuffix(".rejects") + ".offset"
+            )
+        try:
+            source = Tail(path, follow=args.follow, resume=load_position(state) if state else None)
+        except OSError as exc:
+            raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        display = args.file
+    resumed = isinstance(source, Tail) and source.resumed
+    sender = Sender(args.server, retry_for=None if args.follow else args.retry_for)
+    rejects = Rejects(rejects_path, append=resumed)
+    pipeline = Pipeline(
+        converter(reporter), sender, rejects, display=display, batch=args.batch, state=state
+    )
+    started = time.monotonic()
+    interrupted = False
+    failure: UserError | None = None
+    try:
+        _loop(args, source, pipeline)
+    except KeyboardInterrupt:
+        interrupted = True
+    except UserError as exc:
+        failure = exc
+    finally:
+        rejects.close()
+        sender.close()
+        if isinstance(source, Tail):
+            source.close()
+    counts = pipeline.counts
+    elapsed = time.monotonic() - started
+    summary = (
+        f"{display}: taken {counts.taken}, refused {counts.refused}, already present "
+        f"{counts.duplicates}; {counts.lines} lines in {elapsed:.2f} s"
+        f" ({counts.lines / elapsed if elapsed > 0 else 0:,.0f} lines/s); "
+        f"log size {counts.log_size}"
+    )
+    if counts.refused:
+        summary += f"; refused lines in {rejects.path}"
+    print(summary + (" (interrupted)" if interrupted else ""))
+    if failure is not None:
+        raise failure
+    if interrupted:
+        return 130
+    return 1 if counts.refused else 0
+
+
+def _loop(args: argparse.Namespace, source: LineSource, pipeline: Pipeline) -> None:
+    console = Console(stderr=True)
+    bar = isinstance(source, Tail) and not args.follow
+    progress = Progress(
+        TextColumn("ingesting"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.quiet or not bar or not console.is_terminal,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("ingest", total=source.size if isinstance(source, Tail) else None)
+        last_line = time.monotonic()
+        while True:
+            lines = source.read(pipeline.batch)
+            if isinstance(source, Tail):
+                for note in source.notes:
+                    print(f"auditmesh: {note}", file=sys.stderr)
+                source.notes.clear()
+            if lines:
+                pipeline.take(lines)
+                last_line = time.monotonic()
+                end = lines[-1].end
+                if end is not None:
+                    progress.update(task, completed=end.offset)
+                continue
+            pipeline.flush()  # nothing more for now: send what is pending
+            if source.done:
+                return
+            idle = time.monotonic() - last_line
+            if args.exit_when_idle is not None and idle >= args.exit_when_idle:
+                return
+            source.wait(args.poll_interval)

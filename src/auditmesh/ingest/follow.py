@@ -1,0 +1,267 @@
+"""Reading access logs line by line: whole files, growing files, and streams.
+
+Place in the house: the I/O edge under `auditmesh ingest` (cli/ingest.py), which decides
+what to do with each line; the parsers (`envoy`, `linkerd`) never see a file. Three parts:
+
+- `LineSplitter`: sans-IO (bytes in, complete lines out, each with the byte offset just
+  after it), so the offset to resume from is always the end of a whole line.
+- `Tail`: a file read from a stored `Position`, which keeps reading as the file grows
+  (`follow=True`) and notices rotation (the path names a new inode: finish the old file,
+  then start the new one at its beginning) and truncation (`copytruncate`: the file got
+  shorter than our offset: start over).
+- `Stream`: a pipe or stdin, read until it closes; no positions, nothing to resume.
+
+`save_position` / `load_position` keep the resume point in a small JSON state file,
+replaced atomically (write, fsync, rename, fsync the directory), keyed by the file's path
+and inode: a position recorded for another file is not applied.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+MAX_LINE = 1 << 20  # longer lines are reported as too long, cut to this many bytes
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where reading resumes: just after line `line` (1-based), at byte `offset` of the file
+    with this path, device and inode."""
+
+    path: str
+    device: int
+    inode: int
+    offset: int
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line without its line break. `end` is where reading resumes after it (None for
+    a stream); `too_long` when the line exceeded `MAX_LINE` and `data` holds its start."""
+
+    number: int
+    data: bytes
+    end: Position | None
+    too_long: bool = False
+
+
+class LineSplitter:
+    """Bytes in, complete lines out as (number, data, end offset, too_long). Sans-IO."""
+
+    def __init__(self, offset: int = 0, line: int = 0, max_line: int = MAX_LINE) -> None:
+        self.offset = offset  # byte offset just after the last line handed out
+        self.line = line
+        self._max = max_line
+        self._buffer = bytearray()
+        self._dropped = 0  # bytes of an over-long line not kept in _buffer
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes, int, bool]]:
+        out: list[tuple[int, bytes, int, bool]] = []
+        start = 0
+        while True:
+            newline = data.find(b"\n", start)
+            piece = data[start:] if newline < 0 else data[start:newline]
+            room = self._max - len(self._buffer)
+            if len(piece) > room:
+                self._buffer += piece[: max(room, 0)]
+                self._dropped += len(piece) - max(room, 0)
+            else:
+                self._buffer += piece
+            if newline < 0:
+                return out
+            out.append(self._emit(1))
+            start = newline + 1
+
+    def finish(self) -> list[tuple[int, bytes, int, bool]]:
+        """The unterminated last line, if any (the input has ended)."""
+        return [self._emit(0)] if self._buffer or self._dropped else []
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer) + self._dropped
+
+    def _emit(self, terminator: int) -> tuple[int, bytes, int, bool]:
+        data = bytes(self._buffer)
+        too_long = self._dropped > 0
+        self.offset += len(data) + self._dropped + terminator
+        self.line += 1
+        self._buffer.clear()
+        self._dropped = 0
+        if data.endswith(b"\r"):
+            data = data[:-1]
+        return self.line, data, self.offset, too_long
+
+
+class LineSource(Protocol):
+    """What `auditmesh ingest` reads from."""
+
+    @property
+    def done(self) -> bool:
+        """True once no line will ever come again."""
+        ...
+
+    def read(self, max_lines: int) -> list[Line]:
+        """Lines available now, at most `max_lines`; [] when nothing new is there."""
+        ...
+
+    def wait(self, seconds: float) -> None:
+        """Block until new input may be there, at most `seconds`."""
+        ...
+
+
+class Tail:
+    """A file's lines from `resume` (when it names this very file) or from the start.
+
+    With `follow=False` the file is read to its end once. With `follow=True` reading goes
+    on as it grows, across rotation and truncation; `notes` tells what happened.
+    """
+
+    def __init__(self, path: Path, *, follow: bool, resume: Position | None = None) -> None:
+        self.path = path.absolute()
+        self.follow = follow
+        self.notes: list[str] = []
+        self.resumed = False
+        self._ready: deque[Line] = deque()
+        self._done = False
+        self._file = open(self.path, "rb")
+        stat = os.fstat(self._file.fileno())
+        self._id = (stat.st_dev, stat.st_ino)
+        self._splitter = LineSplitter()
+        if resume is not None:
+            if resume.path != str(self.path) or (resume.device, resume.inode) != self._id:
+                self.notes.append(
+                    f"the stored position is for another file ({resume.path}, inode "
+                    f"{resume.inode}); reading {self.path} from its beginning"
+                )
+            elif resume.offset > stat.st_size:
+                self.notes.append(
+                    f"{self.path} is shorter than the stored position (truncated); "
+                    "reading it from its beginning"
+                )
+            else:
+                self._file.seek(resume.offset)
+                self._splitter = LineSplitter(resume.offset, resume.line)
+                self.resumed = True
+
+    @property
+    def done(self) -> bool:
+        return self._done and not self._ready
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self._file.fileno()).st_size
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read(self, max_lines: int) -> list[Line]:
+        while len(self._ready) < max_lines and not self._done:
+            data = self._file.read(CHUNK)
+            if data:
+                self._queue(self._splitter.feed(data))
+                continue
+            if not self.follow:
+                self._queue(self._splitter.finish())
+                self._done = True
+            elif not self._ready:
+                self._check_replaced()
+            break
+        return [self._ready.popleft() for _ in range(min(max_lines, len(self._ready)))]
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _queue(self, lines: list[tuple[int, bytes, int, bool]]) -> None:
+        device, inode = self._id
+        for number, data, end, too_long in lines:
+            position = Position(str(self.path), device, inode, end, number)
+            self._ready.append(Line(number, data, position, too_long))
+
+    def _check_replaced(self) -> None:
+        """At the end of the file: has the path been rotated to a new file, or truncated?"""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return  # rotated away and not yet re-created: keep the old file until it is
+        if (stat.st_dev, stat.st_ino) != self._id:
+            # Rotation: the writer has moved on, the old file's last line is complete.
+            self._queue(self._splitter.finish())
+            self._file.close()
+            self._file = open(self.path, "rb")
+            new = os.fstat(self._file.fileno())
+            self._id = (new.st_dev, new.st_ino)
+            self._splitter = LineSplitter()
+            self.notes.append(f"{self.path} was rotated; reading the new file from its start")
+        elif stat.st_size < self._file.tell():
+            self._file.seek(0)
+            self._splitter = LineSplitter()
+            self.notes.append(f"{self.path} was truncated; reading it again from its start")
+
+
+class Stream:
+    """Lines of a pipe or stdin until it closes. No positions: a stream cannot be resumed."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._splitter = LineSplitter()
+        self._ready: deque[Line] = deque()
+        self._eof = False
+
+    @property
+    def done(self) -> bool:
+        return self._eof and not self._ready
+
+    def read(self, max_lines: int) -> list[Line]:
+        while len(self._ready) < max_lines and not self._eof:
+            readable, _, _ = select.select([self._fd], [], [], 0)
+            if not readable:
+                break
+            data = os.read(self._fd, CHUNK)
+            if not data:
+                self._eof = True
+                self._queue(self._splitter.finish())
+            else:
+                self._queue(self._splitter.feed(data))
+        return [self._ready.popleft() for _ in range(min(max_lines, len(self._ready)))]
+
+    def wait(self, seconds: float) -> None:
+        if not self._eof:
+            select.select([self._fd], [], [], seconds)
+
+    def _queue(self, lines: list[tuple[int, bytes, int, bool]]) -> None:
+        for number, data, _end, too_long in lines:
+            self._ready.append(Line(number, data, None, too_long))
+
+
+def load_position(state: Path) -> Position | None:
+    """The stored position, or None when there is none (or it is unreadable: then reading
+    starts over, which the ledger's dedup by event id makes harmless)."""
+    try:
+        return msgspec.json.decode(state.read_bytes(), type=Position)
+    except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def save_position(state: Path, position: Position) -> None:
+    """Replace the state file atomically: a crash leaves the old position or the new one."""
+    temporary = state.with_name(f".{state.name}.tmp")
+    with open(temporary, "wb") as out:
+        out.write(msgspec.json.encode(asdict(position)) + b"\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, state)
+    directory = os.open(state.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
