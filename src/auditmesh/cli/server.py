@@ -8,6 +8,8 @@ from pathlib import Path
 from auditmesh.cli.main import UserError
 from auditmesh.server.run import parse_listen, serve
 
+OTLP_GRPC = "127.0.0.1:4317"  # OTLP spec, "OTLP/gRPC Default Port"
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
@@ -21,6 +23,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--mesh-listen",
         default="127.0.0.1:7443",
         help="HOST:PORT of the mTLS listener for sidecars, or 'off' (needs `auditmesh ca init`)",
+    )
+    parser.add_argument(
+        "--otlp-grpc",
+        metavar="HOST:PORT",
+        help="OTLP/gRPC receiver address, or 'off' (default 127.0.0.1:4317, skipped with a "
+        "warning if busy); OTLP/HTTP is always on --listen at /v1/traces and /v1/logs",
     )
     parser.add_argument("--origin", help="log origin for a new ledger (default: host name)")
     parser.add_argument(
@@ -37,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
         mesh = None if args.mesh_listen == "off" else parse_listen(args.mesh_listen)
+        otlp_grpc = None if args.otlp_grpc == "off" else parse_listen(args.otlp_grpc or OTLP_GRPC)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.checkpoint_interval <= 0:
@@ -49,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
             origin=args.origin,
             checkpoint_interval_s=args.checkpoint_interval,
             mesh_listen=mesh,
+            otlp_grpc=otlp_grpc,
+            otlp_grpc_required=args.otlp_grpc is not None,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None

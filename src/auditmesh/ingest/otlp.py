@@ -365,6 +365,11 @@ def derived_id(time_ns: int, *parts: bytes) -> str:
     return new_event_id(lambda: time_ns, lambda n: digest[:n])
 
 
+def span_event_id(trace_id: bytes, span_id: bytes, start_time_unix_nano: int) -> str:
+    """The event id of the span (trace_id, span_id) that started at the given time."""
+    return derived_id(start_time_unix_nano, b"otlp-span", trace_id, span_id)
+
+
 def _validated(event: AuditEvent) -> AuditEvent:
     """msgspec checks field constraints on decode, not on construction: round-trip once so
     an over-long path or an out-of-range status is a reject reason, not a bad leaf."""
@@ -454,7 +459,7 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         direction = "outbound"
     outcome, error = _span_outcome(span.status, attrs, status, server=server)
     event = AuditEvent(
-        id=derived_id(start, b"otlp-span", span.trace_id, span.span_id),
+        id=span_event_id(span.trace_id, span.span_id, start),
         time_ns=start,
         duration_us=(end - start) // 1000 if end else 0,
         reporter=origin.reporter,

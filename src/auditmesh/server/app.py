@@ -7,6 +7,8 @@ GET  /v1/proof/consistency?from=&to=
 GET  /log/checkpoint               C2SP tlog-tiles, read-only
 GET  /log/tile/<L>/<N>[.p/<W>]     hash tiles
 GET  /log/tile/entries/<N>[.p/<W>] entry bundles
+GET  /metrics                      Prometheus metrics (server/metrics.py)
+POST /v1/traces, /v1/logs          OTLP/HTTP receiver (ingest/otlp_http.py)
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from starlette.routing import Route
 from auditmesh.collector import Collector, CollectorStopped
 from auditmesh.datadir import Ledger
 from auditmesh.events import EventError, decode_batch
+from auditmesh.ingest import otlp_http
 from auditmesh.ledger import tiles
 from auditmesh.ledger.tlogproof import TlogProof
+from auditmesh.server.metrics import Metrics
 from auditmesh.store.base import StoredEvent
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
@@ -199,6 +203,7 @@ class Api:
 
 def create_app(ledger: Ledger, collector: Collector, **options: Any) -> Starlette:
     api = Api(ledger, collector, **options)
+    metrics = Metrics(ledger.store, collector)  # its own registry; see server/metrics.py
     routes = [
         Route("/v1/events", api.post_events, methods=["POST"]),
         Route("/v1/events/{event_id}", api.get_event, methods=["GET"]),
@@ -206,5 +211,10 @@ def create_app(ledger: Ledger, collector: Collector, **options: Any) -> Starlett
         Route("/v1/proof/consistency", api.get_consistency, methods=["GET"]),
         Route("/log/checkpoint", api.get_checkpoint, methods=["GET"]),
         Route("/log/tile/{path:path}", api.get_tile, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        # OTLP/HTTP receiver (issue 5): POST /v1/traces, POST /v1/logs
+        *otlp_http.routes(collector),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.metrics = metrics  # ingest adapters: request.app.state.metrics.count_ingest(...)
+    return app

@@ -23,6 +23,7 @@ from auditmesh.datadir import open_ledger
 from auditmesh.identity.ca import CAPaths, MeshCA
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.workload import self_issue
+from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
 from auditmesh.server.app import create_app
 from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
 
@@ -87,6 +88,24 @@ def _mesh_server(data_dir: Path, collector: Collector, host: str, port: int) -> 
     return _Server(config)
 
 
+def _start_otlp_grpc(
+    collector: Collector, listen: tuple[str, int] | None, *, required: bool
+) -> OtlpGrpcServer | None:
+    """The OTLP/gRPC receiver (issue 5, ingest/otlp_grpc.py) on its own thread. When the
+    address was not asked for explicitly, a busy port is a warning, not a failed start."""
+    if listen is None:
+        return None
+    try:
+        server = OtlpGrpcServer(collector, *listen).start()
+    except OtlpGrpcError as exc:
+        if required:
+            raise ValueError(f"{exc} (choose --otlp-grpc HOST:PORT or off)") from None
+        print(f"auditmesh server: {exc}; OTLP/gRPC is off (see --otlp-grpc)", flush=True)
+        return None
+    print(f"auditmesh server: OTLP/gRPC {server.address}", flush=True)
+    return server
+
+
 def serve(
     data_dir: Path,
     host: str,
@@ -95,11 +114,15 @@ def serve(
     origin: str | None = None,
     checkpoint_interval_s: float = 1.0,
     mesh_listen: tuple[str, int] | None = None,
+    otlp_grpc: tuple[str, int] | None = None,
+    otlp_grpc_required: bool = False,
 ) -> None:
     ledger = open_ledger(data_dir, origin=origin)
     collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
     collector.start()
+    otlp_server: OtlpGrpcServer | None = None
     try:
+        otlp_server = _start_otlp_grpc(collector, otlp_grpc, required=otlp_grpc_required)
         app = create_app(ledger, collector)
         servers: list[uvicorn.Server] = [_Server(_config(app, host, port))]
         print(
@@ -113,6 +136,8 @@ def serve(
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_serve_until_signalled(*servers))
     finally:
+        if otlp_server is not None:  # in-flight Exports finish before the collector stops
+            otlp_server.stop()
         collector.stop()
         ledger.close()
         print("auditmesh server: stopped; last checkpoint signed", flush=True)

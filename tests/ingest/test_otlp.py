@@ -1,0 +1,616 @@
+"""ingest.otlp: OTLP spans and log records → audit events, pure (no sockets).
+
+Spans are built as the OpenTelemetry SDK and the HTTP instrumentations write them, with
+the stable HTTP semantic conventions and the older `http.*`/`net.*` names.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import uuid
+import zlib
+from typing import Any
+
+import msgspec
+import pytest
+from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from tests.conftest import generate
+
+from auditmesh.events import HTTP, AuditEvent, Error, Peer, Trace, canonical_bytes, decode_event
+from auditmesh.ingest import otlp
+from auditmesh.ingest.otlp_http import BodyTooLarge, gunzip
+
+TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
+SPAN = bytes.fromhex("eee19b7ec3c1b174")
+PARENT = bytes.fromhex("eee19b7ec3c1b173")
+START = 1_764_300_000_123_456_789
+END = START + 12_345_678
+
+Attr = str | int | float | bool | list[str]
+
+
+def value(v: Attr) -> AnyValue:
+    if isinstance(v, bool):
+        return AnyValue(bool_value=v)
+    if isinstance(v, int):
+        return AnyValue(int_value=v)
+    if isinstance(v, float):
+        return AnyValue(double_value=v)
+    if isinstance(v, list):
+        return AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=x) for x in v]))
+    return AnyValue(string_value=v)
+
+
+def kvs(attrs: dict[str, Attr]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=value(v)) for k, v in attrs.items()]
+
+
+def span(
+    attrs: dict[str, Attr],
+    *,
+    kind: Span.SpanKind.ValueType = Span.SPAN_KIND_SERVER,
+    status: Status | None = None,
+    **fields: Any,
+) -> Span:
+    values: dict[str, Any] = {
+        "trace_id": TRACE,
+        "span_id": SPAN,
+        "parent_span_id": PARENT,
+        "name": "GET /orders/{id}",
+        "kind": kind,
+        "start_time_unix_nano": START,
+        "end_time_unix_nano": END,
+    }
+    values.update(fields)
+    return Span(attributes=kvs(attrs), status=status, **values)
+
+
+def traces(*spans: Span, resource: dict[str, Attr] | None = None) -> ExportTraceServiceRequest:
+    res = Resource(attributes=kvs(resource if resource is not None else {"service.name": "shop"}))
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(resource=res, scope_spans=[ScopeSpans(spans=spans)])]
+    )
+
+
+def logs(*records: LogRecord, service: str = "relay") -> ExportLogsServiceRequest:
+    res = Resource(attributes=kvs({"service.name": service}))
+    return ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(resource=res, scope_logs=[ScopeLogs(log_records=records)])]
+    )
+
+
+def one(request: ExportTraceServiceRequest) -> AuditEvent:
+    mapped = otlp.map_traces(request)
+    assert mapped.rejected == 0, mapped.reasons
+    assert len(mapped.events) == 1
+    return mapped.events[0]
+
+
+STABLE_SERVER: dict[str, Attr] = {
+    "http.request.method": "GET",
+    "url.path": "/orders/42",
+    "url.query": "secret=1",
+    "url.scheme": "http",
+    "http.route": "/orders/{id}",
+    "http.response.status_code": 200,
+    "server.address": "orders.shop.svc.cluster.local",
+    "server.port": 8080,
+    "client.address": "10.1.2.3",
+    "client.port": 51234,
+    "network.local.address": "10.1.9.9",
+    "network.protocol.version": "1.1",
+    "user_agent.original": "curl/8.5.0",
+    "http.request.body.size": 0,
+    "http.response.body.size": 517,
+    "http.request.header.x-request-id": ["6d1c2f7e-0c1f-4d8e-9a57-0b6f3f1c2a11"],
+}
+
+
+def test_stable_http_server_span_maps_every_field() -> None:
+    event = one(
+        traces(
+            span(STABLE_SERVER), resource={"service.name": "orders", "k8s.namespace.name": "shop"}
+        )
+    )
+    assert event == AuditEvent(
+        id=otlp.span_event_id(TRACE, SPAN, START),
+        time_ns=START,
+        duration_us=12_345,
+        reporter="ingest:otlp:orders",
+        kind="http",
+        direction="inbound",
+        outcome="success",
+        source=Peer(ip="10.1.2.3", port=51234),
+        destination=Peer(
+            service="orders",
+            namespace="shop",
+            host="orders.shop.svc.cluster.local",
+            ip="10.1.9.9",
+            port=8080,
+        ),
+        http=HTTP(
+            method="GET",
+            path="/orders/42",
+            status=200,
+            request_bytes=0,
+            response_bytes=517,
+            protocol="HTTP/1.1",
+            user_agent="curl/8.5.0",
+            request_id="6d1c2f7e-0c1f-4d8e-9a57-0b6f3f1c2a11",
+        ),
+        trace=Trace(trace_id=TRACE.hex(), span_id=SPAN.hex(), parent_span_id=PARENT.hex()),
+        labels={"http.route": "/orders/{id}"},
+        attested=False,
+    )
+
+
+def test_pre_1_21_names_map_like_the_stable_ones() -> None:
+    old: dict[str, Attr] = {
+        "http.method": "POST",
+        "http.target": "/orders/42?secret=1#frag",
+        "http.status_code": "201",
+        "http.flavor": "2.0",
+        "http.user_agent": "python-requests/2.31",
+        "http.host": "orders:8080",
+        "net.host.port": 8080,
+        "net.peer.ip": "2001:db8::1",
+        "net.peer.port": 40000,
+        "http.request_content_length": 12,
+        "http.response_content_length": 34,
+    }
+    event = one(traces(span(old)))
+    assert event.http == HTTP(
+        method="POST",
+        path="/orders/42",  # the query never enters the record (Metadata depth)
+        status=201,
+        request_bytes=12,
+        response_bytes=34,
+        protocol="HTTP/2",
+        user_agent="python-requests/2.31",
+    )
+    assert event.source == Peer(ip="2001:db8::1", port=40000)
+    assert event.destination == Peer(service="shop", host="orders", port=8080)
+
+
+def test_client_span_is_outbound_with_the_called_service_from_url_full() -> None:
+    attrs: dict[str, Attr] = {
+        "http.request.method": "DELETE",
+        "url.full": "https://payments.shop.svc:9443/v1/charges/7?x=1",
+        "http.response.status_code": 404,
+        "network.peer.address": "10.1.7.7",
+        "peer.service": "payments",
+    }
+    event = one(traces(span(attrs, kind=Span.SPAN_KIND_CLIENT)))
+    assert event.direction == "outbound"
+    assert event.source == Peer(service="shop")
+    assert event.destination == Peer(
+        service="payments", host="payments.shop.svc", ip="10.1.7.7", port=9443
+    )
+    assert event.http is not None and event.http.path == "/v1/charges/7"
+    # HTTP semconv "Status": a client span with a 4xx is an error, error.type = status code.
+    assert (event.outcome, event.error) == ("failure", Error(type="404"))
+
+
+def test_client_span_port_defaults_from_the_scheme() -> None:
+    attrs: dict[str, Attr] = {"http.method": "GET", "http.url": "https://api.example.com/x"}
+    event = one(traces(span(attrs, kind=Span.SPAN_KIND_CLIENT)))
+    assert event.destination == Peer(host="api.example.com", port=443)
+
+
+@pytest.mark.parametrize(
+    ("kind", "http_status", "status", "error_type", "outcome", "error"),
+    [
+        (Span.SPAN_KIND_SERVER, 404, None, None, "success", None),
+        (Span.SPAN_KIND_SERVER, 503, None, None, "failure", Error(type="503")),
+        (Span.SPAN_KIND_SERVER, 503, None, "503", "failure", Error(type="503")),
+        (Span.SPAN_KIND_CLIENT, 302, None, None, "success", None),
+        (Span.SPAN_KIND_CLIENT, 403, None, None, "failure", Error(type="403")),
+        (Span.SPAN_KIND_SERVER, None, None, None, "unknown", None),
+        (
+            Span.SPAN_KIND_CLIENT,
+            None,
+            Status(code=Status.STATUS_CODE_ERROR, message="connect timeout"),
+            "java.net.SocketTimeoutException",
+            "failure",
+            Error(type="java.net.SocketTimeoutException", message="connect timeout"),
+        ),
+        (
+            Span.SPAN_KIND_SERVER,
+            200,
+            Status(code=Status.STATUS_CODE_ERROR, message="handler raised"),
+            None,
+            "failure",
+            Error(type="200", message="handler raised"),
+        ),
+        (Span.SPAN_KIND_SERVER, 500, Status(code=Status.STATUS_CODE_OK), None, "success", None),
+        (Span.SPAN_KIND_SERVER, None, None, "timeout", "failure", Error(type="timeout")),
+    ],
+)
+def test_outcome_follows_http_semconv_status_rules(
+    kind: Span.SpanKind.ValueType,
+    http_status: int | None,
+    status: Status | None,
+    error_type: str | None,
+    outcome: str,
+    error: Error | None,
+) -> None:
+    attrs: dict[str, Attr] = {"http.request.method": "GET", "url.path": "/"}
+    if http_status is not None:
+        attrs["http.response.status_code"] = http_status
+    if error_type is not None:
+        attrs["error.type"] = error_type
+    event = one(traces(span(attrs, kind=kind, status=status)))
+    assert (event.outcome, event.error) == (outcome, error)
+
+
+def test_method_other_uses_the_original_method() -> None:
+    attrs: dict[str, Attr] = {
+        "http.request.method": "_OTHER",
+        "http.request.method_original": "PROPFIND",
+    }
+    assert one(traces(span(attrs))).http == HTTP(method="PROPFIND")
+
+
+@pytest.mark.parametrize(
+    "skipped",
+    [
+        span({"http.request.method": "GET"}, kind=Span.SPAN_KIND_INTERNAL),
+        span({"http.request.method": "GET"}, kind=Span.SPAN_KIND_PRODUCER),
+        span({"rpc.system": "grpc", "rpc.service": "Greeter"}),
+        span({"db.system": "postgresql"}, kind=Span.SPAN_KIND_CLIENT),
+    ],
+    ids=["internal", "producer", "grpc-server", "db-client"],
+)
+def test_spans_that_are_not_http_calls_are_skipped_not_rejected(skipped: Span) -> None:
+    mapped = otlp.map_traces(traces(skipped))
+    assert (mapped.events, mapped.rejected, mapped.skipped) == ([], 0, 1)
+    assert otlp.encode_response("traces", mapped, "protobuf") == b""  # full success
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        (span({"http.method": "GET"}, trace_id=bytes(16)), "invalid trace_id"),
+        (span({"http.method": "GET"}, trace_id=b"\x01" * 8), "invalid trace_id"),
+        (span({"http.method": "GET"}, span_id=b""), "invalid span_id"),
+        (span({"http.method": "GET"}, parent_span_id=b"\x01"), "invalid parent_span_id"),
+        (span({"http.method": "GET"}, start_time_unix_nano=0), "no start_time"),
+        (span({"http.method": "GET"}, end_time_unix_nano=START - 1), "before start"),
+        (span({"http.method": "GET", "http.status_code": 999}), "$.http.status"),
+        (span({"http.method": "GET", "http.status_code": "teapot"}), "http.status_code"),
+        (span({"http.method": "GET", "url.path": "/" + "a" * 5000}), "$.http.path"),
+        (span({"http.method": "G" * 40}), "$.http.method"),
+    ],
+)
+def test_http_spans_that_cannot_be_mapped_are_rejected_with_a_reason(
+    broken: Span, reason: str
+) -> None:
+    good = span(STABLE_SERVER, span_id=b"\x02" * 8)
+    mapped = otlp.map_traces(traces(good, broken))
+    assert (len(mapped.events), mapped.rejected) == (1, 1)
+    message = mapped.error_message()
+    assert message.startswith("rejected 1 of 2 spans: span 'GET /orders/{id}': ")
+    assert reason in message
+    response = ExportTraceServiceResponse.FromString(
+        otlp.encode_response("traces", mapped, "protobuf")
+    )
+    assert response.partial_success.rejected_spans == 1
+    assert response.partial_success.error_message == message
+
+
+def test_partial_success_message_lists_distinct_reasons_and_counts_all() -> None:
+    broken = [span({"http.method": "GET"}, trace_id=bytes(16), name=f"s{i}") for i in range(9)]
+    mapped = otlp.map_traces(traces(*broken))
+    assert mapped.rejected == 9
+    assert len(mapped.reasons) == 5
+    assert mapped.error_message().endswith("; …")
+
+
+def test_event_id_is_a_uuid7_fixed_by_trace_and_span_id() -> None:
+    first = one(traces(span(STABLE_SERVER)))
+    again = one(traces(span(STABLE_SERVER, name="renamed")))
+    other = one(traces(span(STABLE_SERVER, span_id=b"\x07" * 8)))
+    assert first.id == again.id != other.id
+    parsed = uuid.UUID(first.id)
+    assert parsed.version == 7
+    assert parsed.int >> 80 == START // 1_000_000  # RFC 9562 §5.7 unix_ts_ms
+
+
+def test_reporter_and_namespace_come_from_the_resource() -> None:
+    event = one(traces(span(STABLE_SERVER), resource={"service.namespace": "team-a"}))
+    assert event.reporter == "ingest:otlp:unknown_service"
+    assert event.destination is not None and event.destination.namespace == "team-a"
+    assert event.attested is False
+
+
+# --- OTLP/JSON -----------------------------------------------------------------------------
+
+
+def to_otlp_json(message: Any, *, upper: bool = False, snake: bool = False) -> bytes:
+    """What an OTLP/JSON client sends: hex ids, lowerCamelCase, int64 as strings, int enums."""
+    tree = json_format.MessageToDict(
+        message, use_integers_for_enums=True, preserving_proto_field_name=snake
+    )
+
+    def fix(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if key in (
+                    "traceId",
+                    "spanId",
+                    "parentSpanId",
+                    "trace_id",
+                    "span_id",
+                    "parent_span_id",
+                ):
+                    raw = base64.b64decode(item).hex()
+                    node[key] = raw.upper() if upper else raw
+                else:
+                    fix(item)
+        elif isinstance(node, list):
+            for item in node:
+                fix(item)
+
+    fix(tree)
+    return json.dumps(tree).encode()
+
+
+@pytest.mark.parametrize(("upper", "snake"), [(False, False), (True, False), (False, True)])
+def test_otlp_json_decodes_to_the_same_request_as_protobuf(upper: bool, snake: bool) -> None:
+    request = traces(span(STABLE_SERVER), span({"http.method": "GET"}, trace_id=bytes(16)))
+    body = to_otlp_json(request, upper=upper, snake=snake)
+    assert b'"kind": 2' in body and b'"startTimeUnixNano": "1764300000123456789"' in body or snake
+    assert otlp.decode_request("traces", body, "json") == request
+
+
+def test_otlp_json_ignores_unknown_fields() -> None:
+    body = json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "futureField": 1,
+                    "scopeSpans": [
+                        {
+                            "spans": [
+                                {
+                                    "name": "x",
+                                    "traceId": TRACE.hex(),
+                                    "spanId": SPAN.hex(),
+                                    "brandNew": {"a": 1},
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    ).encode()
+    decoded = otlp.decode_request("traces", body, "json")
+    assert isinstance(decoded, ExportTraceServiceRequest)
+    assert decoded.resource_spans[0].scope_spans[0].spans[0].trace_id == TRACE
+
+
+def test_otlp_json_log_record_ids_are_hex_too() -> None:
+    body = json.dumps(
+        {
+            "resourceLogs": [
+                {"scopeLogs": [{"logRecords": [{"traceId": TRACE.hex(), "spanId": SPAN.hex()}]}]}
+            ]
+        }
+    ).encode()
+    decoded = otlp.decode_request("logs", body, "json")
+    assert isinstance(decoded, ExportLogsServiceRequest)
+    record = decoded.resource_logs[0].scope_logs[0].log_records[0]
+    assert (record.trace_id, record.span_id) == (TRACE, SPAN)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"[]",
+        b"{",
+        b'{"resourceSpans": 3}',
+        b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}',
+        b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": [2]}]}]}]}',
+        b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "soon"}]}]}]}',
+    ],
+)
+def test_malformed_json_is_a_malformed_request(body: bytes) -> None:
+    with pytest.raises(otlp.MalformedRequest):
+        otlp.decode_request("traces", body, "json")
+
+
+def test_malformed_protobuf_is_a_malformed_request() -> None:
+    with pytest.raises(otlp.MalformedRequest, match="ExportTraceServiceRequest"):
+        otlp.decode_request("traces", b"\x0a\xff\xff\xff\xff\x0f", "protobuf")
+
+
+def test_responses_leave_partial_success_unset_on_full_success() -> None:
+    mapped = otlp.map_traces(traces(span(STABLE_SERVER)))
+    assert otlp.encode_response("traces", mapped, "json") == b"{}"
+    assert otlp.encode_response("logs", otlp.Mapped("logs"), "protobuf") == b""
+
+
+# --- (c) audit events relayed as log records --------------------------------------------
+
+
+def test_audit_events_round_trip_through_log_records() -> None:
+    events = generate(40, seed=5)
+    request = logs(*(otlp.audit_log_record(e) for e in events), service="auditmesh-a")
+    mapped = otlp.map_logs(request)
+    assert mapped.rejected == 0
+    assert mapped.events == [otlp.as_received(e, "auditmesh-a") for e in events]
+    for sent, received in zip(events, mapped.events, strict=True):
+        assert received.id == sent.id
+        assert msgspec.structs.replace(received, reporter=sent.reporter) == sent
+    # and through OTLP/JSON, as an HTTP exporter with the JSON encoding sends them
+    via_json = otlp.map_request(otlp.decode_request("logs", to_otlp_json(request), "json"))
+    assert via_json.events == mapped.events
+
+
+def test_audit_log_record_carries_the_canonical_event_and_trace_context() -> None:
+    event = generate(1, seed=2)[0]
+    record = otlp.audit_log_record(event)
+    assert record.event_name == otlp.EVENT_NAME
+    assert record.time_unix_nano == event.time_ns
+    assert record.attributes[0].key == otlp.EVENT_ATTRIBUTE
+    assert record.attributes[0].value.string_value.encode() == canonical_bytes(event)
+    assert event.trace is not None and record.trace_id.hex() == event.trace.trace_id
+
+
+def test_a_relayed_attested_event_is_stored_as_reported() -> None:
+    event = msgspec.structs.replace(generate(1)[0], attested=True)
+    (received,) = otlp.map_logs(logs(otlp.audit_log_record(event))).events
+    assert received.attested is False
+    assert received.reporter == "ingest:otlp:relay"
+
+
+def test_relayed_events_in_bytes_attributes_are_accepted() -> None:
+    event = generate(1)[0]
+    record = LogRecord(
+        attributes=[
+            KeyValue(key=otlp.EVENT_ATTRIBUTE, value=AnyValue(bytes_value=canonical_bytes(event)))
+        ]
+    )
+    assert otlp.map_logs(logs(record)).events == [otlp.as_received(event, "relay")]
+
+
+@pytest.mark.parametrize(
+    ("attribute", "reason"),
+    [
+        (AnyValue(string_value='{"id": "nope"}'), "$.id"),
+        (AnyValue(string_value="not json"), "not a valid audit event"),
+        (AnyValue(int_value=3), "must be a string"),
+    ],
+)
+def test_invalid_relayed_events_are_rejected(attribute: AnyValue, reason: str) -> None:
+    record = LogRecord(attributes=[KeyValue(key=otlp.EVENT_ATTRIBUTE, value=attribute)])
+    mapped = otlp.map_logs(logs(record, otlp.audit_log_record(generate(1)[0])))
+    assert (len(mapped.events), mapped.rejected) == (1, 1)
+    assert reason in mapped.error_message()
+    response = ExportLogsServiceResponse.FromString(
+        otlp.encode_response("logs", mapped, "protobuf")
+    )
+    assert response.partial_success.rejected_log_records == 1
+
+
+def test_ordinary_application_logs_are_skipped() -> None:
+    record = LogRecord(
+        time_unix_nano=START,
+        body=AnyValue(string_value="user logged in"),
+        attributes=kvs({"http.request.method": "GET"}),
+    )
+    mapped = otlp.map_logs(logs(record))
+    assert (mapped.events, mapped.rejected, mapped.skipped) == ([], 0, 1)
+
+
+# --- gzip -----------------------------------------------------------------------------------
+
+
+def test_gunzip_inflates_single_and_concatenated_members() -> None:
+    assert gunzip(gzip.compress(b"abc"), 10) == b"abc"
+    assert gunzip(gzip.compress(b"abc") + gzip.compress(b"def"), 10) == b"abcdef"
+    assert gunzip(gzip.compress(b""), 0) == b""
+
+
+def test_gunzip_stops_a_bomb_at_the_limit() -> None:
+    bomb = gzip.compress(bytes(50 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 100_000
+    with pytest.raises(BodyTooLarge):
+        gunzip(bomb, 1024 * 1024)
+    with pytest.raises(BodyTooLarge):
+        gunzip(gzip.compress(b"abcd"), 3)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"plain",
+        gzip.compress(b"abcdef")[:-6],
+        gzip.compress(b"x") + b"junk",
+        zlib.compress(b"deflate, not gzip"),
+    ],
+)
+def test_gunzip_refuses_what_is_not_whole_gzip(body: bytes) -> None:
+    with pytest.raises(otlp.MalformedRequest):
+        gunzip(body, 1024)
+
+
+# --- fuzzing -------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=512), signal=st.sampled_from(["traces", "logs"]))
+def test_arbitrary_protobuf_bytes_decode_or_fail_cleanly(body: bytes, signal: str) -> None:
+    sig: otlp.Signal = "traces" if signal == "traces" else "logs"
+    try:
+        request = otlp.decode_request(sig, body, "protobuf")
+    except otlp.MalformedRequest:
+        return
+    mapped = otlp.map_request(request)
+    otlp.encode_response(sig, mapped, "protobuf")
+
+
+_scalar = st.one_of(
+    st.text(max_size=30),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.lists(st.text(max_size=10), max_size=3),
+)
+_keys = st.sampled_from(
+    sorted(STABLE_SERVER)
+    + [
+        "http.method",
+        "http.target",
+        "http.status_code",
+        "url.full",
+        "http.url",
+        "error.type",
+        "net.peer.name",
+        "net.peer.port",
+        "http.host",
+        "peer.service",
+        "http.flavor",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    attrs=st.dictionaries(_keys, _scalar, max_size=12),
+    kind=st.sampled_from([Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT]),
+    start=st.integers(min_value=0, max_value=2**64 - 1),
+    length=st.integers(min_value=0, max_value=2**40),
+)
+def test_arbitrary_http_attributes_map_or_are_rejected(
+    attrs: dict[str, Attr], kind: Span.SpanKind.ValueType, start: int, length: int
+) -> None:
+    method = attrs.get("http.request.method")
+    if not (isinstance(method, str) and method):
+        attrs["http.request.method"] = "GET"  # else the span is not HTTP and is skipped
+    end = min(start + length, 2**64 - 1)
+    mapped = otlp.map_traces(
+        traces(span(attrs, kind=kind, start_time_unix_nano=start, end_time_unix_nano=end))
+    )
+    assert len(mapped.events) + mapped.rejected == 1
+    for event in mapped.events:
+        assert decode_event(canonical_bytes(event)) == event

@@ -1,0 +1,226 @@
+"""ingest.otlp_http: the OTLP/HTTP routes in process (ASGI, no sockets), over a real ledger
+and collector: encodings, gzip, size limits, error bodies, partial success, exactly-once."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from starlette.applications import Starlette
+from tests.conftest import generate
+from tests.ingest.test_otlp import (
+    SPAN,
+    STABLE_SERVER,
+    START,
+    TRACE,
+    logs,
+    span,
+    to_otlp_json,
+    traces,
+)
+
+from auditmesh.collector import Collector
+from auditmesh.datadir import Ledger
+from auditmesh.ingest import otlp, otlp_http
+
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+JSON = {"Content-Type": "application/json"}
+LIMIT = 256 * 1024
+
+
+@pytest.fixture
+def collector(ledger: Ledger) -> Iterator[Collector]:
+    running = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    running.start()
+    yield running
+    running.stop()
+
+
+class Client:
+    """httpx over its ASGI transport (the transport seam: the real app, no socket), driven
+    from synchronous tests on one event loop."""
+
+    def __init__(self, app: Starlette, runner: asyncio.Runner) -> None:
+        self._http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://otlp.test"
+        )
+        self._runner = runner
+
+    def post(self, path: str, **options: Any) -> httpx.Response:
+        return self._runner.run(self._http.post(path, **options))
+
+    def get(self, path: str) -> httpx.Response:
+        return self._runner.run(self._http.get(path))
+
+    def close(self) -> None:
+        self._runner.run(self._http.aclose())
+
+
+@pytest.fixture
+def client(collector: Collector) -> Iterator[Client]:
+    app = Starlette(routes=otlp_http.routes(collector, max_body_bytes=LIMIT))
+    with asyncio.Runner() as runner:
+        test_client = Client(app, runner)
+        yield test_client
+        test_client.close()
+
+
+def stored(ledger: Ledger, event_id: str) -> bool:
+    return ledger.store.event_by_id(uuid.UUID(event_id).bytes) is not None
+
+
+def test_protobuf_traces_are_stored_before_the_answer(client: Client, ledger: Ledger) -> None:
+    body = traces(span(STABLE_SERVER)).SerializeToString()
+    response = client.post("/v1/traces", content=body, headers=PROTOBUF)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-protobuf"
+    assert ExportTraceServiceResponse.FromString(response.content) == ExportTraceServiceResponse()
+    assert stored(ledger, otlp.span_event_id(TRACE, SPAN, START))
+
+
+def test_a_retried_export_is_logged_once(client: Client, ledger: Ledger) -> None:
+    body = traces(span(STABLE_SERVER)).SerializeToString()
+    for _ in range(3):
+        assert client.post("/v1/traces", content=body, headers=PROTOBUF).status_code == 200
+    assert ledger.log.size == 1
+
+
+def test_json_traces_answer_json_with_partial_success(client: Client, ledger: Ledger) -> None:
+    body = to_otlp_json(traces(span(STABLE_SERVER), span({"http.method": "GET"}, span_id=b"")))
+    response = client.post(
+        "/v1/traces", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"  # int64 as a string (proto3 JSON mapping)
+    assert "invalid span_id" in partial["errorMessage"]
+    assert ledger.log.size == 1
+
+
+def test_gzip_logs_are_inflated(client: Client, ledger: Ledger) -> None:
+    events = generate(20)
+    body = gzip.compress(logs(*map(otlp.audit_log_record, events)).SerializeToString())
+    response = client.post(
+        "/v1/logs", content=body, headers={**PROTOBUF, "Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 200
+    assert ExportLogsServiceResponse.FromString(response.content) == ExportLogsServiceResponse()
+    assert all(stored(ledger, e.id) for e in events)
+
+
+def test_partial_success_over_protobuf_counts_log_records(client: Client) -> None:
+    request = logs(otlp.audit_log_record(generate(1)[0]))
+    broken = request.resource_logs[0].scope_logs[0].log_records.add()
+    broken.attributes.add(key=otlp.EVENT_ATTRIBUTE).value.string_value = "{}"
+    response = client.post("/v1/logs", content=request.SerializeToString(), headers=PROTOBUF)
+    partial = ExportLogsServiceResponse.FromString(response.content).partial_success
+    assert partial.rejected_log_records == 1
+    assert "rejected 1 of 2 log records" in partial.error_message
+
+
+def test_an_empty_request_is_a_success(client: Client) -> None:
+    assert client.post("/v1/traces", content=b"", headers=PROTOBUF).status_code == 200
+    response = client.post("/v1/logs", content=b"{}", headers=JSON)
+    assert (response.status_code, response.json()) == (200, {})
+
+
+def status_of(content: bytes) -> status_pb2.Status:
+    return status_pb2.Status.FromString(content)
+
+
+def test_malformed_protobuf_is_400_with_a_bad_request_status(
+    client: Client, ledger: Ledger
+) -> None:
+    response = client.post("/v1/traces", content=b"\x0a\xff\xff\xff\xff\x0f", headers=PROTOBUF)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/x-protobuf"
+    status = status_of(response.content)
+    assert "ExportTraceServiceRequest" in status.message
+    detail = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(detail)
+    assert detail.field_violations[0].description == status.message
+    assert ledger.log.size == 0
+
+
+def test_malformed_json_is_400_with_a_json_status(client: Client) -> None:
+    response = client.post("/v1/logs", content=b'{"resourceLogs": 7}', headers=JSON)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert "resourceLogs" in body["message"] or "ExportLogsServiceRequest" in body["message"]
+    assert body["details"][0]["@type"].endswith("google.rpc.BadRequest")
+
+
+def test_broken_gzip_is_400(client: Client) -> None:
+    response = client.post(
+        "/v1/logs", content=b"not gzip", headers={**PROTOBUF, "Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 400
+    assert "gzip" in status_of(response.content).message
+
+
+def test_a_body_over_the_limit_is_413(client: Client) -> None:
+    response = client.post("/v1/logs", content=bytes(LIMIT + 1), headers=PROTOBUF)
+    assert response.status_code == 413
+    assert str(LIMIT) in status_of(response.content).message
+
+
+def test_a_gzip_bomb_is_413_after_decompression(client: Client) -> None:
+    bomb = gzip.compress(bytes(64 * LIMIT), compresslevel=9)
+    assert len(bomb) < LIMIT // 8
+    response = client.post("/v1/logs", content=bomb, headers={**JSON, "Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    assert "after decompression" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/protobuf", "application/grpc", ""]
+)
+def test_unsupported_content_types_are_415(client: Client, content_type: str) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/v1/traces", content=b"{}", headers=headers)
+    assert response.status_code == 415
+    assert "application/x-protobuf or application/json" in status_of(response.content).message
+
+
+def test_unsupported_content_encoding_is_415(client: Client) -> None:
+    response = client.post("/v1/traces", content=b"{}", headers={**JSON, "Content-Encoding": "br"})
+    assert response.status_code == 415
+    assert "'br'" in response.json()["message"]
+
+
+def test_only_post_is_routed(client: Client) -> None:
+    assert client.get("/v1/traces").status_code == 405
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.binary(max_size=2048),
+    path=st.sampled_from(["/v1/traces", "/v1/logs"]),
+    content_type=st.sampled_from(["application/x-protobuf", "application/json"]),
+    gzipped=st.booleans(),
+)
+def test_arbitrary_bodies_never_cause_a_server_error(
+    client: Client, body: bytes, path: str, content_type: str, gzipped: bool
+) -> None:
+    headers = {"Content-Type": content_type}
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code in (200, 400), response.content
+    if response.status_code == 400 and content_type == "application/json":
+        json.loads(response.content)
