@@ -235,7 +235,10 @@ def _peer_authentication(
     if raw_ports:
         if selector is None:
             fields.fail("spec.portLevelMtls", "requires a workload selector (Istio validation)")
-        for port, value in fields.mapping(raw_ports, "spec.portLevelMtls").items():
+        if not isinstance(raw_ports, dict):
+            fields.fail("spec.portLevelMtls", "expected a mapping of port to mtls")
+        # Keys are written as numbers in Istio's examples (map<uint32, MTLS>).
+        for port, value in raw_ports.items():
             where = f"spec.portLevelMtls[{port}]"
             text = str(port)
             if not text.isdigit() or not 1 <= int(text) <= 65535:

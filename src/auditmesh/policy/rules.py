@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from auditmesh.policy.documents import Fields
-from auditmesh.policy.matchers import parse_ip_block, parse_port, path_template_error
+from auditmesh.policy.matchers import (
+    is_path_template,
+    parse_ip_block,
+    parse_port,
+    path_template_error,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +180,17 @@ def _check_value(fields: Fields, key: str, text: str, path: str) -> None:
             parse_ip_block(text)
         elif key in ("ports", "notPorts", "destination.port"):
             parse_port(text)
-        elif key in ("paths", "notPaths") and "{" in text:
-            error = path_template_error(text) if ("{*}" in text or "{**}" in text) else None
+        elif key in ("paths", "notPaths") and is_path_template(text):
+            error = path_template_error(text)
             if error:
                 raise ValueError(error)
+        elif key in ("principals", "notPrincipals", "source.principal") and text.startswith(
+            "spiffe://"
+        ):
+            # Istio prepends spiffe:// itself; with it written here the value never matches.
+            raise ValueError(
+                "write the principal without spiffe:// (e.g. cluster.local/ns/NS/sa/SA)"
+            )
     except ValueError as exc:
         fields.fail(path, str(exc))
 
