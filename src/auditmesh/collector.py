@@ -50,6 +50,13 @@ class Collector:
         self._checkpoint_waiters: list[tuple[int, Future[StoredCheckpoint]]] = []
         self._waiters_lock = threading.Lock()
         self.failure: BaseException | None = None
+        self._commit_observers: list[Callable[[list[Entry]], None]] = []
+
+    def observe_commits(self, callback: Callable[[list[Entry]], None]) -> None:
+        """Have `callback` see, on the sequencer thread, the entries each commit added (ids
+        already in the log left out), after they are durable and before callers hear back.
+        Used by `server.metrics`; a failing observer never fails the commit."""
+        self._commit_observers.append(callback)
 
     def start(self) -> None:
         self._thread.start()
@@ -124,6 +131,7 @@ class Collector:
 
     def _commit(self, jobs: list[_Job]) -> None:
         entries = [entry for batch, _ in jobs for entry in batch]
+        start = self.log.size
         try:
             indices = self.log.append(entries)
         except BaseException as exc:  # nothing was committed: every caller hears why
@@ -131,10 +139,23 @@ class Collector:
             for _, future in jobs:
                 future.set_exception(exc)
             return
+        if self._commit_observers:
+            self._notify(entries, indices, start)
         offset = 0
         for batch, future in jobs:
             future.set_result(indices[offset : offset + len(batch)])
             offset += len(batch)
+
+    def _notify(self, entries: list[Entry], indices: list[int], start: int) -> None:
+        added: list[Entry] = []
+        for entry, index in zip(entries, indices, strict=True):
+            if index == start + len(added):  # first sight of a new index: a fresh entry
+                added.append(entry)
+        for observer in self._commit_observers:
+            try:
+                observer(added)
+            except Exception:  # counting must never cost an acknowledged commit
+                pass
 
     def _checkpoint(self) -> None:
         try:
