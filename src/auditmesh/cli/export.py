@@ -95,6 +95,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     otlp.add_argument("--batch", type=int, default=512, help="log records per export request")
     otlp.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    otlp.add_argument(
+        "--attempts",
+        type=int,
+        default=6,
+        help="tries per batch on retryable failures, with exponential backoff (default 6)",
+    )
     otlp.set_defaults(func=run_otlp)
 
 
@@ -281,6 +287,7 @@ def run_otlp(args: argparse.Namespace) -> int:
                 headers=headers,
                 timeout_s=args.timeout,
                 compression=args.compression,
+                attempts=max(1, args.attempts),
             )
         except ValueError as exc:
             raise UserError(str(exc)) from None
