@@ -1,0 +1,144 @@
+"""ingest.otlp_grpc: the OTLP/gRPC receiver over a real socket with a real grpc client,
+in process over a real ledger: Export answers, status codes, limits, start and stop."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from tests.conftest import generate
+from tests.ingest.test_otlp import SPAN, STABLE_SERVER, START, TRACE, logs, span, traces
+
+from auditmesh.collector import Collector
+from auditmesh.datadir import Ledger
+from auditmesh.ingest import otlp
+from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
+from auditmesh.server.run import _start_otlp_grpc
+
+pytestmark = pytest.mark.integration
+
+TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+LOGS = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+LIMIT = 64 * 1024
+
+
+@pytest.fixture
+def collector(ledger: Ledger) -> Iterator[Collector]:
+    running = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def receiver(collector: Collector) -> Iterator[OtlpGrpcServer]:
+    server = OtlpGrpcServer(collector, "127.0.0.1", 0, max_message_bytes=LIMIT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def channel(receiver: OtlpGrpcServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(receiver.address) as opened:
+        yield opened
+
+
+def export(
+    channel: grpc.Channel, method: str, body: bytes, compression: grpc.Compression | None = None
+) -> bytes:
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+    result: bytes = call(body, timeout=10, compression=compression)
+    return result
+
+
+def test_export_traces_answers_after_commit(channel: grpc.Channel, ledger: Ledger) -> None:
+    body = traces(span(STABLE_SERVER)).SerializeToString()
+    answer = ExportTraceServiceResponse.FromString(export(channel, TRACES, body))
+    assert answer == ExportTraceServiceResponse()
+    key = uuid.UUID(otlp.span_event_id(TRACE, SPAN, START)).bytes
+    assert ledger.store.event_by_id(key) is not None
+    export(channel, TRACES, body)  # a retry is logged once
+    assert ledger.log.size == 1
+
+
+def test_export_logs_gzip_with_partial_success(channel: grpc.Channel, ledger: Ledger) -> None:
+    events = generate(5)
+    request = logs(*map(otlp.audit_log_record, events))
+    request.resource_logs[0].scope_logs[0].log_records.add().attributes.add(
+        key=otlp.EVENT_ATTRIBUTE
+    ).value.int_value = 1
+    raw = export(channel, LOGS, request.SerializeToString(), grpc.Compression.Gzip)
+    partial = ExportLogsServiceResponse.FromString(raw).partial_success
+    assert partial.rejected_log_records == 1
+    assert "must be a string" in partial.error_message
+    assert ledger.log.size == 5
+
+
+def test_undecodable_message_is_invalid_argument(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        export(channel, TRACES, b"\x0a\xff\xff\xff\xff\x0f")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ExportTraceServiceRequest" in (caught.value.details() or "")
+
+
+def test_oversized_message_is_resource_exhausted(channel: grpc.Channel, ledger: Ledger) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        export(channel, LOGS, bytes(LIMIT + 1))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ledger.log.size == 0
+
+
+def test_a_message_oversized_once_inflated_is_resource_exhausted(channel: grpc.Channel) -> None:
+    # A protobuf whose single bytes field inflates past the limit: gzip is applied by the
+    # client's transport (grpc-encoding: gzip) and gRPC checks the decompressed size.
+    padding = logs(otlp.audit_log_record(generate(1)[0]))
+    padding.resource_logs[0].schema_url = "x" * (4 * LIMIT)
+    body = padding.SerializeToString()
+    assert len(gzip.compress(body)) < LIMIT
+    with pytest.raises(grpc.RpcError) as caught:
+        export(channel, LOGS, body, grpc.Compression.Gzip)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_unknown_method_is_unimplemented(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        export(channel, "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export", b"")
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_stopped_collector_answers_unavailable(
+    receiver: OtlpGrpcServer, collector: Collector
+) -> None:
+    collector.stop()
+    with grpc.insecure_channel(receiver.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        export(channel, TRACES, traces(span(STABLE_SERVER)).SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_busy_port_fails_start_or_is_skipped_when_not_asked_for(
+    collector: Collector, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OtlpGrpcError, match=f"127.0.0.1:{port}"):
+            OtlpGrpcServer(collector, "127.0.0.1", port).start()
+        with pytest.raises(ValueError, match="--otlp-grpc"):
+            _start_otlp_grpc(collector, ("127.0.0.1", port), required=True)
+        assert _start_otlp_grpc(collector, ("127.0.0.1", port), required=False) is None
+    assert "OTLP/gRPC is off" in capsys.readouterr().out
+    assert _start_otlp_grpc(collector, None, required=True) is None
+
+
+def test_stop_is_idempotent(collector: Collector) -> None:
+    server = OtlpGrpcServer(collector, "127.0.0.1", 0).start()
+    assert server.port != 0
+    server.stop()
+    server.stop()
