@@ -24,6 +24,7 @@ What goes where, in short:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from datetime import UTC, datetime
@@ -83,14 +84,19 @@ def timestamp_text(time_ns: int) -> str:
     """RFC 3339 UTC with nanoseconds: ECS `date` fields take this form (Elasticsearch's
     `strict_date_optional_time` reads up to nine fraction digits)."""
     seconds, nanos = divmod(time_ns, 1_000_000_000)
-    whole = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{whole}.{nanos:09d}Z"
+    return f"{_whole_seconds(seconds)}.{nanos:09d}Z"
+
+
+@functools.lru_cache(maxsize=64)  # consecutive events share their second
+def _whole_seconds(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _seconds_text(unix_s: int) -> str:
     return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+@functools.lru_cache(maxsize=4096)  # a mesh has few addresses; parsing them is not cheap
 def _ip(text: str | None) -> str | None:
     """The value only when Elasticsearch's `ip` type takes it (no zone ids, valid syntax):
     one unparsable `source.ip` would make Elasticsearch refuse the whole document."""
@@ -302,15 +308,17 @@ def nest(fields: dict[str, Any]) -> dict[str, Any]:
     """Dotted names to nested objects (`{"event": {"id": …}}`), as Elasticsearch stores them."""
     doc: dict[str, Any] = {}
     for name, value in fields.items():
-        if "." not in name:  # @timestamp, tags
-            doc[name] = value
-            continue
-        head, *middle, last = name.split(".")
-        node = doc.setdefault(head, {})
-        for part in middle:
+        *parents, last = _parts(name)
+        node = doc
+        for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
     return doc
+
+
+@functools.lru_cache(maxsize=1024)
+def _parts(name: str) -> tuple[str, ...]:
+    return tuple(name.split("."))
 
 
 def ecs_document(
