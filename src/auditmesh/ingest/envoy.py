@@ -252,7 +252,7 @@ def parse_text_line(line: str) -> AccessRecord:
     # The rest: "UA" "ID" "AUTHORITY" "UPSTREAM_HOST" and six bare fields, read from the end.
     rest = line[cursor.pos :]
     parts = rest.rsplit(" ", 6)
-    if len(parts) < 7:
+    if len(parts) < 7 or any(part.startswith('"') for part in parts[1:]):
         raise _error(
             "fields 15-24 (%REQ(USER-AGENT)% … %ROUTE_NAME%)",
             "the line ends early: Istio's default TEXT format has 24 fields",
