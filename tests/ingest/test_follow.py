@@ -1,0 +1,184 @@
+"""Line reading: the sans-IO splitter, whole and growing files, rotation, truncation, state."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from auditmesh.ingest.follow import (
+    Line,
+    LineSplitter,
+    Position,
+    Stream,
+    Tail,
+    load_position,
+    save_position,
+)
+
+
+def split_all(chunks: list[bytes], max_line: int = 1 << 20) -> list[tuple[int, bytes, int, bool]]:
+    splitter = LineSplitter(max_line=max_line)
+    out = [line for chunk in chunks for line in splitter.feed(chunk)]
+    return out + splitter.finish()
+
+
+def test_splitter_offsets_point_after_each_line() -> None:
+    assert split_all([b"one\ntwo\r\nthree"]) == [
+        (1, b"one", 4, False),
+        (2, b"two", 9, False),
+        (3, b"three", 14, False),
+    ]
+    assert split_all([b"\n\n"]) == [(1, b"", 1, False), (2, b"", 2, False)]
+    assert split_all([]) == []
+
+
+def test_splitter_cuts_overlong_lines_but_keeps_offsets() -> None:
+    lines = split_all([b"ab", b"cdefg\nxy\n"], max_line=4)
+    assert lines == [(1, b"abcd", 8, True), (2, b"xy", 11, False)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=8))
+def test_splitter_is_independent_of_chunk_boundaries(data: bytes, cuts: list[int]) -> None:
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert split_all(chunks, max_line=16) == split_all([data], max_line=16)
+    lines = split_all([data], max_line=16)
+    if lines:
+        assert lines[-1][2] == len(data)
+    assert [number for number, *_ in lines] == list(range(1, len(lines) + 1))
+
+
+def drain(tail: Tail, max_lines: int = 1000) -> list[Line]:
+    out: list[Line] = []
+    while batch := tail.read(max_lines):
+        out += batch
+    return out
+
+
+def texts(lines: list[Line]) -> list[bytes]:
+    return [line.data for line in lines]
+
+
+def test_whole_file_includes_an_unterminated_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"a\nb\nc")
+    tail = Tail(log, follow=False)
+    assert texts(tail.read(2)) == [b"a", b"b"]
+    rest = tail.read(2)
+    assert texts(rest) == [b"c"] and tail.done
+    end = rest[-1].end
+    assert end is not None and (end.offset, end.line) == (5, 3)
+    assert end.inode == os.stat(log).st_ino and end.path == str(log.absolute())
+    tail.close()
+
+
+def test_follow_waits_for_the_line_break_and_resumes(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"a\nb")
+    tail = Tail(log, follow=True)
+    first = drain(tail)
+    assert texts(first) == [b"a"] and not tail.done
+    with open(log, "ab") as out:
+        out.write(b"b\nc\n")
+    second = drain(tail)
+    assert texts(second) == [b"bb", b"c"]
+    tail.close()
+    # A restart from the position after "bb" reads only what follows it.
+    resumed = Tail(log, follow=True, resume=second[0].end)
+    lines = drain(resumed)
+    assert resumed.resumed and texts(lines) == [b"c"] and lines[0].number == 3
+    resumed.close()
+
+
+def test_rotation_finishes_the_old_file_then_reads_the_new(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"1\n2\n")
+    tail = Tail(log, follow=True)
+    assert texts(drain(tail)) == [b"1", b"2"]
+    with open(log, "ab") as out:
+        out.write(b"3 unterminated")
+    os.rename(log, tmp_path / "access.log.1")
+    assert drain(tail) == []  # the path is gone: keep the old file, wait
+    log.write_bytes(b"4\n")
+    lines = drain(tail)
+    assert texts(lines) == [b"3 unterminated", b"4"]
+    assert [line.number for line in lines] == [3, 1]
+    assert any("rotated" in note for note in tail.notes)
+    assert lines[1].end is not None and lines[1].end.inode == os.stat(log).st_ino
+    tail.close()
+
+
+def test_truncation_starts_over(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"first\nsecond\n")
+    tail = Tail(log, follow=True)
+    drain(tail)
+    with open(log, "r+b") as out:  # logrotate's copytruncate
+        out.truncate(0)
+    assert drain(tail) == []
+    assert any("truncated" in note for note in tail.notes)
+    with open(log, "ab") as out:
+        out.write(b"new\n")
+    lines = drain(tail)
+    assert texts(lines) == [b"new"] and lines[0].number == 1
+    tail.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "note"),
+    [
+        ({"inode": -1}, "another file"),
+        ({"path": "/elsewhere/access.log"}, "another file"),
+        ({"offset": 10_000}, "shorter"),
+    ],
+)
+def test_a_position_for_another_file_is_not_applied(
+    tmp_path: Path, changes: dict[str, Any], note: str
+) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"a\nb\n")
+    stat = os.stat(log)
+    position = Position(str(log.absolute()), stat.st_dev, stat.st_ino, 2, 1)
+    tail = Tail(log, follow=True, resume=dataclasses.replace(position, **changes))
+    assert not tail.resumed and texts(drain(tail)) == [b"a", b"b"]
+    assert note in tail.notes[0]
+    tail.close()
+
+
+def test_state_file_round_trip_and_damage(tmp_path: Path) -> None:
+    state = tmp_path / "access.offset"
+    assert load_position(state) is None
+    position = Position("/var/log/access.log", 2049, 123456, 8192, 40)
+    save_position(state, position)
+    assert load_position(state) == position
+    save_position(state, Position("/var/log/access.log", 2049, 123456, 9000, 44))
+    assert load_position(state) == Position("/var/log/access.log", 2049, 123456, 9000, 44)
+    assert [p.name for p in tmp_path.iterdir()] == ["access.offset"]  # no temporary left
+    state.write_text('{"path": "/x", "offset": "nope"}')
+    assert load_position(state) is None
+    state.write_text("{")
+    assert load_position(state) is None
+
+
+def test_stream_reads_a_pipe_until_it_closes() -> None:
+    read_end, write_end = os.pipe()
+    stream = Stream(read_end)
+    try:
+        assert stream.read(10) == [] and not stream.done
+        os.write(write_end, b"one\ntw")
+        stream.wait(1.0)
+        assert texts(stream.read(10)) == [b"one"]
+        os.write(write_end, b"o")
+        os.close(write_end)
+        stream.wait(1.0)
+        lines = stream.read(10)
+        assert texts(lines) == [b"two"] and lines[0].end is None and stream.done
+    finally:
+        os.close(read_end)
