@@ -30,11 +30,11 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
-from tests.conftest import generate
 
 from auditmesh.events import HTTP, AuditEvent, Error, Peer, Trace, canonical_bytes, decode_event
 from auditmesh.ingest import otlp
 from auditmesh.ingest.otlp_http import BodyTooLarge, gunzip
+from tests.conftest import generate
 
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
 SPAN = bytes.fromhex("eee19b7ec3c1b174")

@@ -12,14 +12,14 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from tests.conftest import generate
-from tests.ingest.test_otlp import SPAN, STABLE_SERVER, START, TRACE, logs, span, traces
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import Ledger
 from auditmesh.ingest import otlp
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
 from auditmesh.server.run import _start_otlp_grpc
+from tests.conftest import generate
+from tests.ingest.test_otlp import SPAN, STABLE_SERVER, START, TRACE, logs, span, traces
 
 pytestmark = pytest.mark.integration
 

@@ -18,6 +18,10 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from starlette.applications import Starlette
+
+from auditmesh.collector import Collector
+from auditmesh.datadir import Ledger
+from auditmesh.ingest import otlp, otlp_http
 from tests.conftest import generate
 from tests.ingest.test_otlp import (
     SPAN,
@@ -29,10 +33,6 @@ from tests.ingest.test_otlp import (
     to_otlp_json,
     traces,
 )
-
-from auditmesh.collector import Collector
-from auditmesh.datadir import Ledger
-from auditmesh.ingest import otlp, otlp_http
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
@@ -24,6 +25,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import (
     InMemoryLogRecordExporter,
@@ -41,7 +43,17 @@ from auditmesh.events import AuditEvent, canonical_bytes, to_json_dict
 from auditmesh.ingest import otlp
 from auditmesh.serverproc import ServerProcess, free_port
 from tests.conftest import generate
-from tests.ingest.test_otlp import SPAN, STABLE_SERVER, START, TRACE, span, to_otlp_json, traces
+from tests.ingest.test_otlp import (
+    SPAN,
+    STABLE_SERVER,
+    START,
+    TRACE,
+    logs,
+    span,
+    to_otlp_json,
+    traces,
+)
+from tests.ingest.test_otlp_envoy import SAMPLE_LABELS, TEXT_LINES, envoy_record, expected
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +232,19 @@ def test_otlp_grpc_can_be_switched_off(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "data", extra=["--otlp-grpc", "off", "--mesh-listen", "off"]):
         pass
     assert "OTLP/gRPC" not in (tmp_path / "data-server.log").read_text()
+
+
+def test_envoy_access_log_records_over_grpc(server: ServerProcess) -> None:
+    """What Istio's envoyOtelAls provider makes a sidecar send: LogsService/Export over gRPC
+    with the TEXT line as body and the configured labels as attributes."""
+    request = logs(*(envoy_record(line) for line in TEXT_LINES), service="istio-proxy")
+    with grpc.insecure_channel(grpc_endpoint(server)) as channel:
+        export: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+        )
+        answer = ExportLogsServiceResponse.FromString(export(request.SerializeToString()))
+    assert not answer.HasField("partial_success")
+    labels = {key: str(value) for key, value in SAMPLE_LABELS.items()}
+    for line in (TEXT_LINES[0], TEXT_LINES[4]):
+        event = expected(line, "ingest:otlp:istio-proxy", labels)
+        assert fetch(server, event.id) == to_json_dict(event)

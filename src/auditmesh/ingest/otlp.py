@@ -3,8 +3,8 @@
 Place in the house (DESIGN.md, "Telemetry in"): OTel SDKs and Istio/Envoy send OTLP traces
 and logs to `auditmesh server`; `otlp_http.py` (OTLP/HTTP) and `otlp_grpc.py` (OTLP/gRPC)
 carry the bytes in and out, this module decides what they mean. No sockets, no asyncio,
-no clock: requests in, events plus a partial-success verdict out. Imports `events` only
-(and, for Envoy's access-log lines, the sibling `ingest.envoy` parser).
+no clock: requests in, events plus a partial-success verdict out. Imports `events` and,
+for Envoy's access-log lines, the sibling `ingest.envoy` adapter.
 
 What becomes an audit event (each reported, never observed: `attested=False`, `reporter`
 `ingest:otlp:<service.name>`):
@@ -16,7 +16,10 @@ What becomes an audit event (each reported, never observed: `attested=False`, `r
     millisecond and SHA-256 of (trace id, span id), so a retried export is stored once.
 (b) Envoy access-log records from the OpenTelemetry access logger as Istio's `envoyOtelAls`
     provider configures it: body = Istio's default TEXT access-log line, attributes =
-    the provider's `logFormat.labels`. Event id from the record's content.
+    the provider's `logFormat.labels` (peer URI SANs and `traceparent` under the keys of
+    Istio's JSON log, e.g. `downstream_peer_uri_san`; other labels become event labels), or
+    labels alone shaped like Istio's JSON log. Parsed and interpreted by `ingest.envoy`; the
+    event id is `envoy.line_event_id` of (reporter, line): a retried record maps to one id.
 (c) Log records carrying an audit event: attribute `auditmesh.event` (`EVENT_ATTRIBUTE`)
     holds the event's canonical JSON (RFC 8785), exactly what `audit_log_record` writes.
     The receiver keeps the event as sent, id included, except `reporter` and `attested`
@@ -34,8 +37,10 @@ collector's filter drops data without failing the export; it is not an error to 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -72,6 +77,7 @@ from auditmesh.events import (
     decode_event,
     new_event_id,
 )
+from auditmesh.ingest import envoy
 
 # --- names shared with `auditmesh export otlp` (the inverse of case (c)) -------------------
 
@@ -259,14 +265,16 @@ def map_traces(request: ExportTraceServiceRequest) -> Mapped:
 
 def map_logs(request: ExportLogsServiceRequest) -> Mapped:
     mapped = Mapped("logs")
+    position = 0
     for resource_logs in request.resource_logs:
         origin = _Origin.of(resource_logs.resource)
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
+                position += 1
                 try:
-                    event = log_event(record, origin, resource_logs.resource)
+                    event = log_event(record, origin)
                 except Unmappable as exc:
-                    mapped.reject(f"log record: {exc}")
+                    mapped.reject(f"log record #{position}: {exc}")
                     continue
                 if event is None:
                     mapped.skipped += 1
@@ -286,7 +294,9 @@ class _Origin:
     @classmethod
     def of(cls, resource: Resource) -> _Origin:
         attrs = attribute_map(resource.attributes)
-        service = text(attrs, "service.name") or UNKNOWN_SERVICE
+        # Envoy's OpenTelemetry access logger names its node in the built-in `node_name`
+        # resource label when no service.name is configured (Istio turns both off).
+        service = text(attrs, "service.name", "node_name") or UNKNOWN_SERVICE
         namespace = text(attrs, "k8s.namespace.name", "service.namespace")
         return cls(service, namespace, attrs)
 
@@ -583,12 +593,14 @@ def as_received(event: AuditEvent, service_name: str = UNKNOWN_SERVICE) -> Audit
     return msgspec.structs.replace(event, reporter=reporter, attested=False)
 
 
-def log_event(record: LogRecord, origin: _Origin, resource: Resource) -> AuditEvent | None:
+def log_event(record: LogRecord, origin: _Origin) -> AuditEvent | None:
+    """Case (c) when the record carries `EVENT_ATTRIBUTE`, else case (b) when it is an Envoy
+    access-log record, else None (an application log: skipped)."""
     attrs = attribute_map(record.attributes)
     carried = attrs.get(EVENT_ATTRIBUTE)
     if carried is not None:
         return _relayed_event(carried, origin)
-    return None
+    return _envoy_event(record, attrs, origin)
 
 
 def _relayed_event(value: AnyValue, origin: _Origin) -> AuditEvent:
@@ -604,3 +616,81 @@ def _relayed_event(value: AnyValue, origin: _Origin) -> AuditEvent:
     except EventError as exc:
         raise Unmappable(f"{EVENT_ATTRIBUTE} is not a valid audit event: {exc}") from None
     return as_received(event, origin.service)
+
+
+# (b) Envoy's OpenTelemetry access logger (envoy.access_loggers.open_telemetry) as Istio's
+# `envoyOtelAls` provider configures it: `body` is Istio's default TEXT access-log line (or the
+# provider's `logFormat.text`), `attributes` are the provider's `logFormat.labels`, and
+# `time_unix_nano` is the request's start time; trace_id/span_id are set when the request
+# was traced. Istio sets `disable_builtin_labels`, so unless a collector in between adds a
+# service.name resource attribute the reporter is `ingest:otlp:unknown_service`.
+# Reading the line and interpreting it as a call are `ingest.envoy`'s (`parse_text_line`,
+# `parse_json_line`, `to_event`), shared with `auditmesh ingest envoy`.
+
+# Envoy's %START_TIME% default: `[2024-05-01T12:00:00.123Z] "GET …`.
+_ENVOY_TEXT = re.compile(r"\[\d{4}-\d{2}-\d{2}T")
+# Label names carrying the fields Istio's TEXT line lacks (peer URI SANs, traceparent): the
+# same keys as in Istio's JSON access log, e.g. `upstream_peer_uri_san:
+# "%UPSTREAM_PEER_URI_SAN%"` under the provider's `logFormat.labels`.
+_ENVOY_EXTRA_KEYS = envoy.OPTIONAL_JSON_KEYS
+# Labels shaped like Istio's JSON access log (`labels` set to its field names and operators,
+# no TEXT body): recognised by these keys.
+_ENVOY_JSON_KEYS = frozenset(("response_code", "upstream_cluster", "method", "bytes_sent"))
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")  # events.LabelKey
+_MAX_LABELS = 32
+
+
+def _envoy_event(
+    record: LogRecord, attrs: Mapping[str, AnyValue], origin: _Origin
+) -> AuditEvent | None:
+    body = record.body
+    labels: dict[str, str] = {}
+    try:
+        if body.WhichOneof("value") == "string_value" and _ENVOY_TEXT.match(body.string_value):
+            access = envoy.parse_text_line(body.string_value)
+            extra: dict[str, Any] = {
+                key: found for key in _ENVOY_EXTRA_KEYS if (found := text(attrs, key))
+            }
+            if extra:
+                access = dataclasses.replace(access, **extra)
+            labels = _label_attributes(attrs, exclude=extra.keys())
+        else:
+            fields = attrs
+            if body.WhichOneof("value") == "kvlist_value":
+                fields = {kv.key: kv.value for kv in body.kvlist_value.values}
+            if "start_time" not in fields or not _ENVOY_JSON_KEYS & fields.keys():
+                return None  # not an access-log record: an application log, skipped
+            access = envoy.parse_json_line(_as_json_line(fields))
+        if access.traceparent is None and access.trace_id is None and any(record.trace_id):
+            access = dataclasses.replace(access, trace_id=record.trace_id.hex())
+        event = envoy.to_event(access, origin.reporter)
+    except envoy.EnvoyLogError as exc:
+        raise Unmappable(f"Envoy access log: {exc}") from None
+    if labels:
+        event = _validated(msgspec.structs.replace(event, labels=labels | event.labels))
+    return event
+
+
+def _label_attributes(attrs: Mapping[str, AnyValue], *, exclude: Iterable[str]) -> dict[str, str]:
+    """The provider's other labels (e.g. Istio's sample `pod`, `namespace`, `cluster`) as
+    event labels: string values under keys that are valid label keys."""
+    skip = set(exclude)
+    labels: dict[str, str] = {}
+    for key, value in attrs.items():
+        if len(labels) == _MAX_LABELS:
+            break
+        if key in skip or not _LABEL_KEY.fullmatch(key):
+            continue
+        found = text({key: value}, key)
+        if found is not None and found != "-":
+            labels[key] = found[:1024]
+    return labels
+
+
+def _as_json_line(fields: Mapping[str, AnyValue]) -> str:
+    document: dict[str, str | int] = {}
+    for key, value in fields.items():
+        scalar = _scalar(value)
+        if isinstance(scalar, str) or (isinstance(scalar, int) and not isinstance(scalar, bool)):
+            document[key] = scalar
+    return msgspec.json.encode(document).decode()
