@@ -12,7 +12,17 @@ import sys
 from collections.abc import Sequence
 
 # Command-group modules under auditmesh.cli, in the order `--help` lists them.
-GROUPS: tuple[str, ...] = ("demo", "server", "log", "bundle", "ca", "policy", "ingest", "export")
+GROUPS: tuple[str, ...] = (
+    "demo",
+    "server",
+    "sidecar",
+    "log",
+    "bundle",
+    "ca",
+    "policy",
+    "ingest",
+    "export",
+)
 
 
 class UserError(Exception):

@@ -1,0 +1,152 @@
+"""Accepting inbound connections: STRICT / PERMISSIVE / DISABLE mTLS and peer identity.
+
+The listener owns its socket so it can peek at the first byte (PERMISSIVE: a TLS record
+starts with 0x16, RFC 8446 §5.1) before choosing TLS or plaintext, and so a failed
+handshake is an exception here — an `authn` audit event — instead of a line in asyncio's
+log. After the handshake the peer's X.509-SVID is checked (exactly one URI SAN, …).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.identity.svid import PeerIdentityError, cert_sha256, verify_peer_svid
+
+TLS_HANDSHAKE = 0x16
+STREAM_LIMIT = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTLS:
+    """What the handshake established about the caller."""
+
+    spiffe_id: SpiffeId
+    version: str
+    cert_sha256: str
+    not_after: int  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    peer: PeerTLS | None  # None: plaintext (PERMISSIVE or DISABLE)
+    remote: tuple[str, int]
+
+
+class NothingSent(Exception):
+    """The peer connected and closed without sending a byte (a port probe): not audited."""
+
+
+class HandshakeRefused(Exception):
+    """mTLS failed; `reason` is a short code, the message what was presented and why."""
+
+    def __init__(self, reason: str, message: str, *, cert_sha256: str | None = None) -> None:
+        self.reason = reason
+        self.cert_sha256 = cert_sha256
+        super().__init__(message)
+
+
+async def _wait_readable(sock: socket.socket, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def _first_byte(sock: socket.socket, timeout: float) -> int | None:
+    await _wait_readable(sock, timeout)
+    try:
+        head = sock.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, ConnectionError):
+        return None
+    return head[0] if head else None
+
+
+async def accept(
+    sock: socket.socket,
+    mode: str,
+    context: Callable[[], ssl.SSLContext],
+    bundle: bytes,
+    *,
+    handshake_timeout: float,
+) -> Accepted:
+    """Wrap an accepted socket per the PeerAuthentication mode; raise `HandshakeRefused`."""
+    loop = asyncio.get_running_loop()
+    remote = sock.getpeername()[:2]
+    use_tls = False
+    if mode != "DISABLE":
+        try:
+            first = await _first_byte(sock, handshake_timeout)
+        except TimeoutError:
+            raise HandshakeRefused("timeout", "the client sent nothing in time") from None
+        if first is None:
+            raise NothingSent
+        use_tls = first == TLS_HANDSHAKE
+        if mode == "STRICT" and not use_tls:
+            raise HandshakeRefused("not_tls", "plaintext sent to a STRICT mTLS listener")
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    try:
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol,
+            sock,
+            ssl=context() if use_tls else None,
+            ssl_handshake_timeout=handshake_timeout if use_tls else None,
+        )
+    except ssl.SSLError as exc:
+        detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        raise HandshakeRefused(_reason(exc), f"TLS handshake failed: {detail}") from None
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        raise HandshakeRefused("handshake_aborted", f"TLS handshake aborted: {exc}") from None
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    if not use_tls:
+        return Accepted(reader, writer, None, remote)
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True)
+    try:
+        spiffe_id = verify_peer_svid(der, bundle, datetime.now(UTC))
+    except PeerIdentityError as exc:
+        writer.close()
+        raise HandshakeRefused(exc.reason, str(exc), cert_sha256=cert_sha256(der)) from None
+    cert = x509.load_der_x509_certificate(der)
+    peer = PeerTLS(
+        spiffe_id,
+        ssl_object.version() or "",
+        cert_sha256(der),
+        int(cert.not_valid_after_utc.timestamp()),
+    )
+    return Accepted(reader, writer, peer, remote)
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason, as a short code for the audit event's error.type."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        verify = (exc.verify_message or "").lower()
+        return "certificate_expired" if "expired" in verify else "untrusted_certificate"
+    text = (exc.reason or str(exc)).lower().replace("_", " ")
+    if "certificate required" in text or "peer did not return a certificate" in text:
+        return "no_client_certificate"
+    if "expired" in text:
+        return "certificate_expired"
+    if "unknown ca" in text or "unable to get" in text or "verify failed" in text:
+        return "untrusted_certificate"
+    if "wrong version" in text or "http request" in text or "record" in text:
+        return "not_tls"
+    return "tls_error"

@@ -1,0 +1,110 @@
+"""Sidecar configuration: one YAML file, validated at load with errors naming the field.
+
+    workload: {name: orders, namespace: shop, labels: {app: orders}}
+    server: {url: https://127.0.0.1:7443, bundle: ca.pem, join_token: "…"}
+    data_dir: ./orders-sidecar
+    inbound: {listen: 127.0.0.1:15006, app: 127.0.0.1:8080, protocol: http, mtls: STRICT}
+    outbound:
+      - {service: payments, listen: 127.0.0.1:15101, upstream: 127.0.0.1:16006,
+         identity: spiffe://cluster.local/ns/shop/sa/payments, protocol: http}
+    audit: {batch_size: 500, flush_ms: 200, spool_max_bytes: 67108864, spool_full: drop-oldest}
+    limits: {header_timeout_s: 10, idle_timeout_s: 60, connect_timeout_s: 5, ...}
+
+Relative paths are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+HostPort = Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}$")]
+Positive = Annotated[float, Meta(gt=0)]
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Workload(_Strict, frozen=True):
+    name: Annotated[str, Meta(min_length=1)]
+    namespace: Annotated[str, Meta(min_length=1)] = "default"
+    labels: dict[str, str] = {}
+
+
+class ServerLink(_Strict, frozen=True):
+    url: str
+    bundle: str
+    join_token: str | None = None
+    join_token_file: str | None = None
+
+
+class Inbound(_Strict, frozen=True):
+    listen: HostPort
+    app: HostPort
+    protocol: Literal["http", "tcp"] = "http"
+    mtls: Literal["STRICT", "PERMISSIVE", "DISABLE"] = "STRICT"
+
+
+class Outbound(_Strict, frozen=True):
+    service: Annotated[str, Meta(min_length=1)]
+    listen: HostPort
+    upstream: HostPort
+    identity: Annotated[str, Meta(pattern=r"^spiffe://")]
+    protocol: Literal["http", "tcp"] = "http"
+    namespace: str | None = None
+
+
+class Audit(_Strict, frozen=True):
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    flush_ms: Annotated[int, Meta(ge=1)] = 200
+    spool_max_bytes: Annotated[int, Meta(ge=4096)] = 64 * 1024 * 1024
+    spool_full: Literal["block", "drop-oldest"] = "drop-oldest"
+
+
+class Limits(_Strict, frozen=True):
+    header_timeout_s: Positive = 10.0
+    idle_timeout_s: Positive = 60.0
+    connect_timeout_s: Positive = 5.0
+    request_timeout_s: Positive = 60.0
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024
+    max_headers: Annotated[int, Meta(ge=8)] = 100
+    pool_size: Annotated[int, Meta(ge=1)] = 64
+
+
+class SidecarConfig(_Strict, frozen=True):
+    workload: Workload
+    server: ServerLink
+    data_dir: str
+    inbound: Inbound | None = None
+    outbound: list[Outbound] = []
+    audit: Audit = Audit()
+    limits: Limits = Limits()
+
+
+class ConfigError(ValueError):
+    """The config file is unreadable or invalid; the message names file and field."""
+
+
+def load_config(path: Path) -> tuple[SidecarConfig, Path]:
+    """Parse the YAML file; returns the config and the directory relative paths start from."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        config = msgspec.convert(raw, SidecarConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config, path.parent.resolve()
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)

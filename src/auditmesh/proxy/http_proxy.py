@@ -1,0 +1,427 @@
+"""The HTTP/1.1 proxy loop: one downstream connection, requests relayed to a pooled upstream.
+
+I/O only: framing decisions come from the sans-IO `http1.Connection` on each side, the
+audit event from `record.to_event`. Bodies stream in both directions at once (so
+`Expect: 100-continue` works: the upstream's 100 is relayed before the body flows), a
+`101 Switching Protocols` turns the connection into a byte relay audited as one long
+call, and failures answer like Envoy (503 upstream connect error, 504 timeout, 408 header
+timeout, 403 `RBAC: access denied`) with the response flag in the audit event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from auditmesh.events import AuditEvent, Authz, Peer, new_event_id
+from auditmesh.proxy import headers as h
+from auditmesh.proxy.accept import PeerTLS
+from auditmesh.proxy.config import Limits
+from auditmesh.proxy.http1 import Connection, Role, State
+from auditmesh.proxy.http1_events import (
+    NEED_DATA,
+    PAUSED,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    InformationalResponse,
+    ProtocolError,
+    Request,
+    Response,
+)
+from auditmesh.proxy.http1_events import Limits as WireLimits
+from auditmesh.proxy.pool import Pool, Upstream
+from auditmesh.proxy.record import FLAGS, Exchange, to_event
+from auditmesh.proxy.tcp import relay
+from auditmesh.proxy.tracing import continue_or_start
+from auditmesh.proxy.xfcc import HEADER as XFCC
+from auditmesh.proxy.xfcc import xfcc_value
+
+CHUNK = 64 * 1024
+Authorize = Callable[[Request, Exchange], Authz | None]
+
+
+class SecureNamingError(Exception):
+    """The upstream presented another SPIFFE ID than the one configured for the service."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    direction: str  # "inbound": peers → local app; "outbound": local app → a service
+    local: Peer  # this workload
+    target: Peer  # inbound: the app; outbound: the destination service
+    reporter: str  # this sidecar's SPIFFE ID
+    pool: Pool
+    limits: Limits
+    authorize: Authorize | None = None
+
+
+class _Closed(Exception):
+    """The peer went away (EOF or reset) in the middle of a message."""
+
+
+async def _next_event(
+    conn: Connection, reader: asyncio.StreamReader, timeout: float | None
+) -> object:
+    async with asyncio.timeout(timeout):
+        while True:
+            event = conn.next_event()
+            if event is not NEED_DATA:
+                return event
+            try:
+                data = await reader.read(CHUNK)
+            except (ConnectionError, OSError) as exc:
+                raise _Closed(str(exc)) from None
+            conn.receive_data(data)
+
+
+def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    if data:
+        writer.write(data)
+
+
+def _random_hex(n: int) -> str:
+    return os.urandom(n).hex()
+
+
+class HttpProxy:
+    def __init__(
+        self,
+        route: Route,
+        emit: Callable[[AuditEvent], None],
+        *,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.route = route
+        self._emit = emit
+        self._now_ns = now_ns
+        limits = route.limits
+        self._wire = WireLimits(
+            max_header_bytes=limits.max_header_bytes, max_headers=limits.max_headers
+        )
+
+    async def serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: PeerTLS | None,
+        remote: tuple[str, int],
+    ) -> None:
+        down = Connection(Role.SERVER, limits=self._wire)
+        limits = self.route.limits
+        first = True
+        try:
+            while True:
+                start_ns = self._now_ns()
+                x = self._exchange(start_ns, peer, remote)
+                try:
+                    event = await _next_event(
+                        down, reader, limits.header_timeout_s if first else limits.idle_timeout_s
+                    )
+                except TimeoutError:
+                    if first or down.trailing_data[0]:  # a head was started: slowloris
+                        self._fail(x, "SI", "request headers not received in time", 408)
+                        await self._answer(down, writer, x)
+                        self._emit(to_event(x, self._now_ns()))
+                    return
+                except ProtocolError as exc:
+                    self._fail(x, "DPE", exc.reason, exc.status_hint)
+                    await self._answer(down, writer, x)
+                    self._emit(to_event(x, self._now_ns()))
+                    return
+                except _Closed:
+                    return
+                if not isinstance(event, Request):
+                    return  # ConnectionClosed, or PAUSED after an earlier switch
+                keep = await self._one(down, reader, writer, event, x)
+                self._emit(to_event(x, self._now_ns()))
+                if not keep or not down.keep_alive or down.our_state is not State.DONE:
+                    return
+                down.start_next_cycle()
+                first = False
+        finally:
+            writer.close()
+
+    def _exchange(self, start_ns: int, peer: PeerTLS | None, remote: tuple[str, int]) -> Exchange:
+        route = self.route
+        caller = Peer(
+            identity=None if peer is None else str(peer.spiffe_id),
+            service=None
+            if peer is None or peer.spiffe_id.service_account is None
+            else peer.spiffe_id.service_account,
+            namespace=None if peer is None else peer.spiffe_id.namespace,
+            ip=remote[0],
+            port=remote[1],
+        )
+        inbound = route.direction == "inbound"
+        return Exchange(
+            event_id=new_event_id(lambda: start_ns),
+            start_ns=start_ns,
+            reporter=route.reporter,
+            kind="http",
+            direction=route.direction,
+            local=route.local if inbound else route.local,
+            remote=caller if inbound else route.target,
+            tls=peer,
+        )
+
+    def _fail(self, x: Exchange, flag: str, detail: str, status: int | None = None) -> None:
+        x.flag = flag
+        x.detail = detail
+        x.status = status if status is not None else FLAGS[flag][1] or None
+
+    async def _answer(self, down: Connection, writer: asyncio.StreamWriter, x: Exchange) -> None:
+        """A response of our own (error or denial) and the end of the connection."""
+        status = x.status or 500
+        body = b"RBAC: access denied" if x.flag == "RBAC" else (x.detail.encode() or b"error")
+        if x.flag == "UF":
+            body = b"upstream connect error or disconnect/reset before headers. " + body
+        try:
+            _write(
+                writer,
+                down.send(
+                    Response(
+                        status,
+                        (
+                            (b"content-type", b"text/plain"),
+                            (b"content-length", b"%d" % len(body)),
+                            (b"connection", b"close"),
+                        ),
+                    )
+                )
+                + down.send(Data(body))
+                + down.send(EndOfMessage()),
+            )
+            await writer.drain()
+        except (ProtocolError, ConnectionError, OSError):
+            pass  # the downstream is gone or already answered: the event says what happened
+        x.response_bytes = len(body)
+
+    def _upstream_request(self, request: Request, x: Exchange) -> Request:
+        fields = request.headers
+        upgrade = h.get_header(fields, b"upgrade")
+        kept = h.strip_hop_by_hop(fields)
+        if upgrade is not None:  # RFC 9110 §7.8: the proxy forwards the upgrade offer
+            kept = (*kept, (b"connection", b"upgrade"), (b"upgrade", upgrade))
+        span = continue_or_start(_text(h.get_header(fields, b"traceparent")), _random_hex)
+        x.trace_id, x.span_id, x.parent_span_id = span.trace_id, span.span_id, span.parent_span_id
+        kept = h.set_header(kept, b"traceparent", span.traceparent.encode())
+        request_id = _text(h.get_header(fields, b"x-request-id"))
+        if not request_id:
+            request_id = x.event_id
+            kept = h.set_header(kept, b"x-request-id", request_id.encode())
+        x.request_id = request_id
+        if self.route.direction == "inbound":
+            kept = h.remove_headers(kept, (XFCC,))  # never trust one from outside
+            if x.tls is not None:
+                value = xfcc_value(self.route.reporter, x.tls.cert_sha256, str(x.tls.spiffe_id))
+                kept = (*kept, (XFCC, value))
+        return Request(request.method, request.target, kept)
+
+    async def _one(
+        self,
+        down: Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: Request,
+        x: Exchange,
+    ) -> bool:
+        x.method = request.method.decode("latin-1")
+        x.path = request.target.decode("latin-1")
+        x.host = _text(h.get_header(request.headers, b"host"))
+        x.user_agent = _text(h.get_header(request.headers, b"user-agent"))
+        outgoing = self._upstream_request(request, x)
+        if self.route.authorize is not None:
+            x.authz = self.route.authorize(request, x)
+            if x.authz is not None and x.authz.decision == "deny":
+                self._fail(x, "RBAC", "RBAC: access denied")
+                await self._answer(down, writer, x)
+                return False
+        try:
+            upstream = await self.route.pool.acquire()
+        except SecureNamingError as exc:
+            self._fail(x, "SNM", str(exc))
+            await self._answer(down, writer, x)
+            return False
+        except (OSError, TimeoutError) as exc:
+            self._fail(x, "UF", f"reset reason: connection failure ({exc or 'timeout'})")
+            await self._answer(down, writer, x)
+            return False
+        x.upstream_tls_version = upstream.tls_version
+        try:
+            async with asyncio.timeout(self.route.limits.request_timeout_s):
+                outcome = await self._relay(down, reader, writer, upstream, outgoing, x)
+        except TimeoutError:
+            upstream.close()
+            if x.status is None:
+                self._fail(x, "UT", "upstream request timeout")
+                await self._answer(down, writer, x)
+            else:
+                x.flag, x.detail = "UT", "upstream request timeout"
+            return False
+        if outcome == "switched":  # a tunnel lives as long as both ends want it
+            await self._tunnel(down, reader, writer, up_of(upstream), upstream, x)
+            return False
+        return outcome == "keep"
+
+    async def _relay(
+        self,
+        down: Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: Upstream,
+        outgoing: Request,
+        x: Exchange,
+    ) -> str:
+        """Relay one request/response; "keep" (reusable), "close", or "switched" (101)."""
+        up = Connection(Role.CLIENT, limits=self._wire)
+        upstream.http = up
+        upstream.writer.write(up.send(outgoing))
+        request_task = asyncio.ensure_future(self._pump_request(down, reader, up, upstream, x))
+        try:
+            outcome = await self._pump_response(down, writer, up, upstream, x)
+        except BaseException:
+            request_task.cancel()
+            upstream.close()
+            raise
+        if outcome == "switched":
+            await asyncio.gather(request_task, return_exceptions=True)
+            return "switched"
+        if outcome != "done":
+            request_task.cancel()
+            await asyncio.gather(request_task, return_exceptions=True)
+            upstream.close()
+            return "close"
+        request_done = await asyncio.gather(request_task, return_exceptions=True)
+        clean = request_done[0] is True
+        if clean and up.keep_alive and up.states[Role.SERVER] is State.DONE:
+            up.start_next_cycle()
+            self.route.pool.release(upstream)
+        else:
+            upstream.close()
+        return "keep" if clean else "close"
+
+    async def _pump_request(
+        self,
+        down: Connection,
+        reader: asyncio.StreamReader,
+        up: Connection,
+        upstream: Upstream,
+        x: Exchange,
+    ) -> bool:
+        """Downstream body → upstream. True when the whole request was relayed."""
+        while True:
+            try:
+                event = await _next_event(down, reader, None)
+            except (_Closed, ProtocolError):
+                return False
+            if event is PAUSED:
+                return True
+            if isinstance(event, Data):
+                x.request_bytes += len(event.data)
+                upstream.writer.write(up.send(event))
+                await upstream.writer.drain()
+            elif isinstance(event, EndOfMessage):
+                upstream.writer.write(up.send(event))
+                await upstream.writer.drain()
+                return True
+            elif isinstance(event, ConnectionClosed):
+                if x.status is None:
+                    x.flag, x.detail = "DC", "downstream closed before the request ended"
+                return False
+
+    async def _pump_response(
+        self,
+        down: Connection,
+        writer: asyncio.StreamWriter,
+        up: Connection,
+        upstream: Upstream,
+        x: Exchange,
+    ) -> str:
+        """Upstream response → downstream: "done", "switched", or "failed"."""
+        while True:
+            try:
+                event = await _next_event(up, upstream.reader, None)
+            except _Closed as exc:
+                return await self._upstream_lost(down, writer, x, str(exc))
+            except ProtocolError as exc:
+                if x.status is None:
+                    self._fail(x, "UPE", exc.reason)
+                    await self._answer(down, writer, x)
+                return "failed"
+            if isinstance(event, ConnectionClosed) or event is PAUSED and x.status is None:
+                return await self._upstream_lost(down, writer, x, "upstream closed")
+            try:
+                if isinstance(event, InformationalResponse):
+                    _write(writer, down.send(event))
+                    if event.status == 101:
+                        x.status = 101
+                        await writer.drain()
+                        return "switched"
+                elif isinstance(event, Response):
+                    x.status = event.status
+                    response = Response(
+                        event.status, h.strip_hop_by_hop(event.headers), reason=event.reason
+                    )
+                    _write(writer, down.send(response))
+                elif isinstance(event, Data):
+                    x.response_bytes += len(event.data)
+                    _write(writer, down.send(event))
+                    await writer.drain()
+                elif isinstance(event, EndOfMessage):
+                    _write(writer, down.send(event))
+                    await writer.drain()
+                    return "done"
+            except (ConnectionError, OSError):
+                x.flag, x.detail = "DC", "downstream disconnected during the response"
+                return "failed"
+
+    async def _upstream_lost(
+        self, down: Connection, writer: asyncio.StreamWriter, x: Exchange, why: str
+    ) -> str:
+        if x.status is None:
+            self._fail(x, "UR", f"upstream reset before the response: {why}")
+            await self._answer(down, writer, x)
+        else:
+            x.flag, x.detail = "UC", f"upstream closed during the response: {why}"
+        return "failed"
+
+    async def _tunnel(
+        self,
+        down: Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up: Connection,
+        upstream: Upstream,
+        x: Exchange,
+    ) -> None:
+        """After 101: raw bytes both ways until both sides are done (one audit event)."""
+        down_rest, _ = down.trailing_data
+        up_rest, _ = up.trailing_data
+        if down_rest:
+            upstream.writer.write(down_rest)
+        if up_rest:
+            writer.write(up_rest)
+        result = await relay(
+            (reader, writer),
+            (upstream.reader, upstream.writer),
+            idle_timeout_s=self.route.limits.idle_timeout_s,
+            already_sent=x.request_bytes + len(down_rest),
+            already_received=x.response_bytes + len(up_rest),
+        )
+        x.request_bytes, x.response_bytes = result.sent_bytes, result.received_bytes
+        x.labels["upgrade"] = "websocket"
+        x.end = result.end
+        upstream.close()
+
+
+def up_of(upstream: Upstream) -> Connection:
+    assert isinstance(upstream.http, Connection)
+    return upstream.http
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

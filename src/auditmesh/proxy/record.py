@@ -1,0 +1,117 @@
+"""What the sidecar saw of one request or connection, and the audit event it becomes.
+
+The I/O layer fills an `Exchange` as the call goes; `to_event` is pure. Failures are
+named like Envoy's response flags (Envoy docs, "Access logging: response flags").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from auditmesh.events import HTTP, TCP, TLS, AuditEvent, Authz, Error, Peer, Trace
+from auditmesh.proxy.accept import PeerTLS
+
+# Envoy response flag → (error.type, default status the proxy answers with)
+FLAGS: dict[str, tuple[str, int]] = {
+    "UF": ("upstream_connect_failure", 503),
+    "UT": ("upstream_timeout", 504),
+    "UR": ("upstream_reset", 503),
+    "UC": ("upstream_connection_termination", 503),
+    "DC": ("downstream_disconnect", 0),
+    "NR": ("no_route", 404),
+    "DPE": ("downstream_protocol_error", 400),
+    "UPE": ("upstream_protocol_error", 502),
+    "SI": ("stream_idle_timeout", 408),
+    "RBAC": ("rbac_access_denied", 403),
+    "SNM": ("secure_naming_mismatch", 503),
+}
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Mutable while the call is in flight; turned into an event once, at its end."""
+
+    event_id: str
+    start_ns: int
+    reporter: str
+    kind: str  # "http" or "tcp"
+    direction: str
+    local: Peer
+    remote: Peer
+    tls: PeerTLS | None = None
+    upstream_tls_version: str | None = None
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    status: int | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    user_agent: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    flag: str | None = None
+    detail: str = ""
+    end: str | None = None  # tcp: how the connection ended
+    authz: Authz | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def to_event(x: Exchange, end_ns: int) -> AuditEvent:
+    source, destination = (x.remote, x.local) if x.direction == "inbound" else (x.local, x.remote)
+    failed = x.flag is not None or (x.status is not None and x.status >= 500)
+    error = None
+    if x.flag is not None:
+        error = Error(type=FLAGS[x.flag][0], message=x.detail)
+    elif x.status is not None and x.status >= 500:
+        error = Error(type="upstream_error", message=f"HTTP {x.status}")
+    tls = None
+    if x.tls is not None:
+        tls = TLS(
+            mutual=True,
+            version=x.tls.version,
+            peer_cert_sha256=x.tls.cert_sha256,
+            peer_not_after=x.tls.not_after,
+        )
+    elif x.upstream_tls_version is not None:
+        tls = TLS(mutual=True, version=x.upstream_tls_version)
+    http = None
+    tcp = None
+    if x.kind == "http":
+        http = HTTP(
+            method=x.method,
+            path=x.path,
+            status=x.status if x.status and x.status >= 100 else None,
+            request_bytes=x.request_bytes,
+            response_bytes=x.response_bytes,
+            protocol="HTTP/1.1",
+            user_agent=x.user_agent,
+            request_id=x.request_id,
+        )
+    else:
+        tcp = TCP(sent_bytes=x.request_bytes, received_bytes=x.response_bytes, end=x.end)
+    labels = dict(x.labels)
+    if x.flag is not None:
+        labels["envoy.response_flags"] = x.flag
+    return AuditEvent(
+        id=x.event_id,
+        time_ns=x.start_ns,
+        duration_us=max(0, (end_ns - x.start_ns) // 1000),
+        reporter=x.reporter,
+        kind="http" if x.kind == "http" else "tcp",
+        direction="inbound" if x.direction == "inbound" else "outbound",
+        source=source,
+        destination=destination,
+        tls=tls,
+        http=http,
+        tcp=tcp,
+        authz=x.authz,
+        trace=None
+        if x.trace_id is None
+        else Trace(trace_id=x.trace_id, span_id=x.span_id, parent_span_id=x.parent_span_id),
+        outcome="failure" if failed else "success",
+        error=error,
+        labels=labels,
+        attested=True,
+    )

@@ -1,0 +1,338 @@
+"""`auditmesh sidecar`: the listeners of one workload's proxy, wired to identity and audit.
+
+Inbound: peers connect with mTLS (per the PeerAuthentication mode); requests go to the
+local app. Outbound: the local app connects in plaintext to one local port per upstream
+service; the sidecar originates mTLS and checks that the server's SPIFFE ID is the one
+configured for that service (secure naming). Every request (HTTP) or connection (TCP),
+and every refused handshake, is an audit event handed to the emitter. A rotated SVID is
+used for new connections only; open ones keep theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from auditmesh.events import TLS, AuditEvent, Error, Peer, new_event_id
+from auditmesh.identity.agent import IdentityAgent
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.identity.svid import PeerIdentityError, verify_peer_svid
+from auditmesh.identity.workload import Credentials
+from auditmesh.proxy.accept import HandshakeRefused, NothingSent, accept
+from auditmesh.proxy.config import Inbound, Outbound, SidecarConfig, split_host_port
+from auditmesh.proxy.emitter import Emitter, EmitterConfig
+from auditmesh.proxy.http_proxy import Authorize, HttpProxy, Route, SecureNamingError
+from auditmesh.proxy.pool import Pool, Upstream
+from auditmesh.proxy.record import Exchange, to_event
+from auditmesh.proxy.spool import SpoolConfig
+from auditmesh.proxy.tcp import relay
+
+STREAM_LIMIT = 256 * 1024
+
+
+class Sidecar:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        base_dir: Path,
+        *,
+        authorize: Authorize | None = None,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.data_dir = base_dir / config.data_dir
+        self.bundle = (base_dir / config.server.bundle).read_bytes()
+        self._authorize = authorize
+        self._now_ns = now_ns
+        self.agent = IdentityAgent(self.data_dir, config.server.url, self.bundle)
+        self._token = config.server.join_token
+        if config.server.join_token_file:
+            self._token = (base_dir / config.server.join_token_file).read_text().strip()
+        self._server_ctx: ssl.SSLContext | None = None
+        self._client_ctx: ssl.SSLContext | None = None
+        self.emitter: Emitter | None = None
+        self.identity: SpiffeId | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pools: list[Pool] = []
+        self.ready = asyncio.Event()
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        credentials = await self.agent.start(self._token)
+        self._use(credentials)
+        self.agent.subscribe(self._rotate)
+        audit = self.config.audit
+        self.emitter = Emitter(
+            self._server_client(credentials),
+            self.data_dir,
+            reporter=str(credentials.spiffe_id),
+            config=EmitterConfig(
+                max_batch_events=audit.batch_size, flush_interval_s=audit.flush_ms / 1000
+            ),
+            spool_config=SpoolConfig(max_bytes=audit.spool_max_bytes, when_full=audit.spool_full),
+        )
+        self.emitter.start()
+        renewals = asyncio.ensure_future(self.agent.run_renewals())
+        try:
+            if self.config.inbound is not None:
+                await self._listen_inbound(self.config.inbound)
+            for target in self.config.outbound:
+                await self._listen_outbound(target)
+            self.ready.set()
+            await stop.wait()
+        finally:
+            renewals.cancel()
+            for server in self._servers:
+                server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for pool in self._pools:
+                pool.close()
+            await self.emitter.close()
+
+    def _use(self, credentials: Credentials) -> None:
+        mode = self.config.inbound.mtls if self.config.inbound else "STRICT"
+        self._server_ctx = credentials.server_context(require_client_cert=mode == "STRICT")
+        self._client_ctx = credentials.client_context()
+        self.identity = credentials.spiffe_id
+
+    def _rotate(self, credentials: Credentials) -> None:
+        self._use(credentials)  # new connections only; open ones keep their session
+        if self.emitter is not None:
+            old = self.emitter.replace_client(self._server_client(credentials))
+            asyncio.ensure_future(old.aclose())
+
+    def _server_client(self, credentials: Credentials) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.config.server.url, verify=credentials.client_context(), timeout=10
+        )
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, event: AuditEvent) -> None:
+        assert self.emitter is not None
+        self.emitter.emit(event)
+
+    @property
+    def _local(self) -> Peer:
+        workload = self.config.workload
+        return Peer(
+            identity=None if self.identity is None else str(self.identity),
+            service=workload.name,
+            namespace=workload.namespace,
+        )
+
+    # -- inbound ---------------------------------------------------------------------
+
+    async def _listen_inbound(self, inbound: Inbound) -> None:
+        host, port = split_host_port(inbound.listen)
+        app_host, app_port = split_host_port(inbound.app)
+        limits = self.config.limits
+
+        async def connect_app() -> Upstream:
+            reader, writer = await asyncio.open_connection(app_host, app_port, limit=STREAM_LIMIT)
+            return Upstream(reader, writer)
+
+        pool = Pool(connect_app, size=limits.pool_size, connect_timeout_s=limits.connect_timeout_s)
+        self._pools.append(pool)
+        app = Peer(service=self.config.workload.name, ip=app_host, port=app_port)
+        route = Route(
+            "inbound", self._local, app, str(self.identity), pool, limits, self._authorize
+        )
+        proxy = HttpProxy(route, self._emit, now_ns=self._now_ns)
+        listener = socket.create_server((host, port), backlog=1024)
+        listener.setblocking(False)
+        self._spawn(self._accept_loop(listener, inbound, proxy, connect_app))
+
+    async def _accept_loop(
+        self,
+        listener: socket.socket,
+        inbound: Inbound,
+        proxy: HttpProxy,
+        connect_app: Callable[[], Awaitable[Upstream]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                sock, _ = await loop.sock_accept(listener)
+                self._spawn(self._inbound(sock, inbound, proxy, connect_app))
+        finally:
+            listener.close()
+
+    async def _inbound(
+        self,
+        sock: socket.socket,
+        inbound: Inbound,
+        proxy: HttpProxy,
+        connect_app: Callable[[], Awaitable[Upstream]],
+    ) -> None:
+        start_ns = self._now_ns()
+        try:
+            accepted = await accept(
+                sock,
+                inbound.mtls,
+                lambda: _require(self._server_ctx),
+                self.bundle,
+                handshake_timeout=self.config.limits.header_timeout_s,
+            )
+        except HandshakeRefused as exc:
+            self._emit(self._authn_failure(start_ns, sock, exc))
+            sock.close()
+            return
+        except NothingSent:
+            sock.close()
+            return
+        if inbound.protocol == "http":
+            await proxy.serve(accepted.reader, accepted.writer, accepted.peer, accepted.remote)
+            return
+        x = Exchange(
+            event_id=new_event_id(lambda: start_ns),
+            start_ns=start_ns,
+            reporter=str(self.identity),
+            kind="tcp",
+            direction="inbound",
+            local=self._local,
+            remote=Peer(
+                identity=None if accepted.peer is None else str(accepted.peer.spiffe_id),
+                ip=accepted.remote[0],
+                port=accepted.remote[1],
+            ),
+            tls=accepted.peer,
+        )
+        await self._tcp(accepted.reader, accepted.writer, connect_app, x)
+
+    def _authn_failure(
+        self, start_ns: int, sock: socket.socket, exc: HandshakeRefused
+    ) -> AuditEvent:
+        try:
+            ip, port = sock.getpeername()[:2]
+        except OSError:
+            ip, port = None, None
+        return AuditEvent(
+            id=new_event_id(lambda: start_ns),
+            time_ns=start_ns,
+            duration_us=(self._now_ns() - start_ns) // 1000,
+            reporter=str(self.identity),
+            kind="authn",
+            direction="inbound",
+            source=Peer(ip=ip, port=port),
+            destination=self._local,
+            tls=None
+            if exc.cert_sha256 is None
+            else TLS(mutual=False, peer_cert_sha256=exc.cert_sha256),
+            outcome="failure",
+            error=Error(type=exc.reason, message=str(exc)),
+            attested=True,
+        )
+
+    # -- outbound --------------------------------------------------------------------
+
+    async def _listen_outbound(self, target: Outbound) -> None:
+        host, port = split_host_port(target.listen)
+        up_host, up_port = split_host_port(target.upstream)
+        expected = SpiffeId.parse(target.identity)
+        namespace = target.namespace or expected.namespace or self.config.workload.namespace
+        sni = f"{target.service}.{namespace}.svc.cluster.local"
+        limits = self.config.limits
+
+        async def connect() -> Upstream:
+            reader, writer = await asyncio.open_connection(
+                up_host,
+                up_port,
+                ssl=_require(self._client_ctx),
+                server_hostname=sni,
+                limit=STREAM_LIMIT,
+            )
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True)
+            try:
+                verify_peer_svid(der, self.bundle, datetime.now(UTC), expected)
+            except PeerIdentityError as exc:
+                writer.close()
+                raise SecureNamingError(f"{target.service}: {exc}") from None
+            return Upstream(reader, writer, tls_version=ssl_object.version())
+
+        pool = Pool(connect, size=limits.pool_size, connect_timeout_s=limits.connect_timeout_s)
+        self._pools.append(pool)
+        destination = Peer(
+            identity=target.identity,
+            service=target.service,
+            namespace=namespace,
+            ip=up_host,
+            port=up_port,
+            host=sni,
+        )
+        route = Route("outbound", self._local, destination, str(self.identity), pool, limits)
+        proxy = HttpProxy(route, self._emit, now_ns=self._now_ns)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")[:2]
+            if target.protocol == "http":
+                await proxy.serve(reader, writer, None, peer)
+                return
+            start_ns = self._now_ns()
+            x = Exchange(
+                event_id=new_event_id(lambda: start_ns),
+                start_ns=start_ns,
+                reporter=str(self.identity),
+                kind="tcp",
+                direction="outbound",
+                local=self._local,
+                remote=destination,
+            )
+            await self._tcp(reader, writer, connect, x)
+
+        server = await asyncio.start_server(handle, host, port, limit=STREAM_LIMIT)
+        self._servers.append(server)
+
+    # -- TCP mode --------------------------------------------------------------------
+
+    async def _tcp(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connect: Callable[[], Awaitable[Upstream]],
+        x: Exchange,
+    ) -> None:
+        """One audit event per connection: identities, bytes each way, how it ended."""
+        try:
+            upstream = await asyncio.wait_for(connect(), self.config.limits.connect_timeout_s)
+        except SecureNamingError as exc:
+            x.flag, x.detail, x.end = "SNM", str(exc), "refused"
+        except (OSError, TimeoutError) as exc:
+            x.flag, x.detail, x.end = "UF", f"connection failure ({exc or 'timeout'})", "refused"
+        else:
+            x.upstream_tls_version = upstream.tls_version
+            result = await relay(
+                (reader, writer),
+                (upstream.reader, upstream.writer),
+                idle_timeout_s=self.config.limits.idle_timeout_s,
+            )
+            x.request_bytes, x.response_bytes, x.end = (
+                result.sent_bytes,
+                result.received_bytes,
+                result.end,
+            )
+            if result.end == "reset":
+                x.flag, x.detail = "UR", "connection reset"
+            upstream.close()
+        writer.close()
+        self._emit(to_event(x, self._now_ns()))
+
+
+def _require(context: ssl.SSLContext | None) -> ssl.SSLContext:
+    assert context is not None, "credentials are loaded before listeners start"
+    return context

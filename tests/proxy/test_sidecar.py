@@ -1,0 +1,278 @@
+"""The sidecar end to end: real mTLS between sidecar processes, real apps, the real ledger."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.proxy.mesh_fixture import Mesh, address, mesh_context, spiffe
+
+from auditmesh.serverproc import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    yield from mesh_context(tmp_path_factory.mktemp("sidecars"))
+
+
+@pytest.fixture(scope="module")
+def ports(mesh: Mesh) -> dict[str, int]:
+    """payments behind a STRICT inbound sidecar; orders calls it through its outbound."""
+    ports = {
+        name: free_port() for name in ("pay_in", "orders_out", "wrong_out", "tcp_in", "tcp_out")
+    }
+    mesh.start_app("payments")
+    echo = mesh.start_echo()
+    mesh.sidecar(
+        "payments",
+        {
+            "inbound": {
+                "listen": address(ports["pay_in"]),
+                "app": address(mesh.apps["payments"]),
+                "mtls": "STRICT",
+            },
+            "limits": {"header_timeout_s": 1.0, "request_timeout_s": 2.0},
+        },
+    )
+    mesh.sidecar(
+        "ledgerdb",
+        {"inbound": {"listen": address(ports["tcp_in"]), "app": address(echo), "protocol": "tcp"}},
+    )
+    mesh.sidecar(
+        "orders",
+        {
+            "outbound": [
+                {
+                    "service": "payments",
+                    "listen": address(ports["orders_out"]),
+                    "upstream": address(ports["pay_in"]),
+                    "identity": str(spiffe("payments")),
+                },
+                {
+                    "service": "payments",
+                    "listen": address(ports["wrong_out"]),
+                    "upstream": address(ports["pay_in"]),
+                    "identity": str(spiffe("catalog")),  # not who answers there
+                },
+                {
+                    "service": "ledgerdb",
+                    "listen": address(ports["tcp_out"]),
+                    "upstream": address(ports["tcp_in"]),
+                    "identity": str(spiffe("ledgerdb")),
+                    "protocol": "tcp",
+                },
+            ]
+        },
+    )
+    return ports
+
+
+def by_request_id(request_id: str) -> Any:
+    return lambda e: e.get("http", {}).get("request_id") == request_id
+
+
+def test_request_through_both_sidecars_is_audited_on_each_side(
+    mesh: Mesh, ports: dict[str, int]
+) -> None:
+    response = httpx.get(
+        f"http://127.0.0.1:{ports['orders_out']}/charges/7",
+        headers={"x-request-id": "req-both-sides", "x-forwarded-client-cert": "By=evil"},
+    )
+    assert response.status_code == 200 and response.text == "hello from payments"
+    xfcc = response.headers["x-seen-xfcc"]
+    assert f"URI={spiffe('orders')}" in xfcc and "By=evil" not in xfcc
+    assert response.headers["x-seen-request-id"] == "req-both-sides"
+    events = mesh.wait_events(by_request_id("req-both-sides"))
+    deadline = time.monotonic() + 10
+    while len(events) < 2 and time.monotonic() < deadline:
+        events = mesh.wait_events(by_request_id("req-both-sides"))
+    sides = {e["direction"]: e for e in events}
+    assert set(sides) == {"inbound", "outbound"}
+    inbound, outbound = sides["inbound"], sides["outbound"]
+    assert inbound["source"]["identity"] == str(spiffe("orders"))
+    assert inbound["destination"]["identity"] == str(spiffe("payments"))
+    assert inbound["reporter"] == str(spiffe("payments")) and inbound["attested"] is True
+    assert inbound["tls"]["mutual"] and inbound["tls"]["version"] == "TLSv1.3"
+    assert len(inbound["tls"]["peer_cert_sha256"]) == 64
+    assert outbound["reporter"] == str(spiffe("orders"))
+    assert outbound["destination"]["identity"] == str(spiffe("payments"))
+    assert inbound["http"]["status"] == 200 and inbound["http"]["method"] == "GET"
+    assert inbound["http"]["path"] == "/charges/7"
+    assert inbound["trace"]["trace_id"] == outbound["trace"]["trace_id"]
+    assert inbound["trace"]["parent_span_id"] == outbound["trace"]["span_id"]
+
+
+def test_keep_alive_and_bodies(mesh: Mesh, ports: dict[str, int]) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{ports['orders_out']}") as client:
+        for size in (0, 1, 70_000, 1_000_000):
+            body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            response = client.post("/echo", content=body)
+            assert response.status_code == 200 and response.content == body
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(10):
+                yield b"a" * 1000
+
+        streamed = client.post("/echo", content=chunks(), headers={"content-length": "10000"})
+        assert streamed.content == b"a" * 10_000
+
+
+def test_upstream_errors_are_passed_and_marked(mesh: Mesh, ports: dict[str, int]) -> None:
+    response = httpx.get(
+        f"http://127.0.0.1:{ports['orders_out']}/status/500", headers={"x-request-id": "r500"}
+    )
+    assert response.status_code == 500
+    [event, *_] = mesh.wait_events(by_request_id("r500"))
+    assert event["outcome"] == "failure" and event["error"]["type"] == "upstream_error"
+
+
+def test_secure_naming_mismatch_is_refused(mesh: Mesh, ports: dict[str, int]) -> None:
+    response = httpx.get(
+        f"http://127.0.0.1:{ports['wrong_out']}/x", headers={"x-request-id": "wrong-id"}
+    )
+    assert response.status_code == 503
+    [event] = mesh.wait_events(by_request_id("wrong-id"))
+    assert event["error"]["type"] == "secure_naming_mismatch"
+    assert event["labels"]["envoy.response_flags"] == "SNM"
+
+
+def test_upstream_timeout(mesh: Mesh, ports: dict[str, int]) -> None:
+    response = httpx.get(
+        f"http://127.0.0.1:{ports['orders_out']}/slow", headers={"x-request-id": "slow"}, timeout=10
+    )
+    # payments' sidecar gives up after its 2 s request timeout and answers 504 itself
+    assert response.status_code == 504
+    events = mesh.wait_events(lambda e: by_request_id("slow")(e) and e["direction"] == "inbound")
+    assert events[0]["error"]["type"] == "upstream_timeout"
+
+
+def tls_to(mesh: Mesh, port: int, cert: tuple[Path, Path] | None = None) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=mesh.data / "ca" / "ca.pem")
+    context.check_hostname = False
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return context.wrap_socket(raw)
+
+
+def authn_failures(mesh: Mesh, reason: str) -> list[dict[str, Any]]:
+    return mesh.wait_events(
+        lambda e: (
+            e["kind"] == "authn"
+            and e["reporter"] == str(spiffe("payments"))
+            and e["error"]["type"] == reason
+        )
+    )
+
+
+def test_plaintext_to_strict_is_an_authn_failure(mesh: Mesh, ports: dict[str, int]) -> None:
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{ports['pay_in']}/hello", timeout=5)
+    assert authn_failures(mesh, "not_tls")
+
+
+def test_no_client_certificate_under_strict(mesh: Mesh, ports: dict[str, int]) -> None:
+    try:
+        with tls_to(mesh, ports["pay_in"]) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            conn.recv(100)
+    except (ssl.SSLError, ConnectionError):
+        pass
+    assert authn_failures(mesh, "no_client_certificate")
+
+
+def test_untrusted_client_certificate(mesh: Mesh, ports: dict[str, int], tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=mallory",
+            "-addext",
+            f"subjectAltName=URI:{spiffe('orders')}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        with tls_to(mesh, ports["pay_in"], (cert, key)) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            conn.recv(100)
+    except (ssl.SSLError, ConnectionError):
+        pass
+    assert authn_failures(mesh, "untrusted_certificate")
+
+
+def test_malformed_http_gets_400_and_an_event(mesh: Mesh, ports: dict[str, int]) -> None:
+    with socket.create_connection(("127.0.0.1", ports["orders_out"]), timeout=5) as conn:
+        conn.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
+        reply = conn.recv(1000)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert mesh.wait_events(lambda e: e.get("error", {}).get("type") == "downstream_protocol_error")
+
+
+def test_slowloris_gets_a_header_timeout(mesh: Mesh, ports: dict[str, int]) -> None:
+    with tls_client_as_orders(mesh, ports["pay_in"]) as conn:
+        conn.sendall(b"GET /slowloris HTTP/1.1\r\nHost: x\r\n")  # never finishes the head
+        conn.settimeout(5)
+        reply = conn.recv(1000)
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert mesh.wait_events(lambda e: e.get("error", {}).get("type") == "stream_idle_timeout")
+
+
+def tls_client_as_orders(mesh: Mesh, port: int) -> ssl.SSLSocket:
+    identity = mesh.root / "sidecar-orders" / "data" / "identity"
+    return tls_to(mesh, port, (identity / "svid.pem", identity / "svid-key.pem"))
+
+
+def test_websocket_upgrade_is_passed_through(mesh: Mesh, ports: dict[str, int]) -> None:
+    with socket.create_connection(("127.0.0.1", ports["orders_out"]), timeout=5) as conn:
+        conn.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nx-request-id: ws-1\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(1000)
+        assert head.startswith(b"HTTP/1.1 101")
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        conn.sendall(b"ping")
+        while b"echo:ping" not in rest:
+            rest += conn.recv(1000)
+    events = mesh.wait_events(lambda e: by_request_id("ws-1")(e) and e["direction"] == "outbound")
+    assert events[0]["http"]["status"] == 101 and events[0]["labels"]["upgrade"] == "websocket"
+
+
+def test_tcp_mode_one_event_per_connection(mesh: Mesh, ports: dict[str, int]) -> None:
+    with socket.create_connection(("127.0.0.1", ports["tcp_out"]), timeout=5) as conn:
+        conn.sendall(b"hello tcp")
+        assert conn.recv(100) == b"hello tcp"
+    events = mesh.wait_events(
+        lambda e: (
+            e["kind"] == "tcp" and e["direction"] == "inbound" and e["tcp"].get("sent_bytes") == 9
+        )
+    )
+    assert events and events[0]["source"]["identity"] == str(spiffe("orders"))
+    assert events[0]["tcp"]["received_bytes"] == 9
