@@ -160,11 +160,17 @@ class Rejects:
         self._out: IO[bytes] | None = None
         self._append = append
         if not append:
-            path.unlink(missing_ok=True)  # a fresh read: old rejects describe another run
+            try:  # a fresh read: old rejects describe another run
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise self._unwritable(exc) from None
 
     def write(self, number: int, reason: str, text: str) -> None:
         if self._out is None:
-            self._out = open(self.path, "ab" if self._append else "wb")
+            try:
+                self._out = open(self.path, "ab" if self._append else "wb")
+            except OSError as exc:
+                raise self._unwritable(exc) from None
         record = {"line": number, "reason": reason, "text": text}
         self._out.write(msgspec.json.encode(record) + b"\n")
 
@@ -176,6 +182,12 @@ class Rejects:
     def close(self) -> None:
         if self._out is not None:
             self._out.close()
+
+    def _unwritable(self, exc: OSError) -> UserError:
+        return UserError(
+            f"cannot write the rejects file {self.path}: {exc.strerror or exc}; "
+            "choose another place with --rejects"
+        )
 
 
 class Sender:
@@ -325,7 +337,13 @@ class Pipeline:
         self.rejects.sync()
         if self.state is not None and self._consumed not in (None, self._saved):
             assert self._consumed is not None
-            save_position(self.state, self._consumed)
+            try:
+                save_position(self.state, self._consumed)
+            except OSError as exc:
+                raise UserError(
+                    f"cannot store the position in {self.state}: {exc.strerror or exc}; "
+                    "choose another place with --state"
+                ) from None
             self._saved = self._consumed
 
     def _refuse(self, number: int, reason: str, text: str) -> None:

@@ -20,6 +20,7 @@ source yields the same id and the ledger keeps it once.
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import ipaddress
 import re
@@ -431,21 +432,31 @@ def parse_rfc3339(text: str) -> int:
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError(f"{_show(text)} is not an RFC 3339 time such as 2024-05-01T12:00:00.123Z")
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
     fraction, zulu, sign, off_h, off_m = match.groups()[6:]
-    if not (1970 <= year <= 2261 and 1 <= month <= 12 and hour <= 23 and minute <= 59):
-        raise ValueError(f"{_show(text)} is out of range (years 1970-2261)")
-    if not 1 <= day <= calendar.monthrange(year, month)[1] or second > 60:
-        raise ValueError(f"{_show(text)} is not a valid date and time")
-    seconds = calendar.timegm((year, month, day, hour, minute, min(second, 59), 0, 0, 0))
+    try:
+        seconds = _epoch_seconds(*match.groups()[:6])
+    except ValueError as exc:
+        raise ValueError(f"{_show(text)} {exc}") from None
     if zulu is None:
         offset = int(off_h) * 3600 + int(off_m) * 60
         seconds -= offset if sign == "+" else -offset
-    nanos = int((fraction or "").ljust(9, "0"))
-    total = seconds * 1_000_000_000 + nanos
+    total = seconds * 1_000_000_000 + int((fraction or "").ljust(9, "0"))
     if not 0 <= total < 2**63:
-        raise ValueError(f"{_show(text)} is out of range")
+        raise ValueError(f"{_show(text)} is out of range (years 1970-2261)")
     return total
+
+
+@functools.lru_cache(maxsize=1024)  # log lines come in order: their seconds repeat
+def _epoch_seconds(*fields: str) -> int:
+    year, month, day, hour, minute, second = (int(field) for field in fields)
+    if not 1970 <= year <= 2261:
+        raise ValueError("is out of range (years 1970-2261)")
+    if not (1 <= month <= 12 and hour <= 23 and minute <= 59 and second <= 60):
+        raise ValueError("is not a valid date and time")
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
+        raise ValueError("is not a valid date and time")
+    # A leap second (:60) is taken as :59, as POSIX time has no room for it.
+    return calendar.timegm((year, month, day, hour, minute, min(second, 59), 0, 0, 0))
 
 
 def line_event_id(time_ns: int, source: str, line: str) -> str:
@@ -469,12 +480,19 @@ def split_address(text: str | None) -> tuple[str | None, int | None]:
     if not sep:
         host, port_text = text, ""
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ip = str(ipaddress.ip_address(host))
-    except ValueError:
+    ip = _ip(host)
+    if ip is None:
         return None, None
     port = int(port_text) if port_text.isascii() and port_text.isdigit() else None
     return ip, port if port is not None and port <= 65535 else None
+
+
+@functools.lru_cache(maxsize=4096)  # a mesh has few addresses, each logged many times
+def _ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 def spiffe_id(text: str | None) -> str | None:
