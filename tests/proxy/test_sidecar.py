@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.proxy.mesh_fixture import Mesh, address, mesh_context, spiffe
 
 from auditmesh.serverproc import free_port
+from tests.proxy.mesh_fixture import Mesh, address, mesh_context, spiffe
 
 pytestmark = pytest.mark.integration
 

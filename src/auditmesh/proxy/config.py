@@ -82,6 +82,8 @@ class SidecarConfig(_Strict, frozen=True):
     data_dir: str
     inbound: Inbound | None = None
     outbound: list[Outbound] = []
+    policies: str | None = None  # Istio YAML file or directory, reloaded when it changes
+    policy_reload_s: Positive = 1.0
     audit: Audit = Audit()
     limits: Limits = Limits()
 

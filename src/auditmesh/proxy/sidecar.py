@@ -20,15 +20,18 @@ from pathlib import Path
 
 import httpx
 
-from auditmesh.events import TLS, AuditEvent, Error, Peer, new_event_id
+from auditmesh.events import TLS, AuditEvent, Authz, Error, Peer, new_event_id
 from auditmesh.identity.agent import IdentityAgent
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import PeerIdentityError, verify_peer_svid
 from auditmesh.identity.workload import Credentials
+from auditmesh.policy.request import Request as PolicyRequest
 from auditmesh.proxy.accept import HandshakeRefused, NothingSent, accept
 from auditmesh.proxy.config import Inbound, Outbound, SidecarConfig, split_host_port
 from auditmesh.proxy.emitter import Emitter, EmitterConfig
-from auditmesh.proxy.http_proxy import Authorize, HttpProxy, Route, SecureNamingError
+from auditmesh.proxy.enforce import PolicyState
+from auditmesh.proxy.http1_events import Request
+from auditmesh.proxy.http_proxy import HttpProxy, Route, SecureNamingError
 from auditmesh.proxy.pool import Pool, Upstream
 from auditmesh.proxy.record import Exchange, to_event
 from auditmesh.proxy.spool import SpoolConfig
@@ -43,19 +46,19 @@ class Sidecar:
         config: SidecarConfig,
         base_dir: Path,
         *,
-        authorize: Authorize | None = None,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.config = config
+        self.base_dir = base_dir
+        self.policy: PolicyState | None = None
         self.data_dir = base_dir / config.data_dir
         self.bundle = (base_dir / config.server.bundle).read_bytes()
-        self._authorize = authorize
         self._now_ns = now_ns
         self.agent = IdentityAgent(self.data_dir, config.server.url, self.bundle)
         self._token = config.server.join_token
         if config.server.join_token_file:
             self._token = (base_dir / config.server.join_token_file).read_text().strip()
-        self._server_ctx: ssl.SSLContext | None = None
+        self._server_ctx: dict[bool, ssl.SSLContext] = {}  # require client cert → context
         self._client_ctx: ssl.SSLContext | None = None
         self.emitter: Emitter | None = None
         self.identity: SpiffeId | None = None
@@ -81,6 +84,8 @@ class Sidecar:
             spool_config=SpoolConfig(max_bytes=audit.spool_max_bytes, when_full=audit.spool_full),
         )
         self.emitter.start()
+        if self.config.policies is not None:
+            self._start_policies(Path(self.config.policies))
         renewals = asyncio.ensure_future(self.agent.run_renewals())
         try:
             if self.config.inbound is not None:
@@ -101,10 +106,19 @@ class Sidecar:
             await self.emitter.close()
 
     def _use(self, credentials: Credentials) -> None:
-        mode = self.config.inbound.mtls if self.config.inbound else "STRICT"
-        self._server_ctx = credentials.server_context(require_client_cert=mode == "STRICT")
+        self._server_ctx = {
+            required: credentials.server_context(require_client_cert=required)
+            for required in (True, False)
+        }
         self._client_ctx = credentials.client_context()
         self.identity = credentials.spiffe_id
+
+    def _mode(self, inbound: Inbound) -> str:
+        """PeerAuthentication decides when one applies; else the config's `mtls`."""
+        current = None if self.policy is None else self.policy.current
+        if current is not None and current.mtls_mode is not None:
+            return current.mtls_mode
+        return inbound.mtls
 
     def _rotate(self, credentials: Credentials) -> None:
         self._use(credentials)  # new connections only; open ones keep their session
@@ -115,6 +129,59 @@ class Sidecar:
     def _server_client(self, credentials: Credentials) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=self.config.server.url, verify=credentials.client_context(), timeout=10
+        )
+
+    def _start_policies(self, path: Path) -> None:
+        inbound = self.config.inbound
+        self.policy = PolicyState(
+            path if path.is_absolute() else self.base_dir / path,
+            self.config.workload.namespace,
+            self.config.workload.labels,
+            port=None if inbound is None else split_host_port(inbound.listen)[1],
+            reporter=lambda: str(self.identity),
+            local=lambda: self._local,
+            now_ns=self._now_ns,
+        )
+        self._emit(self.policy.load())
+        self._spawn(self._watch_policies(self.policy))
+
+    async def _watch_policies(self, state: PolicyState) -> None:
+        while True:
+            await asyncio.sleep(self.config.policy_reload_s)
+            if state.changed():
+                self._emit(state.load())
+
+    def _decide(self, request: PolicyRequest) -> Authz | None:
+        return None if self.policy is None else self.policy.decide(request)
+
+    def _authorize_http(self, request: Request, x: Exchange) -> Authz | None:
+        if self.policy is None:
+            return None
+        headers: dict[str, str | list[str]] = {}
+        for name, value in request.headers:
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            previous = headers.get(key)
+            if previous is None:
+                headers[key] = text
+            else:
+                headers[key] = [*([previous] if isinstance(previous, str) else previous), text]
+        return self._decide(self._policy_request(x, http=True, headers=headers))
+
+    def _policy_request(
+        self, x: Exchange, *, http: bool, headers: dict[str, str | list[str]] | None = None
+    ) -> PolicyRequest:
+        inbound = self.config.inbound
+        return PolicyRequest.of(
+            destination_namespace=self.config.workload.namespace,
+            destination_labels=self.config.workload.labels,
+            source_principal=x.remote.identity,
+            source_ip=x.remote.ip,
+            destination_port=None if inbound is None else split_host_port(inbound.listen)[1],
+            http=http,
+            method=x.method,
+            path=x.path,
+            host=x.host,
+            headers=headers,
         )
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -150,7 +217,7 @@ class Sidecar:
         self._pools.append(pool)
         app = Peer(service=self.config.workload.name, ip=app_host, port=app_port)
         route = Route(
-            "inbound", self._local, app, str(self.identity), pool, limits, self._authorize
+            "inbound", self._local, app, str(self.identity), pool, limits, self._authorize_http
         )
         proxy = HttpProxy(route, self._emit, now_ns=self._now_ns)
         listener = socket.create_server((host, port), backlog=1024)
@@ -181,10 +248,11 @@ class Sidecar:
     ) -> None:
         start_ns = self._now_ns()
         try:
+            mode = self._mode(inbound)
             accepted = await accept(
                 sock,
-                inbound.mtls,
-                lambda: _require(self._server_ctx),
+                mode,
+                lambda: self._server_ctx[mode == "STRICT"],
                 self.bundle,
                 handshake_timeout=self.config.limits.header_timeout_s,
             )
@@ -212,6 +280,12 @@ class Sidecar:
             ),
             tls=accepted.peer,
         )
+        x.authz = self._decide(self._policy_request(x, http=False))
+        if x.authz is not None and x.authz.decision == "deny":
+            x.flag, x.detail, x.end = "RBAC", "RBAC: access denied", "denied"
+            accepted.writer.close()
+            self._emit(to_event(x, self._now_ns()))
+            return
         await self._tcp(accepted.reader, accepted.writer, connect_app, x)
 
     def _authn_failure(

@@ -1,0 +1,159 @@
+"""Policy in the sidecar: the compiled authorizer and mTLS mode of this workload, kept fresh.
+
+`PolicyState` loads Istio AuthorizationPolicy and PeerAuthentication from the configured
+path, compiles the decision function of this workload (namespace + labels), and reloads
+when the files change. Every change of the effective policy set becomes a `policy_change`
+audit event (content hash, what changed, where from), so "which policies were in force at
+time T" is answered from the ledger. A set that fails to load keeps the previous one in
+force and is reported, never silently half-applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from auditmesh.events import AuditEvent, Authz, DryRun, Error, Peer, new_event_id
+from auditmesh.policy.documents import PolicyLoadError, yaml_files
+from auditmesh.policy.engine import PolicyEngine, WorkloadAuthorizer
+from auditmesh.policy.model import (
+    AuthorizationPolicy,
+    PeerAuthentication,
+    PolicySet,
+    load_policies,
+)
+from auditmesh.policy.peerauth import MtlsResolver
+from auditmesh.policy.request import Decision, Request
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    authorizer: WorkloadAuthorizer
+    mtls_mode: str | None  # None: no PeerAuthentication applies; the config decides
+    digest: str  # SHA-256 over the policy files, in path order
+    policies: Mapping[str, str]  # "Kind ns/name" -> digest of its parsed form
+
+
+def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+    files = yaml_files(path)
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    for file in yaml_files(path):
+        hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        hasher.update(b"\0" + file.read_bytes() + b"\0")
+    return hasher.hexdigest()
+
+
+def _per_policy(policies: PolicySet) -> dict[str, str]:
+    items: list[AuthorizationPolicy | PeerAuthentication] = [
+        *policies.authorization,
+        *policies.peer_authentication,
+    ]
+    return {
+        f"{type(p).__name__} {p.key}": hashlib.sha256(repr(p).encode()).hexdigest()[:16]
+        for p in items
+    }
+
+
+def summarize(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    parts = [
+        f"{word}: {', '.join(keys)}"
+        for word, keys in (("added", added), ("removed", removed), ("changed", changed))
+        if keys
+    ]
+    return "; ".join(parts) or "no policy changed"
+
+
+class PolicyState:
+    def __init__(
+        self,
+        path: Path,
+        namespace: str,
+        labels: Mapping[str, str],
+        *,
+        port: int | None,
+        reporter: Callable[[], str],
+        local: Callable[[], Peer],
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.path = path
+        self.namespace = namespace
+        self.labels = dict(labels)
+        self.port = port
+        self._reporter = reporter
+        self._local = local
+        self._now_ns = now_ns
+        self._seen: tuple[tuple[str, int, int], ...] = ()
+        self.current: Effective | None = None
+
+    def load(self) -> AuditEvent:
+        """(Re)load; returns the `policy_change` event (a failure event if the set is bad)."""
+        self._seen = _fingerprint(self.path)
+        try:
+            policies = load_policies(self.path)
+        except (PolicyLoadError, OSError) as exc:
+            return self._event("failure", f"policy set refused, previous kept: {exc}", None)
+        resolver = MtlsResolver(policies)
+        decision = resolver.mode(self.namespace, self.labels, self.port)
+        authorizer = PolicyEngine(policies).for_workload(self.namespace, self.labels)
+        new = Effective(
+            authorizer,
+            None if decision.level == "default" else decision.mode,
+            _digest(self.path),
+            _per_policy(policies),
+        )
+        summary = summarize(self.current.policies if self.current else {}, new.policies)
+        self.current = new
+        return self._event("success", summary, new)
+
+    def changed(self) -> bool:
+        try:
+            return _fingerprint(self.path) != self._seen
+        except OSError:
+            return True
+
+    def _event(self, outcome: str, summary: str, effective: Effective | None) -> AuditEvent:
+        now = self._now_ns()
+        labels = {"policy.source": str(self.path), "policy.summary": summary[:1024]}
+        if effective is not None:
+            labels["policy.hash"] = effective.digest
+            labels["policy.count"] = str(len(effective.policies))
+            if effective.mtls_mode is not None:
+                labels["policy.mtls_mode"] = effective.mtls_mode
+        return AuditEvent(
+            id=new_event_id(lambda: now),
+            time_ns=now,
+            reporter=self._reporter(),
+            kind="policy_change",
+            outcome="success" if outcome == "success" else "failure",
+            destination=self._local(),
+            error=None if outcome == "success" else Error(type="policy_load", message=summary),
+            labels=labels,
+            attested=True,
+        )
+
+    def decide(self, request: Request) -> Authz | None:
+        if self.current is None:
+            return None
+        return to_authz(self.current.authorizer.evaluate(request))
+
+
+def to_authz(decision: Decision) -> Authz:
+    dry = decision.dry_run
+    return Authz(
+        decision=decision.decision,
+        policy=decision.policy,
+        rule=decision.rule,
+        dry_run=None
+        if dry is None
+        else DryRun(decision=dry.decision, policy=dry.policy, rule=dry.rule),
+    )

@@ -1,0 +1,172 @@
+"""Authorization in the sidecar: denials answered like Envoy, decisions and policy changes
+in the ledger, PeerAuthentication deciding what the inbound listener accepts."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from auditmesh.serverproc import free_port
+from tests.proxy.mesh_fixture import Mesh, address, mesh_context, spiffe
+
+pytestmark = pytest.mark.integration
+
+ALLOW_ORDERS = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: vault-allow
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: vault
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/shop/sa/orders"]
+    to:
+    - operation:
+        methods: ["GET"]
+        paths: ["/secrets/*"]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: vault-strict
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: vault
+  mtls:
+    mode: STRICT
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, dict[str, int], Path]]:
+    root = tmp_path_factory.mktemp("enforce")
+    policies = root / "policies"
+    policies.mkdir()
+    (policies / "vault.yaml").write_text(ALLOW_ORDERS)
+    for mesh in mesh_context(root):
+        ports = {name: free_port() for name in ("vault_in", "orders_out", "intruder_out")}
+        mesh.start_app("vault")
+        mesh.sidecar(
+            "vault",
+            {
+                "workload": {"name": "vault", "namespace": "shop", "labels": {"app": "vault"}},
+                "inbound": {
+                    "listen": address(ports["vault_in"]),
+                    "app": address(mesh.apps["vault"]),
+                    "mtls": "PERMISSIVE",  # the PeerAuthentication above makes it STRICT
+                },
+                "policies": str(policies),
+                "policy_reload_s": 0.2,
+            },
+        )
+        for caller in ("orders", "intruder"):
+            mesh.sidecar(
+                caller,
+                {
+                    "outbound": [
+                        {
+                            "service": "vault",
+                            "listen": address(ports[f"{caller}_out"]),
+                            "upstream": address(ports["vault_in"]),
+                            "identity": str(spiffe("vault")),
+                        }
+                    ]
+                },
+            )
+        yield mesh, ports, policies
+
+
+def inbound(request_id: str) -> Any:
+    return lambda e: (
+        e.get("http", {}).get("request_id") == request_id and e["direction"] == "inbound"
+    )
+
+
+def test_allowed_call_names_the_policy_and_rule(setup: tuple[Mesh, dict[str, int], Path]) -> None:
+    mesh, ports, _ = setup
+    response = httpx.get(
+        f"http://127.0.0.1:{ports['orders_out']}/secrets/1", headers={"x-request-id": "ok-1"}
+    )
+    assert response.status_code == 200
+    [event] = mesh.wait_events(inbound("ok-1"))
+    assert event["authz"] == {"decision": "allow", "policy": "shop/vault-allow", "rule": 0}
+
+
+def test_denied_call_gets_rbac_403_and_an_event(setup: tuple[Mesh, dict[str, int], Path]) -> None:
+    mesh, ports, _ = setup
+    response = httpx.get(
+        f"http://127.0.0.1:{ports['intruder_out']}/secrets/1", headers={"x-request-id": "no-1"}
+    )
+    assert response.status_code == 403 and response.text == "RBAC: access denied"
+    [event] = mesh.wait_events(inbound("no-1"))
+    assert event["authz"]["decision"] == "deny"
+    assert event["source"]["identity"] == str(spiffe("intruder"))
+    assert event["error"]["type"] == "rbac_access_denied" and event["outcome"] == "failure"
+
+
+def test_peer_authentication_makes_the_listener_strict(
+    setup: tuple[Mesh, dict[str, int], Path],
+) -> None:
+    mesh, ports, _ = setup
+    with socket.create_connection(("127.0.0.1", ports["vault_in"]), timeout=5) as conn:
+        conn.sendall(b"GET /secrets/1 HTTP/1.1\r\nHost: vault\r\n\r\n")
+        try:
+            reply = conn.recv(100)
+        except ConnectionResetError:
+            reply = b""
+        assert reply == b""  # refused: plaintext is not accepted under STRICT
+    assert mesh.wait_events(
+        lambda e: (
+            e["kind"] == "authn"
+            and e["error"]["type"] == "not_tls"
+            and e["reporter"] == str(spiffe("vault"))
+        )
+    )
+
+
+def test_policy_change_is_enforced_and_logged(setup: tuple[Mesh, dict[str, int], Path]) -> None:
+    mesh, ports, policies = setup
+    first = mesh.wait_events(lambda e: e["kind"] == "policy_change")
+    assert first and first[0]["labels"]["policy.mtls_mode"] == "STRICT"
+    assert "added: AuthorizationPolicy shop/vault-allow" in first[0]["labels"]["policy.summary"]
+    (policies / "vault.yaml").write_text(
+        ALLOW_ORDERS.replace(
+            '"cluster.local/ns/shop/sa/orders"', '"cluster.local/ns/shop/sa/intruder"'
+        )
+    )
+    changes: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while len(changes) < 2 and time.monotonic() < deadline:
+        changes = mesh.wait_events(lambda e: e["kind"] == "policy_change")
+    assert len(changes) == 2
+    assert changes[1]["labels"]["policy.summary"] == "changed: AuthorizationPolicy shop/vault-allow"
+    assert changes[1]["labels"]["policy.hash"] != changes[0]["labels"]["policy.hash"]
+    response = httpx.get(f"http://127.0.0.1:{ports['intruder_out']}/secrets/2")
+    assert response.status_code == 200
+
+
+def test_bad_policy_file_keeps_the_previous_set(setup: tuple[Mesh, dict[str, int], Path]) -> None:
+    mesh, ports, policies = setup
+    (policies / "broken.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, "
+        "namespace: shop}\nspec:\n  action: CUSTOM\n"
+    )
+    failures = mesh.wait_events(
+        lambda e: e["kind"] == "policy_change" and e["outcome"] == "failure"
+    )
+    assert failures and "CUSTOM" in failures[0]["error"]["message"]
+    (policies / "broken.yaml").unlink()
