@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -365,41 +366,38 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
     reporter = f"ingest:{mesh}:{source_name}"
     rejects_path: Path = args.rejects or Path("stdin.rejects" if stdin else f"{args.file}.rejects")
     state: Path | None = None
-    source: LineSource
-    if stdin:
-        source = Stream(sys.stdin.buffer.fileno())
-        display = "stdin"
-    else:
-        path = Path(args.file)
-        if args.follow:
-            state = args.state or rejects_path.with_name(
-                rejects_path.name.removesuffix(".rejects") + ".offset"
-            )
-        try:
-            source = Tail(path, follow=args.follow, resume=load_position(state) if state else None)
-        except OSError as exc:
-            raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
-        display = args.file
-    resumed = isinstance(source, Tail) and source.resumed
-    sender = Sender(args.server, retry_for=None if args.follow else args.retry_for)
-    rejects = Rejects(rejects_path, append=resumed)
-    pipeline = Pipeline(
-        converter(reporter), sender, rejects, display=display, batch=args.batch, state=state
-    )
-    started = time.monotonic()
+    if args.follow and not stdin:
+        state = args.state or rejects_path.with_name(
+            rejects_path.name.removesuffix(".rejects") + ".offset"
+        )
     interrupted = False
     failure: UserError | None = None
-    try:
-        _loop(args, source, pipeline)
-    except KeyboardInterrupt:
-        interrupted = True
-    except UserError as exc:
-        failure = exc
-    finally:
-        rejects.close()
-        sender.close()
-        if isinstance(source, Tail):
-            source.close()
+    with ExitStack() as stack:
+        source: LineSource
+        if stdin:
+            source, display = Stream(sys.stdin.buffer.fileno()), "stdin"
+        else:
+            resume = load_position(state) if state else None
+            try:
+                tail = Tail(Path(args.file), follow=args.follow, resume=resume)
+            except OSError as exc:
+                raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+            stack.callback(tail.close)
+            source, display = tail, args.file
+        rejects = Rejects(rejects_path, append=isinstance(source, Tail) and source.resumed)
+        stack.callback(rejects.close)
+        sender = Sender(args.server, retry_for=None if args.follow else args.retry_for)
+        stack.callback(sender.close)
+        pipeline = Pipeline(
+            converter(reporter), sender, rejects, display=display, batch=args.batch, state=state
+        )
+        started = time.monotonic()
+        try:
+            _loop(args, source, pipeline)
+        except KeyboardInterrupt:
+            interrupted = True
+        except UserError as exc:
+            failure = exc
     counts = pipeline.counts
     elapsed = time.monotonic() - started
     summary = (
@@ -409,7 +407,7 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
         f"log size {counts.log_size}"
     )
     if counts.refused:
-        summary += f"; refused lines in {rejects.path}"
+        summary += f"; refused lines in {rejects_path}"
     print(summary + (" (interrupted)" if interrupted else ""))
     if failure is not None:
         raise failure

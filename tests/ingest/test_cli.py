@@ -1,0 +1,277 @@
+"""`auditmesh ingest` against a real server: rejects, summary, exactly-once, --follow."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from auditmesh.cli.main import main
+from auditmesh.events import to_json_dict
+from auditmesh.ingest import envoy, linkerd
+from auditmesh.ingest.follow import load_position
+from auditmesh.serverproc import ServerProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).parent / "data"
+TEXT_LINES = (DATA / "istio-text.log").read_text().splitlines()
+BAD = [
+    (2, "garbage that is no access log", "field 1 (%START_TIME%): the line does not start"),
+    (
+        6,
+        TEXT_LINES[0].replace('" 200 -', '" abc -'),
+        "field 5 (%RESPONSE_CODE%): 'abc' is not a status code",
+    ),
+    (11, TEXT_LINES[1].rsplit(" ", 3)[0], "the line ends early"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp("ingest") / "data"
+    extra = ["--checkpoint-interval", "0.2", "--mesh-listen", "off", "--otlp-grpc", "off"]
+    with ServerProcess(data, extra=extra) as running:
+        yield running
+
+
+def checkpoint_size(server: ServerProcess) -> int:
+    response = httpx.get(server.url + "/log/checkpoint")
+    return int(response.text.split("\n")[1]) if response.status_code == 200 else 0
+
+
+def wait_for_checkpoint(server: ServerProcess, size: int) -> None:
+    deadline = time.monotonic() + 10
+    while checkpoint_size(server) < size:
+        assert time.monotonic() < deadline, "no checkpoint covers the log"
+        time.sleep(0.05)
+
+
+def stored(server: ServerProcess, event_id: str) -> dict[str, object] | None:
+    response = httpx.get(f"{server.url}/v1/events/{event_id}", timeout=15)
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    event: dict[str, object] = response.json()["event"]
+    return event
+
+
+def envoy_ids(lines: list[str], source: str) -> list[str]:
+    return [envoy.to_event(envoy.parse_line(line), f"ingest:envoy:{source}").id for line in lines]
+
+
+def summary_numbers(out: str) -> dict[str, int]:
+    """taken / refused / already present / lines / log size from the summary line."""
+    line = out.strip().splitlines()[-1]
+    words = line.replace(",", "").replace(";", "").split()
+
+    def after(*phrase: str) -> int:
+        for i in range(len(words) - len(phrase)):
+            if tuple(words[i : i + len(phrase)]) == phrase:
+                return int(words[i + len(phrase)])
+        raise AssertionError(f"{phrase} not in {line!r}")
+
+    lines_at = words.index("lines")
+    return {
+        "taken": after("taken"),
+        "refused": after("refused"),
+        "present": after("already", "present"),
+        "lines": int(words[lines_at - 1]),
+        "size": after("log", "size"),
+    }
+
+
+def test_file_with_bad_lines_then_again(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "mixed.log"
+    lines = list(TEXT_LINES)
+    for number, text, _ in BAD:
+        lines.insert(number - 1, text)
+    lines.insert(8, "")  # a blank line is skipped, not refused
+    numbers = {text: n for n, text in enumerate(lines, start=1)}
+    log.write_text("\n".join(lines) + "\n")
+    before = checkpoint_size(server)
+
+    code = main(["ingest", "envoy", str(log), "--server", server.url, "--batch", "5"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    counts = summary_numbers(out)
+    assert counts == {
+        "taken": 12,
+        "refused": 3,
+        "present": 0,
+        "lines": len(lines),
+        "size": before + 12,
+    }, out
+    assert f"refused lines in {log}.rejects" in out
+    rejects = [
+        msgspec.json.decode(line)
+        for line in (tmp_path / "mixed.log.rejects").read_bytes().split(b"\n")
+        if line
+    ]
+    assert [(r["line"], r["text"]) for r in rejects] == [(numbers[t], t) for _, t, _ in BAD]
+    for record, (_, text, reason) in zip(rejects, BAD, strict=True):
+        assert reason in record["reason"]
+        assert f"{log}:{numbers[text]}: {record['reason']}" in err
+    # Every good line is in the ledger, exactly as the adapter maps it.
+    for text, event_id in zip(TEXT_LINES, envoy_ids(TEXT_LINES, "mixed.log"), strict=True):
+        expected = to_json_dict(envoy.to_event(envoy.parse_line(text), "ingest:envoy:mixed.log"))
+        assert stored(server, event_id) == expected
+
+    # Again: nothing new in the ledger, the same lines refused, the rejects file rewritten.
+    wait_for_checkpoint(server, before + 12)
+    code = main(["ingest", "envoy", str(log), "--server", server.url, "--batch", "5"])
+    out, _ = capsys.readouterr()
+    assert code == 1
+    assert summary_numbers(out) | {"lines": 0} == {
+        "taken": 0,
+        "refused": 3,
+        "present": 12,
+        "lines": 0,
+        "size": before + 12,
+    }, out
+    assert len((tmp_path / "mixed.log.rejects").read_bytes().splitlines()) == 3
+
+
+def test_json_and_linkerd_from_stdin(
+    server: ServerProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main(["ingest", "envoy", str(DATA / "istio-json.log"), "--server", server.url])
+    assert code == 0 and summary_numbers(capsys.readouterr().out)["taken"] == 4
+
+    text = (DATA / "linkerd.log").read_text()
+    read_end, write_end = os.pipe()
+    os.write(write_end, text.encode())
+    os.close(write_end)
+    with open(read_end, "rb") as pipe:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(pipe))
+        code = main(["ingest", "linkerd", "-", "--server", server.url, "--source", "webapp-7f9"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and summary_numbers(out)["taken"] == 7, out
+    assert not (tmp_path / "stdin.rejects").exists()
+    first = linkerd.to_event(linkerd.parse_line(text.splitlines()[0]), "ingest:linkerd:webapp-7f9")
+    assert stored(server, first.id) == to_json_dict(first)
+
+
+def _follow(argv: list[str], results: list[int]) -> threading.Thread:
+    thread = threading.Thread(target=lambda: results.append(main(argv)))
+    thread.start()
+    return thread
+
+
+def test_follow_resumes_after_restart_and_rotation(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "access.log"
+    argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
+    argv += ["--exit-when-idle", "0.8", "--poll-interval", "0.05"]
+    lines = [line.replace("2026-03-02", "2026-04-01") for line in TEXT_LINES]
+    log.write_text("\n".join(lines[:4]) + "\n")
+    before = checkpoint_size(server)
+    results: list[int] = []
+    thread = _follow(argv, results)
+    time.sleep(0.3)
+    with open(log, "a") as writer:
+        writer.write(lines[4] + "\n" + lines[5][:40])  # half a line: waits for its end
+    time.sleep(0.3)
+    with open(log, "a") as writer:
+        writer.write(lines[5][40:] + "\n")
+    time.sleep(0.2)
+    os.rename(log, tmp_path / "access.log.1")  # rotation: a new file under the same name
+    log.write_text(lines[6] + "\n")
+    thread.join(30)
+    assert results == [0]
+    out, err = capsys.readouterr()
+    assert summary_numbers(out)["taken"] == 7, out
+    assert "was rotated" in err
+    position = load_position(tmp_path / "access.log.offset")
+    assert position is not None and position.inode == os.stat(log).st_ino
+    assert position.offset == log.stat().st_size and position.line == 1
+
+    # Restart: only what was appended since is read and sent.
+    with open(log, "a") as writer:
+        writer.write("\n".join(lines[7:]) + "\n")
+    thread = _follow(argv, results)
+    thread.join(30)
+    out, _ = capsys.readouterr()
+    counts = summary_numbers(out)
+    assert results == [0, 0] and counts["taken"] == len(lines) - 7 and counts["lines"] == 5
+    assert counts["size"] == before + len(lines)
+    for event_id in envoy_ids(lines, "access.log"):
+        assert stored(server, event_id) is not None
+
+
+def test_follow_killed_mid_stream_loses_nothing(server: ServerProcess, tmp_path: Path) -> None:
+    """SIGKILL while lines are arriving, restart: every line is in the ledger once."""
+    log = tmp_path / "busy.log"
+    log.touch()
+    base = TEXT_LINES[0]
+    lines = [
+        base.replace("0a7c3bf2-6e5e-9d2b-a3f3-2d8c4f1a3b11", f"req-{i:05d}") for i in range(400)
+    ]
+    command = [sys.executable, "-m", "auditmesh", "ingest", "envoy", str(log), "--follow"]
+    command += ["--server", server.url, "--poll-interval", "0.02", "--batch", "20"]
+    before = checkpoint_size(server)
+
+    def write() -> None:  # 400 lines over about a second
+        with open(log, "a") as writer:
+            for start in range(0, 400, 10):
+                writer.write("\n".join(lines[start : start + 10]) + "\n")
+                writer.flush()
+                time.sleep(0.025)
+
+    writer = threading.Thread(target=write)
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 20
+        while load_position(tmp_path / "busy.log.offset") is None:
+            assert time.monotonic() < deadline, "the follower never stored a position"
+            time.sleep(0.01)
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.wait(10)
+        writer.join(30)
+    restart = subprocess.run(
+        [*command, "--exit-when-idle", "0.5"], capture_output=True, text=True, timeout=60
+    )
+    assert restart.returncode == 0, restart.stderr
+    counts = summary_numbers(restart.stdout)
+    assert counts["lines"] < 400  # resumed at the stored position, not from the start
+    wait_for_checkpoint(server, before + 400)
+    assert checkpoint_size(server) == before + 400
+    ids = envoy_ids(lines, "busy.log")
+    for event_id in ids[::40] + ids[-1:]:
+        assert stored(server, event_id) is not None
+
+
+def test_unreachable_server_and_unwritable_rejects(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "a.log"
+    log.write_text(TEXT_LINES[0] + "\nnot a line\n")
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    code = main(["ingest", "envoy", str(log), "--server", nowhere, "--retry-for", "0.6"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "cannot deliver a batch" in err and "taken 0" in out
+    code = main(
+        ["ingest", "envoy", str(log), "--server", server.url, "--rejects", "/nonexistent/x.rejects"]
+    )
+    assert code == 2 and "cannot write the rejects file" in capsys.readouterr().err
+    assert main(["ingest", "envoy", str(tmp_path / "missing.log")]) == 2
+    assert "cannot read" in capsys.readouterr().err
