@@ -3,12 +3,19 @@
 Place in the house: the code generator behind :mod:`auditmesh.policy.engine`. For one workload
 and one protocol it turns the applicable rules, in report order, into::
 
-    def decide(r):
+    def evaluate(r):
         sp = r.source_principal
         pa = r.path
-        if (sp in _c0) and (pa is not None and (pa.startswith(_c1))): return 0   # DENY rule
-        ...
-        return -2                                                                # no ALLOW matched
+        while True:                                       # section 0: DENY then ALLOW rules
+            if (sp in _c0) and (pa is not None and (pa.startswith(_c1))): s0 = 0; break
+            ...
+            s0 = -2; break                                # no ALLOW rule matched
+        while True:                                       # section 1: AUDIT rules
+            ...
+        key = (s0, s1,)
+        value = _get(key)                                 # the cached frozen Decision
+        if value is None: value = _miss(key)
+        return value
 
 The way ``namedtuple`` and ``dataclasses`` build methods: the generated text only ever contains
 local names, request attribute names from a fixed table and integers; every value taken from a

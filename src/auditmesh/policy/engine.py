@@ -2,14 +2,14 @@
 
 Place in the house: pure evaluation between :mod:`auditmesh.policy.model` (what the policies say)
 and the enforcers (sidecar inbound, ``policy eval``, later ``policy replay``). A
-:class:`PolicyEngine` is built once per policy set; per workload it keeps the applicable
+:class:`PolicyEngine` is built once per policy set; per workload it selects the applicable
 policies (Istio scoping: the workload's namespace plus the root namespace, ``selector``
-⊆ workload labels) compiled into closures, so a decision is a few set lookups.
+⊆ workload labels) and :mod:`auditmesh.policy.compiler` turns them into one function per
+protocol; workloads with the same applicable policies share it.
 
-Semantics, from the Istio AuthorizationPolicy reference (top section and "Rule"):
-
-1. any DENY policy matches → deny; 2. no ALLOW policy for the workload → allow;
-3. any ALLOW policy matches → allow; 4. deny. AUDIT policies only set ``audit``.
+Semantics, the evaluation steps of the Istio AuthorizationPolicy reference (step 1, CUSTOM, is
+refused at load): 2. any DENY policy matches → deny; 3. no ALLOW policy for the workload →
+allow; 4. any ALLOW policy matches → allow; 5. deny. AUDIT policies only set ``audit``.
 A policy matches when one of its rules matches; no rules never matches (so ``spec: {}``, an
 ALLOW policy without rules, denies everything), ``rules: [{}]`` matches everything.
 
@@ -117,7 +117,11 @@ class WorkloadAuthorizer:
 
 
 class PolicyEngine:
-    """A compiled policy set. Thread-safe for reads; build a new one when policies change."""
+    """A compiled policy set; build a new one when the policies change.
+
+    Per-workload compilation is lazy and cached; the caches are filled idempotently, so one
+    engine can be shared by threads.
+    """
 
     def __init__(
         self,
@@ -133,6 +137,8 @@ class PolicyEngine:
         for policy in self.policies:
             self._by_namespace.setdefault(policy.namespace, []).append(policy)
         self._workloads: dict[tuple[str, Labels], WorkloadAuthorizer] = {}
+        self._compiled: dict[tuple[int, ...], WorkloadAuthorizer] = {}
+        self._index = {id(p): i for i, p in enumerate(self.policies)}
 
     def applicable(self, namespace: str, labels: Mapping[str, str]) -> list[AuthorizationPolicy]:
         """Istio scoping: the workload's namespace and the root namespace, selector ⊆ labels."""
@@ -150,7 +156,12 @@ class PolicyEngine:
         key = (namespace, labels if isinstance(labels, tuple) else labels_key(labels))
         authorizer = self._workloads.get(key)
         if authorizer is None:
-            authorizer = WorkloadAuthorizer(self.applicable(namespace, dict(key[1])))
+            # Pods differ in labels (pod-template-hash, ...) far more often than in policies.
+            applicable = self.applicable(namespace, dict(key[1]))
+            identity = tuple(self._index[id(p)] for p in applicable)
+            authorizer = self._compiled.get(identity)
+            if authorizer is None:
+                authorizer = self._compiled[identity] = WorkloadAuthorizer(applicable)
             self._workloads[key] = authorizer
         return authorizer
 
