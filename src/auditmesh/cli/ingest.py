@@ -86,7 +86,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
         help="source name in the events' reporter, ingest:<mesh>:<source> (default: the file "
-        "name; 'stdin' for -). It seeds the event ids: keep it stable for a source",
+        "name; 'stdin' for -). It seeds the event ids, so keep it stable for a source: give "
+        "--source access.log when reading a rotated access.log.1 again",
     )
     parser.add_argument(
         "--follow",
