@@ -54,7 +54,7 @@ _LOCALS = {
     "destination_port": "dp",
     "method": "me",
     "path": "pa",
-    "host": "ho",
+    "host": "hl",
     "sni": "sni",
     "headers": "hd",
 }
@@ -67,6 +67,12 @@ _WHEN = {
     "destination.port": ("destination_port", "port"),
     "connection.sni": ("sni", "str"),
 }
+# Request strings, absent (None) read as "".
+_PROLOGUE = {
+    attr: f'    {local} = r.{attr} or ""'
+    for attr, local in _LOCALS.items()
+    if attr in ("source_principal", "source_namespace", "method", "path", "sni")
+} | {"host": '    hl = (r.host or "").lower()'}
 _HTTP_ONLY = ("host", "method", "path", "header")
 Check = tuple[int, str]  # (cost class for ordering, boolean expression)
 
@@ -135,15 +141,17 @@ class _Emitter:
         if kind == "port":
             return 0, f"({var} in {self.const(frozenset(parse_port(p) for p in patterns))})"
         templates = [p for p in patterns if kind == "path" and is_path_template(p)]
-        if kind == "host":
-            var = "hl"  # Operation.hosts compare case-insensitively
+        # Operation.hosts compare case-insensitively: hl is the lower-cased host.
         split = Patterns.split(
             [p for p in patterns if p not in templates], ignore_case=kind == "host"
         )
+        # String locals hold "" for an absent attribute (see _PROLOGUE): no valid pattern
+        # matches "" (empty values are refused, templates start with "/"), so absent never
+        # matches and its notX form always does, as for Envoy's missing header.
         if split.presence:
-            return 0, f'({var} is not None and {var} != "")'
+            return 0, f'({var} != "")'
         if not (split.prefixes or split.suffixes or templates):
-            return 0, f"({var} in {self.const(split.exact)})"  # None is never in the set
+            return 0, f"({var} in {self.const(split.exact)})"
         parts = []
         if split.exact:
             parts.append(f"{var} in {self.const(split.exact)}")
@@ -153,7 +161,7 @@ class _Emitter:
             parts.append(f"{var}.endswith({self.const(split.suffixes)})")
         if templates:
             parts.append(f"{self.const(templates_regex(templates).fullmatch)}({var}) is not None")
-        return 1, f"({var} is not None and ({' or '.join(parts)}))"
+        return 1, f"({' or '.join(parts)})"
 
     def _source(self, s: Source) -> list[Check]:
         return [
@@ -214,9 +222,7 @@ def compile_evaluator(
         blocks.append(f"        s{number} = {default}; break")
     lines = ["def evaluate(r):"]
     for attr in sorted(emitter.used):
-        lines.append(f"    {_LOCALS[attr]} = r.{attr}")
-        if attr == "host":
-            lines.append("    hl = None if ho is None else ho.lower()")
+        lines.append(_PROLOGUE.get(attr, f"    {_LOCALS[attr]} = r.{attr}"))
     key = ", ".join(f"s{n}" for n in range(len(sections)))
     lines += blocks
     lines += [

@@ -23,7 +23,7 @@ has any, ``Decision.dry_run`` is the decision with them enforced alongside the o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from auditmesh.policy.compiler import Branch, compile_evaluator
 from auditmesh.policy.model import (
@@ -95,12 +95,14 @@ class WorkloadAuthorizer:
         if self.has_dry_run:
             sections.append(_decision_section(self.policies, self._outcomes))
         self._cache: dict[tuple[int, ...], Decision] = {}
-        self._http = compile_evaluator(True, sections, self._cache, self._build)
-        self._tcp = compile_evaluator(False, sections, self._cache, self._build)
+        # Indexed by Request.http: (TCP evaluator, HTTP evaluator).
+        self.evaluators: tuple[Callable[[Request], Decision], Callable[[Request], Decision]] = (
+            compile_evaluator(False, sections, self._cache, self._build),
+            compile_evaluator(True, sections, self._cache, self._build),
+        )
 
     def evaluate(self, request: Request) -> Decision:
-        decision: Decision = (self._http if request.http else self._tcp)(request)
-        return decision
+        return self.evaluators[request.http](request)
 
     def _outcome(self, index: int) -> Outcome:
         return _DEFAULTS.get(index) or self._outcomes[index]
@@ -137,6 +139,7 @@ class PolicyEngine:
         for policy in self.policies:
             self._by_namespace.setdefault(policy.namespace, []).append(policy)
         self._workloads: dict[tuple[str, Labels], WorkloadAuthorizer] = {}
+        self._evaluators: dict[tuple[str, Labels], tuple[Callable[[Request], Decision], ...]] = {}
         self._compiled: dict[tuple[int, ...], WorkloadAuthorizer] = {}
         self._index = {id(p): i for i, p in enumerate(self.policies)}
 
@@ -163,9 +166,12 @@ class PolicyEngine:
             if authorizer is None:
                 authorizer = self._compiled[identity] = WorkloadAuthorizer(applicable)
             self._workloads[key] = authorizer
+            self._evaluators[key] = authorizer.evaluators
         return authorizer
 
     def evaluate(self, request: Request) -> Decision:
         key = (request.destination_namespace, request.destination_labels)
-        authorizer = self._workloads.get(key) or self.for_workload(*key)
-        return authorizer.evaluate(request)
+        evaluators = self._evaluators.get(key)
+        if evaluators is None:
+            evaluators = self.for_workload(*key).evaluators
+        return evaluators[request.http](request)
