@@ -31,14 +31,14 @@ class ServerProcess:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._extra = list(extra)
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
     def start(self, timeout_s: float = 20.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "auditmesh", "server", "--data", str(self.data_dir)]
-        command += ["--listen", f"127.0.0.1:{self.port}", *self._extra]
+        command += ["--listen", f"127.0.0.1:{self.port}", *self.extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +37,7 @@ def spiffe(sa: str) -> SpiffeId:
 
 class AppHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body are separate writes: no 40 ms Nagle stall
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -144,6 +145,11 @@ class Mesh:
                     wait_port(int(entry["listen"].rsplit(":", 1)[1]), proc, directory)
         return proc
 
+    def restart_server(self) -> None:
+        """Start the stopped server again on the same ports and data."""
+        old = self.server
+        self.server = ServerProcess(old.data_dir, port=old.port, extra=old.extra).start()
+
     def events(self) -> list[dict[str, Any]]:
         store = SQLiteStore(self.data, create=False)
         try:
@@ -186,11 +192,12 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], directory: Path) -> None
     raise RuntimeError(f"sidecar never listened on {port}")
 
 
-def start_mesh(root: Path) -> Mesh:
+def start_mesh(root: Path, server_args: Sequence[str] = ()) -> Mesh:
     data = root / "server"
     init_ca(data, TD, now=datetime.now(UTC) - timedelta(minutes=1))
     mesh_port = free_port()
-    server = ServerProcess(data, extra=["--mesh-listen", f"127.0.0.1:{mesh_port}"]).start()
+    extra = ["--mesh-listen", f"127.0.0.1:{mesh_port}", "--otlp-grpc", "off", *server_args]
+    server = ServerProcess(data, extra=extra).start()
     return Mesh(root, server, f"https://127.0.0.1:{mesh_port}")
 
 
@@ -198,8 +205,8 @@ def address(port: int) -> str:
     return f"127.0.0.1:{port}"
 
 
-def mesh_context(root: Path) -> Iterator[Mesh]:
-    mesh = start_mesh(root)
+def mesh_context(root: Path, server_args: Sequence[str] = ()) -> Iterator[Mesh]:
+    mesh = start_mesh(root, server_args)
     try:
         yield mesh
     finally:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from auditmesh.cli.main import UserError
+from auditmesh.identity.tokens import parse_ttl
 from auditmesh.server.run import parse_listen, serve
 
 OTLP_GRPC = "127.0.0.1:4317"  # OTLP spec, "OTLP/gRPC Default Port"
@@ -30,6 +31,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="OTLP/gRPC receiver address, or 'off' (default 127.0.0.1:4317, skipped with a "
         "warning if busy); OTLP/HTTP is always on --listen at /v1/traces and /v1/logs",
     )
+    parser.add_argument(
+        "--svid-ttl",
+        default="24h",
+        help="lifetime of the SVIDs the mesh CA issues (default 24h; sidecars renew at half)",
+    )
     parser.add_argument("--origin", help="log origin for a new ledger (default: host name)")
     parser.add_argument(
         "--checkpoint-interval",
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
         mesh = None if args.mesh_listen == "off" else parse_listen(args.mesh_listen)
+        svid_ttl = parse_ttl(args.svid_ttl)
         otlp_grpc = None if args.otlp_grpc == "off" else parse_listen(args.otlp_grpc or OTLP_GRPC)
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             origin=args.origin,
             checkpoint_interval_s=args.checkpoint_interval,
             mesh_listen=mesh,
+            svid_ttl=svid_ttl,
             otlp_grpc=otlp_grpc,
             otlp_grpc_required=args.otlp_grpc is not None,
         )

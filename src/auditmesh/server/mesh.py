@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from auditmesh.collector import Collector
 from auditmesh.events import TLS, AuditEvent, Error, Peer, new_event_id
-from auditmesh.identity.ca import CAError, MeshCA
+from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import PeerIdentityError, cert_sha256, verify_peer_svid
 from auditmesh.identity.tokens import JoinTokens, TokenError
@@ -84,8 +84,17 @@ def _peer(request: Request) -> SpiffeId | Response:
 
 
 class MeshApi:
-    def __init__(self, data_dir: Any, ca: MeshCA, collector: Collector, server_id: SpiffeId):
+    def __init__(
+        self,
+        data_dir: Any,
+        ca: MeshCA,
+        collector: Collector,
+        server_id: SpiffeId,
+        *,
+        svid_ttl: timedelta = DEFAULT_SVID_TTL,
+    ) -> None:
         self.ca = ca
+        self.svid_ttl = svid_ttl
         self.tokens = JoinTokens(data_dir)
         self.collector = collector
         self.server_id = server_id
@@ -135,7 +144,7 @@ class MeshApi:
             await self._audit(None, "join_token_refused", failure=str(exc), client=client)
             return _error(403, f"join token refused: {exc}")
         try:
-            cert = self.ca.issue_svid(body.csr.encode(), spiffe_id, now=now)
+            cert = self.ca.issue_svid(body.csr.encode(), spiffe_id, self.svid_ttl, now=now)
         except (CAError, ValueError) as exc:
             await self._audit(str(spiffe_id), "join_csr_refused", failure=str(exc), client=client)
             return _error(400, f"CSR refused: {exc}")
@@ -151,7 +160,7 @@ class MeshApi:
         except (_TooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _error(400, f'send JSON {{"csr": PEM}}: {exc}')
         try:
-            cert = self.ca.issue_svid(body.csr.encode(), peer, now=datetime.now(UTC))
+            cert = self.ca.issue_svid(body.csr.encode(), peer, self.svid_ttl, now=datetime.now(UTC))
         except (CAError, ValueError) as exc:
             return _error(400, f"CSR refused: {exc}")
         await self._audit(str(peer), "svid_renewed", cert_pem=cert)

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import open_ledger
-from auditmesh.identity.ca import CAPaths, MeshCA
+from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAPaths, MeshCA
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.workload import self_issue
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
@@ -75,12 +75,14 @@ def _config(app: Starlette, host: str, port: int, **options: Any) -> uvicorn.Con
     return uvicorn.Config(app, host=host, port=port, **(settings | options))
 
 
-def _mesh_server(data_dir: Path, collector: Collector, host: str, port: int) -> uvicorn.Server:
+def _mesh_server(
+    data_dir: Path, collector: Collector, host: str, port: int, svid_ttl: timedelta
+) -> uvicorn.Server:
     """The mTLS listener for sidecars, with the server's own SVID from the mesh CA."""
     ca = MeshCA.load(data_dir)
     server_id = SpiffeId.from_segments(ca.trust_domain, "auditmesh", "server")
     credentials = self_issue(ca, server_id, datetime.now(UTC), timedelta(days=7))
-    app = create_mesh_app(MeshApi(data_dir, ca, collector, server_id))
+    app = create_mesh_app(MeshApi(data_dir, ca, collector, server_id, svid_ttl=svid_ttl))
     config = _config(app, host, port, http=peer_protocol(ca.trust_bundle()))
     config.load()
     config.ssl = credentials.server_context(require_client_cert=False)
@@ -114,6 +116,7 @@ def serve(
     origin: str | None = None,
     checkpoint_interval_s: float = 1.0,
     mesh_listen: tuple[str, int] | None = None,
+    svid_ttl: timedelta = DEFAULT_SVID_TTL,
     otlp_grpc: tuple[str, int] | None = None,
     otlp_grpc_required: bool = False,
 ) -> None:
@@ -132,7 +135,7 @@ def serve(
             flush=True,
         )
         if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
-            servers.append(_mesh_server(data_dir, collector, *mesh_listen))
+            servers.append(_mesh_server(data_dir, collector, *mesh_listen, svid_ttl))
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_serve_until_signalled(*servers))
     finally:
