@@ -1,10 +1,12 @@
 """Value matchers for Istio authorization policy fields — pure functions, no I/O.
 
-Place in the house: :mod:`auditmesh.policy.model` validates the strings written in a policy,
-:mod:`auditmesh.policy.engine` turns them into the closures built here once per policy set, and
-evaluates them per request. Each builder takes the list of values of one field (an OR, as in
-Istio) and returns ``match(value) -> bool``; an absent request attribute is ``None`` and never
-matches (so the ``notX`` form of the same list, ``not match(value)``, does).
+Place in the house: the one definition of how a policy value matches a request value.
+:mod:`auditmesh.policy.rules` validates with the parsers here; :mod:`auditmesh.policy.compiler`
+builds its generated code from :class:`Patterns`, :func:`ip_ranges` and :func:`templates_regex`;
+the ``*_matcher`` builders are the same semantics as plain closures (used for headers, and by
+the property tests that hold the compiled engine to them). Each takes the values of one field
+(an OR, as in Istio) and returns ``match(value) -> bool``; an absent attribute (``None``) never
+matches, so the ``notX`` form of the same list, ``not match(value)``, does.
 
 Semantics follow the Istio AuthorizationPolicy reference, section "Rule":
 
