@@ -139,7 +139,7 @@ class PolicyEngine:
         for policy in self.policies:
             self._by_namespace.setdefault(policy.namespace, []).append(policy)
         self._workloads: dict[tuple[str, Labels], WorkloadAuthorizer] = {}
-        self._evaluators: dict[tuple[str, Labels], tuple[Callable[[Request], Decision], ...]] = {}
+        self._evaluators: dict[str, tuple[Callable[[Request], Decision], ...]] = {}
         self._compiled: dict[tuple[int, ...], WorkloadAuthorizer] = {}
         self._index = {id(p): i for i, p in enumerate(self.policies)}
 
@@ -166,12 +166,13 @@ class PolicyEngine:
             if authorizer is None:
                 authorizer = self._compiled[identity] = WorkloadAuthorizer(applicable)
             self._workloads[key] = authorizer
-            self._evaluators[key] = authorizer.evaluators
         return authorizer
 
     def evaluate(self, request: Request) -> Decision:
-        key = (request.destination_namespace, request.destination_labels)
-        evaluators = self._evaluators.get(key)
+        evaluators = self._evaluators.get(request.workload_key)
         if evaluators is None:
-            evaluators = self.for_workload(*key).evaluators
+            authorizer = self.for_workload(
+                request.destination_namespace, request.destination_labels
+            )
+            evaluators = self._evaluators[request.workload_key] = authorizer.evaluators
         return evaluators[request.http](request)

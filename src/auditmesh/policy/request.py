@@ -48,13 +48,17 @@ class Request:
     host: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     sni: str | None = None
-    # Derived, for the compiled engine: matchers.ip_key of the two addresses.
+    # Derived, for the compiled engine: matchers.ip_key of the two addresses, and the
+    # destination workload as one string (str caches its hash; a tuple key would be rehashed).
     source_ip_key: int = field(init=False, repr=False, compare=False)
     destination_ip_key: int = field(init=False, repr=False, compare=False)
+    workload_key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_ip_key", ip_key(self.source_ip))
         object.__setattr__(self, "destination_ip_key", ip_key(self.destination_ip))
+        workload = repr((self.destination_namespace, self.destination_labels))
+        object.__setattr__(self, "workload_key", workload)
 
     @classmethod
     def of(
