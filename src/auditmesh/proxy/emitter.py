@@ -196,6 +196,11 @@ class Emitter:
                 self._run(), name="auditmesh-emitter"
             )
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The client in use; the caller built it and closes it (the emitter never does)."""
+        return self._client
+
     def replace_client(self, client: httpx.AsyncClient) -> httpx.AsyncClient:
         """Use `client` from the next request on (SVID rotation); returns the old one.
 
@@ -261,7 +266,7 @@ class Emitter:
             spool_depth_events=self._spool.depth_records,
             spool_depth_bytes=self._spool.depth_bytes,
             buffered=len(self._buffer) + len(self._held),
-            dropped=self._dropped,
+            dropped=self._dropped + self._spool.stats().evicted,
             rejected=self._rejected,
             notices=self._notices,
             retries=self._retries,
