@@ -115,5 +115,5 @@ def test_rotation_under_load_fails_no_request(short_lived: tuple[Mesh, int]) -> 
     for worker in workers:
         worker.join()
     assert renewed >= {str(spiffe("orders")), str(spiffe("payments"))}
-    assert count[0] > 100
+    assert count[0] > 30  # traffic kept flowing across the renewals
     assert failures == []
