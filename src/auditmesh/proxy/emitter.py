@@ -245,9 +245,11 @@ class Emitter:
         self._closed = True  # from here on emit() refuses; move everything to held
         while self._buffer:
             self._take_batch()
-        await self._io(self._spool_held_at_close)
-        self._io_thread.shutdown(wait=True)
-        self._spool.close()
+        try:
+            await self._io(self._spool_held_at_close)
+        finally:
+            self._io_thread.shutdown(wait=True)
+            self._spool.close()
         if failure is not None:
             raise failure
 
@@ -500,13 +502,13 @@ class Emitter:
             self._unreported.clear()
 
     def _write_rejected(self, record: bytes, status: int, reason: str) -> None:
+        try:
+            msgspec.json.decode(record)
+            event: object = msgspec.Raw(record)
+        except msgspec.DecodeError:  # not JSON at all: keep it readable, never break the file
+            event = record.decode(errors="replace")
         line = msgspec.json.encode(
-            {
-                "time_ns": str(self._now_ns()),
-                "status": status,
-                "reason": reason,
-                "event": msgspec.Raw(record),
-            }
+            {"time_ns": str(self._now_ns()), "status": status, "reason": reason, "event": event}
         )
         with open(self.rejected_path, "ab") as f:
             f.write(line + b"\n")
