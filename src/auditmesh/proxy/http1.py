@@ -77,12 +77,16 @@ __all__ = [
 
 
 class Role(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
+
     CLIENT = "CLIENT"  #: we send requests (the sidecar's upstream side)
     SERVER = "SERVER"  #: we receive requests (the sidecar's downstream side)
 
 
 class State(enum.Enum):
     """The state of one party. The peer's SEND_BODY is our "receive body"."""
+
+    __hash__ = object.__hash__
 
     IDLE = "IDLE"
     SEND_RESPONSE = "SEND_RESPONSE"  # server only: request head seen, no final response yet
@@ -96,6 +100,8 @@ class State(enum.Enum):
 
 
 class _Switch(enum.Enum):
+    __hash__ = object.__hash__
+
     UPGRADE = "UPGRADE"  # RFC 9110 §7.8: Upgrade + 101 Switching Protocols
     CONNECT = "CONNECT"  # RFC 9110 §9.3.6: CONNECT + 2xx
 
@@ -175,7 +181,7 @@ class _StateMachine:
             if switch not in self.proposals:
                 raise LocalProtocolError(500, f"{switch.value} switch without a client proposal")
             trigger = (event_type, switch)
-        elif event_type is Response:
+        elif event_type is Response and self.proposals:
             self.proposals.clear()  # a final response that is not the switch denies it
         state = self.client if role is _C else self.server
         new = EVENT_TRANSITIONS[role, state].get(trigger)
@@ -189,7 +195,7 @@ class _StateMachine:
                 self._server_sees_request()
         else:
             self.server = new
-        if new is not state or event_type is not Data:
+        if new is not state:
             self.settle()
 
     def _server_sees_request(self) -> None:
@@ -211,23 +217,27 @@ class _StateMachine:
         self.settle()
 
     def settle(self) -> None:
+        client, server = self.client, self.server
         while True:
-            start = (self.client, self.server)
-            if self.proposals and self.client is _DN:
-                self.client = _MS
-            elif not self.proposals and self.client is _MS:
-                self.client = _DN
+            c, s = client, server
+            if self.proposals:
+                if c is _DN:
+                    c = _MS
+            elif c is _MS:
+                c = _DN
             if not self.keep_alive:
-                if self.client is _DN:
-                    self.client = _MC
-                if self.server is _DN:
-                    self.server = _MC
-            forced = STATE_TRANSITIONS.get((self.client, self.server))
-            if forced:
-                self.client = forced.get(_C, self.client)
-                self.server = forced.get(_S, self.server)
-            if (self.client, self.server) == start:
-                return
+                if c is _DN:
+                    c = _MC
+                if s is _DN:
+                    s = _MC
+            forced = STATE_TRANSITIONS.get((c, s))
+            if forced is not None:
+                c = forced.get(_C, c)
+                s = forced.get(_S, s)
+            if c is client and s is server:
+                break
+            client, server = c, s
+        self.client, self.server = client, server
 
     def start_next_cycle(self) -> None:
         if self.client is not _DN or self.server is not _DN:
@@ -337,6 +347,9 @@ class _Fields:
         if cl is not None:
             # RFC 9110 §8.6 / RFC 9112 §6.3 rule 5: 1*DIGIT; identical duplicates (as lines or a
             # list) may be collapsed, differing ones are an error.
+            if len(cl) == 1 and cl[0].isdigit() and len(cl[0]) <= 18:
+                self.content_length = int(cl[0])
+                return
             values = {p.strip(b" \t") for v in cl for p in v.split(b",")}
             if len(values) != 1:
                 raise err(status, f"conflicting Content-Length values {sorted(values)}")
@@ -557,7 +570,7 @@ class Connection:
                 )
         if avail > limits.max_header_bytes:
             raise RemoteProtocolError(
-                431, f"{what} section larger than {limits.max_header_bytes} bytes"
+                431, f"{what} section larger than the limit of {limits.max_header_bytes} bytes"
             )
         if buf.find(b"\n\n", pos + self._scanned - 1 if self._scanned > 1 else pos) >= 0:
             raise RemoteProtocolError(400, f"bare LF ending a {what} line (RFC 9112 §2.2)")
@@ -573,8 +586,8 @@ class Connection:
             self._pos = m.end()
             self._scanned = 0
         pos = self._pos
-        if pos == len(buf):
-            return None
+        if pos == len(buf) or (pos == len(buf) - 1 and buf[pos] == 0x0D):
+            return None  # nothing yet, or a CR that may begin an empty line to be ignored
         end = self._find_section_end("header")
         if end < 0:
             return None
@@ -586,7 +599,7 @@ class Connection:
             )
         if end + 4 - pos > limits.max_header_bytes:
             raise RemoteProtocolError(
-                431, f"header section of {end + 4 - pos} bytes, limit {limits.max_header_bytes}"
+                431, f"header section larger than the limit of {limits.max_header_bytes} bytes"
             )
         line = buf[pos:line_end]
         section = buf[line_end + 2 : end + 2]
@@ -770,7 +783,9 @@ class Connection:
                         return None
                     if end + 4 - pos > self._limits.max_header_bytes:
                         raise RemoteProtocolError(
-                            431, f"trailer section over {self._limits.max_header_bytes} bytes"
+                            431,
+                            "trailer section larger than the limit of "
+                            f"{self._limits.max_header_bytes} bytes",
                         )
                     trailers = parse_field_section(buf[pos : end + 2], self._limits.max_headers)
                     self._pos = end + 4
@@ -888,7 +903,7 @@ class Connection:
         if self._our_role is not _S or not 200 <= status <= 599:
             raise LocalProtocolError(500, f"Response({status}) from {self._our_role}")
         reason = event.reason or _PHRASES.get(status, b"")
-        if _REASON.fullmatch(reason) is None:
+        if event.reason and _REASON.fullmatch(reason) is None:
             raise LocalProtocolError(500, f"invalid reason phrase {_show(reason)}")
         f = _Fields(headers, remote=False)
         method = self._request_method
