@@ -77,7 +77,7 @@ def _explain(section: bytes) -> str:
         if not TOKEN_RE.fullmatch(name):
             return f"invalid field name {_show(name)} (RFC 9110 §5.1)"
         return f"invalid character in the value of field {_show(name)} (RFC 9110 §5.5)"
-    return "malformed header section (RFC 9112 §5)"  # pragma: no cover - regexes agree
+    return "malformed header section: a line without CRLF (RFC 9112 §5)"
 
 
 def parse_field_section(section: bytes, max_fields: int) -> Headers:
