@@ -1,24 +1,86 @@
-"""`auditmesh demo` does the whole job end to end and says so."""
+"""`auditmesh demo --exit`: the whole job end to end, checked against the ledger it leaves."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from auditmesh.cli.main import main
+from auditmesh.demo.run import load_events
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = tmp_path / "demo-data"
-    assert main(["demo", "--data", str(data), "--events", "1500"]) == 0
-    out = capsys.readouterr().out
-    assert "Sent 1500 audited calls" in out
-    assert "denied" in out and "checks against the signed root" in out
-    assert "1500 entries recomputed" in out
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    data = tmp_path_factory.mktemp("demo") / "demo-data"
+    capture = pytest.MonkeyPatch()
+    import io
+    import sys
+
+    out = io.StringIO()
+    capture.setattr(sys, "stdout", out)
+    try:
+        code = main(["demo", "--data", str(data), "--duration", "10", "--exit"])
+    finally:
+        capture.undo()
+    assert code == 0, out.getvalue()
+    return data, out.getvalue()
+
+
+def test_demo_tells_the_story(demo: tuple[Path, str]) -> None:
+    _, out = demo
+    for step in (
+        "1. Audit server",
+        "2. Driving",
+        "3. Service graph",
+        "4. Proved a denied call",
+        "5. Verified the whole ledger",
+        "6. Then one stored event was edited",
+    ):
+        assert step in out
     assert "caught" in out
+
+
+def test_every_edge_is_audited_with_identities(demo: tuple[Path, str]) -> None:
+    data, _ = demo
+    edges = Counter(
+        (e.source.service if e.source else None, e.destination.service if e.destination else None)
+        for _, e in load_events(data)
+        if e.direction == "inbound" and e.kind == "http"
+    )
+    for edge in [
+        ("frontend", "catalog"),
+        ("frontend", "orders"),
+        ("orders", "payments"),
+        ("batch-report", "orders"),
+        ("batch-report", "payments"),
+        (None, "frontend"),
+    ]:
+        assert edges[edge] > 0, edge
+
+
+def test_denied_calls_name_the_policy(demo: tuple[Path, str]) -> None:
+    data, _ = demo
+    denied = [e for _, e in load_events(data) if e.authz is not None and e.authz.decision == "deny"]
+    assert denied
+    for event in denied:
+        assert event.source is not None and event.source.service == "batch-report"
+        assert event.authz is not None and event.authz.policy == "shop/payments-only-orders"
+        assert event.http is not None and event.http.status == 403
+
+
+def test_intruder_is_an_authn_failure(demo: tuple[Path, str]) -> None:
+    data, _ = demo
+    failures = [e for _, e in load_events(data) if e.kind == "authn" and e.outcome == "failure"]
+    assert failures
+    assert {e.destination.service for e in failures if e.destination} == {"orders"}
+
+
+def test_ledger_verifies(demo: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = demo
     assert main(["log", "verify", "--data", str(data), "--quiet"]) == 0
 
 
@@ -26,6 +88,6 @@ def test_demo_refuses_to_replace_a_foreign_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
-    assert main(["demo", "--data", str(tmp_path)]) == 2
+    assert main(["demo", "--data", str(tmp_path), "--exit"]) == 2
     assert "not a demo ledger" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").exists()

@@ -113,7 +113,8 @@ def test_denied_call_gets_rbac_403_and_an_event(setup: tuple[Mesh, dict[str, int
     )
     assert response.status_code == 403 and response.text == "RBAC: access denied"
     [event] = mesh.wait_events(inbound("no-1"))
-    assert event["authz"]["decision"] == "deny"
+    # no ALLOW rule matched: the event names the ALLOW policy the call answered to
+    assert event["authz"] == {"decision": "deny", "policy": "shop/vault-allow"}
     assert event["source"]["identity"] == str(spiffe("intruder"))
     assert event["error"]["type"] == "rbac_access_denied" and event["outcome"] == "failure"
 

@@ -1,184 +1,231 @@
-"""`auditmesh demo`: the ledger's whole job on one machine, explained as it happens.
+"""`auditmesh demo`: the whole job on this machine, explained as it happens.
 
-Starts a server on a fresh SQLite ledger, sends it a realistic stream of calls between
-the services of a small shop, then shows a signed checkpoint, proves one event, verifies
-the whole log, and shows that an edited event is caught.
+Starts the audit server on a fresh SQLite ledger with its mesh CA, enrolls five services
+behind real mTLS sidecars with join tokens, drives traffic with trouble planted in it,
+then shows the service graph, the denials and the findings, proves one denied call,
+verifies the whole ledger as an outside auditor would, and shows an edit being caught.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sqlite3
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog
 from auditmesh.datadir import open_ledger
-from auditmesh.events import encode_ndjson
+from auditmesh.demo.apps import RunClock
+from auditmesh.demo.run import DemoError, drive, load_events, prepare, settle, start_mesh
+from auditmesh.events import AuditEvent
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
 from auditmesh.ledger.tlogproof import TlogProof, verify_tlog_proof
 from auditmesh.ledger.verify import verify_log
-from auditmesh.serverproc import ServerProcess
-from auditmesh.simulate import TrafficGenerator
 from auditmesh.store.base import StoreReader
-
-BATCH = 500
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo",
-        help="run the audit ledger end to end on this machine, explained step by step",
+        help="run a mesh of five services behind audited sidecars, with trouble in it",
         description=__doc__,
     )
     parser.add_argument(
         "--data", type=Path, default=Path("demo-data"), help="fresh data directory (replaced)"
     )
-    parser.add_argument("--events", type=int, default=20_000, help="how many calls to audit")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the traffic generator")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
+    parser.add_argument(
+        "--exit", action="store_true", help="stop at the end instead of serving until Ctrl-C"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.events < 1:
-        raise UserError("--events must be at least 1")
+    if args.duration < 5:
+        raise UserError("--duration must be at least 5 seconds")
     console = Console(highlight=False)
     say = console.print
-    if args.data.exists():
-        if not (args.data / "ledger.db").exists():
-            raise UserError(f"{args.data} exists and is not a demo ledger; pick another --data")
-        shutil.rmtree(args.data)
-    say("[bold]auditmesh demo[/]: a tamper-evident record of every call between services\n")
-    with ServerProcess(args.data) as server:
+    try:
+        prepare(args.data)
+    except DemoError as exc:
+        raise UserError(str(exc)) from None
+    say("[bold]auditmesh demo[/]: who called what, when, under which policy — provably\n")
+    clock = RunClock(args.duration)
+    mesh, topology, app_servers = start_mesh(args.data, clock)
+    try:
         vkey = (args.data / "keys" / "log.vkey").read_text().strip()
-        say(f"1. Started the audit server at {server.url} on a fresh SQLite ledger in {args.data}/")
-        say(f"   It signs checkpoints with the key [cyan]{vkey}[/]\n")
-        sent, denied_id = _send_traffic(console, server.url, args.events, args.seed)
         say(
-            f"2. Sent {sent} audited calls between frontend, catalog, orders, payments and "
-            "batch-report.\n   Each batch was acknowledged only after it was on disk.\n"
+            f"1. Audit server at {mesh.server.url} (ledger in {args.data}/), mesh CA for "
+            f"{mesh.trust_domain}; sidecars enroll at {mesh.mesh_url}"
         )
-        note = _wait_for_checkpoint(server.url, sent)
-        say("3. The latest signed checkpoint (C2SP tlog-checkpoint in a signed note):")
-        say(f"[dim]{note.decode().rstrip()}[/]")
-        say("   Line 1 names the log, line 2 counts its entries, line 3 is the Merkle root.\n")
-        proof_path = args.data / "denied-call.tlog-proof"
-        _prove(console, server.url, denied_id, vkey, proof_path)
-        _verify_remote(console, server.url, vkey)
-    _tamper_copy(console, args.data, vkey)
-    say("\n[bold]Try next[/]:")
-    say(f"  auditmesh server --data {args.data}            # serve this ledger again")
-    say(f"  auditmesh log verify --data {args.data}        # recompute everything")
-    say(f"  auditmesh bundle create --data {args.data} --status 403 -o evidence.zip")
-    say(f"  auditmesh bundle verify evidence.zip --key '{vkey}'")
+        say(
+            "   Five services, each behind its own mTLS sidecar, enrolled with one-time join "
+            "tokens: frontend, catalog, orders, payments, batch-report."
+        )
+        say(
+            "   Policies: payments accepts only orders; batch-report may only read catalog "
+            "and orders exports; frontend is PERMISSIVE, everything else STRICT.\n"
+        )
+        clock.restart()
+        say(
+            f"2. Driving {args.duration:.0f} s of traffic: shoppers, the batch-report job, and "
+            "trouble — a catalog error burst, batch-report hammering orders, denied calls to "
+            "payments, a new caller, an intruder without a certificate."
+        )
+        counts = drive(console, mesh, topology, clock)
+        size = settle(args.data)
+        events = load_events(args.data)
+        say(f"   Done: {sum(counts.values())} calls made; {size} audit events in the ledger.\n")
+        _summary(console, events)
+        _prove_denied(console, mesh.server.url, args.data, events, vkey)
+        _verify(console, mesh.server.url, vkey)
+        _tamper_copy(console, args.data, vkey)
+        say("\n[bold]Try next[/]:")
+        say(f"  auditmesh log verify --data {args.data}")
+        say(f"  auditmesh bundle create --data {args.data} --status 403 -o evidence.zip")
+        say(f"  auditmesh bundle verify evidence.zip --key '{vkey}'")
+        if not args.exit:
+            say(f"\nThe mesh keeps running (server {mesh.server.url}); Ctrl-C to stop.")
+            _wait_for_interrupt()
+    finally:
+        mesh.stop()
+        for app in app_servers:
+            app.close()
     return 0
 
 
-def _send_traffic(console: Console, url: str, count: int, seed: int) -> tuple[int, str]:
-    generator = TrafficGenerator(seed=seed, start_ns=time.time_ns() - count * 2_000_000)
-    denied_id = ""
-    sent = 0
-    with (
-        httpx.Client(base_url=url, timeout=60) as client,
-        Progress(
-            TextColumn("   auditing calls"), BarColumn(), MofNCompleteColumn(), console=console
-        ) as progress,
-    ):
-        task = progress.add_task("send", total=count)
-        while sent < count:
-            batch = list(generator.events(min(BATCH, count - sent)))
-            for event in batch:
-                if not denied_id and event.authz is not None and event.authz.decision == "deny":
-                    denied_id = event.id
-            response = client.post(
-                "/v1/events",
-                content=encode_ndjson(batch),
-                headers={"content-type": "application/x-ndjson"},
-            )
-            if response.status_code != 200:
-                raise UserError(f"the server refused a batch: {response.text}")
-            sent += len(batch)
-            progress.update(task, completed=sent)
-    return sent, denied_id or batch[0].id
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
-def _wait_for_checkpoint(url: str, size: int) -> bytes:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        response = httpx.get(url + "/log/checkpoint")
-        if response.status_code == 200 and f"\n{size}\n".encode() in response.content:
-            return response.content
-        time.sleep(0.2)
-    raise UserError("the server signed no checkpoint covering the demo traffic within 10 s")
+def _summary(console: Console, events: list[tuple[int, AuditEvent]]) -> None:
+    edges: Counter[tuple[str, str]] = Counter()
+    errors: Counter[tuple[str, str]] = Counter()
+    denied: Counter[tuple[str, str]] = Counter()
+    mtls: Counter[tuple[str, str]] = Counter()
+    authn = 0
+    for _, event in events:
+        if event.kind == "authn" and event.outcome == "failure":
+            authn += 1
+        if event.direction != "inbound" or event.kind not in ("http", "tcp"):
+            continue
+        source = (event.source.service if event.source else None) or "outside"
+        dest = (event.destination.service if event.destination else None) or "?"
+        edge = (source, dest)
+        edges[edge] += 1
+        errors[edge] += event.outcome == "failure"
+        denied[edge] += event.authz is not None and event.authz.decision == "deny"
+        mtls[edge] += event.tls is not None and event.tls.mutual
+    table = Table(title="3. Service graph, from the inbound sidecars' audit events")
+    for column in ("caller", "callee", "calls", "failed", "denied", "mTLS"):
+        table.add_column(column, justify="right" if column not in ("caller", "callee") else "left")
+    for edge, calls in sorted(edges.items()):
+        table.add_row(
+            edge[0],
+            edge[1],
+            str(calls),
+            str(errors[edge]),
+            f"[red]{denied[edge]}[/]" if denied[edge] else "0",
+            f"{100 * mtls[edge] // calls}%",
+        )
+    console.print(table)
+    console.print(f"   {authn} refused handshakes (authn failures) were audited too.\n")
 
 
-def _prove(console: Console, url: str, event_id: str, vkey: str, path: Path) -> None:
-    response = httpx.get(url + "/v1/events/" + event_id)
-    event = response.json()
-    proof_text = httpx.get(url + "/v1/proof/inclusion", params={"id": event_id}).content
-    path.write_bytes(proof_text)
-    proof = TlogProof.parse(proof_text)
-    leaf = httpx.get(url + "/v1/events/" + event_id).json()
-    data = _leaf_data(url, leaf["index"])
-    checkpoint = verify_tlog_proof(proof, data, Verifier.from_vkey(vkey))
-    http = event["event"]["http"]
-    console.print(
-        f"4. Proved one event: {event['event']['source']['service']} → "
-        f"{event['event']['destination']['service']} {http['method']} {http['path']} "
-        f"was [red]denied[/] ({event['event']['authz']['policy']})."
+def _prove_denied(
+    console: Console, url: str, data: Path, events: list[tuple[int, AuditEvent]], vkey: str
+) -> None:
+    denied = next(
+        (e for _, e in events if e.authz is not None and e.authz.decision == "deny"), None
     )
-    console.print(
-        f"   It is entry {proof.index} of {checkpoint.size}; the proof ({len(proof.proof)} hashes) "
-        f"is in {path} and checks against the signed root.\n"
+    if denied is None:
+        console.print("4. (no denied call to prove)")
+        return
+    token_file = data / "keys" / "api.token"
+    headers = (
+        {"authorization": f"Bearer {token_file.read_text().strip()}"}
+        if (token_file.exists())
+        else {}
     )
-
-
-def _leaf_data(url: str, index: int) -> bytes:
+    response = httpx.get(
+        url + "/v1/proof/inclusion", params={"id": denied.id}, headers=headers, timeout=30
+    )
+    if response.status_code != 200:
+        raise UserError(f"the server would not prove {denied.id}: {response.text}")
+    proof = TlogProof.parse(response.content)
     remote = RemoteLog(url)
     try:
-        return next(data for _, data in remote.entries(index, index + 1))
+        leaf = next(d for _, d in remote.entries(proof.index, proof.index + 1))
     finally:
         remote.close()
+    checkpoint = verify_tlog_proof(proof, leaf, Verifier.from_vkey(vkey))
+    path = data / "denied-call.tlog-proof"
+    path.write_bytes(response.content)
+    src = denied.source.identity if denied.source else "?"
+    http = denied.http
+    what = f"{http.method} {http.path}" if http else denied.kind
+    dest = denied.destination.service if denied.destination else "?"
+    policy = denied.authz.policy if denied.authz else "?"
+    console.print(f"4. Proved a denied call: {src} → {dest} {what}, denied by {policy}.")
+    console.print(
+        f"   Entry {proof.index} of {checkpoint.size}; {len(proof.proof)} hashes up to the signed "
+        f"root; proof saved in {path}.\n"
+    )
 
 
-def _verify_remote(console: Console, url: str, vkey: str) -> None:
+def _verify(console: Console, url: str, vkey: str) -> None:
     remote = RemoteLog(url)
     try:
         started = time.monotonic()
         report = verify_log(remote, Verifier.from_vkey(vkey))
-        seconds = time.monotonic() - started
     finally:
         remote.close()
     console.print(
-        f"5. Verified the whole log as an outside auditor would, over HTTP (C2SP tlog-tiles): "
-        f"{report.size} entries recomputed and the signed root matches ({seconds:.1f} s).\n"
+        f"5. Verified the whole ledger as an outside auditor, over HTTP (C2SP tlog-tiles): "
+        f"{report.size} entries recomputed, signed root matches "
+        f"({time.monotonic() - started:.1f} s).\n"
     )
 
 
-def _tamper_copy(console: Console, data_dir: Path, vkey: str) -> None:
-    copy = data_dir.parent / (data_dir.name + "-tampered")
+def _tamper_copy(console: Console, data: Path, vkey: str) -> None:
+    copy = data.parent / (data.name + "-tampered")
     shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(data_dir, copy)
+    copy.mkdir()
+    for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm", "keys"):
+        source = data / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name)
+        elif source.exists():
+            shutil.copy2(source, copy / name)
     with sqlite3.connect(copy / "ledger.db") as db:
-        (data,) = db.execute("SELECT data FROM events WHERE idx = 42").fetchone()
-        db.execute(
-            "UPDATE events SET data = ? WHERE idx = 42",
-            (bytes(data).replace(b'"status":', b'"status":2', 1),),
-        )
+        (raw,) = db.execute("SELECT data FROM events WHERE idx = 7").fetchone()
+        edited = bytes(raw).replace(b'"outcome":"failure"', b'"outcome":"success"', 1)
+        if edited == bytes(raw):
+            edited = bytes(raw).replace(b'"kind":', b'"kind": ', 1)
+        db.execute("UPDATE events SET data = ? WHERE idx = 7", (edited,))
     ledger = open_ledger(copy, create=False)
     try:
         verify_log(StoreReader(ledger.store), Verifier.from_vkey(vkey))
         console.print("[red]6. The edited copy verified — this should never happen[/]")
     except VerificationError as exc:
         console.print(
-            f"6. Then we edited one stored event in a copy ({copy}/) and verified it again:\n"
+            "6. Then one stored event was edited in a copy of the ledger and verified again:\n"
             f"   [green]caught[/]: {exc.message} at {exc.where}"
         )
     finally:

@@ -97,8 +97,8 @@ class PolicyState:
 
     def load(self) -> AuditEvent:
         """(Re)load; returns the `policy_change` event (a failure event if the set is bad)."""
-        self._seen = _fingerprint(self.path)
         try:
+            self._seen = _fingerprint(self.path)
             policies = load_policies(self.path)
         except (PolicyLoadError, OSError) as exc:
             return self._event("failure", f"policy set refused, previous kept: {exc}", None)
@@ -144,14 +144,26 @@ class PolicyState:
     def decide(self, request: Request) -> Authz | None:
         if self.current is None:
             return None
-        return to_authz(self.current.authorizer.evaluate(request))
+        authorizer = self.current.authorizer
+        return to_authz(authorizer.evaluate(request), _allow_policies(authorizer))
 
 
-def to_authz(decision: Decision) -> Authz:
+def _allow_policies(authorizer: WorkloadAuthorizer) -> str | None:
+    """The enforced ALLOW policies of the workload: what a default deny answers to."""
+    names = [p.key for p in authorizer.policies if p.action == "ALLOW" and not p.dry_run]
+    return ",".join(names)[:253] or None
+
+
+def to_authz(decision: Decision, default_deny_by: str | None = None) -> Authz:
+    """Istio names no policy when no ALLOW rule matched; the audit record names the ALLOW
+    policies in force, with no rule index, so every denial says what it answered to."""
     dry = decision.dry_run
+    policy = decision.policy
+    if decision.decision == "deny" and policy is None:
+        policy = default_deny_by
     return Authz(
         decision=decision.decision,
-        policy=decision.policy,
+        policy=policy,
         rule=decision.rule,
         dry_run=None
         if dry is None

@@ -1,0 +1,148 @@
+"""`auditmesh demo`, the main job on one machine: a shop mesh behind real sidecars, traffic
+with trouble in it, and the answers — edges, denials, findings, a verified ledger.
+
+Layout of the demo's data directory (everything real, nothing simulated):
+    DIR/               the audit server's ledger, keys and mesh CA
+    DIR/mesh/NAME/     each sidecar's config, identity, spool and log
+    DIR/policies/      the Istio policies every sidecar enforces
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from auditmesh.demo.apps import App, RunClock, RunningApp, serve
+from auditmesh.demo.scenario import CALLS, NAMESPACE, POLICIES, SERVED, SERVICES
+from auditmesh.demo.traffic import Drivers
+from auditmesh.events import AuditEvent, decode_event
+from auditmesh.meshproc import LocalMesh, address
+from auditmesh.serverproc import free_port
+from auditmesh.store.sqlite import SQLiteStore
+
+
+class DemoError(Exception):
+    """The demo cannot run here; the message says why."""
+
+
+@dataclass
+class Topology:
+    inbound: dict[str, int]  # service -> its sidecar's inbound (mTLS) port
+    outbound: dict[str, dict[str, int]]  # service -> dependency -> local outbound port
+    apps: dict[str, int]  # service -> app port (behind its sidecar)
+
+
+def prepare(data: Path) -> None:
+    if data.exists():
+        if not (data / "ledger.db").exists() and any(data.iterdir()):
+            raise DemoError(f"{data} exists and is not a demo ledger; pick another --data")
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+
+
+def start_mesh(data: Path, clock: RunClock) -> tuple[LocalMesh, Topology, list[RunningApp]]:
+    mesh = LocalMesh.start(data)
+    policies = mesh.data / "policies"
+    policies.mkdir()
+    (policies / "shop.yaml").write_text(POLICIES)
+    inbound = {name: free_port() for name in SERVED}
+    outbound = {name: {dep: free_port() for dep in CALLS[name]} for name in SERVICES}
+    servers = [serve(App(name, clock, outbound[name])) for name in SERVED]
+    apps = {running.app.name: running.port for running in servers}
+    try:
+        for name in SERVICES:
+            config: dict[str, Any] = {
+                "policies": str(policies),
+                "audit": {"flush_ms": 100},
+                "outbound": [
+                    {
+                        "service": dep,
+                        "listen": address(port),
+                        "upstream": address(inbound[dep]),
+                        "identity": str(mesh.identity(NAMESPACE, dep)),
+                    }
+                    for dep, port in outbound[name].items()
+                ],
+            }
+            if name in inbound:
+                config["inbound"] = {
+                    "listen": address(inbound[name]),
+                    "app": address(apps[name]),
+                }
+            mesh.start_sidecar(name, NAMESPACE, config)
+    except BaseException:
+        mesh.stop()
+        for running in servers:
+            running.close()
+        raise
+    return mesh, Topology(inbound, outbound, apps), servers
+
+
+def drive(console: Console, mesh: LocalMesh, topology: Topology, clock: RunClock) -> Counter[str]:
+    drivers = Drivers(
+        clock,
+        frontend_port=topology.inbound["frontend"],
+        batch_ports=topology.outbound["batch-report"],
+        intruder_target=topology.inbound["orders"],
+        bundle=mesh.bundle_path,
+    )
+    drivers.start()
+    columns = (
+        TextColumn("   traffic"),
+        BarColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("", total=1.0)
+            while clock.fraction() < 1.0:
+                counts = drivers.counts
+                progress.update(
+                    task,
+                    completed=clock.fraction(),
+                    description=f"{sum(counts.values())} calls, {counts['batch denied']} denied",
+                )
+                time.sleep(0.25)
+            progress.update(task, completed=1.0)
+    finally:
+        drivers.stop.set()
+        drivers.join()
+    return drivers.counts
+
+
+def settle(data: Path, quiet_s: float = 1.5, timeout_s: float = 30) -> int:
+    """Wait until the sidecars' emitters have delivered: the ledger stops growing."""
+    deadline = time.monotonic() + timeout_s
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        current = ledger_size(data)
+        if current != size:
+            size, since = current, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(0.2)
+    return size
+
+
+def ledger_size(data: Path) -> int:
+    store = SQLiteStore(data, create=False)
+    try:
+        return store.size()
+    finally:
+        store.close()
+
+
+def load_events(data: Path) -> list[tuple[int, AuditEvent]]:
+    store = SQLiteStore(data, create=False)
+    try:
+        return [(index, decode_event(raw)) for index, raw in store.entries(0, store.size())]
+    finally:
+        store.close()
