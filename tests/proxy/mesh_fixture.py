@@ -1,4 +1,4 @@
-"""A small real mesh for sidecar tests: server + CA, test apps, sidecar processes.
+"""A small real mesh for sidecar tests: `meshproc.LocalMesh` plus test apps and ledger reads.
 
 Everything listens on loopback with free ports; sidecars run as `auditmesh sidecar`
 subprocesses with YAML configs written here, and enroll with real join tokens.
@@ -6,26 +6,21 @@ subprocesses with YAML configs written here, and enroll with real join tokens.
 
 from __future__ import annotations
 
-import socket
 import socketserver
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 
-from auditmesh.identity.ca import init_ca
 from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.identity.tokens import JoinTokens
-from auditmesh.serverproc import ServerProcess, free_port
+from auditmesh.meshproc import LocalMesh
+from auditmesh.serverproc import ServerProcess
 from auditmesh.store.sqlite import SQLiteStore
 
 TD = "cluster.local"
@@ -88,16 +83,23 @@ class EchoHandler(socketserver.BaseRequestHandler):
 
 @dataclass
 class Mesh:
-    root: Path
-    server: ServerProcess
-    mesh_url: str
+    """`meshproc.LocalMesh` plus test apps and ledger reads."""
+
+    local: LocalMesh
     apps: dict[str, int] = field(default_factory=dict)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _servers: list[socketserver.BaseServer] = field(default_factory=list)
 
     @property
+    def server(self) -> ServerProcess:
+        return self.local.server
+
+    @property
     def data(self) -> Path:
-        return self.server.data_dir
+        return self.local.data
+
+    @property
+    def mesh_url(self) -> str:
+        return self.local.mesh_url
 
     def start_app(self, name: str) -> int:
         server = ThreadingHTTPServer(("127.0.0.1", 0), AppHandler)
@@ -116,39 +118,16 @@ class Mesh:
         return int(server.server_address[1])
 
     def sidecar(self, name: str, config: dict[str, Any]) -> subprocess.Popen[bytes]:
-        directory = self.root / f"sidecar-{name}"
-        directory.mkdir(exist_ok=True)
-        token = JoinTokens(self.data).mint(spiffe(name), now=datetime.now(UTC))
-        full = {
-            "workload": {"name": name, "namespace": "shop"},
-            "server": {
-                "url": self.mesh_url,
-                "bundle": str(self.data / "ca" / "ca.pem"),
-                "join_token": token,
-            },
-            "data_dir": str(directory / "data"),
-            "audit": {"flush_ms": 50},
-            **config,
-        }
-        path = directory / "sidecar.yaml"
-        path.write_text(yaml.safe_dump(full))
-        with open(directory / "sidecar.log", "wb") as log:  # the child keeps its own copy
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "auditmesh", "sidecar", "--config", str(path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.procs.append(proc)
-        for key in ("inbound", "outbound"):
-            for entry in config.get(key, []) if key == "outbound" else [config.get(key)]:
-                if entry:
-                    wait_port(int(entry["listen"].rsplit(":", 1)[1]), proc, directory)
-        return proc
+        return self.local.start_sidecar(name, "shop", {"audit": {"flush_ms": 50}, **config})
+
+    def identity_files(self, name: str) -> tuple[Path, Path]:
+        identity = self.data / "mesh" / name / "data" / "identity"
+        return identity / "svid.pem", identity / "svid-key.pem"
 
     def restart_server(self) -> None:
         """Start the stopped server again on the same ports and data."""
-        old = self.server
-        self.server = ServerProcess(old.data_dir, port=old.port, extra=old.extra).start()
+        old = self.local.server
+        self.local.server = ServerProcess(old.data_dir, port=old.port, extra=old.extra).start()
 
     def events(self) -> list[dict[str, Any]]:
         store = SQLiteStore(self.data, create=False)
@@ -166,47 +145,14 @@ class Mesh:
             time.sleep(0.1)
 
     def close(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        self.local.stop()
         for server in self._servers:
             server.shutdown()
             server.server_close()
-        self.server.stop()
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], directory: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((directory / "sidecar.log").read_text())
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"sidecar never listened on {port}")
-
-
-def start_mesh(root: Path, server_args: Sequence[str] = ()) -> Mesh:
-    data = root / "server"
-    init_ca(data, TD, now=datetime.now(UTC) - timedelta(minutes=1))
-    mesh_port = free_port()
-    extra = ["--mesh-listen", f"127.0.0.1:{mesh_port}", "--otlp-grpc", "off", *server_args]
-    server = ServerProcess(data, extra=extra).start()
-    return Mesh(root, server, f"https://127.0.0.1:{mesh_port}")
-
-
-def address(port: int) -> str:
-    return f"127.0.0.1:{port}"
 
 
 def mesh_context(root: Path, server_args: Sequence[str] = ()) -> Iterator[Mesh]:
-    mesh = start_mesh(root, server_args)
+    mesh = Mesh(LocalMesh.start(root / "server", server_args=tuple(server_args)))
     try:
         yield mesh
     finally:

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
-from tests.proxy.mesh_fixture import Mesh, address, mesh_context, spiffe
+from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
 
 pytestmark = pytest.mark.integration
 

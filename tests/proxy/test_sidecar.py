@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
-from tests.proxy.mesh_fixture import Mesh, address, mesh_context, spiffe
+from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
 
 pytestmark = pytest.mark.integration
 
@@ -243,8 +244,7 @@ def test_slowloris_gets_a_header_timeout(mesh: Mesh, ports: dict[str, int]) -> N
 
 
 def tls_client_as_orders(mesh: Mesh, port: int) -> ssl.SSLSocket:
-    identity = mesh.root / "sidecar-orders" / "data" / "identity"
-    return tls_to(mesh, port, (identity / "svid.pem", identity / "svid-key.pem"))
+    return tls_to(mesh, port, mesh.identity_files("orders"))
 
 
 def test_websocket_upgrade_is_passed_through(mesh: Mesh, ports: dict[str, int]) -> None:

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
-from tests.proxy.mesh_fixture import Mesh, address, mesh_context, spiffe
+from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
 
 pytestmark = pytest.mark.integration
 
