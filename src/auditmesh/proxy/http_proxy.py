@@ -34,7 +34,7 @@ from auditmesh.proxy.http1_events import (
 )
 from auditmesh.proxy.http1_events import Limits as WireLimits
 from auditmesh.proxy.pool import Pool, Upstream
-from auditmesh.proxy.record import FLAGS, Exchange, to_event
+from auditmesh.proxy.record import FLAGS, Exchange, peer_of, to_event
 from auditmesh.proxy.tcp import relay
 from auditmesh.proxy.tracing import continue_or_start
 from auditmesh.proxy.xfcc import HEADER as XFCC
@@ -147,15 +147,6 @@ class HttpProxy:
 
     def _exchange(self, start_ns: int, peer: PeerTLS | None, remote: tuple[str, int]) -> Exchange:
         route = self.route
-        caller = Peer(
-            identity=None if peer is None else str(peer.spiffe_id),
-            service=None
-            if peer is None or peer.spiffe_id.service_account is None
-            else peer.spiffe_id.service_account,
-            namespace=None if peer is None else peer.spiffe_id.namespace,
-            ip=remote[0],
-            port=remote[1],
-        )
         inbound = route.direction == "inbound"
         return Exchange(
             event_id=new_event_id(lambda: start_ns),
@@ -163,8 +154,8 @@ class HttpProxy:
             reporter=route.reporter,
             kind="http",
             direction=route.direction,
-            local=route.local if inbound else route.local,
-            remote=caller if inbound else route.target,
+            local=route.local,
+            remote=peer_of(peer, remote) if inbound else route.target,
             tls=peer,
         )
 

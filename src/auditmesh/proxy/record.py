@@ -27,6 +27,19 @@ FLAGS: dict[str, tuple[str, int]] = {
 }
 
 
+def peer_of(tls: PeerTLS | None, remote: tuple[str, int]) -> Peer:
+    """The caller as the inbound side knows it: its SPIFFE ID when it proved one, and the
+    service named after its service account (the Kubernetes convention the demo follows)."""
+    spiffe_id = None if tls is None else tls.spiffe_id
+    return Peer(
+        identity=None if spiffe_id is None else str(spiffe_id),
+        service=None if spiffe_id is None else spiffe_id.service_account,
+        namespace=None if spiffe_id is None else spiffe_id.namespace,
+        ip=remote[0],
+        port=remote[1],
+    )
+
+
 @dataclass(slots=True)
 class Exchange:
     """Mutable while the call is in flight; turned into an event once, at its end."""

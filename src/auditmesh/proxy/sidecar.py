@@ -33,7 +33,7 @@ from auditmesh.proxy.enforce import PolicyState
 from auditmesh.proxy.http1_events import Request
 from auditmesh.proxy.http_proxy import HttpProxy, Route, SecureNamingError
 from auditmesh.proxy.pool import Pool, Upstream
-from auditmesh.proxy.record import Exchange, to_event
+from auditmesh.proxy.record import Exchange, peer_of, to_event
 from auditmesh.proxy.spool import SpoolConfig
 from auditmesh.proxy.tcp import relay
 
@@ -273,11 +273,7 @@ class Sidecar:
             kind="tcp",
             direction="inbound",
             local=self._local,
-            remote=Peer(
-                identity=None if accepted.peer is None else str(accepted.peer.spiffe_id),
-                ip=accepted.remote[0],
-                port=accepted.remote[1],
-            ),
+            remote=peer_of(accepted.peer, accepted.remote),
             tls=accepted.peer,
         )
         x.authz = self._decide(self._policy_request(x, http=False))
