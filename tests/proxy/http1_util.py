@@ -14,7 +14,7 @@ from auditmesh.proxy.http1_events import (
     Event,
     Headers,
     Limits,
-    ProtocolError,
+    RemoteProtocolError,
     Request,
     Response,
 )
@@ -36,9 +36,12 @@ def merge(events: Iterable[Event]) -> list[Event]:
     return out
 
 
-def drain(conn: Connection, *, limit: int = 10_000) -> list[Event]:
-    """Events until NEED_DATA, PAUSED or ConnectionClosed (bounded: a hang is a failure)."""
-    events: list[Event] = []
+def drain(conn: Connection, into: list[Event] | None = None, *, limit: int = 10_000) -> list[Event]:
+    """Events until NEED_DATA, PAUSED or ConnectionClosed (bounded: a hang is a failure).
+
+    With ``into``, events are appended there as they come, so none is lost when a later
+    next_event() raises."""
+    events: list[Event] = [] if into is None else into
     for _ in range(limit):
         event = conn.next_event()
         if event is NEED_DATA or event is PAUSED:
@@ -60,14 +63,14 @@ def serve(chunks: Sequence[bytes], *, eof: bool = True, limits: Limits | None = 
         for chunk in [*chunks, b""] if eof else chunks:
             conn.receive_data(chunk)
             while True:
-                events += drain(conn)
+                drain(conn, events)
                 if conn.our_state is State.SEND_RESPONSE and conn.their_state in _REQUEST_READ:
                     conn.send(Response(200, OK_EMPTY))
                     conn.send(EndOfMessage())
                 if conn.states != _BOTH_DONE:
                     break
                 conn.start_next_cycle()
-    except ProtocolError as exc:
+    except RemoteProtocolError as exc:
         return merge(events), exc.status_hint
     return merge(events), None
 
@@ -101,8 +104,8 @@ def fetch(
     try:
         for chunk in [*chunks, b""] if eof else chunks:
             conn.receive_data(chunk)
-            events += drain(conn)
-    except ProtocolError as exc:
+            drain(conn, events)
+    except RemoteProtocolError as exc:
         return merge(events), exc.status_hint
     return merge(events), None
 
