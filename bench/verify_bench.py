@@ -1,0 +1,144 @@
+"""Full-verify rate: `verify_log` over a real ledger, against hashing a plain NDJSON file.
+
+The ledger is filled through `Log.append` (the sequencer's call: dedup lookup, tiles, SQLite with
+its indexes, durable commit) in batches of 50,000, signing a checkpoint each second as the
+collector does. To keep setup short, a base of simulated events is generated once and the rest
+are copies with a fresh UUIDv7 and a shifted time (valid, distinct events of the same shapes and
+sizes). The same canonical bytes go, one per line, to a flat file for the peer: read it back and
+SHA-256 every line (as a leaf hash, 0x00 prefix), which is what verifying a plain file costs.
+Between the two, `verify_log`'s own steps are timed alone: reading entries back from SQLite, and
+reading + leaf hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from auditmesh.collector import entry_of
+from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.events import AuditEvent
+from auditmesh.ledger import merkle
+from auditmesh.ledger.verify import verify_log
+from auditmesh.store.base import StoreReader
+from bench.common import Figure, Target, fmt, progress, replicas
+
+SECTION = "full verify"
+TARGET = Target("≥ 500,000 events/s", 500_000, higher_is_better=True)
+APPEND_BATCH = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOptions:
+    events: int = 1_000_000
+
+
+def build(base: Sequence[AuditEvent], count: int, work: Path) -> tuple[Ledger, Path, float]:
+    """A ledger of `count` events and the flat NDJSON file of their canonical bytes."""
+    work.mkdir(parents=True, exist_ok=True)
+    ledger = open_ledger(work / "ledger", origin="bench.auditmesh.local/verify")
+    flat = work / "events.ndjson"
+    started = last_checkpoint = time.perf_counter()
+    appending = 0.0
+    stream = replicas(base, count)
+    with open(flat, "wb") as out:
+        while chunk := list(islice(stream, APPEND_BATCH)):
+            entries = [entry_of(e) for e in chunk]
+            t = time.perf_counter()
+            ledger.log.append(entries)
+            appending += time.perf_counter() - t
+            out.write(b"".join(e.data + b"\n" for e in entries))
+            if time.perf_counter() - last_checkpoint >= 1.0:
+                ledger.log.checkpoint()
+                last_checkpoint = time.perf_counter()
+            size = ledger.log.size
+            if size % (APPEND_BATCH * 4) == 0 or size == count:
+                progress(
+                    f"ledger: {size:,}/{count:,} events appended "
+                    f"({time.perf_counter() - started:.0f} s)"
+                )
+    ledger.log.checkpoint()
+    return ledger, flat, count / appending
+
+
+def _read_only(reader: StoreReader, size: int) -> float:
+    start = time.perf_counter()
+    for first in range(0, size, 65536):
+        for _ in reader.entries(first, min(first + 65536, size)):
+            pass
+    return time.perf_counter() - start
+
+
+def _read_and_hash(reader: StoreReader, size: int) -> float:
+    leaf_hash = merkle.leaf_hash
+    start = time.perf_counter()
+    for first in range(0, size, 65536):
+        for _, data in reader.entries(first, min(first + 65536, size)):
+            leaf_hash(data)
+    return time.perf_counter() - start
+
+
+def file_peer(path: Path) -> tuple[int, float]:
+    sha = hashlib.sha256
+    count = 0
+    start = time.perf_counter()
+    with open(path, "rb") as f:
+        for line in f:
+            sha(b"\x00" + line[:-1]).digest()
+            count += 1
+    return count, time.perf_counter() - start
+
+
+def run(base: Sequence[AuditEvent], options: VerifyOptions, work: Path) -> list[Figure]:
+    n = options.events
+    print(f"\n== Full verify over {n:,} events ==", flush=True)
+    ledger, flat, append_rate = build(base, n, work)
+    db_bytes = sum(p.stat().st_size for p in (work / "ledger").glob("ledger.db*"))
+    checkpoints = sum(1 for _ in ledger.store.checkpoints())
+    print(
+        f"ledger built: Log.append at {append_rate:,.0f} events/s in batches of "
+        f"{APPEND_BATCH:,}; {db_bytes / n:,.0f} B/event on disk "
+        f"(NDJSON {flat.stat().st_size / n:,.0f} B/event); {checkpoints} checkpoints",
+        flush=True,
+    )
+
+    reader = StoreReader(ledger.store)
+    progress("verify_log: recomputing every leaf, the tree, every checkpoint")
+    start = time.perf_counter()
+    report = verify_log(reader, ledger.log.verifier)
+    seconds = time.perf_counter() - start
+    assert report.size == n and report.checkpoints == checkpoints
+    rate = n / seconds
+
+    peer_count, peer_s = file_peer(flat)
+    assert peer_count == n
+    peer = n / peer_s
+    read_rate = n / _read_only(reader, n)
+    hash_rate = n / _read_and_hash(reader, n)
+    ledger.close()
+    print(
+        f"verify_log:                          {fmt(rate, 'events/s'):>18}  "
+        f"= {rate / peer:.3f} × peer\n"
+        f"  of which SQLite read alone:        {fmt(read_rate, 'events/s'):>18}\n"
+        f"  SQLite read + leaf sha256:         {fmt(hash_rate, 'events/s'):>18}\n"
+        f"peer: read NDJSON file + sha256/line {fmt(peer, 'events/s'):>18}",
+        flush=True,
+    )
+    return [
+        Figure(
+            SECTION,
+            f"verify_log, {n:,} events",
+            rate,
+            "events/s",
+            "NDJSON file + sha256",
+            peer,
+            TARGET,
+        ),
+        Figure(SECTION, "  SQLite entries() read alone", read_rate, "events/s"),
+        Figure(SECTION, "  SQLite read + leaf sha256", hash_rate, "events/s"),
+        Figure(SECTION, "Log.append (batches of 50,000) while building", append_rate, "events/s"),
+    ]
