@@ -67,35 +67,43 @@ def verify_log(
     tile_checker = _TileChecker(reader)
     builder = merkle.TreeBuilder(on_complete=tile_checker.check_subtree)
     leaf_hash = merkle.leaf_hash
-    expected_index = 0
     while next_cp is not None and next_cp.size == 0:
         _check_root(next_cp, merkle.EMPTY_ROOT)
         next_cp = next(pending, None)
     for start in range(0, size, chunk):
         end = min(start + chunk, size)
-        for index, data in reader.entries(start, end):
-            if index != expected_index:
-                raise VerificationError(
-                    "an entry is missing or out of order",
-                    expected=expected_index,
-                    computed=index,
-                    where=f"index {expected_index}",
-                )
-            h = leaf_hash(data)
-            tile_checker.check_leaf(index, h)
-            builder.append(h)
-            expected_index += 1
-            if next_cp is not None and next_cp.size == expected_index:
-                _check_root(next_cp, builder.root())
-                next_cp = next(pending, None)
-        if expected_index != end:
-            raise VerificationError(
-                "an entry is missing", expected=end, computed=expected_index, where=f"index {end}"
-            )
+        rows = list(reader.entries(start, end))
+        _check_contiguous(rows, start, end)
+        hashes = [leaf_hash(data) for _, data in rows]
+        tile_checker.check_leaves(start, hashes)
+        position = start
+        while next_cp is not None and next_cp.size <= end:
+            builder.extend(hashes[position - start : next_cp.size - start])
+            _check_root(next_cp, builder.root())
+            position = next_cp.size
+            next_cp = next(pending, None)
+        builder.extend(hashes[position - start :])
         if progress is not None:
             progress(end, size)
     tile_checker.check_edge(builder)
     return VerifyReport(size, len(checkpoints), checkpoints[-1] if checkpoints else None)
+
+
+def _check_contiguous(rows: list[tuple[int, bytes]], start: int, end: int) -> None:
+    """Entries must be exactly start..end-1 in order: a gap is a deleted or moved row."""
+    if len(rows) == end - start and (not rows or (rows[0][0], rows[-1][0]) == (start, end - 1)):
+        return
+    for expected, (index, _) in enumerate(rows, start=start):
+        if index != expected:
+            raise VerificationError(
+                "an entry is missing or out of order",
+                expected=expected,
+                computed=index,
+                where=f"index {expected}",
+            )
+    raise VerificationError(
+        "an entry is missing", expected=end, computed=start + len(rows), where=f"index {end}"
+    )
 
 
 def _open_checkpoints(
@@ -156,8 +164,21 @@ class _TileChecker:
                 where=f"{tiles.tile_path(level, tile_index)} entry {offset}",
             )
 
-    def check_leaf(self, index: int, leaf_hash: bytes) -> None:
-        self._compare(0, index, leaf_hash, f"the entry at index {index}")
+    def check_leaves(self, start: int, leaf_hashes: list[bytes]) -> None:
+        """Compare a run of recomputed leaf hashes with the level-0 tiles, a tile at a time."""
+        position = start
+        end = start + len(leaf_hashes)
+        while position < end:
+            tile_index, offset = divmod(position, tiles.TILE_WIDTH)
+            stop = min(end, (tile_index + 1) * tiles.TILE_WIDTH)
+            computed = b"".join(leaf_hashes[position - start : stop - start])
+            first = tile_index * tiles.TILE_WIDTH
+            stored = self._tile(0, tile_index)[offset * HASH : (stop - first) * HASH]
+            if stored != computed:  # find and name the first differing entry
+                for index in range(position, stop):
+                    leaf = leaf_hashes[index - start]
+                    self._compare(0, index, leaf, f"the entry at index {index}")
+            position = stop
 
     def check_subtree(self, level: int, index: int, subtree_hash: bytes) -> None:
         if level % tiles.TILE_HEIGHT == 0:

@@ -79,7 +79,12 @@ async def admit_batch(
     except _TooLarge:
         return _error(413, f"batch larger than {max_bytes} bytes; split it")
     try:
-        events = decode_batch(body)
+        # Decoding costs ~30 µs an event: off the event loop, so other requests go on.
+        events = (
+            decode_batch(body)
+            if len(body) < 64 * 1024
+            else await run_in_threadpool(decode_batch, body)
+        )
     except EventError as exc:
         return _error(400, f"batch rejected, nothing stored: {exc}", line=exc.line)
     if not events:
@@ -186,7 +191,7 @@ class Api:
         except ValueError as exc:
             return _error(400, f"bad tile path {path!r}: {exc}")
         width = ref.width or tiles.TILE_WIDTH
-        headers: dict[str, str] = _IMMUTABLE if ref.width is None else {}
+        headers: dict[str, str] = {} if ref.is_partial else _IMMUTABLE
         if ref.is_entries:
             start = ref.index * tiles.TILE_WIDTH
             rows = await run_in_threadpool(
