@@ -276,3 +276,67 @@ def test_tcp_mode_one_event_per_connection(mesh: Mesh, ports: dict[str, int]) ->
     )
     assert events and events[0]["source"]["identity"] == str(spiffe("orders"))
     assert events[0]["tcp"]["received_bytes"] == 9
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", "10", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_curl_with_an_svid_is_served_and_attributed(mesh: Mesh, ports: dict[str, int]) -> None:
+    cert, key = mesh.identity_files("orders")
+    # -k: the sidecar is named by a URI SAN, which curl's host name check does not know
+    result = curl(
+        "-k",
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "-H",
+        "x-request-id: curl-svid",
+        f"https://127.0.0.1:{ports['pay_in']}/hello",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello from payments"
+    [event] = mesh.wait_events(by_request_id("curl-svid"))
+    assert event["source"]["identity"] == str(spiffe("orders"))
+
+
+def test_curl_without_a_certificate_is_refused(mesh: Mesh, ports: dict[str, int]) -> None:
+    before = len(authn_failures(mesh, "no_client_certificate"))
+    result = curl("-k", f"https://127.0.0.1:{ports['pay_in']}/hello")
+    assert result.returncode != 0
+    deadline = time.monotonic() + 10
+    while len(authn_failures(mesh, "no_client_certificate")) <= before:
+        assert time.monotonic() < deadline, "no authn event for curl without a certificate"
+        time.sleep(0.1)
+
+
+def test_openssl_s_client_sees_an_svid_with_one_uri_san(mesh: Mesh, ports: dict[str, int]) -> None:
+    cert, key = mesh.identity_files("orders")
+    result = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{ports['pay_in']}",
+            "-cert",
+            str(cert),
+            "-key",
+            str(key),
+            "-CAfile",
+            str(mesh.data / "ca" / "ca.pem"),
+            "-showcerts",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert "Verify return code: 0 (ok)" in result.stdout
+    assert "TLSv1.3" in result.stdout
