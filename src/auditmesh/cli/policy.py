@@ -4,6 +4,10 @@ Place in the house: a thin layer over :mod:`auditmesh.policy` — it loads, prin
 load and request errors into :class:`~auditmesh.cli.main.UserError`. ``check PATH`` validates
 and lists the effective policies per workload; ``eval`` prints the Decision as JSON
 ``{"decision", "policy", "rule", "audit", "dry_run"}``.
+
+``replay`` and ``generate`` read recorded calls from the ledger (read-only) and hand them to
+the pure :mod:`auditmesh.policy.replay` and :mod:`auditmesh.policy.generate`; the I/O — ledger,
+progress, ``--workloads`` file, output — stays here.
 """
 
 from __future__ import annotations
@@ -11,12 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
 from auditmesh.cli.main import UserError
+from auditmesh.cli.timespec import parse_time_ns
+from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.events import AuditEvent, EventError, decode_event
 from auditmesh.policy.documents import PolicyLoadError
 from auditmesh.policy.engine import PolicyEngine
+from auditmesh.policy.generate import DEFAULT_MAX_PATHS, Window, generate_policies
 from auditmesh.policy.model import (
     ROOT_NAMESPACE,
     AuthorizationPolicy,
@@ -26,7 +44,16 @@ from auditmesh.policy.model import (
     load_policies,
 )
 from auditmesh.policy.peerauth import MtlsResolver
+from auditmesh.policy.replay import (
+    Call,
+    Replay,
+    ReplayReport,
+    WorkloadsError,
+    inbound_call,
+    parse_workloads,
+)
 from auditmesh.policy.request import Request, RequestError
+from auditmesh.store.base import EventFilter, StoreError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,6 +90,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _common(evaluate)
     evaluate.set_defaults(func=run_eval)
+    _register_recorded(commands)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -205,3 +233,298 @@ def _ports(mtls: MtlsResolver, namespace: str, labels: Mapping[str, str]) -> str
 def _port_numbers(mtls: MtlsResolver, namespace: str, labels: Mapping[str, str]) -> Iterable[int]:
     policy = mtls.workload_policy(namespace, labels)
     return [port for port, _ in policy.port_modes] if policy else []
+
+
+# -- replay and generate: policies against recorded calls ------------------------------
+
+READ_BATCH = 2000
+PROGRESS_MIN = 20_000  # entries in the window before a progress bar is worth showing
+WORKLOADS_HELP = (
+    "YAML mapping 'namespace/service: {label: value, ...}': the workload labels selectors "
+    "match against (events do not record labels); a workload not listed is taken to carry "
+    "{app: <service>}"
+)
+
+
+def _register_recorded(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = commands.add_parser(
+        "replay",
+        help="run candidate policies over recorded calls and report what would change",
+        description="Evaluate a candidate policy set against the inbound calls the ledger "
+        "recorded in a window, compare with the recorded decisions (authz.decision; a call "
+        "without one was allowed) and report the calls that would be newly denied or newly "
+        "allowed, grouped by source -> destination and the deciding policy rule. Read-only. "
+        "Recorded events carry no request headers or SNI: conditions on them see none.",
+    )
+    replay.add_argument("--policies", required=True, metavar="PATH", help="policy file or dir")
+    _recorded_args(replay)
+    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.add_argument(
+        "--examples",
+        type=_count_arg,
+        default=3,
+        metavar="N",
+        help="example event ids per group (default 3)",
+    )
+    replay.add_argument(
+        "--enforce-dry-run",
+        action="store_true",
+        help='decide with istio.io/dry-run: "true" policies enforced too',
+    )
+    _common(replay)
+    replay.set_defaults(func=run_replay)
+
+    generate = commands.add_parser(
+        "generate",
+        help="least-privilege ALLOW policies from observed traffic, as Istio YAML",
+        description="Write one Istio AuthorizationPolicy (security.istio.io/v1, ALLOW) per "
+        "destination workload that allows the callers, methods and paths observed allowed in "
+        "the window: ids in paths (digits, UUIDs, hex) become prefix/*, crowded directories "
+        "dir/*, ports appear when a workload served several. Replaying the output over the same "
+        "window denies nothing that was allowed.",
+    )
+    _recorded_args(generate)
+    generate.add_argument(
+        "--namespace", metavar="NS", help="only workloads in this destination namespace"
+    )
+    generate.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write the YAML here (default stdout)"
+    )
+    generate.add_argument(
+        "--max-paths",
+        type=_count_arg,
+        default=DEFAULT_MAX_PATHS,
+        metavar="N",
+        help=f"more distinct paths than this under one directory become dir/* "
+        f"(default {DEFAULT_MAX_PATHS})",
+    )
+    generate.add_argument(
+        "--root-namespace",
+        default=ROOT_NAMESPACE,
+        metavar="NS",
+        help=f"Istio root namespace, whose policies apply mesh-wide (default {ROOT_NAMESPACE})",
+    )
+    generate.set_defaults(func=run_generate)
+
+
+def _recorded_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--since",
+        required=True,
+        metavar="WHEN",
+        help="start of the window: a duration before now (15m, 24h, 7d) or an RFC 3339 time",
+    )
+    parser.add_argument("--until", metavar="WHEN", help="end of the window (default: now)")
+    parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    parser.add_argument("--workloads", type=Path, metavar="FILE", help=WORKLOADS_HELP)
+
+
+def _count_arg(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    since_ns: int
+    until_ns: int  # exclusive
+
+    def describe(self) -> str:
+        return f"{_iso(self.since_ns)} .. {_iso(self.until_ns)}"
+
+
+def _iso(ns: int) -> str:
+    moment = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _window(args: argparse.Namespace) -> _Window:
+    now = time.time_ns()
+    since = parse_time_ns(args.since, now)
+    until = parse_time_ns(args.until, now) if args.until else now
+    if until <= since:
+        raise UserError(f"--until {args.until} is not after --since {args.since}")
+    return _Window(since, until)
+
+
+def _read_workloads(path: Path | None) -> dict[str, dict[str, str]]:
+    if path is None:
+        return {}
+    try:
+        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"--workloads: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--workloads: {path}: invalid YAML: {exc}") from None
+    try:
+        return parse_workloads(obj)
+    except WorkloadsError as exc:
+        raise UserError(f"--workloads: {path}: {exc}") from None
+
+
+def _open_ledger(data: Path) -> Ledger:
+    try:
+        return open_ledger(data, create=False)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _recorded(ledger: Ledger, window: _Window, what: str) -> Iterator[tuple[int, AuditEvent]]:
+    """The ledger's events of the window, in ledger order, with a progress bar on a terminal.
+
+    Ledger order is arrival order, not event time: reading starts at the first entry of the
+    window (the store's time index) and every later entry is checked against it.
+    """
+    store = ledger.store
+    first = store.find(EventFilter(since_ns=window.since_ns, until_ns=window.until_ns, limit=1))
+    end = store.size()
+    start = first[0].index if first else end
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal or end - start < PROGRESS_MIN,
+    )
+    with progress:
+        task = progress.add_task(what, total=end - start)
+        for batch in range(start, end, READ_BATCH):
+            rows = list(store.entries(batch, min(end, batch + READ_BATCH)))
+            for index, data in rows:
+                try:
+                    event = decode_event(data)
+                except EventError as exc:  # every stored entry decoded once; say where if not
+                    raise UserError(f"ledger entry {index} is not a valid event: {exc}") from None
+                if window.since_ns <= event.time_ns < window.until_ns:
+                    yield index, event
+            progress.advance(task, len(rows))
+
+
+def _no_calls(window: _Window, events: int, where: str = "") -> UserError:
+    return UserError(
+        f"no inbound calls recorded{where} in the window {window.describe()} "
+        f"({events} events in it); widen --since or check --data"
+    )
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    policies = _load(args.policies, args)
+    workloads = _read_workloads(args.workloads)
+    window = _window(args)
+    run = Replay(
+        PolicyEngine(policies),
+        workloads,
+        enforce_dry_run=args.enforce_dry_run,
+        examples=args.examples,
+    )
+    ledger = _open_ledger(args.data)
+    try:
+        for index, event in _recorded(ledger, window, "replaying"):
+            run.add(index, event)
+    finally:
+        ledger.close()
+    report = run.report()
+    if report.calls == 0:
+        raise _no_calls(window, report.events)
+    if args.format == "json":
+        document = {
+            "policies": args.policies,
+            "authorization_policies": len(policies.authorization),
+            "window": {"since": _iso(window.since_ns), "until": _iso(window.until_ns)},
+            **report.to_json(),
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        _print_replay(report, policies, args.policies, window)
+    return 0
+
+
+def _print_replay(report: ReplayReport, policies: PolicySet, path: str, window: _Window) -> None:
+    # Lines never wrap (ids and paths stay greppable); tables get a fixed width off a terminal.
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    totals = report.to_json()["totals"]
+    assert isinstance(totals, dict)
+    recorded, candidate = totals["recorded"], totals["candidate"]
+    console.print(
+        f"Replayed {report.calls} inbound calls recorded {window.describe()} "
+        f"({report.attested} observed by auditmesh sidecars) against "
+        f"{len(policies.authorization)} AuthorizationPolicies from {escape(path)}"
+    )
+    console.print(
+        f"recorded: {recorded['allow']} allowed, {recorded['deny']} denied; "
+        f"candidate: {candidate['allow']} allowed, {candidate['deny']} denied"
+    )
+    console.print(
+        f"[bold]newly denied: {report.newly_denied_calls}[/]   "
+        f"[bold]newly allowed: {report.newly_allowed_calls}[/]   unchanged: {report.unchanged}"
+    )
+    for title, changes, by in (
+        ("Newly denied", report.newly_denied, "denied by"),
+        ("Newly allowed", report.newly_allowed, "allowed by"),
+    ):
+        if not changes:
+            continue
+        table = Table(title=title, title_justify="left", show_lines=False)
+        table.add_column("calls", justify="right")
+        table.add_column("source")
+        table.add_column("destination")
+        table.add_column(by)
+        table.add_column("example events")
+        for change in changes:
+            table.add_row(
+                str(change.count),
+                Text(change.source),
+                Text(change.destination),
+                Text(change.reason),
+                Text("\n".join(change.examples)),
+            )
+        console.print()
+        console.print(table)
+    for caveat in report.caveats:
+        console.print(Text(f"note: {caveat}"))
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    workloads = _read_workloads(args.workloads)
+    window = _window(args)
+    ledger = _open_ledger(args.data)
+    calls: list[Call] = []
+    events = 0
+    try:
+        source = f"ledger {ledger.log.origin} in {ledger.data_dir}"
+        for index, event in _recorded(ledger, window, "reading"):
+            events += 1
+            call = inbound_call(index, event, workloads)
+            if call is not None and (args.namespace is None or call.namespace == args.namespace):
+                calls.append(call)
+    finally:
+        ledger.close()
+    if not calls:
+        where = "" if args.namespace is None else f" to namespace {args.namespace}"
+        raise _no_calls(window, events, where)
+    until = "" if args.until is None else f" --until {args.until}"
+    text = generate_policies(
+        calls,
+        Window(f"{window.describe()} (--since {args.since}{until})", source),
+        workloads=workloads,
+        namespace=args.namespace,
+        max_paths=args.max_paths,
+        root_namespace=args.root_namespace,
+    )
+    policies = text.count("\n---\n") + text.startswith("---\n")
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"-o: cannot write {args.output}: {exc.strerror}") from None
+    print(
+        f"wrote {policies} AuthorizationPolicies from {len(calls)} calls to {args.output}",
+        file=sys.stderr,
+    )
+    return 0
