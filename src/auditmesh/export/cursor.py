@@ -13,9 +13,10 @@ and the target it belongs to (an endpoint URL or an output file).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from auditmesh.fsutil import write_atomic
 
 FORMAT = 1
 
@@ -81,15 +82,5 @@ def load_cursor(path: Path) -> Cursor | None:
 def save_cursor(path: Path, cursor: Cursor) -> None:
     """Replace the file atomically and durably: temp file, fsync, rename, fsync directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
     body = json.dumps({"format": FORMAT, **asdict(cursor)}, sort_keys=True) + "\n"
-    with open(temp, "w") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, body.encode())

@@ -10,7 +10,6 @@ Subscribers are told of each new `Credentials`; open connections keep the old on
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import ssl
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from auditmesh.fsutil import write_atomic
 from auditmesh.identity.svid import PeerIdentityError, make_csr, renew_at, verify_peer_svid
 from auditmesh.identity.workload import Credentials, key_to_pem, new_private_key
 
@@ -149,7 +149,7 @@ class IdentityAgent:
     def _save(self, credentials: Credentials) -> None:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(self._dir / "svid-key.pem", credentials.key_pem)
-        (self._dir / "svid.pem").write_bytes(credentials.cert_pem)
+        write_atomic(self._dir / "svid.pem", credentials.cert_pem)
 
 
 def _csr(key: ec.EllipticCurvePrivateKey) -> str:
@@ -157,10 +157,4 @@ def _csr(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from auditmesh.fsutil import write_atomic
 from auditmesh.identity.spiffe import SpiffeId, parse_trust_domain
 from auditmesh.identity.svid import cert_sha256
 
@@ -120,17 +121,7 @@ def build_root(
 
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to a fresh temporary file created with ``mode``, then rename it over."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode=mode)
 
 
 def init_ca(

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
+from auditmesh.fsutil import write_atomic
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
 
 DEFAULT_TOKEN_TTL = timedelta(minutes=10)
@@ -207,19 +208,4 @@ class JoinTokens:
         keep = [r for r in records.values() if r.expires_at + RETAIN_AFTER_EXPIRY > now]
         body = {"version": STORE_VERSION, "tokens": [r.to_json() for r in keep]}
         data = (json.dumps(body, indent=2) + "\n").encode()
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, data, mode=0o600)

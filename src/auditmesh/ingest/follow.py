@@ -28,6 +28,8 @@ from typing import Protocol
 
 import msgspec
 
+from auditmesh.fsutil import write_atomic
+
 MAX_LINE = 1 << 20  # longer lines are reported as too long, cut to this many bytes
 CHUNK = 1 << 16
 
@@ -254,14 +256,4 @@ def load_position(state: Path) -> Position | None:
 
 def save_position(state: Path, position: Position) -> None:
     """Replace the state file atomically: a crash leaves the old position or the new one."""
-    temporary = state.with_name(f".{state.name}.tmp")
-    with open(temporary, "wb") as out:
-        out.write(msgspec.json.encode(asdict(position)) + b"\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, state)
-    directory = os.open(state.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(state, msgspec.json.encode(asdict(position)) + b"\n")
