@@ -21,12 +21,14 @@ select on.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from auditmesh.events import AuditEvent
 from auditmesh.policy.engine import PolicyEngine
+from auditmesh.policy.matchers import IPAddress
 from auditmesh.policy.model import AuthorizationPolicy
 from auditmesh.policy.request import Decision, Request, Verdict
 
@@ -93,15 +95,16 @@ class Call:
         return f"{self.namespace}/{self.service or '(unnamed workload)'}"
 
 
-def _ip(text: str | None) -> str | None:
-    """An address Request.of accepts; anything else is treated as unknown."""
+@functools.lru_cache(maxsize=1 << 16)
+def _ip(text: str | None) -> IPAddress | None:
+    """The address, parsed once per distinct text (the bulk of a replay's time otherwise); an
+    unparseable one is treated as unknown."""
     if text is None:
         return None
     try:
-        ipaddress.ip_address(text)
+        return ipaddress.ip_address(text)
     except ValueError:
         return None
-    return text
 
 
 def inbound_call(index: int, event: AuditEvent, workloads: Workloads) -> Call | None:
@@ -132,7 +135,8 @@ def inbound_call(index: int, event: AuditEvent, workloads: Workloads) -> Call | 
     recorded: Verdict = (
         "deny" if event.authz is not None and event.authz.decision == "deny" else ("allow")
     )
-    shown = principal or f"unauthenticated {source_ip or '(no address)'}"
+    address = None if src is None else src.ip
+    shown = principal or f"unauthenticated {address or '(no address)'}"
     return Call(
         index, event.id, shown, dst.namespace, dst.service, request, recorded, event.attested
     )
