@@ -307,9 +307,9 @@ class Replay:
                     "treats them as absent"
                 )
         for attribute, what in (
-            ("host", "a host"),
-            ("port", "a destination port"),
-            ("destination.ip", "a destination IP"),
+            ("host", "host"),
+            ("port", "destination port"),
+            ("destination.ip", "destination IP"),
         ):
             missing = self._missing[attribute]
             if missing and attribute in used:
@@ -317,8 +317,8 @@ class Replay:
                 more = len(used[attribute]) - 1
                 also = f" (and {more} more)" if more else ""
                 notes.append(
-                    f"{missing} of {self.calls} calls recorded no {what}, which {first}{also} "
-                    "tests; replay treats it as absent"
+                    f"{missing} of {self.calls} calls have no recorded {what}, which "
+                    f"{first}{also} tests; replay treats it as absent"
                 )
         return tuple(notes)
 
