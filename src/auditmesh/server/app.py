@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
 from auditmesh.events import EventError, decode_batch
 from auditmesh.ingest import otlp_http
@@ -219,6 +220,7 @@ def create_app(ledger: Ledger, collector: Collector, **options: Any) -> Starlett
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         # OTLP/HTTP receiver (issue 5): POST /v1/traces, POST /v1/logs
         *otlp_http.routes(collector),
+        *console_routes(ledger, collector),  # web console at / (issue 7, console/routes.py)
     ]
     app = Starlette(routes=routes)
     app.state.metrics = metrics  # ingest adapters: request.app.state.metrics.count_ingest(...)

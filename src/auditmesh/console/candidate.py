@@ -1,0 +1,81 @@
+"""Candidate policy sets for the console's policy replay: pick one on the server, or upload one.
+
+Place in the house: between `console/routes.py` (`GET /console/api/policies`,
+`POST /v1/policy/replay`) and `policy/` — it turns uploaded YAML texts into a `PolicySet` with
+the same loader and the same errors as `auditmesh policy replay --policies DIR` (the texts are
+written to a private temporary directory under their own names, so an error names the file the
+person uploaded), and lists the policy files kept in the data directory (`DIR/policies/`, where
+`auditmesh demo` writes the mesh's policies) as sets to pick.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from auditmesh.policy.documents import PolicyLoadError, yaml_files
+from auditmesh.policy.model import PolicySet, load_policies
+
+MAX_FILES = 64
+MAX_FILE_BYTES = 1024 * 1024
+POLICY_DIR = "policies"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    name: str  # relative, POSIX separators, ends in .yaml or .yml
+    text: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "text": self.text}
+
+
+def _safe_name(name: str) -> str:
+    path = PurePosixPath(name.replace("\\", "/"))
+    parts = [p for p in path.parts if p not in ("", ".", "/")]
+    if not parts or any(p == ".." or p.startswith(".") for p in parts):
+        raise PolicyLoadError(f"{name!r}: not a usable file name")
+    if path.suffix not in (".yaml", ".yml"):
+        raise PolicyLoadError(f"{name}: policy files end in .yaml or .yml")
+    return "/".join(parts)
+
+
+def load_candidate(files: list[PolicyFile]) -> PolicySet:
+    """Load uploaded policy files as one set; raises PolicyLoadError naming the file."""
+    if not files:
+        raise PolicyLoadError("no policy files: upload or pick at least one")
+    if len(files) > MAX_FILES:
+        raise PolicyLoadError(f"{len(files)} files; at most {MAX_FILES} at a time")
+    with tempfile.TemporaryDirectory(prefix="auditmesh-candidate-") as tmp:
+        root = Path(tmp)
+        for file in files:
+            name = _safe_name(file.name)
+            if len(file.text.encode()) > MAX_FILE_BYTES:
+                raise PolicyLoadError(f"{name}: larger than {MAX_FILE_BYTES} bytes")
+            target = root / name
+            if target.exists():
+                raise PolicyLoadError(f"{name}: uploaded twice")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(file.text, encoding="utf-8")
+        try:
+            return load_policies(root)
+        except PolicyLoadError as exc:
+            raise PolicyLoadError(str(exc).replace(f"{root}/", "")) from None
+
+
+def stored_sets(data_dir: Path) -> list[PolicyFile]:
+    """The policy files under `DIR/policies/`, to pick as a candidate set (may be none)."""
+    root = data_dir / POLICY_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for path in yaml_files(root)[:MAX_FILES]:
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                continue
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        found.append(PolicyFile(path.relative_to(root).as_posix(), text))
+    return found

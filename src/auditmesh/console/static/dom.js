@@ -1,0 +1,126 @@
+// DOM building and formatting helpers for the console's views.
+//
+// Event data is attacker-controlled (paths, user agents, labels): it only ever enters the page
+// as text nodes or attribute values through h(), never as HTML.
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function build(element, attrs, children) {
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") {
+      element.addEventListener(key.slice(2), value);
+    } else if (key === "dataset") {
+      Object.assign(element.dataset, value);
+    } else {
+      element.setAttribute(key, value === true ? "" : String(value));
+    }
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return element;
+}
+
+/** h("a", {href: "#/x"}, "text", child, [more]) → an HTML element. */
+export function h(tag, attrs, ...children) {
+  return build(document.createElement(tag), attrs, children);
+}
+
+/** s("circle", {cx: 1}) → an SVG element. */
+export function s(tag, attrs, ...children) {
+  return build(document.createElementNS(SVG_NS, tag), attrs, children);
+}
+
+export function clear(element) {
+  element.replaceChildren();
+  return element;
+}
+
+export function nsToDate(ns) {
+  return new Date(Number(BigInt(ns) / 1000000n));
+}
+
+export function fmtTime(ns) {
+  if (ns === undefined || ns === null) return "";
+  const d = nsToDate(ns);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  return (
+    `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ` +
+    `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}.` +
+    `${pad(d.getUTCMilliseconds(), 3)}Z`
+  );
+}
+
+export function fmtDurationUs(us) {
+  if (us === undefined || us === null) return "";
+  if (us < 1000) return `${us} µs`;
+  if (us < 1e6) return `${(us / 1000).toFixed(us < 1e4 ? 1 : 0)} ms`;
+  return `${(us / 1e6).toFixed(2)} s`;
+}
+
+export function fmtAge(seconds) {
+  if (seconds === undefined || seconds === null) return "—";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 172800) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86400).toFixed(1)} d`;
+}
+
+export function fmtBytes(n) {
+  if (n === undefined || n === null) return "";
+  if (n < 1024) return `${n} B`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1073741824) return `${(n / 1048576).toFixed(1)} MiB`;
+  return `${(n / 1073741824).toFixed(2)} GiB`;
+}
+
+export function fmtRate(perSecond) {
+  if (perSecond === undefined || perSecond === null || Number.isNaN(perSecond)) return "—";
+  if (perSecond >= 100) return `${Math.round(perSecond)}/s`;
+  if (perSecond >= 1) return `${perSecond.toFixed(1)}/s`;
+  if (perSecond * 60 >= 1) return `${(perSecond * 60).toFixed(1)}/min`;
+  return `${(perSecond * 3600).toFixed(1)}/h`;
+}
+
+export function fmtPercent(fraction) {
+  if (fraction === undefined || fraction === null) return "—";
+  const p = fraction * 100;
+  return `${p >= 10 || p === 0 ? Math.round(p) : p.toFixed(1)}%`;
+}
+
+/** The short name people use for a SPIFFE ID: the service account, else the whole ID. */
+export function shortId(identity) {
+  if (!identity) return "";
+  const m = /\/sa\/([^/]+)$/.exec(identity);
+  return m ? m[1] : identity.replace(/^spiffe:\/\//, "");
+}
+
+/** A pill for a decision, status or outcome: class names map to colours in console.css. */
+export function badge(text, kind) {
+  return h("span", { class: `badge ${kind || ""}` }, text);
+}
+
+export function decisionBadge(decision) {
+  if (!decision) return "";
+  return badge(decision, decision === "deny" ? "bad" : decision === "audit" ? "warn" : "good");
+}
+
+export function statusBadge(status) {
+  if (status === undefined || status === null) return "";
+  return badge(String(status), status >= 500 ? "bad" : status >= 400 ? "warn" : "good");
+}
+
+/** A panel that says what went wrong, in red. */
+export function errorPanel(message) {
+  return h("div", { class: "panel bad", role: "alert" }, message);
+}
+
+export function eventLink(id, text) {
+  return h("a", { href: `#/event/${encodeURIComponent(id)}`, class: "mono" }, text || id);
+}
+
+export function traceLink(traceId, text) {
+  return h("a", { href: `#/trace/${encodeURIComponent(traceId)}`, class: "mono" }, text || traceId);
+}
