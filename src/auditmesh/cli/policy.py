@@ -13,7 +13,9 @@ progress, ``--workloads`` file, output — stays here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -430,17 +432,29 @@ def run_replay(args: argparse.Namespace) -> int:
     report = run.report()
     if report.calls == 0:
         raise _no_calls(window, report.events)
-    if args.format == "json":
-        document = {
-            "policies": args.policies,
-            "authorization_policies": len(policies.authorization),
-            "window": {"since": _iso(window.since_ns), "until": _iso(window.until_ns)},
-            **report.to_json(),
-        }
-        print(json.dumps(document, indent=2))
-    else:
-        _print_replay(report, policies, args.policies, window)
+    with _stdout_may_close():
+        if args.format == "json":
+            document = {
+                "policies": args.policies,
+                "authorization_policies": len(policies.authorization),
+                "window": {"since": _iso(window.since_ns), "until": _iso(window.until_ns)},
+                **report.to_json(),
+            }
+            print(json.dumps(document, indent=2))
+        else:
+            _print_replay(report, policies, args.policies, window)
     return 0
+
+
+@contextlib.contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    """``| head``: the reader has all it wanted; leave quietly."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the exit flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _print_replay(report: ReplayReport, policies: PolicySet, path: str, window: _Window) -> None:
@@ -517,7 +531,8 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     policies = text.count("\n---\n") + text.startswith("---\n")
     if args.output is None:
-        sys.stdout.write(text)
+        with _stdout_may_close():
+            sys.stdout.write(text)
         return 0
     try:
         args.output.write_text(text, encoding="utf-8")

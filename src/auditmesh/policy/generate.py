@@ -17,11 +17,12 @@ Its rules allow what was observed allowed and little more:
   directory become ``dir/*``; patterns covered by another are dropped;
 - ``ports`` only when the workload was seen on several ports (and every call recorded one);
 - callers with the same operations share a rule. TCP connections get rules of their own:
-  Istio drops an ALLOW rule that tests HTTP attributes from a TCP filter chain (reference,
-  "Rule": "... only HTTP ... is allowed for TCP").
+  Istio ignores an ALLOW rule with HTTP-only fields (methods, paths, hosts, headers) for TCP
+  traffic (Istio task "Authorization for TCP traffic", istio.io/latest/docs/tasks/security/
+  authorization/authz-tcp/), so a shared rule would deny the connections.
 
-A workload seen only with denied calls gets an ALLOW policy without rules, Istio's
-"allow-nothing" (reference: "If there are any ALLOW policies ... and none match, deny").
+A workload seen only with denied calls gets an ALLOW policy without rules: the allow-nothing
+policy of the AuthorizationPolicy reference (ALLOW policies present and none matching → deny).
 Replaying the output over the calls it came from denies none that was allowed (tested as a
 property). Output is sorted: the same calls in any order give the same text.
 """
