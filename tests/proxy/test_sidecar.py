@@ -101,6 +101,7 @@ def test_request_through_both_sidecars_is_audited_on_each_side(
     inbound, outbound = sides["inbound"], sides["outbound"]
     assert inbound["source"]["identity"] == str(spiffe("orders"))
     assert inbound["destination"]["identity"] == str(spiffe("payments"))
+    assert inbound["destination"]["port"] == ports["pay_in"]  # what policies match ports on
     assert inbound["reporter"] == str(spiffe("payments")) and inbound["attested"] is True
     assert inbound["tls"]["mutual"] and inbound["tls"]["version"] == "TLSv1.3"
     assert len(inbound["tls"]["peer_cert_sha256"]) == 64

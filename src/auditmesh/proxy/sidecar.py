@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import msgspec
 
 from auditmesh.events import TLS, AuditEvent, Authz, Error, Peer, new_event_id
 from auditmesh.identity.agent import IdentityAgent
@@ -204,6 +205,11 @@ class Sidecar:
 
     # -- inbound ---------------------------------------------------------------------
 
+    def _listener_peer(self, inbound: Inbound) -> Peer:
+        """This workload as its callers reach it: the event's destination ip and port."""
+        host, port = split_host_port(inbound.listen)
+        return msgspec.structs.replace(self._local, ip=host, port=port)
+
     async def _listen_inbound(self, inbound: Inbound) -> None:
         host, port = split_host_port(inbound.listen)
         app_host, app_port = split_host_port(inbound.app)
@@ -217,7 +223,13 @@ class Sidecar:
         self._pools.append(pool)
         app = Peer(service=self.config.workload.name, ip=app_host, port=app_port)
         route = Route(
-            "inbound", self._local, app, str(self.identity), pool, limits, self._authorize_http
+            "inbound",
+            self._listener_peer(inbound),
+            app,
+            str(self.identity),
+            pool,
+            limits,
+            self._authorize_http,
         )
         proxy = HttpProxy(route, self._emit, now_ns=self._now_ns)
         listener = socket.create_server((host, port), backlog=1024)
@@ -272,7 +284,7 @@ class Sidecar:
             reporter=str(self.identity),
             kind="tcp",
             direction="inbound",
-            local=self._local,
+            local=self._listener_peer(inbound),
             remote=peer_of(accepted.peer, accepted.remote),
             tls=accepted.peer,
         )
