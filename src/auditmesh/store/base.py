@@ -73,8 +73,28 @@ def event_key(event_id: str) -> bytes:
 
 
 def columns_of(event: AuditEvent) -> tuple[object, ...]:
-    """Indexed columns, in the order of the `events` table after `idx, id`."""
-    src, dst = event.source, event.destination
+    """Indexed columns, in the order of the store's INSERT between `idx, id` and `data`.
+
+    Schema version 2 appended direction … hop (see store/sqlite.py's migration 2, which
+    backfills them for older ledgers with the same rules)."""
+    src, dst, http, tcp, trace = (
+        event.source,
+        event.destination,
+        event.http,
+        event.tcp,
+        event.trace,
+    )
+    request_bytes = response_bytes = None
+    if http is not None:
+        request_bytes, response_bytes = http.request_bytes, http.response_bytes
+    elif tcp is not None:
+        request_bytes, response_bytes = tcp.sent_bytes, tcp.received_bytes
+    hop = None
+    if trace is not None:
+        if event.direction == "outbound":
+            hop = trace.span_id
+        elif event.direction == "inbound":
+            hop = trace.parent_span_id
     return (
         int(event.time_ns),
         event.kind,
@@ -82,10 +102,19 @@ def columns_of(event: AuditEvent) -> tuple[object, ...]:
         None if src is None else src.service,
         None if dst is None else dst.identity,
         None if dst is None else dst.service,
-        None if event.http is None else event.http.status,
+        None if http is None else http.status,
         None if event.authz is None else event.authz.decision,
-        None if event.trace is None else event.trace.trace_id,
+        None if trace is None else trace.trace_id,
         event.outcome,
+        event.direction,
+        None if http is None else http.path,
+        None if src is None else src.namespace,
+        None if dst is None else dst.namespace,
+        event.duration_us,
+        request_bytes,
+        response_bytes,
+        int(event.tls is not None and event.tls.mutual),
+        hop,
     )
 
 

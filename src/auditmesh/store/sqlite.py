@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from auditmesh.ledger.log import Entry, StoredCheckpoint
 from auditmesh.store.base import EventFilter, StoredEvent, StoreError
@@ -50,14 +51,54 @@ MIGRATIONS: tuple[str, ...] = (
         signed_ns INTEGER NOT NULL
     );
     """,
+    # 2 (issue 6, analysis/query.py and analysis/rollup.py): columns for the query filters and
+    # the service graph, backfilled from the canonical bytes; `hop` is the W3C span id both
+    # sides of one call share (the outbound event's span, the inbound event's parent span).
+    # Partial indexes cover the rare values only; queries repeat their WHERE term.
+    """
+    ALTER TABLE events ADD COLUMN direction TEXT;
+    ALTER TABLE events ADD COLUMN path TEXT;
+    ALTER TABLE events ADD COLUMN source_ns TEXT;
+    ALTER TABLE events ADD COLUMN dest_ns TEXT;
+    ALTER TABLE events ADD COLUMN duration_us INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN request_bytes INTEGER;
+    ALTER TABLE events ADD COLUMN response_bytes INTEGER;
+    ALTER TABLE events ADD COLUMN mtls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN hop TEXT;
+    UPDATE events SET
+        direction = json_extract(CAST(data AS TEXT), '$.direction'),
+        path = json_extract(CAST(data AS TEXT), '$.http.path'),
+        source_ns = json_extract(CAST(data AS TEXT), '$.source.namespace'),
+        dest_ns = json_extract(CAST(data AS TEXT), '$.destination.namespace'),
+        duration_us = coalesce(json_extract(CAST(data AS TEXT), '$.duration_us'), 0),
+        request_bytes = CASE
+            WHEN json_type(CAST(data AS TEXT), '$.http') IS NOT NULL
+            THEN json_extract(CAST(data AS TEXT), '$.http.request_bytes')
+            WHEN json_type(CAST(data AS TEXT), '$.tcp') IS NOT NULL
+            THEN coalesce(json_extract(CAST(data AS TEXT), '$.tcp.sent_bytes'), 0) END,
+        response_bytes = CASE
+            WHEN json_type(CAST(data AS TEXT), '$.http') IS NOT NULL
+            THEN json_extract(CAST(data AS TEXT), '$.http.response_bytes')
+            WHEN json_type(CAST(data AS TEXT), '$.tcp') IS NOT NULL
+            THEN coalesce(json_extract(CAST(data AS TEXT), '$.tcp.received_bytes'), 0) END,
+        mtls = coalesce(json_extract(CAST(data AS TEXT), '$.tls.mutual'), 0),
+        hop = CASE json_extract(CAST(data AS TEXT), '$.direction')
+            WHEN 'outbound' THEN json_extract(CAST(data AS TEXT), '$.trace.span_id')
+            WHEN 'inbound' THEN json_extract(CAST(data AS TEXT), '$.trace.parent_span_id') END;
+    CREATE INDEX events_source_service ON events (source_service, time_ns);
+    CREATE INDEX events_path ON events (path, time_ns) WHERE path IS NOT NULL;
+    CREATE INDEX events_kind ON events (kind, time_ns) WHERE kind NOT IN ('http', 'tcp');
+    CREATE INDEX events_decision ON events (decision, time_ns) WHERE decision IN ('deny', 'audit');
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 DB_NAME = "ledger.db"
 
 _INSERT_EVENT = (
     "INSERT INTO events (idx, id, time_ns, kind, source_id, source_service, dest_id,"
-    " dest_service, status, decision, trace_id, outcome, data)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " dest_service, status, decision, trace_id, outcome, direction, path, source_ns, dest_ns,"
+    " duration_us, request_bytes, response_bytes, mtls, hop, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT_COLUMNS = "idx, id, data"
 
@@ -221,6 +262,10 @@ class SQLiteStore:
             .fetchone()
         )
         return None if row is None else StoredEvent(int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only SQL query on this thread's reader connection (analysis/)."""
+        return self._reader().execute(sql, params).fetchall()
 
     def find(self, where: EventFilter) -> list[StoredEvent]:
         clauses, params = where.sql()
