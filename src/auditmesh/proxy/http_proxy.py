@@ -66,6 +66,9 @@ class _Closed(Exception):
 async def _next_event(
     conn: Connection, reader: asyncio.StreamReader, timeout: float | None
 ) -> object:
+    event = conn.next_event()
+    if event is not NEED_DATA:  # already parsed: no timer, no await (most events)
+        return event
     async with asyncio.timeout(timeout):
         while True:
             event = conn.next_event()
@@ -112,11 +115,12 @@ class HttpProxy:
     ) -> None:
         down = Connection(Role.SERVER, limits=self._wire)
         limits = self.route.limits
+        caller = peer_of(peer, remote) if self.route.direction == "inbound" else self.route.target
         first = True
         try:
             while True:
                 start_ns = self._now_ns()
-                x = self._exchange(start_ns, peer, remote)
+                x = self._exchange(start_ns, peer, caller)
                 try:
                     event = await _next_event(
                         down, reader, limits.header_timeout_s if first else limits.idle_timeout_s
@@ -136,7 +140,13 @@ class HttpProxy:
                     return
                 if not isinstance(event, Request):
                     return  # ConnectionClosed, or PAUSED after an earlier switch
-                keep = await self._one(down, reader, writer, event, x)
+                try:
+                    keep = await self._one(down, reader, writer, event, x)
+                except (ProtocolError, ConnectionError, OSError) as exc:
+                    # whatever broke, the call happened and is audited
+                    if x.flag is None:
+                        x.flag, x.detail = "DC", f"downstream connection failed: {exc}"
+                    keep = False
                 self._emit(to_event(x, self._now_ns()))
                 if not keep or not down.keep_alive or down.our_state is not State.DONE:
                     return
@@ -145,9 +155,8 @@ class HttpProxy:
         finally:
             writer.close()
 
-    def _exchange(self, start_ns: int, peer: PeerTLS | None, remote: tuple[str, int]) -> Exchange:
+    def _exchange(self, start_ns: int, peer: PeerTLS | None, remote: Peer) -> Exchange:
         route = self.route
-        inbound = route.direction == "inbound"
         return Exchange(
             event_id=new_event_id(lambda: start_ns),
             start_ns=start_ns,
@@ -155,7 +164,7 @@ class HttpProxy:
             kind="http",
             direction=route.direction,
             local=route.local,
-            remote=peer_of(peer, remote) if inbound else route.target,
+            remote=remote,
             tls=peer,
         )
 
@@ -270,8 +279,17 @@ class HttpProxy:
         """Relay one request/response; "keep" (reusable), "close", or "switched" (101)."""
         up = Connection(Role.CLIENT, limits=self._wire)
         upstream.http = up
-        upstream.writer.write(up.send(outgoing))
-        request_task = asyncio.ensure_future(self._pump_request(down, reader, up, upstream, x))
+        first = down.next_event()
+        request_task: asyncio.Future[bool]
+        if isinstance(first, EndOfMessage):  # no body (most requests): no task needed
+            upstream.writer.write(up.send(outgoing) + up.send(first))
+            request_task = asyncio.get_running_loop().create_future()
+            request_task.set_result(True)
+        else:
+            upstream.writer.write(up.send(outgoing))
+            request_task = asyncio.ensure_future(
+                self._pump_request(down, reader, up, upstream, x, first)
+            )
         try:
             outcome = await self._pump_response(down, writer, up, upstream, x)
         except BaseException:
@@ -302,13 +320,15 @@ class HttpProxy:
         up: Connection,
         upstream: Upstream,
         x: Exchange,
+        event: object,
     ) -> bool:
-        """Downstream body → upstream. True when the whole request was relayed."""
+        """Downstream body → upstream, from `event` on. True when the whole request went."""
         while True:
-            try:
-                event = await _next_event(down, reader, None)
-            except (_Closed, ProtocolError):
-                return False
+            if event is NEED_DATA:
+                try:
+                    event = await _next_event(down, reader, None)
+                except (_Closed, ProtocolError):
+                    return False
             if event is PAUSED:
                 return True
             if isinstance(event, Data):
@@ -323,6 +343,7 @@ class HttpProxy:
                 if x.status is None:
                     x.flag, x.detail = "DC", "downstream closed before the request ended"
                 return False
+            event = NEED_DATA
 
     async def _pump_response(
         self,
