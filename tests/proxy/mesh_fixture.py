@@ -71,8 +71,15 @@ class AppHandler(BaseHTTPRequestHandler):
             self._reply(200, b"hello from " + name.encode(), seen)
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("content-length", "0"))
-        self._reply(200, self.rfile.read(length))
+        if "chunked" in self.headers.get("transfer-encoding", ""):
+            body = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()  # the empty trailer section
+        else:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        self._reply(200, body)
 
 
 class EchoHandler(socketserver.BaseRequestHandler):

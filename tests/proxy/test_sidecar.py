@@ -126,6 +126,8 @@ def test_keep_alive_and_bodies(mesh: Mesh, ports: dict[str, int]) -> None:
 
         streamed = client.post("/echo", content=chunks(), headers={"content-length": "10000"})
         assert streamed.content == b"a" * 10_000
+        chunked = client.post("/echo", content=chunks())  # no length: chunked upload
+        assert chunked.status_code == 200 and chunked.content == b"a" * 10_000
 
 
 def test_upstream_errors_are_passed_and_marked(mesh: Mesh, ports: dict[str, int]) -> None:

@@ -204,6 +204,8 @@ class HttpProxy:
         fields = request.headers
         upgrade = h.get_header(fields, b"upgrade")
         kept = h.strip_hop_by_hop(fields)
+        if b"chunked" in h.header_tokens(fields, b"transfer-encoding"):
+            kept = (*kept, (b"transfer-encoding", b"chunked"))  # re-declare the framing
         if upgrade is not None:  # RFC 9110 §7.8: the proxy forwards the upgrade offer
             kept = (*kept, (b"connection", b"upgrade"), (b"upgrade", upgrade))
         span = continue_or_start(_text(h.get_header(fields, b"traceparent")), _random_hex)
