@@ -1,4 +1,4 @@
-"""`make bench`: the ledger benchmarks, then the policy engine's, then one table of figures.
+"""`make bench`: ledger, policy engine, sidecar vs nginx, then one table of figures.
 
 Every figure is printed next to the peer measured in the same run and, where issue 2 sets one,
 its target with PASS/MISS. Nothing here asserts a speed. `--quick` runs small sizes as a smoke
@@ -95,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ledger_bench.add_arguments(parser)
     parser.add_argument("--no-policy", action="store_true", help="skip the policy benchmark")
+    parser.add_argument(
+        "--no-proxy", action="store_true", help="skip the sidecar-vs-nginx benchmark"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     print(f"auditmesh benchmarks — {time.strftime('%Y-%m-%d %H:%M:%S %Z')} — {machine_line()}")
@@ -107,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         figures = ledger_bench.run(args, Path(tmp))
     if not args.no_policy and not args.only:
         figures += policy_section(args.quick)
+    if not args.no_proxy and not args.only:
+        from bench.proxy_bench import proxy_section  # installs nginx and wrk when missing
+
+        figures += proxy_section(args.quick)
     print_table(figures)
     print(f"\ntotal {time.monotonic() - started:.0f} s; load average at end: {_load()}", flush=True)
 
