@@ -1,0 +1,261 @@
+"""Who calls whom, how much, how well: the service graph (`auditmesh graph`, `GET /v1/graph`).
+
+Place in the house: analysis/. `build` is pure: rollup rows (rollup.py) in, a `Graph` out, with
+one `Edge` per (source service → destination service): requests and rate, failed calls and the
+error rate (failures other than policy denials), denials, the share of mutual-TLS calls, request
+and response bytes, and p50/p95/p99 latency (`duration_us`, nearest rank, truncated to two
+significant digits by the rollup's buckets). `compute` is the I/O edge: bring the rollup up to
+date, read the window's rows, build. `to_json` and `to_dot` render.
+
+Each call is counted once, preferring the inbound event when both sides reported it (rollup.py
+says exactly how). The window is whole minutes, the rollup's resolution: `since` rounds down
+to the start of its minute, `until` up to the end of its minute; the rate divides by the
+window's length (since → until or now; without `since`, the minutes that hold calls).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditmesh.analysis.rollup import MINUTE_NS, Rollup, RollupRow
+
+UNKNOWN = "unknown"  # a caller that proved no identity and named no service
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    source: str
+    source_namespace: str
+    dest: str
+    dest_namespace: str
+    requests: int
+    failed: int
+    denied: int
+    mtls: int
+    request_bytes: int
+    response_bytes: int
+    p50_us: int
+    p95_us: int
+    p99_us: int
+    rate_per_s: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / self.requests if self.requests else 0.0
+
+    @property
+    def mtls_share(self) -> float:
+        return self.mtls / self.requests if self.requests else 0.0
+
+    @property
+    def plaintext(self) -> int:
+        return self.requests - self.mtls
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    from_ns: int | None
+    to_ns: int | None
+    edges: tuple[Edge, ...] = field(default=())
+
+    @property
+    def seconds(self) -> float:
+        if self.from_ns is None or self.to_ns is None:
+            return 0.0
+        return max(0, self.to_ns - self.from_ns) / 1e9
+
+    @property
+    def requests(self) -> int:
+        return sum(e.requests for e in self.edges)
+
+
+def percentile(histogram: list[tuple[int, int]], total: int, p: int) -> int:
+    """Nearest-rank percentile (the ⌈p·n/100⌉-th smallest) of sorted (value, count) pairs."""
+    if total <= 0:
+        return 0
+    rank = max(1, -(-p * total // 100))
+    seen = 0
+    for value, count in histogram:
+        seen += count
+        if seen >= rank:
+            return value
+    return histogram[-1][0]
+
+
+def build(rows: Iterable[RollupRow], from_ns: int | None, to_ns: int | None) -> Graph:
+    """The graph of rollup rows (per edge and latency bucket) over the window [from, to)."""
+    sums: dict[tuple[str, str, str, str], list[int]] = {}
+    latencies: dict[tuple[str, str, str, str], list[tuple[int, int]]] = {}
+    for sns, src, dns, dst, latency, calls, failed, denied, mtls, req, resp in rows:
+        key = (sns, src, dns, dst)
+        total = sums.setdefault(key, [0, 0, 0, 0, 0, 0])
+        for position, value in enumerate((calls, failed, denied, mtls, req, resp)):
+            total[position] += int(value)
+        latencies.setdefault(key, []).append((int(latency), int(calls)))
+    seconds = 0.0 if from_ns is None or to_ns is None else max(0, to_ns - from_ns) / 1e9
+    edges = []
+    for (sns, src, dns, dst), (calls, failed, denied, mtls, req, resp) in sums.items():
+        if calls <= 0:
+            continue
+        histogram = sorted(latencies[(sns, src, dns, dst)])
+        p50, p95, p99 = (percentile(histogram, calls, p) for p in (50, 95, 99))
+        edges.append(
+            Edge(
+                src or UNKNOWN,
+                sns,
+                dst or UNKNOWN,
+                dns,
+                calls,
+                failed,
+                denied,
+                mtls,
+                req,
+                resp,
+                p50,
+                p95,
+                p99,
+                calls / seconds if seconds else 0.0,
+            )
+        )
+    edges.sort(key=lambda e: (-e.requests, e.source, e.dest))
+    return Graph(from_ns, to_ns, tuple(edges))
+
+
+def compute(rollup: Rollup, *, since_ns: int | None, until_ns: int | None, now_ns: int) -> Graph:
+    """I/O: catch the rollup up with the ledger, then build the graph of the window."""
+    rollup.catch_up()
+    first = None if since_ns is None else since_ns // MINUTE_NS
+    end = None if until_ns is None else -(-until_ns // MINUTE_NS)
+    rows = rollup.rows(first, end)
+    if since_ns is not None:
+        from_ns: int | None = first * MINUTE_NS if first is not None else None
+        to_ns: int | None = until_ns if until_ns is not None else now_ns
+    else:
+        extent = rollup.extent()
+        from_ns = None if extent is None else extent[0] * MINUTE_NS
+        to_ns = None if extent is None else (extent[1] + 1) * MINUTE_NS
+        if end is not None and to_ns is not None:
+            to_ns = min(to_ns, end * MINUTE_NS)
+    return build(rows, from_ns, to_ns)
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def node_names(graph: Graph) -> dict[tuple[str, str], str]:
+    """(namespace, service) → the name shown: the service, qualified as `service.namespace`
+    only when the graph spans several namespaces."""
+    nodes = {(e.source_namespace, e.source) for e in graph.edges}
+    nodes |= {(e.dest_namespace, e.dest) for e in graph.edges}
+    qualify = len({ns for ns, _ in nodes if ns}) > 1
+    return {(ns, svc): f"{svc}.{ns}" if qualify and ns else svc for ns, svc in nodes}
+
+
+def to_json(graph: Graph) -> dict[str, Any]:
+    names = node_names(graph)
+    inbound: dict[str, int] = {}
+    outbound: dict[str, int] = {}
+    edges = []
+    for e in graph.edges:
+        source, dest = names[(e.source_namespace, e.source)], names[(e.dest_namespace, e.dest)]
+        outbound[source] = outbound.get(source, 0) + e.requests
+        inbound[dest] = inbound.get(dest, 0) + e.requests
+        edges.append(
+            {
+                "source": source,
+                "dest": dest,
+                "source_service": e.source,
+                "source_namespace": e.source_namespace or None,
+                "dest_service": e.dest,
+                "dest_namespace": e.dest_namespace or None,
+                "requests": e.requests,
+                "rate_per_s": round(e.rate_per_s, 3),
+                "errors": e.failed,
+                "error_rate": round(e.error_rate, 4),
+                "denials": e.denied,
+                "mtls": e.mtls,
+                "mtls_share": round(e.mtls_share, 4),
+                "plaintext": e.plaintext,
+                "p50_us": e.p50_us,
+                "p95_us": e.p95_us,
+                "p99_us": e.p99_us,
+                "request_bytes": e.request_bytes,
+                "response_bytes": e.response_bytes,
+                "bytes": e.request_bytes + e.response_bytes,
+            }
+        )
+    nodes = [
+        {
+            "name": name,
+            "service": svc,
+            "namespace": ns or None,
+            "inbound": inbound.get(name, 0),
+            "outbound": outbound.get(name, 0),
+        }
+        for (ns, svc), name in sorted(names.items(), key=lambda item: item[1])
+    ]
+    return {
+        "window": {"from_ns": graph.from_ns, "to_ns": graph.to_ns, "seconds": graph.seconds},
+        "requests": graph.requests,
+        "nodes": nodes,
+        "edges": edges,
+    }
+
+
+# Error-rate bins, as the web console draws them: (upper bound, colour).
+ERROR_COLOURS = ((0.01, "#2f9e6b"), (0.05, "#b59a12"), (0.2, "#e07b00"), (math.inf, "#c62828"))
+DENIAL_COLOUR = "#c62828"
+
+
+def error_colour(error_rate: float) -> str:
+    return next(colour for bound, colour in ERROR_COLOURS if error_rate < bound)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_duration(us: int) -> str:
+    if us >= 1_000_000:
+        return f"{us / 1_000_000:.2g} s" if us < 10_000_000 else f"{us // 1_000_000} s"
+    if us >= 1000:
+        return f"{us / 1000:.2g} ms" if us < 10_000 else f"{us // 1000} ms"
+    return f"{us} µs"
+
+
+def to_dot(graph: Graph) -> str:
+    """Graphviz DOT: colour by error rate, pen width by volume, dashed when some calls were
+    plaintext, the label in red with the count when calls were denied."""
+    names = node_names(graph)
+    most = max((e.requests for e in graph.edges), default=1)
+    lines = [
+        "digraph auditmesh {",
+        "  rankdir=LR;",
+        '  node [shape=box, style="rounded", fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+    ]
+    for name in sorted(set(names.values())):
+        lines.append(f"  {_quote(name)};")
+    for e in graph.edges:
+        source, dest = names[(e.source_namespace, e.source)], names[(e.dest_namespace, e.dest)]
+        label = (
+            f"{e.requests} req, {e.rate_per_s:.3g}/s\\n"
+            f"err {100 * e.error_rate:.1f}%, p95 {format_duration(e.p95_us)}"
+        )
+        attributes = [
+            f'color="{error_colour(e.error_rate)}"',
+            f"penwidth={1 + 4 * math.log1p(e.requests) / math.log1p(most):.2f}",
+        ]
+        if e.plaintext:
+            attributes.append("style=dashed")
+            label += f"\\n{e.plaintext} plaintext"
+        if e.denied:
+            attributes.append(f'fontcolor="{DENIAL_COLOUR}"')
+            label += f"\\n{e.denied} denied"
+        attributes.insert(0, f'label="{label}"')
+        lines.append(f"  {_quote(source)} -> {_quote(dest)} [{', '.join(attributes)}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,347 @@
+"""Which events? The filter model behind `auditmesh query` and `GET /v1/events`, its SQL, paging.
+
+Place in the house: analysis/ only reads what the sequencer stored. `Query` is a value; `sql`
+turns it into one SELECT over the `events` table's indexed columns (store/sqlite.py, schema 2);
+`run` is the only I/O, through any object with `query(sql, params)` (`SQLiteStore.query`).
+The CLI and the HTTP API build a `Query` with `parse_params` (or directly) and share the rest.
+
+Filters are ANDed:
+    source, dest    a SPIFFE ID (`spiffe://…`) or a service name of the caller / the callee
+    service         a service name on either side (the caller or the callee)
+    path            an exact HTTP path, or a prefix ending in `*` (`/orders*`)
+    status          an HTTP status (`404`) or a class (`5xx`)
+    decision        allow | deny | audit;   kind, direction, trace_id: exact
+    since, until    event time, since inclusive, until exclusive (nanoseconds)
+
+Orders: `newest` (event time descending, ties by index), `oldest`, and `index` (ledger order,
+the order in which events were committed). Pages are keyset-paged: the opaque cursor carries the
+last row's (time, index) and a fingerprint of the filters, so paging never skips or repeats a
+row that was there when the first page was read; `index` order also sees no late arrival twice
+and misses none (events reach the ledger in index order, not always in time order).
+
+Index use (checked by EXPLAIN QUERY PLAN in tests/analysis/test_query.py): every equality filter
+has an index `(column, time_ns)`, which also yields `newest`/`oldest` order without sorting;
+kinds other than http/tcp and deny/audit decisions have small partial indexes, so the query
+repeats the partial index's WHERE term; `service` runs as two index scans merged (UNION ALL).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import astuple, dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol, get_args
+
+import msgspec
+
+Order = Literal["newest", "oldest", "index"]
+ORDERS: tuple[str, ...] = get_args(Order)
+KINDS = ("http", "tcp", "authn", "identity", "policy_change", "audit_read", "system")
+DECISIONS = ("allow", "deny", "audit")
+DIRECTIONS = ("inbound", "outbound")
+CALL_KINDS = ("http", "tcp")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000  # per page of the HTTP API; the CLI pages through more
+
+_SPIFFE = re.compile(r"^spiffe://[a-z0-9._-]+(/[^/?#]+)*$")
+_STATUS_CLASS = re.compile(r"^([1-5])xx$")
+_TRACE = re.compile(r"^[0-9a-f]{32}$")
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+PARAMS = (
+    "source",
+    "dest",
+    "service",
+    "path",
+    "status",
+    "decision",
+    "trace",
+    "kind",
+    "direction",
+    "since",
+    "until",
+    "order",
+    "limit",
+    "cursor",
+)
+
+
+class QueryError(ValueError):
+    """A filter, cursor or limit is not valid; the message names the parameter."""
+
+
+class SqlReader(Protocol):
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    source: str | None = None
+    dest: str | None = None
+    service: str | None = None
+    path: str | None = None
+    status: str | None = None
+    decision: str | None = None
+    trace_id: str | None = None
+    kind: str | None = None
+    direction: str | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    order: Order = "newest"
+    limit: int = DEFAULT_LIMIT
+
+    def __post_init__(self) -> None:
+        for name in ("source", "dest", "service"):
+            value = getattr(self, name)
+            if value is not None and not 0 < len(value) <= 2048:
+                raise QueryError(f"{name}: give a SPIFFE ID or a service name")
+        for name, value, allowed in (
+            ("decision", self.decision, DECISIONS),
+            ("kind", self.kind, KINDS),
+            ("direction", self.direction, DIRECTIONS),
+            ("order", self.order, ORDERS),
+        ):
+            if value is not None and value not in allowed:
+                raise QueryError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        if self.status is not None and _status(self.status) is None:
+            raise QueryError(f"status: {self.status!r} is not an HTTP status (404) or class (5xx)")
+        if self.trace_id is not None and not _TRACE.match(self.trace_id):
+            raise QueryError(f"trace: {self.trace_id!r} is not a trace id (32 lowercase hex)")
+        if self.path is not None and not self.path:
+            raise QueryError("path: give a path or a prefix ending in *")
+        if not 1 <= self.limit:
+            raise QueryError("limit: must be at least 1")
+
+    def fingerprint(self) -> str:
+        """What a cursor is bound to: every field but the page size."""
+        text = repr(astuple(self)[:-1])  # limit is the last field
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    time_ns: int
+    index: int
+    fingerprint: str
+
+    def encode(self) -> str:
+        raw = msgspec.json.encode([1, self.time_ns, self.index, self.fingerprint])
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str, query: Query) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            version, time_ns, index, fingerprint = msgspec.json.decode(
+                raw, type=tuple[int, int, int, str]
+            )
+        except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+            raise QueryError("cursor: not a cursor this server issued") from None
+        if version != 1:
+            raise QueryError("cursor: not a cursor this server issued")
+        if fingerprint != query.fingerprint():
+            raise QueryError("cursor: it belongs to a query with other filters or order")
+        return cls(time_ns, index, fingerprint)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[tuple[int, bytes]]  # (ledger index, canonical event bytes)
+    next: str | None  # cursor of the following page, None on the last one
+
+
+def _status(text: str) -> tuple[int, int] | None:
+    """[low, high) of a status or status class."""
+    match = _STATUS_CLASS.match(text)
+    if match:
+        low = int(match[1]) * 100
+        return low, low + 100
+    if text.isascii() and text.isdigit() and 100 <= int(text) <= 599:
+        return int(text), int(text) + 1
+    return None
+
+
+def _party(column_prefix: str, value: str) -> tuple[str, str]:
+    column = "_id" if _SPIFFE.match(value) else "_service"
+    return f"{column_prefix}{column} = ?", value
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with `prefix` (BINARY order)."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+def _clauses(q: Query, after: Cursor | None) -> tuple[list[str], list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+
+    def add(clause: str, *values: object) -> None:
+        clauses.append(clause)
+        params.extend(values)
+
+    if q.source is not None:
+        add(*_party("source", q.source))
+    if q.dest is not None:
+        add(*_party("dest", q.dest))
+    if q.path is not None:
+        if q.path.endswith("*"):
+            prefix = q.path[:-1]
+            end = _prefix_end(prefix)
+            add("path >= ?", prefix)
+            if end is not None:
+                add("path < ?", end)
+        else:
+            add("path = ?", q.path)
+    if q.status is not None:
+        low, high = _status(q.status) or (0, 0)
+        if high == low + 1:
+            add("status = ?", low)
+        else:
+            add("status >= ? AND status < ?", low, high)
+    if q.decision is not None:
+        add("decision = ?", q.decision)
+        if q.decision != "allow":  # the partial index's own term (store/sqlite.py)
+            clauses.append("decision IN ('deny', 'audit')")
+    if q.kind is not None:
+        add("kind = ?", q.kind)
+        if q.kind not in CALL_KINDS:
+            clauses.append("kind NOT IN ('http', 'tcp')")
+    if q.trace_id is not None:
+        add("trace_id = ?", q.trace_id)
+    if q.direction is not None:
+        add("direction = ?", q.direction)
+    if q.since_ns is not None:
+        add("time_ns >= ?", q.since_ns)
+    if q.until_ns is not None:
+        add("time_ns < ?", q.until_ns)
+    if after is not None:
+        if q.order == "newest":
+            add("time_ns <= ? AND (time_ns < ? OR idx < ?)", after.time_ns, after.time_ns)
+            params.append(after.index)
+        elif q.order == "oldest":
+            add("time_ns >= ? AND (time_ns > ? OR idx > ?)", after.time_ns, after.time_ns)
+            params.append(after.index)
+        else:
+            add("idx > ?", after.index)
+    return clauses, params
+
+
+_ORDER_BY = {
+    "newest": "time_ns DESC, idx DESC",
+    "oldest": "time_ns ASC, idx ASC",
+    "index": "idx ASC",
+}
+_SELECT = "SELECT idx, time_ns, data FROM events"
+
+
+def sql(
+    q: Query, after: Cursor | None = None, *, limit: int | None = None
+) -> tuple[str, list[object]]:
+    """The SELECT of `(idx, time_ns, data)` rows for one page (`limit` rows; default q.limit)."""
+    clauses, params = _clauses(q, after)
+    tail = f" ORDER BY {_ORDER_BY[q.order]} LIMIT ?"
+    count = q.limit if limit is None else limit
+    if q.service is None:
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return _SELECT + where + tail, [*params, count]
+    # Either side: two index scans merged in order; the second arm leaves out the rows the
+    # first has (a service calling itself), so no row comes twice.
+    first = " AND ".join(["source_service = ?", *clauses])
+    second = " AND ".join(["dest_service = ?", "source_service IS NOT ?", *clauses])
+    text = f"{_SELECT} WHERE {first} UNION ALL {_SELECT} WHERE {second}{tail}"
+    return text, [q.service, *params, q.service, q.service, *params, count]
+
+
+def run(reader: SqlReader, q: Query, cursor: str | None = None) -> Page:
+    """One page of matching events; `next` is set when more rows may follow."""
+    after = None if cursor is None else Cursor.decode(cursor, q)
+    text, params = sql(q, after, limit=q.limit + 1)
+    rows = reader.query(text, params)
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    next_cursor = None
+    if more:
+        last_index, last_time, _ = rows[-1]
+        next_cursor = Cursor(int(last_time), int(last_index), q.fingerprint()).encode()
+    return Page([(int(i), bytes(d)) for i, _, d in rows], next_cursor)
+
+
+def parse_time(text: str, now_ns: int, name: str = "since") -> int:
+    """Nanoseconds since the epoch, a duration before now (`15m`, `2h`, `7d`) or RFC 3339."""
+    text = text.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    match = _DURATION.match(text)
+    if match:
+        return now_ns - int(match[1]) * _UNITS[match[2]] * 1_000_000_000
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(
+            f"{name}: {text!r} is not a time (nanoseconds, 15m, or 2026-11-28T10:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise QueryError(f"{name}: {text!r} needs a time zone, e.g. 2026-11-28T10:00:00Z")
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+def parse_params(
+    params: Mapping[str, str], now_ns: int, *, max_limit: int = MAX_LIMIT
+) -> tuple[Query, str | None]:
+    """A `Query` and the cursor from URL parameters (`GET /v1/events?…`); unknown names fail."""
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise QueryError(f"unknown parameter(s) {', '.join(unknown)}; use {', '.join(PARAMS)}")
+    limit_text = params.get("limit", str(DEFAULT_LIMIT))
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= max_limit:
+        raise QueryError(f"limit: give a number from 1 to {max_limit}")
+    order = params.get("order", "newest")
+    if order not in ORDERS:
+        raise QueryError(f"order: {order!r} is not one of {', '.join(ORDERS)}")
+    since, until = params.get("since"), params.get("until")
+    trace = params.get("trace")
+    query = Query(
+        source=params.get("source"),
+        dest=params.get("dest"),
+        service=params.get("service"),
+        path=params.get("path"),
+        status=params.get("status"),
+        decision=params.get("decision"),
+        trace_id=None if trace is None else trace.lower(),
+        kind=params.get("kind"),
+        direction=params.get("direction"),
+        since_ns=None if since is None else parse_time(since, now_ns, "since"),
+        until_ns=None if until is None else parse_time(until, now_ns, "until"),
+        order=order,  # type: ignore[arg-type]  # checked against ORDERS above
+        limit=int(limit_text),
+    )
+    return query, params.get("cursor")
+
+
+def describe(q: Query) -> str:
+    """The filters in URL-parameter form, for audit records and messages (`source=a&limit=5`)."""
+    parts = []
+    for name, value in (
+        ("source", q.source),
+        ("dest", q.dest),
+        ("service", q.service),
+        ("path", q.path),
+        ("status", q.status),
+        ("decision", q.decision),
+        ("trace", q.trace_id),
+        ("kind", q.kind),
+        ("direction", q.direction),
+        ("since", q.since_ns),
+        ("until", q.until_ns),
+    ):
+        if value is not None:
+            parts.append(f"{name}={value}")
+    return "&".join([*parts, f"order={q.order}", f"limit={q.limit}"])

@@ -1,0 +1,240 @@
+"""The service graph: rollup pairing and chunking, figures checked by hand, JSON and DOT."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from auditmesh.analysis import graph
+from auditmesh.analysis.rollup import MINUTE_NS, ROLLUP_DB, Call, Rollup, fold, latency_bucket
+from auditmesh.collector import entry_of
+from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.events import AuditEvent
+from tests.analysis.calls import T0, hop
+from tests.conftest import generate
+
+SECOND = 1_000_000_000
+
+
+def hand_made() -> list[AuditEvent]:
+    """Calls whose graph figures are computed by hand in the test below.
+
+    frontend → catalog: 10 calls, inbound side only, durations 100, 200, … 1000 µs (the 10th
+        is 1234 µs), 2 of them 503, one plaintext, request 10 B, response 100 B each.
+    frontend → orders: 3 calls reported by both sides (6 events), 2000 µs as the caller saw.
+    orders → payments: 1 call seen by the caller only (the callee never reported), 503.
+    batch-report → payments: 4 denied calls (403), both sides, 300 µs.
+    """
+    events: list[AuditEvent] = []
+    for n in range(10):
+        parts, _, _ = hop(
+            "frontend", "catalog", trace_id=f"{n + 1:032x}", parent=None,
+            time_ns=T0 + n * SECOND, sides=("inbound",), duration_us=(n + 1) * 100 + 100,
+            status=503 if n in (3, 7) else 200, mtls=n != 5, request_bytes=10,
+            response_bytes=100,
+        )  # fmt: skip
+        events += parts
+    events[-1] = msgspec.structs.replace(events[-1], duration_us=1234)
+    for n in range(3):
+        parts, _, _ = hop(
+            "frontend", "orders", trace_id=f"{n + 100:032x}", parent=None,
+            time_ns=T0 + 20 * SECOND + n * SECOND, duration_us=2000,
+        )  # fmt: skip
+        events += parts if n != 1 else parts[::-1]  # inbound first once
+    parts, _, _ = hop(
+        "orders", "payments", trace_id=f"{200:032x}", parent=None, time_ns=T0 + 30 * SECOND,
+        sides=("outbound",), status=503, decision=None,
+    )  # fmt: skip
+    events += parts
+    for n in range(4):
+        parts, _, _ = hop(
+            "batch-report", "payments", trace_id=f"{n + 300:032x}", parent=None,
+            time_ns=T0 + 40 * SECOND + n * SECOND, status=403, decision="deny",
+            duration_us=300,
+        )  # fmt: skip
+        events += parts
+    return events
+
+
+def rollup_of(ledger: Ledger, path: Path | None = None) -> Rollup:
+    return Rollup(ledger.store, path)
+
+
+def test_latency_buckets_keep_two_significant_digits() -> None:
+    cases = {0: 0, 7: 7, 99: 99, 100: 100, 109: 100, 1234: 1200, 19_999: 19_000, 10**7 + 1: 10**7}
+    assert {us: latency_bucket(us) for us in cases} == cases
+
+
+def test_graph_figures_match_a_hand_computation(ledger: Ledger) -> None:
+    ledger.log.append([entry_of(e) for e in hand_made()])
+    rollup = rollup_of(ledger)
+    result = graph.compute(rollup, since_ns=T0 + 1, until_ns=T0 + 60 * SECOND, now_ns=0)
+    assert result.from_ns == T0 and result.to_ns == T0 + 60 * SECOND  # since rounds down
+    edges = {(e.source, e.dest): e for e in result.edges}
+    assert set(edges) == {
+        ("frontend", "catalog"),
+        ("frontend", "orders"),
+        ("orders", "payments"),
+        ("batch-report", "payments"),
+    }
+    catalog = edges[("frontend", "catalog")]
+    # inbound durations: 100..1000 minus nothing (inbound-only helper subtracts 100 from
+    # 200..1100), i.e. 100, 200, …, 900 and the last replaced by 1234 → bucket 1200.
+    # nearest rank: p50 = 5th of 10 = 500; p95 = ⌈9.5⌉ = 10th = 1200; p99 = 10th = 1200.
+    assert (catalog.requests, catalog.failed, catalog.denied) == (10, 2, 0)
+    assert (catalog.p50_us, catalog.p95_us, catalog.p99_us) == (500, 1200, 1200)
+    assert (catalog.mtls, catalog.plaintext, catalog.mtls_share) == (9, 1, 0.9)
+    assert (catalog.request_bytes, catalog.response_bytes) == (100, 1000)
+    assert catalog.error_rate == 0.2
+    assert catalog.rate_per_s == pytest.approx(10 / 60)
+    orders = edges[("frontend", "orders")]
+    assert orders.requests == 3  # six events, three calls: the inbound side counted
+    assert orders.p50_us == 1900  # the inbound side's 1900 µs
+    lone = edges[("orders", "payments")]
+    assert (lone.requests, lone.failed, lone.p50_us) == (1, 1, 1000)
+    denied = edges[("batch-report", "payments")]
+    assert (denied.requests, denied.denied, denied.failed, denied.error_rate) == (4, 4, 0, 0)
+    assert result.requests == 18
+
+
+def test_pairing_does_not_depend_on_chunks_or_arrival_order(ledger: Ledger, tmp_path: Path) -> None:
+    events = hand_made()
+    ledger.log.append([entry_of(e) for e in events])
+    expected = graph.compute(rollup_of(ledger), since_ns=None, until_ns=None, now_ns=0).edges
+    for chunk in (1, 2, 3, 7):
+        rollup = rollup_of(ledger)
+        while rollup.catch_up(chunk=chunk):
+            pass
+        got = graph.compute(rollup, since_ns=None, until_ns=None, now_ns=0)
+        assert got.edges == expected, chunk
+    other = open_ledger(tmp_path / "reversed", origin="test/reversed")
+    try:
+        other.log.append([entry_of(e) for e in reversed(events)])
+        got = graph.compute(rollup_of(other), since_ns=None, until_ns=None, now_ns=0)
+    finally:
+        other.close()
+    assert got.edges == expected
+
+
+def as_call(index: int, event: AuditEvent) -> Call:
+    source, dest, trace = event.source, event.destination, event.trace
+    assert source is not None and dest is not None and trace is not None
+    span = trace.span_id if event.direction == "outbound" else trace.parent_span_id
+    return Call(
+        index, int(event.time_ns), event.direction, span, trace.trace_id,
+        source.namespace or "", source.service or "", dest.namespace or "", dest.service or "",
+        event.duration_us, False, False, True, 0, 0,
+    )  # fmt: skip
+
+
+def test_fold_takes_back_an_outbound_call_when_its_inbound_side_arrives() -> None:
+    parts, _, _ = hop("a", "b", trace_id="1" * 32, parent=None, time_ns=T0)
+    outbound, inbound = (as_call(i, e) for i, e in enumerate(parts))
+    assert [row[0] for row in fold([outbound]).values()] == [1]
+    second = fold([inbound], earlier=[outbound])
+    assert sorted(row[0] for row in second.values()) == [-1, 1]  # outbound out, inbound in
+    assert [row[0] for row in fold([inbound]).values()] == [1]  # no history: nothing back
+    assert [row[0] for row in fold([outbound], earlier=[inbound]).values()] == []
+    assert fold([outbound, inbound]) == {as_call(1, parts[1]).key(): [1, 0, 0, 1, 0, 0]}
+
+
+def test_the_rollup_file_resumes_and_starts_over_for_another_ledger(tmp_path: Path) -> None:
+    events = generate(300, seed=9)
+    first = open_ledger(tmp_path / "a", origin="test/a")
+    try:
+        first.log.append([entry_of(e) for e in events[:200]])
+        path = tmp_path / "a" / ROLLUP_DB
+        assert rollup_of(first, path).catch_up() == 200
+        first.log.append([entry_of(e) for e in events[200:]])
+        again = rollup_of(first, path)
+        assert again.catch_up() == 100  # resumed, not redone
+        assert again.upto == 300
+        whole = graph.compute(again, since_ns=None, until_ns=None, now_ns=0)
+    finally:
+        first.close()
+    assert whole.requests == 300
+    second = open_ledger(tmp_path / "b", origin="test/b")
+    try:
+        second.log.append([entry_of(e) for e in events[:250]])
+        shared = rollup_of(second, path)  # the file of ledger a, handed to ledger b
+        assert shared.catch_up() == 250
+        assert graph.compute(shared, since_ns=None, until_ns=None, now_ns=0).requests == 250
+    finally:
+        second.close()
+
+
+def test_the_window_is_whole_minutes(ledger: Ledger) -> None:
+    ledger.log.append([entry_of(e) for e in hand_made()])
+    rollup = rollup_of(ledger)
+    late = graph.compute(rollup, since_ns=T0 + 30 * SECOND, until_ns=None, now_ns=T0 + MINUTE_NS)
+    assert late.requests == 18 and late.seconds == 60  # the whole first minute
+    after = graph.compute(rollup, since_ns=T0 + MINUTE_NS, until_ns=None, now_ns=T0 + 2 * MINUTE_NS)
+    assert after.edges == ()
+    everything = graph.compute(rollup, since_ns=None, until_ns=None, now_ns=0)
+    assert (everything.from_ns, everything.to_ns) == (T0, T0 + MINUTE_NS)
+
+
+DOT_EDGE = re.compile(
+    r'^  "(?P<src>[^"]+)" -> "(?P<dst>[^"]+)" \[label="(?P<label>[^"]*)", '
+    r'color="(?P<color>#[0-9a-f]{6})", penwidth=(?P<pen>[0-9.]+)'
+    r"(?P<dashed>, style=dashed)?"
+    r'(?P<red>, fontcolor="#c62828")?\];$'
+)
+
+
+def test_dot_output_has_the_documented_structure(ledger: Ledger) -> None:
+    ledger.log.append([entry_of(e) for e in hand_made()])
+    result = graph.compute(rollup_of(ledger), since_ns=None, until_ns=None, now_ns=0)
+    text = graph.to_dot(result)
+    lines = text.splitlines()
+    assert lines[0] == "digraph auditmesh {" and lines[-1] == "}"
+    assert text.count("{") == text.count("}") == 1
+    edges = {}
+    for line in lines[1:-1]:
+        match = DOT_EDGE.match(line)
+        if match:
+            edges[(match["src"], match["dst"])] = match
+        else:
+            assert re.match(r'^  ("[^"]+"|rankdir=LR|node \[.*\]|edge \[.*\]);$', line), line
+    assert len(edges) == 4
+    catalog = edges[("frontend", "catalog")]
+    assert catalog["dashed"] and not catalog["red"]  # one plaintext call
+    assert catalog["color"] == graph.error_colour(0.2) == "#c62828"
+    assert "10 req" in catalog["label"] and "p95 1.2 ms" in catalog["label"]
+    denied = edges[("batch-report", "payments")]
+    assert denied["red"] and "4 denied" in denied["label"] and not denied["dashed"]
+    assert denied["color"] == "#2f9e6b"  # denials are not errors
+    pens = {key: float(m["pen"]) for key, m in edges.items()}
+    assert pens[("frontend", "catalog")] == 5.0 == max(pens.values())
+    assert pens[("orders", "payments")] < pens[("frontend", "orders")]
+    if shutil.which("dot"):
+        svg = subprocess.run(["dot", "-Tsvg"], input=text.encode(), capture_output=True)
+        assert svg.returncode == 0, svg.stderr
+
+
+def test_json_lists_nodes_and_edges(ledger: Ledger) -> None:
+    ledger.log.append([entry_of(e) for e in hand_made()])
+    body = graph.to_json(graph.compute(rollup_of(ledger), since_ns=None, until_ns=None, now_ns=0))
+    assert [n["name"] for n in body["nodes"]] == [
+        "batch-report",
+        "catalog",
+        "frontend",
+        "orders",
+        "payments",
+    ]
+    first = body["edges"][0]
+    assert (first["source"], first["dest"], first["requests"], first["error_rate"]) == (
+        "frontend",
+        "catalog",
+        10,
+        0.2,
+    )
+    assert first["bytes"] == 1100 and first["plaintext"] == 1
+    frontend = next(n for n in body["nodes"] if n["name"] == "frontend")
+    assert (frontend["outbound"], frontend["inbound"]) == (13, 0)
+    assert body["requests"] == 18 and body["window"]["seconds"] == 60
