@@ -1,5 +1,277 @@
-import { h } from "../dom.js";
+// The service graph: services and the calls between them, as an SVG picture and a table.
+//
+// Edges come from GET /v1/graph?since= (the same figures as `auditmesh graph`); positions from
+// POST /console/api/layout (networkx, on the server). Colour: error rate; width: volume;
+// dashed: some calls were plaintext (no mTLS); a red disc: denied calls. Clicking an edge lists
+// its events through GET /v1/events (an audited read).
 
-export async function renderGraph(main) {
-  main.append(h("h1", {}, "graph"));
+import { api } from "../api.js";
+import {
+  badge,
+  clear,
+  decisionBadge,
+  errorPanel,
+  eventLink,
+  fmtBytes,
+  fmtPercent,
+  fmtRate,
+  fmtTime,
+  h,
+  s,
+  statusBadge,
+} from "../dom.js";
+import { edgeQuery, loadGraph } from "./graphdata.js";
+
+const WIDTH = 1200;
+const NODE_R = 30;
+const BINS = [
+  { max: 0.01, colour: "#2f9e6b", label: "< 1% errors", key: "ok" },
+  { max: 0.05, colour: "#b59a12", label: "1–5%", key: "low" },
+  { max: 0.2, colour: "#e07b00", label: "5–20%", key: "mid" },
+  { max: Infinity, colour: "#c62828", label: "≥ 20%", key: "high" },
+];
+
+function bin(errorRate) {
+  return BINS.find((b) => errorRate < b.max) || BINS[BINS.length - 1];
+}
+
+function markers() {
+  return s(
+    "defs",
+    {},
+    BINS.map((b) =>
+      s(
+        "marker",
+        { id: `arrow-${b.key}`, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse", markerUnits: "userSpaceOnUse" },
+        s("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: b.colour }),
+      ),
+    ),
+  );
+}
+
+/** A curved path from a to b, bent sideways so reciprocal edges and long edges separate. */
+function curve(a, b, bend) {
+  const dx = b.x - a.x;
+  const dy = b.y - a.y;
+  const length = Math.hypot(dx, dy) || 1;
+  const nx = -dy / length;
+  const ny = dx / length;
+  const mx = (a.x + b.x) / 2 + nx * bend;
+  const my = (a.y + b.y) / 2 + ny * bend;
+  // start and end on the circles' rims, pointing at the control point
+  const trim = (p, q, r) => {
+    const d = Math.hypot(q.x - p.x, q.y - p.y) || 1;
+    return { x: p.x + ((q.x - p.x) * r) / d, y: p.y + ((q.y - p.y) * r) / d };
+  };
+  const start = trim(a, { x: mx, y: my }, NODE_R + 2);
+  const end = trim(b, { x: mx, y: my }, NODE_R + 6);
+  // the curve's midpoint (t = 0.5 of the quadratic Bézier)
+  const mid = { x: 0.25 * start.x + 0.5 * mx + 0.25 * end.x, y: 0.25 * start.y + 0.5 * my + 0.25 * end.y };
+  return { d: `M ${start.x.toFixed(1)} ${start.y.toFixed(1)} Q ${mx.toFixed(1)} ${my.toFixed(1)} ${end.x.toFixed(1)} ${end.y.toFixed(1)}`, mid };
+}
+
+function edgeTitle(e) {
+  return (
+    `${e.source} → ${e.dest}: ${e.requests} calls (${fmtRate(e.rate)}), ` +
+    `${fmtPercent(e.errorRate)} errors, ${e.denials} denied, mTLS ${fmtPercent(e.mtlsShare)}` +
+    (e.p95 !== undefined ? `, p95 ${e.p95} ms` : "")
+  );
+}
+
+function picture(graph, positions, onSelect) {
+  const columns = new Set(Object.values(positions).map((p) => p[0]));
+  const perColumn = {};
+  for (const p of Object.values(positions)) perColumn[p[0]] = (perColumn[p[0]] || 0) + 1;
+  const tallest = Math.max(1, ...Object.values(perColumn));
+  const height = Math.max(380, 130 * tallest + 60);
+  const padX = 110;
+  const padY = 70;
+  const at = (name) => {
+    const [x, y] = positions[name] || [0.5, 0.5];
+    return { x: padX + x * (WIDTH - 2 * padX), y: padY + y * (height - 2 * padY) };
+  };
+  const maxRequests = Math.max(1, ...graph.edges.map((e) => e.requests));
+  const svg = s("svg", { class: "graph", id: "graph-svg", viewBox: `0 0 ${WIDTH} ${height}`, role: "img", "aria-label": "service graph" });
+  svg.append(markers());
+  const edgeLayer = s("g", { class: "edges" });
+  const badgeLayer = s("g", { class: "denials" });
+  const pairs = new Set(graph.edges.map((e) => `${e.source}\u0000${e.dest}`));
+  graph.edges.forEach((e, i) => {
+    const a = at(e.source);
+    const b = at(e.dest);
+    const reciprocal = pairs.has(`${e.dest}\u0000${e.source}`);
+    const span = Math.abs(b.x - a.x) / (WIDTH - 2 * padX);
+    const bend = (reciprocal ? 26 : 0) + (span > 0.45 ? 38 : 14) * (a.y <= b.y ? 1 : -1);
+    const { d, mid } = curve(a, b, bend);
+    const colour = bin(e.errorRate);
+    const width = 1.5 + (7 * Math.log1p(e.requests)) / Math.log1p(maxRequests);
+    const group = s(
+      "g",
+      {
+        class: `edge${e.plaintext ? " plaintext" : ""}`,
+        "data-source": e.source,
+        "data-dest": e.dest,
+        "data-denials": e.denials,
+        "data-error-bin": colour.key,
+        tabindex: 0,
+        role: "button",
+        onclick: () => onSelect(i),
+        onkeydown: (event) => {
+          if (event.key === "Enter" || event.key === " ") onSelect(i);
+        },
+      },
+      s("title", {}, edgeTitle(e)),
+      s("path", {
+        class: "line",
+        d,
+        stroke: colour.colour,
+        "stroke-width": width.toFixed(1),
+        "stroke-opacity": 0.85,
+        "stroke-dasharray": e.plaintext ? "9 6" : null,
+        "marker-end": `url(#arrow-${colour.key})`,
+      }),
+      s("path", { class: "hit", d }),
+      s("text", { class: "edge-label", x: mid.x.toFixed(1), y: (mid.y - 8 - width / 2).toFixed(1), "text-anchor": "middle" }, fmtRate(e.rate)),
+    );
+    edgeLayer.append(group);
+    if (e.denials > 0) {
+      badgeLayer.append(
+        s(
+          "g",
+          { class: "denial", "data-source": e.source, "data-dest": e.dest, transform: `translate(${mid.x.toFixed(1)} ${(mid.y + 12).toFixed(1)})`, onclick: () => onSelect(i) },
+          s("title", {}, `${e.denials} denied calls ${e.source} → ${e.dest}`),
+          s("circle", { r: 12 }),
+          s("text", { "text-anchor": "middle", dy: "4" }, String(e.denials)),
+        ),
+      );
+    }
+  });
+  const nodeLayer = s("g", { class: "nodes" });
+  for (const node of graph.nodes) {
+    const p = at(node.name);
+    nodeLayer.append(
+      s(
+        "g",
+        { class: "node", "data-name": node.name, transform: `translate(${p.x.toFixed(1)} ${p.y.toFixed(1)})` },
+        s("title", {}, node.title || node.name),
+        s("circle", { r: NODE_R, class: node.external ? "external" : "" }),
+        s("text", { "text-anchor": "middle", dy: "4" }, node.name.length > 12 ? `${node.name.slice(0, 11)}…` : node.name),
+        s("text", { class: "sub", "text-anchor": "middle", dy: NODE_R + 16 }, node.inbound ? `${node.inbound} in` : ""),
+      ),
+    );
+  }
+  svg.append(edgeLayer, nodeLayer, badgeLayer);
+  svg.dataset.columns = String(columns.size);
+  return svg;
+}
+
+function legend() {
+  const line = (attrs) => s("svg", { width: 36, height: 10 }, s("line", { x1: 2, y1: 5, x2: 34, y2: 5, ...attrs }));
+  return h(
+    "div",
+    { class: "legend" },
+    BINS.map((b) => h("span", {}, line({ stroke: b.colour, "stroke-width": 4 }), ` ${b.label}`)),
+    h("span", {}, line({ stroke: "#5d6b78", "stroke-width": 2 }), "/", line({ stroke: "#5d6b78", "stroke-width": 8 }), " volume"),
+    h("span", {}, line({ stroke: "#5d6b78", "stroke-width": 3, "stroke-dasharray": "9 6" }), " plaintext calls"),
+    h("span", {}, s("svg", { width: 22, height: 22 }, s("circle", { cx: 11, cy: 11, r: 10, fill: "#b42318" }), s("text", { x: 11, y: 15, "text-anchor": "middle", fill: "#fff", "font-size": 11, "font-weight": 700 }, "n")), " denied calls"),
+  );
+}
+
+function edgeTable(graph, onSelect) {
+  const head = ["Caller", "Callee", "Calls", "Rate", "Errors", "Denied", "mTLS", "p50", "p95", "p99", "Bytes"];
+  return h(
+    "table",
+    { id: "edge-table" },
+    h("thead", {}, h("tr", {}, head.map((t, i) => h("th", { class: i > 1 ? "num" : "" }, t)))),
+    h(
+      "tbody",
+      {},
+      graph.edges.map((e, i) =>
+        h(
+          "tr",
+          { class: "clickable", onclick: () => onSelect(i) },
+          h("td", {}, e.source),
+          h("td", {}, e.dest),
+          h("td", { class: "num" }, String(e.requests)),
+          h("td", { class: "num" }, fmtRate(e.rate)),
+          h("td", { class: "num" }, e.errorRate >= 0.05 ? badge(fmtPercent(e.errorRate), e.errorRate >= 0.2 ? "bad" : "warn") : fmtPercent(e.errorRate)),
+          h("td", { class: "num" }, e.denials ? badge(String(e.denials), "bad") : "0"),
+          h("td", { class: "num" }, e.mtlsShare < 1 ? badge(fmtPercent(e.mtlsShare), "warn") : fmtPercent(e.mtlsShare)),
+          ["p50", "p95", "p99"].map((k) => h("td", { class: "num" }, e[k] === undefined ? "—" : `${e[k]} ms`)),
+          h("td", { class: "num" }, fmtBytes(e.bytes)),
+        ),
+      ),
+    ),
+  );
+}
+
+async function showEdge(panel, graph, edge, since) {
+  const query = edgeQuery(edge, since);
+  const search = new URLSearchParams(query);
+  clear(panel).append(
+    h("h2", {}, `${edge.source} → ${edge.dest}`),
+    h("p", { class: "dim" }, edgeTitle(edge), "  ", h("a", { href: `#/events?${search}`, id: "edge-search" }, "Open in event search →")),
+    h("p", { class: "dim" }, "Loading events…"),
+  );
+  const page = await api("/v1/events", { query: { ...query, limit: 50 } });
+  const events = page.events || [];
+  panel.lastChild.replaceWith(
+    events.length
+      ? h(
+          "table",
+          { id: "edge-events" },
+          h("thead", {}, h("tr", {}, ["Time", "Event", "Request", "Status", "Decision", "Reporter"].map((t) => h("th", {}, t)))),
+          h(
+            "tbody",
+            {},
+            events.map(({ event }) =>
+              h(
+                "tr",
+                {},
+                h("td", { class: "nowrap small" }, fmtTime(event.time_ns)),
+                h("td", {}, eventLink(event.id, event.id.slice(0, 18) + "…")),
+                h("td", { class: "path mono" }, event.http ? `${event.http.method} ${event.http.path}` : event.kind),
+                h("td", {}, statusBadge(event.http?.status)),
+                h("td", {}, decisionBadge(event.authz?.decision)),
+                h("td", { class: "small dim" }, event.direction || ""),
+              ),
+            ),
+          ),
+        )
+      : h("p", { class: "dim" }, "No events for this edge in the window."),
+  );
+}
+
+export async function renderGraph(main, params) {
+  const since = params.get("since") || "24h";
+  const graph = await loadGraph(since);
+  const { positions } = await api("/console/api/layout", {
+    method: "POST",
+    body: { nodes: graph.nodes.map((n) => n.name), edges: graph.edges.map((e) => [e.source, e.dest]) },
+  });
+  const detail = h("div", { class: "panel", id: "edge-detail" }, h("p", { class: "dim" }, "Click an edge (or a row below) to list its events."));
+  let selected = -1;
+  const select = (i) => {
+    selected = i;
+    for (const [j, el] of document.querySelectorAll("#graph-svg .edge").entries()) el.classList.toggle("selected", j === i);
+    showEdge(detail, graph, graph.edges[i], since).catch((error) => detail.append(errorPanel(error.message)));
+    detail.scrollIntoView({ block: "nearest" });
+  };
+  const windows = ["15m", "1h", "24h", "7d", "365d"];
+  main.append(
+    h(
+      "div",
+      { class: "row" },
+      h("h1", {}, "Service graph"),
+      h("span", { class: "spacer" }),
+      h("span", { class: "dim" }, "Window:"),
+      windows.map((w) => h("a", { href: `#/graph?since=${w}`, class: `button ${w === since ? "" : "quiet"}` }, w === "365d" ? "1 year" : w)),
+    ),
+    graph.edges.length
+      ? h("div", { class: "panel graph-wrap" }, picture(graph, positions, select), legend())
+      : h("div", { class: "panel info" }, `No calls recorded in the last ${since}.`),
+    detail,
+    h("div", { class: "panel" }, h("h2", {}, "Edges"), edgeTable(graph, select)),
+  );
+  void selected;
 }

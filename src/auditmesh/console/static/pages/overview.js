@@ -1,5 +1,139 @@
-import { h } from "../dom.js";
+// Overview: how much traffic, how much of it denied, what needs looking at, how the ledger is.
+//
+// Reads GET /console/api/overview (ledger size, latest checkpoint and its age, the log's key),
+// GET /v1/graph (calls and denials in the window) and GET /v1/findings (open findings).
 
-export async function renderOverview(main) {
-  main.append(h("h1", {}, "overview"));
+import { api } from "../api.js";
+import { badge, clear, fmtAge, fmtPercent, fmtRate, h } from "../dom.js";
+import { loadFindings, findingTitle, severityOf } from "./findingsdata.js";
+import { loadGraph } from "./graphdata.js";
+import { pinKey, pinnedKey } from "./keys.js";
+
+const WINDOWS = { "15m": 900, "1h": 3600, "24h": 86400 };
+
+function tile(id, label, value, sub, kind) {
+  return h(
+    "div",
+    { class: `tile ${kind || ""}`, id },
+    h("div", { class: "label" }, label),
+    h("div", { class: "value" }, value),
+    h("div", { class: "sub" }, sub),
+  );
+}
+
+function keyPanel(served) {
+  const input = h("input", { id: "pin-key", size: 70, value: pinnedKey(), placeholder: served });
+  const status = h("span", { class: "dim small" });
+  const show = () => {
+    const pinned = pinnedKey();
+    status.textContent = pinned
+      ? pinned === served
+        ? "Pinned; the server serves the same key."
+        : "Pinned, and it differs from the key this server serves: proofs will fail unless the checkpoints are signed by the pinned key."
+      : "Not pinned: proofs are checked against the key this server serves.";
+  };
+  show();
+  return h(
+    "div",
+    { class: "panel" },
+    h("h2", {}, "Log verifier key"),
+    h("p", { class: "small" }, "This server signs its checkpoints with ", h("code", { id: "served-key" }, served), "."),
+    h("p", { class: "dim small" }, "Pin the key you got from elsewhere (your auditor, your deployment) and this browser checks every proof against it."),
+    h(
+      "div",
+      { class: "row" },
+      input,
+      h("button", { type: "button", onclick: () => { pinKey(input.value); show(); } }, "Pin"),
+      h("button", { type: "button", class: "quiet", onclick: () => { pinKey(""); input.value = ""; show(); } }, "Unpin"),
+    ),
+    status,
+  );
+}
+
+function troubleTable(graph) {
+  const troubled = graph.edges
+    .filter((e) => e.errorRate >= 0.01 || e.denials > 0 || e.plaintext)
+    .sort((a, b) => b.denials - a.denials || b.errorRate - a.errorRate)
+    .slice(0, 8);
+  if (!troubled.length) return h("p", { class: "dim" }, "No edge with errors, denials or plaintext calls.");
+  return h(
+    "table",
+    { id: "trouble-edges" },
+    h("thead", {}, h("tr", {}, ["Edge", "Calls", "Errors", "Denied", "mTLS"].map((t, i) => h("th", { class: i ? "num" : "" }, t)))),
+    h(
+      "tbody",
+      {},
+      troubled.map((e) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, h("a", { href: "#/graph" }, `${e.source} → ${e.dest}`)),
+          h("td", { class: "num" }, String(e.requests)),
+          h("td", { class: "num" }, e.errorRate >= 0.05 ? badge(fmtPercent(e.errorRate), "bad") : fmtPercent(e.errorRate)),
+          h("td", { class: "num" }, e.denials ? badge(String(e.denials), "bad") : "0"),
+          h("td", { class: "num" }, e.plaintext ? badge(fmtPercent(e.mtlsShare), "warn") : "100%"),
+        ),
+      ),
+    ),
+  );
+}
+
+export async function renderOverview(main, params) {
+  const window = WINDOWS[params.get("since")] ? params.get("since") : "1h";
+  const seconds = WINDOWS[window];
+  const [ledger, graph, findings] = await Promise.all([
+    api("/console/api/overview"),
+    loadGraph(window),
+    loadFindings("24h"),
+  ]);
+  const requests = graph.edges.reduce((n, e) => n + e.requests, 0);
+  const denials = graph.edges.reduce((n, e) => n + e.denials, 0);
+  const open = findings.items;
+  const cp = ledger.checkpoint;
+  const age = cp ? cp.age_s : null;
+  main.append(
+    h(
+      "div",
+      { class: "row" },
+      h("h1", {}, "Overview"),
+      h("span", { class: "spacer" }),
+      h("span", { class: "dim" }, "Window:"),
+      Object.keys(WINDOWS).map((w) => h("a", { href: `#/overview?since=${w}`, class: `button ${w === window ? "" : "quiet"}` }, w)),
+    ),
+    h(
+      "div",
+      { class: "tiles" },
+      tile("tile-requests", `Calls, last ${window}`, requests.toLocaleString("en"), `${fmtRate(requests / seconds)} on average`),
+      tile("tile-denials", `Denied, last ${window}`, denials.toLocaleString("en"), `${fmtRate(denials / seconds)}; ${fmtPercent(requests ? denials / requests : 0)} of calls`, denials ? "bad" : "good"),
+      tile("tile-findings", "Open findings, last 24h", String(open.length), open.length ? `${open.filter((f) => severityOf(f) === "high").length} high` : "nothing to look at", open.length ? "warn" : "good"),
+      tile(
+        "tile-ledger",
+        "Ledger entries",
+        ledger.entries.toLocaleString("en"),
+        cp ? `last checkpoint ${fmtAge(age)} ago, covers ${cp.size.toLocaleString("en")}` : "no checkpoint yet",
+        cp && ledger.entries - cp.size > 0 && age > 60 ? "warn" : "",
+      ),
+    ),
+    h(
+      "div",
+      { class: "split" },
+      h("div", { class: "panel" }, h("h2", {}, `Edges that need a look (last ${window})`), troubleTable(graph)),
+      h(
+        "div",
+        { class: "panel" },
+        h("h2", {}, "Latest findings"),
+        open.length
+          ? h(
+              "ul",
+              { class: "plain", id: "overview-findings" },
+              open.slice(0, 6).map((f) => h("li", {}, badge(severityOf(f), severityOf(f) === "high" ? "bad" : "warn"), " ", h("a", { href: "#/findings" }, findingTitle(f)))),
+            )
+          : h("p", { class: "dim" }, "No findings."),
+      ),
+    ),
+    h("div", { class: "spacer-sm" }),
+    keyPanel(ledger.vkey),
+    h("p", { class: "dim small" }, `Log ${ledger.origin}.`),
+  );
+  void clear;
 }
