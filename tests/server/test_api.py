@@ -31,6 +31,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield running
 
 
+def auth(server: ServerProcess) -> dict[str, str]:
+    """Reads of events need the API token (server/api_auth.py)."""
+    token = (server.data_dir / "keys" / "api.token").read_text().strip()
+    return {"authorization": f"Bearer {token}"}
+
+
 @pytest.fixture(scope="module")
 def verifier(server: ServerProcess) -> Verifier:
     return Verifier.from_vkey((server.data_dir / "keys" / "log.vkey").read_text())
@@ -66,7 +72,9 @@ def test_invalid_batch_is_refused_whole_naming_line_and_field(
     assert (
         body["line"] == 3 and "$.http.status" in body["error"] and "nothing stored" in body["error"]
     )
-    lookup = httpx.get(server.url + "/v1/events/" + msgspec.json.decode(fresh[0])["id"])
+    lookup = httpx.get(
+        server.url + "/v1/events/" + msgspec.json.decode(fresh[0])["id"], headers=auth(server)
+    )
     assert lookup.status_code == 404
 
 
@@ -85,7 +93,7 @@ def test_event_comes_back_with_a_proof_that_verifies(
     server: ServerProcess, stored: list[bytes], verifier: Verifier
 ) -> None:
     event_id = msgspec.json.decode(stored[333])["id"]
-    body = httpx.get(server.url + "/v1/events/" + event_id).json()
+    body = httpx.get(server.url + "/v1/events/" + event_id, headers=auth(server)).json()
     assert body["index"] == 333
     assert msgspec.json.decode(stored[333]) == body["event"]
     checkpoint = open_checkpoint(body["checkpoint"].encode(), verifier)
@@ -100,7 +108,9 @@ def test_tlog_proof_endpoint(
     server: ServerProcess, stored: list[bytes], verifier: Verifier
 ) -> None:
     event_id = msgspec.json.decode(stored[5])["id"]
-    response = httpx.get(server.url + "/v1/proof/inclusion", params={"id": event_id})
+    response = httpx.get(
+        server.url + "/v1/proof/inclusion", params={"id": event_id}, headers=auth(server)
+    )
     assert response.status_code == 200
     proof = TlogProof.parse(response.content)
     checkpoint = verify_tlog_proof(proof, stored[5], verifier)
@@ -108,10 +118,12 @@ def test_tlog_proof_endpoint(
 
 
 def test_unknown_and_malformed_ids(server: ServerProcess) -> None:
-    assert httpx.get(server.url + "/v1/events/not-a-uuid").status_code == 400
-    missing = httpx.get(server.url + "/v1/events/01890a5d-ac96-774b-bcce-b302099a8057")
+    assert httpx.get(server.url + "/v1/events/not-a-uuid", headers=auth(server)).status_code == 400
+    missing = httpx.get(
+        server.url + "/v1/events/01890a5d-ac96-774b-bcce-b302099a8057", headers=auth(server)
+    )
     assert missing.status_code == 404 and "no event" in missing.json()["error"]
-    assert httpx.get(server.url + "/v1/proof/inclusion").status_code == 400
+    assert httpx.get(server.url + "/v1/proof/inclusion", headers=auth(server)).status_code == 400
 
 
 def test_consistency_proof(server: ServerProcess, stored: list[bytes]) -> None:

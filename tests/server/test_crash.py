@@ -64,7 +64,11 @@ def test_sigkill_loses_no_acknowledged_event(
         resent = httpx.post(restarted.url + "/v1/events", content=encode_ndjson(acked[0][0]))
         assert resent.json()["indices"] == acked[0][1]  # resending is a no-op
         sample = acked[-1][0][-1]
-        found = httpx.get(f"{restarted.url}/v1/events/{sample.id}")
+        token = (data / "keys" / "api.token").read_text().strip()  # reads need the API token
+        found = httpx.get(
+            f"{restarted.url}/v1/events/{sample.id}",
+            headers={"authorization": f"Bearer {token}"},
+        )
         assert found.status_code == 200 and found.json()["index"] == acked[-1][1][-1]
     finally:
         assert restarted.stop() == 0

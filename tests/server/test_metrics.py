@@ -188,7 +188,11 @@ def test_metrics_of_a_real_server(tmp_path: Path) -> None:
             assert answer.status_code == 200, answer.text
         refused = httpx.post(server.url + "/v1/events", content=b'{"id": "nope"}\n')
         assert refused.status_code == 400
-        httpx.get(server.url + f"/v1/events/{events[0].id}")  # waits for a checkpoint
+        token = (server.data_dir / "keys" / "api.token").read_text().strip()
+        httpx.get(  # waits for a checkpoint; reads need the API token
+            server.url + f"/v1/events/{events[0].id}",
+            headers={"authorization": f"Bearer {token}"},
+        )
         scrape = httpx.get(server.url + "/metrics")
     assert scrape.status_code == 200
     assert scrape.headers["content-type"] == CONTENT_TYPE
@@ -199,6 +203,6 @@ def test_metrics_of_a_real_server(tmp_path: Path) -> None:
         if name == "auditmesh_requests_total"
     }
     assert requests == expected_requests(events)
-    assert found[("auditmesh_ledger_entries", ())] == 300
-    assert found[("auditmesh_checkpoint_size", ())] <= 300
+    assert found[("auditmesh_ledger_entries", ())] == 301  # 300 + the audit_read of the GET
+    assert found[("auditmesh_checkpoint_size", ())] <= 301
     assert 0 <= found[("auditmesh_checkpoint_age_seconds", ())] < 30

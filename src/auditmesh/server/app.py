@@ -9,6 +9,11 @@ GET  /log/tile/<L>/<N>[.p/<W>]     hash tiles
 GET  /log/tile/entries/<N>[.p/<W>] entry bundles
 GET  /metrics                      Prometheus metrics (server/metrics.py)
 POST /v1/traces, /v1/logs          OTLP/HTTP receiver (ingest/otlp_http.py)
+GET  /v1/events?…, /v1/traces/{id}, /v1/graph   questions (server/query_routes.py)
+
+Reads of events (GET /v1/events…, /v1/traces/…, /v1/graph, /v1/proof/inclusion) need the API
+token or a mesh client certificate and are audited (server/api_auth.py, which says why the
+rest stays public).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from auditmesh.events import EventError, decode_batch
 from auditmesh.ingest import otlp_http
 from auditmesh.ledger import tiles
 from auditmesh.ledger.tlogproof import TlogProof
+from auditmesh.server import api_auth, query_routes
 from auditmesh.server.metrics import Metrics
 from auditmesh.store.base import StoredEvent
 
@@ -210,10 +216,14 @@ class Api:
 def create_app(ledger: Ledger, collector: Collector, **options: Any) -> Starlette:
     api = Api(ledger, collector, **options)
     metrics = Metrics(ledger.store, collector)  # its own registry; see server/metrics.py
-    routes = [
-        Route("/v1/events", api.post_events, methods=["POST"]),
+    reads = [  # need credentials, audited (server/api_auth.py); the mesh listener has them too
         Route("/v1/events/{event_id}", api.get_event, methods=["GET"]),
         Route("/v1/proof/inclusion", api.get_inclusion, methods=["GET"]),
+        *query_routes.routes(query_routes.QueryApi(ledger, collector)),
+    ]
+    routes = [
+        Route("/v1/events", api.post_events, methods=["POST"]),
+        *reads,
         Route("/v1/proof/consistency", api.get_consistency, methods=["GET"]),
         Route("/log/checkpoint", api.get_checkpoint, methods=["GET"]),
         Route("/log/tile/{path:path}", api.get_tile, methods=["GET"]),
@@ -224,4 +234,7 @@ def create_app(ledger: Ledger, collector: Collector, **options: Any) -> Starlett
     ]
     app = Starlette(routes=routes)
     app.state.metrics = metrics  # ingest adapters: request.app.state.metrics.count_ingest(...)
+    app.state.read_routes = reads
+    token = api_auth.load_or_create_token(ledger.data_dir)
+    app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
     return app

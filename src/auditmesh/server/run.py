@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import open_ledger
@@ -24,6 +25,7 @@ from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAPaths, MeshCA
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.workload import self_issue
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
+from auditmesh.server import api_auth
 from auditmesh.server.app import create_app
 from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
 
@@ -76,13 +78,22 @@ def _config(app: Starlette, host: str, port: int, **options: Any) -> uvicorn.Con
 
 
 def _mesh_server(
-    data_dir: Path, collector: Collector, host: str, port: int, svid_ttl: timedelta
+    data_dir: Path,
+    collector: Collector,
+    host: str,
+    port: int,
+    svid_ttl: timedelta,
+    reads: Sequence[BaseRoute] = (),
 ) -> uvicorn.Server:
-    """The mTLS listener for sidecars, with the server's own SVID from the mesh CA."""
+    """The mTLS listener for sidecars, with the server's own SVID from the mesh CA; `reads`
+    are the API's event reads, open here to mesh client certificates (server/api_auth.py)."""
     ca = MeshCA.load(data_dir)
     server_id = SpiffeId.from_segments(ca.trust_domain, "auditmesh", "server")
     credentials = self_issue(ca, server_id, datetime.now(UTC), timedelta(days=7))
     app = create_mesh_app(MeshApi(data_dir, ca, collector, server_id, svid_ttl=svid_ttl))
+    app.router.routes.extend(reads)
+    token = api_auth.load_or_create_token(data_dir)
+    app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
     config = _config(app, host, port, http=peer_protocol(ca.trust_bundle()))
     config.load()
     config.ssl = credentials.server_context(require_client_cert=False)
@@ -131,11 +142,14 @@ def serve(
         print(
             f"auditmesh server: http://{host}:{port}  data {data_dir}  "
             f"log {ledger.log.origin}  entries {ledger.log.size}\n"
-            f"verifier key: {ledger.vkey}",
+            f"verifier key: {ledger.vkey}\n"
+            f"API token: {api_auth.load_or_create_token(data_dir)}  "
+            f"(in {data_dir / api_auth.TOKEN_FILE}; reads need it)",
             flush=True,
         )
         if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
-            servers.append(_mesh_server(data_dir, collector, *mesh_listen, svid_ttl))
+            reads = app.state.read_routes
+            servers.append(_mesh_server(data_dir, collector, *mesh_listen, svid_ttl, reads))
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_serve_until_signalled(*servers))
     finally:

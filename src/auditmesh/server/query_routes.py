@@ -1,0 +1,139 @@
+"""The API's questions: event search, traces and the service graph (routes only).
+
+    GET /v1/events?source=&dest=&service=&path=&status=&decision=&trace=&kind=&direction=
+                  &since=&until=&order=newest|oldest|index&limit=&cursor=
+        {"events": [{"index": N, "event": {...}}, ...], "count": n, "next": cursor | null}
+        Filters as in analysis/query.py; since/until take nanoseconds, a duration before now
+        (15m) or RFC 3339; limit 1..1000 (default 100); pass `next` back as `cursor`.
+    GET /v1/traces/{trace_id}    the call tree (analysis/trace.py `to_json`), 404 if unknown
+    GET /v1/graph?since=&until=  the service graph (analysis/graph.py `to_json`)
+
+All three are reads: server/api_auth.py asks for credentials and records each one (routes tell
+it how many events they returned). The graph reads the rollup (analysis/rollup.py), which a
+background thread keeps in step with the ledger after commits, so a request only folds what
+arrived in the last moments.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from auditmesh.analysis import graph, trace
+from auditmesh.analysis.query import QueryError, parse_params, parse_time, run
+from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
+from auditmesh.collector import Collector
+from auditmesh.datadir import Ledger
+from auditmesh.server.api_auth import set_read_count
+
+KEEP_UP_INTERVAL_S = 2.0
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class RollupKeeper:
+    """A daemon thread folding new ledger entries into the rollup, at most every interval."""
+
+    def __init__(self, rollup: Rollup, interval_s: float = KEEP_UP_INTERVAL_S) -> None:
+        self._rollup = rollup
+        self._interval = interval_s
+        self._wake = threading.Event()
+        self._stopped = False
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="auditmesh-rollup", daemon=True)
+        self._thread.start()
+
+    def poke(self, _entries: object = None) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait()
+            if self._stopped:
+                return
+            self._wake.clear()
+            try:
+                self._rollup.catch_up()
+            except Exception as exc:  # the next request catches up itself and reports it
+                self.failure = exc
+            time.sleep(self._interval)
+
+
+class QueryApi:
+    def __init__(
+        self,
+        ledger: Ledger,
+        collector: Collector | None = None,
+        *,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.store = ledger.store
+        self.now_ns = now_ns
+        self.rollup = Rollup(ledger.store, ledger.data_dir / ROLLUP_DB)
+        self.keeper: RollupKeeper | None = None
+        if collector is not None:
+            self.keeper = RollupKeeper(self.rollup)
+            collector.observe_commits(self.keeper.poke)
+            self.keeper.poke()
+
+    async def events(self, request: Request) -> Response:
+        try:
+            query, cursor = parse_params(dict(request.query_params), self.now_ns())
+            page = await run_in_threadpool(run, self.store, query, cursor)
+        except QueryError as exc:
+            return _error(400, str(exc))
+        set_read_count(request.scope, len(page.rows))
+        items = b",".join(b'{"index":%d,"event":%s}' % (index, data) for index, data in page.rows)
+        cursor_json = b"null" if page.next is None else b'"%s"' % page.next.encode()
+        body = b'{"events":[%s],"count":%d,"next":%s}' % (items, len(page.rows), cursor_json)
+        return Response(body, media_type="application/json")
+
+    async def trace(self, request: Request) -> Response:
+        trace_id = request.path_params["trace_id"].lower()
+        if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
+            return _error(400, f"{trace_id!r} is not a trace id (32 hex digits)")
+        rows = await run_in_threadpool(trace.load, self.store, trace_id)
+        if not rows:
+            return _error(404, f"no event carries trace id {trace_id}")
+        set_read_count(request.scope, len(rows))
+        return JSONResponse(trace.to_json(trace_id, trace.build(rows)))
+
+    async def graph(self, request: Request) -> Response:
+        params = dict(request.query_params)
+        unknown = sorted(set(params) - {"since", "until"})
+        if unknown:
+            return _error(400, f"unknown parameter(s) {', '.join(unknown)}; use since, until")
+        now = self.now_ns()
+        try:
+            since = None if "since" not in params else parse_time(params["since"], now, "since")
+            until = None if "until" not in params else parse_time(params["until"], now, "until")
+        except QueryError as exc:
+            return _error(400, str(exc))
+        result = await run_in_threadpool(
+            lambda: graph.compute(self.rollup, since_ns=since, until_ns=until, now_ns=now)
+        )
+        set_read_count(request.scope, result.requests)
+        body: dict[str, Any] = graph.to_json(result)
+        return JSONResponse(body)
+
+
+def routes(api: QueryApi) -> list[Route]:
+    return [
+        Route("/v1/events", api.events, methods=["GET"]),
+        Route("/v1/traces/{trace_id}", api.trace, methods=["GET"]),
+        Route("/v1/graph", api.graph, methods=["GET"]),
+    ]
