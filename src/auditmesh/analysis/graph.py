@@ -205,6 +205,31 @@ def to_json(graph: Graph) -> dict[str, Any]:
     }
 
 
+def from_json(body: dict[str, Any]) -> Graph:
+    """The `Graph` back from `to_json` (what a client of `GET /v1/graph` renders)."""
+    edges = tuple(
+        Edge(
+            e["source_service"],
+            e["source_namespace"] or "",
+            e["dest_service"],
+            e["dest_namespace"] or "",
+            e["requests"],
+            e["errors"],
+            e["denials"],
+            e["mtls"],
+            e["request_bytes"],
+            e["response_bytes"],
+            e["p50_us"],
+            e["p95_us"],
+            e["p99_us"],
+            e["rate_per_s"],
+        )
+        for e in body["edges"]
+    )
+    window = body["window"]
+    return Graph(window["from_ns"], window["to_ns"], edges)
+
+
 # Error-rate bins, as the web console draws them: (upper bound, colour).
 ERROR_COLOURS = ((0.01, "#2f9e6b"), (0.05, "#b59a12"), (0.2, "#e07b00"), (math.inf, "#c62828"))
 DENIAL_COLOUR = "#c62828"

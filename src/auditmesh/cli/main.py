@@ -16,6 +16,7 @@ GROUPS: tuple[str, ...] = (
     "demo",
     "server",
     "sidecar",
+    "query",  # query, trace, graph (cli/query.py)
     "log",
     "bundle",
     "ca",

@@ -1,0 +1,439 @@
+"""`auditmesh query | trace | graph`: the questions asked during an incident, from the shell.
+
+The I/O side of analysis/: read a data directory (`--data`) or ask a running server (`--url`,
+with the API token from `--token` or AUDITMESH_TOKEN; every such read is audited there), then
+render: a rich table or tree, JSON (what the HTTP API returns), ECS NDJSON (events) or
+Graphviz DOT (the graph). Local reads never write the ledger; the graph's rollup is kept next
+to it in DATA/rollup.db (analysis/rollup.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from auditmesh.analysis import graph, trace
+from auditmesh.analysis.query import DECISIONS, KINDS, ORDERS, Query, QueryError, run
+from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
+from auditmesh.cli.main import UserError
+from auditmesh.cli.timespec import parse_time_ns
+from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.events import AuditEvent, canonical_bytes, decode_event
+from auditmesh.export.ecs import ecs_document
+from auditmesh.ledger.merkle import leaf_hash
+from auditmesh.store.base import StoreError
+
+TOKEN_ENV = "AUDITMESH_TOKEN"
+PAGE = 1000  # the API's largest page
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    query = sub.add_parser(
+        "query",
+        help="find events: who called what, when, with which result",
+        description=(
+            "Events matching every filter given, newest first. --source/--dest take a SPIFFE "
+            "ID or a service name; --service matches either side."
+        ),
+    )
+    query.add_argument("--source", help="caller: SPIFFE ID or service name")
+    query.add_argument("--dest", help="callee: SPIFFE ID or service name")
+    query.add_argument("--service", help="a service on either side of the call")
+    query.add_argument("--path", help="HTTP path, exact or a prefix ending in * (/orders*)")
+    query.add_argument("--status", help="HTTP status (404) or class (5xx)")
+    query.add_argument("--decision", choices=DECISIONS, help="authorization decision")
+    query.add_argument("--trace", help="trace id (32 hex digits)")
+    query.add_argument("--kind", choices=KINDS, help="event kind")
+    query.add_argument("--direction", choices=("inbound", "outbound"), help="reporting side")
+    query.add_argument("--since", help="at or after: 15m, 2h, 7d or an RFC 3339 time")
+    query.add_argument("--until", help="before: 15m, 2h, 7d or an RFC 3339 time")
+    query.add_argument("--order", choices=ORDERS, default="newest", help="default newest")
+    query.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    query.add_argument("--cursor", help="continue after a page (the `next` a page printed)")
+    query.add_argument("--format", choices=("table", "json", "ecs"), default="table")
+    _add_source(query)
+    query.set_defaults(func=run_query)
+
+    tr = sub.add_parser(
+        "trace",
+        help="the call tree of one trace across services",
+        description=(
+            "Events sharing a trace id as a tree of calls: both sides of a hop merged, with "
+            "durations, statuses and policy decisions."
+        ),
+    )
+    tr.add_argument("trace_id", metavar="TRACE_ID")
+    tr.add_argument("--format", choices=("tree", "json"), default="tree")
+    _add_source(tr)
+    tr.set_defaults(func=run_trace)
+
+    gr = sub.add_parser(
+        "graph",
+        help="the service graph: calls, errors, latency, mTLS, denials per edge",
+        description=(
+            "Edges source service → destination service, each call counted once (the inbound "
+            "side preferred), over whole minutes."
+        ),
+    )
+    gr.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time (default: everything)")
+    gr.add_argument("--until", help="15m, 2h, 7d or an RFC 3339 time")
+    gr.add_argument("--format", choices=("table", "json", "dot"), default="table")
+    _add_source(gr)
+    gr.set_defaults(func=run_graph)
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--data", type=Path, help="data directory (default ./auditmesh-data)")
+    where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:7600")
+    parser.add_argument("--token", help=f"API token for --url (default: ${TOKEN_ENV})")
+
+
+# -- where the answers come from -------------------------------------------------------
+
+
+@contextmanager
+def _ledger(data: Path | None) -> Iterator[Ledger]:
+    try:
+        ledger = open_ledger(data or Path("auditmesh-data"), create=False)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@contextmanager
+def _client(args: argparse.Namespace) -> Iterator[httpx.Client]:
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise UserError(
+            f"reading from {args.url} needs the API token: --token T or {TOKEN_ENV}=T "
+            "(the server prints it at start; it is in DATA/keys/api.token)"
+        )
+    headers = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=60) as client:
+        yield client
+
+
+def _get(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> Any:
+    try:
+        response = client.get(path, params=params)
+    except httpx.HTTPError as exc:
+        raise UserError(f"cannot reach {client.base_url}: {exc}") from None
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text.strip()
+        raise UserError(f"{client.base_url}{path}: {response.status_code} {message}")
+    return response.json()
+
+
+def _time(text: str | None, now_ns: int) -> int | None:
+    return None if text is None else parse_time_ns(text, now_ns)
+
+
+# -- query -----------------------------------------------------------------------------
+
+
+def _query_of(args: argparse.Namespace) -> Query:
+    now = time.time_ns()
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    try:
+        return Query(
+            source=args.source,
+            dest=args.dest,
+            service=args.service,
+            path=args.path,
+            status=args.status,
+            decision=args.decision,
+            trace_id=None if args.trace is None else args.trace.lower(),
+            kind=args.kind,
+            direction=args.direction,
+            since_ns=_time(args.since, now),
+            until_ns=_time(args.until, now),
+            order=args.order,
+            limit=args.limit,
+        )
+    except QueryError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _params(query: Query, limit: int, cursor: str | None) -> dict[str, str]:
+    params = {
+        "source": query.source,
+        "dest": query.dest,
+        "service": query.service,
+        "path": query.path,
+        "status": query.status,
+        "decision": query.decision,
+        "trace": query.trace_id,
+        "kind": query.kind,
+        "direction": query.direction,
+        "since": None if query.since_ns is None else str(query.since_ns),
+        "until": None if query.until_ns is None else str(query.until_ns),
+        "order": query.order,
+        "limit": str(limit),
+        "cursor": cursor,
+    }
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _remote_events(
+    args: argparse.Namespace, query: Query
+) -> tuple[list[tuple[int, bytes]], str | None]:
+    rows: list[tuple[int, bytes]] = []
+    cursor = args.cursor
+    with _client(args) as client:
+        while len(rows) < query.limit:
+            want = min(PAGE, query.limit - len(rows))
+            page = _get(client, "/v1/events", _params(query, want, cursor))
+            for item in page["events"]:
+                # the server sends the canonical bytes; re-encoding restores them exactly
+                event = decode_event(msgspec.json.encode(item["event"]))
+                rows.append((int(item["index"]), canonical_bytes(event)))
+            cursor = page["next"]
+            if cursor is None:
+                break
+    return rows, cursor
+
+
+def _local_events(
+    args: argparse.Namespace, query: Query
+) -> tuple[list[tuple[int, bytes]], str | None]:
+    with _ledger(args.data) as ledger:
+        try:
+            page = run(ledger.store, query, args.cursor)
+        except QueryError as exc:
+            raise UserError(str(exc)) from None
+    return page.rows, page.next
+
+
+def run_query(args: argparse.Namespace) -> int:
+    query = _query_of(args)
+    rows, cursor = (_remote_events if args.url else _local_events)(args, query)
+    out = sys.stdout
+    if args.format == "json":
+        items = [{"index": i, "event": msgspec.json.decode(d)} for i, d in rows]
+        body = {"events": items, "count": len(items), "next": cursor}
+        out.write(msgspec.json.encode(body).decode() + "\n")
+    elif args.format == "ecs":
+        encoder = msgspec.json.Encoder()
+        for index, data in rows:
+            doc = ecs_document(decode_event(data), index=index, leaf=leaf_hash(data))
+            out.write(encoder.encode(doc).decode() + "\n")
+    else:
+        _event_table([(i, decode_event(d)) for i, d in rows])
+    if cursor is not None:
+        print(f"more events: add --cursor {cursor}", file=sys.stderr)
+    return 0
+
+
+def format_time(time_ns: int) -> str:
+    moment = datetime.fromtimestamp(time_ns // 1_000_000_000, UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S}.{time_ns // 1_000_000 % 1000:03d}"
+
+
+def _console() -> Console:
+    """Rich's console; 160 columns when writing to a pipe or file instead of 80."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _event_table(events: list[tuple[int, AuditEvent]]) -> None:
+    console = _console()
+    if not events:
+        console.print("no events match")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("time (UTC)", "index", "source → destination", "request", "status"):
+        table.add_column(column, no_wrap=column != "request", overflow="fold")
+    table.add_column("decision", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("trace", no_wrap=True)
+    for index, event in events:
+        http, authz = event.http, event.authz
+        request = event.kind if http is None else f"{http.method or ''} {http.path or ''}"
+        status = "" if http is None or http.status is None else str(http.status)
+        if status.startswith("5"):
+            status = f"[red]{status}[/]"
+        decision: str = "" if authz is None else authz.decision
+        if decision == "deny":
+            decision = f"[bold red]deny[/] {escape(authz.policy or '') if authz else ''}"
+        arrow = "→" if event.direction != "outbound" else "⇢"
+        parties = f"{trace.peer_name(event.source)} {arrow} {trace.peer_name(event.destination)}"
+        table.add_row(
+            format_time(int(event.time_ns)),
+            str(index),
+            escape(parties),
+            escape(request.strip()),
+            status,
+            decision,
+            graph.format_duration(event.duration_us) if event.kind in ("http", "tcp") else "",
+            "" if event.trace is None else event.trace.trace_id[:8],
+        )
+    console.print(table)
+    console.print(f"{len(events)} events (→ reported by the callee, ⇢ by the caller)")
+
+
+# -- trace -----------------------------------------------------------------------------
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    trace_id = args.trace_id.lower()
+    if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
+        raise UserError(f"{args.trace_id!r} is not a trace id (32 hex digits)")
+    if args.url:
+        with _client(args) as client:
+            body = _get(client, f"/v1/traces/{trace_id}")
+    else:
+        with _ledger(args.data) as ledger:
+            rows = trace.load(ledger.store, trace_id)
+        if not rows:
+            raise UserError(f"no event carries trace id {trace_id}")
+        body = trace.to_json(trace_id, trace.build(rows))
+    if args.format == "json":
+        print(msgspec.json.encode(body).decode())
+    else:
+        _console().print(trace_tree(body))
+    return 0
+
+
+def _call_label(call: dict[str, Any]) -> str:
+    parts = [f"[bold]{escape(call['source'])} → {escape(call['destination'])}[/]"]
+    if call["method"] or call["path"]:
+        parts.append(escape(f"{call['method'] or ''} {call['path'] or ''}".strip()))
+    elif call["kind"] != "http":
+        parts.append(call["kind"])
+    status = call["status"]
+    if status is not None:
+        parts.append(f"[red]{status}[/]" if status >= 500 else str(status))
+    elif call["outcome"] == "failure":
+        parts.append("[red]failed[/]")
+    if call["decision"] == "deny":
+        parts.append(f"[bold red]denied[/] by {escape(call['policy'] or '?')}")
+    elif call["decision"]:
+        parts.append(
+            f"{call['decision']}" + (f" ({escape(call['policy'])})" if call["policy"] else "")
+        )
+    parts.append(graph.format_duration(call["duration_us"]))
+    if call["error"]:
+        parts.append(f"[red]{escape(call['error']['type'])}[/]")
+    sides = [name for name in ("outbound", "inbound") if call[name]]
+    parts.append(f"[dim]{'+'.join(sides)}[/]" if len(sides) == 2 else f"[dim]{sides[0]} only[/]")
+    if not call["mtls"]:
+        parts.append("[yellow]plaintext[/]")
+    return "  ".join(parts)
+
+
+def trace_tree(body: dict[str, Any]) -> Tree:
+    """The rich tree of `trace.to_json` output (local or from the API)."""
+    head = (
+        f"trace {body['trace_id']}: {body['calls']} calls from {body['events']} events, "
+        f"{graph.format_duration(body['duration_us'])}"
+    )
+    if body["failures"] or body["denials"]:
+        head += f", [red]{body['failures']} failed, {body['denials']} denied[/]"
+    tree = Tree(head)
+    stack = [(tree, root) for root in reversed(body["roots"])]
+    while stack:
+        parent, call = stack.pop()
+        node = parent.add(_call_label(call))
+        stack.extend((node, child) for child in reversed(call["children"]))
+    return tree
+
+
+# -- graph -----------------------------------------------------------------------------
+
+
+def run_graph(args: argparse.Namespace) -> int:
+    now = time.time_ns()
+    since, until = _time(args.since, now), _time(args.until, now)
+    if args.url:
+        params = {k: str(v) for k, v in (("since", since), ("until", until)) if v is not None}
+        with _client(args) as client:
+            body = _get(client, "/v1/graph", params)
+        result = graph.from_json(body)
+    else:
+        with _ledger(args.data) as ledger:
+            rollup = Rollup(ledger.store, ledger.data_dir / ROLLUP_DB)
+            try:
+                result = graph.compute(rollup, since_ns=since, until_ns=until, now_ns=now)
+            finally:
+                rollup.close()
+        body = graph.to_json(result)
+    if args.format == "json":
+        print(msgspec.json.encode(body).decode())
+    elif args.format == "dot":
+        sys.stdout.write(graph.to_dot(result))
+    else:
+        _graph_table(result)
+    return 0
+
+
+def _graph_table(result: graph.Graph) -> None:
+    console = _console()
+    if not result.edges:
+        console.print("no calls in the window")
+        return
+    names = graph.node_names(result)
+    window = ""
+    if result.from_ns is not None and result.to_ns is not None:
+        window = f" {format_time(result.from_ns)} → {format_time(result.to_ns)} UTC"
+    table = Table(title=f"service graph{window}", box=None, header_style="bold")
+    table.add_column("caller")
+    table.add_column("callee")
+    for column in ("calls", "rate/s", "errors", "denied", "mTLS", "p50", "p95", "p99", "bytes"):
+        table.add_column(column, justify="right")
+    for e in result.edges:
+        errors = f"{100 * e.error_rate:.1f}%"
+        if e.error_rate >= 0.05:
+            errors = f"[red]{errors}[/]"
+        mtls = f"{100 * e.mtls_share:.0f}%"
+        if e.plaintext:
+            mtls = f"[yellow]{mtls}[/]"
+        table.add_row(
+            escape(names[(e.source_namespace, e.source)]),
+            escape(names[(e.dest_namespace, e.dest)]),
+            str(e.requests),
+            f"{e.rate_per_s:.3g}",
+            errors,
+            f"[bold red]{e.denied}[/]" if e.denied else "0",
+            mtls,
+            graph.format_duration(e.p50_us),
+            graph.format_duration(e.p95_us),
+            graph.format_duration(e.p99_us),
+            _bytes(e.request_bytes + e.response_bytes),
+        )
+    console.print(table)
+    console.print(
+        f"{result.requests} calls; each counted once (the callee's report preferred); "
+        "latency to two significant digits"
+    )
+
+
+def _bytes(count: int) -> str:
+    if count < 1000:
+        return f"{count} B"
+    value = float(count)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 1000 or unit == "TB":
+            break
+    return f"{value:.1f} {unit}"
