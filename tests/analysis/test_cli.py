@@ -1,0 +1,125 @@
+"""`auditmesh query | trace | graph` on a data directory, through `main([...])`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from auditmesh.cli.main import main
+from auditmesh.collector import entry_of
+from auditmesh.datadir import open_ledger
+from auditmesh.ledger.merkle import leaf_hash
+from tests.analysis.test_graph import hand_made
+from tests.analysis.test_trace import TRACE, checkout
+from tests.conftest import generate
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("cli") / "data"
+    ledger = open_ledger(path, origin="test/cli")
+    events = [*generate(200, seed=4), *[e for p in checkout().values() for e in p]]
+    ledger.log.append([entry_of(e) for e in events])
+    ledger.close()
+    yield path
+
+
+def test_query_table_lists_matching_events(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--data", str(data), "--decision", "deny", "--limit", "2"]) == 0
+    captured = capsys.readouterr()
+    rows = [line for line in captured.out.splitlines() if " payments " in line]
+    assert len(rows) == 2 and all("403" in r and "deny" in r for r in rows)
+    assert "2 events" in captured.out and "--cursor" in captured.err  # a third denial follows
+
+
+def test_query_json_pages_with_the_printed_cursor(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["query", "--data", str(data), "--service", "payments", "--format", "json"]
+    assert main([*base, "--limit", "5"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*base, "--limit", "5", "--cursor", first["next"]]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert main([*base, "--limit", "10"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert first["events"] + second["events"] == both["events"]
+
+
+def test_query_ecs_writes_one_document_per_event(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["query", "--data", str(data), "--trace", TRACE, "--format", "ecs"]) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(docs) == 8 and {d["trace"]["id"] for d in docs} == {TRACE}
+    ledger = open_ledger(data, create=False)
+    try:
+        for doc in docs:
+            index = doc["event"]["sequence"]
+            ((_, stored),) = ledger.store.entries(index, index + 1)
+            assert doc["event"]["hash"] == leaf_hash(stored).hex()
+    finally:
+        ledger.close()
+
+
+def test_trace_draws_the_call_tree(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", TRACE, "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "5 calls from 8 events" in out
+    lines = out.splitlines()
+    payments = next(line for line in lines if "orders → payments" in line)
+    assert "denied" in payments and "403" in payments
+    assert "outbound only" in next(line for line in lines if "orders → catalog" in line)
+    assert main(["trace", TRACE, "--data", str(data), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calls"] == 5
+
+
+def test_graph_table_json_and_dot(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graph", "--data", str(data)]) == 0
+    table = capsys.readouterr().out
+    assert "frontend" in table and "catalog" in table and "p95" in table
+    assert main(["graph", "--data", str(data), "--format", "json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["requests"] == 200 + 5  # the trace's 8 events are 5 calls
+    assert (data / "rollup.db").exists()
+    assert main(["graph", "--data", str(data), "--format", "dot"]) == 0
+    assert capsys.readouterr().out.startswith("digraph auditmesh {")
+
+
+def test_the_graph_of_the_hand_made_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = open_ledger(tmp_path / "data", origin="test/hand")
+    ledger.log.append([entry_of(e) for e in hand_made()])
+    ledger.close()
+    assert main(["graph", "--data", str(tmp_path / "data"), "--since", "3650d"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "batch-report" in line)
+    assert row.split()[:3] == ["batch-report", "payments", "4"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["query", "--status", "6xx"], "status"),
+        (["query", "--limit", "0"], "--limit"),
+        (["query", "--since", "tomorrow"], "neither a duration"),
+        (["query", "--cursor", "nope"], "cursor"),
+        (["trace", "xyz"], "not a trace id"),
+        (["trace", "0" * 32], "no event carries"),
+    ],
+)
+def test_mistakes_are_one_line_errors(
+    data: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main([*argv, "--data", str(data)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_data_directory_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["graph", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "no ledger at" in capsys.readouterr().err
