@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from auditmesh.events import AuditEvent
@@ -54,6 +56,93 @@ def test_login_then_overview(browser: Browser, demo: Demo) -> None:
     browser.screenshot("overview")
 
 
+def test_graph_shows_the_demo_edges(browser: Browser) -> None:
+    browser.open("#/graph")
+    browser.wait_for("#graph-svg")
+    edges = {
+        (e["source"], e["dest"]): e
+        for e in browser.js(
+            """return [...document.querySelectorAll('#graph-svg .edge')].map((e) => ({
+                source: e.dataset.source, dest: e.dataset.dest,
+                denials: Number(e.dataset.denials), plaintext: e.classList.contains('plaintext'),
+                dashed: e.querySelector('path.line').getAttribute('stroke-dasharray')}))"""
+        )
+    }
+    for edge in [("frontend", "catalog"), ("orders", "payments"), ("batch-report", "payments")]:
+        assert edge in edges, sorted(edges)
+    assert edges[("batch-report", "payments")]["denials"] > 0
+    assert edges[("orders", "payments")]["denials"] == 0
+    assert edges[("unknown", "frontend")]["plaintext"] and edges[("unknown", "frontend")]["dashed"]
+    assert not edges[("orders", "payments")]["dashed"]
+    nodes = browser.js(
+        "return [...document.querySelectorAll('#graph-svg .node')].map((n) => n.dataset.name)"
+    )
+    assert {"frontend", "catalog", "orders", "payments", "batch-report"} <= set(nodes)
+    fits_laptop(browser)
+    browser.screenshot("graph")
+    # a red mark on the denied edge; clicking it lists that edge's events
+    browser.find('.denial[data-source="batch-report"][data-dest="payments"]').click()
+    browser.wait_for("#edge-events tbody tr")
+    rows = browser.find_all("#edge-events tbody tr")
+    assert rows and all("deny" in r.text or "/charges" in r.text for r in rows)
+    assert "batch-report → payments" in browser.find("#edge-detail h2").text
+    browser.screenshot("graph-edge-events")
+
+
+def test_search_narrows_and_pages(browser: Browser, demo: Demo) -> None:
+    browser.open("#/events?limit=20")
+    first_page = [r.get_attribute("data-id") for r in browser.find_all("#results tbody tr")]
+    assert len(first_page) == 20
+    browser.find("#page-next").click()
+    browser.wait_until("location.hash.includes('cursor=')")
+    browser.wait_settled()
+    second_page = [r.get_attribute("data-id") for r in browser.find_all("#results tbody tr")]
+    assert second_page and not set(first_page) & set(second_page)
+
+    browser.open("#/events")
+    everything = len(browser.find_all("#results tbody tr"))
+    browser.find("#f-service").send_keys("payments")
+    browser.find("#f-decision option[value=deny]").click()
+    browser.find("#search-run").click()
+    browser.wait_until("location.hash.includes('decision=deny')")
+    browser.wait_settled()
+    rows = browser.find_all("#results tbody tr")
+    denied = sum(
+        1
+        for _, e in demo.events
+        if e.authz is not None
+        and e.authz.decision == "deny"
+        and "payments"
+        in {
+            e.destination.service if e.destination else None,
+            e.source.service if e.source else None,
+        }
+    )
+    assert 0 < len(rows) == min(denied, 50) < everything
+    assert all("deny" in r.text and "payments" in r.text for r in rows)
+    fits_laptop(browser)
+    browser.screenshot("search")
+
+
+def test_trace_view_shows_the_call_tree(browser: Browser, demo: Demo) -> None:
+    per_trace = Counter(e.trace.trace_id for _, e in demo.events if e.trace is not None)
+    checkout = {
+        e.trace.trace_id
+        for _, e in demo.events
+        if e.trace is not None and e.http is not None and e.http.path == "/checkout"
+    }
+    trace_id = max(checkout, key=lambda t: per_trace[t])
+    browser.open(f"#/trace/{trace_id}")
+    rows = browser.find_all("#trace-tree tbody tr")
+    depths = [int(r.get_attribute("data-depth") or 0) for r in rows]
+    assert len(rows) >= 2 and max(depths) >= 1
+    text = browser.find("#trace-tree").text
+    assert "frontend" in text and "orders" in text and "allow" in text
+    assert "calls from" in browser.find("#trace-summary").text
+    fits_laptop(browser)
+    browser.screenshot("trace")
+
+
 def test_event_proof_verifies_in_the_browser(
     browser: Browser, demo: Demo, denied: tuple[int, AuditEvent]
 ) -> None:
@@ -70,6 +159,24 @@ def test_event_proof_verifies_in_the_browser(
     assert len(steps) >= 5
     fits_laptop(browser)
     browser.screenshot("event-verified")
+
+
+def test_viewing_an_event_is_an_audited_read(
+    browser: Browser, server: Served, denied: tuple[int, AuditEvent]
+) -> None:
+    _, event = denied
+    browser.open(f"#/event/{event.id}")
+    browser.wait_for("#proof-verdict[data-result]")
+    answer = httpx.get(
+        f"{server.url}/v1/events",
+        params={"kind": "audit_read", "limit": "1000"},
+        headers={"authorization": f"Bearer {server.token}"},
+    )
+    assert answer.status_code == 200, answer.text
+    reads = [item["event"] for item in answer.json()["events"]]
+    mine = [r for r in reads if r["http"]["path"] == f"/v1/events/{event.id}"]
+    assert mine, [r["http"]["path"] for r in reads]
+    assert mine[0]["labels"]["read.who"].startswith("token:")
 
 
 def test_tampered_event_fails_visibly(

@@ -7,8 +7,9 @@ browser can lay out whatever `GET /v1/graph` returned without a second read of t
 Callers on the left, callees on the right, the way service maps are read: each service's
 column is its topological generation in the graph's condensation (services calling each
 other in a cycle share a column), and `networkx.multipartite_layout` places the columns.
-Within a column the order is one barycentre pass (Sugiyama's crossing reduction: a service
-sits near the mean row of its callers), deterministic for a given graph. A graph without
+Within a column the order comes from three barycentre sweeps (Sugiyama's crossing reduction:
+a service sits near the mean row of its callers, then of its callees), deterministic for a
+given graph. A graph without
 any edge falls back to `networkx.spring_layout` with a fixed seed.
 """
 
@@ -39,21 +40,31 @@ def _columns(graph: nx.DiGraph[str]) -> list[list[str]]:
     return columns
 
 
+def _rows(column: list[str]) -> dict[str, float]:
+    """Each service's row in its column, spread over [0, 1]; a lone service sits mid-height."""
+    if len(column) == 1:
+        return {column[0]: 0.5}
+    return {name: position / (len(column) - 1) for position, name in enumerate(column)}
+
+
 def _order(graph: nx.DiGraph[str], columns: list[list[str]]) -> list[list[str]]:
-    """One left-to-right barycentre pass: each service near the mean row of its callers."""
+    """Barycentre sweeps (Sugiyama's crossing reduction), down, up and down again: each
+    service moves to the mean row of its neighbours in the column it is compared with."""
     row: dict[str, float] = {}
-    ordered: list[list[str]] = []
     for column in columns:
+        row.update(_rows(column))
+    ordered = [list(column) for column in columns]
+    for sweep in (1, -1, 1):
+        indices = range(len(ordered)) if sweep == 1 else range(len(ordered) - 1, -1, -1)
+        for number in indices:
+            neighbours = graph.predecessors if sweep == 1 else graph.successors
 
-        def key(name: str) -> tuple[float, str]:
-            rows = [row[p] for p in graph.predecessors(name) if p in row]
-            return (sum(rows) / len(rows) if rows else -1.0, name)
+            def key(name: str, neighbours: Any = neighbours) -> tuple[float, str]:
+                rows = [row[n] for n in neighbours(name) if n in row and n not in (name,)]
+                return (sum(rows) / len(rows) if rows else row[name], name)
 
-        column = sorted(column, key=key)
-        span = max(len(column) - 1, 1)
-        for position, name in enumerate(column):
-            row[name] = position / span
-        ordered.append(column)
+            ordered[number] = sorted(ordered[number], key=key)
+            row.update(_rows(ordered[number]))
     return ordered
 
 

@@ -9,12 +9,15 @@ POST /v1/policy/replay          a candidate policy set over recorded calls (poli
 
 Routes only: the logic lives in layout.py, candidate.py, recorded.py and the packages below.
 The page and its static files are public (they hold no data); every JSON endpoint asks for
-the server's API token, like the API the pages read events through.
+the server's API token (server/api_auth.py's `authenticate`), like the API the pages read
+events through. Replay reads the recorded calls of a window, so each answered replay leaves an
+`audit_read` record (route /v1/policy/replay, the window, the calls replayed), as the API's
+reads do; the pages read events only through the audited API routes.
 """
 
 from __future__ import annotations
 
-import hmac
+import re
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -27,8 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_time_ns
+from auditmesh.analysis.query import QueryError, parse_time
 from auditmesh.collector import Collector
 from auditmesh.console.candidate import PolicyFile, load_candidate, stored_sets
 from auditmesh.console.layout import LayoutError, layout
@@ -37,9 +39,10 @@ from auditmesh.datadir import Ledger
 from auditmesh.policy.documents import PolicyLoadError
 from auditmesh.policy.engine import PolicyEngine
 from auditmesh.policy.replay import WorkloadsError, parse_workloads, replay
+from auditmesh.server import api_auth
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
-TOKEN_FILE = ("keys", "api.token")
+REPLAY_ROUTE = api_auth.ReadRoute("/v1/policy/replay", re.compile(r"^/v1/policy/replay/?$"))
 # The page loads only its own files and talks only to this server.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -83,20 +86,37 @@ class Console:
         self.ledger = ledger
         self.collector = collector
         self.clock = clock
+        self.token = api_auth.load_or_create_token(ledger.data_dir)
         self.page = (resources.files("auditmesh.console") / "static" / "index.html").read_bytes()
 
     # -- access ----------------------------------------------------------------------
 
-    def _refused(self, request: Request) -> Response | None:
-        """401 unless the request carries the server's API token (`DIR/keys/api.token`)."""
-        path = self.ledger.data_dir.joinpath(*TOKEN_FILE)
-        if not path.exists():
-            return None
-        expected = path.read_text().strip()
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), expected):
-            return None
-        return _error(401, "give the server's API token: Authorization: Bearer TOKEN")
+    def _reader(self, request: Request) -> api_auth.Reader | Response:
+        """The API's credentials check: the server's token as `Authorization: Bearer`."""
+        decided = api_auth.authenticate(request.headers, None, self.token)
+        if isinstance(decided, api_auth.Refusal):
+            return JSONResponse(
+                {"error": decided.message},
+                status_code=decided.status,
+                headers={"WWW-Authenticate": decided.challenge},
+            )
+        return decided
+
+    async def _audit(
+        self, request: Request, reader: api_auth.Reader, target: str, count: int
+    ) -> None:
+        """One `audit_read` record for an answered read, durable before the answer leaves."""
+        client = request.client
+        event = api_auth.read_event(
+            reader,
+            REPLAY_ROUTE,
+            target,
+            count,
+            None if client is None else (client.host, client.port),
+            now_ns=self.clock(),
+            method=request.method,
+        )
+        await self.collector.submit_async([event])
 
     async def _json(self, request: Request, kind: type[Any]) -> Any:
         body = await request.body()
@@ -115,8 +135,8 @@ class Console:
     # -- console JSON ----------------------------------------------------------------
 
     async def overview(self, request: Request) -> Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
+        if isinstance(reader := self._reader(request), Response):
+            return reader
         latest = await run_in_threadpool(self.ledger.store.latest_checkpoint)
         now = self.clock()
         checkpoint = None
@@ -136,8 +156,8 @@ class Console:
         return JSONResponse(body)
 
     async def post_layout(self, request: Request) -> Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
+        if isinstance(reader := self._reader(request), Response):
+            return reader
         given = await self._json(request, _LayoutIn)
         if isinstance(given, Response):
             return given
@@ -148,23 +168,23 @@ class Console:
         return JSONResponse({"positions": positions})
 
     async def policy_files(self, request: Request) -> Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
+        if isinstance(reader := self._reader(request), Response):
+            return reader
         files = await run_in_threadpool(stored_sets, self.ledger.data_dir)
         return JSONResponse({"files": [f.to_json() for f in files]})
 
     async def policy_replay(self, request: Request) -> Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
+        if isinstance(reader := self._reader(request), Response):
+            return reader
         given = await self._json(request, _ReplayIn)
         if isinstance(given, Response):
             return given
         now = self.clock()
         try:
-            since = parse_time_ns(given.since, now)
-            until = parse_time_ns(given.until, now) if given.until else now
+            since = parse_time(given.since, now, "since")
+            until = parse_time(given.until, now, "until") if given.until else now
             workloads = parse_workloads(given.workloads)
-        except (UserError, WorkloadsError) as exc:
+        except (QueryError, WorkloadsError) as exc:
             return _error(400, str(exc))
         if until <= since:
             return _error(400, f"until ({given.until}) is not after since ({given.since})")
@@ -191,6 +211,14 @@ class Console:
             result = await run_in_threadpool(run)
         except (PolicyLoadError, RecordedError) as exc:
             return _error(400, str(exc))
+        totals = result["totals"]
+        calls = totals["calls"] if isinstance(totals, dict) else 0
+        try:
+            await self._audit(
+                request, reader, f"{request.url.path}?since={since}&until={until}", calls
+            )
+        except Exception as exc:  # no unaudited read leaves the server (server/api_auth.py)
+            return _error(503, f"the read could not be audited: {exc}")
         return JSONResponse(result)
 
 

@@ -16,16 +16,20 @@ import {
   traceLink,
 } from "../dom.js";
 
+// GET /v1/events parameters (analysis/query.py), as `auditmesh query` names its options.
 export const FILTERS = [
-  { name: "source", label: "Source (SPIFFE ID)", placeholder: "spiffe://…/sa/orders" },
-  { name: "dest", label: "Destination (SPIFFE ID)", placeholder: "spiffe://…/sa/payments" },
-  { name: "service", label: "Service", placeholder: "payments" },
-  { name: "path", label: "Path", placeholder: "/orders/export*" },
+  { name: "source", label: "Source (service or SPIFFE ID)", placeholder: "orders" },
+  { name: "dest", label: "Destination", placeholder: "payments" },
+  { name: "service", label: "Service (either side)", placeholder: "catalog" },
+  { name: "path", label: "Path (prefix*)", placeholder: "/orders/export*" },
   { name: "status", label: "Status", placeholder: "403 or 5xx" },
   { name: "decision", label: "Decision", options: ["", "allow", "deny", "audit"] },
   { name: "trace", label: "Trace id", placeholder: "32 hex digits" },
+  { name: "kind", label: "Kind", options: ["", "http", "tcp", "authn", "identity", "policy_change", "audit_read", "system"] },
+  { name: "direction", label: "Side", options: ["", "inbound", "outbound"] },
   { name: "since", label: "Since", placeholder: "15m, 24h or RFC 3339" },
   { name: "until", label: "Until", placeholder: "now" },
+  { name: "order", label: "Order", options: ["", "newest", "oldest", "index"] },
   { name: "limit", label: "Per page", placeholder: "50" },
 ];
 const PAGE = 50;
@@ -57,7 +61,7 @@ function row(item) {
 function form(params) {
   const fields = FILTERS.map((f) => {
     const control = f.options
-      ? h("select", { id: `f-${f.name}`, name: f.name }, f.options.map((o) => h("option", { value: o, selected: params.get(f.name) === o }, o || "any")))
+      ? h("select", { id: `f-${f.name}`, name: f.name }, f.options.map((o) => h("option", { value: o, selected: params.get(f.name) === o }, o || (f.name === "order" ? "newest" : "any"))))
       : h("input", { id: `f-${f.name}`, name: f.name, placeholder: f.placeholder, value: params.get(f.name) || "" });
     return h("div", {}, h("label", { for: `f-${f.name}` }, f.label), control);
   });
@@ -94,7 +98,7 @@ export async function renderEvents(main, params) {
   main.append(h("h1", {}, "Events"), form(params));
   const page = await api("/v1/events", { query });
   const items = page.events || [];
-  const next = page.next_cursor || page.cursor || null;
+  const next = page.next || null;
   const nextParams = new URLSearchParams(params);
   if (next) nextParams.set("cursor", next);
   const firstParams = new URLSearchParams(params);

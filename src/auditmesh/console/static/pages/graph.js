@@ -23,7 +23,7 @@ import {
 import { edgeQuery, loadGraph } from "./graphdata.js";
 
 const WIDTH = 1200;
-const NODE_R = 30;
+const NODE_H = 36; // nodes are pills sized to their names
 const BINS = [
   { max: 0.01, colour: "#2f9e6b", label: "< 1% errors", key: "ok" },
   { max: 0.05, colour: "#b59a12", label: "1–5%", key: "low" },
@@ -58,16 +58,29 @@ function curve(a, b, bend) {
   const ny = dx / length;
   const mx = (a.x + b.x) / 2 + nx * bend;
   const my = (a.y + b.y) / 2 + ny * bend;
-  // start and end on the circles' rims, pointing at the control point
-  const trim = (p, q, r) => {
-    const d = Math.hypot(q.x - p.x, q.y - p.y) || 1;
-    return { x: p.x + ((q.x - p.x) * r) / d, y: p.y + ((q.y - p.y) * r) / d };
+  // start and end on the pills' outlines (their boxes), pointing at the control point
+  const trim = (p, q, gap) => {
+    const ux = q.x - p.x;
+    const uy = q.y - p.y;
+    const t = Math.min(ux ? (p.hw + gap) / Math.abs(ux) : Infinity, uy ? (NODE_H / 2 + gap) / Math.abs(uy) : Infinity);
+    return { x: p.x + ux * Math.min(t, 0.45), y: p.y + uy * Math.min(t, 0.45) };
   };
-  const start = trim(a, { x: mx, y: my }, NODE_R + 2);
-  const end = trim(b, { x: mx, y: my }, NODE_R + 6);
-  // the curve's midpoint (t = 0.5 of the quadratic Bézier)
-  const mid = { x: 0.25 * start.x + 0.5 * mx + 0.25 * end.x, y: 0.25 * start.y + 0.5 * my + 0.25 * end.y };
+  const start = trim(a, { x: mx, y: my }, 2);
+  const end = trim(b, { x: mx, y: my }, 5);
+  // where the label and the denial mark go: the middle of the curve, or nearer the callee
+  // on long edges, which cross the middle of the picture where short edges already are
+  const t = Math.abs(dx) > 500 ? 0.7 : 0.5;
+  const point = (a1, c, b1) => (1 - t) * (1 - t) * a1 + 2 * (1 - t) * t * c + t * t * b1;
+  const mid = { x: point(start.x, mx, end.x), y: point(start.y, my, end.y) };
   return { d: `M ${start.x.toFixed(1)} ${start.y.toFixed(1)} Q ${mx.toFixed(1)} ${my.toFixed(1)} ${end.x.toFixed(1)} ${end.y.toFixed(1)}`, mid };
+}
+
+function label(node) {
+  return node.name.length > 22 ? `${node.name.slice(0, 21)}…` : node.name;
+}
+
+function pill(node) {
+  return Math.max(84, label(node).length * 8.2 + 28);
 }
 
 function edgeTitle(e) {
@@ -86,9 +99,10 @@ function picture(graph, positions, onSelect) {
   const height = Math.max(380, 130 * tallest + 60);
   const padX = 110;
   const padY = 70;
+  const widths = Object.fromEntries(graph.nodes.map((n) => [n.name, pill(n)]));
   const at = (name) => {
     const [x, y] = positions[name] || [0.5, 0.5];
-    return { x: padX + x * (WIDTH - 2 * padX), y: padY + y * (height - 2 * padY) };
+    return { x: padX + x * (WIDTH - 2 * padX), y: padY + y * (height - 2 * padY), hw: (widths[name] || 84) / 2 };
   };
   const maxRequests = Math.max(1, ...graph.edges.map((e) => e.requests));
   const svg = s("svg", { class: "graph", id: "graph-svg", viewBox: `0 0 ${WIDTH} ${height}`, role: "img", "aria-label": "service graph" });
@@ -131,7 +145,7 @@ function picture(graph, positions, onSelect) {
         "marker-end": `url(#arrow-${colour.key})`,
       }),
       s("path", { class: "hit", d }),
-      s("text", { class: "edge-label", x: mid.x.toFixed(1), y: (mid.y - 8 - width / 2).toFixed(1), "text-anchor": "middle" }, fmtRate(e.rate)),
+      s("text", { class: "edge-label", x: mid.x.toFixed(1), y: (mid.y - 6 - width / 2).toFixed(1), "text-anchor": "middle" }, String(e.requests)),
     );
     edgeLayer.append(group);
     if (e.denials > 0) {
@@ -154,9 +168,9 @@ function picture(graph, positions, onSelect) {
         "g",
         { class: "node", "data-name": node.name, transform: `translate(${p.x.toFixed(1)} ${p.y.toFixed(1)})` },
         s("title", {}, node.title || node.name),
-        s("circle", { r: NODE_R, class: node.external ? "external" : "" }),
-        s("text", { "text-anchor": "middle", dy: "4" }, node.name.length > 12 ? `${node.name.slice(0, 11)}…` : node.name),
-        s("text", { class: "sub", "text-anchor": "middle", dy: NODE_R + 16 }, node.inbound ? `${node.inbound} in` : ""),
+        s("rect", { x: -pill(node) / 2, y: -NODE_H / 2, width: pill(node), height: NODE_H, rx: NODE_H / 2, class: node.external ? "external" : "" }),
+        s("text", { "text-anchor": "middle", dy: "4.5" }, label(node)),
+        s("text", { class: "sub", "text-anchor": "middle", dy: NODE_H / 2 + 15 }, node.inbound ? `${node.inbound} calls in` : "caller only"),
       ),
     );
   }

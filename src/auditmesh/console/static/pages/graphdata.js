@@ -10,7 +10,7 @@ function num(value, fallback = 0) {
   return typeof value === "number" && Number.isFinite(value) ? value : fallback;
 }
 
-function edgeOf(raw) {
+function edgeOf(raw, seconds) {
   const us = (value) => (typeof value === "number" ? Math.round(value / 100) / 10 : undefined);
   return {
     raw,
@@ -19,7 +19,8 @@ function edgeOf(raw) {
     sourceService: raw.source_service,
     destService: raw.dest_service,
     requests: num(raw.requests),
-    rate: num(raw.rate_per_s),
+    // the API rounds rate_per_s to 3 decimals; over long windows count / seconds is exact
+    rate: seconds > 0 ? num(raw.requests) / seconds : num(raw.rate_per_s),
     errors: num(raw.errors),
     errorRate: num(raw.error_rate),
     denials: num(raw.denials),
@@ -35,14 +36,15 @@ function edgeOf(raw) {
 /** {nodes: [{name, title, inbound, external}], edges, seconds} for the window `since`. */
 export async function loadGraph(since) {
   const raw = await api("/v1/graph", { query: { since } });
-  const edges = (raw.edges || []).map(edgeOf);
+  const seconds = num(raw.window?.seconds);
+  const edges = (raw.edges || []).map((e) => edgeOf(e, seconds));
   const nodes = (raw.nodes || []).map((n) => ({
     name: n.name,
     title: n.namespace ? `${n.service} (namespace ${n.namespace})` : n.service,
     inbound: num(n.inbound),
     external: n.service === UNKNOWN,
   }));
-  return { nodes, edges, seconds: num(raw.window?.seconds), raw };
+  return { nodes, edges, seconds, raw };
 }
 
 /** The /v1/events filters that select an edge's calls (as `auditmesh query` takes them). */
