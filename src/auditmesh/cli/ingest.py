@@ -8,6 +8,16 @@ position after the last line of each acknowledged batch is stored, so a restart 
 there: nothing acknowledged is read twice, nothing unacknowledged is lost, and what is
 sent twice anyway (a crash between the answer and the store) is deduplicated by the
 server, because event ids are derived from the lines.
+
+Refused lines are also reported to the server, so they show in its metrics
+(`auditmesh_ingest_rejected_total{adapter}`, server/metrics.py) and leave an audit trace:
+one `system` event with the same reporter as the lines, `ingest:<mesh>:<source>`, labels
+`system.action=ingest_refused`, `ingest.refused` (how many), `ingest.first_line`,
+`ingest.last_line` and `ingest.rejects_file`. It is sent at the end of a run and, with
+`--follow`, whenever the reader has caught up and a minute has passed since the last
+report. One attempt, no retries: a report the server does not take is a warning (the
+rejects file has every line either way). A run that refuses the same lines again reports
+them again: the report says what this run refused.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from auditmesh.cli.main import UserError
-from auditmesh.events import AuditEvent, encode_ndjson
+from auditmesh.events import AuditEvent, Error, encode_ndjson, new_event_id
 from auditmesh.ingest import envoy, linkerd
 from auditmesh.ingest.follow import (
     Line,
@@ -43,6 +53,10 @@ from auditmesh.ingest.follow import (
 DEFAULT_SERVER = "http://127.0.0.1:7600"
 MAX_SHOWN = 20  # refused lines echoed on stderr; the rejects file has all of them
 RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+REPORT_EVERY_S = 60.0  # --follow: refused lines reported at most this often
+REPORT_TIMEOUT_S = 10.0
+# The label server/metrics.py (REFUSED_LABEL) turns into the reject counter.
+REFUSED_LABEL = "ingest.refused"
 
 Convert = Callable[[str], AuditEvent]
 
@@ -246,6 +260,22 @@ class Sender:
             )
         return results
 
+    def report(self, event: AuditEvent) -> str | None:
+        """POST one event once, without retrying; None when stored, else the reason."""
+        try:
+            response = self._client.post(
+                "/v1/events",
+                content=encode_ndjson([event]),
+                headers={"content-type": "application/x-ndjson"},
+                timeout=REPORT_TIMEOUT_S,
+            )
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if response.status_code != 200:
+            return f"{response.status_code} {response.text.strip()[:200]}"
+        self.known_size = max(self.known_size, int(response.json()["size"]))
+        return None
+
     def _post(self, body: bytes) -> httpx.Response:
         deadline = None if self._retry_for is None else time.monotonic() + self._retry_for
         attempt = 0
@@ -271,6 +301,42 @@ class Sender:
             attempt += 1
 
 
+@dataclass(slots=True)
+class Refused:
+    """Lines refused since the last report: how many, the first (with its reason), the last."""
+
+    count: int
+    first: int
+    reason: str
+    last: int
+
+
+def refused_report(
+    reporter: str, refused: Refused, display: str, rejects: Path, time_ns: int
+) -> AuditEvent:
+    """The `system` event that tells the server about refused lines."""
+    first, last = refused.first, refused.last
+    message = (
+        f"{refused.count} lines of {display} refused (lines {first} to {last}); line {first}: "
+        f"{refused.reason}; all of them are in {rejects}"
+    )
+    return AuditEvent(
+        id=new_event_id(lambda: time_ns),
+        time_ns=time_ns,
+        reporter=reporter,
+        kind="system",
+        outcome="failure",
+        error=Error(type="ingest_refused", message=message[:4096]),
+        labels={
+            "system.action": "ingest_refused",
+            REFUSED_LABEL: str(refused.count),
+            "ingest.first_line": str(first),
+            "ingest.last_line": str(last),
+            "ingest.rejects_file": str(rejects)[:1024],
+        },
+    )
+
+
 def _field(response: httpx.Response, name: str) -> object:
     try:
         body = response.json()
@@ -291,6 +357,8 @@ class Pipeline:
         display: str,
         batch: int,
         state: Path | None,
+        reporter: str,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.convert = convert
         self.sender = sender
@@ -298,7 +366,11 @@ class Pipeline:
         self.display = display
         self.batch = batch
         self.state = state
+        self.reporter = reporter
         self.counts = Counts(log_size=sender.known_size)
+        self._clock = clock
+        self._unreported: Refused | None = None  # refused lines the server has not heard of
+        self._reported_at = clock()
         self._pending: list[tuple[Line, AuditEvent]] = []
         self._consumed: Position | None = None  # end of the last line taken in hand
         self._saved: Position | None = None
@@ -348,8 +420,34 @@ class Pipeline:
                 ) from None
             self._saved = self._consumed
 
+    def report_refused(self, *, final: bool) -> None:
+        """Tell the server about the lines refused since the last report (module docstring);
+        unless `final`, only when REPORT_EVERY_S has passed since the last one."""
+        if not self._unreported:
+            return
+        if not final and self._clock() - self._reported_at < REPORT_EVERY_S:
+            return
+        refused, self._unreported = self._unreported, None
+        self._reported_at = self._clock()
+        event = refused_report(
+            self.reporter, refused, self.display, self.rejects.path, time.time_ns()
+        )
+        problem = self.sender.report(event)
+        if problem is not None:
+            print(
+                f"auditmesh: could not report {refused.count} refused lines to the server "
+                f"({problem}); they are in {self.rejects.path}",
+                file=sys.stderr,
+            )
+        self.counts.log_size = self.sender.known_size
+
     def _refuse(self, number: int, reason: str, text: str) -> None:
         self.counts.refused += 1
+        if self._unreported is None:
+            self._unreported = Refused(1, number, reason, number)
+        else:
+            self._unreported.count += 1
+            self._unreported.last = number
         if self.counts.refused <= MAX_SHOWN:
             print(f"{self.display}:{number}: {reason}", file=sys.stderr)
         elif self.counts.refused == MAX_SHOWN + 1:
@@ -390,7 +488,13 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
         sender = Sender(args.server, retry_for=None if args.follow else args.retry_for)
         stack.callback(sender.close)
         pipeline = Pipeline(
-            converter(reporter), sender, rejects, display=display, batch=args.batch, state=state
+            converter(reporter),
+            sender,
+            rejects,
+            display=display,
+            batch=args.batch,
+            state=state,
+            reporter=reporter,
         )
         started = time.monotonic()
         try:
@@ -399,6 +503,11 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
             interrupted = True
         except UserError as exc:
             failure = exc
+        if failure is None:  # the server is reachable: one try, never blocks an exit for long
+            try:
+                pipeline.report_refused(final=True)
+            except KeyboardInterrupt:
+                interrupted = True
     counts = pipeline.counts
     elapsed = time.monotonic() - started
     summary = (
@@ -446,6 +555,7 @@ def _loop(args: argparse.Namespace, source: LineSource, pipeline: Pipeline) -> N
                     progress.update(task, completed=end.offset)
                 continue
             pipeline.flush()  # nothing more for now: send what is pending
+            pipeline.report_refused(final=False)
             if source.done:
                 return
             idle = time.monotonic() - last_line

@@ -15,6 +15,11 @@ also when they only grow that large once decompressed; a message that does not d
 INVALID_ARGUMENT (not retryable, "Failures"); a collector that is shutting down answers
 UNAVAILABLE (retryable). Partial success is reported as in OTLP/HTTP. The handlers take the
 raw bytes (no generated servicer) so that decoding errors are ours to name.
+
+Metrics: `observe` (an `otlp_http.ExportObserver`, bound by `server/run.py` to
+`Metrics.count_otlp`) hears of each Export with its result ("ok", "partial", "invalid",
+"unavailable") and rejected records, on this receiver's thread. Messages gRPC refuses for
+size never reach the handler and are not counted.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from auditmesh.ingest.otlp import (
     encode_response,
     map_request,
 )
+from auditmesh.ingest.otlp_http import ExportObserver
 
 DEFAULT_ADDRESS = ("127.0.0.1", 4317)  # OTLP spec, "OTLP/gRPC Default Port"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -50,17 +56,26 @@ class OtlpGrpcError(RuntimeError):
     """The gRPC receiver could not start (typically: the address is in use)."""
 
 
-def _export_handler(collector: Collector, signal: Signal) -> _Handler:
+def _export_handler(
+    collector: Collector, signal: Signal, observe: ExportObserver | None
+) -> _Handler:
+    def tell(result: str, rejected: int = 0) -> None:
+        if observe is not None:
+            observe(signal, result, rejected)
+
     async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
             mapped = map_request(decode_request(signal, request, "protobuf"))
         except MalformedRequest as exc:
+            tell("invalid")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if mapped.events:
             try:
                 await asyncio.wrap_future(collector.submit(mapped.events))
             except CollectorStopped as exc:
+                tell("unavailable")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later")
+        tell("partial" if mapped.rejected else "ok", mapped.rejected)
         return encode_response(signal, mapped, "protobuf")
 
     return export
@@ -76,8 +91,10 @@ class OtlpGrpcServer:
         port: int = DEFAULT_ADDRESS[1],
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        observe: ExportObserver | None = None,
     ) -> None:
         self.collector = collector
+        self.observe = observe
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
@@ -132,7 +149,7 @@ class OtlpGrpcServer:
         )
         for signal, service in _SERVICES.items():
             handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
-                _export_handler(self.collector, signal)
+                _export_handler(self.collector, signal, self.observe)
             )
             server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(service, {"Export": handler}),)

@@ -14,12 +14,20 @@ Everything here follows the OTLP specification, section "OTLP/HTTP":
 - Failures carry a `google.rpc.Status` body ("Failures"): 400 for undecodable data
   ("Bad Data", with a `BadRequest` detail), 503 with Retry-After when the collector is
   shutting down (retryable, "OTLP/HTTP Throttling").
+
+Metrics: an optional `ExportObserver` hears of every request once it is answered, with
+its signal, a result ("ok", "partial", "invalid", "too_large", "unsupported",
+"unavailable") and the number of rejected records; `server/app.py` binds it to
+`Metrics.count_otlp` (ingest imports no server code). Accepted records are counted from
+the ledger's commits instead (`server/metrics.py`), so a retried export is counted once.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from google.protobuf import any_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -52,6 +60,14 @@ _CONTENT_TYPES: dict[Encoding, str] = {
     "protobuf": "application/x-protobuf",
     "json": "application/json",
 }
+
+
+#: Told of each answered Export request: (signal, result, rejected records).
+ExportObserver: TypeAlias = Callable[[Signal, str, int], None]
+
+
+def _ignore(signal: Signal, result: str, rejected: int) -> None:
+    pass
 
 
 class BodyTooLarge(Exception):
@@ -139,6 +155,7 @@ def decode_and_map(
 class OtlpHttpReceiver:
     collector: Collector
     max_body_bytes: int = MAX_BODY_BYTES
+    observe: ExportObserver = _ignore
 
     async def traces(self, request: Request) -> Response:
         return await self._export("traces", request)
@@ -147,24 +164,32 @@ class OtlpHttpReceiver:
         return await self._export("logs", request)
 
     async def _export(self, signal: Signal, request: Request) -> Response:
+        response, result, rejected = await self._answer(signal, request)
+        self.observe(signal, result, rejected)
+        return response
+
+    async def _answer(self, signal: Signal, request: Request) -> tuple[Response, str, int]:
+        """The response, the result for the metrics, and the records rejected."""
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         encoding = _MEDIA_TYPES.get(media_type)
         if encoding is None:
-            return _status_response(
+            response = _status_response(
                 415,
                 code_pb2.INVALID_ARGUMENT,
                 f"unsupported Content-Type {media_type or '(none)'!r}: OTLP/HTTP takes "
                 "application/x-protobuf or application/json",
                 "protobuf",
             )
+            return response, "unsupported", 0
         coding = request.headers.get("content-encoding", "identity").strip().lower()
         if coding not in ("identity", "", "gzip", "x-gzip"):
-            return _status_response(
+            response = _status_response(
                 415,
                 code_pb2.INVALID_ARGUMENT,
                 f"unsupported Content-Encoding {coding!r}: send gzip or no compression",
                 encoding,
             )
+            return response, "unsupported", 0
         limit = self.max_body_bytes
         try:
             body = await _read_limited(request, limit)
@@ -176,36 +201,45 @@ class OtlpHttpReceiver:
             else:
                 mapped = decode_and_map(signal, body, encoding, gzipped, limit)
         except BodyTooLarge:
-            return _status_response(
+            response = _status_response(
                 413,
                 code_pb2.RESOURCE_EXHAUSTED,
                 f"request body larger than {limit} bytes (after decompression); "
                 "send smaller batches",
                 encoding,
             )
+            return response, "too_large", 0
         except MalformedRequest as exc:
-            return _status_response(
+            response = _status_response(
                 400, code_pb2.INVALID_ARGUMENT, str(exc), encoding, bad_request=True
             )
+            return response, "invalid", 0
         if mapped.events:
             try:
                 await self.collector.submit_async(mapped.events)
             except CollectorStopped as exc:
-                return _status_response(
+                response = _status_response(
                     503,
                     code_pb2.UNAVAILABLE,
                     f"{exc}; retry later",
                     encoding,
                     headers={"Retry-After": "5"},
                 )
-        return Response(
+                return response, "unavailable", 0
+        response = Response(
             encode_response(signal, mapped, encoding), media_type=_CONTENT_TYPES[encoding]
         )
+        return response, "partial" if mapped.rejected else "ok", mapped.rejected
 
 
-def routes(collector: Collector, *, max_body_bytes: int = MAX_BODY_BYTES) -> list[Route]:
+def routes(
+    collector: Collector,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    observe: ExportObserver | None = None,
+) -> list[Route]:
     """The OTLP/HTTP default paths (OTLP spec, "OTLP/HTTP Request")."""
-    receiver = OtlpHttpReceiver(collector, max_body_bytes)
+    receiver = OtlpHttpReceiver(collector, max_body_bytes, observe or _ignore)
     return [
         Route("/v1/traces", receiver.traces, methods=["POST"]),
         Route("/v1/logs", receiver.logs, methods=["POST"]),

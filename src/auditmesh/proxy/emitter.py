@@ -34,6 +34,12 @@ Drops are remembered (in the spool's state file for spool drops, in memory for b
 drops) and, once the spool has room again, reported by one `system` event with the
 label `system.action=spool_dropped` and the counts, from the sidecar's own identity.
 
+Every batch POST carries `x-auditmesh-spool-depth: N` (`SPOOL_DEPTH_HEADER`): the records
+that will still be in the spool once this batch is acknowledged (0 while the spool is
+empty). The server's mesh listener turns it into the `auditmesh_sidecar_spool_depth` gauge;
+a sidecar that cannot reach the server cannot report, so the gauge shows the depth at its
+last successful contact.
+
 Durability: events are durable once they are in the spool or acknowledged by the server;
 those still in memory when the process dies are lost (at most one flush interval's worth
 while the server is up). `close()` delivers what it can within its timeout and writes the
@@ -67,6 +73,7 @@ BUFFER_FULL = "buffer_full"
 CLOSED_SPOOL_FULL = "closed_spool_full"
 REJECTED_FILE = "rejected.ndjson"
 _NDJSON = {"content-type": "application/x-ndjson"}
+SPOOL_DEPTH_HEADER = "x-auditmesh-spool-depth"
 
 
 class EmitterClosed(RuntimeError):
@@ -385,7 +392,10 @@ class Emitter:
         start, limit = 0, len(records)
         while start < len(records):
             chunk = records[start : start + limit]
-            answer = await self._post(chunk)
+            depth = self._spool.depth_records  # the chunk is still in it when read from it
+            if consume == self._ack:
+                depth = max(0, depth - len(chunk))
+            answer = await self._post(chunk, depth)
             if answer.kind == "accepted":
                 self._sent += len(chunk)
                 self._last_error = None
@@ -406,13 +416,13 @@ class Emitter:
                 return "retry_now" if answer.kind == "retry_now" else "retry"
         return "ok"
 
-    async def _post(self, records: list[bytes]) -> _Answer:
+    async def _post(self, records: list[bytes], spool_depth: int) -> _Answer:
         client = self._client
         try:
             response = await client.post(
                 self.config.path,
                 content=b"\n".join(records) + b"\n",
-                headers=_NDJSON,
+                headers={**_NDJSON, SPOOL_DEPTH_HEADER: str(spool_depth)},
                 timeout=self.config.request_timeout_s,
             )
         except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: a closed client

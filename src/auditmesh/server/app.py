@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import uuid
 from typing import Any
 
@@ -213,9 +214,13 @@ class Api:
         return Response(stored[: width * 32], headers=headers)
 
 
-def create_app(ledger: Ledger, collector: Collector, **options: Any) -> Starlette:
+def create_app(
+    ledger: Ledger, collector: Collector, *, metrics: Metrics | None = None, **options: Any
+) -> Starlette:
     api = Api(ledger, collector, **options)
-    metrics = Metrics(ledger.store, collector)  # its own registry; see server/metrics.py
+    # Its own registry (server/metrics.py); `serve` hands in the one the mesh listener and
+    # the OTLP/gRPC receiver feed too. One Metrics per collector: each observes its commits.
+    metrics = metrics if metrics is not None else Metrics(ledger.store, collector)
     reads = [  # need credentials, audited (server/api_auth.py); the mesh listener has them too
         Route("/v1/events/{event_id}", api.get_event, methods=["GET"]),
         Route("/v1/proof/inclusion", api.get_inclusion, methods=["GET"]),
@@ -229,7 +234,7 @@ def create_app(ledger: Ledger, collector: Collector, **options: Any) -> Starlett
         Route("/log/tile/{path:path}", api.get_tile, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         # OTLP/HTTP receiver (issue 5): POST /v1/traces, POST /v1/logs
-        *otlp_http.routes(collector),
+        *otlp_http.routes(collector, observe=functools.partial(metrics.count_otlp, "http")),
         *console_routes(ledger, collector),  # web console at / (issue 7, console/routes.py)
     ]
     app = Starlette(routes=routes)

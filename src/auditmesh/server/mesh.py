@@ -4,7 +4,9 @@
     POST /v1/identity/renew    CSR → a fresh SVID for the caller's own SPIFFE ID (mTLS)
     GET  /v1/identity/bundle   the mesh trust bundle (PEM)
     POST /v1/events            audit batch over mTLS; every event's `reporter` must be the
-                               caller's SPIFFE ID, so no sidecar can speak for another
+                               caller's SPIFFE ID, so no sidecar can speak for another;
+                               header `x-auditmesh-spool-depth` (the sidecar's spool backlog,
+                               proxy/emitter.py) sets the metrics' spool-depth gauge
 
 The peer's SVID is checked once per connection by `PeerAwareProtocol`, which puts the
 result in the ASGI scope's TLS extension; issuance and renewal are audited like any call.
@@ -32,7 +34,9 @@ from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import PeerIdentityError, cert_sha256, verify_peer_svid
 from auditmesh.identity.tokens import JoinTokens, TokenError
+from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER
 from auditmesh.server.app import _error, _read_body, _TooLarge, admit_batch
+from auditmesh.server.metrics import Metrics
 
 PEER_KEY = "auditmesh.peer"  # scope["extensions"]["tls"][PEER_KEY]: SpiffeId | PeerIdentityError
 
@@ -92,8 +96,10 @@ class MeshApi:
         server_id: SpiffeId,
         *,
         svid_ttl: timedelta = DEFAULT_SVID_TTL,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ca = ca
+        self.metrics = metrics
         self.svid_ttl = svid_ttl
         self.tokens = JoinTokens(data_dir)
         self.collector = collector
@@ -179,6 +185,10 @@ class MeshApi:
         peer = _peer(request)
         if isinstance(peer, Response):
             return peer
+        depth = request.headers.get(SPOOL_DEPTH_HEADER, "")
+        # A report about the sender, not part of the batch: a bad value is ignored.
+        if self.metrics is not None and depth.isascii() and depth.isdigit() and len(depth) < 16:
+            self.metrics.set_spool_depth(str(peer), int(depth))
         return await admit_batch(request, self.collector, reporter=str(peer))
 
 

@@ -10,12 +10,34 @@ API for other parts of the server:
 
     metrics = request.app.state.metrics          # or handed over when wiring the server
     metrics.count_ingest(adapter, accepted, rejected)
-        after an ingest adapter handled a request: `accepted` records mapped to events and
-        committed, `rejected` records refused (OTLP partial success, malformed lines).
-        `adapter` is a short fixed name ("api", "otlp-http", "otlp-grpc", "envoy", ...).
+        raw counter access: `accepted` records committed, `rejected` records refused.
+        `adapter` is a short fixed name ("envoy", "linkerd", "otlp").
+    metrics.count_otlp(protocol, signal, result, rejected)
+        the OTLP receivers (`ingest/otlp_http.py`, `ingest/otlp_grpc.py`) after each Export
+        request; `create_app` and `server/run.py` bind `protocol` ("http" / "grpc").
     metrics.set_spool_depth(reporter, depth)
-        a sidecar's disk-spool backlog in records. Nothing reports it yet: the sidecar's
-        spool exists but does not tell the server its depth; the gauge is there for it.
+        a sidecar's disk-spool backlog in records: the mesh listener (`server/mesh.py`)
+        reads it from the `x-auditmesh-spool-depth` header of every batch a sidecar POSTs.
+
+Ingest counts by adapter (issue 5). The adapter is the second segment of an ingested
+event's `reporter`, `ingest:<adapter>:<source>`, whatever the way in:
+
+- accepted: counted here, from the commit, like every other counter: an event counts once,
+  when it enters the ledger. A retried OTLP export or an access-log file read twice adds
+  nothing (the ids are derived from the records), and a request that fails to commit
+  counts nothing. So OTLP/HTTP and OTLP/gRPC share the adapter "otlp"; which protocol
+  carried the records is in `auditmesh_otlp_requests_total{protocol}`.
+- rejected by OTLP: the receivers report `partial_success.rejected_*` per request
+  (`count_otlp`); a retried export whose records are refused again counts again.
+- rejected by `auditmesh ingest envoy|linkerd`: the CLI refuses malformed lines itself and
+  tells the server in one `system` event per report (at the end of a run; with `--follow`
+  also when it has caught up, at most once a minute), reporter `ingest:<adapter>:<source>`,
+  label `ingest.refused` = the number of lines (`REFUSED_LABEL`). This observer turns it
+  into the reject counter, and the ledger keeps an audit trace of the refused input.
+- adapter labels are limited to `ADAPTERS`; any other `ingest:<x>:` reporter (anyone may
+  POST events) counts as "other", so no client can grow the label set.
+- attested events (our sidecars' own) are never ingested and are skipped with a prefix
+  check of their canonical JSON; every other event costs one small decode (~1 µs).
 
 Metrics (Prometheus text exposition format 0.0.4, `prometheus-client`):
 
@@ -25,8 +47,11 @@ Metrics (Prometheus text exposition format 0.0.4, `prometheus-client`):
         is 2xx..5xx ("none" for tcp); `decision` allow/deny/audit/none.
         Never labelled by path, IP or event id: cardinality stays services^2 x 5 x 4.
     auditmesh_events_total{kind,outcome}        every committed event
-    auditmesh_ingest_accepted_total{adapter}    records ingested, by adapter
+    auditmesh_ingest_accepted_total{adapter}    ingested events committed, by adapter
     auditmesh_ingest_rejected_total{adapter}    records refused, by adapter
+    auditmesh_otlp_requests_total{protocol,signal,result}
+        OTLP Export requests: protocol http/grpc, signal traces/logs, result one of
+        `OTLP_RESULTS` (gRPC's own size limit refuses before our handler: not counted)
     auditmesh_sidecar_spool_depth{reporter}     see `set_spool_depth`
     auditmesh_ledger_entries                    entries in the log (at scrape)
     auditmesh_checkpoint_size                   entries covered by the latest checkpoint
@@ -41,6 +66,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -59,6 +85,15 @@ COL_KIND, COL_SOURCE_ID, COL_SOURCE_SERVICE = 1, 2, 3
 COL_DEST_ID, COL_DEST_SERVICE, COL_STATUS, COL_DECISION, COL_OUTCOME = 4, 5, 6, 7, 9
 
 REQUEST_KINDS = ("http", "tcp")
+# Ingest counts (see the module docstring).
+INGEST_PREFIX = "ingest:"
+ADAPTERS = frozenset({"envoy", "linkerd", "otlp"})
+OTHER_ADAPTER = "other"
+REFUSED_LABEL = "ingest.refused"  # also written by cli/ingest.py's report of refused lines
+OTLP_RESULTS = ("ok", "partial", "invalid", "too_large", "unsupported", "unavailable")
+# Canonical JSON (RFC 8785) sorts keys and omits defaults: an attested event, and only
+# one, starts like this ("attested" is the first key of AuditEvent in code-point order).
+_ATTESTED_PREFIX = b'{"attested":true'
 UNKNOWN = "unknown"
 NONE = "none"
 # The classic text format (what `generate_latest` writes), which every Prometheus scrapes.
@@ -87,6 +122,33 @@ def request_labels(columns: Sequence[object]) -> tuple[str, str, str, str]:
         status_class(columns[COL_STATUS]),
         decision if isinstance(decision, str) else NONE,
     )
+
+
+class _Reported(msgspec.Struct):
+    """The fields of a committed event the ingest counters need (the rest is skipped)."""
+
+    reporter: str = ""
+    kind: str = ""
+    labels: dict[str, str] = {}
+
+
+_REPORTED = msgspec.json.Decoder(_Reported)
+
+
+def ingest_adapter(reporter: str) -> str | None:
+    """`ingest:<adapter>:<source>` → the adapter label; None for other reporters."""
+    if not reporter.startswith(INGEST_PREFIX):
+        return None
+    adapter = reporter[len(INGEST_PREFIX) :].partition(":")[0]
+    return adapter if adapter in ADAPTERS else OTHER_ADAPTER
+
+
+def refused_count(labels: dict[str, str]) -> int | None:
+    """The line count of an ingest CLI's report of refused lines, None if not one."""
+    value = labels.get(REFUSED_LABEL)
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 15:
+        return None
+    return int(value)
 
 
 class _LedgerGauges(MetricSource):
@@ -154,6 +216,12 @@ class Metrics:
             ["adapter"],
             registry=self.registry,
         )
+        self.otlp_requests = Counter(
+            "auditmesh_otlp_requests",
+            "OTLP Export requests by protocol (http, grpc), signal and result.",
+            ["protocol", "signal", "result"],
+            registry=self.registry,
+        )
         self.spool_depth = Gauge(
             "auditmesh_sidecar_spool_depth",
             "Records waiting in a sidecar's disk spool, as last reported by that sidecar.",
@@ -167,16 +235,37 @@ class Metrics:
         """Called by the collector with the entries one commit added."""
         requests: Tally[tuple[str, str, str, str]] = Tally()
         events: Tally[tuple[str, str]] = Tally()
+        accepted: Tally[str] = Tally()
+        rejected: Tally[str] = Tally()
         for entry in entries:
             columns = entry.columns
             kind, outcome = str(columns[COL_KIND]), str(columns[COL_OUTCOME])
             events[(kind, outcome)] += 1
             if kind in REQUEST_KINDS:
                 requests[request_labels(columns)] += 1
+            if not entry.data.startswith(_ATTESTED_PREFIX):
+                self._tally_ingest(entry.data, accepted, rejected)
         for labels, count in requests.items():
             self.requests.labels(*labels).inc(count)
         for (kind, outcome), count in events.items():
             self.events.labels(kind, outcome).inc(count)
+        for adapter in accepted.keys() | rejected.keys():
+            self.count_ingest(adapter, accepted[adapter], rejected[adapter])
+
+    @staticmethod
+    def _tally_ingest(data: bytes, accepted: Tally[str], rejected: Tally[str]) -> None:
+        try:
+            reported = _REPORTED.decode(data)
+        except msgspec.DecodeError:  # cannot happen for a committed event; never fail a count
+            return
+        adapter = ingest_adapter(reported.reporter)
+        if adapter is None:
+            return
+        refused = refused_count(reported.labels) if reported.kind == "system" else None
+        if refused is None:
+            accepted[adapter] += 1
+        else:
+            rejected[adapter] += refused
 
     def count_ingest(self, adapter: str, accepted: int, rejected: int) -> None:
         """Records an ingest adapter accepted (and committed) and rejected."""
@@ -187,6 +276,11 @@ class Metrics:
         if not accepted and not rejected:  # make the adapter's series visible from zero
             self.ingest_accepted.labels(adapter)
             self.ingest_rejected.labels(adapter)
+
+    def count_otlp(self, protocol: str, signal: str, result: str, rejected: int) -> None:
+        """One OTLP Export request; `rejected` records of it refused (partial success)."""
+        self.otlp_requests.labels(protocol, signal, result).inc()
+        self.count_ingest("otlp", 0, rejected)
 
     def set_spool_depth(self, reporter: str, depth: int) -> None:
         self.spool_depth.labels(reporter).set(depth)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
 from auditmesh.server import api_auth
 from auditmesh.server.app import create_app
 from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
+from auditmesh.server.metrics import Metrics
 
 
 class _Server(uvicorn.Server):
@@ -84,13 +86,16 @@ def _mesh_server(
     port: int,
     svid_ttl: timedelta,
     reads: Sequence[BaseRoute] = (),
+    *,
+    metrics: Metrics | None = None,
 ) -> uvicorn.Server:
     """The mTLS listener for sidecars, with the server's own SVID from the mesh CA; `reads`
     are the API's event reads, open here to mesh client certificates (server/api_auth.py)."""
     ca = MeshCA.load(data_dir)
     server_id = SpiffeId.from_segments(ca.trust_domain, "auditmesh", "server")
     credentials = self_issue(ca, server_id, datetime.now(UTC), timedelta(days=7))
-    app = create_mesh_app(MeshApi(data_dir, ca, collector, server_id, svid_ttl=svid_ttl))
+    api = MeshApi(data_dir, ca, collector, server_id, svid_ttl=svid_ttl, metrics=metrics)
+    app = create_mesh_app(api)
     app.router.routes.extend(reads)
     token = api_auth.load_or_create_token(data_dir)
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
@@ -102,14 +107,19 @@ def _mesh_server(
 
 
 def _start_otlp_grpc(
-    collector: Collector, listen: tuple[str, int] | None, *, required: bool
+    collector: Collector,
+    listen: tuple[str, int] | None,
+    *,
+    required: bool,
+    metrics: Metrics | None = None,
 ) -> OtlpGrpcServer | None:
     """The OTLP/gRPC receiver (issue 5, ingest/otlp_grpc.py) on its own thread. When the
     address was not asked for explicitly, a busy port is a warning, not a failed start."""
     if listen is None:
         return None
     try:
-        server = OtlpGrpcServer(collector, *listen).start()
+        observe = None if metrics is None else functools.partial(metrics.count_otlp, "grpc")
+        server = OtlpGrpcServer(collector, *listen, observe=observe).start()
     except OtlpGrpcError as exc:
         if required:
             raise ValueError(f"{exc} (choose --otlp-grpc HOST:PORT or off)") from None
@@ -135,9 +145,12 @@ def serve(
     collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
     collector.start()
     otlp_server: OtlpGrpcServer | None = None
+    metrics = Metrics(ledger.store, collector)  # one registry, fed by every listener
     try:
-        otlp_server = _start_otlp_grpc(collector, otlp_grpc, required=otlp_grpc_required)
-        app = create_app(ledger, collector)
+        otlp_server = _start_otlp_grpc(
+            collector, otlp_grpc, required=otlp_grpc_required, metrics=metrics
+        )
+        app = create_app(ledger, collector, metrics=metrics)
         servers: list[uvicorn.Server] = [_Server(_config(app, host, port))]
         print(
             f"auditmesh server: http://{host}:{port}  data {data_dir}  "
@@ -149,7 +162,8 @@ def serve(
         )
         if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
             reads = app.state.read_routes
-            servers.append(_mesh_server(data_dir, collector, *mesh_listen, svid_ttl, reads))
+            mesh = _mesh_server(data_dir, collector, *mesh_listen, svid_ttl, reads, metrics=metrics)
+            servers.append(mesh)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(_serve_until_signalled(*servers))
     finally:
