@@ -325,3 +325,22 @@ def test_a_ledger_without_events_answers_an_empty_page(tmp_path: Path) -> None:
     finally:
         ledger.close()
     assert page.rows == [] and page.next is None
+
+
+def test_a_range_filter_alone_chooses_its_index_or_the_time_scan_by_count(
+    filled: tuple[Ledger, list[AuditEvent]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from auditmesh.analysis import query as module
+
+    ledger, events = filled
+    want = expected(events, lambda e: 400 <= (status(e) or 0) < 500)
+    for cap in (1, 10**6):  # dense: time scan; sparse: the status index, keys sorted
+        monkeypatch.setattr(module, "RANGE_CAP", cap)
+        got = [i for i, _ in run(ledger.store, Query(status="4xx", limit=5000)).rows]
+        assert got == want
+    dense, _ = sql(Query(status="4xx"), range_index=False)
+    plan = [row[3] for row in ledger.store.query("EXPLAIN QUERY PLAN " + dense, [400, 500, 9])]
+    assert plan == ["SCAN events USING INDEX events_time"]
+    narrowed, params = sql(Query(dest="payments", status="5xx"))
+    plan = [row[3] for row in ledger.store.query("EXPLAIN QUERY PLAN " + narrowed, params)]
+    assert plan == ["SEARCH events USING INDEX events_dest_service (dest_service=?)"]

@@ -179,7 +179,45 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
-def _clauses(q: Query, after: Cursor | None) -> tuple[list[str], list[object]]:
+def has_equality(q: Query) -> bool:
+    """Whether an equality filter with its own `(column, time_ns)` index narrows the query."""
+    exact_path = q.path is not None and not q.path.endswith("*")
+    exact_status = q.status is not None and not _STATUS_CLASS.match(q.status)
+    rare_kind = q.kind is not None and q.kind not in CALL_KINDS
+    rare_decision = q.decision is not None and q.decision != "allow"
+    return any(
+        (
+            q.source,
+            q.dest,
+            q.service,
+            q.trace_id,
+            exact_path,
+            exact_status,
+            rare_kind,
+            rare_decision,
+        )
+    )
+
+
+def range_clause(q: Query) -> tuple[str, list[object]] | None:
+    """The SQL of the query's range filter (status class or path prefix), if it has one."""
+    if q.path is not None and q.path.endswith("*"):
+        prefix = q.path[:-1]
+        end = _prefix_end(prefix)
+        if end is None:
+            return "path >= ?", [prefix]
+        return "path >= ? AND path < ?", [prefix, end]
+    if q.status is not None and _STATUS_CLASS.match(q.status):
+        low, high = _status(q.status) or (0, 0)
+        return "status >= ? AND status < ?", [low, high]
+    return None
+
+
+def _clauses(
+    q: Query, after: Cursor | None, range_index: bool = True
+) -> tuple[list[str], list[object]]:
+    """WHERE terms; with `range_index` False, a range filter is written so that no index
+    serves it (`+column`), leaving the planner the time-ordered scan."""
     clauses: list[str] = []
     params: list[object] = []
 
@@ -191,21 +229,15 @@ def _clauses(q: Query, after: Cursor | None) -> tuple[list[str], list[object]]:
         add(*_party("source", q.source))
     if q.dest is not None:
         add(*_party("dest", q.dest))
-    if q.path is not None:
-        if q.path.endswith("*"):
-            prefix = q.path[:-1]
-            end = _prefix_end(prefix)
-            add("path >= ?", prefix)
-            if end is not None:
-                add("path < ?", end)
-        else:
-            add("path = ?", q.path)
-    if q.status is not None:
-        low, high = _status(q.status) or (0, 0)
-        if high == low + 1:
-            add("status = ?", low)
-        else:
-            add("status >= ? AND status < ?", low, high)
+    ranged = range_clause(q)
+    if ranged is not None:
+        text, values = ranged
+        add(text if range_index else text.replace("path", "+path").replace("status", "+status"))
+        params.extend(values)
+    if q.path is not None and not q.path.endswith("*"):
+        add("path = ?", q.path)
+    if q.status is not None and not _STATUS_CLASS.match(q.status):
+        add("status = ?", int(q.status))
     if q.decision is not None:
         add("decision = ?", q.decision)
         if q.decision != "allow":  # the partial index's own term (store/sqlite.py)
@@ -239,14 +271,27 @@ _ORDER_BY = {
     "oldest": "time_ns ASC, idx ASC",
     "index": "idx ASC",
 }
-_SELECT = "SELECT idx, time_ns, data FROM events"
+_SELECT = "SELECT idx, time_ns FROM events"
 
 
 def sql(
-    q: Query, after: Cursor | None = None, *, limit: int | None = None
+    q: Query,
+    after: Cursor | None = None,
+    *,
+    limit: int | None = None,
+    range_index: bool | None = None,
 ) -> tuple[str, list[object]]:
-    """The SELECT of `(idx, time_ns, data)` rows for one page (`limit` rows; default q.limit)."""
-    clauses, params = _clauses(q, after)
+    """The SELECT of one page's `(idx, time_ns)` (`limit` rows; default q.limit).
+
+    Only keys: a filter whose index holds every column it tests (or a range filter whose
+    matches must be sorted by time) then never reads the table, and the sorter keeps just the
+    page's rows; `run` reads the page's event bytes by index afterwards.
+
+    A range filter (status class, path prefix) uses its index unless an equality filter
+    narrows the query or `range_index` is False (see `run`)."""
+    if range_index is None:
+        range_index = not has_equality(q)
+    clauses, params = _clauses(q, after, range_index)
     tail = f" ORDER BY {_ORDER_BY[q.order]} LIMIT ?"
     count = q.limit if limit is None else limit
     if q.service is None:
@@ -263,15 +308,41 @@ def sql(
 def run(reader: SqlReader, q: Query, cursor: str | None = None) -> Page:
     """One page of matching events; `next` is set when more rows may follow."""
     after = None if cursor is None else Cursor.decode(cursor, q)
-    text, params = sql(q, after, limit=q.limit + 1)
-    rows = reader.query(text, params)
-    more = len(rows) > q.limit
-    rows = rows[: q.limit]
+    text, params = sql(q, after, limit=q.limit + 1, range_index=_range_index(reader, q))
+    keys = reader.query(text, params)
+    more = len(keys) > q.limit
+    keys = keys[: q.limit]
+    data: dict[int, bytes] = {}
+    for start in range(0, len(keys), 500):
+        chunk = [int(index) for index, _ in keys[start : start + 500]]
+        marks = ",".join("?" * len(chunk))
+        for index, blob in reader.query(
+            f"SELECT idx, data FROM events WHERE idx IN ({marks})", chunk
+        ):
+            data[int(index)] = bytes(blob)
     next_cursor = None
     if more:
-        last_index, last_time, _ = rows[-1]
+        last_index, last_time = keys[-1]
         next_cursor = Cursor(int(last_time), int(last_index), q.fingerprint()).encode()
-    return Page([(int(i), bytes(d)) for i, _, d in rows], next_cursor)
+    return Page([(int(i), data[int(i)]) for i, _ in keys], next_cursor)
+
+
+RANGE_CAP = 20_000
+
+
+def _range_index(reader: SqlReader, q: Query) -> bool | None:
+    """For a range filter alone: its index when it matches fewer than RANGE_CAP events (then
+    sorting their keys is cheap); else the newest-first scan of the time index, which finds a
+    page within 100·N/RANGE_CAP rows at worst (N events stored), since matches are at least
+    that dense. Counting reads the index only and stops at the cap."""
+    ranged = range_clause(q)
+    if ranged is None or has_equality(q):
+        return None
+    text, values = ranged
+    rows = reader.query(
+        f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {text} LIMIT ?)", [*values, RANGE_CAP]
+    )
+    return int(rows[0][0]) < RANGE_CAP
 
 
 def parse_time(text: str, now_ns: int, name: str = "since") -> int:
