@@ -261,3 +261,19 @@ def test_policy_replay_shows_what_would_change(browser: Browser) -> None:
     assert "shop/payments" in text
     fits_laptop(browser)
     browser.screenshot("replay")
+
+
+def test_a_wrong_token_is_refused_then_login_works(browser: Browser, server: Served) -> None:
+    browser.open("#/login")
+    browser.find("#token").send_keys("amt_not-the-token")
+    browser.find("#login button[type=submit]").click()
+    refusal = browser.wait_for("#login [role=alert]")
+    assert "refused" in refusal.text
+    assert browser.js("return sessionStorage.getItem('auditmesh.token')") is None
+    # the server's 401 is the one error this test expects in the browser console
+    browser.console_messages()
+    expected = [e for e in browser.logs if "401 (Unauthorized)" in str(e["message"])]
+    assert expected
+    browser.logs[:] = [e for e in browser.logs if e not in expected]
+    browser.login(server.token)
+    assert browser.js("return document.body.dataset.page") == "overview"

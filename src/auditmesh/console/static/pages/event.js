@@ -7,7 +7,7 @@
 // (proof.js) and compares it with the root in the checkpoint whose Ed25519 signature it has
 // verified against the log's key.
 
-import { api, bytes } from "../api.js";
+import { api, bytes, text } from "../api.js";
 import {
   badge,
   decisionBadge,
@@ -170,6 +170,22 @@ function proofPanel(record) {
     steps.element,
     keyLine,
     h(
+      "p",
+      { class: "small" },
+      h(
+        "button",
+        {
+          type: "button",
+          class: "quiet",
+          id: "proof-save",
+          onclick: (event) =>
+            saveProof(record).catch((error) => event.target.after(h("span", { class: "badge bad" }, error.message))),
+        },
+        "Save as C2SP tlog-proof",
+      ),
+      h("span", { class: "dim" }, "  the file ", h("code", {}, "auditmesh log prove ID"), " writes, to keep or hand on"),
+    ),
+    h(
       "details",
       {},
       h("summary", {}, "Proof and checkpoint as served"),
@@ -199,6 +215,19 @@ function proofPanel(record) {
     }
   };
   return { panel, run };
+}
+
+/** Download the event's C2SP tlog-proof (GET /v1/proof/inclusion, an audited read). */
+async function saveProof(record) {
+  const proof = await text(`/v1/proof/inclusion?id=${encodeURIComponent(record.event.id)}`);
+  const link = h("a", {
+    href: URL.createObjectURL(new Blob([proof], { type: "text/plain" })),
+    download: `${record.event.id}.tlog-proof`,
+  });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
 export async function renderEvent(main, params, rest) {

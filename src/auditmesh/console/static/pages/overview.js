@@ -22,7 +22,7 @@ function tile(id, label, value, sub, kind) {
 }
 
 function keyPanel(served) {
-  const input = h("input", { id: "pin-key", size: 70, value: pinnedKey(), placeholder: served });
+  const input = h("input", { id: "pin-key", size: 70, value: pinnedKey(), placeholder: "paste a verifier key: name+keyid+key" });
   const status = h("span", { class: "dim small" });
   const show = () => {
     const pinned = pinnedKey();
@@ -81,10 +81,11 @@ function troubleTable(graph) {
 export async function renderOverview(main, params) {
   const window = WINDOWS[params.get("since")] ? params.get("since") : "1h";
   const seconds = WINDOWS[window];
+  // findings are the slowest and least essential figure: the rest shows even if they fail
   const [ledger, graph, findings] = await Promise.all([
     api("/console/api/overview"),
     loadGraph(window),
-    loadFindings("24h"),
+    loadFindings("24h").catch((error) => ({ items: [], error })),
   ]);
   const requests = graph.edges.reduce((n, e) => n + e.requests, 0);
   const denials = graph.edges.reduce((n, e) => n + e.denials, 0);
@@ -105,7 +106,9 @@ export async function renderOverview(main, params) {
       { class: "tiles" },
       tile("tile-requests", `Calls, last ${window}`, requests.toLocaleString("en"), `${fmtRate(requests / seconds)} on average`),
       tile("tile-denials", `Denied, last ${window}`, denials.toLocaleString("en"), `${fmtRate(denials / seconds)}; ${fmtPercent(requests ? denials / requests : 0)} of calls`, denials ? "bad" : "good"),
-      tile("tile-findings", "Open findings, last 24h", String(open.length), open.length ? `${open.filter((f) => severityOf(f) === "high").length} high` : "nothing to look at", open.length ? "warn" : "good"),
+      findings.error
+        ? tile("tile-findings", "Open findings, last 24h", "?", `could not be computed: ${findings.error.message}`, "warn")
+        : tile("tile-findings", "Open findings, last 24h", String(open.length), open.length ? `${open.filter((f) => severityOf(f) === "high").length} high` : "nothing to look at", open.length ? "warn" : "good"),
       tile(
         "tile-ledger",
         "Ledger entries",
