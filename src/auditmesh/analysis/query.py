@@ -74,7 +74,9 @@ class QueryError(ValueError):
 
 
 class SqlReader(Protocol):
-    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+    def query(
+        self, sql: str, params: Sequence[object] | Mapping[str, object] = ()
+    ) -> list[tuple[Any, ...]]: ...
 
 
 @dataclass(frozen=True, slots=True)

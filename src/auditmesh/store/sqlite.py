@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,9 @@ class SQLiteStore:
         )
         return None if row is None else StoredEvent(int(row[0]), bytes(row[1]), bytes(row[2]))
 
-    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, params: Sequence[object] | Mapping[str, object] = ()
+    ) -> list[tuple[Any, ...]]:
         """Rows of a read-only SQL query on this thread's reader connection (analysis/)."""
         return self._reader().execute(sql, params).fetchall()
 
