@@ -219,8 +219,11 @@ def test_a_cursor_is_bound_to_its_filters(filled: tuple[Ledger, list[AuditEvent]
     assert page.next is not None
     with pytest.raises(QueryError, match="other filters"):
         run(ledger.store, Query(dest="orders", limit=3), page.next)
-    # another page size is the same query
+    # another page size, or a relative window resolved a moment later, is the same query
     assert run(ledger.store, Query(dest="catalog", limit=5), page.next).rows
+    assert run(ledger.store, Query(dest="catalog", since_ns=1), page.next).rows
+    with pytest.raises(QueryError, match="other filters or order"):
+        run(ledger.store, Query(dest="catalog", order="oldest"), page.next)
     with pytest.raises(QueryError, match="not a cursor"):
         run(ledger.store, Query(dest="catalog"), "bm90IGEgY3Vyc29y")
     with pytest.raises(QueryError, match="not a cursor"):

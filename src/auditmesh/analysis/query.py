@@ -31,7 +31,7 @@ import base64
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
 
@@ -118,9 +118,10 @@ class Query:
             raise QueryError("limit: must be at least 1")
 
     def fingerprint(self) -> str:
-        """What a cursor is bound to: every field but the page size."""
-        text = repr(astuple(self)[:-1])  # limit is the last field
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """What a cursor is bound to: the filters and the order. Not the page size, and not
+        the time bounds, which a relative `--since 15m` moves between two pages."""
+        fields = replace(self, since_ns=None, until_ns=None, limit=DEFAULT_LIMIT)
+        return hashlib.sha256(repr(astuple(fields)).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
