@@ -35,6 +35,12 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header for API reads (the token the server wrote at start)."""
+        token = (self.data_dir / "keys" / "api.token").read_text().strip()
+        return {"authorization": f"Bearer {token}"}
+
     def start(self, timeout_s: float = 20.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "auditmesh", "server", "--data", str(self.data_dir)]

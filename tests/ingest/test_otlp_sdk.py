@@ -74,7 +74,7 @@ def grpc_endpoint(server: ServerProcess) -> str:
 
 
 def fetch(server: ServerProcess, event_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{server.url}/v1/events/{event_id}", timeout=15)
+    response = httpx.get(f"{server.url}/v1/events/{event_id}", headers=server.auth, timeout=15)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     assert body["proof"]["tree_size"] > body["index"]
