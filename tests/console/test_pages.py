@@ -277,3 +277,35 @@ def test_a_wrong_token_is_refused_then_login_works(browser: Browser, server: Ser
     browser.logs[:] = [e for e in browser.logs if e not in expected]
     browser.login(server.token)
     assert browser.js("return document.body.dataset.page") == "overview"
+
+
+def test_an_event_altered_in_transit_fails_visibly(
+    browser: Browser, denied: tuple[int, AuditEvent]
+) -> None:
+    """A proxy (here: a script wrapping fetch) that edits the API's answer is caught: the
+    event shown is no longer the leaf the log holds."""
+    _, event = denied
+    edit = """
+        const realFetch = window.fetch;
+        window.fetch = async (...args) => {
+          const response = await realFetch(...args);
+          if (!String(args[0]).includes('/v1/events/')) return response;
+          const body = await response.json();
+          body.event.authz.decision = 'allow';
+          return new Response(JSON.stringify(body), {status: 200,
+            headers: {'content-type': 'application/json'}});
+        };
+    """
+    added = browser.driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument", {"source": edit}
+    )
+    try:
+        browser.open(f"#/event/{event.id}")
+        verdict = browser.wait_for("#proof-verdict[data-result]")
+    finally:
+        browser.driver.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]}
+        )
+    assert verdict.get_attribute("data-result") == "failed"
+    assert "the leaf the log holds is not the event this page shows" in verdict.text
+    browser.screenshot("event-altered-in-transit")
