@@ -17,6 +17,7 @@ GROUPS: tuple[str, ...] = (
     "server",
     "sidecar",
     "query",  # query, trace, graph (cli/query.py)
+    "findings",
     "log",
     "bundle",
     "ca",

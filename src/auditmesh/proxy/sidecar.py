@@ -259,6 +259,7 @@ class Sidecar:
         connect_app: Callable[[], Awaitable[Upstream]],
     ) -> None:
         start_ns = self._now_ns()
+        remote = sock.getpeername()[:2]  # before the handshake may close the socket
         try:
             mode = self._mode(inbound)
             accepted = await accept(
@@ -269,7 +270,7 @@ class Sidecar:
                 handshake_timeout=self.config.limits.header_timeout_s,
             )
         except HandshakeRefused as exc:
-            self._emit(self._authn_failure(start_ns, sock, exc))
+            self._emit(self._authn_failure(start_ns, remote, exc))
             sock.close()
             return
         except NothingSent:
@@ -297,12 +298,9 @@ class Sidecar:
         await self._tcp(accepted.reader, accepted.writer, connect_app, x)
 
     def _authn_failure(
-        self, start_ns: int, sock: socket.socket, exc: HandshakeRefused
+        self, start_ns: int, remote: tuple[str, int], exc: HandshakeRefused
     ) -> AuditEvent:
-        try:
-            ip, port = sock.getpeername()[:2]
-        except OSError:
-            ip, port = None, None
+        ip, port = remote
         return AuditEvent(
             id=new_event_id(lambda: start_ns),
             time_ns=start_ns,
