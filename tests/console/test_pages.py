@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from selenium.webdriver.common.by import By
 
 from auditmesh.events import AuditEvent
 from auditmesh.ledger import merkle
+from auditmesh.ledger.bundle import verify_bundle
+from auditmesh.ledger.note import Verifier
 from tests.console.browser import Browser
 from tests.console.conftest import Demo, Served
 
@@ -242,6 +247,42 @@ def test_proof_verifier_matches_rfc9162(browser: Browser) -> None:
         cases,
     )
     assert json.loads(result) == []
+
+
+def test_findings_name_who_misbehaves_with_evidence(
+    browser: Browser, demo: Demo, tmp_path: Path
+) -> None:
+    browser.open("#/findings")
+    cards = browser.find_all("#findings-list article")
+    assert cards
+    denials = browser.find('#findings-list article[data-kind="repeated_denials"]')
+    assert "spiffe://cluster.local/ns/shop/sa/batch-report" in denials.text
+    assert "payments" in denials.text and "shop/payments-only-orders" in denials.text
+    evidence = denials.find_elements(By.CSS_SELECTOR, ".evidence a")
+    assert evidence
+    fits_laptop(browser)
+    browser.screenshot("findings")
+    # the evidence bundle the page downloads verifies offline with the log's key
+    browser.driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
+    denials.find_element(By.CSS_SELECTOR, "button[data-action=bundle]").click()
+    browser.wait_until(
+        "document.querySelector('#findings-list .badge.good, #findings-list .badge.bad')"
+    )
+    deadline = time.monotonic() + 10
+    while not list(tmp_path.glob("*.zip")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (bundle,) = tmp_path.glob("*.zip")
+    vkey = (demo.data / "keys" / "log.vkey").read_text().strip()
+    report = verify_bundle(bundle.read_bytes(), Verifier.from_vkey(vkey))
+    assert len(report.indices) == len(evidence)
+    # and the search link selects the events behind the finding
+    denials.find_element(By.PARTIAL_LINK_TEXT, "Search these events").click()
+    browser.wait_until("document.body.dataset.page === 'events'")
+    browser.wait_settled()
+    rows = browser.find_all("#results tbody tr")
+    assert rows and all("deny" in r.text and "batch-report" in r.text for r in rows)
 
 
 def test_policy_replay_shows_what_would_change(browser: Browser) -> None:

@@ -6,13 +6,15 @@ GET  /console/api/overview      ledger size, latest checkpoint and its age, orig
 POST /console/api/layout        {nodes, edges} → positions (console/layout.py, networkx)
 GET  /console/api/policies      candidate policy files kept in DIR/policies/
 POST /v1/policy/replay          a candidate policy set over recorded calls (policy/replay.py)
+GET  /v1/findings?since=&until=  who misbehaves in the window (analysis/findings.py)
+POST /console/api/bundle        {indices} → evidence bundle zip (console/evidence.py)
 
 Routes only: the logic lives in layout.py, candidate.py, recorded.py and the packages below.
 The page and its static files are public (they hold no data); every JSON endpoint asks for
 the server's API token (server/api_auth.py's `authenticate`), like the API the pages read
-events through. Replay reads the recorded calls of a window, so each answered replay leaves an
-`audit_read` record (route /v1/policy/replay, the window, the calls replayed), as the API's
-reads do; the pages read events only through the audited API routes.
+events through. Replay, findings and bundles read recorded events, so each answer
+leaves an `audit_read` record (the route, the window, the events read), as the API's reads
+do; the pages read events themselves only through the audited API routes.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from auditmesh.analysis.findings import detect
 from auditmesh.analysis.query import QueryError, parse_time
 from auditmesh.collector import Collector
 from auditmesh.console.candidate import PolicyFile, load_candidate, stored_sets
+from auditmesh.console.evidence import EvidenceError, evidence_bundle
 from auditmesh.console.layout import LayoutError, layout
 from auditmesh.console.recorded import RecordedError, recorded
 from auditmesh.datadir import Ledger
@@ -43,6 +47,9 @@ from auditmesh.server import api_auth
 
 MAX_JSON_BYTES = 8 * 1024 * 1024
 REPLAY_ROUTE = api_auth.ReadRoute("/v1/policy/replay", re.compile(r"^/v1/policy/replay/?$"))
+FINDINGS_ROUTE = api_auth.ReadRoute("/v1/findings", re.compile(r"^/v1/findings/?$"))
+BUNDLE_ROUTE = api_auth.ReadRoute("/console/api/bundle", re.compile(r"^/console/api/bundle/?$"))
+END_OF_TIME = 2**63 - 1
 # The page loads only its own files and talks only to this server.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -68,6 +75,10 @@ class _LayoutIn(msgspec.Struct, forbid_unknown_fields=True):
 class _PolicyFileIn(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     text: str
+
+
+class _BundleIn(msgspec.Struct, forbid_unknown_fields=True):
+    indices: list[int]
 
 
 class _ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -103,20 +114,30 @@ class Console:
         return decided
 
     async def _audit(
-        self, request: Request, reader: api_auth.Reader, target: str, count: int
-    ) -> None:
-        """One `audit_read` record for an answered read, durable before the answer leaves."""
+        self,
+        request: Request,
+        reader: api_auth.Reader,
+        route: api_auth.ReadRoute,
+        target: str,
+        count: int,
+    ) -> Response | None:
+        """One `audit_read` record for an answered read, durable before the answer leaves;
+        a 503 to send instead when it cannot be made durable (as server/api_auth.py)."""
         client = request.client
         event = api_auth.read_event(
             reader,
-            REPLAY_ROUTE,
+            route,
             target,
             count,
             None if client is None else (client.host, client.port),
             now_ns=self.clock(),
             method=request.method,
         )
-        await self.collector.submit_async([event])
+        try:
+            await self.collector.submit_async([event])
+        except Exception as exc:  # no unaudited read leaves the server
+            return _error(503, f"the read could not be audited: {exc}")
+        return None
 
     async def _json(self, request: Request, kind: type[Any]) -> Any:
         body = await request.body()
@@ -212,14 +233,70 @@ class Console:
         except (PolicyLoadError, RecordedError) as exc:
             return _error(400, str(exc))
         totals = result["totals"]
-        calls = totals["calls"] if isinstance(totals, dict) else 0
-        try:
-            await self._audit(
-                request, reader, f"{request.url.path}?since={since}&until={until}", calls
-            )
-        except Exception as exc:  # no unaudited read leaves the server (server/api_auth.py)
-            return _error(503, f"the read could not be audited: {exc}")
+        events = totals["events"] if isinstance(totals, dict) else 0
+        target = f"{request.url.path}?since={since}&until={until}"
+        if (
+            refused := await self._audit(request, reader, REPLAY_ROUTE, target, events)
+        ) is not None:
+            return refused
         return JSONResponse(result)
+
+    async def findings(self, request: Request) -> Response:
+        if isinstance(reader := self._reader(request), Response):
+            return reader
+        params = dict(request.query_params)
+        unknown = sorted(set(params) - {"since", "until"})
+        if unknown:
+            return _error(400, f"unknown parameter(s) {', '.join(unknown)}; use since, until")
+        now = self.clock()
+        try:
+            since = parse_time(params["since"], now, "since") if "since" in params else 0
+            until = parse_time(params["until"], now, "until") if "until" in params else None
+        except QueryError as exc:
+            return _error(400, str(exc))
+        end = END_OF_TIME if until is None else until
+        if end <= since:
+            return _error(400, "until is not after since")
+
+        def run() -> tuple[int, list[dict[str, object]]]:
+            events = list(recorded(self.ledger.store, since, end))
+            return len(events), [finding.to_json() for finding in detect(events)]
+
+        try:
+            read, found = await run_in_threadpool(run)
+        except RecordedError as exc:
+            return _error(500, str(exc))
+        window = {"since_ns": str(since), "until_ns": None if until is None else str(until)}
+        if (
+            refused := await self._audit(
+                request,
+                reader,
+                FINDINGS_ROUTE,
+                str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
+                read,
+            )
+        ) is not None:
+            return refused
+        return JSONResponse({"window": window, "events": read, "findings": found})
+
+    async def bundle(self, request: Request) -> Response:
+        if isinstance(reader := self._reader(request), Response):
+            return reader
+        given = await self._json(request, _BundleIn)
+        if isinstance(given, Response):
+            return given
+        try:
+            data, size = await run_in_threadpool(evidence_bundle, self.ledger, given.indices)
+        except EvidenceError as exc:
+            return _error(400, str(exc))
+        shown = ",".join(map(str, sorted(set(given.indices))[:50]))
+        target = f"{request.url.path}?indices={shown}"
+        count = len(set(given.indices))
+        if (refused := await self._audit(request, reader, BUNDLE_ROUTE, target, count)) is not None:
+            return refused
+        name = f"evidence-{count}-at-{size}.zip"
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        return Response(data, media_type="application/zip", headers=headers)
 
 
 def routes(ledger: Ledger, collector: Collector) -> list[BaseRoute]:
@@ -233,4 +310,6 @@ def routes(ledger: Ledger, collector: Collector) -> list[BaseRoute]:
         Route("/console/api/layout", console.post_layout, methods=["POST"]),
         Route("/console/api/policies", console.policy_files, methods=["GET"]),
         Route("/v1/policy/replay", console.policy_replay, methods=["POST"]),
+        Route("/v1/findings", console.findings, methods=["GET"]),
+        Route("/console/api/bundle", console.bundle, methods=["POST"]),
     ]

@@ -98,3 +98,10 @@ export async function text(path) {
   if (!response.ok) throw await failure(response);
   return response.text();
 }
+
+/** POST JSON, receive a file (evidence bundles) as a Blob. */
+export async function download(path, body) {
+  const response = await send(path, { method: "POST", body });
+  if (!response.ok) throw await failure(response);
+  return response.blob();
+}

@@ -1,5 +1,122 @@
-import { h } from "../dom.js";
+// Findings: who misbehaves, when, by how much against the baseline, and the evidence.
+//
+// GET /v1/findings (analysis/findings.py; an audited read). Each finding lists its events
+// (each opens the event page, which verifies its proof), links to the same events in the
+// search, and downloads them as an evidence bundle (POST /console/api/bundle, the format
+// `auditmesh bundle verify` checks offline).
 
-export async function renderFindings(main) {
-  main.append(h("h1", {}, "findings"));
+import { download } from "../api.js";
+import { badge, errorPanel, eventLink, fmtDurationUs, fmtTime, h } from "../dom.js";
+import { kindOf, loadFindings, severityOf } from "./findingsdata.js";
+
+const WINDOWS = ["1h", "24h", "7d", "365d"];
+
+function number(value, unit) {
+  if (unit === "failure rate" || unit.endsWith("share")) return `${(value * 100).toFixed(1)}%`;
+  if (unit === "µs" || unit === "us" || unit.startsWith("p95")) return fmtDurationUs(Math.round(value));
+  if (unit.includes("bytes")) return `${Math.round(value).toLocaleString("en")} B`;
+  return Number.isInteger(value) ? value.toLocaleString("en") : value.toFixed(1);
+}
+
+function party(text) {
+  return text && text !== "unknown" && !/^\d+\.\d+\.\d+\.\d+/.test(text) ? text : null;
+}
+
+/** The /v1/events filters that select the events behind a finding. */
+export function searchFor(finding) {
+  const query = new URLSearchParams();
+  query.set("since", finding.window.start_ns);
+  query.set("until", String(BigInt(finding.window.end_ns) + 1n));
+  if (finding.kind === "failed_authentication") query.set("kind", "authn");
+  else {
+    if (party(finding.responsible)) query.set("source", finding.responsible);
+    if (party(finding.destination)) query.set("dest", finding.destination);
+    query.set("direction", "inbound");
+  }
+  if (finding.kind === "repeated_denials") query.set("decision", "deny");
+  return query;
+}
+
+async function saveBundle(finding, button) {
+  button.disabled = true;
+  try {
+    const blob = await download("/console/api/bundle", { indices: finding.indices });
+    const link = h("a", { href: URL.createObjectURL(blob), download: `evidence-${finding.kind}-${finding.indices[0]}.zip` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+    button.after(h("span", { class: "badge good" }, `${finding.indices.length} events with proofs saved`));
+  } catch (error) {
+    button.after(h("span", { class: "badge bad" }, error.message));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function card(finding, position) {
+  const severity = severityOf(finding);
+  const start = finding.window.start_ns;
+  const spanUs = Number((BigInt(finding.window.end_ns) - BigInt(start)) / 1000n);
+  const more = finding.count - finding.event_ids.length;
+  const button = h("button", { type: "button", class: "quiet", "data-action": "bundle" }, "Download evidence bundle");
+  button.addEventListener("click", () => saveBundle(finding, button));
+  return h(
+    "article",
+    { class: `panel finding ${severity}`, "data-kind": finding.kind, id: `finding-${position}` },
+    h(
+      "div",
+      { class: "row" },
+      badge(severity, severity === "high" ? "bad" : "warn"),
+      h("h2", { class: "inline" }, kindOf(finding)),
+      h("span", { class: "dim" }, "responsible: "),
+      h("strong", { class: "responsible" }, finding.responsible),
+      h("span", { class: "dim" }, " → "),
+      h("strong", {}, finding.destination),
+    ),
+    h("p", { class: "summary-text" }, finding.summary),
+    h(
+      "div",
+      { class: "numbers" },
+      h("div", {}, h("strong", {}, number(finding.observed, finding.unit)), `observed (${finding.unit})`),
+      h("div", {}, h("strong", {}, number(finding.expected, finding.unit)), "baseline"),
+      h("div", {}, h("strong", {}, String(finding.count)), "events"),
+      h("div", {}, h("strong", {}, fmtTime(start)), `window, ${fmtDurationUs(spanUs)}`),
+    ),
+    h(
+      "div",
+      { class: "evidence-block" },
+      h("span", { class: "dim small" }, "Evidence: "),
+      h("span", { class: "evidence" }, finding.event_ids.map((id) => eventLink(id, id.slice(0, 13) + "…")), more > 0 ? h("span", { class: "dim" }, `and ${more} more`) : ""),
+    ),
+    h(
+      "div",
+      { class: "row actions" },
+      h("a", { href: `#/events?${searchFor(finding)}`, class: "button quiet" }, "Search these events →"),
+      button,
+    ),
+  );
+}
+
+export async function renderFindings(main, params) {
+  const since = WINDOWS.includes(params.get("since")) ? params.get("since") : "24h";
+  const { items, events } = await loadFindings(since);
+  const high = items.filter((f) => severityOf(f) === "high").length;
+  main.append(
+    h(
+      "div",
+      { class: "row" },
+      h("h1", {}, "Findings"),
+      h("span", { class: "spacer" }),
+      h("span", { class: "dim" }, "Window:"),
+      WINDOWS.map((w) => h("a", { href: `#/findings?since=${w}`, class: `button ${w === since ? "" : "quiet"}` }, w === "365d" ? "1 year" : w)),
+    ),
+    h(
+      "p",
+      { class: "dim", id: "findings-summary" },
+      `${items.length} finding${items.length === 1 ? "" : "s"} (${high} high) from ${events} events of the last ${since === "365d" ? "year" : since}; each is measured against the first quarter of the window, the baseline.`,
+    ),
+    items.length ? h("div", { id: "findings-list" }, items.map(card)) : h("div", { class: "panel info" }, "Nothing stands out in this window."),
+  );
+  void errorPanel;
 }

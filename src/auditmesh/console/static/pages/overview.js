@@ -5,7 +5,7 @@
 
 import { api } from "../api.js";
 import { badge, clear, fmtAge, fmtPercent, fmtRate, h } from "../dom.js";
-import { loadFindings, findingTitle, severityOf } from "./findingsdata.js";
+import { findingTitle, loadFindings, severityOf } from "./findingsdata.js";
 import { loadGraph } from "./graphdata.js";
 import { pinKey, pinnedKey } from "./keys.js";
 

@@ -1,0 +1,45 @@
+"""Evidence bundles for the console: chosen ledger entries with their proofs, as one zip.
+
+Place in the house: a helper of `console/routes.py` (`POST /console/api/bundle`, the button
+under each finding) over `ledger/bundle.py`, the same format `auditmesh bundle create` writes
+and `auditmesh bundle verify` checks offline: each entry's exact leaf bytes and its C2SP
+tlog-proof against the latest signed checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from auditmesh.datadir import Ledger
+from auditmesh.ledger.bundle import BundleEntry, create_bundle
+from auditmesh.ledger.tlogproof import TlogProof
+
+MAX_ENTRIES = 1000
+
+
+class EvidenceError(ValueError):
+    """The entries cannot be bundled; the message says why."""
+
+
+def evidence_bundle(ledger: Ledger, indices: Sequence[int]) -> tuple[bytes, int]:
+    """The zip of these entries (ledger order, each once) and the tree size they are proven at."""
+    chosen = sorted(set(indices))
+    if not chosen:
+        raise EvidenceError("name at least one ledger index")
+    if len(chosen) > MAX_ENTRIES:
+        raise EvidenceError(f"{len(chosen)} entries; a bundle holds at most {MAX_ENTRIES}")
+    latest = ledger.store.latest_checkpoint()
+    if latest is None:
+        raise EvidenceError("the log has no checkpoint yet; try again in a second")
+    outside = [i for i in chosen if not 0 <= i < latest.size]
+    if outside:
+        raise EvidenceError(
+            f"entry {outside[0]} is not covered by the latest checkpoint (size {latest.size})"
+        )
+    checkpoint = ledger.log.open_checkpoint(latest.note)
+    entries = []
+    for index in chosen:
+        (_, data), *_ = ledger.store.entries(index, index + 1)
+        proof = TlogProof(index, tuple(ledger.log.inclusion_proof(index, latest.size)), latest.note)
+        entries.append(BundleEntry(index, data, proof))
+    return create_bundle(entries, latest.note, checkpoint, ledger.vkey), latest.size
