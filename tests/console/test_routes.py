@@ -17,6 +17,8 @@ from auditmesh.console.routes import routes
 from auditmesh.datadir import Ledger
 from auditmesh.demo.scenario import POLICIES
 from auditmesh.events import decode_event
+from auditmesh.ledger.bundle import verify_bundle
+from auditmesh.ledger.note import Verifier
 from auditmesh.server.api_auth import load_or_create_token
 from tests.conftest import START_NS, fill, generate
 
@@ -160,3 +162,42 @@ def test_replay_errors_say_what_is_wrong(
     answer = test_client.post("/v1/policy/replay", json=body)
     assert answer.status_code == 400 and message in answer.json()["error"], answer.text
     assert ledger.log.size == 400  # nothing read, nothing audited
+
+
+def last_record(ledger: Ledger, size: int) -> dict[str, str]:
+    deadline = time.monotonic() + 5
+    while ledger.log.size == size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (_, data), *_ = ledger.store.entries(size, size + 1)
+    record = decode_event(data)
+    assert record.kind == "audit_read"
+    return dict(record.labels)
+
+
+def test_findings_over_a_window_are_audited(client: tuple[AsgiClient, Ledger]) -> None:
+    test_client, ledger = client
+    answer = test_client.get("/v1/findings", params={"since": str(START_NS - 1)})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["events"] == 400
+    for finding in body["findings"]:
+        assert finding["responsible"] and finding["event_ids"] and finding["summary"]
+    labels = last_record(ledger, 400)
+    assert labels["read.route"] == "/v1/findings" and labels["read.count"] == "400"
+    for params, message in (({"since": "soon"}, "since:"), ({"who": "x"}, "unknown parameter")):
+        refused = test_client.get("/v1/findings", params=params)
+        assert refused.status_code == 400 and message in refused.json()["error"]
+
+
+def test_evidence_bundle_verifies_offline(client: tuple[AsgiClient, Ledger]) -> None:
+    test_client, ledger = client
+    answer = test_client.post("/console/api/bundle", json={"indices": [5, 3, 5]})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/zip"
+    assert "attachment" in answer.headers["content-disposition"]
+    report = verify_bundle(answer.content, Verifier.from_vkey(ledger.vkey))
+    assert report.indices == (3, 5)
+    assert last_record(ledger, 400)["read.count"] == "2"
+    for indices, message in (([], "at least one"), ([400], "not covered")):
+        refused = test_client.post("/console/api/bundle", json={"indices": indices})
+        assert refused.status_code == 400 and message in refused.json()["error"]
