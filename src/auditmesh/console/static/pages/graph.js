@@ -234,7 +234,7 @@ async function showEdge(panel, graph, edge, since) {
       ? h(
           "table",
           { id: "edge-events" },
-          h("thead", {}, h("tr", {}, ["Time", "Event", "Request", "Status", "Decision", "Reporter"].map((t) => h("th", {}, t)))),
+          h("thead", {}, h("tr", {}, ["Time", "Event", "Request", "Status", "Decision", "Side"].map((t) => h("th", {}, t)))),
           h(
             "tbody",
             {},
