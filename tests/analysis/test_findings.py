@@ -156,3 +156,14 @@ def test_cli_table_json_and_bundles(tmp_path: Path, capsys: pytest.CaptureFixtur
     capsys.readouterr()
     assert main(["bundle", "verify", str(bundle), "--key", vkey]) == 0
     assert "proven included" in capsys.readouterr().out
+
+
+def test_latency_regression_of_a_service_itself() -> None:
+    rng = random.Random(6)
+    events = steady()
+    events += [
+        call(60 + i * 0.05, "frontend", "orders", duration_ms=400, rng=rng) for i in range(200)
+    ]
+    slow = [f for f in detect(indexed(events)) if f.kind == "latency_regression"]
+    assert [(f.responsible, f.destination) for f in slow] == [(TD + "orders", "orders")]
+    assert slow[0].observed >= 400_000 and slow[0].expected < 50_000

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from auditmesh.analysis.findings import detect
 from auditmesh.cli.main import main
 from auditmesh.demo.run import load_events
 
@@ -36,9 +37,10 @@ def test_demo_tells_the_story(demo: tuple[Path, str]) -> None:
         "1. Audit server",
         "2. Driving",
         "3. Service graph",
-        "4. Proved a denied call",
-        "5. Verified the whole ledger",
-        "6. Then one stored event was edited",
+        "4. Findings",
+        "5. Proved a denied call",
+        "6. Verified the whole ledger",
+        "7. Then one stored event was edited",
     ):
         assert step in out
     assert "caught" in out
@@ -77,6 +79,26 @@ def test_intruder_is_an_authn_failure(demo: tuple[Path, str]) -> None:
     failures = [e for _, e in load_events(data) if e.kind == "authn" and e.outcome == "failure"]
     assert failures
     assert {e.destination.service for e in failures if e.destination} == {"orders"}
+
+
+SHOP = "spiffe://cluster.local/ns/shop/sa/"
+
+
+def test_every_planted_problem_is_found_and_attributed(demo: tuple[Path, str]) -> None:
+    data, _ = demo
+    found = {(f.kind, f.responsible, f.destination) for f in detect(load_events(data))}
+    assert ("repeated_denials", SHOP + "batch-report", "payments") in found
+    assert ("error_burst", SHOP + "catalog", "catalog") in found
+    assert ("excessive_volume", SHOP + "batch-report", "orders") in found
+    assert ("new_edge", SHOP + "orders", "catalog") in found
+    assert ("failed_authentication", "127.0.0.1", "orders") in found
+
+
+def test_no_finding_blames_a_well_behaved_caller(demo: tuple[Path, str]) -> None:
+    data, _ = demo
+    for finding in detect(load_events(data)):
+        assert finding.responsible not in (SHOP + "frontend", SHOP + "payments"), finding
+        assert finding.destination != "frontend", finding
 
 
 def test_ledger_verifies(demo: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from auditmesh.analysis.findings import detect
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog
 from auditmesh.datadir import open_ledger
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         events = load_events(args.data)
         say(f"   Done: {sum(counts.values())} calls made; {size} audit events in the ledger.\n")
         _summary(console, events)
+        _findings(console, events)
         _prove_denied(console, mesh.server.url, args.data, events, vkey)
         _verify(console, mesh.server.url, vkey)
         _tamper_copy(console, args.data, vkey)
@@ -148,6 +150,20 @@ def _summary(console: Console, events: list[tuple[int, AuditEvent]]) -> None:
     console.print(f"   {authn} refused handshakes (authn failures) were audited too.\n")
 
 
+def _findings(console: Console, events: list[tuple[int, AuditEvent]]) -> None:
+    found = detect(events)
+    table = Table(title=f"4. Findings: who misbehaves ({len(found)}), from `auditmesh findings`")
+    for column in ("kind", "responsible", "at", "what"):
+        table.add_column(column, overflow="fold")
+    for finding in found:
+        who = finding.responsible.removeprefix("spiffe://cluster.local/ns/shop/sa/")
+        table.add_row(finding.kind, who, finding.destination, finding.summary)
+    console.print(table)
+    console.print(
+        "   Each names its events; `auditmesh findings --bundle DIR` exports the evidence.\n"
+    )
+
+
 def _prove_denied(
     console: Console, url: str, data: Path, events: list[tuple[int, AuditEvent]], vkey: str
 ) -> None:
@@ -155,7 +171,7 @@ def _prove_denied(
         (e for _, e in events if e.authz is not None and e.authz.decision == "deny"), None
     )
     if denied is None:
-        console.print("4. (no denied call to prove)")
+        console.print("5. (no denied call to prove)")
         return
     token_file = data / "keys" / "api.token"
     headers = (
@@ -182,7 +198,7 @@ def _prove_denied(
     what = f"{http.method} {http.path}" if http else denied.kind
     dest = denied.destination.service if denied.destination else "?"
     policy = denied.authz.policy if denied.authz else "?"
-    console.print(f"4. Proved a denied call: {src} → {dest} {what}, denied by {policy}.")
+    console.print(f"5. Proved a denied call: {src} → {dest} {what}, denied by {policy}.")
     console.print(
         f"   Entry {proof.index} of {checkpoint.size}; {len(proof.proof)} hashes up to the signed "
         f"root; proof saved in {path}.\n"
@@ -197,7 +213,7 @@ def _verify(console: Console, url: str, vkey: str) -> None:
     finally:
         remote.close()
     console.print(
-        f"5. Verified the whole ledger as an outside auditor, over HTTP (C2SP tlog-tiles): "
+        f"6. Verified the whole ledger as an outside auditor, over HTTP (C2SP tlog-tiles): "
         f"{report.size} entries recomputed, signed root matches "
         f"({time.monotonic() - started:.1f} s).\n"
     )
@@ -222,10 +238,10 @@ def _tamper_copy(console: Console, data: Path, vkey: str) -> None:
     ledger = open_ledger(copy, create=False)
     try:
         verify_log(StoreReader(ledger.store), Verifier.from_vkey(vkey))
-        console.print("[red]6. The edited copy verified — this should never happen[/]")
+        console.print("[red]7. The edited copy verified — this should never happen[/]")
     except VerificationError as exc:
         console.print(
-            "6. Then one stored event was edited in a copy of the ledger and verified again:\n"
+            "7. Then one stored event was edited in a copy of the ledger and verified again:\n"
             f"   [green]caught[/]: {exc.message} at {exc.where}"
         )
     finally:
