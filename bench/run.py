@@ -1,4 +1,4 @@
-"""`make bench`: ledger, policy engine, sidecar vs nginx, then one table of figures.
+"""`make bench`: ledger, policy, ingest/export, query/graph, sidecar vs nginx; one table.
 
 Every figure is printed next to the peer measured in the same run and, where issue 2 sets one,
 its target with PASS/MISS. Nothing here asserts a speed. `--quick` runs small sizes as a smoke
@@ -110,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         figures = ledger_bench.run(args, Path(tmp))
     if not args.no_policy and not args.only:
         figures += policy_section(args.quick)
+    if not args.only:
+        from bench import ingest_export_bench, query_bench
+
+        figures += ingest_export_bench.ingest_export_section(args.quick)
+        figures += query_bench.section(args.quick)
     if not args.no_proxy and not args.only:
         from bench.proxy_bench import proxy_section  # installs nginx and wrk when missing
 
