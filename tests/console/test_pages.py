@@ -302,6 +302,21 @@ def test_policy_replay_shows_what_would_change(browser: Browser) -> None:
     assert "shop/payments" in text
     fits_laptop(browser)
     browser.screenshot("replay")
+    # a least-privilege set generated from the recorded calls denies none of them
+    browser.find("#generate").click()
+    browser.wait_until("document.getElementById('generate-note').textContent.includes('calls')")
+    browser.find('#policy-files button[aria-label="remove shop.yaml"]').click()
+    files = [b.text for b in browser.find_all("#policy-files button[data-file]")]
+    assert files == ["least-privilege.yaml"]
+    assert "kind: AuthorizationPolicy" in str(browser.find("#policy-text").get_attribute("value"))
+    browser.find("#replay-run").click()
+    browser.wait_until(
+        "document.querySelector('#replay-result') && "
+        "!document.querySelector('#replay-result').textContent.includes('shop/payments-only')"
+    )
+    generated = browser.find("#replay-result").text
+    assert "Calls the candidate would deny: none." in generated
+    browser.screenshot("replay-generated")
 
 
 def test_a_wrong_token_is_refused_then_login_works(browser: Browser, server: Served) -> None:

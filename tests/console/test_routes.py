@@ -201,3 +201,20 @@ def test_evidence_bundle_verifies_offline(client: tuple[AsgiClient, Ledger]) -> 
     for indices, message in (([], "at least one"), ([400], "not covered")):
         refused = test_client.post("/console/api/bundle", json={"indices": indices})
         assert refused.status_code == 400 and message in refused.json()["error"]
+
+
+def test_generated_set_allows_what_was_allowed(client: tuple[AsgiClient, Ledger]) -> None:
+    test_client, ledger = client
+    since = str(START_NS - 1)
+    answer = test_client.get("/console/api/policies/generated", params={"since": since})
+    assert answer.status_code == 200, answer.text
+    made = answer.json()
+    assert made["file"]["name"] == "least-privilege.yaml" and made["calls"] > 0
+    assert "kind: AuthorizationPolicy" in made["file"]["text"]
+    assert last_record(ledger, 400)["read.route"] == "/console/api/policies/generated"
+    replayed = test_client.post(
+        "/v1/policy/replay", json={"policies": [made["file"]], "since": since}
+    ).json()
+    assert replayed["totals"]["newly_denied"] == 0
+    empty = test_client.get("/console/api/policies/generated", params={"since": "1s"})
+    assert empty.status_code == 404 and "no inbound calls" in empty.json()["error"]

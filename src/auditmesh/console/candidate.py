@@ -5,7 +5,8 @@ Place in the house: between `console/routes.py` (`GET /console/api/policies`,
 the same loader and the same errors as `auditmesh policy replay --policies DIR` (the texts are
 written to a private temporary directory under their own names, so an error names the file the
 person uploaded), and lists the policy files kept in the data directory (`DIR/policies/`, where
-`auditmesh demo` writes the mesh's policies) as sets to pick.
+`auditmesh demo` writes the mesh's policies) as sets to pick, and generates a least-privilege
+set from recorded traffic (policy/generate.py, as `auditmesh policy generate`) to pick too.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from auditmesh.console.recorded import recorded
 from auditmesh.policy.documents import PolicyLoadError, yaml_files
+from auditmesh.policy.generate import Window, generate_policies
 from auditmesh.policy.model import PolicySet, load_policies
+from auditmesh.policy.replay import inbound_call
+from auditmesh.store.base import Store
 
 MAX_FILES = 64
 MAX_FILE_BYTES = 1024 * 1024
 POLICY_DIR = "policies"
+GENERATED = "least-privilege.yaml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +85,25 @@ def stored_sets(data_dir: Path) -> list[PolicyFile]:
             continue
         found.append(PolicyFile(path.relative_to(root).as_posix(), text))
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    file: PolicyFile | None  # None when the window recorded no inbound call
+    events: int  # events read
+    calls: int  # inbound calls the policies were generated from
+
+
+def generated_set(store: Store, since_ns: int, until_ns: int, describe: str) -> Generated:
+    """Least-privilege ALLOW policies for what the window's recorded calls did."""
+    events = 0
+    calls = []
+    for index, event in recorded(store, since_ns, until_ns):
+        events += 1
+        call = inbound_call(index, event, {})
+        if call is not None:
+            calls.append(call)
+    if not calls:
+        return Generated(None, events, 0)
+    text = generate_policies(calls, Window(describe, "the audit ledger, from the web console"))
+    return Generated(PolicyFile(GENERATED, text), events, len(calls))

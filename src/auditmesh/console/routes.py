@@ -5,6 +5,8 @@ GET  /console/static/…          HTML, CSS and JavaScript written here, nothing
 GET  /console/api/overview      ledger size, latest checkpoint and its age, origin, verifier key
 POST /console/api/layout        {nodes, edges} → positions (console/layout.py, networkx)
 GET  /console/api/policies      candidate policy files kept in DIR/policies/
+GET  /console/api/policies/generated?since=&until=
+                                a least-privilege set generated from the window's calls
 POST /v1/policy/replay          a candidate policy set over recorded calls (policy/replay.py)
 GET  /v1/findings?since=&until=  who misbehaves in the window (analysis/findings.py)
 POST /console/api/bundle        {indices} → evidence bundle zip (console/evidence.py)
@@ -12,7 +14,7 @@ POST /console/api/bundle        {indices} → evidence bundle zip (console/evide
 Routes only: the logic lives in layout.py, candidate.py, recorded.py and the packages below.
 The page and its static files are public (they hold no data); every JSON endpoint asks for
 the server's API token (server/api_auth.py's `authenticate`), like the API the pages read
-events through. Replay, findings and bundles read recorded events, so each answer
+events through. Replay, generated sets, findings and bundles read recorded events, so each answer
 leaves an `audit_read` record (the route, the window, the events read), as the API's reads
 do; the pages read events themselves only through the audited API routes.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -35,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 from auditmesh.analysis.findings import detect
 from auditmesh.analysis.query import QueryError, parse_time
 from auditmesh.collector import Collector
-from auditmesh.console.candidate import PolicyFile, load_candidate, stored_sets
+from auditmesh.console.candidate import PolicyFile, generated_set, load_candidate, stored_sets
 from auditmesh.console.evidence import EvidenceError, evidence_bundle
 from auditmesh.console.layout import LayoutError, layout
 from auditmesh.console.recorded import RecordedError, recorded
@@ -48,6 +51,9 @@ from auditmesh.server import api_auth
 MAX_JSON_BYTES = 8 * 1024 * 1024
 REPLAY_ROUTE = api_auth.ReadRoute("/v1/policy/replay", re.compile(r"^/v1/policy/replay/?$"))
 FINDINGS_ROUTE = api_auth.ReadRoute("/v1/findings", re.compile(r"^/v1/findings/?$"))
+GENERATE_ROUTE = api_auth.ReadRoute(
+    "/console/api/policies/generated", re.compile(r"^/console/api/policies/generated/?$")
+)
 BUNDLE_ROUTE = api_auth.ReadRoute("/console/api/bundle", re.compile(r"^/console/api/bundle/?$"))
 END_OF_TIME = 2**63 - 1
 # The page loads only its own files and talks only to this server.
@@ -61,6 +67,11 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+
+def _iso(ns: int) -> str:
+    moment = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -194,6 +205,50 @@ class Console:
         files = await run_in_threadpool(stored_sets, self.ledger.data_dir)
         return JSONResponse({"files": [f.to_json() for f in files]})
 
+    def _window(
+        self, request: Request, default_since: str | None
+    ) -> tuple[int, int | None] | Response:
+        """`since` (default `default_since`, else the beginning) and `until` of the query."""
+        params = dict(request.query_params)
+        unknown = sorted(set(params) - {"since", "until"})
+        if unknown:
+            return _error(400, f"unknown parameter(s) {', '.join(unknown)}; use since, until")
+        now = self.clock()
+        text = params.get("since", default_since)
+        try:
+            since = 0 if text is None else parse_time(text, now, "since")
+            until = parse_time(params["until"], now, "until") if "until" in params else None
+        except QueryError as exc:
+            return _error(400, str(exc))
+        if until is not None and until <= since:
+            return _error(400, "until is not after since")
+        return since, until
+
+    def _target(self, request: Request) -> str:
+        query = request.url.query
+        return request.url.path + (f"?{query}" if query else "")
+
+    async def generated_policies(self, request: Request) -> Response:
+        if isinstance(reader := self._reader(request), Response):
+            return reader
+        if isinstance(window := self._window(request, "24h"), Response):
+            return window
+        since, until = window
+        end = self.clock() if until is None else until
+        describe = f"recorded calls {_iso(since)} .. {_iso(end)}"
+        try:
+            made = await run_in_threadpool(generated_set, self.ledger.store, since, end, describe)
+        except RecordedError as exc:
+            return _error(500, str(exc))
+        target = self._target(request)
+        if refused := await self._audit(request, reader, GENERATE_ROUTE, target, made.events):
+            return refused
+        if made.file is None:
+            return _error(404, f"no inbound calls recorded in the window ({made.events} events)")
+        return JSONResponse(
+            {"file": made.file.to_json(), "calls": made.calls, "events": made.events}
+        )
+
     async def policy_replay(self, request: Request) -> Response:
         if isinstance(reader := self._reader(request), Response):
             return reader
@@ -244,19 +299,10 @@ class Console:
     async def findings(self, request: Request) -> Response:
         if isinstance(reader := self._reader(request), Response):
             return reader
-        params = dict(request.query_params)
-        unknown = sorted(set(params) - {"since", "until"})
-        if unknown:
-            return _error(400, f"unknown parameter(s) {', '.join(unknown)}; use since, until")
-        now = self.clock()
-        try:
-            since = parse_time(params["since"], now, "since") if "since" in params else 0
-            until = parse_time(params["until"], now, "until") if "until" in params else None
-        except QueryError as exc:
-            return _error(400, str(exc))
+        if isinstance(window := self._window(request, None), Response):
+            return window
+        since, until = window
         end = END_OF_TIME if until is None else until
-        if end <= since:
-            return _error(400, "until is not after since")
 
         def run() -> tuple[int, list[dict[str, object]]]:
             events = list(recorded(self.ledger.store, since, end))
@@ -266,18 +312,13 @@ class Console:
             read, found = await run_in_threadpool(run)
         except RecordedError as exc:
             return _error(500, str(exc))
-        window = {"since_ns": str(since), "until_ns": None if until is None else str(until)}
+        target = self._target(request)
         if (
-            refused := await self._audit(
-                request,
-                reader,
-                FINDINGS_ROUTE,
-                str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
-                read,
-            )
+            refused := await self._audit(request, reader, FINDINGS_ROUTE, target, read)
         ) is not None:
             return refused
-        return JSONResponse({"window": window, "events": read, "findings": found})
+        shown = {"since_ns": str(since), "until_ns": None if until is None else str(until)}
+        return JSONResponse({"window": shown, "events": read, "findings": found})
 
     async def bundle(self, request: Request) -> Response:
         if isinstance(reader := self._reader(request), Response):
@@ -309,6 +350,7 @@ def routes(ledger: Ledger, collector: Collector) -> list[BaseRoute]:
         Route("/console/api/overview", console.overview, methods=["GET"]),
         Route("/console/api/layout", console.post_layout, methods=["POST"]),
         Route("/console/api/policies", console.policy_files, methods=["GET"]),
+        Route("/console/api/policies/generated", console.generated_policies, methods=["GET"]),
         Route("/v1/policy/replay", console.policy_replay, methods=["POST"]),
         Route("/v1/findings", console.findings, methods=["GET"]),
         Route("/console/api/bundle", console.bundle, methods=["POST"]),

@@ -82,25 +82,72 @@ export async function renderReplay(main) {
 
   const showTabs = () => {
     clear(tabs);
-    if (!files.length) tabs.append(h("span", { class: "dim" }, "No files yet: upload YAML or type into a new file."));
+    if (!files.length) tabs.append(h("span", { class: "dim" }, "No files: upload YAML, generate a set, or type into a new file."));
     files.forEach((f, i) =>
       tabs.append(
         h(
-          "button",
-          {
-            type: "button",
-            class: i === active ? "" : "quiet",
-            onclick: () => {
-              active = i;
-              editor.value = files[i].text;
-              showTabs();
+          "span",
+          { class: "tab" },
+          h(
+            "button",
+            {
+              type: "button",
+              class: i === active ? "" : "quiet",
+              "data-file": f.name,
+              onclick: () => {
+                active = i;
+                editor.value = files[i].text;
+                showTabs();
+              },
             },
-          },
-          f.name,
+            f.name,
+          ),
+          h(
+            "button",
+            {
+              type: "button",
+              class: "quiet close",
+              title: `leave ${f.name} out of the candidate set`,
+              "aria-label": `remove ${f.name}`,
+              onclick: () => {
+                files.splice(i, 1);
+                active = Math.min(active, Math.max(0, files.length - 1));
+                editor.value = files[active]?.text || "";
+                showTabs();
+              },
+            },
+            "×",
+          ),
         ),
       ),
     );
   };
+  const note = h("span", { class: "dim small", id: "generate-note" });
+  const generate = h(
+    "button",
+    {
+      type: "button",
+      class: "quiet",
+      id: "generate",
+      onclick: async () => {
+        generate.disabled = true;
+        note.textContent = "Generating…";
+        try {
+          const made = await api("/console/api/policies/generated", { query: { since: since.value.trim() || "24h", until: until.value.trim() } });
+          files = files.filter((f) => f.name !== made.file.name).concat([made.file]);
+          active = files.length - 1;
+          editor.value = made.file.text;
+          showTabs();
+          note.textContent = `${made.file.name}: least privilege for what the ${made.calls} calls recorded in the window did.`;
+        } catch (error) {
+          note.textContent = error.message;
+        } finally {
+          generate.disabled = false;
+        }
+      },
+    },
+    "Generate least-privilege set",
+  );
   editor.addEventListener("input", () => {
     if (!files.length) files = [{ name: "candidate.yaml", text: "" }];
     files[active].text = editor.value;
@@ -128,7 +175,7 @@ export async function renderReplay(main) {
         showTabs();
       },
     },
-    "Back to the server's set",
+    "Server's set",
   );
 
   const form = h(
@@ -168,13 +215,14 @@ export async function renderReplay(main) {
         "p",
         { class: "dim small" },
         stored.length
-          ? `Starts from the ${stored.length} file(s) kept on the server in DATA/policies/; edit them, or upload others.`
-          : "No policy files are kept on the server (DATA/policies/); upload Istio YAML or type it here.",
+          ? `Starts from the ${stored.length} file(s) kept on the server in DATA/policies/; edit them, upload others, or generate a least-privilege set from the recorded calls of the window. The replay uses every file listed.`
+          : "No policy files are kept on the server (DATA/policies/); upload Istio YAML, type it here, or generate a least-privilege set from the recorded calls of the window.",
       ),
       tabs,
       h("div", { class: "spacer-sm" }),
       editor,
-      h("div", { class: "row" }, h("label", { for: "policy-upload" }, "Upload .yaml files"), upload, h("span", { class: "spacer" }), reset),
+      h("div", { class: "row" }, h("label", { for: "policy-upload" }, "Upload .yaml files"), upload, h("span", { class: "spacer" }), generate, reset),
+      note,
     ),
     h(
       "div",
