@@ -364,4 +364,26 @@ def test_an_event_altered_in_transit_fails_visibly(
         )
     assert verdict.get_attribute("data-result") == "failed"
     assert "the leaf the log holds is not the event this page shows" in verdict.text
+    assert "differ in authz.decision)" in verdict.text
     browser.screenshot("event-altered-in-transit")
+
+
+def test_every_page_fits_1280_px(browser: Browser, denied: tuple[int, AuditEvent]) -> None:
+    _, event = denied
+    browser.driver.set_window_size(1280, 800)
+    try:
+        for route in (
+            "#/overview",
+            "#/graph",
+            "#/events",
+            f"#/event/{event.id}",
+            f"#/trace/{event.trace.trace_id if event.trace else ''}",
+            "#/findings",
+            "#/replay",
+        ):
+            browser.open(route)
+            assert browser.js("return document.body.dataset.state") == "ready", route
+            overflow = browser.js("return document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 0, f"{route} is {overflow} px too wide at 1280 px"
+    finally:
+        browser.driver.set_window_size(1366, 900)

@@ -131,7 +131,12 @@ export async function verifyRecord(record, vkey, steps) {
     throw new ProofError("the leaf data is not JSON");
   }
   if (stableJson(parsed) !== stableJson(record.event)) {
-    throw new ProofError("the leaf the log holds is not the event this page shows");
+    const held = new Map(flatten(parsed).map(([k, v]) => [k, JSON.stringify(v)]));
+    const shown = new Map(flatten(record.event).map(([k, v]) => [k, JSON.stringify(v)]));
+    const differ = [...new Set([...held.keys(), ...shown.keys()])].filter((k) => held.get(k) !== shown.get(k));
+    throw new ProofError(
+      `the leaf the log holds is not the event this page shows (they differ in ${differ.slice(0, 5).join(", ")})`,
+    );
   }
   steps.add(true, "Leaf is this event", " the bytes parse to exactly the fields shown");
   const hash = await leafHash(leaf);
