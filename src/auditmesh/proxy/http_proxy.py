@@ -119,19 +119,20 @@ class HttpProxy:
         first = True
         try:
             while True:
-                start_ns = self._now_ns()
-                x = self._exchange(start_ns, peer, caller)
+                waited_from = self._now_ns()
                 try:
                     event = await _next_event(
                         down, reader, limits.header_timeout_s if first else limits.idle_timeout_s
                     )
                 except TimeoutError:
                     if first or down.trailing_data[0]:  # a head was started: slowloris
+                        x = self._exchange(waited_from, peer, caller)
                         self._fail(x, "SI", "request headers not received in time", 408)
                         await self._answer(down, writer, x)
                         self._emit(to_event(x, self._now_ns()))
                     return
                 except ProtocolError as exc:
+                    x = self._exchange(waited_from, peer, caller)
                     self._fail(x, "DPE", exc.reason, exc.status_hint)
                     await self._answer(down, writer, x)
                     self._emit(to_event(x, self._now_ns()))
@@ -140,6 +141,8 @@ class HttpProxy:
                     return
                 if not isinstance(event, Request):
                     return  # ConnectionClosed, or PAUSED after an earlier switch
+                # the call starts when its request arrives, not when the idle wait began
+                x = self._exchange(self._now_ns(), peer, caller)
                 try:
                     keep = await self._one(down, reader, writer, event, x)
                 except (ProtocolError, ConnectionError, OSError) as exc:
