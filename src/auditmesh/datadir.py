@@ -4,6 +4,9 @@ Layout (everything a backup needs):
     DIR/ledger.db         events, tiles and checkpoints (SQLite, WAL)
     DIR/keys/log.skey     checkpoint signing key, note format, mode 0600
     DIR/keys/log.vkey     its verifier key, to hand to auditors
+    DIR/keys/api.token    the API token for reads of events, mode 0600 (server/api_auth.py)
+    DIR/ca/               the mesh CA and join tokens, when `auditmesh ca init` made one
+    DIR/rollup.db         per-minute graph summary: derived, safe to delete (analysis/rollup.py)
 """
 
 from __future__ import annotations
