@@ -421,6 +421,34 @@ def _new_edges(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Fin
     return found
 
 
+def _counted(
+    kind: str,
+    who: str,
+    service: str,
+    items: Sequence[tuple[int, AuditEvent]],
+    unit: str,
+    summary: str,
+) -> Finding:
+    """A finding that is a count of events with no baseline (the expected count is zero)."""
+    ids, indices = _evidence(items)
+    first, last = items[0][1].time_ns, items[-1][1].time_ns
+    return Finding(
+        kind,
+        "high",
+        who,
+        service,
+        first,
+        last,
+        float(len(items)),
+        0.0,
+        unit,
+        len(items),
+        ids,
+        indices,
+        summary,
+    )
+
+
 def _denials(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Finding]:
     by_caller: dict[tuple[str, str], list[tuple[int, AuditEvent]]] = defaultdict(list)
     for index, event in calls:
@@ -431,25 +459,10 @@ def _denials(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findi
         if len(items) < MIN_DENIALS:
             continue
         policies = sorted({e.authz.policy or "?" for _, e in items if e.authz})
-        ids, indices = _evidence(items)
-        found.append(
-            Finding(
-                "repeated_denials",
-                "high",
-                who,
-                service,
-                items[0][1].time_ns,
-                items[-1][1].time_ns,
-                float(len(items)),
-                0.0,
-                "denials",
-                len(items),
-                ids,
-                indices,
-                f"{who} was denied {len(items)} times calling {service} "
-                f"(policy {', '.join(policies)})",
-            )
+        summary = (
+            f"{who} was denied {len(items)} times calling {service} (policy {', '.join(policies)})"
         )
+        found.append(_counted("repeated_denials", who, service, items, "denials", summary))
     return found
 
 
@@ -466,22 +479,10 @@ def _plaintext(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Fin
         plain = [(i, e) for i, e in items if e.tls is None or not e.tls.mutual]
         if share < MTLS_NORM or not plain:
             continue
-        ids, indices = _evidence(plain)
+        summary = f"{len(plain)} plaintext calls to {service}, where {share:.0%} use mTLS"
         found.append(
-            Finding(
-                "plaintext_calls",
-                "high",
-                _who(plain[0][1]),
-                service,
-                plain[0][1].time_ns,
-                plain[-1][1].time_ns,
-                float(len(plain)),
-                0.0,
-                "plaintext calls",
-                len(plain),
-                ids,
-                indices,
-                f"{len(plain)} plaintext calls to {service}, where {share:.0%} of calls use mTLS",
+            _counted(
+                "plaintext_calls", _who(plain[0][1]), service, plain, "plaintext calls", summary
             )
         )
     return found
@@ -498,22 +499,8 @@ def _authn_failures(failures: Sequence[tuple[int, AuditEvent]]) -> list[Finding]
         if len(items) < MIN_AUTHN_FAILURES:
             continue
         reasons = sorted({e.error.type for _, e in items if e.error})
-        ids, indices = _evidence(items)
+        summary = f"{len(items)} refused handshakes from {who} at {service} ({', '.join(reasons)})"
         found.append(
-            Finding(
-                "failed_authentication",
-                "high",
-                who,
-                service,
-                items[0][1].time_ns,
-                items[-1][1].time_ns,
-                float(len(items)),
-                0.0,
-                "refused handshakes",
-                len(items),
-                ids,
-                indices,
-                f"{len(items)} refused handshakes from {who} at {service} ({', '.join(reasons)})",
-            )
+            _counted("failed_authentication", who, service, items, "refused handshakes", summary)
         )
     return found
