@@ -32,8 +32,9 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from auditmesh.events import HTTP, AuditEvent, Error, Peer, Trace, canonical_bytes, decode_event
+from auditmesh.httpbody import BodyTooLarge
 from auditmesh.ingest import otlp
-from auditmesh.ingest.otlp_http import BodyTooLarge, gunzip
+from auditmesh.ingest.otlp_http import gunzip
 from tests.conftest import generate
 
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")

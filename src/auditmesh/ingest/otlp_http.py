@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.ingest.otlp import (
     Encoding,
     MalformedRequest,
@@ -68,10 +69,6 @@ ExportObserver: TypeAlias = Callable[[Signal, str, int], None]
 
 def _ignore(signal: Signal, result: str, rejected: int) -> None:
     pass
-
-
-class BodyTooLarge(Exception):
-    """The body, as sent or once inflated, is over the limit."""
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
@@ -128,20 +125,6 @@ def _status_response(
     )
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def decode_and_map(
     signal: Signal, body: bytes, encoding: Encoding, gzipped: bool, limit: int
 ) -> Mapped:
@@ -192,7 +175,7 @@ class OtlpHttpReceiver:
             return response, "unsupported", 0
         limit = self.max_body_bytes
         try:
-            body = await _read_limited(request, limit)
+            body = await read_limited(request, limit)
             gzipped = coding in ("gzip", "x-gzip")
             if len(body) > _INLINE_BYTES or (gzipped and len(body) > _INLINE_BYTES // 8):
                 mapped = await run_in_threadpool(

@@ -35,6 +35,7 @@ from auditmesh.collector import Collector, CollectorStopped
 from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
 from auditmesh.events import EventError, decode_batch
+from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.ingest import otlp_http
 from auditmesh.ledger import tiles
 from auditmesh.ledger.tlogproof import TlogProof
@@ -55,24 +56,6 @@ def _error(status: int, message: str, **extra: object) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def admit_batch(
     request: Request,
     collector: Collector,
@@ -83,8 +66,8 @@ async def admit_batch(
     """Decode a batch, refuse it whole if any event is invalid (or, when `reporter` is
     given, reported by anyone else), and answer with the indices once it is durable."""
     try:
-        body = await _read_body(request, max_bytes)
-    except _TooLarge:
+        body = await read_limited(request, max_bytes)
+    except BodyTooLarge:
         return _error(413, f"batch larger than {max_bytes} bytes; split it")
     try:
         # Decoding costs ~30 µs an event: off the event loop, so other requests go on.

@@ -30,12 +30,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from auditmesh.collector import Collector
 from auditmesh.events import TLS, AuditEvent, Error, Peer, new_event_id
+from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import PeerIdentityError, cert_sha256, verify_peer_svid
 from auditmesh.identity.tokens import JoinTokens, TokenError
 from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER
-from auditmesh.server.app import _error, _read_body, _TooLarge, admit_batch
+from auditmesh.server.app import _error, admit_batch
 from auditmesh.server.metrics import Metrics
 
 PEER_KEY = "auditmesh.peer"  # scope["extensions"]["tls"][PEER_KEY]: SpiffeId | PeerIdentityError
@@ -140,8 +141,8 @@ class MeshApi:
     async def join(self, request: Request) -> Response:
         client = request.client.host if request.client else None
         try:
-            body = msgspec.json.decode(await _read_body(request, 64 * 1024), type=_JoinRequest)
-        except (_TooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            body = msgspec.json.decode(await read_limited(request, 64 * 1024), type=_JoinRequest)
+        except (BodyTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _error(400, f'send JSON {{"token": ..., "csr": PEM}}: {exc}')
         now = datetime.now(UTC)
         try:
@@ -162,8 +163,8 @@ class MeshApi:
         if isinstance(peer, Response):
             return peer
         try:
-            body = msgspec.json.decode(await _read_body(request, 64 * 1024), type=_RenewRequest)
-        except (_TooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            body = msgspec.json.decode(await read_limited(request, 64 * 1024), type=_RenewRequest)
+        except (BodyTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _error(400, f'send JSON {{"csr": PEM}}: {exc}')
         try:
             cert = self.ca.issue_svid(body.csr.encode(), peer, self.svid_ttl, now=datetime.now(UTC))
