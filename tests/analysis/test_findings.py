@@ -3,15 +3,18 @@ traffic raises nothing."""
 
 from __future__ import annotations
 
+import json
 import random
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from auditmesh.analysis.findings import detect
+from auditmesh.analysis.findings import EVIDENCE_CAP, detect
 from auditmesh.cli.main import main
 from auditmesh.datadir import open_ledger
 from auditmesh.events import HTTP, TLS, AuditEvent, Authz, Error, Peer, Trace, new_event_id
+from auditmesh.simulate import TrafficGenerator
 from tests.conftest import fill
 
 T0 = 1_764_300_000_000_000_000
@@ -30,6 +33,7 @@ def call(
     duration_ms: int = 5,
     body: int = 1000,
     trace: str | None = None,
+    ip: str = "10.0.0.1",
     rng: random.Random,
 ) -> AuditEvent:
     time_ns = T0 + int(t * S)
@@ -40,9 +44,7 @@ def call(
         reporter=TD + dst,
         kind="http",
         direction="inbound",
-        source=Peer(
-            identity=TD + src if mtls else None, service=src if mtls else None, ip="10.0.0.1"
-        ),
+        source=Peer(identity=TD + src if mtls else None, service=src if mtls else None, ip=ip),
         destination=Peer(identity=TD + dst, service=dst, namespace="shop"),
         tls=TLS(mutual=True) if mtls else None,
         http=HTTP(
@@ -167,3 +169,216 @@ def test_latency_regression_of_a_service_itself() -> None:
     slow = [f for f in detect(indexed(events)) if f.kind == "latency_regression"]
     assert [(f.responsible, f.destination) for f in slow] == [(TD + "orders", "orders")]
     assert slow[0].observed >= 400_000 and slow[0].expected < 50_000
+
+
+def authn_failure(t: float, ip: str, reason: str, *, rng: random.Random) -> AuditEvent:
+    time_ns = T0 + int(t * S)
+    return AuditEvent(
+        id=new_event_id(lambda: time_ns, rng.randbytes),
+        time_ns=time_ns,
+        reporter=TD + "orders",
+        kind="authn",
+        direction="inbound",
+        source=Peer(ip=ip, port=40000),
+        destination=Peer(identity=TD + "orders", service="orders", namespace="shop"),
+        tls=TLS(mutual=False, peer_cert_sha256="ab" * 32) if reason == "bad_certificate" else None,
+        outcome="failure",
+        error=Error(type=reason, message="refused"),
+        attested=True,
+    )
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_generated_mesh_traffic_raises_only_the_steady_denials(seed: int) -> None:
+    """TrafficGenerator: random 5xx and 404s on every edge, and batch-report's calls to
+    payments, all denied. The denials are a finding (the same caller, refused over and over,
+    naming the policy); no allowed edge raises anything."""
+    events = list(TrafficGenerator(seed=seed, start_ns=T0).events(3000 if seed % 2 else 800))
+    [finding] = detect(list(enumerate(events)))
+    denied = [(i, e) for i, e in enumerate(events) if e.authz and e.authz.decision == "deny"]
+    assert finding.kind == "repeated_denials" and finding.destination == "payments"
+    assert finding.responsible == TD + "batch-report" and finding.source == "batch-report"
+    assert "shop/payments-only" in finding.summary
+    assert dict(finding.details)["policy"] == "shop/payments-only"
+    assert finding.count == len(denied) and finding.ratio is None
+    assert finding.start_ns == denied[0][1].time_ns and finding.end_ns == denied[-1][1].time_ns
+    assert finding.indices == tuple(i for i, _ in denied[:EVIDENCE_CAP])
+    assert finding.event_ids == tuple(e.id for _, e in denied[:EVIDENCE_CAP])
+
+
+def test_findings_are_deterministic() -> None:
+    rng = random.Random(7)
+    events = steady()
+    events += [call(60 + i * 0.05, "frontend", "catalog", status=503, rng=rng) for i in range(40)]
+    events += [call(70 + i, "batch-report", "payments", denied=True, rng=rng) for i in range(5)]
+    first = [f.to_json() for f in detect(indexed(events))]
+    second = [f.to_json() for f in detect(indexed(list(reversed(events))))]
+    assert first == second and len(first) == 2
+    assert json.loads(json.dumps(first)) == first  # plain JSON values
+
+
+def test_error_burst_window_and_numbers() -> None:
+    rng = random.Random(8)
+    events = steady()
+    burst = [call(60 + i * 0.05, "frontend", "catalog", status=503, rng=rng) for i in range(40)]
+    [finding] = detect(indexed(events + burst))
+    # 100 s → buckets of 5 s on the clock; the burst (60 s – 62 s) is in [60 s, 65 s)
+    start = T0 + 60 * S
+    assert (finding.start_ns, finding.end_ns) == (start, start + 5 * S)
+    in_window = [e for e in events + burst if start <= e.time_ns < start + 5 * S]
+    catalog = [e for e in in_window if e.destination and e.destination.service == "catalog"]
+    failed = [e for e in catalog if e.outcome == "failure"]
+    assert finding.count == len(failed) and finding.observed == len(failed) / len(catalog)
+    assert finding.ratio is None or finding.ratio > 10
+    assert set(finding.event_ids) <= {e.id for e in failed}
+    details = dict(finding.details)
+    assert details["calls"] == str(len(catalog)) and "frontend" in details["callers"]
+
+
+def test_time_bounds_select_the_events() -> None:
+    rng = random.Random(9)
+    events = steady()
+    events += [call(60 + i * 0.05, "frontend", "catalog", status=503, rng=rng) for i in range(40)]
+    assert [f.kind for f in detect(indexed(events))] == ["error_burst"]
+    assert detect(indexed(events), end_ns=T0 + 59 * S) == []
+    assert detect(indexed(events), start_ns=T0 + 63 * S) == []
+
+
+def test_volume_counts_what_was_served_and_names_the_numbers() -> None:
+    rng = random.Random(10)
+    events = steady()
+    events += [call(t * 0.5, "batch-report", "orders", body=2000, rng=rng) for t in range(200)]
+    flood = [
+        call(70 + i * 0.01, "batch-report", "orders", body=50_000, rng=rng) for i in range(300)
+    ]
+    denied = [
+        call(30 + i * 0.01, "batch-report", "payments", denied=True, rng=rng) for i in range(300)
+    ]
+    for t in range(0, 100, 2):  # payments' caller is a known edge, denied at a steady pace
+        denied.append(call(t + 0.5, "batch-report", "payments", denied=True, rng=rng))
+    found = detect(indexed(events + flood + denied))
+    [volume] = [f for f in found if f.kind == "excessive_volume"]
+    assert (volume.responsible, volume.source, volume.destination) == (
+        TD + "batch-report",
+        "batch-report",
+        "orders",
+    )
+    start = T0 + 70 * S  # buckets of 5 s on the clock
+    assert (volume.start_ns, volume.end_ns) == (start, start + 5 * S)
+    assert volume.unit == "response bytes per bucket"
+    window = [e for e in events + flood if start <= e.time_ns < start + 5 * S]
+    served = [e for e in window if e.source and e.source.service == "batch-report"]
+    assert volume.count == len(served) and 300 < len(served) <= 310
+    assert volume.observed == sum(e.http.response_bytes or 0 for e in served if e.http)
+    assert volume.expected == pytest.approx(10 * 2000, rel=0.2)
+    assert volume.ratio is not None and volume.ratio > 50
+    assert {f.kind for f in found} == {"excessive_volume", "repeated_denials"}
+
+
+def test_a_rare_edge_quiet_at_first_is_not_new_but_a_busy_one_is() -> None:
+    rng = random.Random(11)
+    events = steady()
+    events += [call(t, "batch-report", "catalog", rng=rng) for t in (55, 70, 85, 99)]
+    events += [call(50 + i * 0.5, "orders", "catalog", rng=rng) for i in range(100)]
+    [new] = detect(indexed(events))
+    assert (new.kind, new.responsible, new.source, new.destination) == (
+        "new_edge",
+        TD + "orders",
+        "orders",
+        "catalog",
+    )
+    assert new.start_ns == T0 + 50 * S and new.count == 100 and new.expected == 0
+
+
+def test_plaintext_calls_are_blamed_on_each_caller() -> None:
+    rng = random.Random(12)
+    events = steady()
+    events += [call(70 + i, "x", "payments", mtls=False, ip="10.9.9.9", rng=rng) for i in range(2)]
+    events += [call(80, "x", "orders", mtls=False, ip="10.9.9.8", rng=rng)]
+    found = {(f.kind, f.responsible, f.destination): f for f in detect(indexed(events))}
+    assert set(found) == {
+        ("plaintext_calls", "10.9.9.9", "payments"),
+        ("plaintext_calls", "10.9.9.8", "orders"),
+    }
+    assert found[("plaintext_calls", "10.9.9.9", "payments")].count == 2
+
+
+def test_failed_authentications_by_source_with_their_reasons() -> None:
+    rng = random.Random(13)
+    events = steady()
+    events += [
+        authn_failure(70 + i, "203.0.113.9", reason, rng=rng)
+        for i, reason in enumerate(["not_tls", "bad_certificate", "not_tls", "not_tls"])
+    ]
+    events += [
+        authn_failure(75, "203.0.113.10", "not_tls", rng=rng)
+    ]  # once: a retry, not a pattern
+    [finding] = detect(indexed(events))
+    assert (finding.kind, finding.responsible, finding.destination) == (
+        "failed_authentication",
+        "203.0.113.9",
+        "orders",
+    )
+    assert finding.count == 4 and (finding.start_ns, finding.end_ns) == (T0 + 70 * S, T0 + 73 * S)
+    details = dict(finding.details)
+    assert details["reasons"] == "not_tls ×3, bad_certificate ×1"
+    assert details["presented_cert_sha256"] == "ab" * 32
+    assert "not_tls" in finding.summary and "203.0.113.9" in finding.summary
+
+
+@pytest.fixture(scope="module")
+def troubled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    rng = random.Random(14)
+    events = steady(60)  # 20 failures over 5 s: about double catalog's usual calls, not a flood
+    events += [call(40 + i * 0.25, "frontend", "catalog", status=500, rng=rng) for i in range(20)]
+    events += [call(45 + i, "batch-report", "payments", denied=True, rng=rng) for i in range(4)]
+    path = tmp_path_factory.mktemp("findings") / "data"
+    ledger = open_ledger(path, origin="test.auditmesh/findings")
+    fill(ledger, sorted(events, key=lambda e: e.time_ns), checkpoint_every=500)
+    vkey = ledger.vkey
+    ledger.close()
+    return path, vkey
+
+
+def test_cli_table_names_who_and_what(
+    troubled: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # rich folds cells to the terminal's width
+    assert main(["findings", "--data", str(troubled[0])]) == 0
+    out = capsys.readouterr().out
+    assert "2 finding(s)" in out and "error_burst" in out and "repeated_denials" in out
+    assert "batch-report" in out and "catalog" in out
+
+
+def test_cli_json_and_time_bounds(
+    troubled: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(troubled[0])
+    assert main(["findings", "--data", data, "--format", "json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [f["kind"] for f in found] == ["error_burst", "repeated_denials"]
+    assert found[0]["responsible"] == TD + "catalog" and found[0]["observed"] >= 0.4
+    assert found[1]["details"]["policy"] == "shop/only-orders"
+    until = "2025-11-28T03:20:35Z"  # T0 is 03:20:00 UTC: the first 35 s hold neither
+    assert main(["findings", "--data", data, "--format", "json", "--until", until]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_cli_bundles_verify_and_describe_their_finding(
+    troubled: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, vkey = troubled
+    out_dir = tmp_path / "bundles"
+    assert main(["findings", "--data", str(data), "--bundle", str(out_dir)]) == 0
+    assert "2 evidence bundle(s)" in capsys.readouterr().err
+    bundles = sorted(out_dir.iterdir())
+    assert [b.name for b in bundles] == ["01-error_burst.zip", "02-repeated_denials.zip"]
+    for bundle in bundles:
+        assert main(["bundle", "verify", str(bundle), "--key", vkey]) == 0
+        assert "proven included" in capsys.readouterr().out
+        with zipfile.ZipFile(bundle) as archive:
+            described = json.loads(archive.read("finding.json"))
+            proven = sorted(
+                int(n[len("entries/") : -5]) for n in archive.namelist() if n.startswith("entries/")
+            )
+        assert described["proven_indices"] == proven == sorted(described["indices"])

@@ -1,15 +1,25 @@
 """Findings: which identity misbehaves, when, by how much, with the events that show it.
 
-Pure: `detect(events)` takes (ledger index, AuditEvent) pairs and returns findings; time is
-the events' own. The range is cut into buckets (1/20 of it, at least 1 s, at most 60 s);
-the first quarter is the baseline each identity and each edge is compared with. A call
-is one inbound http/tcp event (the callee's sidecar saw it); authn failures are counted
-separately. Thresholds are named below with the reason for each: a finding needs both a
-large ratio against the baseline and an absolute floor, so quiet edges do not alarm.
+Place in the house: analysis/, read-only over the ledger's events. The CLI (`auditmesh
+findings`), the console (GET /v1/findings) and the demo call `detect`; it imports nothing of
+the project but `events`, and does no I/O.
+
+Pure: `detect(events, start_ns=..., end_ns=...)` takes (ledger index, AuditEvent) pairs and
+returns findings; time is the events' own: `start_ns`/`end_ns` select the events analysed, and
+the range runs from the first to the last selected call (a window wider than the data does not
+leave an empty baseline). The range is cut into buckets (a round width near 1/20 of it, 1 s
+to 60 s, aligned to the clock); the first quarter is the baseline each identity and each edge
+is compared with (mean per bucket for volumes, pooled rate for failures, pooled p95 for
+latency); later buckets are compared with it, and adjacent flagged buckets merge. A call is one
+inbound http/tcp event (the callee's sidecar saw it, so each call counts once even when both
+sides report it); authn failures are counted separately. Thresholds are named below with the
+reason for each: a finding needs both a large ratio against the baseline and an absolute
+floor, so quiet edges and steady Poisson-like traffic do not alarm.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,8 +28,8 @@ from typing import TypeVar
 from auditmesh.events import AuditEvent
 
 BASELINE_SHARE = 0.25  # the earliest quarter of the range is what "normal" means
-BUCKETS = 20  # the range is cut into this many buckets…
-MIN_BUCKET_NS, MAX_BUCKET_NS = 1_000_000_000, 60_000_000_000  # …of 1 s to 1 min
+BUCKETS = 20  # the range is cut into about this many buckets…
+BUCKET_WIDTHS_S = (1, 2, 3, 5, 10, 15, 30, 60)  # …of a round width, 1 s to 1 min, on the clock
 ERROR_RATE_FACTOR = 3.0  # an error burst triples the baseline failure rate…
 ERROR_RATE_MARGIN = 0.2  # …and adds 20 points to it (a 1 % baseline is not alarmed at 3 %)
 MIN_ERRORS = 5  # …with at least this many failures in the bucket
@@ -30,9 +40,16 @@ LATENCY_FACTOR = 5.0  # a p95 five times the baseline p95 (a loaded host easily 
 MIN_LATENCY_CALLS = 10  # …over at least 10 calls, of at least…
 MIN_LATENCY_US = 50_000  # …50 ms (scheduling noise is not a regression)…
 MIN_LATENCY_BUCKETS = 3  # …lasting three buckets or more (a loaded moment is not a regression)
-MIN_DENIALS = 3  # repeated denials: 3 or more for one caller
-MIN_AUTHN_FAILURES = 3  # failed authentications: 3 or more from one source
-MTLS_NORM = 0.9  # a service whose baseline calls are 90 %+ mTLS expects mTLS
+NEW_EDGE_MIN_CALLS = 3  # a new edge: first called after the baseline, 3+ calls, and at the
+NEW_EDGE_MIN_EXPECTED = 10.0  # rate it has had since, 10+ calls were due in its silence before
+#   (a steady edge that quiet by chance: P = e^-10 ≈ 5e-5), so a rare edge is not "new"
+MIN_DENIALS = 3  # repeated denials: 3 or more for one caller at one service (one or two are
+#   a client finding out; a caller that keeps trying after a 403 is a pattern)
+MIN_AUTHN_FAILURES = 2  # failed authentications: 2 or more from one source at one service (a
+#   lone refused handshake is a stale certificate or a probe; every workload of the mesh has a
+#   certificate, so a second refusal is a pattern — the demo's intruder makes 2 to 5 attempts)
+MTLS_NORM = 0.9  # a service whose baseline calls are 90 %+ mTLS expects mTLS (so a PERMISSIVE
+#   edge service that takes plaintext from outside as its norm raises nothing)
 EVIDENCE_CAP = 20  # event ids listed per finding (the count says how many there are)
 
 K = TypeVar("K")
@@ -40,6 +57,11 @@ K = TypeVar("K")
 
 @dataclass(frozen=True, slots=True)
 class Finding:
+    """One thing that stands out. The window is [start_ns, end_ns]: bucket bounds for findings
+    measured per bucket, first and last event for counts. `observed` and `expected` are in
+    `unit`; `count` is how many events show it, of which the first `EVIDENCE_CAP` are listed
+    (`event_ids` with their ledger `indices`)."""
+
     kind: str  # error_burst, latency_regression, excessive_volume, new_edge, repeated_denials,
     #           plaintext_calls, failed_authentication
     severity: str  # "high" or "medium"
@@ -54,6 +76,13 @@ class Finding:
     event_ids: tuple[str, ...]
     indices: tuple[int, ...]
     summary: str
+    source: str | None = None  # the caller's service (or address) when the finding is an edge's
+    details: tuple[tuple[str, str], ...] = ()  # e.g. ("policy", "shop/payments-only-orders")
+
+    @property
+    def ratio(self) -> float | None:
+        """observed / expected; None when nothing was expected (a count against zero)."""
+        return self.observed / self.expected if self.expected > 0 else None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -64,7 +93,10 @@ class Finding:
             "window": {"start_ns": str(self.start_ns), "end_ns": str(self.end_ns)},
             "observed": round(self.observed, 3),
             "expected": round(self.expected, 3),
+            "ratio": None if self.ratio is None else round(self.ratio, 2),
             "unit": self.unit,
+            "source": self.source,
+            "details": dict(self.details),
             "count": self.count,
             "event_ids": list(self.event_ids),
             "indices": list(self.indices),
@@ -99,10 +131,20 @@ def _caller_service(event: AuditEvent) -> str:
     return (src.service if src else None) or (src.ip if src else None) or "outside"
 
 
+def _denied(event: AuditEvent) -> bool:
+    return event.authz is not None and event.authz.decision == "deny"
+
+
 def _failed(event: AuditEvent) -> bool:
-    denied = event.authz is not None and event.authz.decision == "deny"
+    denied = _denied(event)
     status = event.http.status if event.http else None
     return not denied and (event.outcome == "failure" or (status is not None and status >= 500))
+
+
+def _error_of(event: AuditEvent) -> str:
+    if event.error is not None:
+        return event.error.type
+    return f"HTTP {event.http.status}" if event.http and event.http.status else event.outcome
 
 
 def _p95(values: Sequence[int]) -> float:
@@ -111,12 +153,19 @@ def _p95(values: Sequence[int]) -> float:
 
 
 class _Grid:
+    """Buckets of a round width aligned to the clock (a window reads 10:00:05–10:00:10 and
+    the same events fall in the same buckets whatever the range), from the bucket holding
+    `start_ns` to the one holding `end_ns`; the baseline is the range's first quarter."""
+
     def __init__(self, start_ns: int, end_ns: int) -> None:
         span = max(end_ns - start_ns, 1)
-        self.start = start_ns
-        self.width = min(MAX_BUCKET_NS, max(MIN_BUCKET_NS, span // BUCKETS))
+        ideal = span / BUCKETS / 1e9  # the round width nearest to it, on a log scale
+        nearest = min(BUCKET_WIDTHS_S, key=lambda w: abs(math.log(w / max(ideal, 1e-9))))
+        self.width = nearest * 1_000_000_000
+        self.first = start_ns  # the first event's time
+        self.start = start_ns - start_ns % self.width
         self.baseline_end = start_ns + int(span * BASELINE_SHARE)
-        self.count = span // self.width + 1
+        self.count = (end_ns - self.start) // self.width + 1
 
     def bucket(self, time_ns: int) -> int:
         return (time_ns - self.start) // self.width
@@ -135,11 +184,24 @@ def _evidence(items: Sequence[tuple[int, AuditEvent]]) -> tuple[tuple[str, ...],
     return tuple(e.id for _, e in capped), tuple(i for i, _ in capped)
 
 
-def detect(events: Iterable[tuple[int, AuditEvent]]) -> list[Finding]:
-    """All findings over these events, most severe and earliest first."""
+def detect(
+    events: Iterable[tuple[int, AuditEvent]],
+    *,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+) -> list[Finding]:
+    """All findings over these (ledger index, event) pairs, most severe and earliest first.
+
+    Only events with `start_ns <= time_ns < end_ns` count (either bound may be left out), so
+    `detect(load_events(data))` is "everything in the ledger". Deterministic: the same events
+    give the same findings in the same order."""
     calls: list[tuple[int, AuditEvent]] = []
     authn: list[tuple[int, AuditEvent]] = []
     for index, event in events:
+        if (start_ns is not None and event.time_ns < start_ns) or (
+            end_ns is not None and event.time_ns >= end_ns
+        ):
+            continue
         if event.kind == "authn" and event.outcome == "failure":
             authn.append((index, event))
         elif event.kind in ("http", "tcp") and event.direction == "inbound":
@@ -159,7 +221,10 @@ def detect(events: Iterable[tuple[int, AuditEvent]]) -> list[Finding]:
         *_plaintext(calls, grid),
         *_authn_failures(authn),
     ]
-    return sorted(findings, key=lambda f: (f.severity != "high", f.start_ns, f.kind))
+    return sorted(
+        findings,
+        key=lambda f: (f.severity != "high", f.start_ns, f.kind, f.responsible, f.destination),
+    )
 
 
 def _cells(
@@ -171,7 +236,7 @@ def _cells(
         cell.calls.append((index, event))
         if _failed(event):
             cell.failures.append((index, event))
-        if event.authz is not None and event.authz.decision == "deny":
+        if _denied(event):
             cell.denials.append((index, event))
         if event.http is not None and event.http.response_bytes:
             cell.response_bytes += event.http.response_bytes
@@ -247,6 +312,12 @@ def _error_bursts(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[
                     indices,
                     f"{service} failed {len(failures)} of {total} calls ({rate:.0%}) against "
                     f"a baseline of {base_rate:.0%}",
+                    details=(
+                        ("calls", str(total)),
+                        ("baseline_calls", str(base_calls)),
+                        ("errors", _tally(_error_of(e) for _, e in failures)[:500]),
+                        ("callers", _tally(_caller_service(e) for _, e in failures)[:500]),
+                    ),
                 )
             )
     return found
@@ -257,24 +328,33 @@ def _edge(event: AuditEvent) -> tuple[str, str, str]:
 
 
 def _volume(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Finding]:
+    """Served calls and response bytes per bucket of each edge against its baseline mean.
+    Denied attempts are left out: they moved no data, and `repeated_denials` counts them."""
+    served = [item for item in calls if not _denied(item[1])]
     found = []
-    for (who, caller, service), cells in _cells(calls, grid, _edge).items():
+    for (who, caller, service), cells in _cells(served, grid, _edge).items():
         n = grid.baseline_buckets
         base_calls = sum(len(c.calls) for b, c in cells.items() if b < n) / n
         base_bytes = sum(c.response_bytes for b, c in cells.items() if b < n) / n
-        flagged = [
+
+        many_calls = {
             b
             for b, c in cells.items()
-            if b >= n
-            and (
-                (len(c.calls) >= MIN_REQUESTS and len(c.calls) > VOLUME_FACTOR * base_calls)
-                or (c.response_bytes >= MIN_BYTES and c.response_bytes > VOLUME_FACTOR * base_bytes)
-            )
-        ]
+            if len(c.calls) >= MIN_REQUESTS and len(c.calls) > VOLUME_FACTOR * base_calls
+        }
+        many_bytes = {
+            b
+            for b, c in cells.items()
+            if c.response_bytes >= MIN_BYTES and c.response_bytes > VOLUME_FACTOR * base_bytes
+        }
+        flagged = [b for b in many_calls | many_bytes if b >= n]
         for run in _runs(flagged):
             items = [x for b in run for x in cells[b].calls]
+            per_bucket = len(items) / len(run)
             sent = sum(cells[b].response_bytes for b in run) / len(run)
+            by_bytes = any(b in many_bytes for b in run)
             ids, indices = _evidence(items)
+            seconds = grid.width / 1e9
             found.append(
                 Finding(
                     "excessive_volume",
@@ -283,15 +363,23 @@ def _volume(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findin
                     service,
                     grid.bounds(run[0])[0],
                     grid.bounds(run[-1])[1],
-                    sent,
-                    base_bytes,
-                    "response bytes per bucket",
+                    sent if by_bytes else per_bucket,
+                    base_bytes if by_bytes else base_calls,
+                    "response bytes per bucket" if by_bytes else "calls per bucket",
                     len(items),
                     ids,
                     indices,
-                    f"{caller} → {service}: {len(items) / len(run):.0f} calls and "
-                    f"{sent / 1e6:.1f} MB per {grid.width / 1e9:.0f} s against a baseline of "
-                    f"{base_calls:.1f} calls and {base_bytes / 1e6:.2f} MB",
+                    f"{caller} → {service}: {per_bucket:.0f} calls and {sent / 1e6:.1f} MB per "
+                    f"{seconds:g} s against a baseline of {base_calls:.1f} calls and "
+                    f"{base_bytes / 1e6:.2f} MB",
+                    source=caller,
+                    details=(
+                        ("bucket_seconds", f"{seconds:g}"),
+                        ("calls_per_bucket", f"{per_bucket:.1f}"),
+                        ("baseline_calls_per_bucket", f"{base_calls:.2f}"),
+                        ("response_bytes_per_bucket", f"{sent:.0f}"),
+                        ("baseline_response_bytes_per_bucket", f"{base_bytes:.0f}"),
+                    ),
                 )
             )
     return found
@@ -392,14 +480,23 @@ def _attribute(regressions: list[Finding], causes: list[Finding]) -> list[Findin
 
 
 def _new_edges(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Finding]:
-    first: dict[tuple[str, str, str], list[tuple[int, AuditEvent]]] = defaultdict(list)
+    """Edges whose first call comes after the baseline, busy enough that their silence before
+    is not chance: at the rate they have had since (calls after the first, over the time
+    after it), `NEW_EDGE_MIN_EXPECTED` calls were due between the start and the first call."""
+    by_edge: dict[tuple[str, str, str], list[tuple[int, AuditEvent]]] = defaultdict(list)
     for item in calls:
-        first[_edge(item[1])].append(item)
+        by_edge[_edge(item[1])].append(item)
+    range_end = max(e.time_ns for _, e in calls) if calls else grid.first
     found = []
-    for (who, caller, service), items in first.items():
-        start = items[0][1].time_ns
-        if start < grid.baseline_end:
+    for (who, caller, service), items in by_edge.items():
+        start = min(e.time_ns for _, e in items)
+        if start < grid.baseline_end or len(items) < NEW_EDGE_MIN_CALLS:
             continue
+        rate = (len(items) - 1) / max(range_end - start, grid.width)
+        would_have_seen = rate * (start - grid.first)
+        if would_have_seen < NEW_EDGE_MIN_EXPECTED:
+            continue
+        denied = sum(1 for _, e in items if _denied(e))
         ids, indices = _evidence(items)
         found.append(
             Finding(
@@ -408,14 +505,23 @@ def _new_edges(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Fin
                 who,
                 service,
                 start,
-                items[-1][1].time_ns,
+                max(e.time_ns for _, e in items),
                 float(len(items)),
                 0.0,
                 "calls",
                 len(items),
                 ids,
                 indices,
-                f"{caller} started calling {service} ({len(items)} calls), never seen before",
+                f"{caller} started calling {service} ({len(items)} calls"
+                + (f", {denied} denied" if denied else "")
+                + f"), never seen before; at this rate {would_have_seen:.0f} calls were due "
+                "in the silence before",
+                source=caller,
+                details=(
+                    ("first_call_ns", str(start)),
+                    ("denied", str(denied)),
+                    ("calls_due_before_at_this_rate", f"{would_have_seen:.1f}"),
+                ),
             )
         )
     return found
@@ -428,17 +534,20 @@ def _counted(
     items: Sequence[tuple[int, AuditEvent]],
     unit: str,
     summary: str,
+    *,
+    source: str | None = None,
+    details: tuple[tuple[str, str], ...] = (),
 ) -> Finding:
     """A finding that is a count of events with no baseline (the expected count is zero)."""
     ids, indices = _evidence(items)
-    first, last = items[0][1].time_ns, items[-1][1].time_ns
+    times = [e.time_ns for _, e in items]
     return Finding(
         kind,
         "high",
         who,
         service,
-        first,
-        last,
+        min(times),
+        max(times),
         float(len(items)),
         0.0,
         unit,
@@ -446,13 +555,24 @@ def _counted(
         ids,
         indices,
         summary,
+        source=source,
+        details=details,
     )
+
+
+def _tally(values: Iterable[str]) -> str:
+    """ "a ×3, b ×1": most frequent first, ties by name."""
+    counts: dict[str, int] = defaultdict(int)
+    for value in values:
+        counts[value] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{value} ×{count}" for value, count in ranked)
 
 
 def _denials(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Finding]:
     by_caller: dict[tuple[str, str], list[tuple[int, AuditEvent]]] = defaultdict(list)
     for index, event in calls:
-        if event.authz is not None and event.authz.decision == "deny":
+        if _denied(event):
             by_caller[(_who(event), _service(event))].append((index, event))
     found = []
     for (who, service), items in by_caller.items():
@@ -462,11 +582,27 @@ def _denials(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findi
         summary = (
             f"{who} was denied {len(items)} times calling {service} (policy {', '.join(policies)})"
         )
-        found.append(_counted("repeated_denials", who, service, items, "denials", summary))
+        requests = _tally(f"{e.http.method} {e.http.path}" if e.http else e.kind for _, e in items)
+        details = (("policy", ", ".join(policies)), ("requests", requests[:500]))
+        found.append(
+            _counted(
+                "repeated_denials",
+                who,
+                service,
+                items,
+                "denials",
+                summary,
+                source=_caller_service(items[0][1]),
+                details=details,
+            )
+        )
     return found
 
 
 def _plaintext(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Finding]:
+    """Calls without mutual TLS to a service whose baseline is (almost) all mTLS, one finding
+    per caller. A service that takes plaintext as its norm (a PERMISSIVE edge listener) is
+    not flagged: nothing there departs from what it usually accepts."""
     by_service: dict[str, list[tuple[int, AuditEvent]]] = defaultdict(list)
     for item in calls:
         by_service[_service(item[1])].append(item)
@@ -476,19 +612,34 @@ def _plaintext(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Fin
         if not base:
             continue
         share = sum(1 for e in base if e.tls is not None and e.tls.mutual) / len(base)
-        plain = [(i, e) for i, e in items if e.tls is None or not e.tls.mutual]
-        if share < MTLS_NORM or not plain:
+        if share < MTLS_NORM:
             continue
-        summary = f"{len(plain)} plaintext calls to {service}, where {share:.0%} use mTLS"
-        found.append(
-            _counted(
-                "plaintext_calls", _who(plain[0][1]), service, plain, "plaintext calls", summary
+        by_caller: dict[str, list[tuple[int, AuditEvent]]] = defaultdict(list)
+        for index, event in items:
+            if event.tls is None or not event.tls.mutual:
+                by_caller[_who(event)].append((index, event))
+        for who, plain in by_caller.items():
+            summary = (
+                f"{len(plain)} plaintext calls from {who} to {service}, where {share:.0%} use mTLS"
             )
-        )
+            found.append(
+                _counted(
+                    "plaintext_calls",
+                    who,
+                    service,
+                    plain,
+                    "plaintext calls",
+                    summary,
+                    source=_caller_service(plain[0][1]),
+                    details=(("baseline_mtls_share", f"{share:.3f}"),),
+                )
+            )
     return found
 
 
 def _authn_failures(failures: Sequence[tuple[int, AuditEvent]]) -> list[Finding]:
+    """Refused handshakes and credentials, per source (its SPIFFE ID when it presented one
+    that was read, else its address) and service, with the reasons."""
     by_source: dict[tuple[str, str], list[tuple[int, AuditEvent]]] = defaultdict(list)
     for index, event in failures:
         src = event.source
@@ -500,7 +651,21 @@ def _authn_failures(failures: Sequence[tuple[int, AuditEvent]]) -> list[Finding]
             continue
         reasons = sorted({e.error.type for _, e in items if e.error})
         summary = f"{len(items)} refused handshakes from {who} at {service} ({', '.join(reasons)})"
+        certs = sorted(
+            {e.tls.peer_cert_sha256 for _, e in items if e.tls and e.tls.peer_cert_sha256}
+        )
+        details = [("reasons", _tally(e.error.type if e.error else "?" for _, e in items))]
+        if certs:
+            details.append(("presented_cert_sha256", ", ".join(certs[:5])))
         found.append(
-            _counted("failed_authentication", who, service, items, "refused handshakes", summary)
+            _counted(
+                "failed_authentication",
+                who,
+                service,
+                items,
+                "refused handshakes",
+                summary,
+                details=tuple(details),
+            )
         )
     return found

@@ -1,10 +1,20 @@
-"""`auditmesh findings`: who misbehaves, with the evidence, optionally as bundles."""
+"""`auditmesh findings`: who misbehaves, with the evidence, optionally as bundles.
+
+The I/O side of analysis/findings.py: read the events of a data directory (all of them, or
+those in `--since`/`--until`), run the pure `detect`, render a table or JSON, and with
+`--bundle DIR` write one evidence bundle per finding (the format `auditmesh bundle verify`
+checks offline, plus `finding.json` saying what the events show). Never writes the ledger.
+"""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import sys
 import time
+import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -14,10 +24,10 @@ from auditmesh.analysis.findings import Finding, detect
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
-from auditmesh.events import decode_event
+from auditmesh.events import AuditEvent, decode_event
 from auditmesh.ledger.bundle import BundleEntry, create_bundle
 from auditmesh.ledger.tlogproof import TlogProof
-from auditmesh.store.base import StoreError
+from auditmesh.store.base import EventFilter, StoreError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
     parser.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time (default: all)")
+    parser.add_argument("--until", help="15m, 2h, 7d or an RFC 3339 time (default: now)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument(
         "--bundle", type=Path, metavar="DIR", help="write one evidence bundle per finding here"
@@ -39,18 +50,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    since = parse_time_ns(args.since, time.time_ns()) if args.since else None
+    now = time.time_ns()
+    since = parse_time_ns(args.since, now) if args.since else None
+    until = parse_time_ns(args.until, now) if args.until else None
     try:
         ledger = open_ledger(args.data, create=False)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     try:
-        events = [
-            (index, event)
-            for index, raw in ledger.store.entries(0, ledger.store.size())
-            if (event := decode_event(raw)) and (since is None or event.time_ns >= since)
-        ]
-        findings = detect(events)
+        events = load(ledger, since, until)
+        findings = detect(events, start_ns=since, end_ns=until)
         if args.bundle is not None:
             _bundles(ledger, findings, args.bundle)
     finally:
@@ -59,29 +68,78 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([f.to_json() for f in findings], indent=2))
         return 0
     table = Table(title=f"{len(findings)} finding(s) over {len(events)} events")
-    for column in ("severity", "kind", "responsible", "at", "evidence", "what"):
+    for column in ("severity", "kind", "responsible", "at", "window (UTC)", "evidence", "what"):
         table.add_column(column, overflow="fold")
     for f in findings:
-        table.add_row(f.severity, f.kind, f.responsible, f.destination, str(f.count), f.summary)
+        table.add_row(
+            f.severity,
+            f.kind,
+            f.responsible,
+            f.destination,
+            f"{_clock(f.start_ns)}–{_clock(f.end_ns)}",
+            str(f.count),
+            f.summary,
+        )
     Console().print(table)
     return 0
 
 
+def load(ledger: Ledger, since: int | None, until: int | None) -> list[tuple[int, AuditEvent]]:
+    """(index, event) pairs of the ledger in index order, within the bounds when given (the
+    store's time index picks them, so a short window of a large ledger reads little)."""
+    store = ledger.store
+    size = store.size()
+    if since is None and until is None:
+        return [(index, decode_event(raw)) for index, raw in store.entries(0, size)]
+    found = store.find(EventFilter(since_ns=since, until_ns=until, limit=max(size, 1)))
+    return [(stored.index, decode_event(stored.data)) for stored in found]
+
+
+def _clock(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns / 1e9, UTC).strftime("%H:%M:%S")
+
+
 def _bundles(ledger: Ledger, findings: list[Finding], directory: Path) -> None:
+    if not findings:
+        print("no findings, so no evidence bundles", file=sys.stderr)
+        return
     latest = ledger.store.latest_checkpoint()
     if latest is None:
         raise UserError("the log has no checkpoint yet; run the server for a second")
     checkpoint = ledger.log.open_checkpoint(latest.note)
     directory.mkdir(parents=True, exist_ok=True)
+    written = 0
     for number, finding in enumerate(findings, start=1):
         entries = []
         for index in finding.indices:
             if index >= latest.size:
-                continue
+                continue  # not under the latest checkpoint yet: nothing to prove it against
             data = next(d for _, d in ledger.store.entries(index, index + 1))
             proof = tuple(ledger.log.inclusion_proof(index, latest.size))
             entries.append(BundleEntry(index, data, TlogProof(index, proof, latest.note)))
-        if entries:
-            path = directory / f"{number:02d}-{finding.kind}.zip"
-            path.write_bytes(create_bundle(entries, latest.note, checkpoint, ledger.vkey))
-    print(f"evidence bundles in {directory}/ (check with `auditmesh bundle verify FILE --key …`)")
+        if not entries:
+            print(
+                f"finding {number} ({finding.kind}): its events are newer than the latest "
+                "checkpoint; no bundle",
+                file=sys.stderr,
+            )
+            continue
+        bundle = create_bundle(entries, latest.note, checkpoint, ledger.vkey)
+        path = directory / f"{number:02d}-{finding.kind}.zip"
+        path.write_bytes(_with_finding(bundle, finding, [e.index for e in entries]))
+        written += 1
+    print(
+        f"{written} evidence bundle(s) in {directory}/; an auditor checks each with: "
+        f"auditmesh bundle verify FILE --key '{ledger.vkey}'",
+        file=sys.stderr,
+    )
+
+
+def _with_finding(bundle: bytes, finding: Finding, proven: list[int]) -> bytes:
+    """The bundle plus finding.json: what these events show. Verification ignores it (it
+    proves nothing by itself); the events it names are the proven entries beside it."""
+    described = {**finding.to_json(), "proven_indices": proven}
+    buffer = io.BytesIO(bundle)
+    with zipfile.ZipFile(buffer, "a", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("finding.json", json.dumps(described, indent=2) + "\n")
+    return buffer.getvalue()
