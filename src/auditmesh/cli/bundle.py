@@ -9,10 +9,10 @@ from pathlib import Path
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import open_ledger
-from auditmesh.ledger.bundle import BundleEntry, create_bundle, verify_bundle
+from auditmesh.evidence import EvidenceError, evidence_bundle
+from auditmesh.ledger.bundle import verify_bundle
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
-from auditmesh.ledger.tlogproof import TlogProof
 from auditmesh.store.base import EventFilter, StoreError
 
 
@@ -61,25 +61,18 @@ def run_create(args: argparse.Namespace) -> int:
         latest = ledger.store.latest_checkpoint()
         if latest is None:
             raise UserError("the log has no checkpoint yet; run the server for a second")
-        checkpoint = ledger.log.open_checkpoint(latest.note)
-        selected = [e for e in ledger.store.find(where) if e.index < latest.size]
+        selected = [e.index for e in ledger.store.find(where) if e.index < latest.size]
         if not selected:
             raise UserError("no checkpointed event matches that selection")
-        entries = [
-            BundleEntry(
-                e.index,
-                e.data,
-                TlogProof(
-                    e.index, tuple(ledger.log.inclusion_proof(e.index, latest.size)), latest.note
-                ),
-            )
-            for e in selected
-        ]
-        args.output.write_bytes(create_bundle(entries, latest.note, checkpoint, ledger.vkey))
+        try:
+            bundle, size = evidence_bundle(ledger, selected)
+        except EvidenceError as exc:
+            raise UserError(str(exc)) from None
+        args.output.write_bytes(bundle)
     finally:
         ledger.close()
     print(
-        f"wrote {len(entries)} event(s) with proofs against tree size {latest.size} "
+        f"wrote {len(selected)} event(s) with proofs against tree size {size} "
         f"to {args.output}\nan auditor checks it with: auditmesh bundle verify {args.output} "
         f"--key '{ledger.vkey}'"
     )

@@ -25,8 +25,7 @@ from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, decode_event
-from auditmesh.ledger.bundle import BundleEntry, create_bundle
-from auditmesh.ledger.tlogproof import TlogProof
+from auditmesh.evidence import evidence_bundle
 from auditmesh.store.base import EventFilter, StoreError
 
 
@@ -106,27 +105,21 @@ def _bundles(ledger: Ledger, findings: list[Finding], directory: Path) -> None:
     latest = ledger.store.latest_checkpoint()
     if latest is None:
         raise UserError("the log has no checkpoint yet; run the server for a second")
-    checkpoint = ledger.log.open_checkpoint(latest.note)
     directory.mkdir(parents=True, exist_ok=True)
     written = 0
     for number, finding in enumerate(findings, start=1):
-        entries = []
-        for index in finding.indices:
-            if index >= latest.size:
-                continue  # not under the latest checkpoint yet: nothing to prove it against
-            data = next(d for _, d in ledger.store.entries(index, index + 1))
-            proof = tuple(ledger.log.inclusion_proof(index, latest.size))
-            entries.append(BundleEntry(index, data, TlogProof(index, proof, latest.note)))
-        if not entries:
+        # events newer than the latest checkpoint have nothing to be proven against yet
+        proven = sorted({i for i in finding.indices if i < latest.size})
+        if not proven:
             print(
                 f"finding {number} ({finding.kind}): its events are newer than the latest "
                 "checkpoint; no bundle",
                 file=sys.stderr,
             )
             continue
-        bundle = create_bundle(entries, latest.note, checkpoint, ledger.vkey)
+        bundle, _ = evidence_bundle(ledger, proven)
         path = directory / f"{number:02d}-{finding.kind}.zip"
-        path.write_bytes(_with_finding(bundle, finding, [e.index for e in entries]))
+        path.write_bytes(_with_finding(bundle, finding, proven))
         written += 1
     print(
         f"{written} evidence bundle(s) in {directory}/; an auditor checks each with: "

@@ -9,7 +9,7 @@ GET  /console/api/policies/generated?since=&until=
                                 a least-privilege set generated from the window's calls
 POST /v1/policy/replay          a candidate policy set over recorded calls (policy/replay.py)
 GET  /v1/findings?since=&until=  who misbehaves in the window (analysis/findings.py)
-POST /console/api/bundle        {indices} → evidence bundle zip (console/evidence.py)
+POST /console/api/bundle        {indices} → evidence bundle zip (evidence.py)
 
 Routes only: the logic lives in layout.py, candidate.py, recorded.py and the packages below.
 The page and its static files are public (they hold no data); every JSON endpoint asks for
@@ -39,10 +39,10 @@ from auditmesh.analysis.findings import detect
 from auditmesh.analysis.query import QueryError, parse_time
 from auditmesh.collector import Collector
 from auditmesh.console.candidate import PolicyFile, generated_set, load_candidate, stored_sets
-from auditmesh.console.evidence import EvidenceError, evidence_bundle
 from auditmesh.console.layout import LayoutError, layout
 from auditmesh.console.recorded import RecordedError, recorded
 from auditmesh.datadir import Ledger
+from auditmesh.evidence import EvidenceError, evidence_bundle
 from auditmesh.policy.documents import PolicyLoadError
 from auditmesh.policy.engine import PolicyEngine
 from auditmesh.policy.replay import WorkloadsError, parse_workloads, replay

@@ -1,8 +1,8 @@
-"""Evidence bundles for the console: chosen ledger entries with their proofs, as one zip.
+"""Evidence bundles: chosen ledger entries with their proofs, as one zip.
 
-Place in the house: a helper of `console/routes.py` (`POST /console/api/bundle`, the button
-under each finding) over `ledger/bundle.py`, the same format `auditmesh bundle create` writes
-and `auditmesh bundle verify` checks offline: each entry's exact leaf bytes and its C2SP
+Place in the house: over `ledger/bundle.py`, for `auditmesh bundle create`, `auditmesh
+findings --bundle` and the console's `POST /console/api/bundle`. The format is the one
+`auditmesh bundle verify` checks offline: each entry's exact leaf bytes and its C2SP
 tlog-proof against the latest signed checkpoint.
 """
 
