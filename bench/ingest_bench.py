@@ -199,7 +199,7 @@ def breakdown(events: Sequence[AuditEvent], batch: int, work: Path) -> dict[str,
         t4 = clock()
         found = stores[0].indices_of(keys)
         t5 = clock()
-        updates = tiles.tiles_after_append(size, hashes, stores[0].read_tile)
+        updates = tiles.tiles_after_append(size, hashes, stores[0].read_stored_tile)
         t6 = clock()
         entries = [Entry(k, d, c) for k, d, c in zip(keys, datas, columns, strict=True)]
         t7 = clock()

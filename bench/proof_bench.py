@@ -3,8 +3,9 @@
 The tile store is built without events: synthetic leaf hashes (SHA-256 of the 8-byte big-endian
 index) go through `tiles.tiles_after_append` in chunks of a million and are written with
 `SQLiteStore.write(start, [], tiles)` — the same tiles table and reads the server uses. Each
-proof is `merkle.inclusion_proof(index, size, TileHashSource(store.read_tile))` for a random
-index, checked with `merkle.verify_inclusion` against the root read from the same tiles:
+proof is `merkle.inclusion_proof(index, size, TileHashSource(store.read_stored_tile))` for a
+random index (tiles with their stored interior nodes, as `Log.inclusion_proof` reads them),
+checked with `merkle.verify_inclusion` against the root read from the same tiles:
   * cold: a new TileHashSource per proof (no tile LRU; SQLite's and the OS's page caches are
     warm, as on a server that has been running);
   * warm: one TileHashSource (LRU of 128 expanded tiles) shared by all proofs, after a warm-up.
@@ -54,7 +55,7 @@ def build(size: int, work: Path, chunk: int) -> tuple[SQLiteStore, Path]:
         for start in range(0, size, chunk):
             end = min(start + chunk, size)
             leaves = [sha(i.to_bytes(8, "big")).digest() for i in range(start, end)]
-            updates = tiles.tiles_after_append(start, leaves, store.read_tile)
+            updates = tiles.tiles_after_append(start, leaves, store.read_stored_tile)
             store.write(start, [], updates)
             written += len(updates)
             out.write(b"".join(leaves))
@@ -81,12 +82,12 @@ def measure(size: int, options: ProofOptions, work: Path) -> list[Figure]:
     store, flat = build(size, work, options.chunk)
     reads = 0
 
-    def counted(level: int, index: int) -> bytes:
+    def counted(level: int, index: int) -> tiles.StoredTile:
         nonlocal reads
         reads += 1
-        return store.read_tile(level, index)
+        return store.read_stored_tile(level, index)
 
-    root = merkle.tree_root(tiles.TileHashSource(store.read_tile), size)
+    root = merkle.tree_root(tiles.TileHashSource(store.read_tile), size)  # the bare tiles
     if size <= 2_000_000:  # cross-check the tiles against an in-memory tree (cheap here)
         expected = merkle.root([synthetic_leaf(i) for i in range(size)])
         assert root == expected, "tile store root differs from the in-memory tree"
@@ -107,7 +108,7 @@ def measure(size: int, options: ProofOptions, work: Path) -> list[Figure]:
         verify.append((clock() - start) * 1e6)
     cold_reads = reads / len(indices)
 
-    shared = tiles.TileHashSource(store.read_tile)
+    shared = tiles.TileHashSource(store.read_stored_tile)
     for index in rng.sample(range(size), min(200, size)):
         merkle.inclusion_proof(index, size, shared)
     warm: list[float] = []

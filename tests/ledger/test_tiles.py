@@ -11,23 +11,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditmesh.ledger import tiles as tiles_module
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.merkle import (
     LeafHashes,
     TreeBuilder,
     consistency_proof,
     inclusion_proof,
+    node_hash,
     tree_root,
 )
 from auditmesh.ledger.tiles import (
     TILE_HEIGHT,
     TILE_WIDTH,
+    StoredTile,
     TileHashSource,
     TileNotFoundError,
     TileRef,
     decode_entry_bundle,
     encode_entry_bundle,
     entries_path,
+    interior_level,
+    interior_size,
     parse_tile_path,
     tile_path,
     tile_width,
@@ -61,15 +66,22 @@ class TileStore:
 
     def __init__(self) -> None:
         self.tiles: dict[tuple[int, int], bytes] = {}
+        self.nodes: dict[tuple[int, int], bytes] = {}
         self.size = 0
         self.reads: list[tuple[int, int]] = []
 
     def read(self, level: int, index: int) -> bytes:
+        """The C2SP tile alone, as a remote tile server gives it."""
         self.reads.append((level, index))
         return self.tiles[(level, index)]
 
-    def append(self, new: list[bytes] | tuple[bytes, ...]) -> dict[tuple[int, int], bytes]:
-        written = tiles_after_append(self.size, new, self.read)
+    def read_stored(self, level: int, index: int) -> StoredTile:
+        """The tile with its interior nodes, as the ledger's store gives it."""
+        self.reads.append((level, index))
+        return StoredTile(self.tiles[(level, index)], self.nodes[(level, index)])
+
+    def append(self, new: list[bytes] | tuple[bytes, ...]) -> dict[tuple[int, int], StoredTile]:
+        written = tiles_after_append(self.size, new, self.read_stored)
         old, self.size = self.size, self.size + len(new)
         # Exactly the tiles whose width changed are written, each at its new width.
         changed = {
@@ -79,9 +91,11 @@ class TileStore:
             if tile_width(level, index, old) != tile_width(level, index, self.size)
         }
         assert set(written) == changed
-        for (level, index), data in written.items():
-            assert len(data) == 32 * tile_width(level, index, self.size)
-        self.tiles.update(written)
+        for (level, index), tile in written.items():
+            assert len(tile.hashes) == 32 * tile_width(level, index, self.size)
+            assert len(tile.nodes) == interior_size(tile_width(level, index, self.size))
+            self.tiles[(level, index)] = tile.hashes
+            self.nodes[(level, index)] = tile.nodes
         return written
 
 
@@ -265,19 +279,92 @@ def test_incremental_tiles_serve_the_tree(batches: list[int], rnd: random.Random
         checkpoints.append(store.size)
         source = TileHashSource(store.read)
         assert tree_root(source, store.size) == expected[store.size]
-    source = TileHashSource(store.read)
     reference = LeafHashes(all_leaves)
     sizes = {*checkpoints, *(rnd.randint(0, total) for _ in range(20))}
-    for size in sizes:
-        assert tree_root(source, size) == expected[size]
-    for _ in range(15):
-        if not total:
-            break
-        size = rnd.randint(1, total)
-        index = rnd.randrange(size)
-        assert inclusion_proof(index, size, source) == inclusion_proof(index, size, reference)
-        size1 = rnd.randint(0, size)
-        assert consistency_proof(size1, size, source) == consistency_proof(size1, size, reference)
+    # The tiles alone (hashing inside them) and the tiles with their stored interior nodes.
+    for source in (TileHashSource(store.read), TileHashSource(store.read_stored)):
+        for size in sizes:
+            assert tree_root(source, size) == expected[size]
+        for _ in range(15):
+            if not total:
+                break
+            size = rnd.randint(1, total)
+            index = rnd.randrange(size)
+            assert inclusion_proof(index, size, source) == inclusion_proof(index, size, reference)
+            size1 = rnd.randint(0, size)
+            assert consistency_proof(size1, size, source) == consistency_proof(
+                size1, size, reference
+            )
+
+
+def _interior_by_roots(hashes: bytes) -> bytes:
+    """A tile's interior nodes by definition: node j of level k is the MTH of hashes
+    j·2^k … (j+1)·2^k - 1 (RFC 9162 §2.1.1), computed independently of the tile code."""
+    items = [hashes[i : i + 32] for i in range(0, len(hashes), 32)]
+    out = b""
+    k = 1
+    while len(items) >> k:
+        for j in range(len(items) >> k):
+            out += LeafHashes(items[j << k : (j + 1) << k]).subtree_hash(k, 0)
+        k += 1
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 600), min_size=1, max_size=6))
+def test_interior_nodes_written_by_appends_are_the_subtree_roots(batches: list[int]) -> None:
+    store = TileStore()
+    for count in batches:
+        store.append(leaves(sum(batches))[store.size : store.size + count])
+    for key, hashes in store.tiles.items():
+        assert store.nodes[key] == _interior_by_roots(hashes), key
+    for key in store.tiles:
+        tile = store.read_stored(*key)
+        width = len(tile.hashes) // 32
+        for k in range(1, 9):
+            assert len(interior_level(tile, k)) == 32 * (width >> k)
+    assert interior_size(256) == 255 * 32 and interior_size(1) == 0 and interior_size(3) == 32
+
+
+def test_proofs_from_stored_interior_nodes_hash_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = TileStore()
+    store.append(leaves(70_000))
+    hashed: list[bytes] = []
+
+    def counting_node_hash(left: bytes, right: bytes) -> bytes:
+        hashed.append(left)
+        return node_hash(left, right)
+
+    monkeypatch.setattr(tiles_module, "node_hash", counting_node_hash)
+    reference = LeafHashes(leaves(70_000))
+    for index in (0, 31_337, 65_535, 69_999):
+        stored = TileHashSource(store.read_stored)
+        assert inclusion_proof(index, 70_000, stored) == inclusion_proof(index, 70_000, reference)
+    assert not hashed
+    TileHashSource(store.read).subtree_hash(7, 0)  # the bare tile: hashed on read
+    assert len(hashed) == 255
+
+
+def test_tiles_without_interior_nodes_still_grow_and_prove() -> None:
+    """A ledger written before interior nodes were kept: appends expand the old right edge."""
+    store = TileStore()
+    store.append(leaves(1000)[:300])
+    store.nodes = dict.fromkeys(store.nodes, b"")
+    store.append(leaves(1000)[300:])
+    assert store.nodes[(0, 1)] == _interior_by_roots(store.tiles[(0, 1)])
+    reference = LeafHashes(leaves(1000))
+    source = TileHashSource(store.read_stored)
+    for index in (0, 299, 300, 999):
+        assert inclusion_proof(index, 1000, source) == inclusion_proof(index, 1000, reference)
+
+
+def test_interior_nodes_of_the_wrong_length_are_refused() -> None:
+    store = TileStore()
+    store.append(leaves(300))
+    store.nodes[(0, 0)] = store.nodes[(0, 0)][:-32]
+    with pytest.raises(VerificationError, match="interior nodes do not fit") as e:
+        TileHashSource(store.read_stored).subtree_hash(3, 0)
+    assert e.value.where == "tile/0/000 nodes" and e.value.expected == 255 * 32
 
 
 def test_every_size_of_a_small_tiled_log() -> None:

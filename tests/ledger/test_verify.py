@@ -68,6 +68,15 @@ def flip_level1_tile(d: Path) -> None:
         db.execute("UPDATE tiles SET data = ? WHERE level = 1 AND idx = 0", (bytes(data),))
 
 
+def flip_interior_node(d: Path) -> None:
+    """The node cache that serves proofs: level 3 of tile 0/002, node 4 (entries 544..551)."""
+    with sqlite3.connect(d / "ledger.db") as db:
+        (nodes,) = db.execute("SELECT nodes FROM tiles WHERE level = 0 AND idx = 2").fetchone()
+        nodes = bytearray(nodes)
+        nodes[(94 + 47 + 4) * 32] ^= 1  # width 188: 94 nodes at level 1, 47 at level 2
+        db.execute("UPDATE tiles SET nodes = ? WHERE level = 0 AND idx = 2", (bytes(nodes),))
+
+
 def flip_checkpoint_note(d: Path) -> None:
     with sqlite3.connect(d / "ledger.db") as db:
         (note,) = db.execute("SELECT note FROM checkpoints WHERE size = 500").fetchone()
@@ -134,6 +143,7 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
     "event body": (flip_event_body, "index 321"),
     "leaf hash": (flip_leaf_hash, "tile/0/001 entry 5"),
     "higher tile": (flip_level1_tile, "tile/1/000 entry 1"),
+    "interior node": (flip_interior_node, "tile/0/002 node 3/4"),
     "checkpoint note": (flip_checkpoint_note, "checkpoint row 500"),
     "checkpoint signature": (flip_checkpoint_signature, "checkpoint #2"),
     "checkpoint root column": (flip_checkpoint_root, "checkpoint row 250"),

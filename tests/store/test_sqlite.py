@@ -11,7 +11,8 @@ from auditmesh.collector import entry_of
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import canonical_bytes
 from auditmesh.ledger import merkle
-from auditmesh.store.base import EventFilter, StoreError, event_key
+from auditmesh.ledger.verify import verify_log
+from auditmesh.store.base import EventFilter, StoreError, StoreReader, event_key
 from auditmesh.store.sqlite import SCHEMA_VERSION
 from tests.conftest import generate
 
@@ -90,3 +91,28 @@ def test_origin_cannot_change(tmp_path: Path) -> None:
 def test_signing_key_is_private(tmp_path: Path) -> None:
     open_ledger(tmp_path, origin="test/log").close()
     assert (tmp_path / "keys" / "log.skey").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_ledger_from_before_interior_nodes_proves_grows_and_verifies(tmp_path: Path) -> None:
+    """Schema 3 added `tiles.nodes`; tiles written before it have NULL there."""
+    events = generate(700)
+    ledger = open_ledger(tmp_path, origin="test/log")
+    ledger.log.append([entry_of(e) for e in events[:600]])
+    ledger.close()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        db.execute("UPDATE tiles SET nodes = NULL")
+    ledger = open_ledger(tmp_path, create=False)
+    try:
+        ledger.log.append([entry_of(e) for e in events[600:]])
+        leaves = [merkle.leaf_hash(canonical_bytes(e)) for e in events]
+        root = merkle.root(leaves)
+        for index in (0, 300, 599, 600, 699):
+            proof = ledger.log.inclusion_proof(index)
+            merkle.verify_inclusion(leaves[index], index, 700, proof, root)
+        (missing,) = ledger.store.query("SELECT count(*) FROM tiles WHERE nodes IS NULL")[0]
+        assert missing == 3  # 0/000, 0/001 and 1/000; the grown edge tile 0/002 has them again
+        ledger.log.checkpoint()
+        report = verify_log(StoreReader(ledger.store), ledger.log.verifier)
+        assert report.size == 700
+    finally:
+        ledger.close()

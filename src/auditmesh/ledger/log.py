@@ -43,10 +43,15 @@ class LogStorage(Protocol):
 
     def read_tile(self, level: int, index: int) -> bytes: ...
 
+    def read_stored_tile(self, level: int, index: int) -> tiles.StoredTile: ...
+
     def indices_of(self, keys: Sequence[bytes]) -> dict[bytes, int]: ...
 
     def write(
-        self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], bytes]
+        self,
+        start: int,
+        entries: Sequence[Entry],
+        tile_updates: dict[tuple[int, int], tiles.StoredTile],
     ) -> None: ...
 
     def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]: ...
@@ -102,7 +107,9 @@ class Log:
                 indices.append(index)
             if fresh:
                 leaf_hashes = [merkle.leaf_hash(e.data) for e in fresh]
-                updates = tiles.tiles_after_append(start, leaf_hashes, self._storage.read_tile)
+                updates = tiles.tiles_after_append(
+                    start, leaf_hashes, self._storage.read_stored_tile
+                )
                 self._storage.write(start, fresh, updates)
                 self._size = start + len(fresh)
             return indices
@@ -111,7 +118,7 @@ class Log:
         """Subtree hashes from the stored tiles; full tiles stay cached across calls."""
         source: tiles.TileHashSource | None = getattr(self._sources, "source", None)
         if source is None:
-            source = tiles.TileHashSource(self._storage.read_tile)
+            source = tiles.TileHashSource(self._storage.read_stored_tile)
             self._sources.source = source
         return source
 

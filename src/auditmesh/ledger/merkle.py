@@ -388,18 +388,23 @@ class TreeBuilder:
     per set bit of the size. ``on_complete(level, index, hash)`` is called whenever a perfect
     subtree at one of ``levels`` is completed (by default the tile levels 8, 16, …, 56), so a
     verifier can compare recomputed subtree hashes with stored tiles while it streams.
+    ``on_run(level, first_index, hashes)`` is told, level by level, every node of every level
+    ≥ 1 that an append completes, as one run per level: what a verifier of stored interior
+    nodes needs, at the cost of one call per level rather than one per node.
     """
 
-    __slots__ = ("_stack", "_size", "_on_complete", "_levels", "_mask")
+    __slots__ = ("_stack", "_size", "_on_complete", "_levels", "_mask", "_on_run")
 
     def __init__(
         self,
         *,
         on_complete: Callable[[int, int, bytes], None] | None = None,
         levels: Iterable[int] = range(8, 64, 8),
+        on_run: Callable[[int, int, list[bytes]], None] | None = None,
     ) -> None:
         self._stack: list[bytes] = []
         self._size = 0
+        self._on_run = on_run
         self._on_complete = on_complete
         self._levels = frozenset(levels) if on_complete is not None else frozenset()
         if any(level < 0 for level in self._levels):
@@ -416,6 +421,7 @@ class TreeBuilder:
         *,
         on_complete: Callable[[int, int, bytes], None] | None = None,
         levels: Iterable[int] = range(8, 64, 8),
+        on_run: Callable[[int, int, list[bytes]], None] | None = None,
     ) -> TreeBuilder:
         """Resume from a size and its compact range (as given by :attr:`compact_range`)."""
         if size < 0:
@@ -428,7 +434,7 @@ class TreeBuilder:
         for h in hashes:
             if len(h) != HASH_SIZE:
                 raise ValueError(f"compact-range hash is {len(h)} bytes, not {HASH_SIZE}")
-        builder = cls(on_complete=on_complete, levels=levels)
+        builder = cls(on_complete=on_complete, levels=levels, on_run=on_run)
         builder._stack = list(hashes)
         builder._size = size
         return builder
@@ -447,6 +453,9 @@ class TreeBuilder:
         """Add one leaf hash (already SHA-256(0x00 || data))."""
         if len(leaf_hash) != HASH_SIZE:
             raise ValueError(f"leaf hash is {len(leaf_hash)} bytes, not {HASH_SIZE}")
+        if self._on_run is not None:
+            self.extend((leaf_hash,))
+            return
         size = self._size + 1
         self._size = size
         if not size & self._mask:
@@ -476,6 +485,7 @@ class TreeBuilder:
         old_size = self._size
         stack = self._stack
         callback = self._on_complete
+        on_run = self._on_run
         watched = self._levels
         sha = _sha256
         prefix = _NODE_PREFIX
@@ -496,8 +506,10 @@ class TreeBuilder:
                 closed.append(level[-1])
             level = [sha(prefix + level[i] + level[i + 1]).digest() for i in range(0, n - 1, 2)]
             j += 1
+            first >>= 1
+            if on_run is not None and level:
+                on_run(j, first, level)
             if callback is not None and j in watched:
-                first >>= 1
                 for i, h in enumerate(level):
                     callback(j, first + i, h)
         closed.reverse()

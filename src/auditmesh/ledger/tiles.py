@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.merkle import HASH_SIZE, node_hash
@@ -24,12 +25,15 @@ from auditmesh.ledger.merkle import HASH_SIZE, node_hash
 __all__ = [
     "MAX_LEVEL",
     "ReadTile",
+    "StoredTile",
     "TILE_HEIGHT",
     "TILE_WIDTH",
     "TileHashSource",
     "TileNotFoundError",
     "TileRef",
     "decode_entry_bundle",
+    "interior_level",
+    "interior_size",
     "encode_entry_bundle",
     "entries_path",
     "parse_tile_path",
@@ -47,9 +51,24 @@ MAX_LEVEL = 63
 _FULL_BYTES = TILE_WIDTH * HASH_SIZE
 _MAX_ENTRY = 0xFFFF
 
-ReadTile = Callable[[int, int], bytes]
+
+class StoredTile(NamedTuple):
+    """A tile as the ledger stores it: the C2SP tile, plus the nodes inside it.
+
+    ``nodes`` are the complete interior nodes of the height-8 subtree the tile spans — tree
+    levels ``8·L+1`` to ``8·L+8`` relative to its hashes, level by level, bottom first (a tile
+    of width ``w`` has ``w >> k`` nodes at level ``k``: 255 in all when full). They are derived
+    data, kept so that a proof reads them instead of rehashing the tile; ``b""`` when absent.
+    """
+
+    hashes: bytes
+    nodes: bytes = b""
+
+
+ReadTile = Callable[[int, int], "bytes | StoredTile"]
 """``read_tile(level, index)``: the concatenated hashes stored for that tile (a partial tile is
-shorter than 8,192 bytes); raises :class:`LookupError` when there is none."""
+shorter than 8,192 bytes), or a :class:`StoredTile` that also carries its interior nodes;
+raises :class:`LookupError` when there is none."""
 
 
 class TileNotFoundError(LookupError):
@@ -227,14 +246,6 @@ def _split_hashes(data: bytes) -> list[bytes]:
     return [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
 
 
-def _perfect_root(hashes: Sequence[bytes]) -> bytes:
-    """Root of a perfect subtree (len(hashes) a power of two) — RFC 9162 §2.1.1."""
-    level = list(hashes)
-    while len(level) > 1:
-        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
-    return level[0]
-
-
 def _expand(hashes: list[bytes]) -> list[list[bytes]]:
     """Every complete node of the height-8 subtree a tile spans, level by level, bottom first:
     level k holds the roots of the aligned 2**k-hash blocks of the tile (9 levels when full)."""
@@ -245,40 +256,126 @@ def _expand(hashes: list[bytes]) -> list[list[bytes]]:
     return levels
 
 
-def _fetch(read_tile: ReadTile, level: int, index: int) -> bytes:
+def _push(levels: list[list[bytes]], leaf: bytes) -> None:
+    """Append one hash to an expanded tile, completing the nodes it closes (one hash each)."""
+    levels[0].append(leaf)
+    k = 0
+    while not len(levels[k]) & 1:
+        if k + 1 == len(levels):
+            levels.append([])
+        below = levels[k]
+        levels[k + 1].append(node_hash(below[-2], below[-1]))
+        k += 1
+
+
+def _level_starts(width: int) -> list[int]:
+    """Byte offset of each level k ≥ 1 inside ``StoredTile.nodes``, then the total length."""
+    starts = [0, 0]
+    k = 1
+    while width >> k:
+        starts.append(starts[-1] + (width >> k) * HASH_SIZE)
+        k += 1
+    return starts
+
+
+_STARTS = [_level_starts(width) for width in range(TILE_WIDTH + 1)]
+
+
+def interior_size(width: int) -> int:
+    """Bytes of interior nodes a tile of ``width`` hashes has (8,160 when full)."""
+    return _STARTS[width][-1]
+
+
+def interior_level(tile: StoredTile, k: int) -> bytes:
+    """The hashes of level ``k`` inside a tile (0: the tile itself); ``b""`` for ``k`` ≥ 1 when
+    the tile's interior nodes are not stored."""
+    if k == 0:
+        return tile.hashes
+    starts = _STARTS[min(len(tile.hashes) // HASH_SIZE, TILE_WIDTH)]
+    if not tile.nodes or k + 1 >= len(starts):
+        return b""
+    return tile.nodes[starts[k] : starts[k + 1]]
+
+
+def _interior(levels: list[list[bytes]]) -> bytes:
+    return b"".join(b"".join(level) for level in levels[1:])
+
+
+def _levels_of(tile: StoredTile) -> list[list[bytes]]:
+    """The tile expanded level by level, from its stored nodes when it has them."""
+    hashes = _split_hashes(tile.hashes)
+    if not tile.nodes:
+        return _expand(hashes)
+    starts = _STARTS[len(hashes)]
+    return [hashes] + [
+        _split_hashes(tile.nodes[starts[k] : starts[k + 1]]) for k in range(1, len(starts) - 1)
+    ]
+
+
+def _fetch(read_tile: ReadTile, level: int, index: int) -> StoredTile:
     try:
-        data = read_tile(level, index)
+        got = read_tile(level, index)
     except LookupError as exc:
         raise TileNotFoundError(
             f"tile/{level}/{_encode_index(index)} is not stored", level=level, index=index
         ) from exc
-    if len(data) % HASH_SIZE or len(data) > _FULL_BYTES:
+    tile = got if isinstance(got, StoredTile) else StoredTile(bytes(got))
+    if len(tile.hashes) % HASH_SIZE or len(tile.hashes) > _FULL_BYTES:
         raise VerificationError(
             "stored tile is not a whole number of hashes, at most 256",
             expected=f"a multiple of {HASH_SIZE} up to {_FULL_BYTES} bytes",
-            computed=len(data),
+            computed=len(tile.hashes),
             where=f"tile/{level}/{_encode_index(index)}",
         )
-    return bytes(data)
+    if tile.nodes and len(tile.nodes) != interior_size(len(tile.hashes) // HASH_SIZE):
+        raise VerificationError(
+            "stored interior nodes do not fit the tile's width",
+            expected=interior_size(len(tile.hashes) // HASH_SIZE),
+            computed=len(tile.nodes),
+            where=f"tile/{level}/{_encode_index(index)} nodes",
+        )
+    return tile
+
+
+class _Expanded:
+    """One tile with every complete node inside it, sliced out on demand."""
+
+    __slots__ = ("hashes", "nodes", "width", "starts")
+
+    def __init__(self, tile: StoredTile) -> None:
+        self.hashes = tile.hashes
+        self.width = len(tile.hashes) // HASH_SIZE
+        self.nodes = tile.nodes or _interior(_expand(_split_hashes(tile.hashes)))
+        self.starts = _STARTS[self.width]
+
+    def node(self, k: int, j: int) -> bytes | None:
+        """Node ``j`` of level ``k`` inside the tile (k = 0: the tile's own hashes)."""
+        if j >= self.width >> k:
+            return None
+        if k == 0:
+            return self.hashes[j * HASH_SIZE : (j + 1) * HASH_SIZE]
+        at = self.starts[k] + j * HASH_SIZE
+        return self.nodes[at : at + HASH_SIZE]
 
 
 class TileHashSource:
     """A :class:`~auditmesh.ledger.merkle.HashSource` over stored tiles.
 
-    ``subtree_hash(level, n)`` reads tile level ``level // 8`` and hashes the ``2**(level % 8)``
-    consecutive hashes below the subtree. Full tiles are final, so up to ``cache_tiles`` of
-    them are kept, expanded, in an LRU and never read again. A partial tile is read again on
-    every use, since it grows; its expansion is reused only while the bytes read are identical.
-    Raises :class:`TileNotFoundError` for a missing or too-short tile and
-    :class:`VerificationError` for a malformed one.
+    ``subtree_hash(level, n)`` reads tile level ``level // 8`` and takes node ``n`` of level
+    ``level % 8`` inside it: from the tile's stored interior nodes when the read returns a
+    :class:`StoredTile` that has them, otherwise by hashing the tile once. Full tiles are
+    final, so up to ``cache_tiles`` of them are kept in an LRU and never read again. A partial
+    tile is read again on every use, since it grows; its expansion is reused only while the
+    bytes read are identical. Raises :class:`TileNotFoundError` for a missing or too-short tile
+    and :class:`VerificationError` for a malformed one.
     """
 
     __slots__ = ("_read", "_full", "_partial", "_cache_tiles")
 
     def __init__(self, read_tile: ReadTile, *, cache_tiles: int = 128) -> None:
         self._read = read_tile
-        self._full: OrderedDict[tuple[int, int], list[list[bytes]]] = OrderedDict()
-        self._partial: dict[tuple[int, int], tuple[bytes, list[list[bytes]]]] = {}
+        self._full: OrderedDict[tuple[int, int], _Expanded] = OrderedDict()
+        self._partial: dict[tuple[int, int], _Expanded] = {}
         self._cache_tiles = cache_tiles
 
     def subtree_hash(self, level: int, index: int) -> bytes:
@@ -288,43 +385,42 @@ class TileHashSource:
         first = index << k  # first hash of tree level 8·tile_level under the subtree
         tile_index, offset = divmod(first, TILE_WIDTH)
         key = (tile_level, tile_index)
-        levels = self._full.get(key)
-        if levels is not None:
+        tile = self._full.get(key)
+        if tile is not None:
             self._full.move_to_end(key)
-            return levels[k][offset >> k]
-        levels = self._load(key)
-        node = offset >> k
-        if k >= len(levels) or node >= len(levels[k]):
-            width = len(levels[0])
+        else:
+            tile = self._load(key)
+        found = tile.node(k, offset >> k)
+        if found is None:
             raise TileNotFoundError(
-                f"{tile_path(tile_level, tile_index, width or None)} has {width} hashes; "
-                f"subtree (level {level}, index {index}) needs {offset + (1 << k)}",
+                f"{tile_path(tile_level, tile_index, tile.width or None)} has {tile.width} "
+                f"hashes; subtree (level {level}, index {index}) needs {offset + (1 << k)}",
                 level=tile_level,
                 index=tile_index,
             )
-        return levels[k][node]
+        return found
 
-    def _load(self, key: tuple[int, int]) -> list[list[bytes]]:
-        data = _fetch(self._read, *key)
+    def _load(self, key: tuple[int, int]) -> _Expanded:
+        stored = _fetch(self._read, *key)
         limit = self._cache_tiles
-        if len(data) == _FULL_BYTES:
-            levels = _expand(_split_hashes(data))
+        if len(stored.hashes) == _FULL_BYTES:
+            tile = _Expanded(stored)
             self._partial.pop(key, None)
             if limit > 0:
-                self._full[key] = levels
+                self._full[key] = tile
                 if len(self._full) > limit:
                     self._full.popitem(last=False)
-            return levels
+            return tile
         seen = self._partial.get(key)
-        if seen is not None and seen[0] == data:
-            return seen[1]
-        levels = _expand(_split_hashes(data))
+        if seen is not None and seen.hashes == stored.hashes:
+            return seen
+        tile = _Expanded(stored)
         if limit > 0:
             self._partial.pop(key, None)
-            self._partial[key] = (data, levels)
+            self._partial[key] = tile
             if len(self._partial) > limit:
                 del self._partial[next(iter(self._partial))]
-        return levels
+        return tile
 
 
 # --- writing the tree -----------------------------------------------------------------------
@@ -332,50 +428,50 @@ class TileHashSource:
 
 def tiles_after_append(
     old_size: int, new_leaf_hashes: Sequence[bytes], read_tile: ReadTile
-) -> dict[tuple[int, int], bytes]:
+) -> dict[tuple[int, int], StoredTile]:
     """Every tile that changes when ``new_leaf_hashes`` are appended to a tree of ``old_size``.
 
-    Returns ``{(level, index): contents}`` with each tile's whole contents after the append
-    (partial or full). ``read_tile`` supplies the existing partial tiles on the right edge; each
-    must hold exactly the ``floor(old_size / 256**level) mod 256`` hashes of the old tree,
-    otherwise VerificationError (the stored tiles and ``old_size`` disagree).
+    Returns ``{(level, index): tile}`` with each tile's whole contents after the append
+    (partial or full), its interior nodes included. ``read_tile`` supplies the existing partial
+    tiles on the right edge; each must hold exactly the ``floor(old_size / 256**level) mod 256``
+    hashes of the old tree, otherwise VerificationError (the stored tiles and ``old_size``
+    disagree). Each new hash costs the one node hash it completes, no more.
     """
     if old_size < 0:
         raise ValueError(f"old tree size must not be negative, got {old_size}")
     for i, h in enumerate(new_leaf_hashes):
         if len(h) != HASH_SIZE:
             raise ValueError(f"new leaf hash {i} is {len(h)} bytes, not {HASH_SIZE}")
-    out: dict[tuple[int, int], bytes] = {}
+    out: dict[tuple[int, int], StoredTile] = {}
     # Hashes of tree level 8·L that the append creates, starting at node index old_n.
     new_nodes: list[bytes] = list(new_leaf_hashes)
     level = 0
     while new_nodes:
         old_n = old_size >> (TILE_HEIGHT * level)
         first_tile, kept = divmod(old_n, TILE_WIDTH)
-        current: list[bytes] = []
+        levels: list[list[bytes]] = [[]]
         if kept:
-            data = _fetch(read_tile, level, first_tile)
-            if len(data) != kept * HASH_SIZE:
+            stored = _fetch(read_tile, level, first_tile)
+            if len(stored.hashes) != kept * HASH_SIZE:
                 raise VerificationError(
                     "stored right-edge tile does not match the old tree size",
                     expected=kept * HASH_SIZE,
-                    computed=len(data),
+                    computed=len(stored.hashes),
                     where=f"{tile_path(level, first_tile)} for tree size {old_size}",
                 )
-            current = _split_hashes(data)
+            levels = _levels_of(stored)
         # Fill tiles left to right; each tile that fills up becomes one hash a level up
         # (tlog-tiles: a level-L hash is the MTH of a full level L-1 tile).
         above: list[bytes] = []
         tile_index = first_tile
-        pos = 0
-        while pos < len(new_nodes):
-            take = min(TILE_WIDTH - len(current), len(new_nodes) - pos)
-            current.extend(new_nodes[pos : pos + take])
-            pos += take
-            out[(level, tile_index)] = b"".join(current)
-            if len(current) == TILE_WIDTH:
-                above.append(_perfect_root(current))
-                current = []
+        for position, leaf in enumerate(new_nodes, start=1):
+            _push(levels, leaf)
+            full = len(levels[0]) == TILE_WIDTH
+            if full or position == len(new_nodes):
+                out[(level, tile_index)] = StoredTile(b"".join(levels[0]), _interior(levels))
+            if full:
+                above.append(levels[TILE_HEIGHT][0])
+                levels = [[]]
                 tile_index += 1
         new_nodes = above
         level += 1

@@ -2,7 +2,8 @@
 
 Reads every entry in index order, recomputes its leaf hash (RFC 9162 §2.1.1), compares it
 with the stored level-0 tile, rebuilds the tree with `TreeBuilder` comparing every
-completed level-8k subtree with the stored higher tiles (C2SP tlog-tiles), opens every
+completed level-8k subtree with the stored higher tiles (C2SP tlog-tiles) and every other
+completed node with the interior nodes stored beside them (they serve proofs), opens every
 checkpoint with the verifier key (C2SP signed-note) and checks its root against the
 rebuilt tree at its size, so successive checkpoints are consistent by construction. The
 first divergence raises `VerificationError` naming the place, the expected (stored or
@@ -30,7 +31,7 @@ class LogReader(Protocol):
 
     def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]: ...
 
-    def read_tile(self, level: int, index: int) -> bytes: ...
+    def read_tile(self, level: int, index: int) -> bytes | tiles.StoredTile: ...
 
     def checkpoint_notes(self) -> list[bytes]: ...
 
@@ -65,7 +66,7 @@ def verify_log(
     pending = iter(checkpoints)
     next_cp = next(pending, None)
     tile_checker = _TileChecker(reader)
-    builder = merkle.TreeBuilder(on_complete=tile_checker.check_subtree)
+    builder = merkle.TreeBuilder(on_run=tile_checker.check_run)
     leaf_hash = merkle.leaf_hash
     while next_cp is not None and next_cp.size == 0:
         _check_root(next_cp, merkle.EMPTY_ROOT)
@@ -138,57 +139,71 @@ def _check_root(checkpoint: Checkpoint, computed: bytes) -> None:
         )
 
 
+def _read(reader: LogReader, level: int, index: int) -> tiles.StoredTile:
+    got = reader.read_tile(level, index)
+    return got if isinstance(got, tiles.StoredTile) else tiles.StoredTile(bytes(got))
+
+
 class _TileChecker:
-    """Compares recomputed hashes with the stored tiles, one tile read at a time."""
+    """Compares recomputed hashes with the stored tiles (and the interior nodes kept with
+    them), one tile read at a time."""
 
     def __init__(self, reader: LogReader) -> None:
         self._reader = reader
-        self._cached: dict[int, tuple[int, bytes]] = {}  # tile level -> (index, data)
+        self._cached: dict[int, tuple[int, tiles.StoredTile]] = {}  # level -> (index, tile)
 
-    def _tile(self, level: int, index: int) -> bytes:
+    def _tile(self, level: int, index: int) -> tiles.StoredTile:
         cached = self._cached.get(level)
         if cached is None or cached[0] != index:
-            cached = (index, self._reader.read_tile(level, index))
+            cached = (index, _read(self._reader, level, index))
             self._cached[level] = cached
         return cached[1]
 
-    def _compare(self, level: int, index: int, computed: bytes, what: str) -> None:
-        tile_index, offset = divmod(index, tiles.TILE_WIDTH)
-        data = self._tile(level, tile_index)
-        stored = data[offset * HASH : (offset + 1) * HASH]
-        if stored != computed:
-            raise VerificationError(
-                f"stored tile hash differs from the hash recomputed from {what}",
-                expected=stored or None,
-                computed=computed,
-                where=f"{tiles.tile_path(level, tile_index)} entry {offset}",
-            )
-
     def check_leaves(self, start: int, leaf_hashes: list[bytes]) -> None:
         """Compare a run of recomputed leaf hashes with the level-0 tiles, a tile at a time."""
-        position = start
-        end = start + len(leaf_hashes)
+        self.check_run(0, start, leaf_hashes)
+
+    def check_run(self, level: int, first: int, hashes: list[bytes]) -> None:
+        """Compare nodes ``first``… of tree level ``level`` with what is stored for them: a
+        tile's hashes when ``level`` is a multiple of 8, its interior nodes otherwise (these
+        serve proofs, so they must be right too; ledgers written before they were kept have
+        none, and nothing is compared)."""
+        tile_level, k = divmod(level, tiles.TILE_HEIGHT)
+        per_tile = tiles.TILE_WIDTH >> k
+        position, end = first, first + len(hashes)
         while position < end:
-            tile_index, offset = divmod(position, tiles.TILE_WIDTH)
-            stop = min(end, (tile_index + 1) * tiles.TILE_WIDTH)
-            computed = b"".join(leaf_hashes[position - start : stop - start])
-            first = tile_index * tiles.TILE_WIDTH
-            stored = self._tile(0, tile_index)[offset * HASH : (stop - first) * HASH]
-            if stored != computed:  # find and name the first differing entry
-                for index in range(position, stop):
-                    leaf = leaf_hashes[index - start]
-                    self._compare(0, index, leaf, f"the entry at index {index}")
+            tile_index, offset = divmod(position, per_tile)
+            stop = min(end, (tile_index + 1) * per_tile)
+            stored = tiles.interior_level(self._tile(tile_level, tile_index), k)
+            if k and not stored:
+                position = stop
+                continue
+            computed = b"".join(hashes[position - first : stop - first])
+            if stored[offset * HASH : (stop - tile_index * per_tile) * HASH] != computed:
+                for node in range(position, stop):  # find and name the first difference
+                    at = (node - tile_index * per_tile) * HASH
+                    self._differs(level, node, stored[at : at + HASH], hashes[node - first])
             position = stop
 
-    def check_subtree(self, level: int, index: int, subtree_hash: bytes) -> None:
-        if level % tiles.TILE_HEIGHT == 0:
-            first = index << level
-            self._compare(
-                level // tiles.TILE_HEIGHT,
-                index,
-                subtree_hash,
-                f"entries {first}..{first + (1 << level) - 1}",
-            )
+    def _differs(self, level: int, node: int, stored: bytes, computed: bytes) -> None:
+        if stored == computed:
+            return
+        tile_level, k = divmod(level, tiles.TILE_HEIGHT)
+        tile_index, offset = divmod(node, tiles.TILE_WIDTH >> k)
+        path = tiles.tile_path(tile_level, tile_index)
+        if level == 0:
+            what, where = f"the entry at index {node}", f"{path} entry {offset}"
+        else:
+            leaves = node << level
+            what = f"entries {leaves}..{leaves + (1 << level) - 1}"
+            where = f"{path} entry {offset}" if k == 0 else f"{path} node {k}/{offset}"
+        raise VerificationError(
+            f"stored {'tile hash' if k == 0 else 'interior node'} differs from the hash "
+            f"recomputed from {what}",
+            expected=stored or None,
+            computed=computed,
+            where=where,
+        )
 
     def check_edge(self, builder: merkle.TreeBuilder) -> None:
         """No tile may hold hashes beyond the end of the log."""
@@ -198,13 +213,21 @@ class _TileChecker:
             width_leaves = 1 << (level * tiles.TILE_HEIGHT)
             count = size // width_leaves  # complete hashes at this tile level
             tile_index, used = divmod(count, tiles.TILE_WIDTH)
-            data = self._reader.read_tile(level, tile_index)
-            if len(data) > used * HASH:
+            tile = _read(self._reader, level, tile_index)
+            if len(tile.hashes) > used * HASH:
                 raise VerificationError(
                     "a tile holds hashes beyond the end of the log",
                     expected=used,
-                    computed=len(data) // HASH,
+                    computed=len(tile.hashes) // HASH,
                     where=tiles.tile_path(level, tile_index),
+                )
+            width = len(tile.hashes) // HASH
+            if tile.nodes and len(tile.nodes) != tiles.interior_size(width):
+                raise VerificationError(
+                    "a tile's interior nodes do not fit its width",
+                    expected=tiles.interior_size(width),
+                    computed=len(tile.nodes),
+                    where=f"{tiles.tile_path(level, tile_index)} nodes",
                 )
             if count == 0:
                 return

@@ -137,7 +137,7 @@ class StoreReader:
         self._store = store
         self.size = store.size
         self.entries = store.entries
-        self.read_tile = store.read_tile
+        self.read_tile = store.read_stored_tile  # verify checks the interior nodes too
 
     def checkpoint_notes(self) -> list[bytes]:
         notes = []

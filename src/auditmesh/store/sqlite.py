@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from auditmesh.ledger.log import Entry, StoredCheckpoint
+from auditmesh.ledger.tiles import StoredTile
 from auditmesh.store.base import EventFilter, StoredEvent, StoreError
 
 # Each migration takes the schema from version i to i+1; never edit a released one.
@@ -89,6 +90,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_path ON events (path, time_ns) WHERE path IS NOT NULL;
     CREATE INDEX events_kind ON events (kind, time_ns) WHERE kind NOT IN ('http', 'tcp');
     CREATE INDEX events_decision ON events (decision, time_ns) WHERE decision IN ('deny', 'audit');
+    """,
+    # 3 (ledger/tiles.py StoredTile): each tile's interior nodes beside it, so a proof reads
+    # them instead of rehashing the tile. Older tiles keep NULL and are hashed when read.
+    """
+    ALTER TABLE tiles ADD COLUMN nodes BLOB;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -190,6 +196,16 @@ class SQLiteStore:
         )
         return b"" if row is None else bytes(row[0])
 
+    def read_stored_tile(self, level: int, index: int) -> StoredTile:
+        row = (
+            self._reader()
+            .execute("SELECT data, nodes FROM tiles WHERE level = ? AND idx = ?", (level, index))
+            .fetchone()
+        )
+        if row is None:
+            return StoredTile(b"")
+        return StoredTile(bytes(row[0]), b"" if row[1] is None else bytes(row[1]))
+
     def indices_of(self, keys: Sequence[bytes]) -> dict[bytes, int]:
         found: dict[bytes, int] = {}
         conn = self._writer
@@ -203,7 +219,7 @@ class SQLiteStore:
         return found
 
     def write(
-        self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], bytes]
+        self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], StoredTile]
     ) -> None:
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
@@ -213,8 +229,8 @@ class SQLiteStore:
                 ((start + i, e.key, *e.columns, e.data) for i, e in enumerate(entries)),
             )
             conn.executemany(
-                "INSERT OR REPLACE INTO tiles (level, idx, data) VALUES (?, ?, ?)",
-                ((level, index, data) for (level, index), data in tile_updates.items()),
+                "INSERT OR REPLACE INTO tiles (level, idx, data, nodes) VALUES (?, ?, ?, ?)",
+                ((level, index, *tile) for (level, index), tile in tile_updates.items()),
             )
             conn.execute("COMMIT")
         except BaseException:
