@@ -165,3 +165,30 @@ def test_new_event_id_is_uuid_v7_with_time_prefix() -> None:
     assert parsed.version == 7
     assert parsed.variant == uuid.RFC_4122
     assert int(event_id.replace("-", "")[:12], 16) == 1_700_000_000_123
+
+
+def test_random_bytes_never_repeat_across_threads_or_a_fork() -> None:
+    import os
+    import threading
+
+    drawn = [ev.random_bytes(10) for _ in range(1000)]  # crosses 4 KiB buffer refills
+    in_thread: list[bytes] = []
+    worker = threading.Thread(
+        target=lambda: in_thread.extend(ev.random_bytes(10) for _ in range(500))
+    )
+    worker.start()
+    worker.join()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what it draws next must not be what the parent draws next
+        os.write(write_end, ev.random_bytes(64))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    from_child = os.read(read_end, 64)
+    os.close(read_end)
+    os.close(write_end)
+    from_parent = ev.random_bytes(64)
+    everything = [*drawn, *in_thread]
+    assert len(set(everything)) == len(everything)
+    assert from_child != from_parent and len(from_child) == 64
+    assert len(ev.random_bytes(5000)) == 5000

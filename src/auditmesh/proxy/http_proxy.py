@@ -11,12 +11,11 @@ timeout, 403 `RBAC: access denied`) with the response flag in the audit event.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from auditmesh.events import AuditEvent, Authz, Peer, new_event_id
+from auditmesh.events import AuditEvent, Authz, Peer, new_event_id, random_bytes
 from auditmesh.proxy import headers as h
 from auditmesh.proxy.accept import PeerTLS
 from auditmesh.proxy.config import Limits
@@ -69,16 +68,22 @@ async def _next_event(
     event = conn.next_event()
     if event is not NEED_DATA:  # already parsed: no timer, no await (most events)
         return event
+    if timeout is None:
+        return await _receive(conn, reader)
     async with asyncio.timeout(timeout):
-        while True:
-            event = conn.next_event()
-            if event is not NEED_DATA:
-                return event
-            try:
-                data = await reader.read(CHUNK)
-            except (ConnectionError, OSError) as exc:
-                raise _Closed(str(exc)) from None
-            conn.receive_data(data)
+        return await _receive(conn, reader)
+
+
+async def _receive(conn: Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        try:
+            data = await reader.read(CHUNK)
+        except (ConnectionError, OSError) as exc:
+            raise _Closed(str(exc)) from None
+        conn.receive_data(data)
+        event = conn.next_event()
+        if event is not NEED_DATA:
+            return event
 
 
 def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -87,7 +92,7 @@ def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 
 def _random_hex(n: int) -> str:
-    return os.urandom(n).hex()
+    return random_bytes(n).hex()
 
 
 class HttpProxy:
@@ -285,11 +290,9 @@ class HttpProxy:
         up = Connection(Role.CLIENT, limits=self._wire)
         upstream.http = up
         first = down.next_event()
-        request_task: asyncio.Future[bool]
+        request_task: asyncio.Future[bool] | None = None
         if isinstance(first, EndOfMessage):  # no body (most requests): no task needed
             upstream.writer.write(up.send(outgoing) + up.send(first))
-            request_task = asyncio.get_running_loop().create_future()
-            request_task.set_result(True)
         else:
             upstream.writer.write(up.send(outgoing))
             request_task = asyncio.ensure_future(
@@ -298,19 +301,23 @@ class HttpProxy:
         try:
             outcome = await self._pump_response(down, writer, up, upstream, x)
         except BaseException:
-            request_task.cancel()
+            if request_task is not None:
+                request_task.cancel()
             upstream.close()
             raise
-        if outcome == "switched":
+        if outcome != "done" and request_task is not None:
+            if outcome != "switched":
+                request_task.cancel()
             await asyncio.gather(request_task, return_exceptions=True)
+        if outcome == "switched":
             return "switched"
         if outcome != "done":
-            request_task.cancel()
-            await asyncio.gather(request_task, return_exceptions=True)
             upstream.close()
             return "close"
-        request_done = await asyncio.gather(request_task, return_exceptions=True)
-        clean = request_done[0] is True
+        clean = True
+        if request_task is not None:
+            request_done = await asyncio.gather(request_task, return_exceptions=True)
+            clean = request_done[0] is True
         if clean and up.keep_alive and up.states[Role.SERVER] is State.DONE:
             up.start_next_cycle()
             self.route.pool.release(upstream)
@@ -358,18 +365,30 @@ class HttpProxy:
         upstream: Upstream,
         x: Exchange,
     ) -> str:
-        """Upstream response → downstream: "done", "switched", or "failed"."""
+        """Upstream response → downstream: "done", "switched", or "failed".
+
+        The response head is held back while the body that follows it is already parsed, so
+        a small response leaves in one write (one TLS record, one send) rather than two."""
+        head = b""
         while True:
             try:
-                event = await _next_event(up, upstream.reader, None)
+                event: object = up.next_event()
+                if event is NEED_DATA:
+                    if head:  # nothing more to go with it yet
+                        _write(writer, head)
+                        head = b""
+                    event = await _next_event(up, upstream.reader, None)
             except _Closed as exc:
+                _write(writer, head)
                 return await self._upstream_lost(down, writer, x, str(exc))
             except ProtocolError as exc:
+                _write(writer, head)
                 if x.status is None:
                     self._fail(x, "UPE", exc.reason)
                     await self._answer(down, writer, x)
                 return "failed"
             if isinstance(event, ConnectionClosed) or event is PAUSED and x.status is None:
+                _write(writer, head)
                 return await self._upstream_lost(down, writer, x, "upstream closed")
             try:
                 if isinstance(event, InformationalResponse):
@@ -383,13 +402,14 @@ class HttpProxy:
                     response = Response(
                         event.status, h.strip_hop_by_hop(event.headers), reason=event.reason
                     )
-                    _write(writer, down.send(response))
+                    head = down.send(response)
                 elif isinstance(event, Data):
                     x.response_bytes += len(event.data)
-                    _write(writer, down.send(event))
+                    _write(writer, head + down.send(event))
+                    head = b""
                     await writer.drain()
                 elif isinstance(event, EndOfMessage):
-                    _write(writer, down.send(event))
+                    _write(writer, head + down.send(event))
                     await writer.drain()
                     return "done"
             except (ConnectionError, OSError):
