@@ -192,3 +192,16 @@ def test_random_bytes_never_repeat_across_threads_or_a_fork() -> None:
     assert len(set(everything)) == len(everything)
     assert from_child != from_parent and len(from_child) == 64
     assert len(ev.random_bytes(5000)) == 5000
+
+
+def test_ndjson_is_one_event_per_line() -> None:
+    one, two, three = make(), make(), make()
+    body = one + b"\r\n\n  \n" + two + b"\n" + three + b"\n"
+    assert [e.id for e in ev.decode_batch(body)] == [
+        ev.decode_event(x).id for x in (one, two, three)
+    ]
+    with pytest.raises(ev.EventError, match="line 3") as err:  # two events on one line
+        ev.decode_batch(one + b"\n\n" + two + b" " + three)
+    assert err.value.line == 3
+    with pytest.raises(ev.EventError, match="line 2"):  # an event split over two lines
+        ev.decode_batch(one + b"\n" + two[:40] + b"\n" + two[40:])
