@@ -19,6 +19,7 @@ from pathlib import Path
 
 from auditmesh.ledger.log import Log
 from auditmesh.ledger.note import Signer, Verifier, generate_key
+from auditmesh.store.base import StoreReader
 from auditmesh.store.sqlite import SQLiteStore
 
 ORIGIN_META = "origin"
@@ -60,6 +61,12 @@ def open_ledger(data_dir: Path, *, origin: str | None = None, create: bool = Tru
     signer, verifier = _load_or_create_keys(data_dir / "keys", stored_origin)
     log = Log(store, signer, verifier, stored_origin, time.time_ns)
     return Ledger(data_dir, store, log)
+
+
+def open_reader(data_dir: Path) -> StoreReader:
+    """The ledger in `data_dir`, read-only, for a verify worker process (a partial of this
+    is the picklable `open_reader` of `ledger.verify.verify_log`)."""
+    return StoreReader(SQLiteStore(Path(data_dir), create=False))
 
 
 def _load_or_create_keys(key_dir: Path, name: str) -> tuple[Signer, Verifier]:

@@ -248,7 +248,13 @@ class _EntropyBuffer(threading.local):
 
 
 _ENTROPY = _EntropyBuffer()
-os.register_at_fork(after_in_child=_ENTROPY.__init__)
+
+
+def _fresh_entropy() -> None:
+    _ENTROPY.data, _ENTROPY.at = b"", 0
+
+
+os.register_at_fork(after_in_child=_fresh_entropy)
 
 
 def random_bytes(n: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from auditmesh.cli.main import main
-from auditmesh.datadir import open_ledger
+from auditmesh.datadir import open_ledger, open_reader
+from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier, generate_key
 from auditmesh.ledger.verify import verify_log
 from auditmesh.store.base import StoreReader
@@ -184,8 +186,46 @@ def test_progress_is_reported(data_dir: Path) -> None:
             StoreReader(ledger.store),
             Verifier.from_vkey(ledger.vkey),
             progress=lambda done, total: seen.append((done, total)),
-            chunk=256,
+            segment_bits=8,
         )
     finally:
         ledger.close()
+    assert seen == [(256, SIZE), (512, SIZE), (SIZE, SIZE)]
+
+
+@pytest.mark.parametrize("kind", sorted(set(TAMPERING) - {"truncated file"}))
+def test_parallel_verify_reports_the_same_first_divergence(kind: str, data_dir: Path) -> None:
+    """Segments of 256 entries in two worker processes: same verdict, same place."""
+    tamper, place = TAMPERING[kind]
+    tamper(data_dir)
+    ledger = open_ledger(data_dir, create=False)
+    try:
+        with pytest.raises(VerificationError) as err:
+            verify_log(
+                StoreReader(ledger.store),
+                Verifier.from_vkey(ledger.vkey),
+                jobs=2,
+                open_reader=functools.partial(open_reader, data_dir),
+                segment_bits=8,
+            )
+    finally:
+        ledger.close()
+    assert place in str(err.value)
+
+
+def test_parallel_verify_of_an_untouched_log(data_dir: Path) -> None:
+    ledger = open_ledger(data_dir, create=False)
+    seen: list[tuple[int, int]] = []
+    try:
+        report = verify_log(
+            StoreReader(ledger.store),
+            Verifier.from_vkey(ledger.vkey),
+            jobs=2,
+            open_reader=functools.partial(open_reader, data_dir),
+            segment_bits=8,
+            progress=lambda done, total: seen.append((done, total)),
+        )
+    finally:
+        ledger.close()
+    assert (report.size, report.checkpoints) == (SIZE, 3)
     assert seen == [(256, SIZE), (512, SIZE), (SIZE, SIZE)]

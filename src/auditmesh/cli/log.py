@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import uuid
 from contextlib import ExitStack
@@ -13,11 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog, ServerError
-from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.datadir import Ledger, open_ledger, open_reader
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
 from auditmesh.ledger.tlogproof import TlogProof
-from auditmesh.ledger.verify import LogReader, verify_log
+from auditmesh.ledger.verify import LogReader, OpenReader, verify_log
 from auditmesh.store.base import StoreError, StoreReader
 
 
@@ -46,6 +48,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_source(verify)
     verify.add_argument(
         "--key", help="verifier key to trust (default: the data directory's log.vkey)"
+    )
+    verify.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes for a local ledger (default: one per CPU, %(default)s here)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(func=run_verify)
@@ -118,6 +126,7 @@ def run_verify(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     with ExitStack() as stack:
         reader: LogReader
+        open_again: OpenReader | None = None  # a remote log is verified in this process
         if args.url:
             try:
                 remote = RemoteLog(args.url)
@@ -136,6 +145,7 @@ def run_verify(args: argparse.Namespace) -> int:
                 return 1
             stack.callback(ledger.close)
             reader, where = StoreReader(ledger.store), str(ledger.data_dir)
+            open_again = functools.partial(open_reader, ledger.data_dir)
             vkey = args.key or ledger.vkey
         try:
             verifier = Verifier.from_vkey(vkey.strip())
@@ -155,6 +165,8 @@ def run_verify(args: argparse.Namespace) -> int:
                 report = verify_log(
                     reader,
                     verifier,
+                    jobs=args.jobs,
+                    open_reader=open_again,
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
             except VerificationError as exc:

@@ -24,6 +24,9 @@ class VerificationError(Exception):
         self.where = where
         super().__init__(self._describe())
 
+    def __reduce__(self) -> tuple[object, ...]:  # crosses process boundaries (parallel verify)
+        return (_rebuild, (self.message, self.expected, self.computed, self.where))
+
     def _describe(self) -> str:
         parts = [self.message]
         if self.where is not None:
@@ -31,6 +34,12 @@ class VerificationError(Exception):
         if self.expected is not None or self.computed is not None:
             parts.append(f"expected {_show(self.expected)}, computed {_show(self.computed)}")
         return "; ".join(parts)
+
+
+def _rebuild(
+    message: str, expected: object, computed: object, where: str | None
+) -> VerificationError:
+    return VerificationError(message, expected=expected, computed=computed, where=where)
 
 
 def _show(value: object) -> str:

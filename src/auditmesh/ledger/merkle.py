@@ -38,7 +38,7 @@ HASH_SIZE = 32
 """Length in bytes of every hash in the tree (SHA-256)."""
 
 _sha256 = hashlib.sha256
-_LEAF_PREFIX = b"\x00"
+LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
 
 EMPTY_ROOT = _sha256(b"").digest()
@@ -47,7 +47,7 @@ EMPTY_ROOT = _sha256(b"").digest()
 
 def leaf_hash(data: bytes) -> bytes:
     """MTH({d(0)}) = SHA-256(0x00 || d(0)) — RFC 9162 §2.1.1."""
-    return _sha256(_LEAF_PREFIX + data).digest()
+    return _sha256(LEAF_PREFIX + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

@@ -12,7 +12,11 @@ signed) value and the computed one.
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +48,23 @@ class VerifyReport:
 
 
 Progress = Callable[[int, int], None]
+OpenReader = Callable[[], LogReader]
+"""Opens the same log again, in a worker process: must be picklable (e.g. a partial)."""
+
+SEGMENT_BITS = 16
+"""Entries are verified in aligned segments of 2^16 (a level-2 tile's span of leaves)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """What one segment [start, end) contributes: its compact range at each checkpoint size
+    inside it (relative to `start`) and at its end. Every node it completes (up to its own
+    root) was checked against the stored tiles by whoever computed it."""
+
+    start: int
+    end: int
+    cuts: dict[int, tuple[bytes, ...]]
+    compact: tuple[bytes, ...]
 
 
 def verify_log(
@@ -52,8 +73,13 @@ def verify_log(
     *,
     origin: str | None = None,
     progress: Progress | None = None,
-    chunk: int = 65536,
+    jobs: int = 1,
+    open_reader: OpenReader | None = None,
+    segment_bits: int = SEGMENT_BITS,
 ) -> VerifyReport:
+    """Verify everything; with `jobs` > 1 and `open_reader`, segments run in that many
+    worker processes (each opens the log with `open_reader`) and are combined in order, so
+    the first divergence reported is the same as with one process."""
     checkpoints = _open_checkpoints(reader.checkpoint_notes(), verifier, origin)
     size = reader.size()
     if checkpoints and checkpoints[-1].size > size:
@@ -63,31 +89,86 @@ def verify_log(
             computed=size,
             where="end of log",
         )
-    pending = iter(checkpoints)
-    next_cp = next(pending, None)
+    for checkpoint in checkpoints:
+        if checkpoint.size == 0:
+            _check_root(checkpoint, merkle.EMPTY_ROOT)
+    width = 1 << segment_bits
+    bounds = [(start, min(start + width, size)) for start in range(0, size, width)]
+    cuts = [sorted({c.size for c in checkpoints if start < c.size <= end}) for start, end in bounds]
     tile_checker = _TileChecker(reader)
-    builder = merkle.TreeBuilder(on_run=tile_checker.check_run)
-    leaf_hash = merkle.leaf_hash
-    while next_cp is not None and next_cp.size == 0:
-        _check_root(next_cp, merkle.EMPTY_ROOT)
-        next_cp = next(pending, None)
-    for start in range(0, size, chunk):
-        end = min(start + chunk, size)
-        rows = list(reader.entries(start, end))
-        _check_contiguous(rows, start, end)
-        hashes = [leaf_hash(data) for _, data in rows]
-        tile_checker.check_leaves(start, hashes)
-        position = start
-        while next_cp is not None and next_cp.size <= end:
-            builder.extend(hashes[position - start : next_cp.size - start])
-            _check_root(next_cp, builder.root())
-            position = next_cp.size
-            next_cp = next(pending, None)
-        builder.extend(hashes[position - start :])
+    # Nodes above the segments' roots: level `segment_bits` + the top builder's level.
+    top = merkle.TreeBuilder(
+        on_run=lambda level, first, hashes: tile_checker.check_run(
+            level + segment_bits, first, hashes
+        )
+    )
+    by_size = {c.size: c for c in checkpoints}
+    for segment in _segments(reader, open_reader, jobs, bounds, cuts):
+        for cut, local in segment.cuts.items():
+            root = merkle.TreeBuilder.from_compact_range(cut, top.compact_range + local).root()
+            _check_root(by_size[cut], root)
+        if segment.end - segment.start == width:  # a full segment: its root, one level up
+            top.append(segment.compact[0])
         if progress is not None:
-            progress(end, size)
-    tile_checker.check_edge(builder)
+            progress(segment.end, size)
+    tile_checker.check_edge(size)
     return VerifyReport(size, len(checkpoints), checkpoints[-1] if checkpoints else None)
+
+
+def _segments(
+    reader: LogReader,
+    open_reader: OpenReader | None,
+    jobs: int,
+    bounds: list[tuple[int, int]],
+    cuts: list[list[int]],
+) -> Iterator[_Segment]:
+    if jobs <= 1 or open_reader is None or len(bounds) < 2:
+        checker = _TileChecker(reader)
+        for (start, end), at in zip(bounds, cuts, strict=True):
+            yield _verify_segment(reader, checker, start, end, at)
+        return
+    spawn = multiprocessing.get_context("spawn")  # no SQLite handle crosses a fork
+    with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+        tasks = [
+            (open_reader, start, end, at) for (start, end), at in zip(bounds, cuts, strict=True)
+        ]
+        yield from pool.map(_segment_in_worker, tasks)
+
+
+_WORKER_READER: tuple[OpenReader, LogReader, _TileChecker] | None = None
+
+
+def _segment_in_worker(task: tuple[OpenReader, int, int, list[int]]) -> _Segment:
+    global _WORKER_READER
+    open_reader, start, end, at = task
+    if _WORKER_READER is None or _WORKER_READER[0] != open_reader:
+        reader = open_reader()
+        _WORKER_READER = (open_reader, reader, _TileChecker(reader))
+    _, reader, checker = _WORKER_READER
+    return _verify_segment(reader, checker, start, end, at)
+
+
+def _verify_segment(
+    reader: LogReader, checker: _TileChecker, start: int, end: int, cuts: list[int]
+) -> _Segment:
+    """Leaf hashes of [start, end) against the level-0 tiles, and every node the segment
+    completes against the tiles and interior nodes (indices offset by the aligned start)."""
+    rows = list(reader.entries(start, end))
+    _check_contiguous(rows, start, end)
+    sha256, prefix = hashlib.sha256, merkle.LEAF_PREFIX  # merkle.leaf_hash, inlined: hot
+    hashes = [sha256(prefix + data).digest() for _, data in rows]
+    checker.check_run(0, start, hashes)
+    builder = merkle.TreeBuilder(
+        on_run=lambda level, first, run: checker.check_run(level, first + (start >> level), run)
+    )
+    at: dict[int, tuple[bytes, ...]] = {}
+    position = start
+    for cut in cuts:
+        builder.extend(hashes[position - start : cut - start])
+        at[cut] = builder.compact_range
+        position = cut
+    builder.extend(hashes[position - start :])
+    return _Segment(start, end, at, builder.compact_range)
 
 
 def _check_contiguous(rows: list[tuple[int, bytes]], start: int, end: int) -> None:
@@ -148,20 +229,20 @@ class _TileChecker:
     """Compares recomputed hashes with the stored tiles (and the interior nodes kept with
     them), one tile read at a time."""
 
-    def __init__(self, reader: LogReader) -> None:
+    def __init__(self, reader: LogReader, *, cache_tiles: int = 1024) -> None:
         self._reader = reader
-        self._cached: dict[int, tuple[int, tiles.StoredTile]] = {}  # level -> (index, tile)
+        # Each level's run passes over the segment's tiles once: keep a segment's worth.
+        self._cached: OrderedDict[tuple[int, int], tiles.StoredTile] = OrderedDict()
+        self._cache_tiles = cache_tiles
 
     def _tile(self, level: int, index: int) -> tiles.StoredTile:
-        cached = self._cached.get(level)
-        if cached is None or cached[0] != index:
-            cached = (index, _read(self._reader, level, index))
-            self._cached[level] = cached
-        return cached[1]
-
-    def check_leaves(self, start: int, leaf_hashes: list[bytes]) -> None:
-        """Compare a run of recomputed leaf hashes with the level-0 tiles, a tile at a time."""
-        self.check_run(0, start, leaf_hashes)
+        key = (level, index)
+        tile = self._cached.get(key)
+        if tile is None:
+            tile = self._cached[key] = _read(self._reader, level, index)
+            if len(self._cached) > self._cache_tiles:
+                self._cached.popitem(last=False)
+        return tile
 
     def check_run(self, level: int, first: int, hashes: list[bytes]) -> None:
         """Compare nodes ``first``… of tree level ``level`` with what is stored for them: a
@@ -205,9 +286,8 @@ class _TileChecker:
             where=where,
         )
 
-    def check_edge(self, builder: merkle.TreeBuilder) -> None:
+    def check_edge(self, size: int) -> None:
         """No tile may hold hashes beyond the end of the log."""
-        size = builder.size
         level = 0
         while True:
             width_leaves = 1 << (level * tiles.TILE_HEIGHT)

@@ -238,11 +238,10 @@ class SQLiteStore:
             raise
 
     def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        cursor = self._reader().execute(
+        # INTEGER and BLOB columns come back as int and bytes already: rows pass through.
+        yield from self._reader().execute(
             "SELECT idx, data FROM events WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
         )
-        for idx, data in cursor:
-            yield int(idx), bytes(data)
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         self._writer.execute(
