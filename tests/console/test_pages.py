@@ -283,6 +283,16 @@ def test_findings_name_who_misbehaves_with_evidence(
     browser.wait_settled()
     rows = browser.find_all("#results tbody tr")
     assert rows and all("deny" in r.text and "batch-report" in r.text for r in rows)
+    # an error burst blames the callee: its link selects the calls catalog failed
+    browser.open("#/findings")
+    burst = browser.find('#findings-list article[data-kind="error_burst"]')
+    assert "catalog" in burst.text
+    burst.find_element(By.PARTIAL_LINK_TEXT, "Search these events").click()
+    browser.wait_until("document.body.dataset.page === 'events'")
+    browser.wait_settled()
+    rows = browser.find_all("#results tbody tr")
+    assert rows and all("catalog" in r.text for r in rows)
+    assert any("503" in r.text or "500" in r.text for r in rows)
 
 
 def test_policy_replay_shows_what_would_change(browser: Browser) -> None:

@@ -22,13 +22,21 @@ function party(text) {
   return text && text !== "unknown" && !/^\d+\.\d+\.\d+\.\d+/.test(text) ? text : null;
 }
 
+/** Findings whose `responsible` is the callee (analysis/findings.py); the others blame the caller. */
+const CALLEE_AT_FAULT = new Set(["error_burst", "latency_regression"]);
+
 /** The /v1/events filters that select the events behind a finding. */
 export function searchFor(finding) {
   const query = new URLSearchParams();
   query.set("since", finding.window.start_ns);
   query.set("until", String(BigInt(finding.window.end_ns) + 1n));
   if (finding.kind === "failed_authentication") query.set("kind", "authn");
-  else {
+  else if (CALLEE_AT_FAULT.has(finding.kind)) {
+    // the responsible party is the service that failed or slowed, seen by its own sidecar
+    query.set("dest", party(finding.responsible) || finding.destination);
+    if (party(finding.source)) query.set("source", finding.source);
+    query.set("direction", "inbound");
+  } else {
     if (party(finding.responsible)) query.set("source", finding.responsible);
     if (party(finding.destination)) query.set("dest", finding.destination);
     query.set("direction", "inbound");
