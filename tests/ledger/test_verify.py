@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,3 +231,27 @@ def test_parallel_verify_of_an_untouched_log(data_dir: Path) -> None:
         ledger.close()
     assert (report.size, report.checkpoints) == (SIZE, 3)
     assert seen == [(256, SIZE), (512, SIZE), (SIZE, SIZE)]
+
+
+def test_cli_verifies_in_worker_processes(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`log verify --jobs 2` hands segments (of 256 here) to spawned workers that reopen the
+    ledger; a tampered entry is still named."""
+    monkeypatch.setattr("auditmesh.ledger.verify.SEGMENT_BITS", 8)
+    pools: list[int] = []
+
+    class CountedPool(ProcessPoolExecutor):
+        def __init__(self, workers: int, **kwargs: Any) -> None:
+            pools.append(workers)
+            super().__init__(workers, **kwargs)
+
+    monkeypatch.setattr("auditmesh.ledger.verify.ProcessPoolExecutor", CountedPool)
+    code = main(["log", "verify", "--data", str(data_dir), "--quiet", "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"OK: {SIZE} entries" in out, out
+    assert pools == [2]
+    flip_event_body(data_dir)
+    code = main(["log", "verify", "--data", str(data_dir), "--quiet", "--jobs", "2"])
+    captured = capsys.readouterr()
+    assert code == 1 and "index 321" in captured.out + captured.err

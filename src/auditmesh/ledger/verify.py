@@ -51,8 +51,9 @@ Progress = Callable[[int, int], None]
 OpenReader = Callable[[], LogReader]
 """Opens the same log again, in a worker process: must be picklable (e.g. a partial)."""
 
-SEGMENT_BITS = 16
-"""Entries are verified in aligned segments of 2^16 (a level-2 tile's span of leaves)."""
+SEGMENT_BITS = 14
+"""Entries are verified in aligned segments of 2^14: about 16 MiB of entries in memory at a
+time per process, and enough segments to keep every worker busy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ def verify_log(
     progress: Progress | None = None,
     jobs: int = 1,
     open_reader: OpenReader | None = None,
-    segment_bits: int = SEGMENT_BITS,
+    segment_bits: int | None = None,
 ) -> VerifyReport:
     """Verify everything; with `jobs` > 1 and `open_reader`, segments run in that many
     worker processes (each opens the log with `open_reader`) and are combined in order, so
@@ -92,6 +93,8 @@ def verify_log(
     for checkpoint in checkpoints:
         if checkpoint.size == 0:
             _check_root(checkpoint, merkle.EMPTY_ROOT)
+    if segment_bits is None:
+        segment_bits = SEGMENT_BITS
     width = 1 << segment_bits
     bounds = [(start, min(start + width, size)) for start in range(0, size, width)]
     cuts = [sorted({c.size for c in checkpoints if start < c.size <= end}) for start, end in bounds]
@@ -128,24 +131,26 @@ def _segments(
             yield _verify_segment(reader, checker, start, end, at)
         return
     spawn = multiprocessing.get_context("spawn")  # no SQLite handle crosses a fork
-    with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
-        tasks = [
-            (open_reader, start, end, at) for (start, end), at in zip(bounds, cuts, strict=True)
-        ]
-        yield from pool.map(_segment_in_worker, tasks)
+    with ProcessPoolExecutor(
+        jobs, mp_context=spawn, initializer=_open_in_worker, initargs=(open_reader,)
+    ) as pool:
+        starts, ends = zip(*bounds, strict=True)
+        yield from pool.map(_segment_in_worker, starts, ends, cuts)
 
 
-_WORKER_READER: tuple[OpenReader, LogReader, _TileChecker] | None = None
+_WORKER: tuple[LogReader, _TileChecker] | None = None  # one per worker process
 
 
-def _segment_in_worker(task: tuple[OpenReader, int, int, list[int]]) -> _Segment:
-    global _WORKER_READER
-    open_reader, start, end, at = task
-    if _WORKER_READER is None or _WORKER_READER[0] != open_reader:
-        reader = open_reader()
-        _WORKER_READER = (open_reader, reader, _TileChecker(reader))
-    _, reader, checker = _WORKER_READER
-    return _verify_segment(reader, checker, start, end, at)
+def _open_in_worker(open_reader: OpenReader) -> None:
+    global _WORKER
+    reader = open_reader()
+    _WORKER = (reader, _TileChecker(reader))
+
+
+def _segment_in_worker(start: int, end: int, cuts: list[int]) -> _Segment:
+    assert _WORKER is not None, "the pool's initializer opens the reader"
+    reader, checker = _WORKER
+    return _verify_segment(reader, checker, start, end, cuts)
 
 
 def _verify_segment(
