@@ -27,24 +27,40 @@ GROUPS: tuple[str, ...] = (
 )
 
 
+# Commands registered by a group of another name; every other command is its group's name.
+COMMAND_GROUP: dict[str, str] = {"trace": "query", "graph": "query"}
+
+
 class UserError(Exception):
     """A problem the person at the keyboard can fix; printed without a traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(groups: Sequence[str] = GROUPS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="auditmesh",
         description="Tamper-evident audit trail for service-to-service calls.",
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in GROUPS:
+    for name in groups:
         module = importlib.import_module(f"auditmesh.cli.{name}")
         module.register(sub)
     return parser
 
 
+def groups_for(argv: Sequence[str]) -> tuple[str, ...]:
+    """Only the group of the command asked for: importing every group (the server, the demo,
+    the sidecar and their libraries) costs about a second before any command starts."""
+    if argv and not argv[0].startswith("-"):
+        group = COMMAND_GROUP.get(argv[0], argv[0])
+        if group in GROUPS:
+            return (group,)
+    return GROUPS  # --help, no command, or an unknown one: the full list
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(groups_for(argv))
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

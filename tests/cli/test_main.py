@@ -1,0 +1,57 @@
+"""The entry point builds only the command group asked for, and everything for --help."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from auditmesh.cli.main import GROUPS, build_parser, groups_for
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+@pytest.mark.parametrize(
+    ("argv", "groups"),
+    [
+        (["log", "verify"], ("log",)),
+        (["trace", "abc"], ("query",)),
+        (["graph"], ("query",)),
+        (["query", "--dest", "x"], ("query",)),
+        (["--help"], GROUPS),
+        ([], GROUPS),
+        (["nosuch"], GROUPS),
+    ],
+)
+def test_groups_for_a_command(argv: list[str], groups: tuple[str, ...]) -> None:
+    assert groups_for(argv) == groups
+
+
+def test_every_command_is_in_the_group_built_for_it() -> None:
+    commands = _commands(build_parser())
+    assert {"demo", "server", "log", "trace", "graph", "export"} <= commands
+    for command in commands:
+        assert command in _commands(build_parser(groups_for([command]))), command
+
+
+def test_a_command_does_not_import_the_others() -> None:
+    code = (
+        "import sys\n"
+        "from auditmesh.cli.main import main\n"
+        "main(['log', 'checkpoint', '--data', sys.argv[1]])\n"
+        "print('auditmesh.server.app' in sys.modules, 'auditmesh.cli.log' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "/nonexistent/auditmesh-data"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "False True", done.stdout + done.stderr
