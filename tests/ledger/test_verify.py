@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from auditmesh.cli.main import main
+from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger, open_reader
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier, generate_key
@@ -255,3 +256,26 @@ def test_cli_verifies_in_worker_processes(
     code = main(["log", "verify", "--data", str(data_dir), "--quiet", "--jobs", "2"])
     captured = capsys.readouterr()
     assert code == 1 and "index 321" in captured.out + captured.err
+
+
+@pytest.mark.parametrize("segment_bits", [1, 2, 3, 4, 6])
+def test_checkpoints_on_and_off_segment_boundaries(tmp_path: Path, segment_bits: int) -> None:
+    """Checkpoint sizes at, just before and just after segment edges, and a last segment that
+    is full or partial: each signed root is rebuilt from the segments' compact ranges."""
+    events = generate(70)
+    ledger = open_ledger(tmp_path / "data", origin="test.auditmesh/log")
+    try:
+        for cut in (1, 7, 8, 9, 16, 31, 32, 33, 64, 70):
+            ledger.log.append([entry_of(e) for e in events[ledger.log.size : cut]])
+            ledger.log.checkpoint()
+        report = verify_log(
+            StoreReader(ledger.store), ledger.log.verifier, segment_bits=segment_bits
+        )
+        assert (report.size, report.checkpoints) == (70, 10)
+        ledger.store._writer.execute(  # a root that is wrong at one of those sizes is caught
+            "UPDATE checkpoints SET root = zeroblob(32) WHERE size = 32"
+        )
+        with pytest.raises(VerificationError, match="checkpoint row 32"):
+            verify_log(StoreReader(ledger.store), ledger.log.verifier, segment_bits=segment_bits)
+    finally:
+        ledger.close()

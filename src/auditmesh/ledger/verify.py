@@ -107,11 +107,14 @@ def verify_log(
     )
     by_size = {c.size: c for c in checkpoints}
     for segment in _segments(reader, open_reader, jobs, bounds, cuts):
-        for cut, local in segment.cuts.items():
-            root = merkle.TreeBuilder.from_compact_range(cut, top.compact_range + local).root()
-            _check_root(by_size[cut], root)
+        before = top.compact_range  # the tree [0, segment.start), in perfect subtrees
         if segment.end - segment.start == width:  # a full segment: its root, one level up
             top.append(segment.compact[0])
+        for cut, local in segment.cuts.items():
+            # At the end of a full segment its root has merged with `before`'s right edge.
+            hashes = top.compact_range if cut == segment.start + width else before + local
+            root = merkle.TreeBuilder.from_compact_range(cut, hashes).root()
+            _check_root(by_size[cut], root)
         if progress is not None:
             progress(segment.end, size)
     tile_checker.check_edge(size)
