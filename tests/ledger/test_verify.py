@@ -14,6 +14,7 @@ import pytest
 from auditmesh.cli.main import main
 from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger, open_reader
+from auditmesh.ledger.checkpoint import Checkpoint, sign_checkpoint
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier, generate_key
 from auditmesh.ledger.verify import verify_log
@@ -80,6 +81,21 @@ def flip_interior_node(d: Path) -> None:
         nodes = bytearray(nodes)
         nodes[(94 + 47 + 4) * 32] ^= 1  # width 188: 94 nodes at level 1, 47 at level 2
         db.execute("UPDATE tiles SET nodes = ? WHERE level = 0 AND idx = 2", (bytes(nodes),))
+
+
+def truncate_interior_nodes(d: Path) -> None:
+    """A full tile in the middle, not the edge: its node cache cut at a level boundary."""
+    sql(d, "UPDATE tiles SET nodes = substr(nodes, 1, 4096) WHERE level = 0 AND idx = 0")
+
+
+def flip_top_interior_node(d: Path) -> None:
+    """Level 8 of a full tile: the same hash as its entry in the level-1 tile above."""
+    with sqlite3.connect(d / "ledger.db") as db:
+        (nodes,) = db.execute("SELECT nodes FROM tiles WHERE level = 0 AND idx = 1").fetchone()
+        db.execute(
+            "UPDATE tiles SET nodes = ? WHERE level = 0 AND idx = 1",
+            (bytes(nodes)[:-32] + bytes(32),),
+        )
 
 
 def flip_checkpoint_note(d: Path) -> None:
@@ -149,6 +165,8 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
     "leaf hash": (flip_leaf_hash, "tile/0/001 entry 5"),
     "higher tile": (flip_level1_tile, "tile/1/000 entry 1"),
     "interior node": (flip_interior_node, "tile/0/002 node 3/4"),
+    "interior nodes cut short": (truncate_interior_nodes, "tile/0/000 nodes"),
+    "top interior node": (flip_top_interior_node, "tile/0/001 node 8/0"),
     "checkpoint note": (flip_checkpoint_note, "checkpoint row 500"),
     "checkpoint signature": (flip_checkpoint_signature, "checkpoint #2"),
     "checkpoint root column": (flip_checkpoint_root, "checkpoint row 250"),
@@ -277,5 +295,21 @@ def test_checkpoints_on_and_off_segment_boundaries(tmp_path: Path, segment_bits:
         )
         with pytest.raises(VerificationError, match="checkpoint row 32"):
             verify_log(StoreReader(ledger.store), ledger.log.verifier, segment_bits=segment_bits)
+    finally:
+        ledger.close()
+
+
+def test_two_checkpoints_of_one_size_must_both_match(data_dir: Path) -> None:
+    """Equivocation: a second note, validly signed, for a size already checkpointed."""
+    ledger = open_ledger(data_dir, create=False)
+    try:
+        forged = sign_checkpoint(
+            Checkpoint("test.auditmesh/log", 500, b"\x11" * 32), ledger.log._signer
+        )
+        reader = StoreReader(ledger.store)
+        notes = reader.checkpoint_notes()
+        reader.checkpoint_notes = lambda: [notes[0], forged, *notes[1:]]  # type: ignore[method-assign]
+        with pytest.raises(VerificationError, match="checkpoint at size 500"):
+            verify_log(reader, ledger.log.verifier)
     finally:
         ledger.close()

@@ -52,8 +52,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument(
         "--jobs",
         type=int,
-        default=os.cpu_count() or 1,
-        help="worker processes for a local ledger (default: one per CPU, %(default)s here)",
+        default=len(os.sched_getaffinity(0)),
+        help="worker processes for a local ledger (default: one per CPU it may use, "
+        "%(default)s here)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(func=run_verify)

@@ -105,7 +105,9 @@ def verify_log(
             level + segment_bits, first, hashes
         )
     )
-    by_size = {c.size: c for c in checkpoints}
+    by_size: dict[int, list[Checkpoint]] = {}  # two notes of one size must both match
+    for checkpoint in checkpoints:
+        by_size.setdefault(checkpoint.size, []).append(checkpoint)
     for segment in _segments(reader, open_reader, jobs, bounds, cuts):
         before = top.compact_range  # the tree [0, segment.start), in perfect subtrees
         if segment.end - segment.start == width:  # a full segment: its root, one level up
@@ -114,7 +116,8 @@ def verify_log(
             # At the end of a full segment its root has merged with `before`'s right edge.
             hashes = top.compact_range if cut == segment.start + width else before + local
             root = merkle.TreeBuilder.from_compact_range(cut, hashes).root()
-            _check_root(by_size[cut], root)
+            for checkpoint in by_size[cut]:
+                _check_root(checkpoint, root)
         if progress is not None:
             progress(segment.end, size)
     tile_checker.check_edge(size)
@@ -233,6 +236,28 @@ def _read(reader: LogReader, level: int, index: int) -> tiles.StoredTile:
     return got if isinstance(got, tiles.StoredTile) else tiles.StoredTile(bytes(got))
 
 
+def _well_formed(tile: tiles.StoredTile, key: tuple[int, int]) -> tiles.StoredTile:
+    """A whole number of hashes, at most 256, and interior nodes (when kept) that fit them:
+    a proof through any other tile would fail, so verify must too."""
+    path = tiles.tile_path(*key)
+    width, rest = divmod(len(tile.hashes), HASH)
+    if rest or width > tiles.TILE_WIDTH:
+        raise VerificationError(
+            "stored tile is not a whole number of hashes, at most 256",
+            expected=f"a multiple of {HASH} up to {tiles.TILE_WIDTH * HASH} bytes",
+            computed=len(tile.hashes),
+            where=path,
+        )
+    if tile.nodes and len(tile.nodes) != tiles.interior_size(width):
+        raise VerificationError(
+            "a tile's interior nodes do not fit its width",
+            expected=tiles.interior_size(width),
+            computed=len(tile.nodes),
+            where=f"{path} nodes",
+        )
+    return tile
+
+
 class _TileChecker:
     """Compares recomputed hashes with the stored tiles (and the interior nodes kept with
     them), one tile read at a time."""
@@ -247,7 +272,7 @@ class _TileChecker:
         key = (level, index)
         tile = self._cached.get(key)
         if tile is None:
-            tile = self._cached[key] = _read(self._reader, level, index)
+            tile = self._cached[key] = _well_formed(_read(self._reader, level, index), key)
             if len(self._cached) > self._cache_tiles:
                 self._cached.popitem(last=False)
         return tile
@@ -273,6 +298,17 @@ class _TileChecker:
                     at = (node - tile_index * per_tile) * HASH
                     self._differs(level, node, stored[at : at + HASH], hashes[node - first])
             position = stop
+        if k == 0 and tile_level > 0:  # each is also the top node (8/0) of a tile below
+            for node in range(first, end):
+                below = self._tile(tile_level - 1, node)
+                top = tiles.interior_level(below, tiles.TILE_HEIGHT)
+                if top and top != hashes[node - first]:
+                    raise VerificationError(
+                        "stored interior node differs from the tile hash recomputed above it",
+                        expected=top,
+                        computed=hashes[node - first],
+                        where=f"{tiles.tile_path(tile_level - 1, node)} node 8/0",
+                    )
 
     def _differs(self, level: int, node: int, stored: bytes, computed: bytes) -> None:
         if stored == computed:
