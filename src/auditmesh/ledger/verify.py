@@ -337,7 +337,7 @@ class _TileChecker:
             width_leaves = 1 << (level * tiles.TILE_HEIGHT)
             count = size // width_leaves  # complete hashes at this tile level
             tile_index, used = divmod(count, tiles.TILE_WIDTH)
-            tile = _read(self._reader, level, tile_index)
+            tile = _read(self._reader, level, tile_index)  # fresh: it may have grown
             if len(tile.hashes) > used * HASH:
                 raise VerificationError(
                     "a tile holds hashes beyond the end of the log",
@@ -345,14 +345,7 @@ class _TileChecker:
                     computed=len(tile.hashes) // HASH,
                     where=tiles.tile_path(level, tile_index),
                 )
-            width = len(tile.hashes) // HASH
-            if tile.nodes and len(tile.nodes) != tiles.interior_size(width):
-                raise VerificationError(
-                    "a tile's interior nodes do not fit its width",
-                    expected=tiles.interior_size(width),
-                    computed=len(tile.nodes),
-                    where=f"{tiles.tile_path(level, tile_index)} nodes",
-                )
+            _well_formed(tile, (level, tile_index))
             if count == 0:
                 return
             level += 1
