@@ -31,6 +31,7 @@ __all__ = [
     "TileHashSource",
     "TileNotFoundError",
     "TileRef",
+    "checked_tile",
     "decode_entry_bundle",
     "interior_level",
     "interior_size",
@@ -319,6 +320,12 @@ def _fetch(read_tile: ReadTile, level: int, index: int) -> StoredTile:
         raise TileNotFoundError(
             f"tile/{level}/{_encode_index(index)} is not stored", level=level, index=index
         ) from exc
+    return checked_tile(got, level, index)
+
+
+def checked_tile(got: bytes | StoredTile, level: int, index: int) -> StoredTile:
+    """What a read returned, as a StoredTile whose shape holds: a whole number of hashes, at
+    most 256, and interior nodes (when kept) that fit them; VerificationError otherwise."""
     tile = got if isinstance(got, StoredTile) else StoredTile(bytes(got))
     if len(tile.hashes) % HASH_SIZE or len(tile.hashes) > _FULL_BYTES:
         raise VerificationError(

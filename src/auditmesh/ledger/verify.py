@@ -108,7 +108,7 @@ def verify_log(
     by_size: dict[int, list[Checkpoint]] = {}  # two notes of one size must both match
     for checkpoint in checkpoints:
         by_size.setdefault(checkpoint.size, []).append(checkpoint)
-    for segment in _segments(reader, open_reader, jobs, bounds, cuts):
+    for segment in _segments(reader, tile_checker, open_reader, jobs, bounds, cuts):
         before = top.compact_range  # the tree [0, segment.start), in perfect subtrees
         if segment.end - segment.start == width:  # a full segment: its root, one level up
             top.append(segment.compact[0])
@@ -126,13 +126,13 @@ def verify_log(
 
 def _segments(
     reader: LogReader,
+    checker: _TileChecker,
     open_reader: OpenReader | None,
     jobs: int,
     bounds: list[tuple[int, int]],
     cuts: list[list[int]],
 ) -> Iterator[_Segment]:
     if jobs <= 1 or open_reader is None or len(bounds) < 2:
-        checker = _TileChecker(reader)
         for (start, end), at in zip(bounds, cuts, strict=True):
             yield _verify_segment(reader, checker, start, end, at)
         return
@@ -232,30 +232,8 @@ def _check_root(checkpoint: Checkpoint, computed: bytes) -> None:
 
 
 def _read(reader: LogReader, level: int, index: int) -> tiles.StoredTile:
-    got = reader.read_tile(level, index)
-    return got if isinstance(got, tiles.StoredTile) else tiles.StoredTile(bytes(got))
-
-
-def _well_formed(tile: tiles.StoredTile, key: tuple[int, int]) -> tiles.StoredTile:
-    """A whole number of hashes, at most 256, and interior nodes (when kept) that fit them:
-    a proof through any other tile would fail, so verify must too."""
-    path = tiles.tile_path(*key)
-    width, rest = divmod(len(tile.hashes), HASH)
-    if rest or width > tiles.TILE_WIDTH:
-        raise VerificationError(
-            "stored tile is not a whole number of hashes, at most 256",
-            expected=f"a multiple of {HASH} up to {tiles.TILE_WIDTH * HASH} bytes",
-            computed=len(tile.hashes),
-            where=path,
-        )
-    if tile.nodes and len(tile.nodes) != tiles.interior_size(width):
-        raise VerificationError(
-            "a tile's interior nodes do not fit its width",
-            expected=tiles.interior_size(width),
-            computed=len(tile.nodes),
-            where=f"{path} nodes",
-        )
-    return tile
+    """A stored tile whose shape holds (a proof through any other tile would fail)."""
+    return tiles.checked_tile(reader.read_tile(level, index), level, index)
 
 
 class _TileChecker:
@@ -272,7 +250,7 @@ class _TileChecker:
         key = (level, index)
         tile = self._cached.get(key)
         if tile is None:
-            tile = self._cached[key] = _well_formed(_read(self._reader, level, index), key)
+            tile = self._cached[key] = _read(self._reader, level, index)
             if len(self._cached) > self._cache_tiles:
                 self._cached.popitem(last=False)
         return tile
@@ -345,7 +323,6 @@ class _TileChecker:
                     computed=len(tile.hashes) // HASH,
                     where=tiles.tile_path(level, tile_index),
                 )
-            _well_formed(tile, (level, tile_index))
             if count == 0:
                 return
             level += 1
