@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,12 +15,45 @@ from types import TracebackType
 
 import httpx
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback TCP port nobody listens on, for a child to bind a moment later.
+
+    Drawn below the kernel's ephemeral range: a port the kernel picked (`bind(0)`) can be
+    given again to any outgoing connection's source before the child binds it, which failed
+    one test run in several with "address already in use". Ports below the range are only
+    ever taken by an explicit bind, and this process never hands out the same one twice.
+    """
+    low = _ephemeral_low()
+    start = max(1024, low // 2)  # unprivileged
+    for _ in range(200 if start < low else 0):
+        port = random.randrange(start, low)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as sock:  # no room below the range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default (net.ipv4.ip_local_port_range)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class ServerProcess:
