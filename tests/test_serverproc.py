@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 import pytest
@@ -26,10 +27,8 @@ def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
         busy.listen()
         taken = busy.getsockname()[1]
         draws = iter([taken, taken])
-        real = serverproc.random.randrange
-        monkeypatch.setattr(
-            serverproc.random, "randrange", lambda a, b: next(draws, None) or real(a, b)
-        )
+        real = random.randrange
+        monkeypatch.setattr(random, "randrange", lambda a, b: next(draws, None) or real(a, b))
         port = serverproc.free_port()
         assert port != taken
 
