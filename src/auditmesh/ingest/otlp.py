@@ -41,9 +41,9 @@ import dataclasses
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -93,6 +93,7 @@ UNKNOWN_SERVICE = "unknown_service"
 
 Encoding: TypeAlias = Literal["protobuf", "json"]
 Signal: TypeAlias = Literal["traces", "logs"]
+R = TypeVar("R")  # a span or a log record
 
 _MAX_REASONS = 5
 _MAX_REPORTER = 2048
@@ -246,40 +247,44 @@ def map_request(request: ExportTraceServiceRequest | ExportLogsServiceRequest) -
 
 
 def map_traces(request: ExportTraceServiceRequest) -> Mapped:
-    mapped = Mapped("traces")
-    for resource_spans in request.resource_spans:
-        origin = _Origin.of(resource_spans.resource)
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                try:
-                    event = span_event(span, origin)
-                except Unmappable as exc:
-                    mapped.reject(f"span {span.name[:80]!r}: {exc}")
-                    continue
-                if event is None:
-                    mapped.skipped += 1
-                else:
-                    mapped.events.append(event)
-    return mapped
+    spans = _records(request.resource_spans, "scope_spans", "spans")
+    return _map("traces", spans, span_event, lambda _, span: f"span {span.name[:80]!r}")
 
 
 def map_logs(request: ExportLogsServiceRequest) -> Mapped:
-    mapped = Mapped("logs")
-    position = 0
-    for resource_logs in request.resource_logs:
-        origin = _Origin.of(resource_logs.resource)
-        for scope_logs in resource_logs.scope_logs:
-            for record in scope_logs.log_records:
-                position += 1
-                try:
-                    event = log_event(record, origin)
-                except Unmappable as exc:
-                    mapped.reject(f"log record #{position}: {exc}")
-                    continue
-                if event is None:
-                    mapped.skipped += 1
-                else:
-                    mapped.events.append(event)
+    records = _records(request.resource_logs, "scope_logs", "log_records")
+    return _map("logs", records, log_event, lambda position, _: f"log record #{position}")
+
+
+def _records(resources: Iterable[Any], scopes: str, items: str) -> Iterator[tuple[Any, _Origin]]:
+    """Each span or log record with its resource's origin: resource → scope → item, the
+    same nesting in trace.proto and logs.proto under other field names."""
+    for resource_items in resources:
+        origin = _Origin.of(resource_items.resource)
+        for scope_items in getattr(resource_items, scopes):
+            for item in getattr(scope_items, items):
+                yield item, origin
+
+
+def _map(
+    signal: Signal,
+    records: Iterable[tuple[R, _Origin]],
+    convert: Callable[[R, _Origin], AuditEvent | None],
+    name: Callable[[int, R], str],
+) -> Mapped:
+    """Events of the records that are audit data; the others skipped (None) or rejected
+    with a reason naming the record (`name(position, record)`, position from 1)."""
+    mapped = Mapped(signal)
+    for position, (record, origin) in enumerate(records, start=1):
+        try:
+            event = convert(record, origin)
+        except Unmappable as exc:
+            mapped.reject(f"{name(position, record)}: {exc}")
+            continue
+        if event is None:
+            mapped.skipped += 1
+        else:
+            mapped.events.append(event)
     return mapped
 
 
