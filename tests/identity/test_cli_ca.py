@@ -119,3 +119,15 @@ def test_issue_errors(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     garbage.write_text("not a csr")
     assert main(["ca", "issue", "--id", ID, "--csr", str(garbage), "--data", str(data)]) == 2
     assert "not a PEM certificate signing request" in capsys.readouterr().err
+
+
+def test_the_commands_as_the_issue_writes_them_use_the_default_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ca init --trust-domain TD` then `ca token --id … --ttl 10m`, no --data: the same
+    ./auditmesh-data as `auditmesh server` and `auditmesh log` use."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["ca", "init", "--trust-domain", "example.org"]) == 0
+    assert main(["ca", "token", "--id", ID, "--ttl", "10m"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    assert JoinTokens(tmp_path / "auditmesh-data").redeem(token, datetime.now(UTC)) == parse(ID)

@@ -1,1 +1,15 @@
 """Command-line interface: one module per command group, each with ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_DATA = Path("auditmesh-data")
+"""Where every command finds the server's data directory unless told (`--data DIR`)."""
+
+
+def add_data_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help=f"data directory (default ./{DEFAULT_DATA})"
+    )

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import open_ledger
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create = bundle_sub.add_parser(
         "create", help="events selected by a query, with proofs, in one zip file"
     )
-    create.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    add_data_arg(create)
     create.add_argument("-o", "--output", type=Path, required=True, help="bundle file (.zip)")
     create.add_argument("--source", help="caller SPIFFE ID")
     create.add_argument("--dest", help="callee SPIFFE ID")

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, init_ca
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     init = commands.add_parser("init", help="create the mesh CA (ECDSA P-256)")
     init.add_argument("--trust-domain", required=True, help="e.g. cluster.local")
-    _data_arg(init)
+    add_data_arg(init)
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(func=_cmd_init)
 
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     token.add_argument(
         "--ttl", default=_show_duration(DEFAULT_TOKEN_TTL), help="validity, e.g. 10m (default)"
     )
-    _data_arg(token)
+    add_data_arg(token)
     token.set_defaults(func=_cmd_token)
 
     issue = commands.add_parser("issue", help="sign an X.509-SVID for a CSR (PEM)")
@@ -42,16 +43,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--ttl", default=_show_duration(DEFAULT_SVID_TTL), help="validity (default 24h)"
     )
     issue.add_argument("--out", type=Path, help="write the certificate here (default stdout)")
-    _data_arg(issue)
+    add_data_arg(issue)
     issue.set_defaults(func=_cmd_issue)
 
     bundle = commands.add_parser("bundle", help="print the trust bundle (PEM)")
-    _data_arg(bundle)
+    add_data_arg(bundle)
     bundle.set_defaults(func=_cmd_bundle)
-
-
-def _data_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="auditmesh data directory")
 
 
 def _show_duration(value: timedelta) -> str:

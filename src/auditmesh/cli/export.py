@@ -20,6 +20,7 @@ from typing import IO
 
 import msgspec
 
+from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
@@ -105,7 +106,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _add_reading(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    add_data_arg(parser)
     parser.add_argument("--follow", action="store_true", help="keep polling for new events")
     parser.add_argument(
         "--poll", type=float, default=1.0, metavar="SECONDS", help="poll interval with --follow"

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from auditmesh.analysis.findings import Finding, detect
+from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "range) and report what stands out, with the events that show it."
         ),
     )
-    parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    add_data_arg(parser)
     parser.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time (default: all)")
     parser.add_argument("--until", help="15m, 2h, 7d or an RFC 3339 time (default: now)")
     parser.add_argument("--format", choices=("table", "json"), default="table")

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from auditmesh.cli import DEFAULT_DATA, add_data_arg
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog, ServerError
 from auditmesh.datadir import Ledger, open_ledger, open_reader
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     prove = log_sub.add_parser("prove", help="write a C2SP tlog-proof for one event")
     prove.add_argument("event_id", metavar="EVENT_ID")
-    prove.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    add_data_arg(prove)
     prove.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     prove.set_defaults(func=run_prove)
 
@@ -68,7 +69,7 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
 
 def _open(data: Path | None) -> Ledger:
     try:
-        return open_ledger(data or Path("auditmesh-data"), create=False)
+        return open_ledger(data or DEFAULT_DATA, create=False)
     except StoreError as exc:
         raise UserError(str(exc)) from None
 
@@ -140,7 +141,7 @@ def run_verify(args: argparse.Namespace) -> int:
             vkey = args.key
         else:
             try:
-                ledger = open_ledger(args.data or Path("auditmesh-data"), create=False)
+                ledger = open_ledger(args.data or DEFAULT_DATA, create=False)
             except StoreError as exc:
                 console.print(f"[bold red]FAILED[/]: cannot read the log: {exc}")
                 return 1

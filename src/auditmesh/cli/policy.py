@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
@@ -317,7 +318,7 @@ def _recorded_args(parser: argparse.ArgumentParser) -> None:
         help="start of the window: a duration before now (15m, 24h, 7d) or an RFC 3339 time",
     )
     parser.add_argument("--until", metavar="WHEN", help="end of the window (default: now)")
-    parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    add_data_arg(parser)
     parser.add_argument("--workloads", type=Path, metavar="FILE", help=WORKLOADS_HELP)
 
 

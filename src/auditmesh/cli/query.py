@@ -29,6 +29,7 @@ from rich.tree import Tree
 from auditmesh.analysis import graph, trace
 from auditmesh.analysis.query import DECISIONS, KINDS, ORDERS, Query, QueryError, run
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
+from auditmesh.cli import DEFAULT_DATA
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
@@ -109,7 +110,7 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
 @contextmanager
 def _ledger(data: Path | None) -> Iterator[Ledger]:
     try:
-        ledger = open_ledger(data or Path("auditmesh-data"), create=False)
+        ledger = open_ledger(data or DEFAULT_DATA, create=False)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     try:

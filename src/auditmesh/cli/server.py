@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
 from auditmesh.identity.tokens import parse_ttl
 from auditmesh.server.run import parse_listen, serve
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the audit server (API, ledger, tlog-tiles)",
         description="Run the audit server on the data directory's ledger.",
     )
-    parser.add_argument("--data", type=Path, default=Path("auditmesh-data"), help="data directory")
+    add_data_arg(parser)
     parser.add_argument("--listen", default="127.0.0.1:7600", help="HOST:PORT to serve on")
     parser.add_argument(
         "--mesh-listen",
