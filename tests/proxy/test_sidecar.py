@@ -7,15 +7,22 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from auditmesh.identity.workload import key_to_pem
 from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
+from tests.identity.forge import forge_leaf, load_ca_cert, load_ca_key
 from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
+
+NOW = datetime.now(UTC)
 
 pytestmark = pytest.mark.integration
 
@@ -227,6 +234,68 @@ def test_untrusted_client_certificate(mesh: Mesh, ports: dict[str, int], tmp_pat
     except (ssl.SSLError, ConnectionError):
         pass
     assert authn_failures(mesh, "untrusted_certificate")
+
+
+BAD_SVIDS: dict[str, tuple[dict[str, Any], str, str]] = {
+    # name: (forge_leaf arguments, error.type, a word of error.message)
+    "expired": (
+        {"uris": (str(spiffe("orders")),), "not_after": NOW - timedelta(minutes=1)},
+        "expired",
+        "expired at",
+    ),
+    "no URI SAN": ({"dns": ("orders.shop",)}, "uri_san_count", "0 URI SANs"),
+    "two URI SANs": (
+        {"uris": (str(spiffe("orders")), str(spiffe("catalog")))},
+        "uri_san_count",
+        "2 URI SANs",
+    ),
+    "wrong trust domain": (
+        {"uris": ("spiffe://evil.example/ns/shop/sa/orders",)},
+        "wrong_trust_domain",
+        "trust domain",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SVIDS))
+def test_bad_certificate_matrix_over_real_tls(
+    mesh: Mesh, ports: dict[str, int], tmp_path: Path, case: str
+) -> None:
+    """Certificates signed by the mesh's own CA but not valid X.509-SVIDs: each connection is
+    refused, and its authn event records what was presented (hash, expiry, names)."""
+    arguments, reason, words = BAD_SVIDS[case]
+    key = ec.generate_private_key(ec.SECP256R1())
+    not_before = NOW - timedelta(days=2) if case == "expired" else None
+    leaf = forge_leaf(
+        load_ca_cert(mesh.data),
+        load_ca_key(mesh.data),
+        now=NOW,
+        key=key,
+        not_before=not_before,
+        **arguments,
+    )
+    cert, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key_to_pem(key))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with tls_to(mesh, ports["pay_in"], (cert, key_file)) as conn:
+            conn.sendall(b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n")
+            if not conn.recv(100):
+                raise ConnectionResetError("closed without an answer")
+    fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+    [event] = mesh.wait_events(
+        lambda e: e["kind"] == "authn" and e.get("tls", {}).get("peer_cert_sha256") == fingerprint
+    )
+    assert event["outcome"] == "failure" and event["error"]["type"] == reason
+    assert words in event["error"]["message"]
+    assert event["tls"]["peer_not_after"] == int(leaf.not_valid_after_utc.timestamp())
+    assert "mutual" not in event["tls"] and event["tls"]["version"] == "TLSv1.3"  # false: omitted
+    presented = event["labels"]
+    assert presented["presented.subject"] == leaf.subject.rfc4514_string()
+    assert presented["presented.issuer"] == load_ca_cert(mesh.data).subject.rfc4514_string()
+    for uri in arguments.get("uris", ()):
+        assert f"URI:{uri}" in presented["presented.sans"]
+    assert "identity" not in event["source"]  # nothing was proven
 
 
 def test_malformed_http_gets_400_and_an_event(mesh: Mesh, ports: dict[str, int]) -> None:

@@ -22,6 +22,9 @@ from auditmesh.identity.ca import MeshCA
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import make_csr
 
+X509_V_FLAG_NO_CHECK_TIME = 0x200000
+"""OpenSSL's verify flag (x509_vfy.h, since 1.1.0) that `ssl.VerifyFlags` does not name."""
+
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
@@ -42,10 +45,20 @@ class Credentials:
     def not_after(self) -> datetime:
         return self.certificate.not_valid_after_utc
 
-    def server_context(self, *, require_client_cert: bool) -> ssl.SSLContext:
-        """TLS 1.3 server side; asks for a client SVID (required or optional)."""
+    def server_context(
+        self, *, require_client_cert: bool, defer_time_check: bool = False
+    ) -> ssl.SSLContext:
+        """TLS 1.3 server side; asks for a client SVID (required or optional).
+
+        With `defer_time_check`, OpenSSL leaves the certificates' validity periods alone, so
+        an expired SVID completes the handshake and can be recorded as presented; the caller
+        MUST then validate the chain, time included, before reading a byte
+        (`svid.verify_peer_svid`, as `proxy.accept` does).
+        """
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        if defer_time_check:
+            context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
         return self._finish(context)
 
     def client_context(self) -> ssl.SSLContext:

@@ -18,7 +18,12 @@ from datetime import UTC, datetime
 from cryptography import x509
 
 from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.identity.svid import PeerIdentityError, cert_sha256, verify_peer_svid
+from auditmesh.identity.svid import (
+    PeerIdentityError,
+    PresentedCertificate,
+    cert_sha256,
+    verify_peer_svid,
+)
 
 TLS_HANDSHAKE = 0x16
 STREAM_LIMIT = 256 * 1024
@@ -47,11 +52,22 @@ class NothingSent(Exception):
 
 
 class HandshakeRefused(Exception):
-    """mTLS failed; `reason` is a short code, the message what was presented and why."""
+    """mTLS failed; `reason` is a short code, the message why. `presented` is the client's
+    certificate when the handshake got that far (the sidecar's server context defers the
+    validity-period check to `verify_peer_svid`, so an expired SVID is seen too; a chain
+    OpenSSL cannot verify, or no certificate, leaves only OpenSSL's message)."""
 
-    def __init__(self, reason: str, message: str, *, cert_sha256: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        presented: PresentedCertificate | None = None,
+        version: str | None = None,
+    ) -> None:
         self.reason = reason
-        self.cert_sha256 = cert_sha256
+        self.presented = presented
+        self.version = version
         super().__init__(message)
 
 
@@ -120,11 +136,21 @@ async def accept(
         return Accepted(reader, writer, None, remote)
     ssl_object = transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True)
+    if der is None:  # PERMISSIVE asks for a certificate without requiring one
+        writer.close()
+        raise HandshakeRefused(
+            "no_client_certificate",
+            "TLS without a client certificate: present an X.509-SVID (mTLS), or send "
+            "plaintext to this PERMISSIVE listener",
+            version=ssl_object.version(),
+        )
     try:
         spiffe_id = verify_peer_svid(der, bundle, datetime.now(UTC))
     except PeerIdentityError as exc:
         writer.close()
-        raise HandshakeRefused(exc.reason, str(exc), cert_sha256=cert_sha256(der)) from None
+        raise HandshakeRefused(
+            exc.reason, str(exc), presented=exc.presented, version=ssl_object.version()
+        ) from None
     cert = x509.load_der_x509_certificate(der)
     peer = PeerTLS(
         spiffe_id,

@@ -24,7 +24,7 @@ import msgspec
 from auditmesh.events import TLS, AuditEvent, Authz, Error, Peer, new_event_id
 from auditmesh.identity.agent import IdentityAgent
 from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.identity.svid import PeerIdentityError, verify_peer_svid
+from auditmesh.identity.svid import PeerIdentityError, PresentedCertificate, verify_peer_svid
 from auditmesh.identity.workload import Credentials
 from auditmesh.policy.request import Request as PolicyRequest
 from auditmesh.proxy.accept import HandshakeRefused, NothingSent, accept
@@ -108,7 +108,10 @@ class Sidecar:
 
     def _use(self, credentials: Credentials) -> None:
         self._server_ctx = {
-            required: credentials.server_context(require_client_cert=required)
+            # accept() validates the client's chain, time included, right after the handshake
+            required: credentials.server_context(
+                require_client_cert=required, defer_time_check=True
+            )
             for required in (True, False)
         }
         self._client_ctx = credentials.client_context()
@@ -301,6 +304,7 @@ class Sidecar:
         self, start_ns: int, remote: tuple[str, int], exc: HandshakeRefused
     ) -> AuditEvent:
         ip, port = remote
+        presented = exc.presented
         return AuditEvent(
             id=new_event_id(lambda: start_ns),
             time_ns=start_ns,
@@ -311,10 +315,16 @@ class Sidecar:
             source=Peer(ip=ip, port=port),
             destination=self._local,
             tls=None
-            if exc.cert_sha256 is None
-            else TLS(mutual=False, peer_cert_sha256=exc.cert_sha256),
+            if presented is None
+            else TLS(
+                mutual=False,
+                version=exc.version,
+                peer_cert_sha256=presented.fingerprint_sha256,
+                peer_not_after=max(0, int(presented.not_after.timestamp())),
+            ),
             outcome="failure",
-            error=Error(type=exc.reason, message=str(exc)),
+            error=Error(type=exc.reason, message=str(exc)[:4096]),
+            labels={} if presented is None else presented_labels(presented),
             attested=True,
         )
 
@@ -416,3 +426,15 @@ class Sidecar:
 def _require(context: ssl.SSLContext | None) -> ssl.SSLContext:
     assert context is not None, "credentials are loaded before listeners start"
     return context
+
+
+def presented_labels(presented: PresentedCertificate) -> dict[str, str]:
+    """What a refused client presented, for its `authn` event: names as X.509 has them
+    (RFC 4514 subject and issuer; every SAN, `URI:spiffe://…` among them), not an identity:
+    nothing here was proven."""
+    return {
+        "presented.subject": presented.subject[:1024],
+        "presented.issuer": presented.issuer[:1024],
+        "presented.sans": ", ".join(presented.sans)[:1024],
+        "presented.serial": presented.serial[:1024],
+    }
