@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -161,3 +165,50 @@ def test_identity_agent_joins_persists_and_renews(mesh: Mesh, tmp_path: Path) ->
     key_file = tmp_path / "sidecar" / "identity" / "svid-key.pem"
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert len(seen) == 1
+
+
+class _Impostor(BaseHTTPRequestHandler):
+    """Answers every POST as the server would, but holds a workload's SVID."""
+
+    received: list[str] = []
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.received.append(self.path)
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        body = json.dumps({"certificate": "", "bundle": "", "spiffe_id": ""}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_workload_posing_as_the_server_is_refused(mesh: Mesh, tmp_path: Path) -> None:
+    """Its certificate chains to the mesh CA, but it is not spiffe://TD/auditmesh/server: the
+    agent (join, renewal) and the sidecar's emitter (`identity.server_tls`) hang up right
+    after the handshake, before the join token or a batch is sent."""
+    import asyncio
+
+    from auditmesh.identity.agent import EnrollmentError, IdentityAgent
+
+    impostor = join(mesh, SpiffeId.kubernetes("cluster.local", "shop", "mallory"))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
+    context = impostor.server_context(require_client_cert=False)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        agent = IdentityAgent(tmp_path / "sidecar", url, mesh.bundle())
+        with pytest.raises(EnrollmentError) as refused:
+            asyncio.run(agent.start("a-token-the-impostor-would-steal"))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    message = str(refused.value)
+    assert _Impostor.received == []  # the token never left
+    assert "not the audit server (spiffe://cluster.local/auditmesh/server)" in message
+    assert "spiffe://cluster.local/ns/shop/sa/mallory" in message
+    assert not (tmp_path / "sidecar" / "identity" / "svid.pem").exists()

@@ -20,6 +20,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from auditmesh.fsutil import write_atomic
+from auditmesh.identity.server_tls import server_client
 from auditmesh.identity.svid import PeerIdentityError, make_csr, renew_at, verify_peer_svid
 from auditmesh.identity.workload import Credentials, key_to_pem, new_private_key
 
@@ -126,8 +127,8 @@ class IdentityAgent:
             context = ssl.create_default_context(cadata=self._bundle.decode())
             context.check_hostname = False  # the server is named by its SPIFFE ID
         try:
-            async with httpx.AsyncClient(verify=context, timeout=10) as client:
-                response = await client.post(self._url + path, json=payload)
+            async with server_client(self._url, context, self._bundle, clock=self._clock) as client:
+                response = await client.post(path, json=payload)
         except httpx.HTTPError as exc:
             raise EnrollmentError(f"cannot reach the server at {self._url}: {exc}") from exc
         if response.status_code != 200:

@@ -140,6 +140,12 @@ class SpiffeId:
         return cls(trust_domain, "".join("/" + s for s in segments))
 
     @classmethod
+    def audit_server(cls, trust_domain: str) -> SpiffeId:
+        """The auditmesh server's own ID, ``spiffe://TD/auditmesh/server``: what sidecars
+        check the mesh listener's certificate against (secure naming for the server)."""
+        return cls.from_segments(trust_domain, "auditmesh", "server")
+
+    @classmethod
     def kubernetes(cls, trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
         """The Kubernetes/Istio form ``spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT``."""
         return cls.from_segments(trust_domain, "ns", namespace, "sa", service_account)

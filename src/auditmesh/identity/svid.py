@@ -242,6 +242,15 @@ def verify_peer_svid(
     return peer_id
 
 
+def bundle_trust_domain(trust_bundle: bytes) -> str | None:
+    """The trust domain the bundle's CA names in its own URI SAN (X509-SVID §3.2), if any."""
+    for anchor in load_certificates(trust_bundle):
+        domain = _anchor_trust_domain(anchor)
+        if domain is not None:
+            return domain
+    return None
+
+
 def _anchor_trust_domain(anchor: x509.Certificate) -> str | None:
     """The trust domain of a signing certificate's own SVID (X509-SVID §3.2), if it has one."""
     for uri in describe_certificate(anchor).uri_sans:

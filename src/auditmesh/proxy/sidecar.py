@@ -23,6 +23,7 @@ import msgspec
 
 from auditmesh.events import TLS, AuditEvent, Authz, Error, Peer, new_event_id
 from auditmesh.identity.agent import IdentityAgent
+from auditmesh.identity.server_tls import server_client
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import PeerIdentityError, PresentedCertificate, verify_peer_svid
 from auditmesh.identity.workload import Credentials
@@ -131,9 +132,7 @@ class Sidecar:
             asyncio.ensure_future(old.aclose())
 
     def _server_client(self, credentials: Credentials) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.config.server.url, verify=credentials.client_context(), timeout=10
-        )
+        return server_client(self.config.server.url, credentials.client_context(), self.bundle)
 
     def _start_policies(self, path: Path) -> None:
         inbound = self.config.inbound

@@ -92,7 +92,7 @@ def _mesh_server(
     """The mTLS listener for sidecars, with the server's own SVID from the mesh CA; `reads`
     are the API's event reads, open here to mesh client certificates (server/api_auth.py)."""
     ca = MeshCA.load(data_dir)
-    server_id = SpiffeId.from_segments(ca.trust_domain, "auditmesh", "server")
+    server_id = SpiffeId.audit_server(ca.trust_domain)
     credentials = self_issue(ca, server_id, datetime.now(UTC), timedelta(days=7))
     api = MeshApi(data_dir, ca, collector, server_id, svid_ttl=svid_ttl, metrics=metrics)
     app = create_mesh_app(api)
