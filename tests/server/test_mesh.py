@@ -19,7 +19,7 @@ from cryptography import x509
 
 from auditmesh.datadir import open_ledger
 from auditmesh.events import AuditEvent, encode_ndjson
-from auditmesh.identity.ca import init_ca
+from auditmesh.identity.ca import MeshCA, init_ca
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import make_csr
 from auditmesh.identity.tokens import JoinTokens
@@ -138,6 +138,35 @@ def test_issuance_and_refusals_are_audit_events(mesh: Mesh) -> None:
     finally:
         ledger.close()
     assert "svid_issued" in actions and "join_token_refused" in actions
+
+
+def test_refused_renewals_are_audit_events(mesh: Mesh) -> None:
+    """An SVID that expired (the TLS handshake completes; the server refuses it with the
+    reason) and a bad CSR from a valid SVID: both answered and both recorded."""
+    key = new_private_key()
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    expired_pem = MeshCA.load(mesh.data).issue_svid(
+        make_csr(key), ORDERS, timedelta(minutes=5), now=long_ago
+    )
+    expired = Credentials(ORDERS, key_to_pem(key), expired_pem, mesh.bundle())
+    csr = make_csr(new_private_key()).decode()
+    with httpx.Client(base_url=mesh.mesh_url, verify=expired.client_context()) as client:
+        refused = client.post("/v1/identity/renew", json={"csr": csr})
+    assert refused.status_code == 403 and "expired" in refused.json()["error"]
+    with httpx.Client(base_url=mesh.mesh_url, verify=join(mesh, ORDERS).client_context()) as c:
+        bad_csr = c.post("/v1/identity/renew", json={"csr": "not a CSR"})
+    assert bad_csr.status_code == 400
+    ledger = open_ledger(mesh.data, create=False)
+    try:
+        events = [msgspec.json.decode(d) for _, d in ledger.store.entries(0, ledger.store.size())]
+    finally:
+        ledger.close()
+    by_action = {e["labels"].get("identity.action"): e for e in events}
+    certificate = by_action["renew_certificate_refused"]
+    assert certificate["kind"] == "authn" and certificate["outcome"] == "failure"
+    assert "expired" in certificate["error"]["message"]
+    csr_refused = by_action["renew_csr_refused"]
+    assert csr_refused["source"]["identity"] == str(ORDERS)
 
 
 def test_identity_agent_joins_persists_and_renews(mesh: Mesh, tmp_path: Path) -> None:

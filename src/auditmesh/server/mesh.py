@@ -159,8 +159,14 @@ class MeshApi:
         return self._issued(spiffe_id, cert)
 
     async def renew(self, request: Request) -> Response:
+        client = request.client.host if request.client else None
         peer = _peer(request)
         if isinstance(peer, Response):
+            refused = request.scope.get("extensions", {}).get("tls", {}).get(PEER_KEY)
+            if isinstance(refused, PeerIdentityError):  # e.g. an SVID that expired: audited
+                await self._audit(
+                    None, "renew_certificate_refused", failure=str(refused), client=client
+                )
             return peer
         try:
             body = msgspec.json.decode(await read_limited(request, 64 * 1024), type=_RenewRequest)
@@ -169,8 +175,9 @@ class MeshApi:
         try:
             cert = self.ca.issue_svid(body.csr.encode(), peer, self.svid_ttl, now=datetime.now(UTC))
         except (CAError, ValueError) as exc:
+            await self._audit(str(peer), "renew_csr_refused", failure=str(exc), client=client)
             return _error(400, f"CSR refused: {exc}")
-        await self._audit(str(peer), "svid_renewed", cert_pem=cert)
+        await self._audit(str(peer), "svid_renewed", cert_pem=cert, client=client)
         return self._issued(peer, cert)
 
     def _issued(self, spiffe_id: SpiffeId, cert: bytes) -> Response:
