@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -23,7 +22,6 @@ from auditmesh.cli.main import main
 from auditmesh.collector import Collector
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, decode_event, encode_ndjson
-from auditmesh.identity.ca import init_ca
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.ingest import otlp
 from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER, Emitter, EmitterConfig
@@ -32,6 +30,7 @@ from auditmesh.server.metrics import REFUSED_LABEL, Metrics, ingest_adapter, ref
 from auditmesh.serverproc import ServerProcess, free_port
 from tests.conftest import START_NS, generate
 from tests.ingest.test_otlp import STABLE_SERVER, logs, span, to_otlp_json, traces
+from tests.server.meshserver import mesh_server
 from tests.server.test_mesh import ORDERS, Mesh, join, reported_by
 from tests.server.test_metrics import samples
 
@@ -313,12 +312,8 @@ def test_emitter_sends_what_stays_in_the_spool_with_each_batch(tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    data = tmp_path_factory.mktemp("mesh-metrics") / "data"
-    init_ca(data, "cluster.local", now=datetime.now(UTC) - timedelta(minutes=1))
-    port = free_port()
-    extra = ["--mesh-listen", f"127.0.0.1:{port}", "--otlp-grpc", "off"]
-    with ServerProcess(data, extra=extra) as server:
-        yield Mesh(server, f"https://127.0.0.1:{port}", data)
+    with mesh_server(tmp_path_factory.mktemp("mesh-metrics") / "data") as running:
+        yield running
 
 
 @pytest.mark.integration

@@ -17,8 +17,10 @@ Reads of events need credentials; writes and the public tree do not:
         serves /log/ only to its auditors (a reverse proxy's rule).
     /metrics stays public (Prometheus scrapes without credentials; it holds counts only).
     POST /v1/events keeps working without credentials for now: submission over plain HTTP is
-        for producers on the same host (ingest adapters, `auditmesh ingest`); sidecars submit
-        over the mesh listener, where each event's reporter must be the caller's SPIFFE ID.
+        for producers on the same host (ingest adapters, `auditmesh ingest`), whose events are
+        reported (`attested: false`); a batch with an attested event is refused (403, in
+        server/app.py). Sidecars submit over the mesh listener, where each event's reporter
+        must be the caller's SPIFFE ID, and only there may events be attested.
 
 Every read that answers 200 appends one `audit_read` event through the collector before the
 answer leaves: who (`read.who`: `token:<id>` — a hash prefix, never the token — or the peer's

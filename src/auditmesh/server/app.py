@@ -1,6 +1,8 @@
 """HTTP API of `auditmesh server`: routes only; the logic lives in the collector and ledger.
 
-POST /v1/events                    batch in (JSON array or NDJSON), answered after commit
+POST /v1/events                    batch in (JSON array or NDJSON), answered after commit;
+                                   no event may be attested (403): only sidecars, over the
+                                   mesh listener (server/mesh.py), submit attested events
 GET  /v1/events/{id}               the event, its index and inclusion proof
 GET  /v1/proof/inclusion?id=       C2SP tlog-proof for one event
 GET  /v1/proof/consistency?from=&to=
@@ -34,7 +36,7 @@ from starlette.routing import Route
 from auditmesh.collector import Collector, CollectorStopped
 from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
-from auditmesh.events import EventError, decode_batch
+from auditmesh.events import AuditEvent, EventError, decode_batch
 from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.ingest import otlp_http
 from auditmesh.ledger import tiles
@@ -56,6 +58,26 @@ def _error(status: int, message: str, **extra: object) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+def _not_the_callers(events: list[AuditEvent], reporter: str | None) -> Response | None:
+    """403 naming the first event this caller may not submit, None if it may submit all.
+    Over the mesh listener (`reporter` is the caller's SPIFFE ID) every event must be
+    reported by the caller; over the plain listener (None) no event may be attested:
+    `attested` means our own sidecar observed the call, and only a sidecar, proven by its
+    SVID on the mesh listener, can say so."""
+    for number, event in enumerate(events, start=1):
+        if reporter is not None and event.reporter != reporter:
+            why = f"has reporter {event.reporter!r}, but the caller is {reporter}"
+        elif reporter is None and event.attested:
+            why = (
+                'is attested ("attested": true): only a sidecar over the mesh listener '
+                '(mTLS) may submit attested events; reported events must carry "attested": false'
+            )
+        else:
+            continue
+        return _error(403, f"batch rejected, nothing stored: event {number} {why}", line=number)
+    return None
+
+
 async def admit_batch(
     request: Request,
     collector: Collector,
@@ -63,8 +85,9 @@ async def admit_batch(
     reporter: str | None = None,
     max_bytes: int = MAX_BATCH_BYTES,
 ) -> Response:
-    """Decode a batch, refuse it whole if any event is invalid (or, when `reporter` is
-    given, reported by anyone else), and answer with the indices once it is durable."""
+    """Decode a batch, refuse it whole if any event is invalid or not the caller's to
+    submit (`_not_the_callers`: `reporter` is given on the mesh listener, None on the plain
+    one), and answer with the indices once it is durable."""
     try:
         body = await read_limited(request, max_bytes)
     except BodyTooLarge:
@@ -80,15 +103,9 @@ async def admit_batch(
         return _error(400, f"batch rejected, nothing stored: {exc}", line=exc.line)
     if not events:
         return _error(400, "empty batch: send a JSON array or NDJSON of events")
-    if reporter is not None:
-        for number, event in enumerate(events, start=1):
-            if event.reporter != reporter:
-                return _error(
-                    403,
-                    f"batch rejected, nothing stored: event {number} has reporter "
-                    f"{event.reporter!r}, but the caller is {reporter}",
-                    line=number,
-                )
+    refused = _not_the_callers(events, reporter)
+    if refused is not None:
+        return refused
     try:
         indices = await collector.submit_async(events)
     except CollectorStopped as exc:
