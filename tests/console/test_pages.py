@@ -16,13 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from selenium.webdriver.common.by import By
 
-from auditmesh.events import AuditEvent
+from auditmesh.events import AuditEvent, encode_ndjson
 from auditmesh.ledger import merkle
 from auditmesh.ledger.bundle import verify_bundle
 from auditmesh.ledger.note import Verifier
+from tests.conftest import generate
 from tests.console.browser import Browser
 from tests.console.conftest import Demo, Served
 
@@ -397,3 +399,27 @@ def test_every_page_fits_1280_px(browser: Browser, denied: tuple[int, AuditEvent
             assert overflow <= 0, f"{route} is {overflow} px too wide at 1280 px"
     finally:
         browser.driver.set_window_size(1366, 900)
+
+
+def test_reported_events_are_told_apart_from_observed_ones(
+    browser: Browser, server: Served, denied: tuple[int, AuditEvent]
+) -> None:
+    """An ingested access-log line (attested false, reporter ingest:…) is marked "reported"
+    on the search page and the event page; a call our sidecar saw is marked "observed"."""
+    base = generate(1, seed=41)[0]
+    assert base.trace is not None
+    reported = msgspec.structs.replace(base, reporter="ingest:envoy:access.log", attested=False)
+    response = httpx.post(f"{server.url}/v1/events", content=encode_ndjson([reported]))
+    assert response.status_code == 200, response.text
+    browser.open(f"#/events?trace={base.trace.trace_id}")
+    [row] = browser.find_all("#results tbody tr")
+    badge = row.find_element(By.CSS_SELECTOR, ".provenance")
+    assert badge.text == "reported"
+    assert "ingest:envoy:access.log" in (badge.get_attribute("title") or "")
+    browser.open(f"#/event/{reported.id}")
+    assert browser.wait_for(".summary .provenance").text == "reported"
+    assert "ingest:envoy:access.log, not seen by a sidecar" in browser.find("#event-reporter").text
+    browser.screenshot("event-reported")
+    _, observed = denied
+    browser.open(f"#/event/{observed.id}")
+    assert browser.wait_for(".summary .provenance").text == "observed"

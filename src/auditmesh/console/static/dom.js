@@ -102,6 +102,17 @@ export function badge(text, kind) {
   return h("span", { class: `badge ${kind || ""}` }, text);
 }
 
+/** Who vouches for the event: our sidecar saw the call (attested), or someone reported it
+ * (an ingested access log, span or relayed record: `reporter` says which). */
+export function provenanceBadge(event) {
+  const element = badge(event.attested ? "observed" : "reported", event.attested ? "good" : "warn");
+  element.classList.add("provenance");
+  element.title = event.attested
+    ? `seen by the auditmesh sidecar ${event.reporter}`
+    : `reported by ${event.reporter}, not observed by an auditmesh sidecar`;
+  return element;
+}
+
 export function decisionBadge(decision) {
   if (!decision) return "";
   return badge(decision, decision === "deny" ? "bad" : decision === "audit" ? "warn" : "good");

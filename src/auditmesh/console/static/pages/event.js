@@ -14,6 +14,7 @@ import {
   fmtDurationUs,
   fmtTime,
   h,
+  provenanceBadge,
   statusBadge,
   traceLink,
 } from "../dom.js";
@@ -75,6 +76,9 @@ function summary(event) {
     " ",
     decisionBadge(event.authz?.decision),
     event.authz?.policy ? h("span", { class: "dim" }, ` by ${event.authz.policy}`) : "",
+    "  ",
+    provenanceBadge(event),
+    h("span", { class: "dim", id: "event-reporter" }, event.attested ? ` by ${event.reporter}` : ` by ${event.reporter}, not seen by a sidecar`),
   );
 }
 

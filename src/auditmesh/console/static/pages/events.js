@@ -11,6 +11,7 @@ import {
   fmtDurationUs,
   fmtTime,
   h,
+  provenanceBadge,
   shortId,
   statusBadge,
   traceLink,
@@ -52,7 +53,7 @@ function row(item) {
     h("td", {}, statusBadge(event.http?.status)),
     h("td", {}, decisionBadge(event.authz?.decision)),
     h("td", { class: "num small" }, fmtDurationUs(event.duration_us)),
-    h("td", { class: "small dim" }, event.direction || event.kind),
+    h("td", { class: "small dim" }, event.direction || event.kind, " ", provenanceBadge(event)),
     h("td", {}, event.trace ? traceLink(event.trace.trace_id, event.trace.trace_id.slice(0, 8) + "…") : ""),
     h("td", {}, eventLink(event.id, "open")),
   );
