@@ -28,7 +28,7 @@ from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER, Emitter, EmitterConfig
 from auditmesh.proxy.spool import SpoolConfig
 from auditmesh.server.metrics import REFUSED_LABEL, Metrics, ingest_adapter, refused_count
 from auditmesh.serverproc import ServerProcess, free_port
-from tests.conftest import START_NS, generate
+from tests.conftest import START_NS, fill, generate
 from tests.ingest.test_otlp import STABLE_SERVER, logs, span, to_otlp_json, traces
 from tests.server.meshserver import mesh_server
 from tests.server.test_mesh import ORDERS, Mesh, join, reported_by
@@ -128,6 +128,28 @@ def test_committed_ingest_events_count_once_by_adapter(
     assert not any(dict(labels).get("adapter", "").startswith("spiffe") for _, labels in found)
 
 
+def test_a_refusal_report_counts_as_rejects_only_from_the_ingest_cli(
+    ledger: Ledger, collector: Collector
+) -> None:
+    """Regression: a report relayed by `auditmesh export otlp` (stored as reported by
+    `ingest:otlp:<service>`) counted as this server's otlp rejects."""
+    metrics = Metrics(ledger.store, collector)
+    refused = Refused(count=5, first=1, reason="the line ends early", last=9)
+
+    def report(reporter: str, at: int) -> AuditEvent:
+        return refused_report(reporter, refused, "a.log", Path("a.log.rejects"), START_NS + at)
+
+    linkerd = report("ingest:linkerd:web-7f9", 1)
+    relayed = otlp.as_received(report("ingest:envoy:access.log", 2), "auditmesh-1")
+    assert relayed.reporter == "ingest:otlp:auditmesh-1" and relayed.labels[REFUSED_LABEL] == "5"
+    custom = report("ingest:custom:feed", 3)
+    collector.submit([linkerd, relayed, custom]).result()
+    found = samples(metrics.render().decode())
+    assert rejected(found, "linkerd") == 5 and accepted(found, "linkerd") == 0
+    assert rejected(found, "otlp") == 0 and accepted(found, "otlp") == 1
+    assert rejected(found, "other") == 0 and accepted(found, "other") == 1
+
+
 def test_count_otlp_counts_requests_and_rejected_records(
     ledger: Ledger, collector: Collector
 ) -> None:
@@ -203,6 +225,29 @@ def test_otlp_requests_with_rejected_records_move_the_counters(
     assert otlp_requests(found, "grpc") == {("logs", "partial"): 1, ("logs", "invalid"): 1}
     assert accepted(found, "otlp") == 3 + 1 + 2  # log events once, the good span, gRPC's
     assert rejected(found, "otlp") == 2 + 2 + 1 + 1  # per request: the retry counts again
+
+
+@pytest.mark.integration
+def test_a_relayed_refusal_report_is_an_accepted_otlp_record(
+    server: tuple[ServerProcess, int], ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Server 1's ledger holds `auditmesh ingest envoy`'s report of 3 refused lines; relayed
+    to server 2 with `auditmesh export otlp`, it is no reject of server 2's."""
+    srv, _ = server
+    refused = Refused(count=3, first=2, reason="the line ends early", last=7)
+    report = refused_report(
+        "ingest:envoy:access.log", refused, "access.log", Path("access.log.rejects"), START_NS
+    )
+    fill(ledger, [*generate(4, seed=23), report])
+    before = scrape(srv.url)
+    argv = ["export", "otlp", "--data", str(ledger.data_dir), "--endpoint", srv.url]
+    assert main([*argv, "--attempts", "1"]) == 0
+    assert "exported 5 events" in capsys.readouterr().err
+    after = scrape(srv.url)
+    for adapter in ("otlp", "envoy"):
+        assert rejected(after, adapter) == rejected(before, adapter), adapter
+    assert accepted(after, "otlp") == accepted(before, "otlp") + 5
+    assert accepted(after, "envoy") == accepted(before, "envoy")
 
 
 @pytest.mark.integration

@@ -34,6 +34,10 @@ event's `reporter`, `ingest:<adapter>:<source>`, whatever the way in:
   also when it has caught up, at most once a minute), reporter `ingest:<adapter>:<source>`,
   label `ingest.refused` = the number of lines (`REFUSED_LABEL`). This observer turns it
   into the reject counter, and the ledger keeps an audit trace of the refused input.
+  Only for those adapters (`REPORTING_ADAPTERS`): a report that another server's ledger
+  held and `auditmesh export otlp` relayed here arrives as `ingest:otlp:<service>`; it
+  reports rejects of that other server, so here it is one accepted otlp record (OTLP's
+  own rejects come from `count_otlp`).
 - adapter labels are limited to `ADAPTERS`; any other `ingest:<x>:` reporter (anyone may
   POST events) counts as "other", so no client can grow the label set.
 - attested events (our sidecars' own) are never ingested and are skipped with a prefix
@@ -90,6 +94,9 @@ INGEST_PREFIX = "ingest:"
 ADAPTERS = frozenset({"envoy", "linkerd", "otlp"})
 OTHER_ADAPTER = "other"
 REFUSED_LABEL = "ingest.refused"  # also written by cli/ingest.py's report of refused lines
+# The adapters whose CLI (`auditmesh ingest envoy|linkerd`) writes those reports; elsewhere
+# (a report relayed over OTLP, any other reporter) such an event is an accepted record.
+REPORTING_ADAPTERS = frozenset({"envoy", "linkerd"})
 OTLP_RESULTS = ("ok", "partial", "invalid", "too_large", "unsupported", "unavailable")
 # Canonical JSON (RFC 8785) sorts keys and omits defaults: an attested event, and only
 # one, starts like this ("attested" is the first key of AuditEvent in code-point order).
@@ -262,7 +269,7 @@ class Metrics:
         if adapter is None:
             return
         refused = refused_count(reported.labels) if reported.kind == "system" else None
-        if refused is None:
+        if refused is None or adapter not in REPORTING_ADAPTERS:
             accepted[adapter] += 1
         else:
             rejected[adapter] += refused
