@@ -24,7 +24,7 @@ from auditmesh.server.metrics import (
     COL_STATUS,
     CONTENT_TYPE,
     Metrics,
-    status_class,
+    status_label,
 )
 from auditmesh.serverproc import ServerProcess
 from auditmesh.store.base import columns_of
@@ -49,7 +49,7 @@ def expected_requests(events: list[AuditEvent]) -> Counter[tuple[tuple[str, str]
         labels = {
             "source": e.source.service or "",
             "destination": e.destination.service or "",
-            "status_class": f"{(e.http.status or 0) // 100}xx",
+            "status": str(e.http.status),
             "decision": e.authz.decision if e.authz else "none",
         }
         tally[tuple(sorted(labels.items()))] += 1
@@ -93,6 +93,7 @@ def test_counts_only_what_was_committed(ledger: Ledger, collector: Collector) ->
     assert requests == expected_requests(events)
     assert sum(requests.values()) == 400
     assert any(dict(labels)["decision"] == "deny" for labels in requests)
+    assert {"200", "403", "404", "500", "503"} == {dict(labels)["status"] for labels in requests}
     kinds = Counter((e.kind, e.outcome) for e in events)
     for (kind, outcome), count in kinds.items():
         key = ("auditmesh_events_total", (("kind", kind), ("outcome", outcome)))
@@ -130,17 +131,19 @@ def test_tcp_and_anonymous_peers_keep_labels_bounded(ledger: Ledger, collector: 
         ("decision", "audit"),
         ("destination", "unknown"),
         ("source", "spiffe://cluster.local/ns/shop/sa/orders"),
-        ("status_class", "none"),
+        ("status", "none"),
     )
     assert found[("auditmesh_requests_total", tcp_labels)] == 1
     anon_labels = (
         ("decision", "none"),
         ("destination", "unknown"),
         ("source", "unknown"),
-        ("status_class", "2xx"),
+        ("status", "204"),
     )
     assert found[("auditmesh_requests_total", anon_labels)] == 1
-    assert status_class(99) == status_class(None) == "none"
+    assert status_label(99) == status_label(600) == status_label(None) == "none"
+    assert status_label(True) == status_label("200") == "none"
+    assert (status_label(100), status_label(503), status_label(599)) == ("100", "503", "599")
 
 
 def test_checkpoint_gauges_and_isolated_registries(ledger: Ledger, collector: Collector) -> None:

@@ -45,11 +45,13 @@ event's `reporter`, `ingest:<adapter>:<source>`, whatever the way in:
 
 Metrics (Prometheus text exposition format 0.0.4, `prometheus-client`):
 
-    auditmesh_requests_total{source,destination,status_class,decision}
+    auditmesh_requests_total{source,destination,status,decision}
         committed http/tcp events. `source`/`destination` are service names (the SPIFFE
-        ID when the event has no service name, "unknown" when neither); `status_class`
-        is 2xx..5xx ("none" for tcp); `decision` allow/deny/audit/none.
-        Never labelled by path, IP or event id: cardinality stays services^2 x 5 x 4.
+        ID when the event has no service name, "unknown" when neither); `status` is the
+        HTTP status code as text ("200", "503"; only codes 100-599, else "none", as for
+        tcp and for a call that got no answer); `decision` allow/deny/audit/none.
+        Never labelled by path, IP or event id: cardinality stays below
+        services^2 x 501 x 4, and in practice a handful of codes per pair.
     auditmesh_events_total{kind,outcome}        every committed event
     auditmesh_ingest_accepted_total{adapter}    ingested events committed, by adapter
     auditmesh_ingest_rejected_total{adapter}    records refused, by adapter
@@ -107,9 +109,10 @@ NONE = "none"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def status_class(status: object) -> str:
+def status_label(status: object) -> str:
+    """The `status` label: an HTTP status code 100-599 as text, else "none"."""
     if isinstance(status, int) and 100 <= status <= 599:
-        return f"{status // 100}xx"
+        return str(status)
     return NONE
 
 
@@ -121,12 +124,12 @@ def _party(identity: object, service: object) -> str:
 
 
 def request_labels(columns: Sequence[object]) -> tuple[str, str, str, str]:
-    """(source, destination, status_class, decision) of one entry's index columns."""
+    """(source, destination, status, decision) of one entry's index columns."""
     decision = columns[COL_DECISION]
     return (
         _party(columns[COL_SOURCE_ID], columns[COL_SOURCE_SERVICE]),
         _party(columns[COL_DEST_ID], columns[COL_DEST_SERVICE]),
-        status_class(columns[COL_STATUS]),
+        status_label(columns[COL_STATUS]),
         decision if isinstance(decision, str) else NONE,
     )
 
@@ -202,7 +205,7 @@ class Metrics:
         self.requests = Counter(
             "auditmesh_requests",
             "Calls between services committed to the ledger (http and tcp events).",
-            ["source", "destination", "status_class", "decision"],
+            ["source", "destination", "status", "decision"],
             registry=self.registry,
         )
         self.events = Counter(
