@@ -438,6 +438,74 @@ def test_malformed_json_is_a_malformed_request(body: bytes) -> None:
         otlp.decode_request("traces", body, "json")
 
 
+def with_ids(body: bytes, signal: otlp.Signal, ids: dict[int, dict[str, str]]) -> bytes:
+    """An OTLP/JSON body with some ids of its records (by position, from 1) replaced."""
+    tree = json.loads(body)
+    outer, scopes, items = (
+        ("resourceSpans", "scopeSpans", "spans")
+        if signal == "traces"
+        else ("resourceLogs", "scopeLogs", "logRecords")
+    )
+    records = [r for res in tree[outer] for scope in res[scopes] for r in scope[items]]
+    for position, fields in ids.items():
+        for key, text in fields.items():
+            if key.startswith("links."):
+                records[position - 1]["links"] = [{"traceId": TRACE.hex(), key[6:]: text}]
+            else:
+                records[position - 1][key] = text
+    return json.dumps(tree).encode()
+
+
+def test_otlp_json_record_with_a_non_hex_id_is_rejected_alone() -> None:
+    """Regression: one span with `"traceId": "zz"` made the whole request Bad Data (400),
+    where protobuf rejects a span with a bad id alone."""
+    spans = [span(STABLE_SERVER, name=f"span {n}", span_id=bytes([n + 1]) * 8) for n in range(5)]
+    spans[4] = span({}, kind=Span.SPAN_KIND_INTERNAL, name="span 4")  # not audit data either
+    body = with_ids(
+        to_otlp_json(traces(*spans)),
+        "traces",
+        {2: {"traceId": "zz"}, 3: {"links.spanId": "AAECAwQFBgc="}, 5: {"parentSpanId": "x"}},
+    )
+    mapped = otlp.map_body("traces", body, "json")
+    good = otlp.map_traces(traces(spans[0], spans[3]))
+    assert mapped.events == good.events and len(good.events) == 2
+    assert (mapped.rejected, mapped.skipped) == (3, 0)
+    assert mapped.reasons == [
+        "span 'span 1': traceId 'zz' is not hex (OTLP/JSON ids are hex strings)",
+        "span 'span 2': link spanId 'AAECAwQFBgc=' is not hex (OTLP/JSON ids are hex strings)",
+        "span 'span 4': parentSpanId 'x' is not hex (OTLP/JSON ids are hex strings)",
+    ]
+    assert mapped.error_message().startswith("rejected 3 of 5 spans: span 'span 1': traceId")
+    with pytest.raises(otlp.MalformedRequest, match="traceId 'zz' is not hex"):
+        otlp.decode_request("traces", body, "json")  # the request itself: not decodable
+
+
+def test_otlp_json_log_record_with_a_non_hex_id_is_rejected_alone() -> None:
+    events = generate(3, seed=8)
+    request = logs(*(otlp.audit_log_record(e) for e in events))
+    body = with_ids(to_otlp_json(request), "logs", {2: {"spanId": "not-hex", "traceId": "zz"}})
+    mapped = otlp.map_body("logs", body, "json")
+    assert mapped.events == [otlp.as_received(events[n], "relay") for n in (0, 2)]
+    assert mapped.rejected == 1
+    assert mapped.reasons == [
+        "log record #2: traceId 'zz' is not hex (OTLP/JSON ids are hex strings)"
+    ]
+
+
+def test_otlp_json_rejects_the_record_that_parsing_keeps() -> None:
+    """json_format takes a field under its JSON name and its proto name; given both, the
+    last one wins: the records that are counted must be those it keeps."""
+    good = to_otlp_json(traces(span(STABLE_SERVER)))
+    bad = with_ids(to_otlp_json(traces(span(STABLE_SERVER))), "traces", {1: {"spanId": "zz"}})
+    both = {"resourceSpans": json.loads(bad)["resourceSpans"]}
+    both["resource_spans"] = json.loads(good)["resourceSpans"]
+    mapped = otlp.map_body("traces", json.dumps(both).encode(), "json")
+    assert (len(mapped.events), mapped.rejected) == (1, 0)
+    both = {"resource_spans": both["resource_spans"], "resourceSpans": both["resourceSpans"]}
+    mapped = otlp.map_body("traces", json.dumps(both).encode(), "json")
+    assert (len(mapped.events), mapped.rejected) == (0, 1)
+
+
 def test_malformed_protobuf_is_a_malformed_request() -> None:
     with pytest.raises(otlp.MalformedRequest, match="ExportTraceServiceRequest"):
         otlp.decode_request("traces", b"\x0a\xff\xff\xff\xff\x0f", "protobuf")

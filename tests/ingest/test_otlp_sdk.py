@@ -52,10 +52,12 @@ from tests.ingest.test_otlp import (
     span,
     to_otlp_json,
     traces,
+    with_ids,
 )
 from tests.ingest.test_otlp_envoy import SAMPLE_LABELS, TEXT_LINES, envoy_record, expected
 
 pytestmark = pytest.mark.integration
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +210,31 @@ def test_otlp_json_over_http_with_gzip(server: ServerProcess) -> None:
     )
     assert (response.status_code, response.json()) == (200, {})
     assert fetch(server, otlp.span_event_id(TRACE, SPAN, START))["http"]["path"] == "/orders/42"
+
+
+def test_otlp_json_with_a_non_hex_id_rejects_that_record_alone(server: ServerProcess) -> None:
+    """Like protobuf's bad records: partial success naming it, the others stored; a body
+    that is not OTLP/JSON at all stays Bad Data (400)."""
+    spans = [span(STABLE_SERVER, name=f"json {n}", span_id=bytes([0xA0 + n]) * 8) for n in (0, 1)]
+    body = with_ids(to_otlp_json(traces(*spans)), "traces", {1: {"traceId": "zz"}})
+    response = httpx.post(server.url + "/v1/traces", content=body, headers=JSON)
+    assert response.status_code == 200, response.text
+    partial = response.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    assert "span 'json 0': traceId 'zz' is not hex" in partial["errorMessage"]
+    assert fetch(server, otlp.span_event_id(TRACE, spans[1].span_id, START))["http"]
+    events = generate(2, seed=31)
+    request = logs(*(otlp.audit_log_record(e) for e in events), service="json-relay")
+    body = with_ids(to_otlp_json(request), "logs", {2: {"spanId": "G00D"}})
+    response = httpx.post(server.url + "/v1/logs", content=body, headers=JSON)
+    assert response.status_code == 200, response.text
+    assert response.json()["partialSuccess"]["rejectedLogRecords"] == "1"
+    assert fetch(server, events[0].id)["reporter"] == "ingest:otlp:json-relay"
+    lookup = httpx.get(f"{server.url}/v1/events/{events[1].id}", headers=server.auth)
+    assert lookup.status_code == 404
+    for not_otlp in (b"{", b'{"resourceSpans": 3}', b'{"resourceSpans": [{"scopeSpans": 7}]}'):
+        refused = httpx.post(server.url + "/v1/traces", content=not_otlp, headers=JSON)
+        assert refused.status_code == 400 and refused.json()["code"] == 3, not_otlp
 
 
 def test_real_server_limits_and_content_types(server: ServerProcess) -> None:

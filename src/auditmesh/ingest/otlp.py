@@ -32,6 +32,13 @@ event) is rejected and counted in `partial_success` with the reason. Telemetry t
 but not about a service-to-service call (internal, producer and consumer spans, non-HTTP
 client/server spans, ordinary application logs) is accepted and skipped, the way a
 collector's filter drops data without failing the export; it is not an error to send it.
+
+A body that is not an Export request at all is "Bad Data" (HTTP 400, gRPC
+INVALID_ARGUMENT). In OTLP/JSON, trace and span ids are hex strings: a span or log record
+whose id (or a link's) is not hex is rejected alone, with the reason, whatever it carries,
+and the rest of the request is mapped (`map_body`), as protobuf rejects an HTTP span with
+an invalid id alone. `decode_request`, which returns the request as sent, refuses such a
+body whole.
 """
 
 from __future__ import annotations
@@ -147,69 +154,118 @@ _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_
 def decode_request(
     signal: Signal, body: bytes, encoding: Encoding
 ) -> ExportTraceServiceRequest | ExportLogsServiceRequest:
-    """Parse an Export*ServiceRequest from binary protobuf or OTLP/JSON."""
-    message: ExportTraceServiceRequest | ExportLogsServiceRequest = (
-        ExportTraceServiceRequest() if signal == "traces" else ExportLogsServiceRequest()
-    )
+    """Parse an Export*ServiceRequest from binary protobuf or OTLP/JSON. An OTLP/JSON
+    record with a non-hex id makes the whole body malformed here; `map_body` rejects it
+    alone instead."""
     if encoding == "protobuf":
-        try:
-            message.ParseFromString(body)
-        except (DecodeError, RecursionError, ValueError) as exc:
-            raise MalformedRequest(f"not a protobuf {message.DESCRIPTOR.name}: {exc}") from None
-        return message
+        return _decode_protobuf(signal, body)
+    message, unreadable = _decode_json(signal, body)
+    if unreadable:
+        raise MalformedRequest(unreadable[min(unreadable)])
+    return message
+
+
+def map_body(signal: Signal, body: bytes, encoding: Encoding) -> Mapped:
+    """What the receivers make of one Export request body: `map_request` of the decoded
+    request, plus, in OTLP/JSON, a reject for each record whose ids are not hex."""
+    if encoding == "protobuf":
+        return map_request(_decode_protobuf(signal, body))
+    return map_request(*_decode_json(signal, body))
+
+
+def _new_request(signal: Signal) -> ExportTraceServiceRequest | ExportLogsServiceRequest:
+    return ExportTraceServiceRequest() if signal == "traces" else ExportLogsServiceRequest()
+
+
+def _decode_protobuf(
+    signal: Signal, body: bytes
+) -> ExportTraceServiceRequest | ExportLogsServiceRequest:
+    message = _new_request(signal)
+    try:
+        message.ParseFromString(body)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise MalformedRequest(f"not a protobuf {message.DESCRIPTOR.name}: {exc}") from None
+    return message
+
+
+def _decode_json(
+    signal: Signal, body: bytes
+) -> tuple[ExportTraceServiceRequest | ExportLogsServiceRequest, dict[int, str]]:
+    """The request, with the ids that are not hex left empty, and those records: position
+    (from 1, in request order, as `map_request` counts) → why."""
+    message = _new_request(signal)
     try:
         tree = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise MalformedRequest(f"not JSON: {exc}") from None
     if not isinstance(tree, dict):
         raise MalformedRequest(f"OTLP/JSON wants an object ({message.DESCRIPTOR.name})")
-    _hex_ids_to_base64(tree, signal)
+    unreadable = _hex_ids_to_base64(tree, signal)
     try:
         # "OTLP/JSON receivers MUST ignore message fields with unknown names".
         json_format.ParseDict(tree, message, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise MalformedRequest(f"not OTLP/JSON {message.DESCRIPTOR.name}: {exc}") from None
-    return message
+    return message, unreadable
 
 
-def _hex_ids_to_base64(tree: dict[str, Any], signal: Signal) -> None:
+def _hex_ids_to_base64(tree: dict[str, Any], signal: Signal) -> dict[int, str]:
+    """Rewrite the hex ids of every record (and its links) as the base64 json_format reads;
+    an id that is not hex is emptied and its record returned, by position, with why."""
     outer, scopes, items = (
         ("resourceSpans", "scopeSpans", "spans")
         if signal == "traces"
         else ("resourceLogs", "scopeLogs", "logRecords")
     )
-    for record in _walk(tree, outer, scopes, items):
-        _fix_ids(record)
+    unreadable: dict[int, str] = {}
+    for position, record in enumerate(_walk(tree, outer, scopes, items), start=1):
+        why = _fix_ids(record)
         links = record.get("links")
         if isinstance(links, list):
             for link in links:
-                if isinstance(link, dict):
-                    _fix_ids(link)
+                if isinstance(link, dict) and (bad_link := _fix_ids(link)):
+                    why = why or f"link {bad_link}"
+        if why:
+            unreadable[position] = why
+    return unreadable
 
 
 def _walk(tree: dict[str, Any], *path: str) -> Iterator[dict[str, Any]]:
+    """The records at `path`, in the order json_format.ParseDict puts them in the request."""
     level: list[dict[str, Any]] = [tree]
     for name in path:
-        snake = "".join("_" + c.lower() if c.isupper() else c for c in name)
         nxt: list[dict[str, Any]] = []
         for node in level:
-            for key in dict.fromkeys((name, snake)):
-                children = node.get(key)
-                if isinstance(children, list):
-                    nxt.extend(c for c in children if isinstance(c, dict))
+            children = _field(node, name)
+            if isinstance(children, list):  # anything else: ParseDict refuses it or clears
+                nxt.extend(c for c in children if isinstance(c, dict))
         level = nxt
     yield from level
 
 
-def _fix_ids(record: dict[str, Any]) -> None:
+def _field(node: dict[str, Any], name: str) -> Any:
+    """The value ParseDict takes for the field `name` (its JSON name) of `node`: it accepts
+    the original (snake_case) name too, and of both, the one that comes last wins."""
+    snake = "".join("_" + c.lower() if c.isupper() else c for c in name)
+    if snake != name and name in node and snake in node:
+        order = list(node)
+        return node[name] if order.index(name) > order.index(snake) else node[snake]
+    return node.get(name, node.get(snake))
+
+
+def _fix_ids(record: dict[str, Any]) -> str | None:
+    """Hex ids → base64, in place; the first id that is not hex, emptied, says why."""
+    why = None
     for key in _ID_KEYS:
         value = record.get(key)
         if isinstance(value, str):
             try:
                 raw = bytes.fromhex(value)  # case-insensitive (RFC 4648 §8)
             except ValueError:
-                raise MalformedRequest(f"{key} {value[:40]!r} is not hex") from None
+                why = why or f"{key} {value[:40]!r} is not hex (OTLP/JSON ids are hex strings)"
+                raw = b""
             record[key] = base64.b64encode(raw).decode()
+    return why
 
 
 def encode_response(signal: Signal, mapped: Mapped | None, encoding: Encoding) -> bytes:
@@ -240,20 +296,31 @@ def encode_response(signal: Signal, mapped: Mapped | None, encoding: Encoding) -
 # --- mapping ------------------------------------------------------------------------------
 
 
-def map_request(request: ExportTraceServiceRequest | ExportLogsServiceRequest) -> Mapped:
+def map_request(
+    request: ExportTraceServiceRequest | ExportLogsServiceRequest,
+    unreadable: Mapping[int, str] | None = None,
+) -> Mapped:
+    """The events of `request`; the records at the positions in `unreadable` (from 1, in
+    request order) are rejected with the reason given there instead."""
     if isinstance(request, ExportTraceServiceRequest):
-        return map_traces(request)
-    return map_logs(request)
+        return map_traces(request, unreadable)
+    return map_logs(request, unreadable)
 
 
-def map_traces(request: ExportTraceServiceRequest) -> Mapped:
+def map_traces(
+    request: ExportTraceServiceRequest, unreadable: Mapping[int, str] | None = None
+) -> Mapped:
     spans = _records(request.resource_spans, "scope_spans", "spans")
-    return _map("traces", spans, span_event, lambda _, span: f"span {span.name[:80]!r}")
+    return _map("traces", spans, span_event, lambda _, span: f"span {span.name[:80]!r}", unreadable)
 
 
-def map_logs(request: ExportLogsServiceRequest) -> Mapped:
+def map_logs(
+    request: ExportLogsServiceRequest, unreadable: Mapping[int, str] | None = None
+) -> Mapped:
     records = _records(request.resource_logs, "scope_logs", "log_records")
-    return _map("logs", records, log_event, lambda position, _: f"log record #{position}")
+    return _map(
+        "logs", records, log_event, lambda position, _: f"log record #{position}", unreadable
+    )
 
 
 def _records(resources: Iterable[Any], scopes: str, items: str) -> Iterator[tuple[Any, _Origin]]:
@@ -271,12 +338,15 @@ def _map(
     records: Iterable[tuple[R, _Origin]],
     convert: Callable[[R, _Origin], AuditEvent | None],
     name: Callable[[int, R], str],
+    unreadable: Mapping[int, str] | None,
 ) -> Mapped:
     """Events of the records that are audit data; the others skipped (None) or rejected
     with a reason naming the record (`name(position, record)`, position from 1)."""
     mapped = Mapped(signal)
     for position, (record, origin) in enumerate(records, start=1):
         try:
+            if unreadable and position in unreadable:
+                raise Unmappable(unreadable[position])
             event = convert(record, origin)
         except Unmappable as exc:
             mapped.reject(f"{name(position, record)}: {exc}")

@@ -43,9 +43,8 @@ from auditmesh.ingest.otlp import (
     MalformedRequest,
     Mapped,
     Signal,
-    decode_request,
     encode_response,
-    map_request,
+    map_body,
 )
 
 #: OTLP spec, "OTLP/HTTP Request": "It is RECOMMENDED to use 20 MiB as the default limit."
@@ -131,7 +130,7 @@ def decode_and_map(
     """The CPU part of one request: inflate, decode, map (pure, thread-safe)."""
     if gzipped:
         body = gunzip(body, limit)
-    return map_request(decode_request(signal, body, encoding))
+    return map_body(signal, body, encoding)
 
 
 @dataclass(frozen=True, slots=True)
