@@ -5,7 +5,11 @@ audit event from `record.to_event`. Bodies stream in both directions at once (so
 `Expect: 100-continue` works: the upstream's 100 is relayed before the body flows), a
 `101 Switching Protocols` turns the connection into a byte relay audited as one long
 call, and failures answer like Envoy (503 upstream connect error, 504 timeout, 408 header
-timeout, 403 `RBAC: access denied`) with the response flag in the audit event.
+timeout, 403 `RBAC: access denied`) with the response flag in the audit event. An
+idempotent request without content that loses a reused upstream connection before any
+response byte is sent once more on a new connection (the event describes that last attempt).
+A kept-alive downstream connection may idle for `idle_timeout_s` before its next request
+begins; every request head then has `header_timeout_s` to arrive.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from auditmesh.proxy.xfcc import HEADER as XFCC
 from auditmesh.proxy.xfcc import xfcc_value
 
 CHUNK = 64 * 1024
+# RFC 9110 §9.2.2: methods whose intended effect is the same however often they are sent
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 Authorize = Callable[[Request, Exchange], Authz | None]
 
 
@@ -76,14 +82,28 @@ async def _next_event(
 
 async def _receive(conn: Connection, reader: asyncio.StreamReader) -> object:
     while True:
-        try:
-            data = await reader.read(CHUNK)
-        except (ConnectionError, OSError) as exc:
-            raise _Closed(str(exc)) from None
-        conn.receive_data(data)
+        await _read_into(conn, reader)
         event = conn.next_event()
         if event is not NEED_DATA:
             return event
+
+
+async def _read_into(conn: Connection, reader: asyncio.StreamReader) -> None:
+    try:
+        data = await reader.read(CHUNK)
+    except (ConnectionError, OSError) as exc:
+        raise _Closed(str(exc)) from None
+    conn.receive_data(data)
+
+
+async def _idle(conn: Connection, reader: asyncio.StreamReader, timeout: float) -> None:
+    """Between kept-alive requests: wait up to `timeout` for the next request to begin (its
+    first bytes, or EOF); none when pipelined bytes are already here."""
+    rest, eof = conn.trailing_data
+    if rest or eof:
+        return
+    async with asyncio.timeout(timeout):
+        await _read_into(conn, reader)
 
 
 def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -124,11 +144,15 @@ class HttpProxy:
         first = True
         try:
             while True:
+                if not first:
+                    try:
+                        await _idle(down, reader, limits.idle_timeout_s)
+                    except (TimeoutError, _Closed):
+                        return  # an idle connection ends without a word
+                # the head, from its first byte on (slowloris protection for every request)
                 waited_from = self._now_ns()
                 try:
-                    event = await _next_event(
-                        down, reader, limits.header_timeout_s if first else limits.idle_timeout_s
-                    )
+                    event = await _next_event(down, reader, limits.header_timeout_s)
                 except TimeoutError:
                     if first or down.trailing_data[0]:  # a head was started: slowloris
                         x = self._exchange(waited_from, peer, caller)
@@ -250,20 +274,29 @@ class HttpProxy:
                 self._fail(x, "RBAC", "RBAC: access denied")
                 await self._answer(down, writer, x)
                 return False
-        try:
-            upstream = await self.route.pool.acquire()
-        except SecureNamingError as exc:
-            self._fail(x, "SNM", str(exc))
-            await self._answer(down, writer, x)
+        body = down.next_event()  # EndOfMessage at once: a request without content
+        # RFC 9112 §9.3.1: a connection can close at any time, and a pooled one the upstream
+        # closed while idle fails the next request sent on it. Such a request is sent again,
+        # once, on a new connection when nothing of a response came back, its method is
+        # idempotent (RFC 9110 §9.2.2) and it has no content (a body is streamed, not kept).
+        replayable = isinstance(body, EndOfMessage) and request.method in IDEMPOTENT
+        upstream = await self._connect(down, writer, x)
+        if upstream is None:
             return False
-        except (OSError, TimeoutError) as exc:
-            self._fail(x, "UF", f"reset reason: connection failure ({exc or 'timeout'})")
-            await self._answer(down, writer, x)
-            return False
-        x.upstream_tls_version = upstream.tls_version
+        replay = replayable and upstream.reused
         try:
             async with asyncio.timeout(self.route.limits.request_timeout_s):
-                outcome = await self._relay(down, reader, writer, upstream, outgoing, x)
+                while True:
+                    outcome = await self._relay(
+                        down, reader, writer, upstream, outgoing, x, body, replay
+                    )
+                    if outcome != "retry":
+                        break
+                    x.labels["upstream.attempts"] = "2"
+                    again = await self._connect(down, writer, x, fresh=True)
+                    if again is None:
+                        return False
+                    upstream, replay = again, False
         except TimeoutError:
             upstream.close()
             if x.status is None:
@@ -277,6 +310,24 @@ class HttpProxy:
             return False
         return outcome == "keep"
 
+    async def _connect(
+        self, down: Connection, writer: asyncio.StreamWriter, x: Exchange, *, fresh: bool = False
+    ) -> Upstream | None:
+        """A pooled upstream connection (`fresh`: a new one); None when none could be had,
+        which is then answered and recorded in `x`."""
+        try:
+            upstream = await self.route.pool.acquire(fresh=fresh)
+        except SecureNamingError as exc:
+            self._fail(x, "SNM", str(exc))
+        except (OSError, TimeoutError) as exc:
+            self._fail(x, "UF", f"reset reason: connection failure ({exc or 'timeout'})")
+        else:
+            x.connected_to(upstream.tls)
+            return upstream
+        x.connected_to(None)  # a retry's connect failed: the first connection is not this call's
+        await self._answer(down, writer, x)
+        return None
+
     async def _relay(
         self,
         down: Connection,
@@ -285,11 +336,14 @@ class HttpProxy:
         upstream: Upstream,
         outgoing: Request,
         x: Exchange,
+        first: object,
+        replay: bool,
     ) -> str:
-        """Relay one request/response; "keep" (reusable), "close", or "switched" (101)."""
+        """Relay one request/response, the request body from `first` (the event after the
+        head) on; "keep" (reusable), "close", "switched" (101), or, only when `replay`,
+        "retry": the connection was lost before any response byte and nothing was answered."""
         up = Connection(Role.CLIENT, limits=self._wire)
         upstream.http = up
-        first = down.next_event()
         request_task: asyncio.Future[bool] | None = None
         if isinstance(first, EndOfMessage):  # no body (most requests): no task needed
             upstream.writer.write(up.send(outgoing) + up.send(first))
@@ -299,12 +353,15 @@ class HttpProxy:
                 self._pump_request(down, reader, up, upstream, x, first)
             )
         try:
-            outcome = await self._pump_response(down, writer, up, upstream, x)
+            outcome = await self._pump_response(down, writer, up, upstream, x, replay)
         except BaseException:
             if request_task is not None:
                 request_task.cancel()
             upstream.close()
             raise
+        if outcome == "retry":  # replay: no request body, so no request task
+            upstream.close()
+            return outcome
         if outcome != "done" and request_task is not None:
             if outcome != "switched":
                 request_task.cancel()
@@ -318,7 +375,13 @@ class HttpProxy:
         if request_task is not None:
             request_done = await asyncio.gather(request_task, return_exceptions=True)
             clean = request_done[0] is True
-        if clean and up.keep_alive and up.states[Role.SERVER] is State.DONE:
+        # bytes after the response were not asked for: the connection cannot be trusted
+        if (
+            clean
+            and up.keep_alive
+            and up.states[Role.SERVER] is State.DONE
+            and not up.trailing_data[0]
+        ):
             up.start_next_cycle()
             self.route.pool.release(upstream)
         else:
@@ -364,8 +427,10 @@ class HttpProxy:
         up: Connection,
         upstream: Upstream,
         x: Exchange,
+        replay: bool,
     ) -> str:
-        """Upstream response → downstream: "done", "switched", or "failed".
+        """Upstream response → downstream: "done", "switched", "failed", or "retry" (`replay`
+        and the connection was lost before any response byte).
 
         The response head is held back while the body that follows it is already parsed, so
         a small response leaves in one write (one TLS record, one send) rather than two."""
@@ -380,18 +445,22 @@ class HttpProxy:
                     event = await _next_event(up, upstream.reader, None)
             except _Closed as exc:
                 _write(writer, head)
-                return await self._upstream_lost(down, writer, x, str(exc))
+                return await self._upstream_lost(down, writer, up, x, str(exc), replay)
             except ProtocolError as exc:
                 _write(writer, head)
+                if x.status is None and up.trailing_data == (b"", True):
+                    # EOF where a response should start: a closed connection, not a bad message
+                    return await self._upstream_lost(down, writer, up, x, "upstream closed", replay)
                 if x.status is None:
                     self._fail(x, "UPE", exc.reason)
                     await self._answer(down, writer, x)
                 return "failed"
             if isinstance(event, ConnectionClosed) or event is PAUSED and x.status is None:
                 _write(writer, head)
-                return await self._upstream_lost(down, writer, x, "upstream closed")
+                return await self._upstream_lost(down, writer, up, x, "upstream closed", replay)
             try:
                 if isinstance(event, InformationalResponse):
+                    replay = False  # relayed downstream: this attempt has answered
                     _write(writer, down.send(event))
                     if event.status == 101:
                         x.status = 101
@@ -417,9 +486,17 @@ class HttpProxy:
                 return "failed"
 
     async def _upstream_lost(
-        self, down: Connection, writer: asyncio.StreamWriter, x: Exchange, why: str
+        self,
+        down: Connection,
+        writer: asyncio.StreamWriter,
+        up: Connection,
+        x: Exchange,
+        why: str,
+        replay: bool,
     ) -> str:
         if x.status is None:
+            if replay and not up.trailing_data[0]:
+                return "retry"  # not one byte of a response: the request may go again
             self._fail(x, "UR", f"upstream reset before the response: {why}")
             await self._answer(down, writer, x)
         else:

@@ -1,16 +1,26 @@
 """Upstream connection pool: reuse keep-alive connections to one upstream address.
 
-A pooled connection is a pair of asyncio streams plus what its handshake established.
-Idle connections the peer has closed are noticed (EOF already read or transport closing)
-and discarded on acquire; the pool keeps at most `size` idle connections.
+A pooled connection is a pair of asyncio streams plus what its handshake established (the
+server's verified certificate, for mTLS). An idle connection the peer has closed is
+discarded on acquire: EOF already read, transport closing, or — what the event loop may not
+have seen yet — its socket readable while idle (a FIN, a reset, a TLS close_notify, or bytes
+nobody asked for). The pool keeps at most `size` idle connections. A peer can still close
+in the instant after acquire; the proxy retries what is safe to retry (see `http_proxy`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.identity.svid import describe_certificate
+from auditmesh.proxy.accept import PeerTLS
 
 
 @dataclass(slots=True)
@@ -20,12 +30,44 @@ class Upstream:
     tls_version: str | None = None
     reused: bool = False
     http: object = None  # the sans-IO connection state of the current exchange
+    tls: PeerTLS | None = field(init=False, default=None)  # the server's certificate
+
+    def __post_init__(self) -> None:
+        self.tls = server_tls(self.writer)
 
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
 
+    def readable(self) -> bool:
+        """The socket has something to read (or has hung up): on an idle connection that
+        means the peer closed it, or sent something no request asked for."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)  # POLLHUP and POLLERR come anyway
+        return bool(poller.poll(0))
+
     def close(self) -> None:
         self.writer.close()
+
+
+def server_tls(writer: asyncio.StreamWriter) -> PeerTLS | None:
+    """What the TLS handshake of an upstream connection proved, None for plaintext. The
+    connect function has verified the X.509-SVID (exactly one URI SAN, X509-SVID §2) and
+    secure naming before the connection is used; the SPIFFE ID is read from that certificate."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+    if der is None:
+        return None
+    presented = describe_certificate(x509.load_der_x509_certificate(der))
+    (uri,) = presented.uri_sans
+    return PeerTLS(
+        SpiffeId.parse(uri),
+        ssl_object.version() or "",
+        presented.fingerprint_sha256,
+        int(presented.not_after.timestamp()),
+    )
 
 
 Connect = Callable[[], Awaitable[Upstream]]
@@ -38,11 +80,12 @@ class Pool:
         self._timeout = connect_timeout_s
         self._idle: deque[Upstream] = deque()
 
-    async def acquire(self) -> Upstream:
-        """An idle live connection, or a new one (raises TimeoutError / OSError)."""
-        while self._idle:
+    async def acquire(self, *, fresh: bool = False) -> Upstream:
+        """An idle live connection, or a new one (raises TimeoutError / OSError); with
+        `fresh`, always a new one."""
+        while self._idle and not fresh:
             upstream = self._idle.pop()
-            if upstream.usable():
+            if upstream.usable() and not upstream.readable():
                 upstream.reused = True
                 return upstream
             upstream.close()

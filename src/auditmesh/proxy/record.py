@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
+
 from auditmesh.events import HTTP, TCP, TLS, AuditEvent, Authz, Error, Peer, Trace
 from auditmesh.proxy.accept import PeerTLS
 
@@ -51,8 +53,9 @@ class Exchange:
     direction: str
     local: Peer
     remote: Peer
-    tls: PeerTLS | None = None
-    upstream_tls_version: str | None = None
+    tls: PeerTLS | None = None  # the downstream caller's certificate (inbound)
+    upstream_tls: PeerTLS | None = None  # the upstream server's certificate (outbound)
+    upstream_tls_version: str | None = None  # without upstream_tls: the version alone (TCP)
     method: str | None = None
     path: str | None = None
     host: str | None = None
@@ -70,6 +73,14 @@ class Exchange:
     authz: Authz | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
+    def connected_to(self, server: PeerTLS | None) -> None:
+        """The upstream connection this call uses (the last one, if it was retried; None: no
+        connection could be made). Outbound, the server's verified X.509-SVID names the
+        destination; secure naming has already checked it against the configured identity."""
+        self.upstream_tls = server
+        if server is not None and self.direction == "outbound":
+            self.remote = msgspec.structs.replace(self.remote, identity=str(server.spiffe_id))
+
 
 def to_event(x: Exchange, end_ns: int) -> AuditEvent:
     source, destination = (x.remote, x.local) if x.direction == "inbound" else (x.local, x.remote)
@@ -80,12 +91,13 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
     elif x.status is not None and x.status >= 500:
         error = Error(type="upstream_error", message=f"HTTP {x.status}")
     tls = None
-    if x.tls is not None:
+    peer_tls = x.tls if x.tls is not None else x.upstream_tls  # the other end's certificate
+    if peer_tls is not None:
         tls = TLS(
             mutual=True,
-            version=x.tls.version,
-            peer_cert_sha256=x.tls.cert_sha256,
-            peer_not_after=x.tls.not_after,
+            version=peer_tls.version,
+            peer_cert_sha256=peer_tls.cert_sha256,
+            peer_not_after=peer_tls.not_after,
         )
     elif x.upstream_tls_version is not None:
         tls = TLS(mutual=True, version=x.upstream_tls_version)
