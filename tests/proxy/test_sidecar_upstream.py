@@ -242,11 +242,6 @@ def test_outbound_http_event_names_the_server_certificate(
     assert outbound["destination"]["identity"] == str(spiffe("payments"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Sidecar._tcp copies only upstream.tls_version into the Exchange; it needs "
-    "x.connected_to(upstream.tls), as HttpProxy does (sidecar.py: not part of this change)",
-)
 def test_outbound_tcp_event_names_the_server_certificate(mesh: Mesh, ports: dict[str, int]) -> None:
     with socket.create_connection(("127.0.0.1", ports["tcp_out"]), timeout=5) as conn:
         conn.sendall(b"tls details")

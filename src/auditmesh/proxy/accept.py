@@ -31,12 +31,23 @@ STREAM_LIMIT = 256 * 1024
 
 @dataclass(frozen=True, slots=True)
 class PeerTLS:
-    """What the handshake established about the caller."""
+    """What a TLS handshake established about the other side: the caller (inbound) or the
+    upstream server (outbound), once `verify_peer_svid` has accepted its certificate."""
 
     spiffe_id: SpiffeId
     version: str
     cert_sha256: str
     not_after: int  # Unix seconds
+
+    @classmethod
+    def verified(cls, spiffe_id: SpiffeId, ssl_object: ssl.SSLObject, der: bytes) -> PeerTLS:
+        cert = x509.load_der_x509_certificate(der)
+        return cls(
+            spiffe_id,
+            ssl_object.version() or "",
+            cert_sha256(der),
+            int(cert.not_valid_after_utc.timestamp()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +162,7 @@ async def accept(
         raise HandshakeRefused(
             exc.reason, str(exc), presented=exc.presented, version=ssl_object.version()
         ) from None
-    cert = x509.load_der_x509_certificate(der)
-    peer = PeerTLS(
-        spiffe_id,
-        ssl_object.version() or "",
-        cert_sha256(der),
-        int(cert.not_valid_after_utc.timestamp()),
-    )
-    return Accepted(reader, writer, peer, remote)
+    return Accepted(reader, writer, PeerTLS.verified(spiffe_id, ssl_object, der), remote)
 
 
 def _reason(exc: ssl.SSLError) -> str:

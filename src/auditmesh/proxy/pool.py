@@ -14,12 +14,8 @@ import asyncio
 import select
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from cryptography import x509
-
-from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.identity.svid import describe_certificate
 from auditmesh.proxy.accept import PeerTLS
 
 
@@ -27,13 +23,9 @@ from auditmesh.proxy.accept import PeerTLS
 class Upstream:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    tls_version: str | None = None
+    tls: PeerTLS | None = None  # the server's verified certificate; None for plaintext
     reused: bool = False
     http: object = None  # the sans-IO connection state of the current exchange
-    tls: PeerTLS | None = field(init=False, default=None)  # the server's certificate
-
-    def __post_init__(self) -> None:
-        self.tls = server_tls(self.writer)
 
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
@@ -50,24 +42,6 @@ class Upstream:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def server_tls(writer: asyncio.StreamWriter) -> PeerTLS | None:
-    """What the TLS handshake of an upstream connection proved, None for plaintext. The
-    connect function has verified the X.509-SVID (exactly one URI SAN, X509-SVID §2) and
-    secure naming before the connection is used; the SPIFFE ID is read from that certificate."""
-    ssl_object = writer.get_extra_info("ssl_object")
-    der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
-    if der is None:
-        return None
-    presented = describe_certificate(x509.load_der_x509_certificate(der))
-    (uri,) = presented.uri_sans
-    return PeerTLS(
-        SpiffeId.parse(uri),
-        ssl_object.version() or "",
-        presented.fingerprint_sha256,
-        int(presented.not_after.timestamp()),
-    )
 
 
 Connect = Callable[[], Awaitable[Upstream]]

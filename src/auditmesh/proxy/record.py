@@ -55,7 +55,6 @@ class Exchange:
     remote: Peer
     tls: PeerTLS | None = None  # the downstream caller's certificate (inbound)
     upstream_tls: PeerTLS | None = None  # the upstream server's certificate (outbound)
-    upstream_tls_version: str | None = None  # without upstream_tls: the version alone (TCP)
     method: str | None = None
     path: str | None = None
     host: str | None = None
@@ -99,8 +98,6 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
             peer_cert_sha256=peer_tls.cert_sha256,
             peer_not_after=peer_tls.not_after,
         )
-    elif x.upstream_tls_version is not None:
-        tls = TLS(mutual=True, version=x.upstream_tls_version)
     http = None
     tcp = None
     if x.kind == "http":

@@ -28,7 +28,7 @@ from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import PeerIdentityError, PresentedCertificate, verify_peer_svid
 from auditmesh.identity.workload import Credentials
 from auditmesh.policy.request import Request as PolicyRequest
-from auditmesh.proxy.accept import HandshakeRefused, NothingSent, accept
+from auditmesh.proxy.accept import HandshakeRefused, NothingSent, PeerTLS, accept
 from auditmesh.proxy.config import Inbound, Outbound, SidecarConfig, split_host_port
 from auditmesh.proxy.emitter import Emitter, EmitterConfig
 from auditmesh.proxy.enforce import PolicyState
@@ -348,11 +348,11 @@ class Sidecar:
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True)
             try:
-                verify_peer_svid(der, self.bundle, datetime.now(UTC), expected)
+                server = verify_peer_svid(der, self.bundle, datetime.now(UTC), expected)
             except PeerIdentityError as exc:
                 writer.close()
                 raise SecureNamingError(f"{target.service}: {exc}") from None
-            return Upstream(reader, writer, tls_version=ssl_object.version())
+            return Upstream(reader, writer, PeerTLS.verified(server, ssl_object, der))
 
         pool = Pool(connect, size=limits.pool_size, connect_timeout_s=limits.connect_timeout_s)
         self._pools.append(pool)
@@ -404,7 +404,7 @@ class Sidecar:
         except (OSError, TimeoutError) as exc:
             x.flag, x.detail, x.end = "UF", f"connection failure ({exc or 'timeout'})", "refused"
         else:
-            x.upstream_tls_version = upstream.tls_version
+            x.connected_to(upstream.tls)
             result = await relay(
                 (reader, writer),
                 (upstream.reader, upstream.writer),
