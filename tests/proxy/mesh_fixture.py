@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.meshproc import LocalMesh
+from auditmesh.meshproc import LocalMesh, address
 from auditmesh.serverproc import ServerProcess
 from auditmesh.store.sqlite import SQLiteStore
 
@@ -126,6 +126,11 @@ class Mesh:
 
     def sidecar(self, name: str, config: dict[str, Any]) -> subprocess.Popen[bytes]:
         return self.local.start_sidecar(name, "shop", {"audit": {"flush_ms": 50}, **config})
+
+    def echo_sidecar(self, name: str, port: int) -> None:
+        """`name`: a TCP echo app behind an inbound sidecar in TCP mode listening on `port`."""
+        inbound = {"listen": address(port), "app": address(self.start_echo()), "protocol": "tcp"}
+        self.sidecar(name, {"inbound": inbound})
 
     def identity_files(self, name: str) -> tuple[Path, Path]:
         identity = self.data / "mesh" / name / "data" / "identity"

@@ -39,7 +39,6 @@ def ports(mesh: Mesh) -> dict[str, int]:
         name: free_port() for name in ("pay_in", "orders_out", "wrong_out", "tcp_in", "tcp_out")
     }
     mesh.start_app("payments")
-    echo = mesh.start_echo()
     mesh.sidecar(
         "payments",
         {
@@ -51,10 +50,7 @@ def ports(mesh: Mesh) -> dict[str, int]:
             "limits": {"header_timeout_s": 1.0, "request_timeout_s": 2.0},
         },
     )
-    mesh.sidecar(
-        "ledgerdb",
-        {"inbound": {"listen": address(ports["tcp_in"]), "app": address(echo), "protocol": "tcp"}},
-    )
+    mesh.echo_sidecar("ledgerdb", ports["tcp_in"])
     mesh.sidecar(
         "orders",
         {

@@ -93,7 +93,6 @@ def ports(mesh: Mesh, app: ClosingApp) -> dict[str, int]:
     """payments (the closing app) behind an inbound sidecar with a 1 s header timeout and an
     8 s idle timeout; ledgerdb (TCP echo) behind another; orders calls both outbound."""
     ports = {name: free_port() for name in ("pay_in", "orders_out", "tcp_in", "tcp_out")}
-    echo = mesh.start_echo()
     mesh.sidecar(
         "payments",
         {
@@ -101,10 +100,7 @@ def ports(mesh: Mesh, app: ClosingApp) -> dict[str, int]:
             "limits": {"header_timeout_s": 1.0, "idle_timeout_s": 8.0},
         },
     )
-    mesh.sidecar(
-        "ledgerdb",
-        {"inbound": {"listen": address(ports["tcp_in"]), "app": address(echo), "protocol": "tcp"}},
-    )
+    mesh.echo_sidecar("ledgerdb", ports["tcp_in"])
     mesh.sidecar(
         "orders",
         {
