@@ -160,6 +160,15 @@ def replace_signing_key(d: Path) -> None:
     )
 
 
+def edit_event_body_as_text(d: Path) -> None:
+    """What the sqlite3 shell does: replace() returns TEXT, so the blob becomes a string."""
+    sql(d, """UPDATE events SET data = replace(data, '"GET"', '"PUT"') WHERE idx = 321""")
+
+
+def delete_every_checkpoint(d: Path) -> None:
+    sql(d, "DELETE FROM checkpoints")
+
+
 TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
     "event body": (flip_event_body, "index 321"),
     "leaf hash": (flip_leaf_hash, "tile/0/001 entry 5"),
@@ -175,6 +184,8 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
     "deleted tail": (delete_last_rows, "end of log"),
     "truncated file": (truncate_file, "cannot read"),
     "forged signature": (replace_signing_key, "checkpoint #3"),
+    "event body edited as text": (edit_event_body_as_text, "index 321"),
+    "every checkpoint deleted": (delete_every_checkpoint, "checkpoints;"),
 }
 
 
@@ -313,3 +324,34 @@ def test_two_checkpoints_of_one_size_must_both_match(data_dir: Path) -> None:
             verify_log(reader, ledger.log.verifier)
     finally:
         ledger.close()
+
+
+def test_entries_after_the_latest_checkpoint_are_named(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Removing the latest checkpoint leaves a log that still verifies up to the one before;
+    the output says which entries no signature covers."""
+    sql(data_dir, "DELETE FROM checkpoints WHERE size = ?", SIZE)
+    code, out = run_verify(data_dir, capsys)
+    assert code == 0, out
+    assert "2 checkpoint(s)" in out
+    assert f"entries 500..{SIZE - 1} are not covered by a signed checkpoint" in out
+
+
+def test_key_may_be_given_as_a_file(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_file = data_dir / "keys" / "log.vkey"
+    argv = ["log", "verify", "--data", str(data_dir), "--quiet", "--key", str(key_file)]
+    assert main(argv) == 0, capsys.readouterr()
+    assert main([*argv[:-1], key_file.read_text().strip()]) == 0
+
+
+def test_blobs_retyped_as_text_but_unchanged_still_verify(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A column rewritten as TEXT with the same bytes (a tile's hashes are not even UTF-8) is
+    read back as those bytes: not tampering, and not a crash of the reader."""
+    sql(data_dir, "UPDATE checkpoints SET note = CAST(note AS TEXT) WHERE size = 500")
+    sql(data_dir, "UPDATE tiles SET data = CAST(data AS TEXT) WHERE level = 0 AND idx = 1")
+    sql(data_dir, "UPDATE events SET data = CAST(data AS TEXT) WHERE idx = 7")
+    code, out = run_verify(data_dir, capsys)
+    assert code == 0, out

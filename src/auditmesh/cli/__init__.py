@@ -13,3 +13,12 @@ def add_data_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help=f"data directory (default ./{DEFAULT_DATA})"
     )
+
+
+def verifier_key(value: str) -> str:
+    """`--key`: the verifier key itself (`name+hash+base64`, sumdb/note) or a file holding it,
+    such as DATA/keys/log.vkey."""
+    path = Path(value)
+    if "+" not in value and path.is_file():
+        return path.read_text().strip()
+    return value.strip()

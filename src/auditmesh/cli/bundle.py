@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from auditmesh.cli import add_data_arg
+from auditmesh.cli import add_data_arg, verifier_key
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import open_ledger
@@ -38,7 +38,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     verify = bundle_sub.add_parser("verify", help="check a bundle offline")
     verify.add_argument("file", type=Path, metavar="FILE")
-    verify.add_argument("--key", required=True, help="the log's verifier key you trust")
+    verify.add_argument(
+        "--key",
+        required=True,
+        type=verifier_key,
+        help="the log's verifier key you trust, or a file holding it (e.g. DATA/keys/log.vkey)",
+    )
     verify.set_defaults(func=run_verify)
 
 

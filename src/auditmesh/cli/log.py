@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from auditmesh.cli import DEFAULT_DATA, add_data_arg
+from auditmesh.cli import DEFAULT_DATA, add_data_arg, verifier_key
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog, ServerError
 from auditmesh.datadir import Ledger, open_ledger, open_reader
@@ -48,7 +48,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _add_source(verify)
     verify.add_argument(
-        "--key", help="verifier key to trust (default: the data directory's log.vkey)"
+        "--key",
+        type=verifier_key,
+        help="verifier key to trust, or a file holding it (default: the data directory's "
+        "keys/log.vkey)",
     )
     verify.add_argument(
         "--jobs",
@@ -186,4 +189,11 @@ def run_verify(args: argparse.Namespace) -> int:
         f"OK: {report.size} entries recomputed, {report.checkpoints} checkpoint(s) verified "
         f"with {verifier.name}; latest root {root}"
     )
+    if report.unsigned:
+        first = report.size - report.unsigned
+        console.print(
+            f"[yellow]note[/]: entries {first}..{report.size - 1} are not covered by a signed "
+            "checkpoint yet (a running server signs one each second; if it has stopped, they "
+            "were appended after its last checkpoint, or a later checkpoint was removed)"
+        )
     return 0

@@ -46,6 +46,12 @@ class VerifyReport:
     checkpoints: int
     latest: Checkpoint | None
 
+    @property
+    def unsigned(self) -> int:
+        """Entries after the latest checkpoint: appended since it was signed (the server signs
+        each second while the log grows), or covered by checkpoints that are gone."""
+        return self.size - (self.latest.size if self.latest is not None else 0)
+
 
 Progress = Callable[[int, int], None]
 OpenReader = Callable[[], LogReader]
@@ -89,6 +95,14 @@ def verify_log(
             expected=checkpoints[-1].size,
             computed=size,
             where="end of log",
+        )
+    if size and not checkpoints:
+        raise VerificationError(
+            "no signed checkpoint: no signature vouches for any entry (the checkpoints were "
+            "removed, or the server never signed one)",
+            expected="at least one checkpoint",
+            computed=0,
+            where="checkpoints",
         )
     for checkpoint in checkpoints:
         if checkpoint.size == 0:

@@ -99,6 +99,9 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 DB_NAME = "ledger.db"
+# Byte columns are read with CAST(… AS BLOB): a value someone rewrote as TEXT (the sqlite3
+# shell's replace() does) still comes back as its bytes, to be hashed and found wrong by
+# `log verify`, not as a str (or a UTF-8 decoding error) that breaks the reader.
 
 _INSERT_EVENT = (
     "INSERT INTO events (idx, id, time_ns, kind, source_id, source_service, dest_id,"
@@ -106,7 +109,7 @@ _INSERT_EVENT = (
     " duration_us, request_bytes, response_bytes, mtls, hop, data)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_EVENT_COLUMNS = "idx, id, data"
+_EVENT_COLUMNS = "idx, CAST(id AS BLOB), CAST(data AS BLOB)"
 
 
 class SQLiteStore:
@@ -191,7 +194,9 @@ class SQLiteStore:
     def read_tile(self, level: int, index: int) -> bytes:
         row = (
             self._reader()
-            .execute("SELECT data FROM tiles WHERE level = ? AND idx = ?", (level, index))
+            .execute(
+                "SELECT CAST(data AS BLOB) FROM tiles WHERE level = ? AND idx = ?", (level, index)
+            )
             .fetchone()
         )
         return b"" if row is None else bytes(row[0])
@@ -199,7 +204,11 @@ class SQLiteStore:
     def read_stored_tile(self, level: int, index: int) -> StoredTile:
         row = (
             self._reader()
-            .execute("SELECT data, nodes FROM tiles WHERE level = ? AND idx = ?", (level, index))
+            .execute(
+                "SELECT CAST(data AS BLOB), CAST(nodes AS BLOB) FROM tiles"
+                " WHERE level = ? AND idx = ?",
+                (level, index),
+            )
             .fetchone()
         )
         if row is None:
@@ -240,7 +249,8 @@ class SQLiteStore:
     def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         # INTEGER and BLOB columns come back as int and bytes already: rows pass through.
         yield from self._reader().execute(
-            "SELECT idx, data FROM events WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+            "SELECT idx, CAST(data AS BLOB) FROM events WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, end),
         )
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
@@ -251,7 +261,8 @@ class SQLiteStore:
 
     def checkpoints(self) -> Iterator[StoredCheckpoint]:
         cursor = self._reader().execute(
-            "SELECT size, root, note, signed_ns FROM checkpoints ORDER BY size"
+            "SELECT size, CAST(root AS BLOB), CAST(note AS BLOB), signed_ns FROM checkpoints"
+            " ORDER BY size"
         )
         for size, root, note, signed_ns in cursor:
             yield StoredCheckpoint(int(size), bytes(root), bytes(note), int(signed_ns))
@@ -260,7 +271,8 @@ class SQLiteStore:
         row = (
             self._reader()
             .execute(
-                "SELECT size, root, note, signed_ns FROM checkpoints ORDER BY size DESC LIMIT 1"
+                "SELECT size, CAST(root AS BLOB), CAST(note AS BLOB), signed_ns FROM checkpoints"
+                " ORDER BY size DESC LIMIT 1"
             )
             .fetchone()
         )
