@@ -103,11 +103,16 @@ DB_NAME = "ledger.db"
 # shell's replace() does) still comes back as its bytes, to be hashed and found wrong by
 # `log verify`, not as a str (or a UTF-8 decoding error) that breaks the reader.
 
+INDEX_COLUMNS = (
+    "time_ns", "kind", "source_id", "source_service", "dest_id", "dest_service", "status",
+    "decision", "trace_id", "outcome", "direction", "path", "source_ns", "dest_ns",
+    "duration_us", "request_bytes", "response_bytes", "mtls", "hop",
+)  # fmt: skip
+"""The query columns, in the order of `store.base.columns_of`: derived from the canonical
+bytes at insert, re-derived and compared by `check_index_rows` (`log verify --indexes`)."""
 _INSERT_EVENT = (
-    "INSERT INTO events (idx, id, time_ns, kind, source_id, source_service, dest_id,"
-    " dest_service, status, decision, trace_id, outcome, direction, path, source_ns, dest_ns,"
-    " duration_us, request_bytes, response_bytes, mtls, hop, data)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO events (idx, id, {', '.join(INDEX_COLUMNS)}, data)"
+    f" VALUES ({', '.join('?' * (len(INDEX_COLUMNS) + 3))})"
 )
 _EVENT_COLUMNS = "idx, CAST(id AS BLOB), CAST(data AS BLOB)"
 
@@ -252,6 +257,18 @@ class SQLiteStore:
             "SELECT idx, CAST(data AS BLOB) FROM events WHERE idx >= ? AND idx < ? ORDER BY idx",
             (start, end),
         )
+
+    def indexed_rows(
+        self, start: int, end: int
+    ) -> Iterator[tuple[int, bytes, tuple[object, ...], bytes]]:
+        """(index, dedup key, query columns, canonical bytes) of entries [start, end)."""
+        cursor = self._reader().execute(
+            f"SELECT idx, CAST(id AS BLOB), {', '.join(INDEX_COLUMNS)}, CAST(data AS BLOB)"
+            " FROM events WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, end),
+        )
+        for idx, key, *columns, data in cursor:
+            yield idx, key, tuple(columns), data
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         self._writer.execute(
