@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import msgspec
@@ -151,6 +152,25 @@ def test_json_array_batch_error_names_the_element() -> None:
     body = b"[" + make() + b"," + make(outcome="maybe") + b"]"
     with pytest.raises(ev.EventError, match=r"\$\[1\]\.outcome"):
         ev.decode_batch(body)
+
+
+def test_pretty_printed_array_error_names_the_line_its_element_starts_on() -> None:
+    """Two identical elements first (the search for element 2 must not stop at element 1),
+    then the bad one on line 7 of an indented array."""
+    good = json.dumps(json.loads(make()), indent=2)
+    bad = json.dumps(json.loads(make(http={"status": 999})), indent=2)
+    lines_before = 1 + 2 * (good.count("\n") + 1)
+    body = ("[\n" + good + ",\n" + good + ",\n" + bad + "\n]\n").encode()
+    with pytest.raises(ev.EventError) as err:
+        ev.decode_batch(body)
+    assert err.value.line == lines_before + 1
+    assert f"line {lines_before + 1}:" in str(err.value) and "$[2].http.status" in str(err.value)
+
+
+def test_an_array_that_is_not_json_is_reported_on_line_1() -> None:
+    with pytest.raises(ev.EventError) as err:
+        ev.decode_batch(b"[" + make() + b", nope]")
+    assert err.value.line == 1
 
 
 def test_batches_decode_both_forms() -> None:

@@ -13,6 +13,7 @@ as the proto3 JSON mapping (and so OTLP/JSON) writes int64; input accepts both f
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -217,7 +218,7 @@ def decode_batch(body: bytes) -> list[AuditEvent]:
         try:
             return _LIST_DECODER.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-            raise EventError(str(exc), line=1) from None
+            raise EventError(str(exc), line=_array_error_line(body, str(exc))) from None
     events = []
     for number, line in _lines(body):
         try:
@@ -225,6 +226,26 @@ def decode_batch(body: bytes) -> list[AuditEvent]:
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             raise EventError(str(exc), line=number) from None
     return events
+
+
+_ELEMENT = re.compile(r"\$\[(\d+)\]")
+
+
+def _array_error_line(body: bytes, message: str) -> int:
+    """The line where the array element named in `message` (`… - at $[7].http.status`)
+    starts, so a pretty-printed batch's error points at the right line; 1 if unknown."""
+    found = _ELEMENT.search(message)
+    try:
+        elements = msgspec.json.decode(body, type=list[msgspec.Raw])
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return 1
+    if found is None or int(found.group(1)) >= len(elements):
+        return 1
+    start = end = 0
+    for element in elements[: int(found.group(1)) + 1]:  # Raw: slices of `body`, in order
+        start = body.index(bytes(element), end)
+        end = start + len(element)
+    return body.count(b"\n", 0, start) + 1
 
 
 def _lines(body: bytes) -> Iterator[tuple[int, bytes]]:
