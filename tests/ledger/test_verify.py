@@ -19,6 +19,7 @@ from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier, generate_key
 from auditmesh.ledger.verify import verify_log
 from auditmesh.store.base import StoreReader
+from auditmesh.store.indexcheck import check_indexes
 from tests.conftest import fill, generate
 
 SIZE = 700  # three level-0 tiles, and a level-1 tile with two entries
@@ -276,7 +277,7 @@ def test_cli_verifies_in_worker_processes(
             pools.append(workers)
             super().__init__(workers, **kwargs)
 
-    monkeypatch.setattr("auditmesh.ledger.verify.ProcessPoolExecutor", CountedPool)
+    monkeypatch.setattr("auditmesh.workers.ProcessPoolExecutor", CountedPool)
     code = main(["log", "verify", "--data", str(data_dir), "--quiet", "--jobs", "2"])
     out = capsys.readouterr().out
     assert code == 0 and f"OK: {SIZE} entries" in out, out
@@ -388,3 +389,16 @@ def test_untouched_query_columns_match(data_dir: Path, capsys: pytest.CaptureFix
     code, out = run_verify_indexes(data_dir, capsys)
     assert code == 0, out
     assert f"the query columns of {SIZE} entries match" in out
+
+
+def test_indexes_are_checked_in_worker_processes(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments of 256 in two spawned workers: the same count, and the same row named."""
+    monkeypatch.setattr("auditmesh.store.indexcheck.SEGMENT", 256)
+    seen: list[tuple[int, int]] = []
+    assert check_indexes(data_dir, SIZE, jobs=2, progress=lambda *p: seen.append(p)) == SIZE
+    assert seen == [(256, SIZE), (512, SIZE), (SIZE, SIZE)]
+    sql(data_dir, "UPDATE events SET kind = 'tcp' WHERE idx = 650")
+    with pytest.raises(VerificationError, match="index 650 column kind"):
+        check_indexes(data_dir, SIZE, jobs=2)

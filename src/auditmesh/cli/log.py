@@ -22,8 +22,7 @@ from auditmesh.ledger.note import Verifier
 from auditmesh.ledger.tlogproof import TlogProof
 from auditmesh.ledger.verify import LogReader, OpenReader, verify_log
 from auditmesh.store.base import StoreError, StoreReader
-from auditmesh.store.indexcheck import check_index_rows
-from auditmesh.store.sqlite import SQLiteStore
+from auditmesh.store.indexcheck import check_indexes
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,7 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--indexes",
         action="store_true",
         help="also re-derive every event's query columns from its canonical bytes and compare "
-        "(a local ledger; it decodes every event, so it takes several times longer)",
+        "(a local ledger, in --jobs processes; it decodes every event, so it takes several "
+        "times longer)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(func=run_verify)
@@ -195,7 +195,7 @@ def run_verify(args: argparse.Namespace) -> int:
             if args.url:
                 raise UserError("--indexes reads the store's columns: use it with --data")
             try:
-                checked = _check_indexes(ledger.store, report.size, progress)
+                checked = _check_indexes(ledger.data_dir, report.size, args.jobs, progress)
             except VerificationError as exc:
                 console.print(f"[bold red]FAILED[/]: {where}: {exc}")
                 return 1
@@ -217,12 +217,12 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_indexes(store: SQLiteStore, size: int, progress: Progress) -> int:
-    step = 1 << 14
-    checked = 0
+def _check_indexes(data_dir: Path, size: int, jobs: int, progress: Progress) -> int:
     with progress:
         task = progress.add_task("indexes", total=size)
-        for start in range(0, size, step):
-            checked += check_index_rows(store.indexed_rows(start, min(start + step, size)))
-            progress.update(task, completed=checked)
-    return checked
+        return check_indexes(
+            data_dir,
+            size,
+            jobs=jobs,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )

@@ -13,10 +13,8 @@ signed) value and the computed one.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +22,7 @@ from auditmesh.ledger import merkle, tiles
 from auditmesh.ledger.checkpoint import Checkpoint, open_checkpoint
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
+from auditmesh.workers import map_in_workers
 
 HASH = 32
 
@@ -150,12 +149,10 @@ def _segments(
         for (start, end), at in zip(bounds, cuts, strict=True):
             yield _verify_segment(reader, checker, start, end, at)
         return
-    spawn = multiprocessing.get_context("spawn")  # no SQLite handle crosses a fork
-    with ProcessPoolExecutor(
-        jobs, mp_context=spawn, initializer=_open_in_worker, initargs=(open_reader,)
-    ) as pool:
-        starts, ends = zip(*bounds, strict=True)
-        yield from pool.map(_segment_in_worker, starts, ends, cuts)
+    starts, ends = zip(*bounds, strict=True)
+    yield from map_in_workers(
+        jobs, _open_in_worker, open_reader, _segment_in_worker, starts, ends, cuts
+    )
 
 
 _WORKER: tuple[LogReader, _TileChecker] | None = None  # one per worker process

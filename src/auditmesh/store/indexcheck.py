@@ -10,14 +10,61 @@ that differs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from auditmesh.events import EventError, decode_event
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.store.base import columns_of, event_key
-from auditmesh.store.sqlite import INDEX_COLUMNS
+from auditmesh.store.sqlite import INDEX_COLUMNS, SQLiteStore
+from auditmesh.workers import map_in_workers
 
 IndexedRow = tuple[int, bytes, tuple[object, ...], bytes]  # index, key, columns, data
+SEGMENT = 1 << 14
+
+
+def check_indexes(
+    data_dir: Path,
+    size: int,
+    *,
+    jobs: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Check entries [0, size) of the ledger in `data_dir` in segments, in `jobs` spawned
+    worker processes when more than one; the first divergence in index order is raised."""
+    bounds = [(start, min(start + SEGMENT, size)) for start in range(0, size, SEGMENT)]
+    checked = 0
+    for count in _segments(data_dir, bounds, jobs):
+        checked += count
+        if progress is not None:
+            progress(checked, size)
+    return checked
+
+
+def _segments(data_dir: Path, bounds: list[tuple[int, int]], jobs: int) -> Iterator[int]:
+    if jobs <= 1 or len(bounds) < 2:
+        store = SQLiteStore(data_dir, create=False)
+        try:
+            for start, end in bounds:
+                yield check_index_rows(store.indexed_rows(start, end))
+        finally:
+            store.close()
+        return
+    starts, ends = zip(*bounds, strict=True)
+    yield from map_in_workers(jobs, _open_in_worker, data_dir, _segment_in_worker, starts, ends)
+
+
+_STORE: SQLiteStore | None = None  # one per worker process
+
+
+def _open_in_worker(data_dir: Path) -> None:
+    global _STORE
+    _STORE = SQLiteStore(data_dir, create=False)
+
+
+def _segment_in_worker(start: int, end: int) -> int:
+    assert _STORE is not None, "opened by _open_in_worker"
+    return check_index_rows(_STORE.indexed_rows(start, end))
 
 
 def check_index_rows(rows: Iterable[IndexedRow]) -> int:
