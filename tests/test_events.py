@@ -167,6 +167,16 @@ def test_pretty_printed_array_error_names_the_line_its_element_starts_on() -> No
     assert f"line {lines_before + 1}:" in str(err.value) and "$[2].http.status" in str(err.value)
 
 
+def test_the_element_is_taken_from_the_path_not_from_the_quoted_value() -> None:
+    """msgspec quotes the bad value: an outcome of "$[0]" must not be read as element 0."""
+    good = json.dumps(json.loads(make()), indent=2)
+    bad = json.dumps(json.loads(make(outcome="$[0]")), indent=2)
+    body = ("[\n" + good + ",\n" + bad + "\n]").encode()
+    with pytest.raises(ev.EventError) as err:
+        ev.decode_batch(body)
+    assert err.value.line == 2 + good.count("\n") + 1
+
+
 def test_an_array_that_is_not_json_is_reported_on_line_1() -> None:
     with pytest.raises(ev.EventError) as err:
         ev.decode_batch(b"[" + make() + b", nope]")

@@ -228,7 +228,7 @@ def decode_batch(body: bytes) -> list[AuditEvent]:
     return events
 
 
-_ELEMENT = re.compile(r"\$\[(\d+)\]")
+_ELEMENT = re.compile(r" - at `\$\[(\d+)\]")  # msgspec: "… - at `$[7].http.status`"
 
 
 def _array_error_line(body: bytes, message: str) -> int:

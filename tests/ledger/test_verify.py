@@ -16,7 +16,8 @@ from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger, open_reader
 from auditmesh.ledger.checkpoint import Checkpoint, sign_checkpoint
 from auditmesh.ledger.errors import VerificationError
-from auditmesh.ledger.note import Verifier, generate_key
+from auditmesh.ledger.merkle import EMPTY_ROOT
+from auditmesh.ledger.note import Signer, Verifier, generate_key
 from auditmesh.ledger.verify import verify_log
 from auditmesh.store.base import StoreReader
 from auditmesh.store.indexcheck import check_indexes
@@ -170,6 +171,23 @@ def delete_every_checkpoint(d: Path) -> None:
     sql(d, "DELETE FROM checkpoints")
 
 
+def keep_only_an_empty_log_checkpoint(d: Path) -> None:
+    """The note of size 0 is the same for any log of this key: it vouches for nothing."""
+    empty = Checkpoint("test.auditmesh/log", 0, EMPTY_ROOT)
+    signer = Signer.from_skey((d / "keys" / "log.skey").read_text().strip())
+    note = sign_checkpoint(empty, signer)
+    sql(d, "DELETE FROM checkpoints")
+    sql(d, "INSERT INTO checkpoints VALUES (0, ?, ?, 0)", empty.root_hash, note)
+
+
+def add_a_row_outside_the_log(d: Path) -> None:
+    with sqlite3.connect(d / "ledger.db") as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(events)")]
+        row = list(db.execute("SELECT * FROM events WHERE idx = 5").fetchone())
+        row[columns.index("idx")], row[columns.index("id")] = -1, b"\x01" * 16
+        db.execute(f"INSERT INTO events VALUES ({', '.join('?' * len(row))})", row)
+
+
 TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
     "event body": (flip_event_body, "index 321"),
     "leaf hash": (flip_leaf_hash, "tile/0/001 entry 5"),
@@ -187,6 +205,7 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
     "forged signature": (replace_signing_key, "checkpoint #3"),
     "event body edited as text": (edit_event_body_as_text, "index 321"),
     "every checkpoint deleted": (delete_every_checkpoint, "checkpoints;"),
+    "only the empty log's checkpoint kept": (keep_only_an_empty_log_checkpoint, "checkpoints;"),
 }
 
 
@@ -344,6 +363,15 @@ def test_key_may_be_given_as_a_file(data_dir: Path, capsys: pytest.CaptureFixtur
     argv = ["log", "verify", "--data", str(data_dir), "--quiet", "--key", str(key_file)]
     assert main(argv) == 0, capsys.readouterr()
     assert main([*argv[:-1], key_file.read_text().strip()]) == 0
+
+
+def test_a_row_outside_the_log_fails_a_local_verify(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row at index -1 is in no tile and under no signature, yet queries would return it."""
+    add_a_row_outside_the_log(data_dir)
+    code, out = run_verify(data_dir, capsys)
+    assert code == 1 and f"holds {SIZE + 1} rows" in out.replace("\n", " "), out
 
 
 def test_blobs_retyped_as_text_but_unchanged_still_verify(

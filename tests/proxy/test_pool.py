@@ -54,10 +54,12 @@ async def _reuse_after(peer: Peer, act: str) -> tuple[bool, Upstream, Upstream]:
         await asyncio.sleep(0.01)
     if act == "close":
         peer.accepted[0].close()
-    elif act == "write":
+    elif act in ("write", "write, then the loop reads it"):
         peer.accepted[0].sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
-    # block (no await): the bytes or the FIN reach our socket, the event loop has not run
-    time.sleep(0.1)
+    if act == "write, then the loop reads it":
+        await asyncio.sleep(0.2)  # the bytes move into the StreamReader's buffer
+    else:  # block (no await): the bytes or the FIN reach our socket, the loop has not run
+        time.sleep(0.1)
     second = await pool.acquire()
     closing = first.writer.is_closing()  # acquire closed it, or it is the one handed out
     pool.close()
@@ -67,7 +69,7 @@ async def _reuse_after(peer: Peer, act: str) -> tuple[bool, Upstream, Upstream]:
     return closing, first, second
 
 
-@pytest.mark.parametrize("act", ["close", "write"])
+@pytest.mark.parametrize("act", ["close", "write", "write, then the loop reads it"])
 def test_an_idle_connection_the_peer_closed_or_wrote_to_is_not_reused(peer: Peer, act: str) -> None:
     closed, first, second = asyncio.run(_reuse_after(peer, act))
     assert second is not first and not second.reused

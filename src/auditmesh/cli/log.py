@@ -191,6 +191,13 @@ def run_verify(args: argparse.Namespace) -> int:
             except Exception as exc:  # a damaged database file surfaces as sqlite3 errors
                 console.print(f"[bold red]FAILED[/]: {where}: {type(exc).__name__}: {exc}")
                 return 1
+        if not args.url and (rows := ledger.store.row_count()) != report.size:
+            console.print(
+                f"[bold red]FAILED[/]: {where}: the events table holds {rows} rows but the log "
+                f"has {report.size} entries: rows outside the log (an index below 0?) would show "
+                "in queries with no proof behind them"
+            )
+            return 1
         if args.indexes:
             if args.url:
                 raise UserError("--indexes reads the store's columns: use it with --data")

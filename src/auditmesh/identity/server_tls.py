@@ -39,6 +39,10 @@ def server_client(
 ) -> httpx.AsyncClient:
     """An httpx client to the audit server at `base_url` over `context` (with or without this
     workload's SVID) that only talks to a peer proving the server's SPIFFE ID."""
+    if httpx.URL(base_url).scheme != "https":
+        # Over plain HTTP there is no handshake to check: the token or batch would go out to
+        # whoever answers, in clear.
+        raise ValueError(f"the server URL must be https:// (the mesh listener), not {base_url}")
     domain = bundle_trust_domain(bundle_pem)
     if domain is None:
         raise ValueError("the trust bundle's CA names no SPIFFE trust domain")
@@ -51,8 +55,13 @@ def server_client(
 
     transport = httpx.AsyncHTTPTransport(verify=context)
     # httpx builds its pool without a way to pass a network backend; the same pool, with one.
+    limits = httpx.Limits()  # httpx's defaults, which its own pool would have had
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=context, network_backend=_CheckingBackend(check, expected)
+        ssl_context=context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_CheckingBackend(check, expected),
     )
     return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
 

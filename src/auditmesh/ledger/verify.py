@@ -95,12 +95,14 @@ def verify_log(
             computed=size,
             where="end of log",
         )
-    if size and not checkpoints:
+    if size and (not checkpoints or checkpoints[-1].size == 0):
+        # A checkpoint of the empty log is the same note for every log of this key and origin:
+        # it vouches for nothing stored.
         raise VerificationError(
-            "no signed checkpoint: no signature vouches for any entry (the checkpoints were "
-            "removed, or the server never signed one)",
-            expected="at least one checkpoint",
-            computed=0,
+            "no signed checkpoint covers any entry: no signature vouches for the log (its "
+            "checkpoints were removed, or the server never signed one)",
+            expected="a checkpoint of size > 0",
+            computed=checkpoints[-1].size if checkpoints else "none",
             where="checkpoints",
         )
     for checkpoint in checkpoints:

@@ -37,7 +37,8 @@ class Workload(_Strict, frozen=True):
 
 
 class ServerLink(_Strict, frozen=True):
-    url: str
+    # The mesh listener: the sidecar checks it proves the server's SPIFFE ID before sending.
+    url: Annotated[str, Meta(pattern=r"^https://")]
     bundle: str
     join_token: str | None = None
     join_token_file: str | None = None

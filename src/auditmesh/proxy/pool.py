@@ -31,8 +31,12 @@ class Upstream:
         return not (self.reader.at_eof() or self.writer.is_closing())
 
     def readable(self) -> bool:
-        """The socket has something to read (or has hung up): on an idle connection that
-        means the peer closed it, or sent something no request asked for."""
+        """Something arrived (or the peer hung up): on an idle connection that means the peer
+        closed it, or sent something no request asked for. Bytes the event loop has already
+        moved into the stream's buffer count too (asyncio keeps no public length of it), so a
+        stale response can never be read as the answer to the next caller's request."""
+        if getattr(self.reader, "_buffer", b""):
+            return True
         sock = self.writer.get_extra_info("socket")
         if sock is None:
             return False

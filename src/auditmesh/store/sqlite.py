@@ -258,6 +258,11 @@ class SQLiteStore:
             (start, end),
         )
 
+    def row_count(self) -> int:
+        """Rows in the events table: the log's size, unless rows were added outside it."""
+        (count,) = self._reader().execute("SELECT count(*) FROM events").fetchone()
+        return int(count)
+
     def indexed_rows(
         self, start: int, end: int
     ) -> Iterator[tuple[int, bytes, tuple[object, ...], bytes]]:
