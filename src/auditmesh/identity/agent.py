@@ -13,26 +13,20 @@ import asyncio
 import random
 import ssl
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from auditmesh.fsutil import write_atomic
-from auditmesh.identity.server_tls import server_client
+from auditmesh.identity.server_tls import Clock, server_client, utcnow
 from auditmesh.identity.svid import PeerIdentityError, make_csr, renew_at, verify_peer_svid
 from auditmesh.identity.workload import Credentials, key_to_pem, new_private_key
-
-Clock = Callable[[], datetime]
 
 
 class EnrollmentError(Exception):
     """The server refused or could not be reached; the message says what to do."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class IdentityAgent:
@@ -42,7 +36,7 @@ class IdentityAgent:
         server_url: str,
         bundle_pem: bytes,
         *,
-        clock: Clock = _utcnow,
+        clock: Clock = utcnow,
         rng: random.Random | None = None,
     ) -> None:
         self._dir = Path(data_dir) / "identity"

@@ -25,7 +25,7 @@ from auditmesh.identity.svid import PeerIdentityError, bundle_trust_domain, veri
 Clock = Callable[[], datetime]
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
@@ -34,7 +34,7 @@ def server_client(
     context: ssl.SSLContext,
     bundle_pem: bytes,
     *,
-    clock: Clock = _utcnow,
+    clock: Clock = utcnow,
     timeout: float = 10.0,
 ) -> httpx.AsyncClient:
     """An httpx client to the audit server at `base_url` over `context` (with or without this
