@@ -143,7 +143,8 @@ class Log:
             last = self._storage.latest_checkpoint()
             if last is not None and last.size >= size:
                 return None
-            hashes = self.hashes()
+            # A new source reads the tiles as stored now, not the nodes proofs have cached.
+            hashes = tiles.TileHashSource(self._storage.read_stored_tile)
             root_hash = merkle.tree_root(hashes, size)
             if last is not None:
                 proof = merkle.consistency_proof(last.size, size, hashes)

@@ -370,11 +370,13 @@ class TileHashSource:
 
     ``subtree_hash(level, n)`` reads tile level ``level // 8`` and takes node ``n`` of level
     ``level % 8`` inside it: from the tile's stored interior nodes when the read returns a
-    :class:`StoredTile` that has them, otherwise by hashing the tile once. Full tiles are
-    final, so up to ``cache_tiles`` of them are kept in an LRU and never read again. A partial
-    tile is read again on every use, since it grows; its expansion is reused only while the
-    bytes read are identical. Raises :class:`TileNotFoundError` for a missing or too-short tile
-    and :class:`VerificationError` for a malformed one.
+    :class:`StoredTile` that has them, otherwise by hashing the tile once. Up to
+    ``cache_tiles`` full tiles and as many partial ones are kept in LRUs. A node of a partial
+    tile is final once it is complete (the log only appends), so a cached partial tile answers
+    for the nodes it holds, and is read again only for a node beyond its width. Raises
+    :class:`TileNotFoundError` for a missing or too-short tile and :class:`VerificationError`
+    for a malformed one. A check of the storage itself (the sequencer's, before it signs) takes
+    a new source, so it reads every tile as stored now.
     """
 
     __slots__ = ("_read", "_full", "_partial", "_cache_tiles")
@@ -395,9 +397,13 @@ class TileHashSource:
         tile = self._full.get(key)
         if tile is not None:
             self._full.move_to_end(key)
+            found = tile.node(k, offset >> k)
         else:
-            tile = self._load(key)
-        found = tile.node(k, offset >> k)
+            tile = self._partial.get(key)
+            found = None if tile is None else tile.node(k, offset >> k)
+            if found is None:  # not cached, or the node lies beyond the width read last time
+                tile = self._load(key)
+                found = tile.node(k, offset >> k)
         if found is None:
             raise TileNotFoundError(
                 f"{tile_path(tile_level, tile_index, tile.width or None)} has {tile.width} "
@@ -418,9 +424,6 @@ class TileHashSource:
                 if len(self._full) > limit:
                     self._full.popitem(last=False)
             return tile
-        seen = self._partial.get(key)
-        if seen is not None and seen.hashes == stored.hashes:
-            return seen
         tile = _Expanded(stored)
         if limit > 0:
             self._partial.pop(key, None)

@@ -24,7 +24,7 @@ import asyncio
 import base64
 import functools
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from starlette.applications import Starlette
@@ -48,6 +48,13 @@ from auditmesh.store.base import StoredEvent
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 CHECKPOINT_WAIT_S = 10.0
 _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+class _Proven(NamedTuple):
+    event: StoredEvent
+    size: int  # of the checkpoint the proof is for
+    note: bytes  # that checkpoint, signed
+    proof: list[bytes]
 
 
 def _b64(data: bytes) -> str:
@@ -137,41 +144,37 @@ class Api:
             return _error(404, f"no event with id {raw_id}")
         return stored
 
-    async def _covering_checkpoint(self, index: int) -> tuple[int, bytes] | Response:
-        future = self.collector.checkpoint_covering(index + 1)
+    async def _proven(self, request: Request, raw_id: str | None) -> _Proven | Response:
+        """The event `raw_id` names, with its inclusion proof in the first signed checkpoint
+        that covers it; or the error response (400, 404, 503 while no checkpoint covers it)."""
+        stored = await self._stored(request, raw_id)
+        if isinstance(stored, Response):
+            return stored
+        future = self.collector.checkpoint_covering(stored.index + 1)
         try:
             cp = await asyncio.wait_for(asyncio.wrap_future(future), CHECKPOINT_WAIT_S)
         except TimeoutError:
             return _error(503, "no checkpoint covers this event yet; try again in a second")
-        return cp.size, cp.note
+        proof = await run_in_threadpool(self.ledger.log.inclusion_proof, stored.index, cp.size)
+        return _Proven(stored, cp.size, cp.note, proof)
 
     async def get_event(self, request: Request) -> Response:
-        stored = await self._stored(request, request.path_params["event_id"])
-        if isinstance(stored, Response):
-            return stored
-        covering = await self._covering_checkpoint(stored.index)
-        if isinstance(covering, Response):
-            return covering
-        size, note = covering
-        proof = await run_in_threadpool(self.ledger.log.inclusion_proof, stored.index, size)
+        proven = await self._proven(request, request.path_params["event_id"])
+        if isinstance(proven, Response):
+            return proven
         body: dict[str, Any] = {
-            "index": stored.index,
-            "event": msgspec.json.decode(stored.data),
-            "proof": {"tree_size": size, "hashes": [_b64(h) for h in proof]},
-            "checkpoint": note.decode(),
+            "index": proven.event.index,
+            "event": msgspec.json.decode(proven.event.data),
+            "proof": {"tree_size": proven.size, "hashes": [_b64(h) for h in proven.proof]},
+            "checkpoint": proven.note.decode(),
         }
         return JSONResponse(body)
 
     async def get_inclusion(self, request: Request) -> Response:
-        stored = await self._stored(request, request.query_params.get("id"))
-        if isinstance(stored, Response):
-            return stored
-        covering = await self._covering_checkpoint(stored.index)
-        if isinstance(covering, Response):
-            return covering
-        size, note = covering
-        proof = await run_in_threadpool(self.ledger.log.inclusion_proof, stored.index, size)
-        text = TlogProof(stored.index, tuple(proof), note, None).encode()
+        proven = await self._proven(request, request.query_params.get("id"))
+        if isinstance(proven, Response):
+            return proven
+        text = TlogProof(proven.event.index, tuple(proven.proof), proven.note, None).encode()
         return Response(text, media_type="text/plain; charset=utf-8")
 
     async def get_consistency(self, request: Request) -> Response:
