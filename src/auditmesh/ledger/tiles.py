@@ -394,16 +394,14 @@ class TileHashSource:
         first = index << k  # first hash of tree level 8·tile_level under the subtree
         tile_index, offset = divmod(first, TILE_WIDTH)
         key = (tile_level, tile_index)
-        tile = self._full.get(key)
-        if tile is not None:
-            self._full.move_to_end(key)
-            found = tile.node(k, offset >> k)
-        else:
-            tile = self._partial.get(key)
-            found = None if tile is None else tile.node(k, offset >> k)
-            if found is None:  # not cached, or the node lies beyond the width read last time
-                tile = self._load(key)
-                found = tile.node(k, offset >> k)
+        tile = self._full.get(key) or self._partial.get(key)
+        found = None if tile is None else tile.node(k, offset >> k)
+        if tile is not None and found is not None:
+            if tile.width == TILE_WIDTH:
+                self._full.move_to_end(key)
+            return found
+        tile = self._load(key)  # not cached, or the node lies beyond the width read last time
+        found = tile.node(k, offset >> k)
         if found is None:
             raise TileNotFoundError(
                 f"{tile_path(tile_level, tile_index, tile.width or None)} has {tile.width} "
