@@ -7,6 +7,7 @@
     outbound:
       - {service: payments, listen: 127.0.0.1:15101, upstream: 127.0.0.1:16006,
          identity: spiffe://cluster.local/ns/shop/sa/payments, protocol: http}
+      # entries with the same `listen` share it, each request routed by its Host header
     audit: {batch_size: 500, flush_ms: 200, spool_max_bytes: 67108864, spool_full: drop-oldest}
     limits: {header_timeout_s: 10, idle_timeout_s: 60, connect_timeout_s: 5, ...}
 
@@ -105,7 +106,28 @@ def load_config(path: Path) -> tuple[SidecarConfig, Path]:
         config = msgspec.convert(raw, SidecarConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    for listen, targets in outbound_listeners(config.outbound).items():
+        services = [t.service for t in targets]
+        if len(targets) > 1 and any(t.protocol != "http" for t in targets):
+            raise ConfigError(
+                f"{path}: outbound services {', '.join(services)} share listen {listen}, but "
+                "only HTTP services can share a port (requests are routed by their Host "
+                "header); give each TCP service a port of its own"
+            )
+        if len(set(services)) < len(services):
+            raise ConfigError(
+                f"{path}: outbound listen {listen} names a service twice ({', '.join(services)})"
+            )
     return config, path.parent.resolve()
+
+
+def outbound_listeners(outbound: list[Outbound]) -> dict[str, list[Outbound]]:
+    """The outbound entries by `listen` address, in config order: several on one address
+    share that listener, routed by Host (proxy/routing.py)."""
+    listeners: dict[str, list[Outbound]] = {}
+    for target in outbound:
+        listeners.setdefault(target.listen, []).append(target)
+    return listeners
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -9,7 +9,9 @@ timeout, 403 `RBAC: access denied`) with the response flag in the audit event. A
 idempotent request without content that loses a reused upstream connection before any
 response byte is sent once more on a new connection (the event describes that last attempt).
 A kept-alive downstream connection may idle for `idle_timeout_s` before its next request
-begins; every request head then has `header_timeout_s` to arrive.
+begins; every request head then has `header_timeout_s` to arrive. A listener shared by several
+services routes each request by its Host header; a host it does not serve is answered 404
+with Envoy's NR (no route) flag, like a request that matches no virtual host.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class Route:
     pool: Pool
     limits: Limits
     authorize: Authorize | None = None
+
+
+SelectRoute = Callable[[str | None], "Route | None"]
+"""The route for a request's Host header value (None: the header is absent), or None."""
 
 
 class _Closed(Exception):
@@ -121,9 +127,14 @@ class HttpProxy:
         route: Route,
         emit: Callable[[AuditEvent], None],
         *,
+        select: SelectRoute | None = None,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        """`route` serves every request; with `select`, it is the listener's own (direction,
+        limits, the peer named before a request is read) and each request goes where
+        `select(host)` says."""
         self.route = route
+        self._select = select
         self._emit = emit
         self._now_ns = now_ns
         limits = route.limits
@@ -267,9 +278,17 @@ class HttpProxy:
         x.path = request.target.decode("latin-1")
         x.host = _text(h.get_header(request.headers, b"host"))
         x.user_agent = _text(h.get_header(request.headers, b"user-agent"))
-        outgoing = self._upstream_request(request, x)
-        if self.route.authorize is not None:
-            x.authz = self.route.authorize(request, x)
+        outgoing = self._upstream_request(request, x)  # trace and request ids, also for NR
+        route = self.route if self._select is None else self._select(x.host)
+        if route is None:
+            x.remote = Peer(host=x.host[:253] if x.host else None)
+            self._fail(x, "NR", f"no route: this listener serves no service named {x.host!r}")
+            await self._answer(down, writer, x)
+            return False
+        if self._select is not None:
+            x.remote = route.target
+        if route.authorize is not None:
+            x.authz = route.authorize(request, x)
             if x.authz is not None and x.authz.decision == "deny":
                 self._fail(x, "RBAC", "RBAC: access denied")
                 await self._answer(down, writer, x)
@@ -280,20 +299,20 @@ class HttpProxy:
         # once, on a new connection when nothing of a response came back, its method is
         # idempotent (RFC 9110 §9.2.2) and it has no content (a body is streamed, not kept).
         replayable = isinstance(body, EndOfMessage) and request.method in IDEMPOTENT
-        upstream = await self._connect(down, writer, x)
+        upstream = await self._connect(route.pool, down, writer, x)
         if upstream is None:
             return False
         replay = replayable and upstream.reused
         try:
-            async with asyncio.timeout(self.route.limits.request_timeout_s):
+            async with asyncio.timeout(route.limits.request_timeout_s):
                 while True:
                     outcome = await self._relay(
-                        down, reader, writer, upstream, outgoing, x, body, replay
+                        route.pool, down, reader, writer, upstream, outgoing, x, body, replay
                     )
                     if outcome != "retry":
                         break
                     x.labels["upstream.attempts"] = "2"
-                    again = await self._connect(down, writer, x, fresh=True)
+                    again = await self._connect(route.pool, down, writer, x, fresh=True)
                     if again is None:
                         return False
                     upstream, replay = again, False
@@ -311,12 +330,18 @@ class HttpProxy:
         return outcome == "keep"
 
     async def _connect(
-        self, down: Connection, writer: asyncio.StreamWriter, x: Exchange, *, fresh: bool = False
+        self,
+        pool: Pool,
+        down: Connection,
+        writer: asyncio.StreamWriter,
+        x: Exchange,
+        *,
+        fresh: bool = False,
     ) -> Upstream | None:
-        """A pooled upstream connection (`fresh`: a new one); None when none could be had,
+        """A connection from `pool` (`fresh`: a new one); None when none could be had,
         which is then answered and recorded in `x`."""
         try:
-            upstream = await self.route.pool.acquire(fresh=fresh)
+            upstream = await pool.acquire(fresh=fresh)
         except SecureNamingError as exc:
             self._fail(x, "SNM", str(exc))
         except (OSError, TimeoutError) as exc:
@@ -330,6 +355,7 @@ class HttpProxy:
 
     async def _relay(
         self,
+        pool: Pool,
         down: Connection,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
@@ -383,7 +409,7 @@ class HttpProxy:
             and not up.trailing_data[0]
         ):
             up.start_next_cycle()
-            self.route.pool.release(upstream)
+            pool.release(upstream)
         else:
             upstream.close()
         return "keep" if clean else "close"

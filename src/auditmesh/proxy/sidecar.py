@@ -1,8 +1,9 @@
 """`auditmesh sidecar`: the listeners of one workload's proxy, wired to identity and audit.
 
 Inbound: peers connect with mTLS (per the PeerAuthentication mode); requests go to the
-local app. Outbound: the local app connects in plaintext to one local port per upstream
-service; the sidecar originates mTLS and checks that the server's SPIFFE ID is the one
+local app. Outbound: the local app connects in plaintext to a local port per upstream
+service, or to one port several HTTP services share (routed by Host, proxy/routing.py);
+the sidecar originates mTLS and checks that the server's SPIFFE ID is the one
 configured for that service (secure naming). Every request (HTTP) or connection (TCP),
 and every refused handshake, is an audit event handed to the emitter. A rotated SVID is
 used for new connections only; open ones keep theirs.
@@ -11,6 +12,7 @@ used for new connections only; open ones keep theirs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import ssl
 import time
@@ -29,13 +31,20 @@ from auditmesh.identity.svid import PeerIdentityError, PresentedCertificate, ver
 from auditmesh.identity.workload import Credentials
 from auditmesh.policy.request import Request as PolicyRequest
 from auditmesh.proxy.accept import HandshakeRefused, NothingSent, PeerTLS, accept
-from auditmesh.proxy.config import Inbound, Outbound, SidecarConfig, split_host_port
+from auditmesh.proxy.config import (
+    Inbound,
+    Outbound,
+    SidecarConfig,
+    outbound_listeners,
+    split_host_port,
+)
 from auditmesh.proxy.emitter import Emitter, EmitterConfig
 from auditmesh.proxy.enforce import PolicyState
 from auditmesh.proxy.http1_events import Request
 from auditmesh.proxy.http_proxy import HttpProxy, Route, SecureNamingError
 from auditmesh.proxy.pool import Pool, Upstream
 from auditmesh.proxy.record import Exchange, peer_of, to_event
+from auditmesh.proxy.routing import by_host, service_names
 from auditmesh.proxy.spool import SpoolConfig
 from auditmesh.proxy.tcp import relay
 
@@ -92,8 +101,8 @@ class Sidecar:
         try:
             if self.config.inbound is not None:
                 await self._listen_inbound(self.config.inbound)
-            for target in self.config.outbound:
-                await self._listen_outbound(target)
+            for listen, targets in outbound_listeners(self.config.outbound).items():
+                await self._listen_outbound(listen, targets)
             self.ready.set()
             await stop.wait()
         finally:
@@ -281,16 +290,13 @@ class Sidecar:
         if inbound.protocol == "http":
             await proxy.serve(accepted.reader, accepted.writer, accepted.peer, accepted.remote)
             return
-        x = Exchange(
-            event_id=new_event_id(lambda: start_ns),
-            start_ns=start_ns,
-            reporter=str(self.identity),
-            kind="tcp",
-            direction="inbound",
-            local=self._listener_peer(inbound),
-            remote=peer_of(accepted.peer, accepted.remote),
-            tls=accepted.peer,
+        x = self._tcp_exchange(
+            start_ns,
+            "inbound",
+            self._listener_peer(inbound),
+            peer_of(accepted.peer, accepted.remote),
         )
+        x.tls = accepted.peer
         x.authz = self._decide(self._policy_request(x, http=False))
         if x.authz is not None and x.authz.decision == "deny":
             x.flag, x.detail, x.end = "RBAC", "RBAC: access denied", "denied"
@@ -329,8 +335,42 @@ class Sidecar:
 
     # -- outbound --------------------------------------------------------------------
 
-    async def _listen_outbound(self, target: Outbound) -> None:
-        host, port = split_host_port(target.listen)
+    async def _listen_outbound(self, listen: str, targets: list[Outbound]) -> None:
+        """One local port: for one service, every request or connection goes to it; for
+        several (HTTP), each request goes to the service its Host header names."""
+        host, port = split_host_port(listen)
+        routes = [self._outbound_route(target) for target in targets]
+        route, connect = routes[0]
+        select = None
+        if len(routes) > 1:
+            select = by_host(
+                {
+                    name: route
+                    for route, _ in routes
+                    for name in service_names(
+                        str(route.target.service), str(route.target.namespace)
+                    )
+                }
+            )
+            # Before a request names its service (a bad head, a slow one) there is none.
+            route = dataclasses.replace(route, target=Peer())
+        proxy = HttpProxy(route, self._emit, select=select, now_ns=self._now_ns)
+        destination = route.target
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")[:2]
+            if targets[0].protocol == "http":
+                await proxy.serve(reader, writer, None, peer)
+                return
+            x = self._tcp_exchange(self._now_ns(), "outbound", self._local, destination)
+            await self._tcp(reader, writer, connect, x)
+
+        server = await asyncio.start_server(handle, host, port, limit=STREAM_LIMIT)
+        self._servers.append(server)
+
+    def _outbound_route(self, target: Outbound) -> tuple[Route, Callable[[], Awaitable[Upstream]]]:
+        """The route to one upstream service, and how to open a connection to it: mTLS, and
+        the server's SVID checked against the configured identity (secure naming)."""
         up_host, up_port = split_host_port(target.upstream)
         expected = SpiffeId.parse(target.identity)
         namespace = target.namespace or expected.namespace or self.config.workload.namespace
@@ -365,29 +405,20 @@ class Sidecar:
             host=sni,
         )
         route = Route("outbound", self._local, destination, str(self.identity), pool, limits)
-        proxy = HttpProxy(route, self._emit, now_ns=self._now_ns)
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            peer = writer.get_extra_info("peername")[:2]
-            if target.protocol == "http":
-                await proxy.serve(reader, writer, None, peer)
-                return
-            start_ns = self._now_ns()
-            x = Exchange(
-                event_id=new_event_id(lambda: start_ns),
-                start_ns=start_ns,
-                reporter=str(self.identity),
-                kind="tcp",
-                direction="outbound",
-                local=self._local,
-                remote=destination,
-            )
-            await self._tcp(reader, writer, connect, x)
-
-        server = await asyncio.start_server(handle, host, port, limit=STREAM_LIMIT)
-        self._servers.append(server)
+        return route, connect
 
     # -- TCP mode --------------------------------------------------------------------
+
+    def _tcp_exchange(self, start_ns: int, direction: str, local: Peer, remote: Peer) -> Exchange:
+        return Exchange(
+            event_id=new_event_id(lambda: start_ns),
+            start_ns=start_ns,
+            reporter=str(self.identity),
+            kind="tcp",
+            direction=direction,
+            local=local,
+            remote=remote,
+        )
 
     async def _tcp(
         self,
