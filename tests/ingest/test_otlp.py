@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
@@ -578,6 +578,81 @@ def test_invalid_relayed_events_are_rejected(attribute: AnyValue, reason: str) -
         otlp.encode_response("logs", mapped, "protobuf")
     )
     assert response.partial_success.rejected_log_records == 1
+
+
+def any_value(obj: Any) -> AnyValue:
+    """A JSON value as OTLP's AnyValue, the way a Collector's JSON parser writes it."""
+    if isinstance(obj, dict):
+        return AnyValue(kvlist_value=KeyValueList(values=kv_pairs(obj)))
+    if isinstance(obj, list):
+        return AnyValue(array_value=ArrayValue(values=[any_value(x) for x in obj]))
+    if isinstance(obj, bool):
+        return AnyValue(bool_value=obj)
+    if isinstance(obj, int):
+        return AnyValue(int_value=obj)
+    return AnyValue(string_value=obj)
+
+
+def kv_pairs(obj: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=any_value(v)) for k, v in obj.items()]
+
+
+def event_fields(event: AuditEvent) -> dict[str, Any]:
+    """The event's JSON fields, with time_ns as the integer a JSON parser reads."""
+    fields = json.loads(canonical_bytes(event))
+    fields["time_ns"] = int(fields["time_ns"])
+    return fields
+
+
+def test_event_fields_as_attributes_are_an_event() -> None:
+    # An audit-event log file read by the Collector's filelog receiver with json_parser: the
+    # line's fields become attributes, beside the receiver's own (log.file.name).
+    events = generate(20, seed=9)
+    records = [
+        LogRecord(attributes=[*kv_pairs(event_fields(e)), *kvs({"log.file.name": "audit.log"})])
+        for e in events
+    ]
+    mapped = otlp.map_logs(logs(*records, service="collector"))
+    assert mapped.rejected == 0, mapped.reasons
+    assert mapped.events == [otlp.as_received(e, "collector") for e in events]
+
+
+def test_event_fields_as_a_map_body_or_a_json_line_are_an_event() -> None:
+    event = generate(1, seed=3)[0]
+    as_map = LogRecord(body=any_value(event_fields(event)))
+    as_line = LogRecord(body=AnyValue(string_value=canonical_bytes(event).decode()))
+    mapped = otlp.map_logs(logs(as_map, as_line))
+    assert mapped.events == [otlp.as_received(event, "relay")] * 2
+
+
+def test_event_fields_without_a_reporter_get_the_ingesting_one() -> None:
+    fields = event_fields(generate(1)[0])
+    del fields["reporter"]
+    (event,) = otlp.map_logs(logs(LogRecord(attributes=kv_pairs(fields)))).events
+    assert event.reporter == "ingest:otlp:relay" and event.attested is False
+
+
+def test_invalid_event_fields_are_rejected_naming_the_field() -> None:
+    fields = event_fields(generate(1, seed=4)[0])
+    fields["http"] = {"status": 99}
+    fields["kind"] = "http"
+    mapped = otlp.map_logs(logs(LogRecord(attributes=kv_pairs(fields))))
+    assert (mapped.events, mapped.rejected) == ([], 1)
+    assert "not a valid audit event" in mapped.error_message()
+    assert "$.http.status" in mapped.error_message()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        AnyValue(string_value='{"level": "info", "msg": "user logged in"}'),
+        AnyValue(string_value="{not json"),
+        any_value({"id": 1, "kind": "http"}),  # some fields of an event, not all four
+    ],
+)
+def test_logs_that_only_look_like_events_are_skipped(body: AnyValue) -> None:
+    mapped = otlp.map_logs(logs(LogRecord(body=body)))
+    assert (mapped.events, mapped.rejected, mapped.skipped) == ([], 0, 1)
 
 
 def test_ordinary_application_logs_are_skipped() -> None:

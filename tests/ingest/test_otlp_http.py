@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from starlette.applications import Starlette
 
 from auditmesh.collector import Collector
@@ -28,6 +29,9 @@ from tests.ingest.test_otlp import (
     STABLE_SERVER,
     START,
     TRACE,
+    event_fields,
+    kv_pairs,
+    kvs,
     logs,
     span,
     to_otlp_json,
@@ -107,6 +111,24 @@ def test_json_traces_answer_json_with_partial_success(client: Client, ledger: Le
     assert partial["rejectedSpans"] == "1"  # int64 as a string (proto3 JSON mapping)
     assert "invalid span_id" in partial["errorMessage"]
     assert ledger.log.size == 1
+
+
+def test_audit_event_lines_parsed_by_a_collector_are_stored(client: Client, ledger: Ledger) -> None:
+    # What an OpenTelemetry Collector exports (OTLP/JSON) after its filelog receiver's
+    # json_parser read a file of audit events: each line's fields as attributes.
+    events = generate(5, seed=11)
+    records = [
+        LogRecord(attributes=[*kv_pairs(event_fields(e)), *kvs({"log.file.name": "audit.log"})])
+        for e in events
+    ]
+    response = client.post(
+        "/v1/logs", content=to_otlp_json(logs(*records, service="otelcol")), headers=JSON
+    )
+    assert response.status_code == 200 and response.json() == {}
+    assert all(stored(ledger, e.id) for e in events)
+    first = ledger.store.event_by_id(uuid.UUID(events[0].id).bytes)
+    assert first is not None
+    assert json.loads(first.data)["reporter"] == "ingest:otlp:otelcol"
 
 
 def test_gzip_logs_are_inflated(client: Client, ledger: Ledger) -> None:

@@ -24,6 +24,10 @@ What becomes an audit event (each reported, never observed: `attested=False`, `r
     holds the event's canonical JSON (RFC 8785), exactly what `audit_log_record` writes.
     The receiver keeps the event as sent, id included, except `reporter` and `attested`
     (`as_received`): a relayed record proves nothing about who observed the call.
+    The same holds for the shapes an OpenTelemetry Collector gives a log line that is an
+    audit event (`structured_event_fields`): the line's fields as attributes (the filelog
+    receiver's `json_parser`; other attributes, such as `log.file.name`, are left aside), as
+    a map body, or the line itself as a string body.
 
 Rejected versus skipped (OTLP spec, "Partial Success": the server reports the records it
 *rejects*): a record we recognise as audit data but cannot map (an HTTP span with a broken
@@ -669,12 +673,58 @@ def as_received(event: AuditEvent, service_name: str = UNKNOWN_SERVICE) -> Audit
 
 
 def log_event(record: LogRecord, origin: _Origin) -> AuditEvent | None:
-    """Case (c) when the record carries `EVENT_ATTRIBUTE`, else case (b) when it is an Envoy
-    access-log record, else None (an application log: skipped)."""
+    """Case (c) when the record carries `EVENT_ATTRIBUTE` or an event's fields, else case (b)
+    when it is an Envoy access-log record, else None (an application log: skipped)."""
     for kv in record.attributes:  # a plain scan: the hot path of `auditmesh export otlp`
         if kv.key == EVENT_ATTRIBUTE:
             return _relayed_event(kv.value, origin)
-    return _envoy_event(record, attribute_map(record.attributes), origin)
+    attrs = attribute_map(record.attributes)
+    fields = structured_event_fields(record.body, attrs)
+    if fields is not None:
+        fields.setdefault("reporter", origin.reporter)  # replaced by as_received in any case
+        try:
+            event = decode_event(msgspec.json.encode(fields))
+        except EventError as exc:
+            raise Unmappable(f"log record fields are not a valid audit event: {exc}") from None
+        return as_received(event, origin.service)
+    return _envoy_event(record, attrs, origin)
+
+
+# The fields every audit event has and no Envoy access log or application log has together.
+_EVENT_KEYS = frozenset(("id", "time_ns", "kind", "outcome"))
+_EVENT_FIELDS = frozenset(AuditEvent.__struct_fields__)
+
+
+def structured_event_fields(body: AnyValue, attrs: Mapping[str, AnyValue]) -> dict[str, Any] | None:
+    """An audit event's fields as plain JSON values, when the record holds one: as attributes
+    (only the event's own field names are taken), as a map body, or as a string body holding
+    the event's JSON; None otherwise."""
+    if _EVENT_KEYS <= attrs.keys():
+        return {key: _plain(value) for key, value in attrs.items() if key in _EVENT_FIELDS}
+    kind = body.WhichOneof("value")
+    if kind == "kvlist_value":
+        fields = {kv.key: _plain(kv.value) for kv in body.kvlist_value.values}
+        return fields if _EVENT_KEYS <= fields.keys() else None
+    if kind == "string_value" and body.string_value.lstrip().startswith("{"):
+        try:
+            document = msgspec.json.decode(body.string_value)
+        except msgspec.DecodeError:
+            return None  # a log line that only looks like JSON: not an event
+        if isinstance(document, dict) and _EVENT_KEYS <= document.keys():
+            return document
+    return None
+
+
+def _plain(value: AnyValue) -> Any:
+    """An OTLP AnyValue as the JSON value it stands for (bytes as base64, as OTLP/JSON)."""
+    kind = value.WhichOneof("value")
+    if kind == "kvlist_value":
+        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
+    if kind == "array_value":
+        return [_plain(item) for item in value.array_value.values]
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    return None if kind is None else getattr(value, kind)
 
 
 def _relayed_event(value: AnyValue, origin: _Origin) -> AuditEvent:
