@@ -599,7 +599,7 @@ def kv_pairs(obj: dict[str, Any]) -> list[KeyValue]:
 
 def event_fields(event: AuditEvent) -> dict[str, Any]:
     """The event's JSON fields, with time_ns as the integer a JSON parser reads."""
-    fields = json.loads(canonical_bytes(event))
+    fields: dict[str, Any] = json.loads(canonical_bytes(event))
     fields["time_ns"] = int(fields["time_ns"])
     return fields
 

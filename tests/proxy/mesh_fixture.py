@@ -163,6 +163,22 @@ class Mesh:
             server.server_close()
 
 
+def events_of(mesh: Mesh, prefix: str, count: int) -> list[dict[str, Any]]:
+    """The HTTP events whose request id starts with `prefix`, once `count` have landed."""
+
+    def matching() -> list[dict[str, Any]]:
+        return [
+            e for e in mesh.events() if e.get("http", {}).get("request_id", "").startswith(prefix)
+        ]
+
+    deadline = time.monotonic() + 20
+    found = matching()
+    while len(found) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = matching()
+    return found
+
+
 def mesh_context(root: Path, server_args: Sequence[str] = ()) -> Iterator[Mesh]:
     mesh = Mesh(LocalMesh.start(root / "server", server_args=tuple(server_args)))
     try:

@@ -9,7 +9,6 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
 from tests.proxy.loopback import Listener
-from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
+from tests.proxy.mesh_fixture import Mesh, events_of, mesh_context, spiffe
 
 pytestmark = pytest.mark.integration
 
@@ -111,22 +110,6 @@ def ports(mesh: Mesh, app: ClosingApp) -> dict[str, int]:
         },
     )
     return ports
-
-
-def events_of(mesh: Mesh, prefix: str, count: int) -> list[dict[str, Any]]:
-    """The HTTP events whose request id starts with `prefix`, once `count` have landed."""
-
-    def matching() -> list[dict[str, Any]]:
-        return [
-            e for e in mesh.events() if e.get("http", {}).get("request_id", "").startswith(prefix)
-        ]
-
-    deadline = time.monotonic() + 20
-    found = matching()
-    while len(found) < count and time.monotonic() < deadline:
-        time.sleep(0.2)
-        found = matching()
-    return found
 
 
 def test_app_closing_idle_connections_fails_no_request(

@@ -8,7 +8,8 @@
       - {service: payments, listen: 127.0.0.1:15101, upstream: 127.0.0.1:16006,
          identity: spiffe://cluster.local/ns/shop/sa/payments, protocol: http}
       # entries with the same `listen` share it, each request routed by its Host header
-    audit: {batch_size: 500, flush_ms: 200, spool_max_bytes: 67108864, spool_full: drop-oldest}
+    audit: {batch_size: 500, flush_ms: 200, spool_max_bytes: 67108864, spool_full: drop-oldest,
+            body_digests: false}
     limits: {header_timeout_s: 10, idle_timeout_s: 60, connect_timeout_s: 5, ...}
 
 Relative paths are resolved against the config file's directory.
@@ -66,6 +67,8 @@ class Audit(_Strict, frozen=True):
     flush_ms: Annotated[int, Meta(ge=1)] = 200
     spool_max_bytes: Annotated[int, Meta(ge=4096)] = 64 * 1024 * 1024
     spool_full: Literal["block", "drop-oldest"] = "drop-oldest"
+    # DESIGN.md "Audit depth", Metadata: each HTTP body's SHA-256 as evidence, never the data
+    body_digests: bool = False
 
 
 class Limits(_Strict, frozen=True):

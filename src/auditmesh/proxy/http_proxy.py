@@ -39,7 +39,7 @@ from auditmesh.proxy.http1_events import (
 )
 from auditmesh.proxy.http1_events import Limits as WireLimits
 from auditmesh.proxy.pool import Pool, Upstream
-from auditmesh.proxy.record import FLAGS, Exchange, peer_of, to_event
+from auditmesh.proxy.record import FLAGS, BodyDigests, Exchange, peer_of, to_event
 from auditmesh.proxy.tcp import relay
 from auditmesh.proxy.tracing import continue_or_start
 from auditmesh.proxy.xfcc import HEADER as XFCC
@@ -64,6 +64,7 @@ class Route:
     pool: Pool
     limits: Limits
     authorize: Authorize | None = None
+    body_digests: bool = False  # keep each body's SHA-256, never its bytes (DESIGN.md)
 
 
 SelectRoute = Callable[[str | None], "Route | None"]
@@ -209,6 +210,7 @@ class HttpProxy:
             local=route.local,
             remote=remote,
             tls=peer,
+            digests=BodyDigests() if route.body_digests else None,
         )
 
     def _fail(self, x: Exchange, flag: str, detail: str, status: int | None = None) -> None:
@@ -434,6 +436,8 @@ class HttpProxy:
                 return True
             if isinstance(event, Data):
                 x.request_bytes += len(event.data)
+                if x.digests is not None:
+                    x.digests.add_request(event.data)
                 upstream.writer.write(up.send(event))
                 await upstream.writer.drain()
             elif isinstance(event, EndOfMessage):
@@ -500,6 +504,8 @@ class HttpProxy:
                     head = down.send(response)
                 elif isinstance(event, Data):
                     x.response_bytes += len(event.data)
+                    if x.digests is not None:
+                        x.digests.add_response(event.data)
                     _write(writer, head + down.send(event))
                     head = b""
                     await writer.drain()

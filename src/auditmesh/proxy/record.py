@@ -6,6 +6,7 @@ named like Envoy's response flags (Envoy docs, "Access logging: response flags")
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import msgspec
@@ -42,6 +43,34 @@ def peer_of(tls: PeerTLS | None, remote: tuple[str, int]) -> Peer:
     )
 
 
+class BodyDigests:
+    """SHA-256 of the request and response bodies as relayed (DESIGN.md "Audit depth": at
+    Metadata a body's digest may be kept as evidence, its data never). A body cut short is
+    hashed as far as it went; the event's byte counts say how far. None for no body (and for
+    an answer of the proxy's own, which is not the upstream's body)."""
+
+    __slots__ = ("_request", "_response", "_sizes")
+
+    def __init__(self) -> None:
+        self._request = hashlib.sha256()
+        self._response = hashlib.sha256()
+        self._sizes = [0, 0]
+
+    def add_request(self, data: bytes) -> None:
+        self._request.update(data)
+        self._sizes[0] += len(data)
+
+    def add_response(self, data: bytes) -> None:
+        self._response.update(data)
+        self._sizes[1] += len(data)
+
+    def request_sha256(self) -> str | None:
+        return self._request.hexdigest() if self._sizes[0] else None
+
+    def response_sha256(self) -> str | None:
+        return self._response.hexdigest() if self._sizes[1] else None
+
+
 @dataclass(slots=True)
 class Exchange:
     """Mutable while the call is in flight; turned into an event once, at its end."""
@@ -71,6 +100,7 @@ class Exchange:
     end: str | None = None  # tcp: how the connection ended
     authz: Authz | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    digests: BodyDigests | None = None  # when the route keeps body digests
 
     def connected_to(self, server: PeerTLS | None) -> None:
         """The upstream connection this call uses (the last one, if it was retried; None: no
@@ -110,6 +140,8 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
             protocol="HTTP/1.1",
             user_agent=x.user_agent,
             request_id=x.request_id,
+            request_body_sha256=None if x.digests is None else x.digests.request_sha256(),
+            response_body_sha256=None if x.digests is None else x.digests.response_sha256(),
         )
     else:
         tcp = TCP(sent_bytes=x.request_bytes, received_bytes=x.response_bytes, end=x.end)

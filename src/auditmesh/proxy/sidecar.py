@@ -241,6 +241,7 @@ class Sidecar:
             pool,
             limits,
             self._authorize_http,
+            self.config.audit.body_digests,
         )
         proxy = HttpProxy(route, self._emit, now_ns=self._now_ns)
         listener = socket.create_server((host, port), backlog=1024)
@@ -404,7 +405,15 @@ class Sidecar:
             port=up_port,
             host=sni,
         )
-        route = Route("outbound", self._local, destination, str(self.identity), pool, limits)
+        route = Route(
+            "outbound",
+            self._local,
+            destination,
+            str(self.identity),
+            pool,
+            limits,
+            body_digests=self.config.audit.body_digests,
+        )
         return route, connect
 
     # -- TCP mode --------------------------------------------------------------------
