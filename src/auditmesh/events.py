@@ -29,9 +29,14 @@ Direction: TypeAlias = Literal["inbound", "outbound"]
 Outcome: TypeAlias = Literal["success", "failure", "unknown"]
 Decision: TypeAlias = Literal["allow", "deny", "audit"]
 
-_MAX_TEXT = 4096
-Text = Annotated[str, Meta(max_length=_MAX_TEXT)]
-ShortText = Annotated[str, Meta(min_length=1, max_length=253)]
+# Length limits of the fields whose values come off the wire; producers clip to them
+# (proxy/record.py), so an oversized header cannot make an event invalid and so unaudited.
+MAX_TEXT = 4096  # path, user agent, error message
+MAX_NAME = 253  # a DNS name: service, namespace, host
+MAX_METHOD = 32
+MAX_REQUEST_ID = 256
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+ShortText = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
 Count = Annotated[int, Meta(ge=0, le=2**53 - 1)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Status = Annotated[int, Meta(ge=100, le=599)]
@@ -89,14 +94,14 @@ class TLS(_Part, frozen=True):
 
 
 class HTTP(_Part, frozen=True):
-    method: Annotated[str, Meta(min_length=1, max_length=32)] | None = None
+    method: Annotated[str, Meta(min_length=1, max_length=MAX_METHOD)] | None = None
     path: Text | None = None
     status: Status | None = None
     request_bytes: Count | None = None
     response_bytes: Count | None = None
     protocol: Annotated[str, Meta(max_length=16)] | None = None  # "HTTP/1.1", "HTTP/2"
     user_agent: Text | None = None
-    request_id: Annotated[str, Meta(max_length=256)] | None = None
+    request_id: Annotated[str, Meta(max_length=MAX_REQUEST_ID)] | None = None
     request_body_sha256: Sha256Hex | None = None  # DESIGN.md "Audit depth": digest, no data
     response_body_sha256: Sha256Hex | None = None
 

@@ -642,6 +642,21 @@ def test_invalid_event_fields_are_rejected_naming_the_field() -> None:
     assert "$.http.status" in mapped.error_message()
 
 
+def test_what_a_record_says_of_reporter_and_attested_is_replaced_not_refused() -> None:
+    event = generate(1, seed=6)[0]
+    fields = event_fields(event) | {"reporter": "", "attested": "yes"}
+    (received,) = otlp.map_logs(logs(LogRecord(attributes=kv_pairs(fields)))).events
+    assert received == otlp.as_received(event, "relay")
+
+
+def test_an_absurdly_nested_json_line_is_skipped_not_a_crash() -> None:
+    # Regression: msgspec raised RecursionError out of map_logs, failing the whole export.
+    deep = '{"id":"x","time_ns":"1","kind":"http","outcome":"success","labels":'
+    deep += "[" * 5000 + "]" * 5000 + "}"
+    mapped = otlp.map_logs(logs(LogRecord(body=AnyValue(string_value=deep))))
+    assert (mapped.events, mapped.rejected, mapped.skipped) == ([], 0, 1)
+
+
 @pytest.mark.parametrize(
     "body",
     [

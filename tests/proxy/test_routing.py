@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from auditmesh.proxy.config import ConfigError, load_config, outbound_listeners
-from auditmesh.proxy.routing import by_host, host_name, service_names
+from auditmesh.proxy.routing import by_host, host_name, request_authority, service_names
 
 
 def test_a_service_answers_to_its_kubernetes_names() -> None:
@@ -28,12 +28,32 @@ def test_a_service_answers_to_its_kubernetes_names() -> None:
         (" payments.shop.svc.cluster.local:80 ", "payments.shop.svc.cluster.local"),
         ("[::1]:15001", "[::1]"),
         ("[::1]", "[::1]"),
-        ("payments:", "payments:"),  # an empty port is not a port: no service is named so
+        ("payments:", "payments"),  # RFC 3986 §3.2.3: the port may be empty
+        ("payments.shop.", "payments.shop"),  # a fully qualified name's final dot
+        ("Payments.Shop.svc.cluster.local.:80", "payments.shop.svc.cluster.local"),
         ("a:b", "a:b"),
     ],
 )
 def test_host_name_drops_the_port_and_case(host: str, name: str) -> None:
     assert host_name(host) == name
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "authority"),
+    [
+        ("/pay", "payments", "payments"),
+        ("/pay", None, None),
+        ("http://catalog/items?x=1", "payments", "catalog"),  # RFC 9112 §3.2.2: target wins
+        ("HTTP://catalog.shop:8080", None, "catalog.shop:8080"),
+        ("https://user:pw@catalog#top", "payments", "catalog"),
+        ("ftp://catalog/file", "payments", "payments"),  # not HTTP: Host decides
+        ("*", "payments", "payments"),  # asterisk-form (OPTIONS)
+    ],
+)
+def test_request_authority_prefers_an_absolute_target(
+    target: str, host: str | None, authority: str | None
+) -> None:
+    assert request_authority(target, host) == authority
 
 
 def test_by_host_selects_by_name_and_refuses_the_rest() -> None:

@@ -112,3 +112,43 @@ def test_a_request_without_host_is_no_route(mesh: Mesh, shared: int) -> None:
     [event] = outbound_events(mesh, "route-nohost")
     assert event["error"]["type"] == "no_route"
     assert "host" not in event["destination"]
+
+
+def test_an_absolute_form_request_goes_to_the_service_its_target_names(
+    mesh: Mesh, shared: int
+) -> None:
+    # An app with HTTP_PROXY pointing at the sidecar sends `GET http://catalog/hello`; the
+    # target's authority decides, not a Host header that says otherwise (RFC 9112 §3.2.2).
+    with socket.create_connection(("127.0.0.1", shared), timeout=5) as conn:
+        conn.sendall(
+            b"GET http://catalog.shop/hello HTTP/1.1\r\nhost: payments\r\n"
+            b"x-request-id: route-absolute\r\nconnection: close\r\n\r\n"
+        )
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello from catalog")
+    [event] = outbound_events(mesh, "route-absolute")
+    assert event["destination"]["service"] == "catalog"
+
+
+def test_a_no_route_call_with_a_huge_host_is_still_audited(mesh: Mesh, shared: int) -> None:
+    host = "x" * 8000
+    response = httpx.get(
+        f"http://127.0.0.1:{shared}/hello", headers={"host": host, "x-request-id": "route-huge"}
+    )
+    assert response.status_code == 404
+    [event] = outbound_events(mesh, "route-huge")
+    assert event["labels"]["envoy.response_flags"] == "NR"
+    assert event["destination"] == {"host": "x" * 253}
+
+
+def test_a_huge_user_agent_is_clipped_not_left_unaudited(mesh: Mesh, shared: int) -> None:
+    response = httpx.get(
+        f"http://127.0.0.1:{shared}/hello",
+        headers={"host": "payments", "user-agent": "u" * 10_000, "x-request-id": "route-ua"},
+    )
+    assert response.status_code == 200
+    [event] = outbound_events(mesh, "route-ua")
+    assert event["http"]["user_agent"] == "u" * 4096
+    assert event["labels"]["auditmesh.clipped"] == "http.user_agent"

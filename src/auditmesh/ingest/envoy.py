@@ -31,6 +31,9 @@ import msgspec
 
 from auditmesh.events import (
     HTTP,
+    MAX_NAME,
+    MAX_REQUEST_ID,
+    MAX_TEXT,
     TCP,
     TLS,
     AuditEvent,
@@ -135,7 +138,6 @@ RESPONSE_FLAGS: dict[str, tuple[str, str]] = {
 # Flags that say something happened on the way but not that the call failed.
 BENIGN_FLAGS = frozenset({"DI", "RFCF"})
 
-_MAX_TEXT = 4096  # events.Text
 _MAX_LABEL = 1024  # events.LabelValue
 _MAX_COUNT = 2**53 - 1  # events.Count
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # RFC 9110 §5.6.2 token (a method)
@@ -646,7 +648,7 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
             namespace=dest_namespace or namespace_of(dest_identity),
             ip=dest_ip,
             port=dest_port or cluster.port,
-            host=clip(record.authority, 253) if is_http else None,
+            host=clip(record.authority, MAX_NAME) if is_http else None,
         ),
         # Envoy logs a peer URI SAN only when that peer presented a certificate (mTLS).
         tls=TLS(mutual=True)
@@ -654,13 +656,13 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
         else None,
         http=HTTP(
             method=record.method,
-            path=clip(record.path, _MAX_TEXT),
+            path=clip(record.path, MAX_TEXT),
             status=record.response_code or None,
             request_bytes=record.bytes_received,
             response_bytes=record.bytes_sent,
             protocol=record.protocol,
-            user_agent=clip(record.user_agent, _MAX_TEXT),
-            request_id=clip(record.request_id, 256),
+            user_agent=clip(record.user_agent, MAX_TEXT),
+            request_id=clip(record.request_id, MAX_REQUEST_ID),
         )
         if is_http
         else None,
@@ -700,7 +702,7 @@ def _outcome(
             if match
             else Authz(decision="deny")
         )
-        return "failure", Error(type="rbac_access_denied", message=details[:_MAX_TEXT]), authz
+        return "failure", Error(type="rbac_access_denied", message=details[:MAX_TEXT]), authz
     for flag in record.response_flags:
         if flag in BENIGN_FLAGS:
             continue

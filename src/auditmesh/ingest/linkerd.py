@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from auditmesh.events import HTTP, TLS, AuditEvent, Error
+from auditmesh.events import HTTP, MAX_NAME, MAX_REQUEST_ID, MAX_TEXT, TLS, AuditEvent, Error
 from auditmesh.ingest.envoy import (
     clip,
     line_event_id,
@@ -164,7 +164,7 @@ def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
     trace = trace_of(None, record.trace_id)
     # The proxy takes trace_id from x-b3-traceid, else x-request-id, else x-amzn-trace-id:
     # a value that is not a trace id is the request's id.
-    request_id = clip(record.trace_id, 256) if trace is None else None
+    request_id = clip(record.trace_id, MAX_REQUEST_ID) if trace is None else None
     status = record.status
     failed = status is not None and status >= 500  # server side: OTel HTTP semantic conventions
     labels = {
@@ -197,18 +197,18 @@ def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
             namespace=namespace or namespace_of(server_identity),
             ip=server_ip,
             port=server_port,
-            host=clip(record.host, 253),
+            host=clip(record.host, MAX_NAME),
         ),
         # client.id is set only when the client authenticated with its certificate (mTLS).
         tls=TLS(mutual=True) if record.client_id else None,
         http=HTTP(
             method=record.method,
-            path=clip(path, 4096),
+            path=clip(path, MAX_TEXT),
             status=status,
             request_bytes=record.request_bytes,
             response_bytes=record.response_bytes,
             protocol=record.version,
-            user_agent=clip(record.user_agent, 4096),
+            user_agent=clip(record.user_agent, MAX_TEXT),
             request_id=request_id,
         ),
         trace=trace,

@@ -681,11 +681,15 @@ def log_event(record: LogRecord, origin: _Origin) -> AuditEvent | None:
     attrs = attribute_map(record.attributes)
     fields = structured_event_fields(record.body, attrs)
     if fields is not None:
-        fields.setdefault("reporter", origin.reporter)  # replaced by as_received in any case
+        # as_received sets both: what the record says of them proves nothing either way
+        fields["reporter"] = origin.reporter
+        fields.pop("attested", None)
         try:
             event = decode_event(msgspec.json.encode(fields))
         except EventError as exc:
             raise Unmappable(f"log record fields are not a valid audit event: {exc}") from None
+        except RecursionError:
+            raise Unmappable("log record fields are nested too deeply for an audit event") from None
         return as_received(event, origin.service)
     return _envoy_event(record, attrs, origin)
 
@@ -708,8 +712,8 @@ def structured_event_fields(body: AnyValue, attrs: Mapping[str, AnyValue]) -> di
     if kind == "string_value" and body.string_value.lstrip().startswith("{"):
         try:
             document = msgspec.json.decode(body.string_value)
-        except msgspec.DecodeError:
-            return None  # a log line that only looks like JSON: not an event
+        except (msgspec.DecodeError, RecursionError):
+            return None  # a log line that only looks like JSON (or nests absurdly): not an event
         if isinstance(document, dict) and _EVENT_KEYS <= document.keys():
             return document
     return None

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from auditmesh.events import AuditEvent, Authz, Peer, new_event_id, random_bytes
+from auditmesh.events import MAX_NAME, AuditEvent, Authz, Peer, new_event_id, random_bytes
 from auditmesh.proxy import headers as h
 from auditmesh.proxy.accept import PeerTLS
 from auditmesh.proxy.config import Limits
@@ -40,6 +40,7 @@ from auditmesh.proxy.http1_events import (
 from auditmesh.proxy.http1_events import Limits as WireLimits
 from auditmesh.proxy.pool import Pool, Upstream
 from auditmesh.proxy.record import FLAGS, BodyDigests, Exchange, peer_of, to_event
+from auditmesh.proxy.routing import request_authority
 from auditmesh.proxy.tcp import relay
 from auditmesh.proxy.tracing import continue_or_start
 from auditmesh.proxy.xfcc import HEADER as XFCC
@@ -281,14 +282,17 @@ class HttpProxy:
         x.host = _text(h.get_header(request.headers, b"host"))
         x.user_agent = _text(h.get_header(request.headers, b"user-agent"))
         outgoing = self._upstream_request(request, x)  # trace and request ids, also for NR
-        route = self.route if self._select is None else self._select(x.host)
-        if route is None:
-            x.remote = Peer(host=x.host[:253] if x.host else None)
-            self._fail(x, "NR", f"no route: this listener serves no service named {x.host!r}")
-            await self._answer(down, writer, x)
-            return False
+        route = self.route
         if self._select is not None:
-            x.remote = route.target
+            authority = request_authority(x.path, x.host)
+            chosen = self._select(authority)
+            if chosen is None:
+                named = authority[:MAX_NAME] if authority else None
+                x.remote = Peer(host=named)
+                self._fail(x, "NR", f"no route: this listener serves no service named {named!r}")
+                await self._answer(down, writer, x)
+                return False
+            route, x.remote = chosen, chosen.target
         if route.authorize is not None:
             x.authz = route.authorize(request, x)
             if x.authz is not None and x.authz.decision == "deny":

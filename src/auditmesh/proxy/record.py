@@ -11,7 +11,19 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from auditmesh.events import HTTP, TCP, TLS, AuditEvent, Authz, Error, Peer, Trace
+from auditmesh.events import (
+    HTTP,
+    MAX_METHOD,
+    MAX_REQUEST_ID,
+    MAX_TEXT,
+    TCP,
+    TLS,
+    AuditEvent,
+    Authz,
+    Error,
+    Peer,
+    Trace,
+)
 from auditmesh.proxy.accept import PeerTLS
 
 # Envoy response flag → (error.type, default status the proxy answers with)
@@ -112,11 +124,24 @@ class Exchange:
 
 
 def to_event(x: Exchange, end_ns: int) -> AuditEvent:
+    """The event of a finished call. Values off the wire longer than the model allows (a 6 KiB
+    path, a 10 KiB User-Agent) are clipped, and label `auditmesh.clipped` names them: an
+    over-long header must not make the event invalid, and so the call unaudited."""
+    clipped: list[str] = []
+
+    def clip(name: str, value: str | None, limit: int) -> str | None:
+        if value is None or len(value) <= limit:
+            return value
+        clipped.append(name)
+        return value[:limit]
+
     source, destination = (x.remote, x.local) if x.direction == "inbound" else (x.local, x.remote)
     failed = x.flag is not None or (x.status is not None and x.status >= 500)
     error = None
     if x.flag is not None:
-        error = Error(type=FLAGS[x.flag][0], message=x.detail)
+        error = Error(
+            type=FLAGS[x.flag][0], message=clip("error.message", x.detail, MAX_TEXT) or ""
+        )
     elif x.status is not None and x.status >= 500:
         error = Error(type="upstream_error", message=f"HTTP {x.status}")
     tls = None
@@ -132,14 +157,14 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
     tcp = None
     if x.kind == "http":
         http = HTTP(
-            method=x.method,
-            path=x.path,
+            method=clip("http.method", x.method, MAX_METHOD),
+            path=clip("http.path", x.path, MAX_TEXT),
             status=x.status if x.status and x.status >= 100 else None,
             request_bytes=x.request_bytes,
             response_bytes=x.response_bytes,
             protocol="HTTP/1.1",
-            user_agent=x.user_agent,
-            request_id=x.request_id,
+            user_agent=clip("http.user_agent", x.user_agent, MAX_TEXT),
+            request_id=clip("http.request_id", x.request_id, MAX_REQUEST_ID),
             request_body_sha256=None if x.digests is None else x.digests.request_sha256(),
             response_body_sha256=None if x.digests is None else x.digests.response_sha256(),
         )
@@ -148,6 +173,8 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
     labels = dict(x.labels)
     if x.flag is not None:
         labels["envoy.response_flags"] = x.flag
+    if clipped:
+        labels["auditmesh.clipped"] = ",".join(clipped)
     return AuditEvent(
         id=x.event_id,
         time_ns=x.start_ns,
