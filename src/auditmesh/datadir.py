@@ -7,13 +7,17 @@ Layout (everything a backup needs):
     DIR/keys/api.token    the API token for reads of events, mode 0600 (server/api_auth.py)
     DIR/ca/               the mesh CA and join tokens, when `auditmesh ca init` made one
     DIR/rollup.db         per-minute graph summary: derived, safe to delete (analysis/rollup.py)
+    DIR/server.lock       held by the one server (the sequencer) using the directory
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +65,35 @@ def open_ledger(data_dir: Path, *, origin: str | None = None, create: bool = Tru
     signer, verifier = _load_or_create_keys(data_dir / "keys", stored_origin)
     log = Log(store, signer, verifier, stored_origin, time.time_ns)
     return Ledger(data_dir, store, log)
+
+
+class DataDirBusy(ValueError):
+    """Another server is the writer of this data directory."""
+
+
+@contextmanager
+def writer_lock(data_dir: Path) -> Iterator[None]:
+    """Hold DIR/server.lock for as long as this process appends to the log: the log has one
+    sequencer, and a second one (a second server on the same directory) would only find its
+    tree out of date at its first write. An advisory lock (flock), so the kernel drops it
+    when the process dies, however it dies."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "server.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise DataDirBusy(
+                f"{data_dir} is in use by another auditmesh server (pid {holder}); stop it, "
+                "or give this one another --data directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def open_reader(data_dir: Path) -> StoreReader:

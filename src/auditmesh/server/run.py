@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from auditmesh.collector import Collector
-from auditmesh.datadir import open_ledger
+from auditmesh.datadir import open_ledger, writer_lock
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAPaths, MeshCA
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.workload import self_issue
@@ -142,34 +142,37 @@ def serve(
     otlp_grpc: tuple[str, int] | None = None,
     otlp_grpc_required: bool = False,
 ) -> None:
-    ledger = open_ledger(data_dir, origin=origin)
-    collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
-    collector.start()
-    otlp_server: OtlpGrpcServer | None = None
-    metrics = Metrics(ledger.store, collector)  # one registry, fed by every listener
-    try:
-        otlp_server = _start_otlp_grpc(
-            collector, otlp_grpc, required=otlp_grpc_required, metrics=metrics
-        )
-        app = create_app(ledger, collector, metrics=metrics)
-        servers: list[uvicorn.Server] = [_Server(_config(app, host, port))]
-        print(
-            f"auditmesh server: http://{host}:{port}  data {data_dir}  "
-            f"log {ledger.log.origin}  entries {ledger.log.size}\n"
-            f"verifier key: {ledger.vkey}\n"
-            f"API token: {api_auth.load_or_create_token(data_dir)}  "
-            f"(in {data_dir / api_auth.TOKEN_FILE}; reads need it)",
-            flush=True,
-        )
-        if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
-            reads = app.state.read_routes
-            mesh = _mesh_server(data_dir, collector, *mesh_listen, svid_ttl, reads, metrics=metrics)
-            servers.append(mesh)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve_until_signalled(*servers))
-    finally:
-        if otlp_server is not None:  # in-flight Exports finish before the collector stops
-            otlp_server.stop()
-        collector.stop()
-        ledger.close()
-        print("auditmesh server: stopped; last checkpoint signed", flush=True)
+    with writer_lock(data_dir):  # one sequencer per data directory
+        ledger = open_ledger(data_dir, origin=origin)
+        collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
+        collector.start()
+        otlp_server: OtlpGrpcServer | None = None
+        metrics = Metrics(ledger.store, collector)  # one registry, fed by every listener
+        try:
+            otlp_server = _start_otlp_grpc(
+                collector, otlp_grpc, required=otlp_grpc_required, metrics=metrics
+            )
+            app = create_app(ledger, collector, metrics=metrics)
+            servers: list[uvicorn.Server] = [_Server(_config(app, host, port))]
+            print(
+                f"auditmesh server: http://{host}:{port}  data {data_dir}  "
+                f"log {ledger.log.origin}  entries {ledger.log.size}\n"
+                f"verifier key: {ledger.vkey}\n"
+                f"API token: {api_auth.load_or_create_token(data_dir)}  "
+                f"(in {data_dir / api_auth.TOKEN_FILE}; reads need it)",
+                flush=True,
+            )
+            if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
+                reads = app.state.read_routes
+                mesh = _mesh_server(
+                    data_dir, collector, *mesh_listen, svid_ttl, reads, metrics=metrics
+                )
+                servers.append(mesh)
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(_serve_until_signalled(*servers))
+        finally:
+            if otlp_server is not None:  # in-flight Exports finish before the collector stops
+                otlp_server.stop()
+            collector.stop()
+            ledger.close()
+            print("auditmesh server: stopped; last checkpoint signed", flush=True)
