@@ -40,8 +40,9 @@ def test_prove_writes_a_tlog_proof_that_verifies(data: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["log", "prove", "nope"], "is not an event id"),
+        (["log", "prove", "nope"], "'nope' is neither an event id (a UUID) nor an index"),
         (["log", "prove", "01890a5d-ac96-774b-bcce-b302099a8057"], "no event"),
+        (["log", "prove", "300"], "no entry 300: the log in"),
     ],
 )
 def test_prove_errors(
@@ -49,6 +50,25 @@ def test_prove_errors(
 ) -> None:
     assert main([*argv, "--data", str(data)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_prove_takes_the_index_query_shows(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "by-index.tlog-proof"
+    assert main(["log", "prove", "77", "--data", str(data), "-o", str(out)]) == 0
+    proof = TlogProof.parse(out.read_bytes())
+    verifier = Verifier.from_vkey((data / "keys" / "log.vkey").read_text())
+    checkpoint = verify_tlog_proof(proof, canonical_bytes(generate(300)[77]), verifier)
+    assert proof.index == 77 and checkpoint.size == 300
+
+
+def test_a_key_file_that_is_not_there_is_named(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["log", "verify", "--data", str(data), "--key", str(data / "nonexist.vkey")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "nonexist.vkey' is not a verifier key" in err and "No such file or directory" in err
 
 
 def test_missing_data_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,6 +19,12 @@ def verifier_key(value: str) -> str:
     """`--key`: the verifier key itself (`name+hash+base64`, sumdb/note) or a file holding it,
     such as DATA/keys/log.vkey."""
     path = Path(value)
-    if "+" not in value and path.is_file():
+    if "+" in value:  # a key has them (`name+hash+base64`); a path seldom does
+        return value.strip()
+    try:
         return path.read_text().strip()
-    return value.strip()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a verifier key (name+hash+base64) and cannot be read as a key "
+            f"file: {exc.strerror}"
+        ) from None

@@ -34,7 +34,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cp.set_defaults(func=run_checkpoint)
 
     prove = log_sub.add_parser("prove", help="write a C2SP tlog-proof for one event")
-    prove.add_argument("event_id", metavar="EVENT_ID")
+    prove.add_argument(
+        "event_id",
+        metavar="EVENT",
+        help="the event's id (a UUID), or its index in the log (as `auditmesh query` shows it)",
+    )
     add_data_arg(prove)
     prove.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     prove.set_defaults(func=run_prove)
@@ -105,31 +109,42 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_prove(args: argparse.Namespace) -> int:
+def _index_of(ledger: Ledger, event: str) -> int:
+    """The log index of EVENT: an event id, or an index as `auditmesh query` shows it."""
+    if event.isascii() and event.isdigit():
+        index = int(event)
+        if index >= ledger.log.size:
+            raise UserError(f"no entry {index}: the log in {ledger.data_dir} has {ledger.log.size}")
+        return index
     try:
-        key = uuid.UUID(args.event_id).bytes
+        key = uuid.UUID(event).bytes
     except ValueError:
-        raise UserError(f"{args.event_id!r} is not an event id (a UUID)") from None
+        raise UserError(
+            f"{event!r} is neither an event id (a UUID) nor an index in the log"
+        ) from None
+    stored = ledger.store.event_by_id(key)
+    if stored is None:
+        raise UserError(f"no event {event} in {ledger.data_dir}")
+    return stored.index
+
+
+def run_prove(args: argparse.Namespace) -> int:
     ledger = _open(args.data)
     try:
-        stored = ledger.store.event_by_id(key)
-        if stored is None:
-            raise UserError(f"no event {args.event_id} in {ledger.data_dir}")
+        index = _index_of(ledger, args.event_id)
         latest = ledger.store.latest_checkpoint()
-        if latest is None or latest.size <= stored.index:
+        if latest is None or latest.size <= index:
             raise UserError(
-                f"event {args.event_id} (index {stored.index}) is not covered by a checkpoint "
+                f"event {args.event_id} (index {index}) is not covered by a checkpoint "
                 "yet; the server signs one each second while it runs"
             )
-        proof = ledger.log.inclusion_proof(stored.index, latest.size)
-        text = TlogProof(stored.index, tuple(proof), latest.note, None).encode()
+        proof = ledger.log.inclusion_proof(index, latest.size)
+        text = TlogProof(index, tuple(proof), latest.note, None).encode()
     finally:
         ledger.close()
     if args.output:
         args.output.write_bytes(text)
-        print(
-            f"wrote the proof of index {stored.index} at tree size {latest.size} to {args.output}"
-        )
+        print(f"wrote the proof of index {index} at tree size {latest.size} to {args.output}")
     else:
         sys.stdout.write(text.decode())
     return 0
