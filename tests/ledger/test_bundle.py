@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from auditmesh.cli.main import main
+from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger
 from auditmesh.ledger.note import generate_key
 from tests.conftest import fill, generate
@@ -81,5 +83,52 @@ def test_not_a_bundle(
 def test_bad_key_text_is_a_usage_error(
     bundle: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["bundle", "verify", str(bundle[0]), "--key", "nonsense"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error, from cli.verifier_key
+        main(["bundle", "verify", str(bundle[0]), "--key", "nonsense"])
+    assert exit_.value.code == 2
+    assert "'nonsense' is not a verifier key" in capsys.readouterr().err
+    assert main(["bundle", "verify", str(bundle[0]), "--key", "a+b+c"]) == 2
     assert "bad verifier key" in capsys.readouterr().err
+
+
+def test_bundle_create_selects_like_query(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The filters are query's: a service name for --dest, a status class.
+    events = generate(400)
+    ledger = open_ledger(tmp_path / "data", origin="test.auditmesh/log")
+    fill(ledger, events[:300])
+    ledger.log.append([entry_of(e) for e in events[300:]])  # not under a checkpoint yet
+    ledger.close()
+    data = ["--data", str(tmp_path / "data")]
+    out = tmp_path / "payments-4xx.zip"
+    args = ["bundle", "create", *data, "--dest", "payments", "--status", "4xx", "-o", str(out)]
+    assert main(args) == 0
+    wanted = [
+        i
+        for i, e in enumerate(events[:300])
+        if e.destination is not None
+        and e.destination.service == "payments"
+        and e.http is not None
+        and e.http.status is not None
+        and 400 <= e.http.status < 500
+    ]
+    assert wanted and f"wrote {len(wanted)} event(s)" in capsys.readouterr().out
+    manifest = json.loads(zipfile.ZipFile(out).read("manifest.json"))
+    assert [row["index"] for row in manifest["entries"]] == wanted
+
+
+def test_bundle_create_says_why_nothing_was_selected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = generate(50)
+    ledger = open_ledger(tmp_path / "data", origin="test.auditmesh/log")
+    fill(ledger, events[:10])
+    ledger.log.append([entry_of(e) for e in events[10:]])
+    ledger.close()
+    create = ["bundle", "create", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "b.zip")]
+    assert main([*create, "--trace", "0" * 32]) == 2
+    assert "no event matches that selection" in capsys.readouterr().err
+    trace = next(e.trace.trace_id for e in events[10:] if e.trace is not None)
+    assert main([*create, "--trace", trace]) == 2
+    assert "none yet under a signed checkpoint" in capsys.readouterr().err

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
+from auditmesh.analysis.query import Query, QueryError
+from auditmesh.analysis.query import run as run_query
 from auditmesh.cli import add_data_arg, verifier_key
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_time_ns
-from auditmesh.datadir import open_ledger
+from auditmesh.cli.query import add_filter_args, query_of
+from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.evidence import EvidenceError, evidence_bundle
 from auditmesh.ledger.bundle import verify_bundle
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
-from auditmesh.store.base import EventFilter, StoreError
+from auditmesh.store.base import StoreError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,17 +23,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bundle_sub = parser.add_subparsers(title="bundle commands", metavar="COMMAND", required=True)
 
     create = bundle_sub.add_parser(
-        "create", help="events selected by a query, with proofs, in one zip file"
+        "create",
+        help="events selected by a query, with proofs, in one zip file",
+        description=(
+            "The events `auditmesh query` selects with the same filters (in log order), each "
+            "with its inclusion proof against the latest signed checkpoint."
+        ),
     )
     add_data_arg(create)
     create.add_argument("-o", "--output", type=Path, required=True, help="bundle file (.zip)")
-    create.add_argument("--source", help="caller SPIFFE ID")
-    create.add_argument("--dest", help="callee SPIFFE ID")
-    create.add_argument("--service", help="destination service name")
-    create.add_argument("--status", type=int, help="HTTP status")
-    create.add_argument("--trace", help="trace id (32 hex digits)")
-    create.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time")
-    create.add_argument("--until", help="15m, 2h, 7d or an RFC 3339 time")
+    add_filter_args(create)
     create.add_argument("--limit", type=int, default=1000, help="at most this many events")
     create.set_defaults(func=run_create)
 
@@ -48,17 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    now = time.time_ns()
-    where = EventFilter(
-        source=args.source,
-        dest=args.dest,
-        service=args.service,
-        status=args.status,
-        trace_id=args.trace,
-        since_ns=parse_time_ns(args.since, now) if args.since else None,
-        until_ns=parse_time_ns(args.until, now) if args.until else None,
-        limit=args.limit,
-    )
+    query = query_of(args, order="index")
     try:
         ledger = open_ledger(args.data, create=False)
     except StoreError as exc:
@@ -67,9 +57,15 @@ def run_create(args: argparse.Namespace) -> int:
         latest = ledger.store.latest_checkpoint()
         if latest is None:
             raise UserError("the log has no checkpoint yet; run the server for a second")
-        selected = [e.index for e in ledger.store.find(where) if e.index < latest.size]
+        selected, later = _checkpointed(ledger, query, latest.size)
         if not selected:
-            raise UserError("no checkpointed event matches that selection")
+            raise UserError(
+                f"{later} event(s) match, none yet under a signed checkpoint; the server signs "
+                "one each second while it runs"
+                if later
+                else "no event matches that selection (`auditmesh query` with the same filters "
+                "shows what there is)"
+            )
         try:
             bundle, size = evidence_bundle(ledger, selected)
         except EvidenceError as exc:
@@ -83,6 +79,27 @@ def run_create(args: argparse.Namespace) -> int:
         f"--key '{ledger.vkey}'"
     )
     return 0
+
+
+def _checkpointed(ledger: Ledger, query: Query, size: int) -> tuple[list[int], int]:
+    """Indices of up to `query.limit` matching events the checkpoint of `size` covers (what
+    can be proven), in log order; and how many matched that it does not cover yet."""
+    selected: list[int] = []
+    later = 0
+    cursor: str | None = None
+    while True:
+        try:
+            page = run_query(ledger.store, query, cursor)
+        except QueryError as exc:
+            raise UserError(str(exc)) from None
+        for index, _ in page.rows:
+            if index >= size:
+                later += 1
+            elif len(selected) < query.limit:
+                selected.append(index)
+        cursor = page.next
+        if cursor is None or len(selected) >= query.limit:
+            return selected, later
 
 
 def run_verify(args: argparse.Namespace) -> int:

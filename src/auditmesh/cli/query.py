@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from auditmesh.analysis import graph, trace
-from auditmesh.analysis.query import DECISIONS, KINDS, ORDERS, Query, QueryError, run
+from auditmesh.analysis.query import DECISIONS, KINDS, ORDERS, Order, Query, QueryError, run
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
 from auditmesh.cli import DEFAULT_DATA
 from auditmesh.cli.main import UserError
@@ -51,17 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "ID or a service name; --service matches either side."
         ),
     )
-    query.add_argument("--source", help="caller: SPIFFE ID or service name")
-    query.add_argument("--dest", help="callee: SPIFFE ID or service name")
-    query.add_argument("--service", help="a service on either side of the call")
-    query.add_argument("--path", help="HTTP path, exact or a prefix ending in * (/orders*)")
-    query.add_argument("--status", help="HTTP status (404) or class (5xx)")
-    query.add_argument("--decision", choices=DECISIONS, help="authorization decision")
-    query.add_argument("--trace", help="trace id (32 hex digits)")
-    query.add_argument("--kind", choices=KINDS, help="event kind")
-    query.add_argument("--direction", choices=("inbound", "outbound"), help="reporting side")
-    query.add_argument("--since", help="at or after: 15m, 2h, 7d or an RFC 3339 time")
-    query.add_argument("--until", help="before: 15m, 2h, 7d or an RFC 3339 time")
+    add_filter_args(query)
     query.add_argument("--order", choices=ORDERS, default="newest", help="default newest")
     query.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     query.add_argument("--cursor", help="continue after a page (the `next` a page printed)")
@@ -95,6 +85,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gr.add_argument("--format", choices=("table", "json", "dot"), default="table")
     _add_source(gr)
     gr.set_defaults(func=run_graph)
+
+
+def add_filter_args(parser: argparse.ArgumentParser) -> None:
+    """The event filters, shared by `query` and `bundle create` (`query_of` reads them)."""
+    parser.add_argument("--source", help="caller: SPIFFE ID or service name")
+    parser.add_argument("--dest", help="callee: SPIFFE ID or service name")
+    parser.add_argument("--service", help="a service on either side of the call")
+    parser.add_argument("--path", help="HTTP path, exact or a prefix ending in * (/orders*)")
+    parser.add_argument("--status", help="HTTP status (404) or class (5xx)")
+    parser.add_argument("--decision", choices=DECISIONS, help="authorization decision")
+    parser.add_argument("--trace", help="trace id (32 hex digits)")
+    parser.add_argument("--kind", choices=KINDS, help="event kind")
+    parser.add_argument("--direction", choices=("inbound", "outbound"), help="reporting side")
+    parser.add_argument("--since", help="at or after: 15m, 2h, 7d or an RFC 3339 time")
+    parser.add_argument("--until", help="before: 15m, 2h, 7d or an RFC 3339 time")
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +158,8 @@ def _time(text: str | None, now_ns: int) -> int | None:
 # -- query -----------------------------------------------------------------------------
 
 
-def _query_of(args: argparse.Namespace) -> Query:
+def query_of(args: argparse.Namespace, order: Order | None = None) -> Query:
+    """The Query of `add_filter_args`' arguments, `--limit` and `--order` (or `order`)."""
     now = time.time_ns()
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
@@ -170,7 +176,7 @@ def _query_of(args: argparse.Namespace) -> Query:
             direction=args.direction,
             since_ns=_time(args.since, now),
             until_ns=_time(args.until, now),
-            order=args.order,
+            order=order or args.order,
             limit=args.limit,
         )
     except QueryError as exc:
@@ -228,7 +234,7 @@ def _local_events(
 
 
 def run_query(args: argparse.Namespace) -> int:
-    query = _query_of(args)
+    query = query_of(args)
     rows, cursor = (_remote_events if args.url else _local_events)(args, query)
     out = sys.stdout
     if args.format == "json":
