@@ -12,6 +12,7 @@ import pytest
 from auditmesh.cli.main import main
 from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger
+from auditmesh.events import AuditEvent
 from auditmesh.ledger.note import generate_key
 from tests.conftest import fill, generate
 
@@ -91,15 +92,20 @@ def test_bad_key_text_is_a_usage_error(
     assert "bad verifier key" in capsys.readouterr().err
 
 
+def partly_checkpointed(data: Path, events: list[AuditEvent], covered: int) -> None:
+    """A ledger of `events` whose only checkpoint covers the first `covered` of them."""
+    ledger = open_ledger(data, origin="test.auditmesh/log")
+    fill(ledger, events[:covered])
+    ledger.log.append([entry_of(e) for e in events[covered:]])
+    ledger.close()
+
+
 def test_bundle_create_selects_like_query(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The filters are query's: a service name for --dest, a status class.
     events = generate(400)
-    ledger = open_ledger(tmp_path / "data", origin="test.auditmesh/log")
-    fill(ledger, events[:300])
-    ledger.log.append([entry_of(e) for e in events[300:]])  # not under a checkpoint yet
-    ledger.close()
+    partly_checkpointed(tmp_path / "data", events, 300)
     data = ["--data", str(tmp_path / "data")]
     out = tmp_path / "payments-4xx.zip"
     args = ["bundle", "create", *data, "--dest", "payments", "--status", "4xx", "-o", str(out)]
@@ -122,10 +128,7 @@ def test_bundle_create_says_why_nothing_was_selected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     events = generate(50)
-    ledger = open_ledger(tmp_path / "data", origin="test.auditmesh/log")
-    fill(ledger, events[:10])
-    ledger.log.append([entry_of(e) for e in events[10:]])
-    ledger.close()
+    partly_checkpointed(tmp_path / "data", events, 10)
     create = ["bundle", "create", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "b.zip")]
     assert main([*create, "--trace", "0" * 32]) == 2
     assert "no event matches that selection" in capsys.readouterr().err
