@@ -293,8 +293,9 @@ class Sender:
             pause = RETRY_S[min(attempt, len(RETRY_S) - 1)]
             if deadline is not None and time.monotonic() + pause > deadline:
                 raise UserError(
-                    f"cannot deliver a batch to {self.url} ({problem}); lines before it were "
-                    "acknowledged, run again to continue (stored events are not duplicated)"
+                    f"cannot deliver a batch to {self.url} ({problem}); is `auditmesh server` "
+                    "running there (--server URL names another)? Lines before it were "
+                    "acknowledged: run again to continue (stored events are not duplicated)"
                 )
             print(f"auditmesh: {self.url}: {problem}; retrying in {pause:g} s", file=sys.stderr)
             time.sleep(pause)

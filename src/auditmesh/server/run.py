@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,21 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"--listen wants HOST:PORT, e.g. 127.0.0.1:7600, not {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _check_free(host: str, port: int, flag: str) -> None:
+    """A clear error before the banner when another process listens on HOST:PORT (uvicorn
+    would print a bare `[Errno 98]` and exit 3 after the server said it was up)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot listen on {host}:{port} ({flag}): {exc.strerror or exc}; another process "
+            f"(another auditmesh server?) has it: stop it, or choose another {flag}"
+        ) from None
 
 
 def _config(app: Starlette, host: str, port: int, **options: Any) -> uvicorn.Config:
@@ -143,6 +159,9 @@ def serve(
     otlp_grpc_required: bool = False,
 ) -> None:
     with writer_lock(data_dir):  # one sequencer per data directory
+        _check_free(host, port, "--listen")
+        if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
+            _check_free(*mesh_listen, "--mesh-listen")
         ledger = open_ledger(data_dir, origin=origin)
         collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
         collector.start()

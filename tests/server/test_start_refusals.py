@@ -1,9 +1,11 @@
-"""One sequencer per data directory: a second server on the same --data is refused at start,
-with the first one's pid, and the first goes on; the lock goes with its holder."""
+"""What `auditmesh server` refuses at start, before its banner: a data directory another
+server uses (one sequencer per log: refused with the first one's pid, and the first goes
+on; the lock goes with its holder), and an address another process listens on."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,11 +35,7 @@ def test_the_lock_is_exclusive_and_released(tmp_path: Path) -> None:
 def test_a_second_server_on_the_same_data_is_refused(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "data") as first:
         second = subprocess.run(
-            [
-                *(sys.executable, "-m", "auditmesh", "server", "--data", str(tmp_path / "data")),
-                *("--listen", f"127.0.0.1:{free_port()}", "--mesh-listen", "off"),
-                *("--otlp-grpc", "off"),
-            ],
+            server_command(tmp_path / "data", "--listen", f"127.0.0.1:{free_port()}"),
             capture_output=True,
             text=True,
             timeout=30,
@@ -49,3 +47,28 @@ def test_a_second_server_on_the_same_data_is_refused(tmp_path: Path) -> None:
         )
         answer = httpx.post(first.url + "/v1/events", content=encode_ndjson(generate(3)))
         assert answer.status_code == 200 and answer.json()["indices"] == [0, 1, 2]
+
+
+def server_command(data: Path, *listen: str) -> list[str]:
+    return [
+        *(sys.executable, "-m", "auditmesh", "server", "--data", str(data)),
+        *listen,
+        *("--mesh-listen", "off", "--otlp-grpc", "off"),
+    ]
+
+
+@pytest.mark.integration
+def test_an_address_in_use_is_refused_before_the_banner(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            server_command(tmp_path / "data", "--listen", f"127.0.0.1:{port}"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port} (--listen): Address already in use" in done.stderr
+    assert "auditmesh server: http://" not in done.stdout
