@@ -31,15 +31,17 @@ def test_the_lock_is_exclusive_and_released(tmp_path: Path) -> None:
         pass
 
 
+def start_server(data: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """`auditmesh server` on `data` and 127.0.0.1:`port`, run to its end (a refusal)."""
+    command = [sys.executable, "-m", "auditmesh", "server", "--data", str(data)]
+    command += ["--listen", f"127.0.0.1:{port}", "--mesh-listen", "off", "--otlp-grpc", "off"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
 @pytest.mark.integration
 def test_a_second_server_on_the_same_data_is_refused(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "data") as first:
-        second = subprocess.run(
-            server_command(tmp_path / "data", "--listen", f"127.0.0.1:{free_port()}"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        second = start_server(tmp_path / "data", free_port())
         assert second.returncode == 2
         assert (
             f"is in use by another auditmesh server (pid {first.proc.pid if first.proc else 0})"
@@ -49,26 +51,13 @@ def test_a_second_server_on_the_same_data_is_refused(tmp_path: Path) -> None:
         assert answer.status_code == 200 and answer.json()["indices"] == [0, 1, 2]
 
 
-def server_command(data: Path, *listen: str) -> list[str]:
-    return [
-        *(sys.executable, "-m", "auditmesh", "server", "--data", str(data)),
-        *listen,
-        *("--mesh-listen", "off", "--otlp-grpc", "off"),
-    ]
-
-
 @pytest.mark.integration
 def test_an_address_in_use_is_refused_before_the_banner(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            server_command(tmp_path / "data", "--listen", f"127.0.0.1:{port}"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        done = start_server(tmp_path / "data", port)
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port} (--listen): Address already in use" in done.stderr
     assert "auditmesh server: http://" not in done.stdout
