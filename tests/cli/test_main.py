@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from auditmesh.cli.main import GROUPS, build_parser, groups_for
+from auditmesh.cli.main import GROUPS, build_parser, groups_for, main
 
 
 def _commands(parser: argparse.ArgumentParser) -> set[str]:
@@ -55,3 +55,22 @@ def test_a_command_does_not_import_the_others() -> None:
         check=False,
     )
     assert done.stdout.strip().splitlines()[-1] == "False True", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["server", "--bogus"], "usage: auditmesh server "),
+        (["log", "verify", "--bogus"], "usage: auditmesh log verify "),
+        (["bundle", "create", "-o", "x.zip", "--bogus"], "usage: auditmesh bundle create "),
+        (["--bogus"], "usage: auditmesh [-h] COMMAND"),
+    ],
+)
+def test_an_unknown_flag_shows_its_commands_usage(
+    argv: list[str], usage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and "unrecognized arguments: --bogus" in err

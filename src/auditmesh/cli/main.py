@@ -57,11 +57,26 @@ def groups_for(argv: Sequence[str]) -> tuple[str, ...]:
     return GROUPS  # --help, no command, or an unknown one: the full list
 
 
+def chosen_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub)command `argv` names, e.g. `log verify`'s for `log verify …`."""
+    for word in argv:
+        commands = next(
+            (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None
+        )
+        if commands is None:
+            break
+        if word in commands.choices:
+            parser = commands.choices[word]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(groups_for(argv))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own usage, not the top level's (`usage: auditmesh COMMAND`)
+        chosen_parser(parser, argv).error(f"unrecognized arguments: {' '.join(unknown)}")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
