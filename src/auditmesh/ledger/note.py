@@ -310,7 +310,8 @@ def open_note(note: bytes, verifiers: Sequence[Verifier]) -> Note:
 
     if not sigs:
         raise VerificationError(
-            "note has no verifiable signatures",
+            "note has no verifiable signatures: none is by a trusted key (expected), only by "
+            "the keys computed from its signature lines; was this log's verifier key given?",
             expected=sorted(f"{n}+{h:08x}" for n, h in known),
             computed=[f"{s.name}+{s.key_hash:08x}" for s in unverified],
         )
