@@ -89,6 +89,11 @@ def writer_lock(data_dir: Path) -> Iterator[None]:
                 f"{data_dir} is in use by another auditmesh server (pid {holder}); stop it, "
                 "or give this one another --data directory"
             ) from None
+        except OSError as exc:  # e.g. ENOLCK: a network file system without a lock manager
+            raise DataDirBusy(
+                f"cannot lock {path}: {exc.strerror or exc}; the data directory needs a local "
+                "file system (or one with working flock)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -74,3 +74,9 @@ def test_a_key_file_that_is_not_there_is_named(
 def test_missing_data_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["log", "checkpoint", "--data", str(tmp_path / "none")]) == 2
     assert "no ledger at" in capsys.readouterr().err
+
+
+def test_a_key_file_whose_path_has_a_plus_is_read(data: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "log+copy.vkey"
+    key_file.write_text((data / "keys" / "log.vkey").read_text())
+    assert main(["log", "verify", "--data", str(data), "--key", str(key_file), "--quiet"]) == 0

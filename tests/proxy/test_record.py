@@ -16,7 +16,9 @@ from auditmesh.events import (
     decode_event,
     new_event_id,
 )
-from auditmesh.proxy.record import BodyDigests, Exchange, to_event
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.proxy.accept import PeerTLS
+from auditmesh.proxy.record import BodyDigests, Exchange, peer_of, to_event
 
 START = 1_764_300_000_000_000_000
 
@@ -87,3 +89,14 @@ def test_body_digests_cover_what_was_relayed_and_nothing_for_no_body() -> None:
     assert event.http is not None
     assert event.http.request_body_sha256 == hashlib.sha256(b"amount=42").hexdigest()
     assert event.http.response_body_sha256 is None  # bytes counted, none hashed: not a body
+
+
+def test_a_callers_long_spiffe_segment_still_gives_a_valid_event() -> None:
+    # Regression: the mesh CA mints such an ID, and every call of that workload went unaudited.
+    caller = SpiffeId.parse(f"spiffe://cluster.local/ns/shop/sa/{'a' * 300}")
+    tls = PeerTLS(caller, "TLSv1.3", "0" * 64, 1_800_000_000)
+    x = exchange(direction="inbound", remote=peer_of(tls, ("10.0.0.9", 41000)), status=200)
+    event = to_event(x, START)
+    assert decode_event(canonical_bytes(event)) == event
+    assert event.source is not None and event.source.identity == str(caller)
+    assert event.source.service == "a" * 253

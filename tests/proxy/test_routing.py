@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from auditmesh.proxy.config import ConfigError, load_config, outbound_listeners
-from auditmesh.proxy.routing import by_host, host_name, request_authority, service_names
+from auditmesh.proxy.routing import by_host, host_name, origin_form, service_names
 
 
 def test_a_service_answers_to_its_kubernetes_names() -> None:
@@ -39,21 +39,20 @@ def test_host_name_drops_the_port_and_case(host: str, name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "host", "authority"),
+    ("target", "form"),
     [
-        ("/pay", "payments", "payments"),
-        ("/pay", None, None),
-        ("http://catalog/items?x=1", "payments", "catalog"),  # RFC 9112 §3.2.2: target wins
-        ("HTTP://catalog.shop:8080", None, "catalog.shop:8080"),
-        ("https://user:pw@catalog#top", "payments", "catalog"),
-        ("ftp://catalog/file", "payments", "payments"),  # not HTTP: Host decides
-        ("*", "payments", "payments"),  # asterisk-form (OPTIONS)
+        ("/pay", None),
+        ("*", None),  # asterisk-form (OPTIONS)
+        ("ftp://catalog/file", None),  # not HTTP
+        ("http://catalog/items?x=1", ("catalog", "/items?x=1")),  # RFC 9112 §3.2.2
+        ("HTTP://catalog.shop:8080", ("catalog.shop:8080", "/")),
+        ("https://user:pw@catalog#top", ("catalog", "/")),
+        ("http://catalog?q=/x", ("catalog", "/?q=/x")),
+        ("http://orders/admin/users", ("orders", "/admin/users")),
     ],
 )
-def test_request_authority_prefers_an_absolute_target(
-    target: str, host: str | None, authority: str | None
-) -> None:
-    assert request_authority(target, host) == authority
+def test_origin_form_of_an_absolute_target(target: str, form: tuple[str, str] | None) -> None:
+    assert origin_form(target) == form
 
 
 def test_by_host_selects_by_name_and_refuses_the_rest() -> None:

@@ -130,6 +130,8 @@ def test_an_absolute_form_request_goes_to_the_service_its_target_names(
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello from catalog")
     [event] = outbound_events(mesh, "route-absolute")
     assert event["destination"]["service"] == "catalog"
+    # handled in origin form: what policies match and the event records is the path alone
+    assert event["http"]["path"] == "/hello"
 
 
 def test_a_no_route_call_with_a_huge_host_is_still_audited(mesh: Mesh, shared: int) -> None:

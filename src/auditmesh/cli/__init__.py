@@ -19,7 +19,7 @@ def verifier_key(value: str) -> str:
     """`--key`: the verifier key itself (`name+hash+base64`, sumdb/note) or a file holding it,
     such as DATA/keys/log.vkey."""
     path = Path(value)
-    if "+" in value:  # a key has them (`name+hash+base64`); a path seldom does
+    if "+" in value and not path.is_file():  # a key has them: `name+hash+base64`
         return value.strip()
     try:
         return path.read_text().strip()

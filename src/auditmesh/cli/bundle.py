@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_data_arg(create)
     create.add_argument("-o", "--output", type=Path, required=True, help="bundle file (.zip)")
     add_filter_args(create)
-    create.add_argument("--limit", type=int, default=1000, help="at most this many events")
+    create.add_argument(
+        "--limit", type=int, default=1000, help="at most this many events, the first in log order"
+    )
     create.set_defaults(func=run_create)
 
     verify = bundle_sub.add_parser("verify", help="check a bundle offline")

@@ -40,7 +40,7 @@ from auditmesh.proxy.http1_events import (
 from auditmesh.proxy.http1_events import Limits as WireLimits
 from auditmesh.proxy.pool import Pool, Upstream
 from auditmesh.proxy.record import FLAGS, BodyDigests, Exchange, peer_of, to_event
-from auditmesh.proxy.routing import request_authority
+from auditmesh.proxy.routing import origin_form
 from auditmesh.proxy.tcp import relay
 from auditmesh.proxy.tracing import continue_or_start
 from auditmesh.proxy.xfcc import HEADER as XFCC
@@ -277,6 +277,11 @@ class HttpProxy:
         request: Request,
         x: Exchange,
     ) -> bool:
+        absolute = origin_form(request.target.decode("latin-1"))
+        if absolute is not None:  # RFC 9112 §3.2.2: as `GET /p` with Host from the target
+            named, origin = absolute
+            fields = h.set_header(request.headers, b"host", named.encode("latin-1"))
+            request = Request(request.method, origin.encode("latin-1"), fields)
         x.method = request.method.decode("latin-1")
         x.path = request.target.decode("latin-1")
         x.host = _text(h.get_header(request.headers, b"host"))
@@ -284,12 +289,11 @@ class HttpProxy:
         outgoing = self._upstream_request(request, x)  # trace and request ids, also for NR
         route = self.route
         if self._select is not None:
-            authority = request_authority(x.path, x.host)
-            chosen = self._select(authority)
+            chosen = self._select(x.host)
             if chosen is None:
-                named = authority[:MAX_NAME] if authority else None
-                x.remote = Peer(host=named)
-                self._fail(x, "NR", f"no route: this listener serves no service named {named!r}")
+                host = x.host[:MAX_NAME] if x.host else None
+                x.remote = Peer(host=host)
+                self._fail(x, "NR", f"no route: this listener serves no service named {host!r}")
                 await self._answer(down, writer, x)
                 return False
             route, x.remote = chosen, chosen.target

@@ -14,6 +14,7 @@ import msgspec
 from auditmesh.events import (
     HTTP,
     MAX_METHOD,
+    MAX_NAME,
     MAX_REQUEST_ID,
     MAX_TEXT,
     TCP,
@@ -46,10 +47,12 @@ def peer_of(tls: PeerTLS | None, remote: tuple[str, int]) -> Peer:
     """The caller as the inbound side knows it: its SPIFFE ID when it proved one, and the
     service named after its service account (the Kubernetes convention the demo follows)."""
     spiffe_id = None if tls is None else tls.spiffe_id
-    return Peer(
+    service = None if spiffe_id is None else spiffe_id.service_account
+    namespace = None if spiffe_id is None else spiffe_id.namespace
+    return Peer(  # a SPIFFE path segment may be longer than a name (the full ID is kept)
         identity=None if spiffe_id is None else str(spiffe_id),
-        service=None if spiffe_id is None else spiffe_id.service_account,
-        namespace=None if spiffe_id is None else spiffe_id.namespace,
+        service=service[:MAX_NAME] if service else None,
+        namespace=namespace[:MAX_NAME] if namespace else None,
         ip=remote[0],
         port=remote[1],
     )

@@ -5,8 +5,9 @@ the app then calls every service through that one port, the way it would call th
 Kubernetes DNS names. A service answers to `name`, `name.ns`, `name.ns.svc` and
 `name.ns.svc.cluster.local`, with or without a port and a final dot (RFC 9110 §7.2: Host is
 `host[:port]`, case-insensitive, RFC 3986 §3.2.2, where the port may be empty). A request in
-absolute form (`GET http://payments/pay`, what an app with `HTTP_PROXY` set sends) is routed by
-its target's authority, not by Host (RFC 9112 §3.2.2). An entry alone on its port takes every
+absolute form (`GET http://payments/pay`, what an app with `HTTP_PROXY` set sends) is taken
+as `GET /pay` with Host `payments` (`origin_form`, RFC 9112 §3.2.2) before it is routed,
+authorized, recorded or forwarded. An entry alone on its port takes every
 request, whatever its Host, as before.
 """
 
@@ -35,15 +36,17 @@ def host_name(host: str) -> str:
     return host[:-1] if host.endswith(".") else host
 
 
-def request_authority(target: str, host: str | None) -> str | None:
-    """The authority a request names: an absolute-form target's (`http://a:80/p` → `a:80`,
-    userinfo dropped), otherwise the Host header's value."""
+def origin_form(target: str) -> tuple[str, str] | None:
+    """(authority, origin-form target) of an absolute-form HTTP target, None for any other
+    form: `http://a:80/p?q` → (`a:80`, `/p?q`); `http://a` → (`a`, `/`). RFC 9112 §3.2.2: the
+    request is then handled as `/p?q` with Host `a:80`, which is what policies, the audit
+    event and the upstream see."""
     scheme, sep, rest = target.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        return host
-    for end in "/?#":
-        rest = rest.partition(end)[0]
-    return rest.rpartition("@")[2]
+        return None
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, origin = rest[:cut].rpartition("@")[2], rest[cut:].partition("#")[0]
+    return authority, origin if origin.startswith("/") else "/" + origin
 
 
 def by_host(routes: Mapping[str, R]) -> Callable[[str | None], R | None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import signal
 import socket
@@ -75,12 +76,16 @@ def _check_free(host: str, port: int, flag: str) -> None:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             probe.bind(address)
     except OSError as exc:
+        busy = exc.errno == errno.EADDRINUSE
         raise ValueError(
-            f"cannot listen on {host}:{port} ({flag}): {exc.strerror or exc}; another process "
-            f"(another auditmesh server?) has it: stop it, or choose another {flag}"
+            f"cannot listen on {host}:{port} ({flag}): {exc.strerror or exc}"
+            + ("; another process (another auditmesh server?) has it: stop it, or" if busy else ";")
+            + f" choose another {flag}"
         ) from None
 
 
