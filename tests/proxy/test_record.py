@@ -84,7 +84,7 @@ def test_every_wire_value_gives_a_valid_event(
 def test_body_digests_cover_what_was_relayed_and_nothing_for_no_body() -> None:
     digests = BodyDigests()
     for chunk in (b"amount=", b"42"):
-        digests.add_request(chunk)
+        digests.request.add(chunk)
     event = to_event(exchange(status=200, digests=digests, response_bytes=5), START)
     assert event.http is not None
     assert event.http.request_body_sha256 == hashlib.sha256(b"amount=42").hexdigest()

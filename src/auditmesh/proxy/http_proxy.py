@@ -445,7 +445,7 @@ class HttpProxy:
             if isinstance(event, Data):
                 x.request_bytes += len(event.data)
                 if x.digests is not None:
-                    x.digests.add_request(event.data)
+                    x.digests.request.add(event.data)
                 upstream.writer.write(up.send(event))
                 await upstream.writer.drain()
             elif isinstance(event, EndOfMessage):
@@ -513,7 +513,7 @@ class HttpProxy:
                 elif isinstance(event, Data):
                     x.response_bytes += len(event.data)
                     if x.digests is not None:
-                        x.digests.add_response(event.data)
+                        x.digests.response.add(event.data)
                     _write(writer, head + down.send(event))
                     head = b""
                     await writer.drain()

@@ -58,32 +58,30 @@ def peer_of(tls: PeerTLS | None, remote: tuple[str, int]) -> Peer:
     )
 
 
-class BodyDigests:
-    """SHA-256 of the request and response bodies as relayed (DESIGN.md "Audit depth": at
-    Metadata a body's digest may be kept as evidence, its data never). A body cut short is
-    hashed as far as it went; the event's byte counts say how far. None for no body (and for
-    an answer of the proxy's own, which is not the upstream's body)."""
+class BodyDigest:
+    """SHA-256 of one body as relayed (DESIGN.md "Audit depth": at Metadata a body's digest
+    may be kept as evidence, its data never). A body cut short is hashed as far as it went;
+    the event's byte counts say how far."""
 
-    __slots__ = ("_request", "_response", "_sizes")
+    __slots__ = ("_hash", "_hashed")
 
     def __init__(self) -> None:
-        self._request = hashlib.sha256()
-        self._response = hashlib.sha256()
-        self._sizes = [0, 0]
+        self._hash = hashlib.sha256()
+        self._hashed = 0
 
-    def add_request(self, data: bytes) -> None:
-        self._request.update(data)
-        self._sizes[0] += len(data)
+    def add(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._hashed += len(data)
 
-    def add_response(self, data: bytes) -> None:
-        self._response.update(data)
-        self._sizes[1] += len(data)
+    def hexdigest(self) -> str | None:
+        """None when no body went through (or only an answer of the proxy's own)."""
+        return self._hash.hexdigest() if self._hashed else None
 
-    def request_sha256(self) -> str | None:
-        return self._request.hexdigest() if self._sizes[0] else None
 
-    def response_sha256(self) -> str | None:
-        return self._response.hexdigest() if self._sizes[1] else None
+@dataclass(slots=True)
+class BodyDigests:
+    request: BodyDigest = field(default_factory=BodyDigest)
+    response: BodyDigest = field(default_factory=BodyDigest)
 
 
 @dataclass(slots=True)
@@ -168,8 +166,8 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
             protocol="HTTP/1.1",
             user_agent=clip("http.user_agent", x.user_agent, MAX_TEXT),
             request_id=clip("http.request_id", x.request_id, MAX_REQUEST_ID),
-            request_body_sha256=None if x.digests is None else x.digests.request_sha256(),
-            response_body_sha256=None if x.digests is None else x.digests.response_sha256(),
+            request_body_sha256=None if x.digests is None else x.digests.request.hexdigest(),
+            response_body_sha256=None if x.digests is None else x.digests.response.hexdigest(),
         )
     else:
         tcp = TCP(sent_bytes=x.request_bytes, received_bytes=x.response_bytes, end=x.end)
