@@ -124,6 +124,27 @@ def test_bundle_create_selects_like_query(
     assert [row["index"] for row in manifest["entries"]] == wanted
 
 
+def test_bundle_create_limit_keeps_the_events_query_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `query --limit 5` shows the 5 newest; the bundle proves those (the covered ones), listed
+    # in log order. --order oldest keeps the 5 oldest instead.
+    events = generate(400)
+    partly_checkpointed(tmp_path / "data", events, 300)
+    covered = [(e.time_ns, i) for i, e in enumerate(events[:300]) if e.kind == "http"]
+    out = tmp_path / "b.zip"
+    create = ["bundle", "create", "--data", str(tmp_path / "data"), "--kind", "http", "-o"]
+
+    def bundled(*extra: str) -> list[int]:
+        assert main([*create, str(out), "--limit", "5", *extra]) == 0
+        capsys.readouterr()
+        manifest = json.loads(zipfile.ZipFile(out).read("manifest.json"))
+        return [row["index"] for row in manifest["entries"]]
+
+    assert bundled() == sorted(i for _, i in sorted(covered, reverse=True)[:5])
+    assert bundled("--order", "oldest") == sorted(i for _, i in sorted(covered)[:5])
+
+
 def test_bundle_create_says_why_nothing_was_selected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

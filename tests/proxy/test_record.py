@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from auditmesh.events import (
     MAX_METHOD,
+    MAX_NAME,
     MAX_REQUEST_ID,
     MAX_TEXT,
     Peer,
@@ -47,6 +48,7 @@ def test_values_off_the_wire_that_are_too_long_are_clipped_and_named() -> None:
         flag="NR",
         detail="no route: " + "h" * 5000,
         status=404,
+        remote=Peer(host="h" * 5000),
     )
     event = to_event(x, START + 1000)
     assert decode_event(canonical_bytes(event)) == event  # the server will take it
@@ -56,8 +58,9 @@ def test_values_off_the_wire_that_are_too_long_are_clipped_and_named() -> None:
     assert event.http.user_agent == "u" * MAX_TEXT
     assert event.http.request_id == "r" * MAX_REQUEST_ID
     assert len(event.error.message) == MAX_TEXT
+    assert event.destination is not None and event.destination.host == "h" * MAX_NAME
     assert event.labels["auditmesh.clipped"] == (
-        "error.message,http.method,http.path,http.user_agent,http.request_id"
+        "destination.host,error.message,http.method,http.path,http.user_agent,http.request_id"
     )
 
 

@@ -143,6 +143,7 @@ def test_a_no_route_call_with_a_huge_host_is_still_audited(mesh: Mesh, shared: i
     [event] = outbound_events(mesh, "route-huge")
     assert event["labels"]["envoy.response_flags"] == "NR"
     assert event["destination"] == {"host": "x" * 253}
+    assert event["labels"]["auditmesh.clipped"] == "destination.host,error.message"
 
 
 def test_a_huge_user_agent_is_clipped_not_left_unaudited(mesh: Mesh, shared: int) -> None:

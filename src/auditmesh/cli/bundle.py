@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from auditmesh.analysis.query import Query, QueryError
+from auditmesh.analysis.query import ORDERS, Query, QueryError
 from auditmesh.analysis.query import run as run_query
 from auditmesh.cli import add_data_arg, verifier_key
 from auditmesh.cli.main import UserError
@@ -26,15 +26,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "create",
         help="events selected by a query, with proofs, in one zip file",
         description=(
-            "The events `auditmesh query` selects with the same filters (in log order), each "
-            "with its inclusion proof against the latest signed checkpoint."
+            "The events `auditmesh query` selects with the same filters, --order and --limit "
+            "(the newest first unless --order says otherwise), each with its inclusion proof "
+            "against the latest signed checkpoint; the bundle lists them in log order."
         ),
     )
     add_data_arg(create)
     create.add_argument("-o", "--output", type=Path, required=True, help="bundle file (.zip)")
     add_filter_args(create)
     create.add_argument(
-        "--limit", type=int, default=1000, help="at most this many events, the first in log order"
+        "--order",
+        choices=ORDERS,
+        default="newest",
+        help="which events --limit keeps, as in query (default newest)",
+    )
+    create.add_argument(
+        "--limit", type=int, default=1000, help="at most this many events (default 1000)"
     )
     create.set_defaults(func=run_create)
 
@@ -50,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    query = query_of(args, order="index")
+    query = query_of(args)
     try:
         ledger = open_ledger(args.data, create=False)
     except StoreError as exc:
@@ -84,8 +91,9 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def _checkpointed(ledger: Ledger, query: Query, size: int) -> tuple[list[int], int]:
-    """Indices of up to `query.limit` matching events the checkpoint of `size` covers (what
-    can be proven), in log order; and how many matched that it does not cover yet."""
+    """Indices of the first `query.limit` matching events, in the query's order, that the
+    checkpoint of `size` covers (what can be proven), sorted into log order; and how many
+    matched that it does not cover yet."""
     selected: list[int] = []
     later = 0
     cursor: str | None = None
@@ -101,7 +109,7 @@ def _checkpointed(ledger: Ledger, query: Query, size: int) -> tuple[list[int], i
                 selected.append(index)
         cursor = page.next
         if cursor is None or len(selected) >= query.limit:
-            return selected, later
+            return sorted(selected), later
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from auditmesh.events import MAX_NAME, AuditEvent, Authz, Peer, new_event_id, random_bytes
+from auditmesh.events import AuditEvent, Authz, Peer, new_event_id, random_bytes
 from auditmesh.proxy import headers as h
 from auditmesh.proxy.accept import PeerTLS
 from auditmesh.proxy.config import Limits
@@ -291,9 +291,8 @@ class HttpProxy:
         if self._select is not None:
             chosen = self._select(x.host)
             if chosen is None:
-                host = x.host[:MAX_NAME] if x.host else None
-                x.remote = Peer(host=host)
-                self._fail(x, "NR", f"no route: this listener serves no service named {host!r}")
+                x.remote = Peer(host=x.host)  # clipped with the event's other wire values
+                self._fail(x, "NR", f"no route: this listener serves no service named {x.host!r}")
                 await self._answer(down, writer, x)
                 return False
             route, x.remote = chosen, chosen.target

@@ -137,6 +137,9 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
         return value[:limit]
 
     source, destination = (x.remote, x.local) if x.direction == "inbound" else (x.local, x.remote)
+    host = clip("destination.host", destination.host, MAX_NAME)  # a Host no route serves
+    if host is not destination.host:
+        destination = msgspec.structs.replace(destination, host=host)
     failed = x.flag is not None or (x.status is not None and x.status >= 500)
     error = None
     if x.flag is not None:
