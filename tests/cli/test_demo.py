@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def test_demo_tells_the_story(demo: tuple[Path, str]) -> None:
     ):
         assert step in out
     assert "caught" in out
+    # the progress bar ends on the final tally, calls in flight at the end included
+    *_, shown = re.findall(r"(\d+) calls, \d+ denied", out)
+    assert re.search(rf"Done: {shown} calls made", out), out
 
 
 def test_every_edge_is_audited_with_identities(demo: tuple[Path, str]) -> None:

@@ -103,15 +103,21 @@ def drive(console: Console, mesh: LocalMesh, topology: Topology, clock: RunClock
     try:
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("", total=1.0)
-            while clock.fraction() < 1.0:
+
+            def show(fraction: float) -> None:
                 counts = drivers.counts
                 progress.update(
                     task,
-                    completed=clock.fraction(),
+                    completed=fraction,
                     description=f"{sum(counts.values())} calls, {counts['batch denied']} denied",
                 )
+
+            while clock.fraction() < 1.0:
+                show(clock.fraction())
                 time.sleep(0.25)
-            progress.update(task, completed=1.0)
+            drivers.stop.set()
+            drivers.join()  # the calls in flight count too: the bar ends on the final tally
+            show(1.0)
     finally:
         drivers.stop.set()
         drivers.join()
