@@ -172,3 +172,30 @@ def test_bad_policy_file_keeps_the_previous_set(setup: tuple[Mesh, dict[str, int
     )
     assert failures and "CUSTOM" in failures[0]["error"]["message"]
     (policies / "broken.yaml").unlink()
+
+
+def test_a_sidecar_whose_policy_set_does_not_load_does_not_start(
+    setup: tuple[Mesh, dict[str, int], Path], tmp_path: Path
+) -> None:
+    # Serving with no policy at all would let through what a DENY in the set forbids: the
+    # sidecar refuses to start, says why, and the refusal is in the ledger.
+    mesh, _, _ = setup
+    (tmp_path / "deny.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, "
+        "namespace: shop}\nspec:\n  action: DENY\n  rules: [{}]\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: j, "
+        "namespace: shop}\nspec:\n  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]\n"
+    )
+    config = {
+        "inbound": {"listen": address(free_port()), "app": address(mesh.apps["vault"])},
+        "policies": str(tmp_path),
+    }
+    with pytest.raises(RuntimeError, match="does not serve without its policy set"):
+        mesh.sidecar("locked", config)
+    assert mesh.local.sidecars["locked"].returncode == 2
+    [refusal] = mesh.wait_events(
+        lambda e: e["kind"] == "policy_change" and e["reporter"] == str(spiffe("locked"))
+    )
+    assert refusal["outcome"] == "failure"
+    assert "none in force" in refusal["error"]["message"]
+    assert "requestPrincipals" in refusal["error"]["message"]

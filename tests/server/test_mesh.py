@@ -95,6 +95,19 @@ def test_join_token_is_one_time(mesh: Mesh) -> None:
     assert unknown.status_code == 403 and "unknown" in unknown.json()["error"]
 
 
+def test_a_bad_csr_leaves_the_join_token_unused(mesh: Mesh) -> None:
+    token = mesh.token(ORDERS)
+    good = make_csr(new_private_key()).decode()
+    tampered = good.replace(good.splitlines()[3], good.splitlines()[3][::-1])
+    with mesh.anonymous() as client:
+        for csr in ("not a CSR", tampered):
+            refused = client.post("/v1/identity/join", json={"token": token, "csr": csr})
+            assert refused.status_code == 400
+            assert "the join token is still unused" in refused.json()["error"]
+        issued = client.post("/v1/identity/join", json={"token": token, "csr": good})
+    assert issued.status_code == 200, issued.text
+
+
 def test_batches_over_mtls_must_be_reported_by_the_caller(mesh: Mesh) -> None:
     credentials = join(mesh, ORDERS)
     with httpx.Client(base_url=mesh.mesh_url, verify=credentials.client_context()) as client:
@@ -127,6 +140,8 @@ def test_renewal_over_mtls_keeps_the_identity(mesh: Mesh) -> None:
 def test_issuance_and_refusals_are_audit_events(mesh: Mesh) -> None:
     join(mesh, ORDERS)
     with mesh.anonymous() as client:
+        csr = make_csr(new_private_key()).decode()
+        client.post("/v1/identity/join", json={"token": "forged", "csr": csr})
         client.post("/v1/identity/join", json={"token": "forged", "csr": "x"})
         assert client.get("/v1/identity/bundle").content == mesh.bundle()
     ledger = open_ledger(mesh.data, create=False)
@@ -137,7 +152,7 @@ def test_issuance_and_refusals_are_audit_events(mesh: Mesh) -> None:
         ]
     finally:
         ledger.close()
-    assert "svid_issued" in actions and "join_token_refused" in actions
+    assert {"svid_issued", "join_token_refused", "join_csr_refused"} <= set(actions)
 
 
 def test_refused_renewals_are_audit_events(mesh: Mesh) -> None:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             runner.run(_main(Sidecar(config, base)))
         except EnrollmentError as exc:
             raise UserError(f"cannot get an identity: {exc}") from None
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:
             raise UserError(f"cannot start: {exc}") from None
     return 0
 

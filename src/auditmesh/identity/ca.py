@@ -56,6 +56,25 @@ class CAPaths:
         return cls(directory, directory / "ca.pem", directory / "ca-key.pem", directory / "ca.json")
 
 
+def csr_public_key(
+    csr_pem: bytes,
+) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey:
+    """The key a CSR asks a certificate for, once its self-signature (proof of possession)
+    verifies and the key is ECDSA P-256 or Ed25519. Raises :class:`CAError`."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise CAError(f"not a PEM certificate signing request: {exc}") from exc
+    if not csr.is_signature_valid:
+        raise CAError("the CSR's signature does not verify; the requester must sign it")
+    public_key = csr.public_key()
+    if isinstance(public_key, ed25519.Ed25519PublicKey) or (
+        isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1"
+    ):
+        return public_key
+    raise CAError("the CSR's key must be ECDSA P-256 or Ed25519")
+
+
 def _random_serial(randbytes: RandBytes) -> int:
     """A positive 128-bit random serial (RFC 5280 §4.1.2.2: positive, at most 20 octets)."""
     while True:
@@ -252,19 +271,7 @@ class MeshCA:
             raise CAError(f"{spiffe_id} has no path; a workload SVID needs one")
         if ttl <= timedelta(0):
             raise CAError(f"the SVID TTL must be positive, not {ttl}")
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise CAError(f"not a PEM certificate signing request: {exc}") from exc
-        if not csr.is_signature_valid:
-            raise CAError("the CSR's signature does not verify; the requester must sign it")
-        public_key = csr.public_key()
-        p256 = isinstance(public_key, ec.EllipticCurvePublicKey) and (
-            public_key.curve.name == "secp256r1"
-        )
-        if not (p256 or isinstance(public_key, ed25519.Ed25519PublicKey)):
-            raise CAError("the CSR's key must be ECDSA P-256 or Ed25519")
-
+        public_key = csr_public_key(csr_pem)
         not_after = min(now + ttl, self.certificate.not_valid_after_utc)
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         builder = (

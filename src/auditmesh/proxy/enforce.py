@@ -5,7 +5,8 @@ path, compiles the decision function of this workload (namespace + labels), and 
 when the files change. Every change of the effective policy set becomes a `policy_change`
 audit event (content hash, what changed, where from), so "which policies were in force at
 time T" is answered from the ledger. A set that fails to load keeps the previous one in
-force and is reported, never silently half-applied.
+force and is reported, never silently half-applied; with no previous one (at start-up) the
+sidecar does not start, rather than serve with no policy at all (fail closed).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class PolicyState:
             self._seen = _fingerprint(self.path)
             policies = load_policies(self.path)
         except (PolicyLoadError, OSError) as exc:
-            return self._event("failure", f"policy set refused, previous kept: {exc}", None)
+            kept = "previous kept" if self.current is not None else "none in force"
+            return self._event("failure", f"policy set refused, {kept}: {exc}", None)
         resolver = MtlsResolver(policies)
         decision = resolver.mode(self.namespace, self.labels, self.port)
         authorizer = PolicyEngine(policies).for_workload(self.namespace, self.labels)

@@ -32,6 +32,7 @@ from auditmesh.identity.workload import Credentials
 from auditmesh.policy.request import Request as PolicyRequest
 from auditmesh.proxy.accept import HandshakeRefused, NothingSent, PeerTLS, accept
 from auditmesh.proxy.config import (
+    ConfigError,
     Inbound,
     Outbound,
     SidecarConfig,
@@ -95,10 +96,10 @@ class Sidecar:
             spool_config=SpoolConfig(max_bytes=audit.spool_max_bytes, when_full=audit.spool_full),
         )
         self.emitter.start()
-        if self.config.policies is not None:
-            self._start_policies(Path(self.config.policies))
         renewals = asyncio.ensure_future(self.agent.run_renewals())
         try:
+            if self.config.policies is not None:
+                self._start_policies(Path(self.config.policies))
             if self.config.inbound is not None:
                 await self._listen_inbound(self.config.inbound)
             for listen, targets in outbound_listeners(self.config.outbound).items():
@@ -154,7 +155,14 @@ class Sidecar:
             local=lambda: self._local,
             now_ns=self._now_ns,
         )
-        self._emit(self.policy.load())
+        loaded = self.policy.load()
+        self._emit(loaded)  # delivered on the way out if it is a refusal
+        if self.policy.current is None:
+            assert loaded.error is not None
+            raise ConfigError(
+                f"policies: {loaded.error.message}. The sidecar does not serve without its "
+                "policy set: fix it and start again"
+            )
         self._spawn(self._watch_policies(self.policy))
 
     async def _watch_policies(self, state: PolicyState) -> None:

@@ -31,7 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from auditmesh.collector import Collector
 from auditmesh.events import TLS, AuditEvent, Error, Peer, new_event_id
 from auditmesh.httpbody import BodyTooLarge, read_limited
-from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA
+from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, csr_public_key
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import PeerIdentityError, cert_sha256, verify_peer_svid
 from auditmesh.identity.tokens import JoinTokens, TokenError
@@ -144,6 +144,11 @@ class MeshApi:
             body = msgspec.json.decode(await read_limited(request, 64 * 1024), type=_JoinRequest)
         except (BodyTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _error(400, f'send JSON {{"token": ..., "csr": PEM}}: {exc}')
+        try:
+            csr_public_key(body.csr.encode())  # before the token is used up: a bad CSR keeps it
+        except CAError as exc:
+            await self._audit(None, "join_csr_refused", failure=str(exc), client=client)
+            return _error(400, f"CSR refused (the join token is still unused): {exc}")
         now = datetime.now(UTC)
         try:
             spiffe_id = await run_in_threadpool(self.tokens.redeem, body.token, now)
