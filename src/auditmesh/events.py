@@ -54,7 +54,8 @@ SpanId = Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")]
 LabelKey = Annotated[
     str, Meta(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$", max_length=253)
 ]
-LabelValue = Annotated[str, Meta(max_length=1024)]
+MAX_LABEL = 1024
+LabelValue = Annotated[str, Meta(max_length=MAX_LABEL)]
 
 
 if TYPE_CHECKING:  # callers pass plain ints; __post_init__ wraps them

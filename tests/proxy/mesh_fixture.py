@@ -50,6 +50,8 @@ class AppHandler(BaseHTTPRequestHandler):
             "x-seen-xfcc": self.headers.get("x-forwarded-client-cert", "-"),
             "x-seen-traceparent": self.headers.get("traceparent", "-"),
             "x-seen-request-id": self.headers.get("x-request-id", "-"),
+            "x-seen-upgrade": self.headers.get("upgrade", "-"),
+            "x-seen-path": self.path,
         }
         if self.path.startswith("/status/"):
             self._reply(int(self.path.rsplit("/", 1)[1]), b"status")

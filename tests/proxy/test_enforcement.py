@@ -97,6 +97,16 @@ def inbound(request_id: str) -> Any:
     )
 
 
+def send_raw(port: int, head: str) -> bytes:
+    """Send a request head as written (no client normalizes it) and read to the end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(head.encode())
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+    return answer
+
+
 def test_allowed_call_names_the_policy_and_rule(setup: tuple[Mesh, dict[str, int], Path]) -> None:
     mesh, ports, _ = setup
     response = httpx.get(
@@ -159,6 +169,10 @@ def test_policy_change_is_enforced_and_logged(setup: tuple[Mesh, dict[str, int],
     assert changes[1]["labels"]["policy.hash"] != changes[0]["labels"]["policy.hash"]
     response = httpx.get(f"http://127.0.0.1:{ports['intruder_out']}/secrets/2")
     assert response.status_code == 200
+    (policies / "vault.yaml").write_text(ALLOW_ORDERS)  # as it was, for the tests after this
+    while len(changes) < 3 and time.monotonic() < deadline + 10:
+        changes = mesh.wait_events(lambda e: e["kind"] == "policy_change")
+    assert len(changes) == 3
 
 
 def test_bad_policy_file_keeps_the_previous_set(setup: tuple[Mesh, dict[str, int], Path]) -> None:
@@ -199,3 +213,72 @@ def test_a_sidecar_whose_policy_set_does_not_load_does_not_start(
     assert refusal["outcome"] == "failure"
     assert "none in force" in refusal["error"]["message"]
     assert "requestPrincipals" in refusal["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "served"),
+    [("/%73ecrets/1", "/secrets/1"), ("/secrets/./a/../1", "/secrets/1")],
+)
+def test_policy_and_app_see_the_normalized_path(
+    setup: tuple[Mesh, dict[str, int], Path], sent: str, served: str
+) -> None:
+    mesh, ports, _ = setup
+    request_id = f"norm-{sent}"
+    answer = send_raw(
+        ports["orders_out"],
+        f"GET {sent} HTTP/1.1\r\nhost: vault\r\nx-request-id: {request_id}\r\n"
+        "connection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ") and f"x-seen-path: {served}".encode() in answer
+    [event] = mesh.wait_events(inbound(request_id))
+    assert event["http"]["path"] == served
+    assert event["authz"]["decision"] == "allow"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["/secrets/../admin", "/secrets/%2e%2e/admin", "/secrets\\..\\admin", "/secrets/%2E%2E/admin"],
+)
+def test_a_dot_segment_does_not_escape_an_allowed_prefix(
+    setup: tuple[Mesh, dict[str, int], Path], sent: str
+) -> None:
+    # ALLOW paths: [/secrets/*]; each of these is /admin to a backend: denied (Istio BASE).
+    mesh, ports, _ = setup
+    answer = send_raw(
+        ports["orders_out"], f"GET {sent} HTTP/1.1\r\nhost: vault\r\nconnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("/secrets/%zz", "malformed percent-encoding"),
+        ("ws://vault/secrets/1", "not another scheme"),
+        ("vault:443", "not CONNECT"),
+    ],
+)
+def test_targets_that_would_slip_past_policy_are_refused(
+    setup: tuple[Mesh, dict[str, int], Path], target: str, reason: str
+) -> None:
+    mesh, ports, _ = setup
+    method = "CONNECT" if target == "vault:443" else "GET"
+    request_id = f"refused-{target}"
+    answer = send_raw(
+        ports["orders_out"],
+        f"{method} {target} HTTP/1.1\r\nhost: vault\r\nx-request-id: {request_id}\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 400 ") and reason.encode() in answer, answer
+    [event] = mesh.wait_events(lambda e: e.get("error", {}).get("message", "").count(reason))
+    assert event["labels"]["envoy.response_flags"] == "DPE"
+
+
+def test_only_a_websocket_upgrade_is_passed_on(setup: tuple[Mesh, dict[str, int], Path]) -> None:
+    # h2c would turn the connection into HTTP/2 streams no policy or audit event sees.
+    _, ports, _ = setup
+    response = httpx.get(
+        f"http://127.0.0.1:{ports['orders_out']}/secrets/1",
+        headers={"upgrade": "h2c", "connection": "Upgrade, HTTP2-Settings", "http2-settings": ""},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-seen-upgrade"] == "-"

@@ -178,9 +178,17 @@ def header_tokens(headers: Headers, name: bytes) -> list[bytes]:
 # RFC 9110 §7.6.1: fields an intermediary removes or replaces before forwarding, whether or not
 # they are named in Connection. Proxy-Connection: RFC 9112 Appendix C.2.2; Keep-Alive: RFC 2068
 # §19.7.1. Proxy-Authenticate/-Authorization are meant for this proxy too, but RFC 9110 §11.7
-# lets a proxy relay them, so they are not listed.
+# lets a proxy relay them, so they are not listed. HTTP2-Settings: RFC 7540 §3.2.1.
 HOP_BY_HOP: Final = frozenset(
-    [b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"]
+    [
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"http2-settings",
+    ]
 )
 
 

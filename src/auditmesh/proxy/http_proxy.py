@@ -38,6 +38,7 @@ from auditmesh.proxy.http1_events import (
     Response,
 )
 from auditmesh.proxy.http1_events import Limits as WireLimits
+from auditmesh.proxy.paths import PathError, normalize
 from auditmesh.proxy.pool import Pool, Upstream
 from auditmesh.proxy.record import FLAGS, BodyDigests, Exchange, peer_of, to_event
 from auditmesh.proxy.routing import origin_form
@@ -50,6 +51,12 @@ CHUNK = 64 * 1024
 # RFC 9110 §9.2.2: methods whose intended effect is the same however often they are sent
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 Authorize = Callable[[Request, Exchange], Authz | None]
+
+
+_NOT_PROXIED = (
+    "only a request for a path (/p) or an http(s) URL is proxied; not CONNECT, not another "
+    "scheme (RFC 9112 §3.2)"
+)
 
 
 class SecureNamingError(Exception):
@@ -248,12 +255,13 @@ class HttpProxy:
 
     def _upstream_request(self, request: Request, x: Exchange) -> Request:
         fields = request.headers
-        upgrade = h.get_header(fields, b"upgrade")
         kept = h.strip_hop_by_hop(fields)
         if b"chunked" in h.header_tokens(fields, b"transfer-encoding"):
             kept = (*kept, (b"transfer-encoding", b"chunked"))  # re-declare the framing
-        if upgrade is not None:  # RFC 9110 §7.8: the proxy forwards the upgrade offer
-            kept = (*kept, (b"connection", b"upgrade"), (b"upgrade", upgrade))
+        if b"websocket" in h.header_tokens(fields, b"upgrade"):
+            # RFC 9110 §7.8: the proxy forwards the upgrade offer; WebSocket's only, as Istio
+            # configures Envoy: after an h2c upgrade, requests would pass unseen by policy
+            kept = (*kept, (b"connection", b"upgrade"), (b"upgrade", b"websocket"))
         span = continue_or_start(_text(h.get_header(fields, b"traceparent")), _random_hex)
         x.trace_id, x.span_id, x.parent_span_id = span.trace_id, span.span_id, span.parent_span_id
         kept = h.set_header(kept, b"traceparent", span.traceparent.encode())
@@ -286,6 +294,21 @@ class HttpProxy:
         x.path = request.target.decode("latin-1")
         x.host = _text(h.get_header(request.headers, b"host"))
         x.user_agent = _text(h.get_header(request.headers, b"user-agent"))
+        if request.method == b"CONNECT" or not x.path.startswith("/") and x.path != "*":
+            # a tunnel, or a target in another scheme (ws://…), would carry requests past
+            # policy and audit: refused, like Envoy without a CONNECT or upgrade config
+            self._fail(x, "DPE", _NOT_PROXIED, 400)
+            await self._answer(down, writer, x)
+            return False
+        try:
+            normal = normalize(x.path)  # what policies, the event and the app see: paths.py
+        except PathError as exc:
+            self._fail(x, "DPE", str(exc), 400)
+            await self._answer(down, writer, x)
+            return False
+        if normal != x.path:
+            x.original_path, x.path = x.path, normal
+            request = Request(request.method, normal.encode("latin-1"), request.headers)
         outgoing = self._upstream_request(request, x)  # trace and request ids, also for NR
         route = self.route
         if self._select is not None:

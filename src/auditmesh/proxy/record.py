@@ -13,6 +13,7 @@ import msgspec
 
 from auditmesh.events import (
     HTTP,
+    MAX_LABEL,
     MAX_METHOD,
     MAX_NAME,
     MAX_REQUEST_ID,
@@ -99,6 +100,7 @@ class Exchange:
     upstream_tls: PeerTLS | None = None  # the upstream server's certificate (outbound)
     method: str | None = None
     path: str | None = None
+    original_path: str | None = None  # as sent, when normalizing changed it (proxy/paths.py)
     host: str | None = None
     status: int | None = None
     request_bytes: int = 0
@@ -177,6 +179,8 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
     labels = dict(x.labels)
     if x.flag is not None:
         labels["envoy.response_flags"] = x.flag
+    if x.original_path is not None:  # e.g. /%61dmin/x, served and authorized as /admin/x
+        labels["http.original_path"] = clip("http.original_path", x.original_path, MAX_LABEL) or ""
     if clipped:
         labels["auditmesh.clipped"] = ",".join(clipped)
     return AuditEvent(
