@@ -282,3 +282,48 @@ def test_only_a_websocket_upgrade_is_passed_on(setup: tuple[Mesh, dict[str, int]
     )
     assert response.status_code == 200
     assert response.headers["x-seen-upgrade"] == "-"
+
+
+PROBES = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: vault-probes, namespace: shop}
+spec:
+  selector: {matchLabels: {app: vault}}
+  action: DENY
+  rules:
+  - when:
+    - {key: "request.headers[x-probe]", values: ["ip"]}
+    - {key: destination.ip, values: ["127.0.0.0/8"]}
+  - when:
+    - {key: "request.headers[x-probe]", values: ["other-ip"]}
+    - {key: destination.ip, values: ["10.0.0.0/8"]}
+  - when:
+    - {key: "request.headers[x-probe]", values: ["sni"]}
+    - {key: connection.sni, values: ["vault.shop.svc.cluster.local"]}
+  - when:
+    - {key: "request.headers[x-probe]", values: ["other-sni"]}
+    - {key: connection.sni, values: ["payments.*"]}
+"""
+
+
+def test_destination_ip_and_sni_conditions_are_matched(
+    setup: tuple[Mesh, dict[str, int], Path],
+) -> None:
+    # The inbound side knows the address it was reached at and the SNI the caller sent
+    # (the outbound sidecar sends svc.ns.svc.cluster.local); rules on them must fire.
+    _, ports, policies = setup
+    (policies / "probes.yaml").write_text(PROBES)
+    try:
+        url = f"http://127.0.0.1:{ports['orders_out']}/secrets/1"
+
+        def status(probe: str) -> int:
+            return httpx.get(url, headers={"x-probe": probe}).status_code
+
+        deadline = time.monotonic() + 10
+        while status("ip") != 403 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (status("ip"), status("other-ip")) == (403, 200)
+        assert (status("sni"), status("other-sni")) == (403, 200)
+    finally:
+        (policies / "probes.yaml").unlink()

@@ -59,6 +59,7 @@ class Credentials:
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
         if defer_time_check:
             context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
+        context.sni_callback = _keep_sni
         return self._finish(context)
 
     def client_context(self) -> ssl.SSLContext:
@@ -103,3 +104,18 @@ def self_issue(ca: MeshCA, spiffe_id: SpiffeId, now: datetime, ttl: timedelta) -
     key = new_private_key()
     cert_pem = ca.issue_svid(make_csr(key, spiffe_id), spiffe_id, ttl, now=now)
     return Credentials(spiffe_id, key_to_pem(key), cert_pem, ca.trust_bundle())
+
+
+SNI_ATTRIBUTE = "auditmesh_sni"
+
+
+def _keep_sni(ssl_object: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: object) -> None:
+    """The server name the client asked for (RFC 6066 §3), kept on the connection's SSL
+    object for `sni_of`: Python has no server-side accessor for it."""
+    setattr(ssl_object, SNI_ATTRIBUTE, name)
+
+
+def sni_of(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The SNI a client sent to a `server_context`, None if it sent none."""
+    name = getattr(ssl_object, SNI_ATTRIBUTE, None)
+    return name if isinstance(name, str) else None

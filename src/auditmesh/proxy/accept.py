@@ -24,6 +24,7 @@ from auditmesh.identity.svid import (
     cert_sha256,
     verify_peer_svid,
 )
+from auditmesh.identity.workload import sni_of
 
 TLS_HANDSHAKE = 0x16
 STREAM_LIMIT = 256 * 1024
@@ -38,6 +39,7 @@ class PeerTLS:
     version: str
     cert_sha256: str
     not_after: int  # Unix seconds
+    sni: str | None = None  # inbound: the server name the caller asked for
 
     @classmethod
     def verified(cls, spiffe_id: SpiffeId, ssl_object: ssl.SSLObject, der: bytes) -> PeerTLS:
@@ -47,6 +49,7 @@ class PeerTLS:
             ssl_object.version() or "",
             cert_sha256(der),
             int(cert.not_valid_after_utc.timestamp()),
+            sni_of(ssl_object),
         )
 
 

@@ -40,7 +40,7 @@ from auditmesh.proxy.http1_events import (
 from auditmesh.proxy.http1_events import Limits as WireLimits
 from auditmesh.proxy.paths import PathError, normalize
 from auditmesh.proxy.pool import Pool, Upstream
-from auditmesh.proxy.record import FLAGS, BodyDigests, Exchange, peer_of, to_event
+from auditmesh.proxy.record import FLAGS, BodyDigests, Exchange, peer_of, reached_at, to_event
 from auditmesh.proxy.routing import origin_form
 from auditmesh.proxy.tcp import relay
 from auditmesh.proxy.tracing import continue_or_start
@@ -160,7 +160,10 @@ class HttpProxy:
     ) -> None:
         down = Connection(Role.SERVER, limits=self._wire)
         limits = self.route.limits
-        caller = peer_of(peer, remote) if self.route.direction == "inbound" else self.route.target
+        local, caller = self.route.local, self.route.target
+        if self.route.direction == "inbound":
+            local = reached_at(local, writer.get_extra_info("sockname"))
+            caller = peer_of(peer, remote)
         first = True
         try:
             while True:
@@ -175,13 +178,13 @@ class HttpProxy:
                     event = await _next_event(down, reader, limits.header_timeout_s)
                 except TimeoutError:
                     if first or down.trailing_data[0]:  # a head was started: slowloris
-                        x = self._exchange(waited_from, peer, caller)
+                        x = self._exchange(waited_from, peer, local, caller)
                         self._fail(x, "SI", "request headers not received in time", 408)
                         await self._answer(down, writer, x)
                         self._emit(to_event(x, self._now_ns()))
                     return
                 except ProtocolError as exc:
-                    x = self._exchange(waited_from, peer, caller)
+                    x = self._exchange(waited_from, peer, local, caller)
                     self._fail(x, "DPE", exc.reason, exc.status_hint)
                     await self._answer(down, writer, x)
                     self._emit(to_event(x, self._now_ns()))
@@ -191,7 +194,7 @@ class HttpProxy:
                 if not isinstance(event, Request):
                     return  # ConnectionClosed, or PAUSED after an earlier switch
                 # the call starts when its request arrives, not when the idle wait began
-                x = self._exchange(self._now_ns(), peer, caller)
+                x = self._exchange(self._now_ns(), peer, local, caller)
                 try:
                     keep = await self._one(down, reader, writer, event, x)
                 except (ProtocolError, ConnectionError, OSError) as exc:
@@ -207,7 +210,7 @@ class HttpProxy:
         finally:
             writer.close()
 
-    def _exchange(self, start_ns: int, peer: PeerTLS | None, remote: Peer) -> Exchange:
+    def _exchange(self, start_ns: int, peer: PeerTLS | None, local: Peer, remote: Peer) -> Exchange:
         route = self.route
         return Exchange(
             event_id=new_event_id(lambda: start_ns),
@@ -215,7 +218,7 @@ class HttpProxy:
             reporter=route.reporter,
             kind="http",
             direction=route.direction,
-            local=route.local,
+            local=local,
             remote=remote,
             tls=peer,
             digests=BodyDigests() if route.body_digests else None,

@@ -44,6 +44,14 @@ FLAGS: dict[str, tuple[str, int]] = {
 }
 
 
+def reached_at(local: Peer, sockname: object) -> Peer:
+    """This workload as one connection reached it: behind a listener on 0.0.0.0 or ::, the
+    address the caller connected to (the event's destination.ip, and the policies')."""
+    if isinstance(sockname, tuple) and sockname and sockname[0] != local.ip:
+        return msgspec.structs.replace(local, ip=sockname[0])
+    return local
+
+
 def peer_of(tls: PeerTLS | None, remote: tuple[str, int]) -> Peer:
     """The caller as the inbound side knows it: its SPIFFE ID when it proved one, and the
     service named after its service account (the Kubernetes convention the demo follows)."""

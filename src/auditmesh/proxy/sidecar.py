@@ -44,7 +44,7 @@ from auditmesh.proxy.enforce import PolicyState
 from auditmesh.proxy.http1_events import Request
 from auditmesh.proxy.http_proxy import HttpProxy, Route, SecureNamingError
 from auditmesh.proxy.pool import Pool, Upstream
-from auditmesh.proxy.record import Exchange, peer_of, to_event
+from auditmesh.proxy.record import Exchange, peer_of, reached_at, to_event
 from auditmesh.proxy.routing import by_host, service_names
 from auditmesh.proxy.spool import SpoolConfig
 from auditmesh.proxy.tcp import relay
@@ -196,12 +196,14 @@ class Sidecar:
             destination_labels=self.config.workload.labels,
             source_principal=x.remote.identity,
             source_ip=x.remote.ip,
+            destination_ip=x.local.ip,
             destination_port=None if inbound is None else split_host_port(inbound.listen)[1],
             http=http,
             method=x.method,
             path=x.path,
             host=x.host,
             headers=headers,
+            sni=None if x.tls is None else x.tls.sni,
         )
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -280,6 +282,7 @@ class Sidecar:
     ) -> None:
         start_ns = self._now_ns()
         remote = sock.getpeername()[:2]  # before the handshake may close the socket
+        local = sock.getsockname()
         try:
             mode = self._mode(inbound)
             accepted = await accept(
@@ -302,7 +305,7 @@ class Sidecar:
         x = self._tcp_exchange(
             start_ns,
             "inbound",
-            self._listener_peer(inbound),
+            reached_at(self._listener_peer(inbound), local),
             peer_of(accepted.peer, accepted.remote),
         )
         x.tls = accepted.peer
