@@ -8,11 +8,13 @@ hostname checking is off and the peer's SPIFFE ID is checked after the handshake
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -104,6 +106,39 @@ def self_issue(ca: MeshCA, spiffe_id: SpiffeId, now: datetime, ttl: timedelta) -
     key = new_private_key()
     cert_pem = ca.issue_svid(make_csr(key, spiffe_id), spiffe_id, ttl, now=now)
     return Credentials(spiffe_id, key_to_pem(key), cert_pem, ca.trust_bundle())
+
+
+class SelfIssued:
+    """The server's own SVID on the mesh listener, from the CA it holds, renewed in place at
+    half-life like any workload's: the one SSLContext the listener was given serves the new
+    certificate to every new connection (open ones keep their session)."""
+
+    def __init__(self, ca: MeshCA, spiffe_id: SpiffeId, ttl: timedelta, now: datetime) -> None:
+        self._ca = ca
+        self._ttl = ttl
+        self.credentials = self_issue(ca, spiffe_id, now, ttl)
+        # the mesh API validates every client chain, time included, per connection
+        self.context = self.credentials.server_context(
+            require_client_cert=False, defer_time_check=True
+        )
+
+    @property
+    def renew_at(self) -> datetime:
+        return (
+            self.credentials.not_before
+            + (self.credentials.not_after - self.credentials.not_before) / 2
+        )
+
+    def renew(self, now: datetime) -> None:
+        self.credentials = self_issue(self._ca, self.credentials.spiffe_id, now, self._ttl)
+        _load_chain(self.context, self.credentials.cert_pem, self.credentials.key_pem)
+
+    async def run_renewals(self, on_renewed: Callable[[Credentials], None]) -> None:
+        while True:
+            delay = (self.renew_at - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(delay, 1.0))
+            self.renew(datetime.now(UTC))
+            on_renewed(self.credentials)
 
 
 SNI_ATTRIBUTE = "auditmesh_sni"

@@ -26,12 +26,14 @@ from auditmesh.collector import Collector
 from auditmesh.datadir import open_ledger, writer_lock
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAPaths, MeshCA
 from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.identity.workload import self_issue
+from auditmesh.identity.workload import Credentials, SelfIssued
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
 from auditmesh.server import api_auth
 from auditmesh.server.app import create_app
 from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
 from auditmesh.server.metrics import Metrics
+
+SERVER_SVID_TTL = timedelta(days=7)  # the mesh listener's own, renewed at half-life
 
 
 class _Server(uvicorn.Server):
@@ -41,6 +43,26 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _MeshServer(_Server):
+    """The mesh listener, renewing its own SVID at half-life while it serves."""
+
+    def __init__(self, config: uvicorn.Config, own: SelfIssued) -> None:
+        super().__init__(config)
+        self._own = own
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        renewals = asyncio.ensure_future(self._own.run_renewals(_renewed))
+        try:
+            await super().serve(sockets)
+        finally:
+            renewals.cancel()
+
+
+def _renewed(credentials: Credentials) -> None:
+    until = credentials.not_after.isoformat(timespec="seconds")
+    print(f"auditmesh server: mesh certificate renewed, valid until {until}", flush=True)
 
 
 async def _serve_until_signalled(*servers: uvicorn.Server) -> None:
@@ -114,7 +136,7 @@ def _mesh_server(
     are the API's event reads, open here to mesh client certificates (server/api_auth.py)."""
     ca = MeshCA.load(data_dir)
     server_id = SpiffeId.audit_server(ca.trust_domain)
-    credentials = self_issue(ca, server_id, datetime.now(UTC), timedelta(days=7))
+    own = SelfIssued(ca, server_id, SERVER_SVID_TTL, datetime.now(UTC))
     api = MeshApi(data_dir, ca, collector, server_id, svid_ttl=svid_ttl, metrics=metrics)
     app = create_mesh_app(api)
     app.router.routes.extend(reads)
@@ -122,10 +144,9 @@ def _mesh_server(
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
     config = _config(app, host, port, http=peer_protocol(ca.trust_bundle()))
     config.load()
-    # server/mesh.py validates every client chain, time included, per connection
-    config.ssl = credentials.server_context(require_client_cert=False, defer_time_check=True)
+    config.ssl = own.context
     print(f"auditmesh server: mesh mTLS https://{host}:{port} as {server_id}", flush=True)
-    return _Server(config)
+    return _MeshServer(config, own)
 
 
 def _start_otlp_grpc(
