@@ -154,6 +154,12 @@ def test_json_array_batch_error_names_the_element() -> None:
         ev.decode_batch(body)
 
 
+@pytest.mark.parametrize("body", [b"[" * 1000, b"[" * 1000 + b"]" * 1000])
+def test_absurdly_nested_batches_are_refused_not_a_crash(body: bytes) -> None:
+    with pytest.raises(ev.EventError):
+        ev.decode_batch(body)
+
+
 def test_pretty_printed_array_error_names_the_line_its_element_starts_on() -> None:
     """Two identical elements first (the search for element 2 must not stop at element 1),
     then the bad one on line 7 of an indented array."""

@@ -108,8 +108,8 @@ class HTTP(_Part, frozen=True):
 
 
 class TCP(_Part, frozen=True):
-    sent_bytes: Count = 0
-    received_bytes: Count = 0
+    sent_bytes: Count = 0  # by the caller (source → destination)
+    received_bytes: Count = 0  # by the caller (destination → source)
     end: Annotated[str, Meta(max_length=64)] | None = None  # how the connection ended
 
 
@@ -229,13 +229,13 @@ def decode_batch(body: bytes) -> list[AuditEvent]:
     if stripped.startswith(b"["):
         try:
             return _LIST_DECODER.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError, RecursionError) as exc:
             raise EventError(str(exc), line=_array_error_line(body, str(exc))) from None
     events = []
     for number, line in _lines(body):
         try:
             events.append(_DECODER.decode(line))
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError, RecursionError) as exc:
             raise EventError(str(exc), line=number) from None
     return events
 
@@ -249,8 +249,8 @@ def _array_error_line(body: bytes, message: str) -> int:
     found = _ELEMENT.search(message)
     try:
         elements = msgspec.json.decode(body, type=list[msgspec.Raw])
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return 1
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return 1  # e.g. `[[[[…` nested past the decoder's depth
     if found is None or int(found.group(1)) >= len(elements):
         return 1
     start = end = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -74,6 +76,58 @@ def test_cursor_resumes_without_repeating(ledger: Ledger, tmp_path: Path) -> Non
     fill(ledger, events[100:])
     assert main(argv) == 0
     assert [d["event"]["sequence"] for d in read_docs(out)] == list(range(150))
+
+
+def test_a_batch_torn_by_a_dead_run_is_cut_off_and_written_once(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    events = generate(150)
+    fill(ledger, events[:100])
+    out, cursor = tmp_path / "out.ndjson", tmp_path / "ecs.cursor"
+    argv = ["export", "ecs", "--data", str(ledger.data_dir), "-o", str(out), "--cursor"]
+    assert main([*argv, str(cursor)]) == 0
+    with open(out, "ab") as torn:  # a run killed mid-batch, after its write began
+        torn.write(b'{"@timestamp": "2026-')
+    fill(ledger, events[100:])
+    assert main([*argv, str(cursor)]) == 0
+    assert [d["event"]["sequence"] for d in read_docs(out)] == list(range(150))
+
+
+@pytest.mark.integration
+def test_a_full_disk_is_a_clear_error_and_the_next_run_goes_on(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    # A real write failure: the process may write at most 300 KiB (RLIMIT_FSIZE, EFBIG), so
+    # it fails in the middle of a batch of 1,000 documents.
+    fill(ledger, generate(1500))
+    out, cursor = tmp_path / "out.ndjson", tmp_path / "ecs.cursor"
+    argv = [sys.executable, "-m", "auditmesh", "export", "ecs", "--data", str(ledger.data_dir)]
+    argv += ["-o", str(out), "--cursor", str(cursor)]
+    limit = 300 * 1024
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    failed = subprocess.run(argv, capture_output=True, text=True, preexec_fn=limited)
+    assert failed.returncode == 2, failed.stderr
+    assert f"cannot write to {out}" in failed.stderr and "Traceback" not in failed.stderr
+    assert read_docs(out) == []  # the torn first batch was cut off
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    assert [d["event"]["sequence"] for d in read_docs(out)] == list(range(1500))
+
+
+def test_export_to_a_device_is_written_not_fsynced(ledger: Ledger) -> None:
+    fill(ledger, generate(20))
+    assert main(["export", "ecs", "--data", str(ledger.data_dir), "-o", os.devnull]) == 0
+
+
+@pytest.mark.parametrize("since", ["100000000d", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"])
+def test_a_since_out_of_range_is_a_user_error(
+    ledger: Ledger, since: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(ledger, generate(5))
+    assert main(["export", "ecs", "--data", str(ledger.data_dir), "--since", since]) == 2
+    assert "out of range" in capsys.readouterr().err
 
 
 def test_cursor_of_another_log_is_refused(

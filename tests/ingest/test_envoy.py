@@ -206,7 +206,8 @@ TEXT_EXPECTED: list[dict[str, Any]] = [
         "kind": "tcp",
         "outcome": "success",
         "duration_us": 62_010_000,
-        "tcp": {"sent_bytes": 10233, "received_bytes": 1854},
+        # the caller sent 1854 bytes (%BYTES_RECEIVED%) and got 10233 back (%BYTES_SENT%)
+        "tcp": {"sent_bytes": 1854, "received_bytes": 10233},
         "destination": {"service": "mysql", "namespace": "db", "port": 3306},
     },
     {  # 9 TCP connect failure

@@ -297,6 +297,7 @@ def test_spans_that_are_not_http_calls_are_skipped_not_rejected(skipped: Span) -
         (span({"http.method": "GET", "http.status_code": "teapot"}), "http.status_code"),
         (span({"http.method": "GET", "url.path": "/" + "a" * 5000}), "$.http.path"),
         (span({"http.method": "G" * 40}), "$.http.method"),
+        (span({"http.method": "GET", "url.full": "http://[::1"}), "url.full is not a URL"),
     ],
 )
 def test_http_spans_that_cannot_be_mapped_are_rejected_with_a_reason(
@@ -431,6 +432,7 @@ def test_otlp_json_log_record_ids_are_hex_too() -> None:
         b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}',
         b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": [2]}]}]}]}',
         b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "soon"}]}]}]}',
+        b'{"resourceSpans": [], "x": ' + b"[" * 1100 + b"]" * 1100 + b"}",  # past any depth
     ],
 )
 def test_malformed_json_is_a_malformed_request(body: bytes) -> None:

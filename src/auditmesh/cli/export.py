@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import IO
 
@@ -161,14 +162,14 @@ def tail(
         sleep(poll_s)
 
 
-def _resume(ledger: Ledger, path: Path | None, target: str) -> int:
-    """The index to start from: the saved cursor's, checked against this log, or 0."""
+def _resume(ledger: Ledger, path: Path | None, target: str) -> Cursor | None:
+    """The saved cursor, checked against this log; None to start from 0."""
     if path is None:
-        return 0
+        return None
     try:
         cursor = load_cursor(path)
         if cursor is None:
-            return 0
+            return None
         leaf_at = None
         if cursor.next_index > 0:
             rows = list(ledger.store.entries(cursor.next_index - 1, cursor.next_index))
@@ -176,15 +177,17 @@ def _resume(ledger: Ledger, path: Path | None, target: str) -> int:
         check_cursor(cursor, origin=ledger.log.origin, target=target, leaf_at=leaf_at)
     except CursorError as exc:
         raise UserError(f"{path}: {exc}") from None
-    return cursor.next_index
+    return cursor
 
 
-def _save(ledger: Ledger, path: Path | None, target: str, rows: Rows) -> None:
+def _save(
+    ledger: Ledger, path: Path | None, target: str, rows: Rows, output_size: int | None = None
+) -> None:
     if path is None or not rows:
         return
     last_index, last_data = rows[-1]
-    cursor = Cursor(last_index + 1, ledger.log.origin, target, leaf_hash(last_data).hex())
-    save_cursor(path, cursor)
+    leaf = leaf_hash(last_data).hex()
+    save_cursor(path, Cursor(last_index + 1, ledger.log.origin, target, leaf, output_size))
 
 
 def _decode(index: int, data: bytes) -> AuditEvent:
@@ -197,6 +200,56 @@ def _decode(index: int, data: bytes) -> AuditEvent:
 # -- ecs -------------------------------------------------------------------------------
 
 
+class _Output:
+    """Where ECS lines go, a batch at a time: stdout, or a file. A regular file is fsynced
+    after each batch (before the cursor moves past it), and cut back to the end of the last
+    whole batch when a write fails (a full disk) or a run died mid-batch (`resume_size`), so
+    it never holds a torn line or a batch twice. Pipes and devices (-o /dev/null) are
+    written as they are."""
+
+    def __init__(self, stream: IO[bytes], *, regular: bool = False) -> None:
+        self._stream = stream
+        self._regular = regular
+        self._committed = os.fstat(stream.fileno()).st_size if regular else None
+
+    @classmethod
+    def open(cls, path: str, *, append: bool, resume_size: int | None) -> _Output:
+        try:
+            stream = open(path, "ab" if append else "wb", buffering=0)  # nothing held back
+        except OSError as exc:
+            raise UserError(f"cannot open {path} for writing: {exc.strerror or exc}") from None
+        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        if regular and resume_size is not None and os.fstat(stream.fileno()).st_size > resume_size:
+            os.ftruncate(stream.fileno(), resume_size)  # what a run that died mid-batch left
+        return cls(stream, regular=regular)
+
+    def write_batch(self, data: bytes) -> int | None:
+        """Write it all; a regular file's durable length after it (None for others)."""
+        try:
+            view = memoryview(data)
+            while view:
+                count = self._stream.write(view)
+                if not count:
+                    raise OSError(f"the output took no bytes of {len(view)}")
+                view = view[count:]
+            self._stream.flush()
+            if self._regular:
+                os.fsync(self._stream.fileno())
+                self._committed = os.fstat(self._stream.fileno()).st_size
+        except OSError:
+            if self._committed is not None:
+                with suppress(OSError):
+                    os.ftruncate(self._stream.fileno(), self._committed)
+            raise
+        return self._committed
+
+    def __enter__(self) -> _Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+
+
 def run_ecs(args: argparse.Namespace) -> int:
     since_ns = parse_time_ns(args.since, time.time_ns()) if args.since else None
     encoder = msgspec.json.Encoder()
@@ -204,17 +257,24 @@ def run_ecs(args: argparse.Namespace) -> int:
         ledger = _open(args.data)
         stack.callback(ledger.close)
         target = "-" if args.output == "-" else str(Path(args.output).resolve())
-        start = _resume(ledger, args.cursor, target)
+        cursor = _resume(ledger, args.cursor, target)
+        start = 0 if cursor is None else cursor.next_index
         if since_ns is not None:
             # The first index whose event is at or after --since; later entries are still
             # filtered one by one, since ledger order is arrival order, not event time.
             first = ledger.store.find(EventFilter(since_ns=since_ns, limit=1))
             start = max(start, first[0].index if first else ledger.store.size())
-        out: IO[bytes]
-        if args.output == "-":
-            out = sys.stdout.buffer
-        else:
-            out = stack.enter_context(open(args.output, "ab" if args.cursor else "wb"))
+        out = (
+            _Output(sys.stdout.buffer)
+            if args.output == "-"
+            else stack.enter_context(
+                _Output.open(
+                    args.output,
+                    append=bool(args.cursor),
+                    resume_size=None if cursor is None else cursor.output_size,
+                )
+            )
+        )
         written = 0
         try:
             for rows in tail(
@@ -236,16 +296,18 @@ def run_ecs(args: argparse.Namespace) -> int:
                         original=data if args.preserve_original else None,
                     )
                     lines.append(encoder.encode(doc) + b"\n")
-                out.write(b"".join(lines))
-                out.flush()
-                if args.output != "-":
-                    os.fsync(out.fileno())
-                _save(ledger, args.cursor, target, rows)
+                size = out.write_batch(b"".join(lines))
+                _save(ledger, args.cursor, target, rows, size)
                 written += len(lines)
         except BrokenPipeError:  # `| head`: the reader has all it wanted
             # Python's documented recipe: point stdout at devnull so the exit flush is quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
+        except OSError as exc:  # a full disk, a file-size limit: the partial batch is cut off
+            kept = "; the next run with this --cursor goes on from there" if args.cursor else ""
+            raise UserError(
+                f"cannot write to {args.output}: {exc.strerror or exc} after {written} events{kept}"
+            ) from None
     print(f"exported {written} events as ECS", file=sys.stderr)
     return 0
 
@@ -280,7 +342,8 @@ def run_otlp(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         ledger = _open(args.data)
         stack.callback(ledger.close)
-        start = _resume(ledger, cursor_path, target)
+        resumed = _resume(ledger, cursor_path, target)
+        start = 0 if resumed is None else resumed.next_index
         try:
             sender = OtlpSender(
                 args.endpoint,

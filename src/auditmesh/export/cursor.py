@@ -7,7 +7,9 @@ file is replaced atomically, so it is never half-written).
 
 The file is JSON: the next index, the log's origin and the leaf hash of the last exported
 entry (so a cursor is refused for a different log, or for a log rebuilt under the same name),
-and the target it belongs to (an endpoint URL or an output file).
+and the target it belongs to (an endpoint URL or an output file). For a file, it also keeps
+the file's length at that point: a run that died mid-batch may have left part of a line
+after it, which the next run cuts off before it writes that batch again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Cursor:
     origin: str
     target: str
     last_leaf: str = ""  # hex RFC 9162 leaf hash of entry next_index - 1; "" at 0
+    output_size: int | None = None  # a file target's length once all before was written
 
 
 def check_cursor(cursor: Cursor, *, origin: str, target: str, leaf_at: str | None) -> None:
@@ -71,6 +74,7 @@ def load_cursor(path: Path) -> Cursor | None:
             origin=str(raw["origin"]),
             target=str(raw["target"]),
             last_leaf=str(raw.get("last_leaf", "")),
+            output_size=None if raw.get("output_size") is None else int(raw["output_size"]),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CursorError(f"{path} is not a cursor file: {exc}") from None

@@ -669,8 +669,10 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
         tcp=None
         if is_http
         else TCP(
-            sent_bytes=record.bytes_sent or 0,
-            received_bytes=record.bytes_received or 0,
+            # the model counts from the caller (proxy/tcp.py): what it sent is what Envoy
+            # received from downstream (%BYTES_RECEIVED%), and the other way round
+            sent_bytes=record.bytes_received or 0,
+            received_bytes=record.bytes_sent or 0,
             end=clip(
                 record.connection_termination_details or ",".join(record.response_flags) or None,
                 64,

@@ -200,7 +200,7 @@ def _decode_json(
     message = _new_request(signal)
     try:
         tree = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise MalformedRequest(f"not JSON: {exc}") from None
     if not isinstance(tree, dict):
         raise MalformedRequest(f"OTLP/JSON wants an object ({message.DESCRIPTOR.name})")
@@ -504,12 +504,15 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         raise Unmappable("no start_time_unix_nano")
     if start >= 2**63:
         raise Unmappable("start_time_unix_nano is beyond the year 2262")
-    if end < start:
+    if end and end < start:  # 0: not given; the event then has no duration
         raise Unmappable("end_time_unix_nano is before start_time_unix_nano")
     status = integer(attrs, "http.response.status_code", "http.status_code")
     server = span.kind == _SERVER
     url = text(attrs, "url.full", "http.url")
-    parts = urlsplit(url) if url else None
+    try:
+        parts = urlsplit(url) if url else None
+    except ValueError as exc:  # `http://[::1`: refused alone, not the whole export
+        raise Unmappable(f"url.full is not a URL ({exc})") from None
     path = text(attrs, "url.path") or _path_only(text(attrs, "http.target"))
     if path is None and parts is not None:
         path = parts.path or "/"
