@@ -194,7 +194,7 @@ def test_follow_resumes_after_restart_and_rotation(
 ) -> None:
     log = tmp_path / "access.log"
     argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
-    argv += ["--exit-when-idle", "0.8", "--poll-interval", "0.05"]
+    argv += ["--exit-when-idle", "0.8", "--poll-interval", "0.05", "--rotate-wait", "0.2"]
     lines = [line.replace("2026-03-02", "2026-04-01") for line in TEXT_LINES]
     log.write_text("\n".join(lines[:4]) + "\n")
     before = ledger_size(server)

@@ -100,7 +100,7 @@ def test_follow_waits_for_the_line_break_and_resumes(tmp_path: Path) -> None:
 def test_rotation_finishes_the_old_file_then_reads_the_new(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     log.write_bytes(b"1\n2\n")
-    tail = Tail(log, follow=True)
+    tail = Tail(log, follow=True, rotate_wait_s=0)
     assert texts(drain(tail)) == [b"1", b"2"]
     with open(log, "ab") as out:
         out.write(b"3 unterminated")
@@ -112,6 +112,43 @@ def test_rotation_finishes_the_old_file_then_reads_the_new(tmp_path: Path) -> No
     assert [line.number for line in lines] == [3, 1]
     assert any("rotated" in note for note in tail.notes)
     assert lines[1].end is not None and lines[1].end.inode == os.stat(log).st_ino
+    tail.close()
+
+
+def test_a_rotated_file_is_read_until_it_has_been_quiet(tmp_path: Path) -> None:
+    # Envoy flushes its buffer to the old file up to a second after the rename.
+    log, old = tmp_path / "access.log", tmp_path / "access.log.1"
+    log.write_bytes(b"1\n")
+    now = [0.0]
+    tail = Tail(log, follow=True, rotate_wait_s=5, clock=lambda: now[0])
+    assert texts(drain(tail)) == [b"1"]
+    os.rename(log, old)
+    log.write_bytes(b"new 1\n")
+    assert drain(tail) == []  # rotation seen: the old file may still get lines
+    now[0] = 1.0
+    with open(old, "ab") as late:
+        late.write(b"2 flushed late\n")
+    assert texts(drain(tail)) == [b"2 flushed late"]
+    now[0] = 5.5  # quiet for 4.5 s only, since the late line
+    assert drain(tail) == []
+    now[0] = 12.0
+    assert texts(drain(tail)) == [b"new 1"]
+    tail.close()
+
+
+def test_truncated_and_refilled_past_the_offset_starts_over(tmp_path: Path) -> None:
+    # copytruncate while the writer is busy: by the time we look, the file is longer than
+    # our offset again, but holds other lines.
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(b"old %d\n" % i for i in range(20)))
+    tail = Tail(log, follow=True)
+    assert len(drain(tail)) == 20
+    with open(log, "r+b") as out:
+        out.truncate(0)
+        out.write(b"".join(b"new line %d\n" % i for i in range(40)))
+    lines = drain(tail)
+    assert texts(lines) == [b"new line %d" % i for i in range(40)]
+    assert any("truncated" in note for note in tail.notes)
     tail.close()
 
 

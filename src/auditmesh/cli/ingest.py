@@ -41,6 +41,7 @@ from auditmesh.cli.main import UserError
 from auditmesh.events import AuditEvent, Error, encode_ndjson, new_event_id
 from auditmesh.ingest import envoy, linkerd
 from auditmesh.ingest.follow import (
+    ROTATE_WAIT_S,
     Line,
     LineSource,
     Position,
@@ -121,6 +122,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--poll-interval", type=float, default=0.2, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--rotate-wait",
+        type=float,
+        default=ROTATE_WAIT_S,
+        metavar="SECONDS",
+        help="with --follow: after a rotation, read the old file until it has been quiet this "
+        f"long, since a writer may still flush to it (default {ROTATE_WAIT_S:g})",
     )
     parser.add_argument(
         "--retry-for",
@@ -479,7 +488,12 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
         else:
             resume = load_position(state) if state else None
             try:
-                tail = Tail(Path(args.file), follow=args.follow, resume=resume)
+                tail = Tail(
+                    Path(args.file),
+                    follow=args.follow,
+                    resume=resume,
+                    rotate_wait_s=args.rotate_wait,
+                )
             except OSError as exc:
                 raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
             stack.callback(tail.close)

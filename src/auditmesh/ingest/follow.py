@@ -7,8 +7,10 @@ what to do with each line; the parsers (`envoy`, `linkerd`) never see a file. Th
   after it), so the offset to resume from is always the end of a whole line.
 - `Tail`: a file read from a stored `Position`, which keeps reading as the file grows
   (`follow=True`) and notices rotation (the path names a new inode: finish the old file,
-  then start the new one at its beginning) and truncation (`copytruncate`: the file got
-  shorter than our offset: start over).
+  which a writer may still flush to for a moment, so only once it has been quiet for
+  `rotate_wait_s`, then start the new one at its beginning) and truncation (`copytruncate`:
+  the file got shorter than our offset, or the bytes just before our offset are no longer
+  the ones read there, since the writer refilled it past that offset: start over).
 - `Stream`: a pipe or stdin, read until it closes; no positions, nothing to resume.
 
 `save_position` / `load_position` keep the resume point in a small JSON state file,
@@ -22,6 +24,7 @@ import os
 import select
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +35,8 @@ from auditmesh.fsutil import write_atomic
 
 MAX_LINE = 1 << 20  # longer lines are reported as too long, cut to this many bytes
 CHUNK = 1 << 16
+ROTATE_WAIT_S = 5.0  # how long a rotated-away file must stay quiet before it is closed
+FINGERPRINT = 256  # bytes before the offset compared to notice a rewritten file
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +133,21 @@ class Tail:
     on as it grows, across rotation and truncation; `notes` tells what happened.
     """
 
-    def __init__(self, path: Path, *, follow: bool, resume: Position | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        follow: bool,
+        resume: Position | None = None,
+        rotate_wait_s: float = ROTATE_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path.absolute()
         self.follow = follow
+        self.rotate_wait_s = rotate_wait_s
+        self._clock = clock
+        self._rotated_at: float | None = None  # when a new file was first seen at the path
+        self._recent = b""  # the last bytes read, up to the file position: a fingerprint
         self.notes: list[str] = []
         self.resumed = False
         self._ready: deque[Line] = deque()
@@ -167,16 +184,20 @@ class Tail:
         self._file.close()
 
     def read(self, max_lines: int) -> list[Line]:
+        if self.follow and not self._ready:
+            self._check_rewritten()
         while len(self._ready) < max_lines and not self._done:
             data = self._file.read(CHUNK)
             if data:
+                self._recent = (self._recent + data)[-FINGERPRINT:]
+                self._rotated_at = None  # the old file is still written to: wait again
                 self._queue(self._splitter.feed(data))
                 continue
             if not self.follow:
                 self._queue(self._splitter.finish())
                 self._done = True
-            elif not self._ready:
-                self._check_replaced()
+            elif not self._ready and self._check_replaced():
+                continue  # reading the new file, or the refilled one, from its start
             break
         return [self._ready.popleft() for _ in range(min(max_lines, len(self._ready)))]
 
@@ -189,14 +210,23 @@ class Tail:
             position = Position(str(self.path), device, inode, end, number)
             self._ready.append(Line(number, data, position, too_long))
 
-    def _check_replaced(self) -> None:
-        """At the end of the file: has the path been rotated to a new file, or truncated?"""
+    def _check_replaced(self) -> bool:
+        """At the end of the file: has the path been rotated to a new file, or truncated?
+        True when reading starts over in a new or truncated file."""
         try:
             stat = os.stat(self.path)
         except FileNotFoundError:
-            return  # rotated away and not yet re-created: keep the old file until it is
+            return False  # rotated away, not yet re-created: keep the old file until it is
         if (stat.st_dev, stat.st_ino) != self._id:
-            # Rotation: the writer has moved on, the old file's last line is complete.
+            # Rotation. A writer may flush to the old file a little longer (Envoy buffers
+            # for a second): it is finished once it has been quiet that long.
+            now = self._clock()
+            if self._rotated_at is None:
+                self._rotated_at = now
+            if now - self._rotated_at < self.rotate_wait_s:
+                return False
+            self._rotated_at = None
+            self._recent = b""
             self._queue(self._splitter.finish())
             self._file.close()
             self._file = open(self.path, "rb")
@@ -204,10 +234,29 @@ class Tail:
             self._id = (new.st_dev, new.st_ino)
             self._splitter = LineSplitter()
             self.notes.append(f"{self.path} was rotated; reading the new file from its start")
-        elif stat.st_size < self._file.tell():
-            self._file.seek(0)
-            self._splitter = LineSplitter()
-            self.notes.append(f"{self.path} was truncated; reading it again from its start")
+            return True
+        if stat.st_size < self._file.tell():
+            self._start_over()
+            return True
+        return False
+
+    def _check_rewritten(self) -> None:
+        """Truncated and written again past our offset before we looked (copytruncate with
+        a busy writer): the size alone cannot tell, the bytes before the offset can."""
+        start = self._file.tell() - len(self._recent)
+        if self._recent and start >= 0:
+            try:
+                there = os.pread(self._file.fileno(), len(self._recent), start)
+            except OSError:
+                return
+            if there != self._recent:
+                self._start_over()
+
+    def _start_over(self) -> None:
+        self._file.seek(0)
+        self._splitter = LineSplitter()
+        self._recent = b""
+        self.notes.append(f"{self.path} was truncated; reading it again from its start")
 
 
 class Stream:
