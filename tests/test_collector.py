@@ -7,7 +7,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.collector import Collector, CollectorStopped, Indices
 from auditmesh.datadir import Ledger
 from tests.conftest import generate
 
@@ -61,7 +61,7 @@ def test_storage_failure_reaches_every_caller_and_stops_intake(ledger: Ledger) -
     collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
     collector.start()
     try:
-        failed: Future[list[int]] = collector.submit(generate(5))
+        failed: Future[Indices] = collector.submit(generate(5))
         with pytest.raises(OSError, match="No space left"):
             failed.result(timeout=5)
         with pytest.raises(CollectorStopped):

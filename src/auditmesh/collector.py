@@ -22,7 +22,17 @@ from auditmesh.store.base import columns_of, event_key
 
 MAX_GROUP_EVENTS = 50_000
 
-_Job = tuple[list[Entry], "Future[list[int]]"]
+class Indices(list[int]):
+    """The ledger index of each submitted event, and `fresh_from`: the log's size before
+    the append that took them, so an index below it is an event stored before (dropped as
+    a duplicate by its id)."""
+
+    def __init__(self, indices: list[int], *, fresh_from: int) -> None:
+        super().__init__(indices)
+        self.fresh_from = fresh_from
+
+
+_Job = tuple[list[Entry], "Future[Indices]"]
 
 
 def entry_of(event: AuditEvent) -> Entry:
@@ -69,18 +79,18 @@ class Collector:
         self._queue.put(None)
         self._thread.join()
 
-    def submit(self, events: Sequence[AuditEvent]) -> Future[list[int]]:
+    def submit(self, events: Sequence[AuditEvent]) -> Future[Indices]:
         return self.submit_entries([entry_of(e) for e in events])
 
-    def submit_entries(self, entries: list[Entry]) -> Future[list[int]]:
-        future: Future[list[int]] = Future()
+    def submit_entries(self, entries: list[Entry]) -> Future[Indices]:
+        future: Future[Indices] = Future()
         if self._stopping or self.failure is not None:
             future.set_exception(CollectorStopped("the collector is not accepting events"))
             return future
         self._queue.put((entries, future))
         return future
 
-    async def submit_async(self, events: Sequence[AuditEvent]) -> list[int]:
+    async def submit_async(self, events: Sequence[AuditEvent]) -> Indices:
         return await asyncio.wrap_future(self.submit(events))
 
     def checkpoint_covering(self, size: int) -> Future[StoredCheckpoint]:
@@ -143,7 +153,7 @@ class Collector:
             self._notify(entries, indices, start)
         offset = 0
         for batch, future in jobs:
-            future.set_result(indices[offset : offset + len(batch)])
+            future.set_result(Indices(indices[offset : offset + len(batch)], fresh_from=start))
             offset += len(batch)
 
     def _notify(self, entries: list[Entry], indices: list[int], start: int) -> None:

@@ -215,6 +215,12 @@ class Rejects:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    index: int
+    new: bool  # False: the ledger held this event already (same id), it was not added
+
+
 class Sender:
     """POSTs batches to /v1/events; returns each event's ledger index, or the server's
     reason when it refused that event. Retries while the server is away or busy."""
@@ -239,15 +245,18 @@ class Sender:
             return 0
         return int(lines[1])
 
-    def send(self, events: list[AuditEvent]) -> list[int | str]:
-        results: list[int | str] = [""] * len(events)
+    def send(self, events: list[AuditEvent]) -> list[Stored | str]:
+        """Each event's `Stored`, or the server's reason for refusing it."""
+        results: list[Stored | str] = [""] * len(events)
         todo = list(range(len(events)))
         while todo:
             response = self._post(encode_ndjson([events[i] for i in todo]))
             if response.status_code == 200:
                 body = response.json()
+                # an index below fresh_from was stored before this batch
+                fresh_from = int(body.get("fresh_from", self.known_size))
                 for position, index in zip(todo, body["indices"], strict=True):
-                    results[position] = int(index)
+                    results[position] = Stored(int(index), int(index) >= fresh_from)
                 self.known_size = max(self.known_size, int(body["size"]))
                 return results
             line = _field(response, "line")
@@ -412,11 +421,11 @@ class Pipeline:
             for (line, _event), result in zip(pending, results, strict=True):
                 if isinstance(result, str):
                     self._refuse(line.number, result, line.data.decode("utf-8", "replace"))
-                elif result < self.counts.log_size or result in seen:
+                elif not result.new or result.index in seen:
                     self.counts.duplicates += 1
                 else:
                     self.counts.taken += 1
-                    seen.add(result)
+                    seen.add(result.index)
             self.counts.log_size = self.sender.known_size
         self.rejects.sync()
         if self.state is not None and self._consumed not in (None, self._saved):

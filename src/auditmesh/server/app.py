@@ -117,7 +117,10 @@ async def admit_batch(
         indices = await collector.submit_async(events)
     except CollectorStopped as exc:
         return _error(503, str(exc))
-    return JSONResponse({"indices": indices, "size": collector.log.size})
+    # fresh_from: an index below it was in the log before this batch (a duplicate)
+    return JSONResponse(
+        {"indices": indices, "size": collector.log.size, "fresh_from": indices.fresh_from}
+    )
 
 
 class Api:
