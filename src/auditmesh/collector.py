@@ -22,6 +22,7 @@ from auditmesh.store.base import columns_of, event_key
 
 MAX_GROUP_EVENTS = 50_000
 
+
 class Indices(list[int]):
     """The ledger index of each submitted event, and `fresh_from`: the log's size before
     the append that took them, so an index below it is an event stored before (dropped as

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import msgspec
@@ -157,6 +158,26 @@ def test_file_with_bad_lines_then_again(
         "size": before + 14,  # each run reports what it refused
     }, out
     assert len((tmp_path / "mixed.log.rejects").read_bytes().splitlines()) == 3
+
+
+def test_lines_that_differ_in_a_byte_that_is_not_utf8_stay_two_events(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = TEXT_LINES[0].replace("2026-03-02", "2026-05-01").encode()
+    request_id = b"0a7c3bf2-6e5e-9d2b-a3f3-2d8c4f1a3b11"
+    assert request_id in base
+    log = tmp_path / "latin1.log"
+    latin1 = (b"\xe9", b"\xfc")
+    log.write_bytes(b"".join(base.replace(request_id, b"req-" + c) + b"\n" for c in latin1))
+    assert main(["ingest", "envoy", str(log), "--server", server.url]) == 0
+    counts = summary_numbers(capsys.readouterr().out)
+    assert (counts["taken"], counts["present"]) == (2, 0)
+    for escaped in ("req-\\xe9", "req-\\xfc"):
+        text = base.decode().replace(request_id.decode(), escaped)
+        event_id = envoy.to_event(envoy.parse_line(text), "ingest:envoy:latin1.log").id
+        event = stored(server, event_id)
+        assert event is not None
+        assert cast(dict[str, object], event["http"])["request_id"] == escaped
 
 
 def test_json_and_linkerd_from_stdin(

@@ -357,6 +357,7 @@ def test_text_field_values(changes: dict[str, str], attribute: str, expected: ob
         ({"start_time": "1969-12-31T23:59:59Z"},
          "field 1 (%START_TIME%): '1969-12-31T23:59:59Z' is out of range"),
         ({"start_time": "-"}, "field 1 (%START_TIME%): missing"),
+        ({"start_time": "2026-03-02T09:15:07+25:00"}, "offset that is not a time of day"),
         ({"method": "G(E)T"}, "field 2 (%REQ(:METHOD)%): 'G(E)T' is not an HTTP method"),
         ({"protocol": "HTTP/1.1-and-then-some"}, "field 4 (%PROTOCOL%)"),
         ({"response_code": "abc"}, "field 5 (%RESPONSE_CODE%): 'abc' is not a status code"),

@@ -122,6 +122,15 @@ def test_labels_shaped_like_istios_json_log_map_without_a_body() -> None:
     assert from_body == event
 
 
+@pytest.mark.parametrize("status", [200.5, True])
+def test_a_status_of_the_wrong_type_is_rejected_not_dropped(status: float) -> None:
+    labels = {k: v for k, v in json.loads(JSON_LINES[1]).items() if v is not None}
+    record = LogRecord(attributes=kvs(labels | {"response_code": status}))
+    mapped = otlp.map_logs(logs(record, service="orders"))
+    assert (mapped.events, mapped.rejected) == ([], 1)
+    assert "response_code: expected a string or an integer" in mapped.error_message()
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [

@@ -162,6 +162,13 @@ def run_linkerd(args: argparse.Namespace) -> int:
     return _run(args, "linkerd", converter)
 
 
+def _text(data: bytes) -> str:
+    """A log line as text. A byte that is not UTF-8 (a Latin-1 User-Agent) is kept as its
+    escape, `\\xe9`: lines that differ in one such byte keep distinct event ids and what
+    was sent can still be read, where U+FFFD would make them one event."""
+    return data.decode("utf-8", "backslashreplace")
+
+
 # --- the pipeline --------------------------------------------------------------------------
 
 
@@ -397,7 +404,7 @@ class Pipeline:
     def take(self, lines: list[Line]) -> None:
         for line in lines:
             self.counts.lines += 1
-            text = line.data.decode("utf-8", "replace")
+            text = _text(line.data)
             if line.too_long:
                 self._refuse(line.number, "line longer than 1 MiB (cut here)", text[:4096])
             elif not text.strip():
@@ -420,7 +427,7 @@ class Pipeline:
             seen: set[int] = set()
             for (line, _event), result in zip(pending, results, strict=True):
                 if isinstance(result, str):
-                    self._refuse(line.number, result, line.data.decode("utf-8", "replace"))
+                    self._refuse(line.number, result, _text(line.data))
                 elif not result.new or result.index in seen:
                     self.counts.duplicates += 1
                 else:

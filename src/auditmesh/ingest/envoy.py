@@ -440,6 +440,8 @@ def parse_rfc3339(text: str) -> int:
     except ValueError as exc:
         raise ValueError(f"{_show(text)} {exc}") from None
     if zulu is None:
+        if int(off_h) > 23 or int(off_m) > 59:  # RFC 3339 §5.6 time-numoffset
+            raise ValueError(f"{_show(text)} has an offset that is not a time of day")
         offset = int(off_h) * 3600 + int(off_m) * 60
         seconds -= offset if sign == "+" else -offset
     total = seconds * 1_000_000_000 + int((fraction or "").ljust(9, "0"))

@@ -819,9 +819,11 @@ def _label_attributes(attrs: Mapping[str, AnyValue], *, exclude: Iterable[str]) 
 
 
 def _as_json_line(fields: Mapping[str, AnyValue]) -> str:
-    document: dict[str, str | int] = {}
+    """The record as the JSON access-log line Envoy would write; a value of the wrong type
+    (a double status, a bool) goes in as it is, for the line parser to refuse by name."""
+    document: dict[str, str | int | float | bool] = {}
     for key, value in fields.items():
         scalar = _scalar(value)
-        if isinstance(scalar, str) or (isinstance(scalar, int) and not isinstance(scalar, bool)):
+        if scalar is not None and not isinstance(scalar, bytes):
             document[key] = scalar
     return msgspec.json.encode(document).decode()
