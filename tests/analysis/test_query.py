@@ -306,6 +306,10 @@ def test_parse_params_builds_the_same_query_as_the_cli() -> None:
         ({"trace": "xyz"}, "trace"),
         ({"since": "yesterday"}, "since"),
         ({"until": "2026-01-01T00:00:00"}, "time zone"),
+        ({"until": "9999-12-31T00:00:00Z"}, "until: .* is out of range"),
+        ({"since": "0001-01-01T00:00:00Z"}, "out of range"),
+        ({"since": "99999999d"}, "out of range"),
+        ({"since": "9" * 30}, "out of range"),
         ({"path": ""}, "path"),
         ({"source": ""}, "source"),
     ],
@@ -317,6 +321,7 @@ def test_bad_parameters_are_refused_by_name(params: dict[str, str], message: str
 
 def test_parse_time_accepts_nanoseconds_durations_and_rfc3339() -> None:
     assert parse_time("123", T0) == 123
+    assert parse_time("now", T0) == T0  # what the console's Until field shows when empty
     assert parse_time("2h", T0) == T0 - 7200 * 10**9
     assert parse_time("2025-11-28T03:20:00.5+00:00", T0) == T0 + 500_000_000
 

@@ -173,6 +173,7 @@ def test_the_graph_over_http_matches_the_hand_computation(served: Served) -> Non
     assert edges[("batch-report", "payments")]["denials"] == 4
     assert body["requests"] == 18 and body["window"]["seconds"] == 60
     assert served.get("/v1/graph", since="soon").status_code == 400
+    assert served.get("/v1/graph", since="99999999d").status_code == 400
     assert served.get("/v1/graph", service="x").status_code == 400
 
 

@@ -349,22 +349,35 @@ def _range_index(reader: SqlReader, q: Query) -> bool | None:
 
 
 def parse_time(text: str, now_ns: int, name: str = "since") -> int:
-    """Nanoseconds since the epoch, a duration before now (`15m`, `2h`, `7d`) or RFC 3339."""
+    """Nanoseconds since the epoch, `now`, a duration before now (`15m`, `2h`, `7d`) or RFC
+    3339; within the 64-bit nanoseconds of event times (1677 to 2262)."""
     text = text.strip()
+    if text == "now":
+        return now_ns
     if text.isascii() and text.isdigit():
-        return int(text)
+        return _in_range(text, int(text), name)
     match = _DURATION.match(text)
     if match:
-        return now_ns - int(match[1]) * _UNITS[match[2]] * 1_000_000_000
+        return _in_range(text, now_ns - int(match[1]) * _UNITS[match[2]] * 1_000_000_000, name)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise QueryError(
-            f"{name}: {text!r} is not a time (nanoseconds, 15m, or 2026-11-28T10:00:00Z)"
+            f"{name}: {text!r} is neither a duration (15m) nor a time (2026-11-28T10:00:00Z)"
         ) from None
     if moment.tzinfo is None:
         raise QueryError(f"{name}: {text!r} needs a time zone, e.g. 2026-11-28T10:00:00Z")
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    try:
+        seconds = int(moment.timestamp())
+    except (OverflowError, ValueError):  # 0001-01-01T00:00:00+14:00
+        return _in_range(text, -(2**64), name)
+    return _in_range(text, seconds * 1_000_000_000 + moment.microsecond * 1000, name)
+
+
+def _in_range(text: str, ns: int, name: str) -> int:
+    if not -(2**63) <= ns < 2**63:
+        raise QueryError(f"{name}: {text!r} is out of range: times go from 1677 to 2262")
+    return ns
 
 
 def parse_params(
