@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from auditmesh.analysis.findings import EVIDENCE_CAP, detect
+from auditmesh.analysis.findings import BUNDLE_CAP, EVIDENCE_CAP, detect
 from auditmesh.cli.main import main
 from auditmesh.datadir import open_ledger
 from auditmesh.events import HTTP, TLS, AuditEvent, Authz, Error, Peer, Trace, new_event_id
@@ -33,6 +33,10 @@ def call(
     duration_ms: int = 5,
     body: int = 1000,
     trace: str | None = None,
+    span: str | None = None,
+    parent: str | None = None,
+    direction: str = "inbound",
+    error: str | None = None,
     ip: str = "10.0.0.1",
     rng: random.Random,
 ) -> AuditEvent:
@@ -43,7 +47,7 @@ def call(
         duration_us=duration_ms * 1000,
         reporter=TD + dst,
         kind="http",
-        direction="inbound",
+        direction="outbound" if direction == "outbound" else "inbound",
         source=Peer(identity=TD + src if mtls else None, service=src if mtls else None, ip=ip),
         destination=Peer(identity=TD + dst, service=dst, namespace="shop"),
         tls=TLS(mutual=True) if mtls else None,
@@ -54,9 +58,9 @@ def call(
             response_bytes=0 if denied else body,
         ),
         authz=Authz(decision="deny", policy="shop/only-orders") if denied else None,
-        trace=None if trace is None else Trace(trace_id=trace),
-        outcome="failure" if denied or status >= 500 else "success",
-        error=Error(type="x") if status >= 500 else None,
+        trace=None if trace is None else Trace(trace_id=trace, span_id=span, parent_span_id=parent),
+        outcome="failure" if denied or status >= 500 or error else "success",
+        error=Error(type=error or "x") if status >= 500 or error else None,
     )
 
 
@@ -134,10 +138,14 @@ def test_flood_new_edge_denials_and_plaintext() -> None:
     events += [call(70 + i, "batch-report", "payments", denied=True, rng=rng) for i in range(5)]
     events += [call(80 + i, "intruder", "payments", mtls=False, rng=rng) for i in range(3)]
     found = {(f.kind, f.responsible, f.destination): f for f in detect(indexed(events))}
-    assert ("excessive_volume", TD + "batch-report", "orders") in found
-    assert ("new_edge", TD + "batch-report", "orders") in found
+    # a flood on an edge that did not exist before is one finding, the new edge, with its
+    # volume; every call denied is one finding too, the denials
+    new = found[("new_edge", TD + "batch-report", "orders")]
+    assert "200 calls, 60.0 MB of responses" in new.summary
+    assert ("excessive_volume", TD + "batch-report", "orders") not in found
     denials = found[("repeated_denials", TD + "batch-report", "payments")]
     assert denials.count == 5 and "shop/only-orders" in denials.summary
+    assert ("new_edge", TD + "batch-report", "payments") not in found
     assert ("plaintext_calls", "10.0.0.1", "payments") in found
     assert all(f[1] not in (TD + "frontend", TD + "orders") for f in found)
 
@@ -157,7 +165,8 @@ def test_cli_table_json_and_bundles(tmp_path: Path, capsys: pytest.CaptureFixtur
     [bundle] = list((tmp_path / "b").iterdir())
     capsys.readouterr()
     assert main(["bundle", "verify", str(bundle), "--key", vkey]) == 0
-    assert "proven included" in capsys.readouterr().out
+    # every failure of the burst is in it, not only the EVIDENCE_CAP listed
+    assert "OK: 30 event(s) proven" in capsys.readouterr().out
 
 
 def test_latency_regression_of_a_service_itself() -> None:
@@ -204,6 +213,7 @@ def test_generated_mesh_traffic_raises_only_the_steady_denials(seed: int) -> Non
     assert finding.start_ns == denied[0][1].time_ns and finding.end_ns == denied[-1][1].time_ns
     assert finding.indices == tuple(i for i, _ in denied[:EVIDENCE_CAP])
     assert finding.event_ids == tuple(e.id for _, e in denied[:EVIDENCE_CAP])
+    assert finding.evidence == tuple(i for i, _ in denied[:BUNDLE_CAP])  # what a bundle holds
 
 
 def test_findings_are_deterministic() -> None:
@@ -382,3 +392,56 @@ def test_cli_bundles_verify_and_describe_their_finding(
                 int(n[len("entries/") : -5]) for n in archive.namelist() if n.startswith("entries/")
             )
         assert described["proven_indices"] == proven == sorted(described["indices"])
+
+
+def chain(
+    i: int, t: float, *, callee_status: int, callee_skew_ms: float = 0.0, rng: random.Random
+) -> list[AuditEvent]:
+    """One call outside → frontend → catalog as three sidecars record it: frontend's inbound
+    span A, its outbound span B (child of A), catalog's inbound span C (child of B)."""
+    trace, (a, b, c) = f"{i:032x}", (f"{i:08x}a0000000", f"{i:08x}b0000000", f"{i:08x}c0000000")
+    failed = callee_status >= 500
+    return [
+        call(t, "outside", "frontend", status=502 if failed else 200, mtls=False,
+             trace=trace, span=a, rng=rng),
+        call(t + 0.001, "frontend", "catalog", status=callee_status, trace=trace, span=b,
+             parent=a, direction="outbound", rng=rng),
+        call(t + 0.001 + callee_skew_ms / 1000, "frontend", "catalog", status=callee_status,
+             trace=trace, span=c, parent=b, rng=rng),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("skew_ms", [0.0, -3.0, -500.0])
+def test_a_callee_whose_clock_lags_is_still_the_one_blamed(skew_ms: float) -> None:
+    # The parent links decide what is further down the trace, not the hosts' clocks.
+    rng = random.Random(7)
+    events = steady()
+    for i in range(30):
+        events += chain(i, 60 + i * 0.1, callee_status=500, callee_skew_ms=skew_ms, rng=rng)
+    bursts = {f.destination for f in detect(indexed(events)) if f.kind == "error_burst"}
+    assert bursts == {"catalog"}
+
+
+def test_a_caller_answering_504_for_a_slow_callee_is_not_blamed() -> None:
+    # orders' outbound call to payments timed out (UT) while payments, slowly, succeeded.
+    rng = random.Random(8)
+    events = steady()
+    for i in range(30):
+        trace, a, b = f"{i:032x}", f"{i:08x}a0000000", f"{i:08x}b0000000"
+        t = 60 + i * 0.2
+        events += [
+            call(t, "frontend", "orders", status=504, trace=trace, span=a, rng=rng),
+            call(t, "orders", "payments", status=504, error="upstream_timeout", trace=trace,
+                 span=b, parent=a, direction="outbound", rng=rng),
+        ]  # fmt: skip
+    assert [f for f in detect(indexed(events)) if f.kind == "error_burst"] == []
+
+
+def test_failures_the_callers_caused_are_not_the_services() -> None:
+    # 40 malformed requests (the sidecar answers 400, DPE) and hang-ups (DC) at catalog.
+    rng = random.Random(9)
+    events = steady()
+    for i in range(40):
+        kind = "downstream_protocol_error" if i % 2 else "downstream_disconnect"
+        events.append(call(60 + i * 0.05, "frontend", "catalog", status=400, error=kind, rng=rng))
+    assert [f for f in detect(indexed(events)) if f.kind == "error_burst"] == []

@@ -51,6 +51,7 @@ MIN_AUTHN_FAILURES = 2  # failed authentications: 2 or more from one source at o
 MTLS_NORM = 0.9  # a service whose baseline calls are 90 %+ mTLS expects mTLS (so a PERMISSIVE
 #   edge service that takes plaintext from outside as its norm raises nothing)
 EVIDENCE_CAP = 20  # event ids listed per finding (the count says how many there are)
+BUNDLE_CAP = 1000  # ledger indices kept per finding for its evidence bundle
 
 K = TypeVar("K")
 
@@ -78,6 +79,7 @@ class Finding:
     summary: str
     source: str | None = None  # the caller's service (or address) when the finding is an edge's
     details: tuple[tuple[str, str], ...] = ()  # e.g. ("policy", "shop/payments-only-orders")
+    evidence: tuple[int, ...] = ()  # ledger indices of the first `BUNDLE_CAP`, for a bundle
 
     @property
     def ratio(self) -> float | None:
@@ -100,6 +102,7 @@ class Finding:
             "count": self.count,
             "event_ids": list(self.event_ids),
             "indices": list(self.indices),
+            "evidence_indices": list(self.evidence),
             "summary": self.summary,
         }
 
@@ -135,16 +138,43 @@ def _denied(event: AuditEvent) -> bool:
     return event.authz is not None and event.authz.decision == "deny"
 
 
+# Failures the caller brought about (Envoy's DPE, DC, SI, NR as the sidecar and Envoy's logs
+# name them): a malformed request, a client that hung up or stalled, a host no route serves.
+CALLER_CAUSED = frozenset(
+    {
+        "downstream_protocol_error",
+        "downstream_disconnect",
+        "downstream_connection_termination",
+        "stream_idle_timeout",
+        "no_route",
+        "no_route_found",
+    }
+)
+
+
 def _failed(event: AuditEvent) -> bool:
-    denied = _denied(event)
+    """The callee failed the call: not a denial, not the caller's own doing."""
+    if _denied(event) or (event.error is not None and event.error.type in CALLER_CAUSED):
+        return False
     status = event.http.status if event.http else None
-    return not denied and (event.outcome == "failure" or (status is not None and status >= 500))
+    return event.outcome == "failure" or (status is not None and status >= 500)
+
+
+def _upstream_failed(event: AuditEvent) -> bool:
+    """An outbound call the callee failed to answer: refused, reset, timed out (UF/UR/UC/UT)."""
+    return event.error is not None and event.error.type.startswith("upstream_")
 
 
 def _error_of(event: AuditEvent) -> str:
     if event.error is not None:
         return event.error.type
     return f"HTTP {event.http.status}" if event.http and event.http.status else event.outcome
+
+
+def _response_bytes(event: AuditEvent) -> int:
+    if event.http is not None:
+        return event.http.response_bytes or 0
+    return event.tcp.received_bytes if event.tcp is not None else 0
 
 
 def _p95(values: Sequence[int]) -> float:
@@ -179,9 +209,13 @@ class _Grid:
         return max(1, (self.baseline_end - self.start) // self.width)
 
 
-def _evidence(items: Sequence[tuple[int, AuditEvent]]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def _evidence(
+    items: Sequence[tuple[int, AuditEvent]],
+) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """The ids and indices listed (the first `EVIDENCE_CAP`), and those bundled."""
     capped = items[:EVIDENCE_CAP]
-    return tuple(e.id for _, e in capped), tuple(i for i, _ in capped)
+    bundled = tuple(i for i, _ in items[:BUNDLE_CAP])
+    return tuple(e.id for _, e in capped), bundled[:EVIDENCE_CAP], bundled
 
 
 def detect(
@@ -196,6 +230,7 @@ def detect(
     `detect(load_events(data))` is "everything in the ledger". Deterministic: the same events
     give the same findings in the same order."""
     calls: list[tuple[int, AuditEvent]] = []
+    outbound: list[AuditEvent] = []  # only to follow traces down (each call counts inbound)
     authn: list[tuple[int, AuditEvent]] = []
     for index, event in events:
         if (start_ns is not None and event.time_ns < start_ns) or (
@@ -206,12 +241,14 @@ def detect(
             authn.append((index, event))
         elif event.kind in ("http", "tcp") and event.direction == "inbound":
             calls.append((index, event))
+        elif event.kind in ("http", "tcp") and event.trace is not None:
+            outbound.append(event)
     if not calls and not authn:
         return []
     times = [e.time_ns for _, e in calls + authn]
     grid = _Grid(min(times), max(times))
     floods = _volume(calls, grid)
-    bursts = _error_bursts(calls, grid)
+    bursts = _error_bursts(calls, grid, outbound)
     findings = [
         *bursts,
         *floods,
@@ -238,10 +275,7 @@ def _cells(
             cell.failures.append((index, event))
         if _denied(event):
             cell.denials.append((index, event))
-        if event.http is not None and event.http.response_bytes:
-            cell.response_bytes += event.http.response_bytes
-        elif event.tcp is not None:
-            cell.response_bytes += event.tcp.received_bytes
+        cell.response_bytes += _response_bytes(event)
     return table
 
 
@@ -256,29 +290,69 @@ def _runs(flagged: list[int]) -> list[list[int]]:
     return runs
 
 
-def _own_failures(calls: Sequence[tuple[int, AuditEvent]]) -> list[tuple[int, AuditEvent]]:
-    """Calls minus failures passed on from a service further down the same trace: a
-    frontend that answers 502 because catalog failed is not the one misbehaving."""
-    failing_later: dict[str, list[tuple[int, str]]] = defaultdict(list)
+def _own_failures(
+    calls: Sequence[tuple[int, AuditEvent]], outbound: Sequence[AuditEvent] = ()
+) -> list[tuple[int, AuditEvent]]:
+    """Calls minus failures passed on from further down the same trace: a frontend that
+    answers 502 because catalog failed, or 504 because payments was too slow, is not the one
+    misbehaving. "Further down" follows the spans' parent links (W3C trace context: each
+    sidecar's span is the child of the one before, outbound events included), so clocks that
+    disagree by a few ms change nothing; events without span ids fall back to time order."""
+    parent: dict[str, str] = {}
+    below: dict[str, list[AuditEvent]] = defaultdict(list)  # trace → failures to look up from
     for _, event in calls:
-        if event.trace is not None and _failed(event):
-            failing_later[event.trace.trace_id].append((event.time_ns, _service(event)))
-    kept = []
-    for item in calls:
-        event = item[1]
-        if event.trace is not None and _failed(event):
-            here = _service(event)
-            if any(
-                t >= event.time_ns and s != here for t, s in failing_later[event.trace.trace_id]
-            ):
+        if event.trace is not None:
+            if event.trace.span_id and event.trace.parent_span_id:
+                parent[event.trace.span_id] = event.trace.parent_span_id
+            if _failed(event):
+                below[event.trace.trace_id].append(event)
+    for event in outbound:
+        if event.trace is not None:
+            if event.trace.span_id and event.trace.parent_span_id:
+                parent[event.trace.span_id] = event.trace.parent_span_id
+            if _upstream_failed(event):
+                below[event.trace.trace_id].append(event)
+
+    def passed_on(event: AuditEvent) -> bool:
+        assert event.trace is not None
+        here, span = _service(event), event.trace.span_id
+        for other in below[event.trace.trace_id]:
+            if other is event:
                 continue
-        kept.append(item)
-    return kept
+            if other.direction == "inbound" and _service(other) == here:
+                continue  # the same service again: its own failure, not a callee's
+            if span is None:  # no links: a failure that started after this call began
+                if other.time_ns >= event.time_ns:
+                    return True
+            elif _descends(other, span, parent):
+                return True
+        return False
+
+    return [
+        item
+        for item in calls
+        if item[1].trace is None or not _failed(item[1]) or not passed_on(item[1])
+    ]
 
 
-def _error_bursts(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Finding]:
+def _descends(event: AuditEvent, ancestor: str, parent: dict[str, str]) -> bool:
+    """Whether `ancestor` is on the chain of parent spans above `event`'s span."""
+    assert event.trace is not None
+    span = event.trace.parent_span_id
+    for _ in range(64):  # a call chain is never this deep; a loop in bad data ends here
+        if span is None:
+            return False
+        if span == ancestor:
+            return True
+        span = parent.get(span)
+    return False
+
+
+def _error_bursts(
+    calls: Sequence[tuple[int, AuditEvent]], grid: _Grid, outbound: Sequence[AuditEvent] = ()
+) -> list[Finding]:
     found = []
-    for service, cells in _cells(_own_failures(calls), grid, _service).items():
+    for service, cells in _cells(_own_failures(calls, outbound), grid, _service).items():
         base = [c for b, c in cells.items() if b < grid.baseline_buckets]
         base_calls = sum(len(c.calls) for c in base)
         base_rate = sum(len(c.failures) for c in base) / base_calls if base_calls else 0.0
@@ -294,7 +368,7 @@ def _error_bursts(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[
             failures = [f for b in run for f in cells[b].failures]
             total = sum(len(cells[b].calls) for b in run)
             rate = len(failures) / total
-            ids, indices = _evidence(failures)
+            ids, indices, evidence = _evidence(failures)
             dst = failures[0][1].destination
             found.append(
                 Finding(
@@ -318,6 +392,7 @@ def _error_bursts(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[
                         ("errors", _tally(_error_of(e) for _, e in failures)[:500]),
                         ("callers", _tally(_caller_service(e) for _, e in failures)[:500]),
                     ),
+                    evidence=evidence,
                 )
             )
     return found
@@ -336,7 +411,8 @@ def _volume(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findin
         n = grid.baseline_buckets
         base_calls = sum(len(c.calls) for b, c in cells.items() if b < n) / n
         base_bytes = sum(c.response_bytes for b, c in cells.items() if b < n) / n
-
+        if not base_calls:
+            continue  # no baseline to exceed: an edge that is new is `new_edge`'s to report
         many_calls = {
             b
             for b, c in cells.items()
@@ -353,7 +429,7 @@ def _volume(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findin
             per_bucket = len(items) / len(run)
             sent = sum(cells[b].response_bytes for b in run) / len(run)
             by_bytes = any(b in many_bytes for b in run)
-            ids, indices = _evidence(items)
+            ids, indices, evidence = _evidence(items)
             seconds = grid.width / 1e9
             found.append(
                 Finding(
@@ -380,6 +456,7 @@ def _volume(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findin
                         ("response_bytes_per_bucket", f"{sent:.0f}"),
                         ("baseline_response_bytes_per_bucket", f"{base_bytes:.0f}"),
                     ),
+                    evidence=evidence,
                 )
             )
     return found
@@ -431,7 +508,7 @@ def _latency(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findi
                 continue
             items = [x for b in run for x in cells[b].calls]
             p95 = _p95([own[i] for i, _ in items])
-            ids, indices = _evidence(items)
+            ids, indices, evidence = _evidence(items)
             dst = items[0][1].destination
             found.append(
                 Finding(
@@ -449,6 +526,7 @@ def _latency(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findi
                     indices,
                     f"{service}: p95 of its own time {p95 / 1000:.1f} ms against "
                     f"{base_p95 / 1000:.1f} ms",
+                    evidence=evidence,
                 )
             )
     return found
@@ -497,7 +575,10 @@ def _new_edges(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Fin
         if would_have_seen < NEW_EDGE_MIN_EXPECTED:
             continue
         denied = sum(1 for _, e in items if _denied(e))
-        ids, indices = _evidence(items)
+        if denied == len(items):
+            continue  # every call refused: `repeated_denials` reports it, with the policy
+        moved = sum(_response_bytes(e) for _, e in items)
+        ids, indices, evidence = _evidence(items)
         found.append(
             Finding(
                 "new_edge",
@@ -514,14 +595,17 @@ def _new_edges(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Fin
                 indices,
                 f"{caller} started calling {service} ({len(items)} calls"
                 + (f", {denied} denied" if denied else "")
+                + (f", {moved / 1e6:.1f} MB of responses" if moved >= MIN_BYTES else "")
                 + f"), never seen before; at this rate {would_have_seen:.0f} calls were due "
                 "in the silence before",
                 source=caller,
                 details=(
                     ("first_call_ns", str(start)),
                     ("denied", str(denied)),
+                    ("response_bytes", str(moved)),
                     ("calls_due_before_at_this_rate", f"{would_have_seen:.1f}"),
                 ),
+                evidence=evidence,
             )
         )
     return found
@@ -539,7 +623,7 @@ def _counted(
     details: tuple[tuple[str, str], ...] = (),
 ) -> Finding:
     """A finding that is a count of events with no baseline (the expected count is zero)."""
-    ids, indices = _evidence(items)
+    ids, indices, evidence = _evidence(items)
     times = [e.time_ns for _, e in items]
     return Finding(
         kind,
@@ -557,6 +641,7 @@ def _counted(
         summary,
         source=source,
         details=details,
+        evidence=evidence,
     )
 
 

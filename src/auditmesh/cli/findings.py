@@ -110,7 +110,7 @@ def _bundles(ledger: Ledger, findings: list[Finding], directory: Path) -> None:
     written = 0
     for number, finding in enumerate(findings, start=1):
         # events newer than the latest checkpoint have nothing to be proven against yet
-        proven = sorted({i for i in finding.indices if i < latest.size})
+        proven = sorted({i for i in finding.evidence if i < latest.size})
         if not proven:
             print(
                 f"finding {number} ({finding.kind}): its events are newer than the latest "

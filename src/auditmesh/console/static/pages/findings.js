@@ -36,6 +36,7 @@ export function searchFor(finding) {
     query.set("dest", party(finding.responsible) || finding.destination);
     if (party(finding.source)) query.set("source", finding.source);
     query.set("direction", "inbound");
+    if (finding.kind === "error_burst") query.set("status", "5xx");
   } else {
     if (party(finding.responsible)) query.set("source", finding.responsible);
     if (party(finding.destination)) query.set("dest", finding.destination);
@@ -48,14 +49,17 @@ export function searchFor(finding) {
 async function saveBundle(finding, button) {
   button.disabled = true;
   try {
-    const blob = await download("/console/api/bundle", { indices: finding.indices });
-    const link = h("a", { href: URL.createObjectURL(blob), download: `evidence-${finding.kind}-${finding.indices[0]}.zip` });
+    const indices = finding.evidence_indices;
+    const blob = await download("/console/api/bundle", { indices });
+    const link = h("a", { href: URL.createObjectURL(blob), download: `evidence-${finding.kind}-${indices[0]}.zip` });
     document.body.append(link);
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-    button.after(h("span", { class: "badge good" }, `${finding.indices.length} events with proofs saved`));
+    button.nextElementSibling?.matches(".badge") && button.nextElementSibling.remove();
+    button.after(h("span", { class: "badge good" }, `${indices.length} events with proofs saved`));
   } catch (error) {
+    button.nextElementSibling?.matches(".badge") && button.nextElementSibling.remove();
     button.after(h("span", { class: "badge bad" }, error.message));
   } finally {
     button.disabled = false;

@@ -49,7 +49,7 @@ export async function loadGraph(since) {
 
 /** The /v1/events filters that select an edge's calls (as `auditmesh query` takes them). */
 export function edgeQuery(edge, since) {
-  const query = { since };
+  const query = { since, direction: "inbound" }; // the graph counts each call once, as its callee saw it
   if (edge.sourceService && edge.sourceService !== UNKNOWN) query.source = edge.sourceService;
   if (edge.destService && edge.destService !== UNKNOWN) query.dest = edge.destService;
   return query;
