@@ -445,3 +445,12 @@ def test_failures_the_callers_caused_are_not_the_services() -> None:
         kind = "downstream_protocol_error" if i % 2 else "downstream_disconnect"
         events.append(call(60 + i * 0.05, "frontend", "catalog", status=400, error=kind, rng=rng))
     assert [f for f in detect(indexed(events)) if f.kind == "error_burst"] == []
+
+
+def test_an_outage_of_a_quiet_service_is_found() -> None:
+    # payments takes a call every 30 s: no bucket ever holds 5 failures, the outage does.
+    rng = random.Random(10)
+    events = [call(t * 30.0, "orders", "payments", rng=rng) for t in range(120)]
+    events += [call(3600 + t * 30.0, "orders", "payments", status=503, rng=rng) for t in range(120)]
+    [finding] = detect(indexed(events))
+    assert (finding.kind, finding.destination, finding.count) == ("error_burst", "payments", 120)

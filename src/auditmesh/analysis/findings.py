@@ -32,7 +32,7 @@ BUCKETS = 20  # the range is cut into about this many buckets…
 BUCKET_WIDTHS_S = (1, 2, 3, 5, 10, 15, 30, 60)  # …of a round width, 1 s to 1 min, on the clock
 ERROR_RATE_FACTOR = 3.0  # an error burst triples the baseline failure rate…
 ERROR_RATE_MARGIN = 0.2  # …and adds 20 points to it (a 1 % baseline is not alarmed at 3 %)
-MIN_ERRORS = 5  # …with at least this many failures in the bucket
+MIN_ERRORS = 5  # …with at least this many failures in the run of such buckets
 VOLUME_FACTOR = 4.0  # excessive volume: 4× the baseline per bucket…
 MIN_REQUESTS = 20  # …and at least 20 calls, or…
 MIN_BYTES = 1_000_000  # …at least 1 MB of responses in the bucket
@@ -361,11 +361,13 @@ def _error_bursts(
             b
             for b, c in cells.items()
             if b >= grid.baseline_buckets
-            and len(c.failures) >= MIN_ERRORS
+            and c.failures
             and len(c.failures) / len(c.calls) >= threshold
         ]
         for run in _runs(flagged):
             failures = [f for b in run for f in cells[b].failures]
+            if len(failures) < MIN_ERRORS:  # over the whole run: a quiet service's outage
+                continue  # counts as much as a busy one's
             total = sum(len(cells[b].calls) for b in run)
             rate = len(failures) / total
             ids, indices, evidence = _evidence(failures)
