@@ -93,7 +93,10 @@ def test_every_planted_problem_is_found_and_attributed(demo: tuple[Path, str]) -
     found = {(f.kind, f.responsible, f.destination) for f in detect(load_events(data))}
     assert ("repeated_denials", SHOP + "batch-report", "payments") in found
     assert ("error_burst", SHOP + "catalog", "catalog") in found
-    assert ("excessive_volume", SHOP + "batch-report", "orders") in found
+    # the flood: against batch-report's usual calls, or as a new edge when the short demo's
+    # baseline saw none of them (one finding either way)
+    flood = {(kind, SHOP + "batch-report", "orders") for kind in ("excessive_volume", "new_edge")}
+    assert len(flood & found) == 1
     assert ("new_edge", SHOP + "orders", "catalog") in found
     assert ("failed_authentication", "127.0.0.1", "orders") in found
 

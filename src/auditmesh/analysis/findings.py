@@ -249,11 +249,14 @@ def detect(
     grid = _Grid(min(times), max(times))
     floods = _volume(calls, grid)
     bursts = _error_bursts(calls, grid, outbound)
+    new_edges = _new_edges(calls, grid)
+    new = {(f.responsible, f.source, f.destination) for f in new_edges}
     findings = [
         *bursts,
-        *floods,
+        # a flood on an edge that did not exist before is reported once, as the new edge
+        *(f for f in floods if (f.responsible, f.source, f.destination) not in new),
         *_attribute(_latency(calls, grid), [*floods, *bursts]),
-        *_new_edges(calls, grid),
+        *new_edges,
         *_denials(calls, grid),
         *_plaintext(calls, grid),
         *_authn_failures(authn),
@@ -413,8 +416,6 @@ def _volume(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findin
         n = grid.baseline_buckets
         base_calls = sum(len(c.calls) for b, c in cells.items() if b < n) / n
         base_bytes = sum(c.response_bytes for b, c in cells.items() if b < n) / n
-        if not base_calls:
-            continue  # no baseline to exceed: an edge that is new is `new_edge`'s to report
         many_calls = {
             b
             for b, c in cells.items()
