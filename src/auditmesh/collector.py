@@ -80,6 +80,11 @@ class Collector:
         self._queue.put(None)
         self._thread.join()
 
+    @property
+    def checkpoint_interval_s(self) -> float:
+        """How often a checkpoint is signed while the log grows."""
+        return self._interval / 1e9
+
     def submit(self, events: Sequence[AuditEvent]) -> Future[Indices]:
         return self.submit_entries([entry_of(e) for e in events])
 

@@ -31,10 +31,12 @@ def evidence_bundle(ledger: Ledger, indices: Sequence[int]) -> tuple[bytes, int]
     latest = ledger.store.latest_checkpoint()
     if latest is None:
         raise EvidenceError("the log has no checkpoint yet; try again in a second")
-    outside = [i for i in chosen if not 0 <= i < latest.size]
-    if outside:
+    if chosen[0] < 0:
+        raise EvidenceError(f"{chosen[0]} is not a ledger index (they count from 0)")
+    if chosen[-1] >= latest.size:
         raise EvidenceError(
-            f"entry {outside[0]} is not covered by the latest checkpoint (size {latest.size})"
+            f"entry {chosen[-1]} is not covered by the latest signed checkpoint yet (size "
+            f"{latest.size}); the server signs one while the log grows: try again shortly"
         )
     checkpoint = ledger.log.open_checkpoint(latest.note)
     entries = []

@@ -198,7 +198,11 @@ def test_evidence_bundle_verifies_offline(client: tuple[AsgiClient, Ledger]) -> 
     report = verify_bundle(answer.content, Verifier.from_vkey(ledger.vkey))
     assert report.indices == (3, 5)
     assert last_record(ledger, 400)["read.count"] == "2"
-    for indices, message in (([], "at least one"), ([400], "not covered")):
+    for indices, message in (
+        ([], "at least one"),
+        ([400], "not covered"),
+        ([-1, 3], "-1 is not a ledger index"),
+    ):
         refused = test_client.post("/console/api/bundle", json={"indices": indices})
         assert refused.status_code == 400 and message in refused.json()["error"]
 

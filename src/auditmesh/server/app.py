@@ -157,7 +157,12 @@ class Api:
         try:
             cp = await asyncio.wait_for(asyncio.wrap_future(future), CHECKPOINT_WAIT_S)
         except TimeoutError:
-            return _error(503, "no checkpoint covers this event yet; try again in a second")
+            every = self.collector.checkpoint_interval_s
+            return _error(
+                503,
+                f"no signed checkpoint covers this event yet; the server signs one every "
+                f"{every:g} s while the log grows: try again then",
+            )
         proof = await run_in_threadpool(self.ledger.log.inclusion_proof, stored.index, cp.size)
         return _Proven(stored, cp.size, cp.note, proof)
 
