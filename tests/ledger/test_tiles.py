@@ -109,7 +109,8 @@ class TileStore:
         ((0, 1234067), "tile/0/x001/x234/067"),
         ((1, 1234, 5), "tile/1/x001/234.p/5"),
         ((2, 999, 256), "tile/2/999"),
-        ((63, 1000, 255), "tile/63/x001/000.p/255"),
+        ((2, 1000, 255), "tile/2/x001/000.p/255"),
+        ((63, 0, 255), "tile/63/000.p/255"),
         ((0, 10**9, None), "tile/0/x001/x000/x000/000"),
     ],
 )
@@ -145,9 +146,12 @@ def test_tile_path_rejects(args: tuple[int, ...], message: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 63), st.integers(0, 10**15), st.integers(1, 256), st.booleans())
-def test_path_round_trip(level: int, index: int, width: int, is_entries: bool) -> None:
-    ref = TileRef(0 if is_entries else level, index, width, is_entries)
+@given(st.integers(0, 63), st.data(), st.integers(1, 256), st.booleans())
+def test_path_round_trip(level: int, data: st.DataObject, width: int, is_entries: bool) -> None:
+    level = 0 if is_entries else level
+    last = -(-(2**63) // 256 ** (level + 1)) - 1  # the last tile whose first leaf is below 2^63
+    index = data.draw(st.integers(0, min(last, 10**15)))
+    ref = TileRef(level, index, width, is_entries)
     path = ref.path()
     assert parse_tile_path(path) == ref
     assert ref.is_partial == (width < 256)
@@ -157,6 +161,8 @@ def test_path_round_trip(level: int, index: int, width: int, is_entries: bool) -
     ("path", "message"),
     [
         ("tiles/0/000", "not a tile path"),
+        ("tile/0/x999/x999/x999/x999/x999/x999/x999/999", "beyond any log"),
+        ("tile/entries/x999/x999/x999/x999/x999/x999/999", "beyond any log"),
         ("tile/0", "not a tile path"),
         ("/tile/0/000", "not a tile path"),
         ("tile/00/000", "level '00' has leading zeros"),

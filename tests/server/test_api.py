@@ -145,6 +145,13 @@ def test_tiles_are_served_per_c2sp(server: ServerProcess, stored: list[bytes]) -
     assert tiles.decode_entry_bundle(bundle.content) == stored[:256]
     assert httpx.get(server.url + "/log/" + tiles.tile_path(0, 9)).status_code == 404
     assert httpx.get(server.url + "/log/tile/0/1.p/0").status_code == 400
+    assert full.headers["content-type"] == bundle.headers["content-type"]
+    assert full.headers["content-type"] == "application/octet-stream"  # MUST, tlog-tiles
+    checkpoint = httpx.get(server.url + "/log/checkpoint")
+    assert checkpoint.headers["cache-control"] == "no-cache"  # SHOULD NOT be cached long
+    for huge in ("tile/0/" + "x999/" * 7 + "999", "tile/entries/" + "x999/" * 6 + "999"):
+        beyond = httpx.get(server.url + "/log/" + huge)
+        assert beyond.status_code == 400 and "beyond any log" in beyond.json()["error"]
 
 
 def test_remote_verify_follows_the_tiles(

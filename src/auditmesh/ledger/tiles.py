@@ -49,6 +49,7 @@ TILE_WIDTH = 1 << TILE_HEIGHT
 """Hashes in a full tile (256), and entries in a full entry bundle."""
 MAX_LEVEL = 63
 """Highest tile level a path may name (tlog-tiles: 0 to 63)."""
+MAX_TREE_SIZE = 1 << 63  # sizes and indices are signed 64-bit integers in storage
 _FULL_BYTES = TILE_WIDTH * HASH_SIZE
 _MAX_ENTRY = 0xFFFF
 
@@ -190,6 +191,8 @@ def parse_tile_path(path: str) -> TileRef:
         if i == 0 and not last and digits == "000":
             raise ValueError(f"{path!r}: index has a leading zero group {element!r}")
         index = index * 1000 + int(digits)
+    if index << (TILE_HEIGHT * (level + 1)) >= MAX_TREE_SIZE:  # its first leaf is past 2^63
+        raise ValueError(f"{path!r}: tile {index} is beyond any log (sizes are below 2^63)")
     return TileRef(level=level, index=index, width=width, is_entries=is_entries)
 
 

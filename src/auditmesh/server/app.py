@@ -201,7 +201,12 @@ class Api:
         latest = await run_in_threadpool(self.store.latest_checkpoint)
         if latest is None:
             return _error(404, "the log has no checkpoint yet")
-        return Response(latest.note, media_type="text/plain; charset=utf-8")
+        # tlog-tiles: the checkpoint SHOULD NOT be cached for more than a few seconds
+        return Response(
+            latest.note,
+            media_type="text/plain; charset=utf-8",
+            headers={"cache-control": "no-cache"},
+        )
 
     async def get_tile(self, request: Request) -> Response:
         path = "tile/" + request.path_params["path"]
@@ -218,11 +223,14 @@ class Api:
             )
             if len(rows) < width:
                 return _error(404, f"{path} is beyond the end of the log")
-            return Response(tiles.encode_entry_bundle(rows), headers=headers)
+            return Response(tiles.encode_entry_bundle(rows), headers=headers, media_type=_TILE)
         stored = await run_in_threadpool(self.store.read_tile, ref.level, ref.index)
         if len(stored) < width * 32:
             return _error(404, f"{path} is beyond the end of the log")
-        return Response(stored[: width * 32], headers=headers)
+        return Response(stored[: width * 32], headers=headers, media_type=_TILE)
+
+
+_TILE = "application/octet-stream"  # tlog-tiles: tiles and entry bundles MUST be served so
 
 
 def create_app(
