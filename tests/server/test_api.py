@@ -195,3 +195,24 @@ def test_graceful_stop_signs_a_last_checkpoint(tmp_path: Path) -> None:
         assert latest is not None and latest.size == 50
     finally:
         ledger.close()
+
+
+def test_a_write_a_foreign_web_page_makes_a_browser_send_is_refused(
+    server: ServerProcess,
+) -> None:
+    # A form or a no-cors fetch (text/plain needs no preflight) from another site carries
+    # that site's Origin; the server's own pages and non-browser clients are let through.
+    body = encode_ndjson(generate(1, seed=77))
+    for path in ("/v1/events", "/v1/logs", "/console/api/bundle"):
+        for origin in ("https://evil.example", "null"):
+            forged = httpx.post(
+                server.url + path,
+                content=body,
+                headers={"origin": origin, "content-type": "text/plain"},
+            )
+            assert forged.status_code == 403, (path, forged.text)
+            assert "only this server's own pages" in forged.json()["error"]
+    own = httpx.post(server.url + "/v1/events", content=body, headers={"origin": server.url})
+    assert own.status_code == 200
+    assert own.json()["indices"][0] >= own.json()["fresh_from"]  # no forged post stored it
+    assert httpx.post(server.url + "/v1/events", content=body).status_code == 200

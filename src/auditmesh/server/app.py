@@ -43,6 +43,7 @@ from auditmesh.ledger import tiles
 from auditmesh.ledger.tlogproof import TlogProof
 from auditmesh.server import api_auth, query_routes
 from auditmesh.server.metrics import Metrics
+from auditmesh.server.origin import SameOriginWrites
 from auditmesh.store.base import StoredEvent
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
@@ -261,4 +262,5 @@ def create_app(
     app.state.read_routes = reads
     token = api_auth.load_or_create_token(ledger.data_dir)
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
+    app.add_middleware(SameOriginWrites)
     return app
