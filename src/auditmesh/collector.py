@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from auditmesh.events import AuditEvent, canonical_bytes
+from auditmesh.events import AuditEvent, canonical_bytes, checked_size
 from auditmesh.ledger.log import Entry, Log, StoredCheckpoint
 from auditmesh.store.base import columns_of, event_key
 
@@ -86,7 +86,12 @@ class Collector:
         return self._interval / 1e9
 
     def submit(self, events: Sequence[AuditEvent]) -> Future[Indices]:
-        return self.submit_entries([entry_of(e) for e in events])
+        """Queue the events; raises EventError (naming the position, from 1) at once for one
+        too large to be a ledger entry, and nothing of the batch is queued."""
+        entries = [entry_of(e) for e in events]
+        for position, entry in enumerate(entries, start=1):
+            checked_size(entry.data, line=position)
+        return self.submit_entries(entries)
 
     def submit_entries(self, entries: list[Entry]) -> Future[Indices]:
         future: Future[Indices] = Future()

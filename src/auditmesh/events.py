@@ -165,6 +165,22 @@ class AuditEvent(_Part, frozen=True):
             raise ValueError("time_ns must be within 0 .. 2^63-1 nanoseconds")
 
 
+MAX_EVENT_BYTES = 0xFFFF
+"""The largest canonical event: a ledger entry, and C2SP tlog-tiles entry bundles give each
+entry a 16-bit length. A larger one could be stored but never served to a verifier."""
+
+
+def checked_size(data: bytes, *, line: int | None = None) -> bytes:
+    """`data` (an event's canonical bytes), or EventError if it is too large to be an entry."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventError(
+            f"the event is {len(data)} bytes in canonical form; the limit is {MAX_EVENT_BYTES} "
+            "(a tlog-tiles entry): send fewer or shorter labels",
+            line=line,
+        )
+    return data
+
+
 class EventError(ValueError):
     """An incoming event is invalid. `where` says which line/element and field."""
 

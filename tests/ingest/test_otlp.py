@@ -553,6 +553,14 @@ def test_a_relayed_attested_event_is_stored_as_reported() -> None:
     assert received.reporter == "ingest:otlp:relay"
 
 
+def test_a_relayed_event_too_large_for_a_ledger_entry_is_rejected_alone() -> None:
+    small, large = generate(2)
+    large = msgspec.structs.replace(large, labels={f"k{i}": "v" * 1024 for i in range(80)})
+    mapped = otlp.map_logs(logs(otlp.audit_log_record(large), otlp.audit_log_record(small)))
+    assert (len(mapped.events), mapped.rejected) == (1, 1)
+    assert "the limit is 65535" in mapped.error_message()
+
+
 def test_relayed_events_in_bytes_attributes_are_accepted() -> None:
     event = generate(1)[0]
     record = LogRecord(

@@ -216,3 +216,15 @@ def test_a_write_a_foreign_web_page_makes_a_browser_send_is_refused(
     assert own.status_code == 200
     assert own.json()["indices"][0] >= own.json()["fresh_from"]  # no forged post stored it
     assert httpx.post(server.url + "/v1/events", content=body).status_code == 200
+
+
+def test_an_event_too_large_for_a_ledger_entry_is_refused(server: ServerProcess) -> None:
+    # tlog-tiles entry bundles give each entry a 16-bit length: a larger event could be
+    # stored but never served, and would break every remote verification after it.
+    small, large = generate(2, seed=78)
+    large = msgspec.structs.replace(large, labels={f"k{i}": "v" * 1024 for i in range(80)})
+    answer = httpx.post(server.url + "/v1/events", content=encode_ndjson([small, large]))
+    assert answer.status_code == 400 and answer.json()["line"] == 2
+    assert "the limit is 65535" in answer.json()["error"]
+    stored = httpx.post(server.url + "/v1/events", content=encode_ndjson([small]))
+    assert stored.json()["indices"][0] >= stored.json()["fresh_from"]  # nothing was stored

@@ -85,6 +85,7 @@ from auditmesh.events import (
     Peer,
     Trace,
     canonical_bytes,
+    checked_size,
     decode_event,
     new_event_id,
 )
@@ -352,7 +353,9 @@ def _map(
             if unreadable and position in unreadable:
                 raise Unmappable(unreadable[position])
             event = convert(record, origin)
-        except Unmappable as exc:
+            if event is not None:
+                checked_size(canonical_bytes(event))  # one a ledger entry can hold
+        except (Unmappable, EventError) as exc:
             mapped.reject(f"{name(position, record)}: {exc}")
             continue
         if event is None:

@@ -118,6 +118,8 @@ async def admit_batch(
         indices = await collector.submit_async(events)
     except CollectorStopped as exc:
         return _error(503, str(exc))
+    except EventError as exc:  # one too large for a ledger entry
+        return _error(400, f"batch rejected, nothing stored: {exc}", line=exc.line)
     # fresh_from: an index below it was in the log before this batch (a duplicate)
     return JSONResponse(
         {"indices": indices, "size": collector.log.size, "fresh_from": indices.fresh_from}
