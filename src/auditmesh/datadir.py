@@ -23,7 +23,7 @@ from pathlib import Path
 
 from auditmesh.ledger.log import Log
 from auditmesh.ledger.note import Signer, Verifier, generate_key
-from auditmesh.store.base import StoreReader
+from auditmesh.store.base import StoreError, StoreReader
 from auditmesh.store.sqlite import SQLiteStore
 
 ORIGIN_META = "origin"
@@ -62,7 +62,16 @@ def open_ledger(data_dir: Path, *, origin: str | None = None, create: bool = Tru
         raise ValueError(
             f"{data_dir} holds the log {stored_origin!r}; it cannot be reopened as {origin!r}"
         )
-    signer, verifier = _load_or_create_keys(data_dir / "keys", stored_origin)
+    try:
+        signer, verifier = _keys(
+            data_dir / "keys",
+            stored_origin,
+            signed=store.latest_checkpoint() is not None,
+            writer=create,
+        )
+    except StoreError:
+        store.close()
+        raise
     log = Log(store, signer, verifier, stored_origin, time.time_ns)
     return Ledger(data_dir, store, log)
 
@@ -107,9 +116,25 @@ def open_reader(data_dir: Path) -> StoreReader:
     return StoreReader(SQLiteStore(Path(data_dir), create=False))
 
 
-def _load_or_create_keys(key_dir: Path, name: str) -> tuple[Signer, Verifier]:
+def _keys(
+    key_dir: Path, name: str, *, signed: bool, writer: bool
+) -> tuple[Signer | None, Verifier]:
+    """The log's signer and verifier. A key pair is made only for a log that has signed
+    nothing yet: a log whose key is lost must not go on under a new one, which no auditor
+    who pinned the old key could connect to what it signed before. A reader (`writer`
+    False) never writes keys, and needs only the verifier key."""
     skey_path, vkey_path = key_dir / "log.skey", key_dir / "log.vkey"
     if not skey_path.exists():
+        if signed and writer:
+            raise StoreError(
+                f"{skey_path} is missing, and this log has signed checkpoints: restore the key "
+                "from your backup. A new key would sign checkpoints that no one who trusts the "
+                "old one could connect to those before"
+            )
+        if not writer:
+            if not vkey_path.exists():
+                raise StoreError(f"{vkey_path} is missing: the log's verifier key is needed")
+            return None, Verifier.from_vkey(vkey_path.read_text().strip())
         key_dir.mkdir(parents=True, exist_ok=True)
         skey, vkey = generate_key(name)
         fd = os.open(skey_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from auditmesh.datadir import DataDirBusy, writer_lock
+from auditmesh.datadir import DataDirBusy, open_ledger, writer_lock
 from auditmesh.events import encode_ndjson
 from auditmesh.serverproc import ServerProcess, free_port
-from tests.conftest import generate
+from tests.conftest import fill, generate
 
 
 def test_the_lock_is_exclusive_and_released(tmp_path: Path) -> None:
@@ -61,3 +61,26 @@ def test_an_address_in_use_is_refused_before_the_banner(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port} (--listen): Address already in use" in done.stderr
     assert "auditmesh server: http://" not in done.stdout
+
+
+@pytest.mark.integration
+def test_a_log_whose_signing_key_is_lost_is_not_signed_under_a_new_one(tmp_path: Path) -> None:
+    # Auditors pin the log's verifier key: a new key would sign checkpoints that cannot be
+    # connected to the ones before. Readers (log verify) need only the verifier key.
+    data = tmp_path / "data"
+    ledger = open_ledger(data, origin="test.auditmesh/log")
+    fill(ledger, generate(10))
+    ledger.close()
+    vkey = (data / "keys" / "log.vkey").read_text()
+    (data / "keys" / "log.skey").unlink()
+    refused = start_server(data, free_port())
+    assert refused.returncode == 2 and "restore the key from your backup" in refused.stderr
+    verified = subprocess.run(
+        [sys.executable, "-m", "auditmesh", "log", "verify", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verified.returncode == 0 and "OK: 10 entries" in verified.stdout, verified.stderr
+    assert not (data / "keys" / "log.skey").exists()
+    assert (data / "keys" / "log.vkey").read_text() == vkey

@@ -8,6 +8,7 @@ from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
 from auditmesh.identity.tokens import parse_ttl
 from auditmesh.server.run import parse_listen, serve
+from auditmesh.store.base import StoreError
 
 OTLP_GRPC = "127.0.0.1:4317"  # OTLP spec, "OTLP/gRPC Default Port"
 
@@ -69,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
             otlp_grpc=otlp_grpc,
             otlp_grpc_required=args.otlp_grpc is not None,
         )
-    except ValueError as exc:
+    except (ValueError, StoreError) as exc:
         raise UserError(str(exc)) from None
     return 0

@@ -69,7 +69,7 @@ class Log:
     def __init__(
         self,
         storage: LogStorage,
-        signer: Signer,
+        signer: Signer | None,  # None: a copy that can be read and verified, not signed
         verifier: Verifier,
         origin: str,
         clock_ns: Callable[[], int],
@@ -149,6 +149,8 @@ class Log:
             if last is not None:
                 proof = merkle.consistency_proof(last.size, size, hashes)
                 merkle.verify_consistency(last.size, size, proof, last.root_hash, root_hash)
+            if self._signer is None:
+                raise RuntimeError("this copy of the log has no signing key: it cannot sign")
             note = sign_checkpoint(Checkpoint(self.origin, size, root_hash), self._signer)
             stored = StoredCheckpoint(size, root_hash, note, self._clock_ns())
             self._storage.add_checkpoint(stored)
