@@ -334,9 +334,9 @@ def test_two_checkpoints_of_one_size_must_both_match(data_dir: Path) -> None:
     """Equivocation: a second note, validly signed, for a size already checkpointed."""
     ledger = open_ledger(data_dir, create=False)
     try:
-        forged = sign_checkpoint(
-            Checkpoint("test.auditmesh/log", 500, b"\x11" * 32), ledger.log._signer
-        )
+        signer = ledger.log._signer
+        assert signer is not None
+        forged = sign_checkpoint(Checkpoint("test.auditmesh/log", 500, b"\x11" * 32), signer)
         reader = StoreReader(ledger.store)
         notes = reader.checkpoint_notes()
         reader.checkpoint_notes = lambda: [notes[0], forged, *notes[1:]]  # type: ignore[method-assign]
