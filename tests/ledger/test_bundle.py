@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +66,40 @@ def test_edited_event_fails(bundle: tuple[Path, str], capsys: pytest.CaptureFixt
     rewrite(path, {entry: data.replace(b'"status":403', b'"status":200')})
     code, out = verify(path, vkey, capsys)
     assert code == 1 and "FAILED" in out and entry in out
+
+
+def forge(path: Path, mutate: Callable[[dict[str, Any]], None], extra: dict[str, bytes]) -> None:
+    manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+    mutate(manifest)
+    rewrite(path, {"manifest.json": json.dumps(manifest).encode()})
+    with zipfile.ZipFile(path, "a") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns when a name is written twice: wanted
+        for name, data in extra.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "extra", "message"),
+    [
+        # the first entry listed twice, the second one's file left unlisted and edited
+        (lambda m: m["entries"].__setitem__(1, m["entries"][0]), {}, "in log order, each once"),
+        (lambda m: None, {"entries/99999.json": b"{}"}, "which its manifest does not list"),
+        (lambda m: m["entries"][0].__setitem__("entry", "entries/x.json"), {}, "names"),
+        (lambda m: None, {"README.md": b"trust me"}, "README.md more than once"),
+    ],
+    ids=["listed-twice", "unlisted-entry", "renamed", "duplicate-member"],
+)
+def test_a_bundle_holding_more_or_other_than_it_lists_fails(
+    bundle: tuple[Path, str],
+    capsys: pytest.CaptureFixture[str],
+    mutate: Callable[[dict[str, Any]], None],
+    extra: dict[str, bytes],
+    message: str,
+) -> None:
+    path, vkey = bundle
+    forge(path, mutate, extra)
+    code, out = verify(path, vkey, capsys)
+    assert code == 1 and "FAILED" in out and message in out, out
 
 
 def test_wrong_key_fails(bundle: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,6 +28,8 @@ from auditmesh.ledger.note import Verifier
 from auditmesh.ledger.tlogproof import TlogProof, verify_tlog_proof
 
 FORMAT = "auditmesh-bundle/v1"
+MEMBERS = ("README.md", "manifest.json", "checkpoint", "log.vkey")  # besides entries, proofs
+OPTIONAL_MEMBERS = ("finding.json",)  # `auditmesh findings --bundle`: what the entries show
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 
 
@@ -110,6 +112,7 @@ def verify_bundle(data: bytes, verifier: Verifier) -> BundleReport:
         raise VerificationError(f"not an evidence bundle (zip): {exc}") from None
     with archive:
         manifest = _manifest(_read(archive, "manifest.json"))
+        _check_members(archive, manifest)
         checkpoint_note = _read(archive, "checkpoint")
         indices: list[int] = []
         checkpoint: Checkpoint | None = None
@@ -150,6 +153,39 @@ def verify_bundle(data: bytes, verifier: Verifier) -> BundleReport:
         bundled_key = archive.read("log.vkey").decode().strip()
         return BundleReport(
             checkpoint.origin, checkpoint.size, tuple(indices), bundled_key == verifier.vkey
+        )
+
+
+def _check_members(archive: zipfile.ZipFile, manifest: Manifest) -> None:
+    """The manifest lists each entry once, under its own names, and the archive holds what
+    it lists and nothing else: no second copy of a name (a zip reader sees only one of them),
+    no entry the manifest leaves out (which a reader might take as proven)."""
+    names = archive.namelist()
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise VerificationError(f"the bundle holds {twice[0]} more than once")
+    listed = set(MEMBERS)
+    previous = -1
+    for row in manifest.entries:
+        if row.index <= previous:
+            raise VerificationError(
+                "manifest entries must be in log order, each once",
+                expected=f"an index above {previous}",
+                computed=row.index,
+                where="manifest.json",
+            )
+        previous = row.index
+        if (row.entry, row.proof) != (f"entries/{row.index}.json", _proof_name(row.index)):
+            raise VerificationError(
+                f"manifest row for entry {row.index} names {row.entry} and {row.proof}",
+                expected=f"entries/{row.index}.json and {_proof_name(row.index)}",
+                where="manifest.json",
+            )
+        listed |= {row.entry, row.proof}
+    unlisted = sorted(set(names) - listed - set(OPTIONAL_MEMBERS))
+    if unlisted:
+        raise VerificationError(
+            f"the bundle holds {unlisted[0]}, which its manifest does not list", where=unlisted[0]
         )
 
 
