@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +24,7 @@ from auditmesh.server.metrics import (
     COL_SOURCE_SERVICE,
     COL_STATUS,
     CONTENT_TYPE,
+    MAX_PARTIES,
     Metrics,
     status_label,
 )
@@ -144,6 +146,25 @@ def test_tcp_and_anonymous_peers_keep_labels_bounded(ledger: Ledger, collector: 
     assert status_label(99) == status_label(600) == status_label(None) == "none"
     assert status_label(True) == status_label("200") == "none"
     assert (status_label(100), status_label(503), status_label(599)) == ("100", "503", "599")
+
+
+def test_made_up_service_names_cannot_grow_the_series_without_bound(
+    ledger: Ledger, collector: Collector
+) -> None:
+    # anyone may POST events: 600 callers with random names make at most MAX_PARTIES series
+    metrics = Metrics(ledger.store, collector)
+    events = [
+        msgspec.structs.replace(e, source=Peer(service=f"made-up-{i}"))
+        for i, e in enumerate(generate(600, seed=11))
+    ]
+    collector.submit(events).result()
+    found = samples(metrics.render().decode())
+    sources = {
+        dict(labels)["source"] for (name, labels) in found if name == "auditmesh_requests_total"
+    }
+    assert len(sources) <= MAX_PARTIES + 1 and "other" in sources
+    counted = sum(v for (name, _), v in found.items() if name == "auditmesh_requests_total")
+    assert counted == sum(1 for e in events if e.kind in ("http", "tcp"))  # none lost
 
 
 def test_checkpoint_gauges_and_isolated_registries(ledger: Ledger, collector: Collector) -> None:

@@ -51,7 +51,9 @@ Metrics (Prometheus text exposition format 0.0.4, `prometheus-client`):
         HTTP status code as text ("200", "503"; only codes 100-599, else "none", as for
         tcp and for a call that got no answer); `decision` allow/deny/audit/none.
         Never labelled by path, IP or event id: cardinality stays below
-        services^2 x 501 x 4, and in practice a handful of codes per pair.
+        services^2 x 501 x 4, and in practice a handful of codes per pair. Anyone may POST
+        events naming any service, so past `MAX_PARTIES` distinct names a new one counts
+        as "other" (the names seen first, our sidecars' own among them, keep their series).
     auditmesh_events_total{kind,outcome}        every committed event
     auditmesh_ingest_accepted_total{adapter}    ingested events committed, by adapter
     auditmesh_ingest_rejected_total{adapter}    records refused, by adapter
@@ -104,6 +106,8 @@ OTLP_RESULTS = ("ok", "partial", "invalid", "too_large", "unsupported", "unavail
 # one, starts like this ("attested" is the first key of AuditEvent in code-point order).
 _ATTESTED_PREFIX = b'{"attested":true'
 UNKNOWN = "unknown"
+MAX_PARTIES = 500  # distinct source/destination label values before new ones are "other"
+OTHER_PARTY = "other"
 NONE = "none"
 # The classic text format (what `generate_latest` writes), which every Prometheus scrapes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -202,6 +206,7 @@ class Metrics:
         self, store: Store, collector: Collector, *, clock_ns: Callable[[], int] = time.time_ns
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._parties: set[str] = set()  # source/destination label values so far
         self.requests = Counter(
             "auditmesh_requests",
             "Calls between services committed to the ledger (http and tcp events).",
@@ -241,6 +246,13 @@ class Metrics:
         self.registry.register(_LedgerGauges(store, collector, clock_ns))
         collector.observe_commits(self.count_committed)
 
+    def _party(self, name: str) -> str:
+        if name not in self._parties:
+            if len(self._parties) >= MAX_PARTIES:
+                return OTHER_PARTY
+            self._parties.add(name)
+        return name
+
     def count_committed(self, entries: list[Entry]) -> None:
         """Called by the collector with the entries one commit added."""
         requests: Tally[tuple[str, str, str, str]] = Tally()
@@ -252,7 +264,8 @@ class Metrics:
             kind, outcome = str(columns[COL_KIND]), str(columns[COL_OUTCOME])
             events[(kind, outcome)] += 1
             if kind in REQUEST_KINDS:
-                requests[request_labels(columns)] += 1
+                source, destination, status, decision = request_labels(columns)
+                requests[(self._party(source), self._party(destination), status, decision)] += 1
             if not entry.data.startswith(_ATTESTED_PREFIX):
                 self._tally_ingest(entry.data, accepted, rejected)
         for labels, count in requests.items():
