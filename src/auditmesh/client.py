@@ -7,6 +7,7 @@ The transport is httpx's, so tests can hand in any httpx transport.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -19,14 +20,33 @@ class ServerError(Exception):
     """The server answered with an error or could not be reached."""
 
 
-def _get(client: httpx.Client, path: str) -> bytes:
+# What a server may send, at most: a verifier must not be exhausted by one that lies.
+MAX_CHECKPOINT_BYTES = 64 * 1024
+MAX_TILE_BYTES = tiles.TILE_WIDTH * 32
+MAX_BUNDLE_BYTES = tiles.TILE_WIDTH * (2 + 0xFFFF)  # 256 entries of 16-bit length
+REQUEST_DEADLINE_S = 120.0  # a whole response, however slowly it trickles in
+
+
+def _get(client: httpx.Client, path: str, limit: int) -> bytes:
+    """The body of GET `path`, refused past `limit` bytes or `REQUEST_DEADLINE_S`."""
+    deadline = time.monotonic() + REQUEST_DEADLINE_S
     try:
-        response = client.get(path)
+        with client.stream("GET", path) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise ServerError(f"GET {path}: the server sent more than {limit} bytes")
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"GET {path}: no whole answer within {REQUEST_DEADLINE_S:g} s"
+                    )
     except httpx.HTTPError as exc:
         raise ServerError(f"cannot reach {client.base_url}: {exc}") from exc
     if response.status_code != 200:
-        raise ServerError(f"GET {path}: {response.status_code} {response.text.strip()}")
-    return response.content
+        text = bytes(body).decode(errors="replace").strip()
+        raise ServerError(f"GET {path}: {response.status_code} {text[:500]}")
+    return bytes(body)
 
 
 class RemoteLog:
@@ -34,7 +54,7 @@ class RemoteLog:
 
     def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None) -> None:
         self._client = httpx.Client(base_url=base_url.rstrip("/"), transport=transport, timeout=30)
-        self.checkpoint_note = _get(self._client, "/log/checkpoint")
+        self.checkpoint_note = _get(self._client, "/log/checkpoint", MAX_CHECKPOINT_BYTES)
         text = self.checkpoint_note.decode(errors="replace")
         self.checkpoint = Checkpoint.parse(text.split("\n\n", 1)[0] + "\n")
 
@@ -51,9 +71,10 @@ class RemoteLog:
         count = self.checkpoint.size >> (tiles.TILE_HEIGHT * level)
         full, partial = divmod(count, tiles.TILE_WIDTH)
         if index < full:
-            return _get(self._client, "/log/" + tiles.tile_path(level, index))
+            return _get(self._client, "/log/" + tiles.tile_path(level, index), MAX_TILE_BYTES)
         if index == full and partial:
-            return _get(self._client, "/log/" + tiles.tile_path(level, index, partial))
+            path = tiles.tile_path(level, index, partial)
+            return _get(self._client, "/log/" + path, MAX_TILE_BYTES)
         return b""
 
     def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
@@ -63,7 +84,7 @@ class RemoteLog:
             base = bundle * tiles.TILE_WIDTH
             width = min(tiles.TILE_WIDTH, self.checkpoint.size - base)
             path = tiles.entries_path(bundle, None if width == tiles.TILE_WIDTH else width)
-            bundle_data = _get(self._client, "/log/" + path)
+            bundle_data = _get(self._client, "/log/" + path, MAX_BUNDLE_BYTES)
             for offset, data in enumerate(tiles.decode_entry_bundle(bundle_data)):
                 index = base + offset
                 if start <= index < end:
