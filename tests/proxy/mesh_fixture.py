@@ -58,6 +58,19 @@ class AppHandler(BaseHTTPRequestHandler):
         elif self.path == "/slow":
             time.sleep(3)
             self._reply(200, b"slow")
+        elif self.path == "/short":  # announces 100 bytes, sends 10, hangs up
+            self.send_response(200)
+            self.send_header("content-length", "100")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+            self.wfile.flush()
+            self.close_connection = True
+        elif self.path == "/trailers":  # chunked, with a trailer section
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("trailer", "x-t")
+            self.end_headers()
+            self.wfile.write(b"5\r\nhello\r\n0\r\nx-t: done\r\n\r\n")
         elif self.path == "/ws":
             self.send_response(101)
             self.send_header("upgrade", "websocket")

@@ -103,3 +103,20 @@ def test_a_shared_listener_names_each_service_once(tmp_path: Path) -> None:
     path = write(tmp_path, entry("payments", 15001) + entry("payments", 15001))
     with pytest.raises(ConfigError, match="names a service twice"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (entry("payments", 99999), r"outbound\[0\]\.listen: 127\.0\.0\.1:99999 needs a port"),
+        (entry("payments", 0), r"outbound\[0\]\.listen: 127\.0\.0\.1:0 needs a port"),
+        (entry("payments", 15001).replace("sa/payments", "sa/pay ments"), r"outbound\[0\]\.id"),
+        (entry("payments", 15001).replace("spiffe://cluster.local/ns/shop/sa/payments",
+                                          "spiffe://"), r"outbound\[0\]\.identity"),
+    ],
+)  # fmt: skip
+def test_bad_ports_and_spiffe_ids_are_refused_before_enrolling(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import socket
 import ssl
 import subprocess
@@ -333,6 +334,47 @@ def test_websocket_upgrade_is_passed_through(mesh: Mesh, ports: dict[str, int]) 
     assert events[0]["http"]["status"] == 101 and events[0]["labels"]["upgrade"] == "websocket"
 
 
+def raw(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head)
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+    return answer
+
+
+def test_a_response_cut_short_is_a_failure(mesh: Mesh, ports: dict[str, int]) -> None:
+    raw(
+        ports["orders_out"], b"GET /short HTTP/1.1\r\nHost: payments\r\nx-request-id: cut-1\r\n\r\n"
+    )
+    events = mesh.wait_events(lambda e: by_request_id("cut-1")(e) and e["direction"] == "inbound")
+    assert events and events[0]["outcome"] == "failure"
+    assert events[0]["labels"]["envoy.response_flags"] == "UC"
+    assert events[0]["http"]["response_bytes"] == 10
+
+
+def test_http_1_0_clients_get_no_upgrade_and_no_trailers(mesh: Mesh, ports: dict[str, int]) -> None:
+    # HTTP/1.0 has no 101 and no chunked framing: the upgrade is not passed on, and trailers
+    # are dropped from a response that is otherwise whole.
+    answer = raw(
+        ports["orders_out"],
+        b"GET /trailers HTTP/1.0\r\nHost: payments\r\nx-request-id: old-1\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello")
+    [event] = mesh.wait_events(lambda e: by_request_id("old-1")(e) and e["direction"] == "outbound")
+    assert event["outcome"] == "success" and "envoy.response_flags" not in event.get("labels", {})
+    upgraded = raw(
+        ports["orders_out"],
+        b"GET /ws HTTP/1.0\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"x-request-id: old-ws\r\n\r\n",
+    )
+    assert not upgraded.startswith(b"HTTP/1.1 101")
+    [event] = mesh.wait_events(
+        lambda e: by_request_id("old-ws")(e) and e["direction"] == "outbound"
+    )
+    assert event["http"].get("status") != 101 and event["outcome"] == "failure"
+
+
 def test_tcp_mode_one_event_per_connection(mesh: Mesh, ports: dict[str, int]) -> None:
     with socket.create_connection(("127.0.0.1", ports["tcp_out"]), timeout=5) as conn:
         conn.sendall(b"hello tcp")
@@ -408,3 +450,27 @@ def test_openssl_s_client_sees_an_svid_with_one_uri_san(mesh: Mesh, ports: dict[
     )
     assert "Verify return code: 0 (ok)" in result.stdout
     assert "TLSv1.3" in result.stdout
+
+
+def test_the_inbound_listener_outlives_running_out_of_descriptors(
+    mesh: Mesh, ports: dict[str, int]
+) -> None:
+    # With its descriptors used up, accept() fails (EMFILE); once connections close the
+    # listener must accept again (it closed for good before).
+    pid = mesh.local.sidecars["payments"].pid
+    before = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    idle: list[socket.socket] = []
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (64, before[1]))
+        for _ in range(100):
+            idle.append(socket.create_connection(("127.0.0.1", ports["pay_in"]), timeout=5))
+        time.sleep(0.5)
+    finally:
+        for conn in idle:
+            conn.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, before)
+    time.sleep(0.5)
+    response = httpx.get(
+        f"http://127.0.0.1:{ports['orders_out']}/hello", headers={"host": "payments"}
+    )
+    assert response.status_code == 200

@@ -11,6 +11,7 @@ from auditmesh.cli.main import UserError
 from auditmesh.identity.agent import EnrollmentError
 from auditmesh.proxy.config import ConfigError, load_config
 from auditmesh.proxy.sidecar import Sidecar
+from auditmesh.proxy.spool import SpoolError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             runner.run(_main(Sidecar(config, base)))
         except EnrollmentError as exc:
             raise UserError(f"cannot get an identity: {exc}") from None
-        except (OSError, ConfigError) as exc:
+        except (OSError, ConfigError, SpoolError) as exc:
             raise UserError(f"cannot start: {exc}") from None
     return 0
 

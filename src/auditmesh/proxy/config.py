@@ -24,6 +24,9 @@ import msgspec
 import yaml
 from msgspec import Meta
 
+from auditmesh.identity.spiffe import SpiffeIdError
+from auditmesh.identity.spiffe import parse as parse_spiffe_id
+
 HostPort = Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}$")]
 Positive = Annotated[float, Meta(gt=0)]
 
@@ -109,6 +112,7 @@ def load_config(path: Path) -> tuple[SidecarConfig, Path]:
         config = msgspec.convert(raw, SidecarConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    _check_addresses(config, path)
     for listen, targets in outbound_listeners(config.outbound).items():
         services = [t.service for t in targets]
         if len(targets) > 1 and any(t.protocol != "http" for t in targets):
@@ -122,6 +126,24 @@ def load_config(path: Path) -> tuple[SidecarConfig, Path]:
                 f"{path}: outbound listen {listen} names a service twice ({', '.join(services)})"
             )
     return config, path.parent.resolve()
+
+
+def _check_addresses(config: SidecarConfig, path: Path) -> None:
+    """Ports 1-65535 (port 0 would listen where no caller knows), and SPIFFE IDs that parse:
+    refused here, before the one-time join token is spent."""
+    inbound = config.inbound
+    addresses = [] if inbound is None else [("inbound.listen", inbound.listen)]
+    addresses += [] if inbound is None else [("inbound.app", inbound.app)]
+    for n, target in enumerate(config.outbound):
+        addresses += [(f"outbound[{n}].listen", target.listen)]
+        addresses += [(f"outbound[{n}].upstream", target.upstream)]
+        try:
+            parse_spiffe_id(target.identity)
+        except SpiffeIdError as exc:
+            raise ConfigError(f"{path}: outbound[{n}].identity: {exc}") from None
+    for where, address in addresses:
+        if not 1 <= split_host_port(address)[1] <= 65535:
+            raise ConfigError(f"{path}: {where}: {address} needs a port from 1 to 65535")
 
 
 def outbound_listeners(outbound: list[Outbound]) -> dict[str, list[Outbound]]:

@@ -261,7 +261,7 @@ class HttpProxy:
         kept = h.strip_hop_by_hop(fields)
         if b"chunked" in h.header_tokens(fields, b"transfer-encoding"):
             kept = (*kept, (b"transfer-encoding", b"chunked"))  # re-declare the framing
-        if b"websocket" in h.header_tokens(fields, b"upgrade"):
+        if request.http_version == b"1.1" and b"websocket" in h.header_tokens(fields, b"upgrade"):
             # RFC 9110 §7.8: the proxy forwards the upgrade offer; WebSocket's only, as Istio
             # configures Envoy: after an h2c upgrade, requests would pass unseen by policy
             kept = (*kept, (b"connection", b"upgrade"), (b"upgrade", b"websocket"))
@@ -517,6 +517,8 @@ class HttpProxy:
                 if x.status is None:
                     self._fail(x, "UPE", exc.reason)
                     await self._answer(down, writer, x)
+                else:  # the head went out: the response was cut short (Envoy's UC)
+                    x.flag, x.detail = "UC", f"the upstream response ended early: {exc.reason}"
                 return "failed"
             if isinstance(event, ConnectionClosed) or event is PAUSED and x.status is None:
                 _write(writer, head)
@@ -543,6 +545,8 @@ class HttpProxy:
                     head = b""
                     await writer.drain()
                 elif isinstance(event, EndOfMessage):
+                    if event.trailers and down.their_http_version != b"1.1":
+                        event = EndOfMessage()  # an HTTP/1.0 client has no framing for them
                     _write(writer, head + down.send(event))
                     await writer.drain()
                     return "done"
@@ -594,6 +598,8 @@ class HttpProxy:
         x.request_bytes, x.response_bytes = result.sent_bytes, result.received_bytes
         x.labels["upgrade"] = "websocket"
         x.end = result.end
+        if result.end == "reset":  # as in TCP mode: a reset is not a clean end
+            x.flag, x.detail = "UR", "connection reset"
         upstream.close()
 
 

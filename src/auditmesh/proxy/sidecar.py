@@ -52,6 +52,9 @@ from auditmesh.proxy.tcp import relay
 STREAM_LIMIT = 256 * 1024
 
 
+ACCEPT_RETRY_S = 0.1  # out of file descriptors: accept again once open calls may have ended
+
+
 class Sidecar:
     def __init__(
         self,
@@ -268,7 +271,12 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                sock, _ = await loop.sock_accept(listener)
+                try:
+                    sock, _ = await loop.sock_accept(listener)
+                except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: wait for calls to end
+                    print(f"auditmesh sidecar: cannot accept a connection: {exc}", flush=True)
+                    await asyncio.sleep(ACCEPT_RETRY_S)
+                    continue
                 self._spawn(self._inbound(sock, inbound, proxy, connect_app))
         finally:
             listener.close()
