@@ -452,6 +452,33 @@ def test_openssl_s_client_sees_an_svid_with_one_uri_san(mesh: Mesh, ports: dict[
     assert "TLSv1.3" in result.stdout
 
 
+def test_a_client_that_gives_up_mid_body_is_dc_at_once(mesh: Mesh, ports: dict[str, int]) -> None:
+    # not a 504 blamed on the app after the request timeout: the caller went away
+    with socket.create_connection(("127.0.0.1", ports["orders_out"]), timeout=10) as conn:
+        conn.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: payments\r\ncontent-length: 100\r\n"
+            b"x-request-id: gave-up\r\n\r\nabc"
+        )
+        time.sleep(0.2)
+    [event] = mesh.wait_events(
+        lambda e: by_request_id("gave-up")(e) and e["direction"] == "outbound"
+    )
+    assert event["labels"]["envoy.response_flags"] == "DC" and event["duration_us"] < 1_500_000
+
+
+def test_a_malformed_body_is_a_400(mesh: Mesh, ports: dict[str, int]) -> None:
+    answer = raw(
+        ports["orders_out"],
+        b"POST /echo HTTP/1.1\r\nHost: payments\r\ntransfer-encoding: chunked\r\n"
+        b"x-request-id: bad-chunk\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    [event] = mesh.wait_events(
+        lambda e: by_request_id("bad-chunk")(e) and e["direction"] == "outbound"
+    )
+    assert event["labels"]["envoy.response_flags"] == "DPE" and event["http"]["status"] == 400
+
+
 def test_the_inbound_listener_outlives_running_out_of_descriptors(
     mesh: Mesh, ports: dict[str, int]
 ) -> None:

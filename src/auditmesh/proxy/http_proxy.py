@@ -463,8 +463,15 @@ class HttpProxy:
             if event is NEED_DATA:
                 try:
                     event = await _next_event(down, reader, None)
-                except (_Closed, ProtocolError):
-                    return False
+                except _Closed:
+                    event = ConnectionClosed()
+                except ProtocolError as exc:
+                    if down.trailing_data[1]:  # the caller hung up before the body's end
+                        event = ConnectionClosed()
+                    else:  # a malformed body: the caller's fault, 400
+                        x.flag, x.detail = "DPE", exc.reason
+                        upstream.close()  # the app waits for the rest: end its wait now
+                        return False
             if event is PAUSED:
                 return True
             if isinstance(event, Data):
@@ -480,6 +487,7 @@ class HttpProxy:
             elif isinstance(event, ConnectionClosed):
                 if x.status is None:
                     x.flag, x.detail = "DC", "downstream closed before the request ended"
+                    upstream.close()  # nobody is left to answer: end the app's wait now
                 return False
             event = NEED_DATA
 
@@ -563,7 +571,11 @@ class HttpProxy:
         why: str,
         replay: bool,
     ) -> str:
-        if x.status is None:
+        if x.status is None and x.flag in ("DC", "DPE"):  # the request side ended it
+            if x.flag == "DPE":
+                x.status = FLAGS["DPE"][1]
+                await self._answer(down, writer, x)
+        elif x.status is None:
             if replay and not up.trailing_data[0]:
                 return "retry"  # not one byte of a response: the request may go again
             self._fail(x, "UR", f"upstream reset before the response: {why}")
