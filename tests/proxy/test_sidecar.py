@@ -452,6 +452,29 @@ def test_openssl_s_client_sees_an_svid_with_one_uri_san(mesh: Mesh, ports: dict[
     assert "TLSv1.3" in result.stdout
 
 
+def test_tcp_mode_delivers_the_reply_to_a_client_that_half_closed(
+    mesh: Mesh, ports: dict[str, int]
+) -> None:
+    # `printf x | nc`: the client sends, shuts its write side, and reads the answer. TLS
+    # between the sidecars cannot carry the half-close, so the connection stays open for it.
+    with socket.create_connection(("127.0.0.1", ports["tcp_out"]), timeout=10) as conn:
+        conn.sendall(b"half-close")
+        conn.shutdown(socket.SHUT_WR)
+        echoed = b""
+        while len(echoed) < 10 and (chunk := conn.recv(100)):
+            echoed += chunk
+    assert echoed == b"half-close"
+    events = mesh.wait_events(
+        lambda e: (
+            e["kind"] == "tcp"
+            and e["direction"] == "outbound"
+            and e["tcp"].get("sent_bytes") == 10
+            and e["tcp"].get("received_bytes") == 10
+        )
+    )
+    assert events and events[0]["tcp"]["end"] == "downstream_closed"
+
+
 def test_a_client_that_gives_up_mid_body_is_dc_at_once(mesh: Mesh, ports: dict[str, int]) -> None:
     # not a 504 blamed on the app after the request timeout: the caller went away
     with socket.create_connection(("127.0.0.1", ports["orders_out"]), timeout=10) as conn:

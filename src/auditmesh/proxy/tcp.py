@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 CHUNK = 64 * 1024
+LINGER_S = 2.0  # after a half-close TLS could not pass on: the reply's quiet time that ends it
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,9 @@ async def _copy(
     writer: asyncio.StreamWriter,
     counter: list[int],
     activity: asyncio.Event,
-) -> None:
+) -> bool:
+    """Copy until EOF; True when the half-close was passed on, False when the other side
+    cannot be told (TLS) and is left open for the reply still coming back."""
     while True:
         data = await reader.read(CHUNK)
         if not data:
@@ -34,15 +37,17 @@ async def _copy(
         activity.set()
         writer.write(data)
         await writer.drain()
-    # Pass the half-close on; TLS has no half-close (RFC 8446 §6.1 close_notify ends the
-    # whole connection), so there the other side is closed outright.
+    # Pass the half-close on. Python's TLS streams cannot send close_notify and go on
+    # reading (RFC 8446 §6.1 allows it), so there the connection stays open: closing it
+    # would cut off the reply a client that half-closed is still waiting for.
     try:
         if writer.can_write_eof():
             writer.write_eof()
-        else:
-            writer.close()
+            return True
     except (OSError, RuntimeError):
         writer.close()
+        return True
+    return False
 
 
 async def relay(
@@ -60,14 +65,15 @@ async def relay(
     first_done: str | None = None
     end = "downstream_closed"
     pending = {to_up, to_down}
+    timeout, lingering = idle_timeout_s, False
     try:
         while pending:
             activity.clear()
             done, pending = await asyncio.wait(
-                pending, timeout=idle_timeout_s, return_when=asyncio.FIRST_COMPLETED
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if not done and not activity.is_set():
-                end = "idle_timeout"
+                end = first_done if lingering and first_done else "idle_timeout"
                 break
             for task in done:
                 if task.exception() is not None:
@@ -77,6 +83,9 @@ async def relay(
                 if first_done is None:
                     first_done = "downstream_closed" if task is to_up else "upstream_closed"
                     end = first_done
+                    if task.result() is False:
+                        # the other side was not told: the reply ends once it goes quiet
+                        timeout, lingering = min(idle_timeout_s, LINGER_S), True
     finally:
         for task in (to_up, to_down):
             task.cancel()
