@@ -130,6 +130,26 @@ def _random_hex(n: int) -> str:
     return random_bytes(n).hex()
 
 
+class InFlight:
+    """How many calls are in progress, as a context manager around each; `idle` is set while
+    there are none, so a stopping sidecar can wait for them (connections idle between
+    requests do not count)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if not self.count:
+            self.idle.set()
+
+
 class HttpProxy:
     def __init__(
         self,
@@ -138,14 +158,17 @@ class HttpProxy:
         *,
         select: SelectRoute | None = None,
         now_ns: Callable[[], int] = time.time_ns,
+        calls: InFlight | None = None,
     ) -> None:
         """`route` serves every request; with `select`, it is the listener's own (direction,
         limits, the peer named before a request is read) and each request goes where
-        `select(host)` says."""
+        `select(host)` says. `calls` counts the requests in progress (a stopping sidecar
+        lets them finish)."""
         self.route = route
         self._select = select
         self._emit = emit
         self._now_ns = now_ns
+        self._calls = calls if calls is not None else InFlight()
         limits = route.limits
         self._wire = WireLimits(
             max_header_bytes=limits.max_header_bytes, max_headers=limits.max_headers
@@ -196,12 +219,17 @@ class HttpProxy:
                 # the call starts when its request arrives, not when the idle wait began
                 x = self._exchange(self._now_ns(), peer, local, caller)
                 try:
-                    keep = await self._one(down, reader, writer, event, x)
+                    with self._calls:
+                        keep = await self._one(down, reader, writer, event, x)
                 except (ProtocolError, ConnectionError, OSError) as exc:
                     # whatever broke, the call happened and is audited
                     if x.flag is None:
                         x.flag, x.detail = "DC", f"downstream connection failed: {exc}"
                     keep = False
+                except asyncio.CancelledError:  # the sidecar stopped before the call ended
+                    x.flag, x.detail = "DC", "the sidecar stopped during the call"
+                    self._emit(to_event(x, self._now_ns()))
+                    raise
                 self._emit(to_event(x, self._now_ns()))
                 if not keep or not down.keep_alive or down.our_state is not State.DONE:
                     return

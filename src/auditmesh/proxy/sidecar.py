@@ -12,6 +12,7 @@ used for new connections only; open ones keep theirs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 import ssl
@@ -42,7 +43,7 @@ from auditmesh.proxy.config import (
 from auditmesh.proxy.emitter import Emitter, EmitterConfig
 from auditmesh.proxy.enforce import PolicyState
 from auditmesh.proxy.http1_events import Request
-from auditmesh.proxy.http_proxy import HttpProxy, Route, SecureNamingError
+from auditmesh.proxy.http_proxy import HttpProxy, InFlight, Route, SecureNamingError
 from auditmesh.proxy.pool import Pool, Upstream
 from auditmesh.proxy.record import Exchange, peer_of, reached_at, to_event
 from auditmesh.proxy.routing import by_host, service_names
@@ -52,6 +53,7 @@ from auditmesh.proxy.tcp import relay
 STREAM_LIMIT = 256 * 1024
 
 
+DRAIN_S = 5.0  # on stop, how long calls in progress may take to finish (Istio's default)
 ACCEPT_RETRY_S = 0.1  # out of file descriptors: accept again once open calls may have ended
 
 
@@ -79,6 +81,8 @@ class Sidecar:
         self.identity: SpiffeId | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: list[asyncio.Task[None]] = []  # the inbound accept loops
+        self._in_flight = InFlight()  # calls in progress, which a stop lets finish
         self._pools: list[Pool] = []
         self.ready = asyncio.Event()
 
@@ -111,9 +115,13 @@ class Sidecar:
             await stop.wait()
         finally:
             renewals.cancel()
-            for server in self._servers:
+            for server in self._servers:  # no new calls; those in progress may finish
                 server.close()
-            for task in list(self._tasks):
+            for task in self._accepting:
+                task.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._in_flight.idle.wait(), DRAIN_S)
+            for task in list(self._tasks):  # each call cut short here is audited as such
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for pool in self._pools:
@@ -209,8 +217,12 @@ class Sidecar:
             sni=None if x.tls is None else x.tls.sni,
         )
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
+        self._track(task)
+        return task
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -256,10 +268,12 @@ class Sidecar:
             self._authorize_http,
             self.config.audit.body_digests,
         )
-        proxy = HttpProxy(route, self._emit, now_ns=self._now_ns)
+        proxy = HttpProxy(route, self._emit, now_ns=self._now_ns, calls=self._in_flight)
         listener = socket.create_server((host, port), backlog=1024)
         listener.setblocking(False)
-        self._spawn(self._accept_loop(listener, inbound, proxy, connect_app))
+        self._accepting.append(
+            self._spawn(self._accept_loop(listener, inbound, proxy, connect_app))
+        )
 
     async def _accept_loop(
         self,
@@ -374,10 +388,15 @@ class Sidecar:
             )
             # Before a request names its service (a bad head, a slow one) there is none.
             route = dataclasses.replace(route, target=Peer())
-        proxy = HttpProxy(route, self._emit, select=select, now_ns=self._now_ns)
+        proxy = HttpProxy(
+            route, self._emit, select=select, now_ns=self._now_ns, calls=self._in_flight
+        )
         destination = route.target
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._track(task)  # cancelled, and so audited, when the sidecar stops
             peer = writer.get_extra_info("peername")[:2]
             if targets[0].protocol == "http":
                 await proxy.serve(reader, writer, None, peer)
@@ -464,11 +483,22 @@ class Sidecar:
             x.flag, x.detail, x.end = "UF", f"connection failure ({exc or 'timeout'})", "refused"
         else:
             x.connected_to(upstream.tls)
-            result = await relay(
-                (reader, writer),
-                (upstream.reader, upstream.writer),
-                idle_timeout_s=self.config.limits.idle_timeout_s,
-            )
+            tally = [0, 0]
+            try:
+                with self._in_flight:
+                    result = await relay(
+                        (reader, writer),
+                        (upstream.reader, upstream.writer),
+                        idle_timeout_s=self.config.limits.idle_timeout_s,
+                        tally=tally,
+                    )
+            except asyncio.CancelledError:  # the sidecar stopped with the connection open
+                x.flag, x.detail, x.end = "DC", "the sidecar stopped", "sidecar_stopped"
+                x.request_bytes, x.response_bytes = tally
+                upstream.close()
+                writer.close()
+                self._emit(to_event(x, self._now_ns()))
+                raise
             x.request_bytes, x.response_bytes, x.end = (
                 result.sent_bytes,
                 result.received_bytes,

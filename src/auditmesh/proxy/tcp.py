@@ -57,7 +57,10 @@ async def relay(
     idle_timeout_s: float,
     already_sent: int = 0,
     already_received: int = 0,
+    tally: list[int] | None = None,
 ) -> RelayResult:
+    """Relay until both directions end; `tally`, when given, holds [sent, received] as the
+    relay leaves, also when it is cancelled (a stopping sidecar still audits the bytes)."""
     sent, received = [already_sent], [already_received]
     activity = asyncio.Event()
     to_up = asyncio.ensure_future(_copy(down[0], up[1], sent, activity))
@@ -89,5 +92,7 @@ async def relay(
     finally:
         for task in (to_up, to_down):
             task.cancel()
+        if tally is not None:
+            tally[:] = [sent[0], received[0]]
         await asyncio.gather(to_up, to_down, return_exceptions=True)
     return RelayResult(sent[0], received[0], end)
