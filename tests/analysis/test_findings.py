@@ -454,3 +454,16 @@ def test_an_outage_of_a_quiet_service_is_found() -> None:
     events += [call(3600 + t * 30.0, "orders", "payments", status=503, rng=rng) for t in range(120)]
     [finding] = detect(indexed(events))
     assert (finding.kind, finding.destination, finding.count) == ("error_burst", "payments", 120)
+
+
+def test_a_slow_and_failing_service_is_not_said_to_be_flooded() -> None:
+    rng = random.Random(12)
+    events = steady()
+    events += [
+        call(60 + i * 0.25, "frontend", "orders", status=500, duration_ms=400, rng=rng)
+        for i in range(80)
+    ]
+    found = {f.kind: f for f in detect(indexed(events))}
+    slow = found["latency_regression"]
+    assert "while orders was failing (orders failed" in slow.summary
+    assert "flooded" not in slow.summary

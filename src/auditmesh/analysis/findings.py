@@ -537,7 +537,7 @@ def _latency(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findi
 
 def _attribute(regressions: list[Finding], causes: list[Finding]) -> list[Finding]:
     """A latency regression at a service that was flooded, or failing, at the same time is
-    that cause's doing: the finding names the cause's responsible identity."""
+    that cause's doing: the finding names the cause's responsible identity, and says which."""
     result = []
     for finding in regressions:
         cause = next(
@@ -551,10 +551,13 @@ def _attribute(regressions: list[Finding], causes: list[Finding]) -> list[Findin
             None,
         )
         if cause is not None:
+            why = (
+                f"while {cause.responsible} flooded {cause.destination}"
+                if cause.kind == "excessive_volume"
+                else f"while {cause.destination} was failing ({cause.summary})"
+            )
             finding = replace(
-                finding,
-                responsible=cause.responsible,
-                summary=f"{finding.summary}, while {cause.responsible} flooded {cause.destination}",
+                finding, responsible=cause.responsible, summary=f"{finding.summary}, {why}"
             )
         result.append(finding)
     return result
