@@ -401,7 +401,13 @@ def test_a_torn_spool_record_is_cut_off_and_the_rest_replayed(
         await closed(em)
 
     run(scenario)
-    assert_logged_in_order(srv, ids(stream[:20] + stream[21:]))
+    logged = ledger_events(srv.data_dir)
+    first = [e.id for e in logged].index(stream[0].id)
+    run_ = logged[first : first + 30]
+    assert [e.id for e in run_[:20] + run_[21:]] == ids(stream[:20] + stream[21:])
+    damaged = run_[20]  # told in the ledger, right after what survived
+    assert damaged.kind == "system" and damaged.labels["system.action"] == "spool_damaged"
+    assert damaged.labels["spool.cut_bytes"] == str(8 + len(torn) // 2)
 
 
 def _notice(evs: list[AuditEvent]) -> AuditEvent:

@@ -202,6 +202,15 @@ class Emitter:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="auditmesh-emitter"
             )
+            cut = self._spool.stats().truncated_bytes
+            if cut:  # a torn or corrupt spool: the events in those bytes are lost, say so
+                message = (
+                    f"{cut} bytes of the on-disk spool were torn or corrupt and were cut off "
+                    "when it was opened (a crash mid-write, or damage): audit events in them "
+                    "are lost"
+                )
+                labels = {"system.action": "spool_damaged", "spool.cut_bytes": str(cut)}
+                self.emit(self._system_event("spool_damaged", message, labels))
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -459,14 +468,8 @@ class Emitter:
         labels = {"system.action": "spool_dropped", "spool.dropped": str(total)}
         labels.update({f"spool.dropped.{k}": str(v) for k, v in sorted(counts.items())})
         detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        notice = AuditEvent(
-            id=new_event_id(self._now_ns, self._random_bytes),
-            time_ns=self._now_ns(),
-            reporter=self.reporter,
-            kind="system",
-            outcome="failure",
-            error=Error(type="spool_dropped", message=f"{total} audit events dropped: {detail}"),
-            labels=labels,
+        notice = self._system_event(
+            "spool_dropped", f"{total} audit events dropped: {detail}", labels
         )
         self._unreported.clear()
         if pending:
@@ -475,6 +478,18 @@ class Emitter:
         if len(self._buffer) == 1:
             self._first_at = self._clock()
         self._notices += 1
+
+    def _system_event(self, error: str, message: str, labels: dict[str, str]) -> AuditEvent:
+        """A `system` event from the sidecar itself about its own audit trail."""
+        return AuditEvent(
+            id=new_event_id(self._now_ns, self._random_bytes),
+            time_ns=self._now_ns(),
+            reporter=self.reporter,
+            kind="system",
+            outcome="failure",
+            error=Error(type=error, message=message),
+            labels=labels,
+        )
 
     # --- the spool thread (every call below runs on `_io_thread`, one at a time) -----
 
