@@ -75,6 +75,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from auditmesh.collector import entry_of
 from auditmesh.events import (
     HTTP,
     AuditEvent,
@@ -90,6 +91,7 @@ from auditmesh.events import (
     new_event_id,
 )
 from auditmesh.ingest import envoy
+from auditmesh.ledger.log import Entry
 
 # --- names shared with `auditmesh export otlp` (the inverse of case (c)) -------------------
 
@@ -125,6 +127,8 @@ class Mapped:
 
     signal: Signal
     events: list[AuditEvent] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)  # the events' ledger entries, for
+    #   `Collector.submit_entries`: encoded once, here, where their size is checked
     rejected: int = 0
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
@@ -353,15 +357,17 @@ def _map(
             if unreadable and position in unreadable:
                 raise Unmappable(unreadable[position])
             event = convert(record, origin)
-            if event is not None:
-                checked_size(canonical_bytes(event))  # one a ledger entry can hold
+            entry = None if event is None else entry_of(event)
+            if entry is not None:
+                checked_size(entry.data)  # one a ledger entry can hold
         except (Unmappable, EventError) as exc:
             mapped.reject(f"{name(position, record)}: {exc}")
             continue
-        if event is None:
+        if event is None or entry is None:
             mapped.skipped += 1
         else:
             mapped.events.append(event)
+            mapped.entries.append(entry)
     return mapped
 
 

@@ -24,6 +24,7 @@ the ledger's commits instead (`server/metrics.py`), so a retried export is count
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,7 +199,7 @@ class OtlpHttpReceiver:
             return response, "invalid", 0
         if mapped.events:
             try:
-                await self.collector.submit_async(mapped.events)
+                await asyncio.wrap_future(self.collector.submit_entries(mapped.entries))
             except CollectorStopped as exc:
                 response = _status_response(
                     503,

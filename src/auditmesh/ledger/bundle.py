@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -161,7 +162,7 @@ def _check_members(archive: zipfile.ZipFile, manifest: Manifest) -> None:
     it lists and nothing else: no second copy of a name (a zip reader sees only one of them),
     no entry the manifest leaves out (which a reader might take as proven)."""
     names = archive.namelist()
-    twice = sorted({name for name in names if names.count(name) > 1})
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
     if twice:
         raise VerificationError(f"the bundle holds {twice[0]} more than once")
     listed = set(MEMBERS)
