@@ -58,12 +58,25 @@ def test_stopping_lets_a_call_finish_and_audits_an_open_connection(mesh: Mesh) -
     db = socket.create_connection(("127.0.0.1", db_out), timeout=10)
     db.sendall(b"open")
     assert db.recv(10) == b"open"
+    ws = socket.create_connection(("127.0.0.1", orders_out), timeout=10)
+    ws.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nx-request-id: ws-open\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += ws.recv(1000)
+    ws.sendall(b"ping")
+    echoed = head.split(b"\r\n\r\n", 1)[1]
+    while b"echo:ping" not in echoed:
+        echoed += ws.recv(1000)
     time.sleep(0.5)  # the slow call has reached the app (it answers after 3 s)
     orders.send_signal(signal.SIGTERM)
     slow.join(15)
     assert answers and answers[0].status_code == 200 and answers[0].text == "slow"
     assert orders.wait(15) == 0
     db.close()
+    ws.close()
     [call] = mesh.wait_events(
         lambda e: (
             e.get("http", {}).get("request_id") == "in-flight" and e["direction"] == "outbound"
@@ -81,3 +94,9 @@ def test_stopping_lets_a_call_finish_and_audits_an_open_connection(mesh: Mesh) -
     [cut] = cuts
     assert (cut["tcp"]["sent_bytes"], cut["tcp"]["received_bytes"]) == (4, 4)
     assert cut["labels"]["envoy.response_flags"] == "DC"
+    [tunnel] = mesh.wait_events(
+        lambda e: e.get("http", {}).get("request_id") == "ws-open" and e["direction"] == "outbound"
+    )
+    assert tunnel["labels"]["upgrade"] == "websocket"
+    assert tunnel["labels"]["envoy.response_flags"] == "DC"
+    assert tunnel["http"]["request_bytes"] >= 4  # the ping relayed before the stop

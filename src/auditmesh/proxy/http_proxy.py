@@ -628,13 +628,21 @@ class HttpProxy:
             upstream.writer.write(down_rest)
         if up_rest:
             writer.write(up_rest)
-        result = await relay(
-            (reader, writer),
-            (upstream.reader, upstream.writer),
-            idle_timeout_s=self.route.limits.idle_timeout_s,
-            already_sent=x.request_bytes + len(down_rest),
-            already_received=x.response_bytes + len(up_rest),
-        )
+        tally = [x.request_bytes, x.response_bytes]
+        try:
+            result = await relay(
+                (reader, writer),
+                (upstream.reader, upstream.writer),
+                idle_timeout_s=self.route.limits.idle_timeout_s,
+                already_sent=x.request_bytes + len(down_rest),
+                already_received=x.response_bytes + len(up_rest),
+                tally=tally,
+            )
+        except asyncio.CancelledError:  # the sidecar stopped: the event keeps the bytes so far
+            x.request_bytes, x.response_bytes = tally
+            x.labels["upgrade"] = "websocket"
+            upstream.close()
+            raise
         x.request_bytes, x.response_bytes = result.sent_bytes, result.received_bytes
         x.labels["upgrade"] = "websocket"
         x.end = result.end
