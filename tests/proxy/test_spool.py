@@ -140,6 +140,36 @@ def test_a_flipped_bit_in_the_last_record_cuts_only_that_record(tmp_path: Path) 
         assert recovered.stats().truncated_bytes == record_size(payloads(2, 1)[0])
 
 
+@pytest.mark.parametrize("damage", ["flipped_bit", "zeroed", "inserted_garbage"])
+def test_damage_mid_segment_loses_only_the_damaged_record(tmp_path: Path, damage: str) -> None:
+    directory = tmp_path / "spool"
+    config = SpoolConfig(segment_bytes=400)
+    with Spool(directory, config) as spool:
+        spool.append(payloads(0, 12, pad=20))
+    first, *rest = segments(directory)
+    assert rest, "the damage must be in a segment that is not the last"
+    data = bytearray(first.read_bytes())
+    at = len(MAGIC) + record_size(payloads(0, 1, pad=20)[0])  # record 1 starts here
+    size = record_size(payloads(1, 1, pad=20)[0])
+    if damage == "flipped_bit":
+        data[at + 20] ^= 0x04
+    elif damage == "zeroed":
+        data[at : at + size] = bytes(size)
+    else:
+        data[at:at] = b'{"n": 99}' * 5
+    first.write_bytes(bytes(data))
+    with Spool(directory, config) as recovered:
+        survivors = numbers(recovered.peek(100))
+        assert survivors == [n for n in range(12) if n != 1 or damage == "inserted_garbage"]
+        cut = 45 if damage == "inserted_garbage" else size
+        assert recovered.stats().truncated_bytes == cut
+        recovered.ack(2)
+    with Spool(directory, config) as again:  # the repaired segment reads back whole
+        assert numbers(again.peek(100)) == survivors[2:]
+        assert again.stats().truncated_bytes == 0
+        assert not list(directory.glob("*.tmp"))
+
+
 def test_a_file_that_is_not_a_segment_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     directory.mkdir()

@@ -205,7 +205,7 @@ class Emitter:
             cut = self._spool.stats().truncated_bytes
             if cut:  # a torn or corrupt spool: the events in those bytes are lost, say so
                 message = (
-                    f"{cut} bytes of the on-disk spool were torn or corrupt and were cut off "
+                    f"{cut} bytes of the on-disk spool were torn or corrupt and were cut out "
                     "when it was opened (a crash mid-write, or damage): audit events in them "
                     "are lost"
                 )

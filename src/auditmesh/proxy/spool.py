@@ -17,8 +17,10 @@ Layout of DIR (the sidecar's data dir + `/spool`):
 A record is `u32 length ‖ u32 crc ‖ payload`, big-endian, where `payload` is the event's
 canonical bytes (RFC 8785, never empty) and `crc` is CRC-32 (zlib) of the 4 length bytes
 and the payload, so a zero-filled tail never passes as a record. Opening the spool checks
-every un-acknowledged record; the first short or failing one (a write torn by kill -9 or
-power loss) and everything after it in its segment is truncated, never delivered.
+every un-acknowledged record. Damaged bytes (a write torn by kill -9 or power loss at the
+tail, or a bad sector anywhere) are cut out and never delivered; the intact records after
+them are found again by their CRC (a payload is a JSON object, so only places where the
+byte after a header is `{` are tried) and kept.
 
 Bound: `max_bytes` caps the un-acknowledged bytes (8-byte headers included); disk use
 can exceed it by the acknowledged head of the oldest segment (< `segment_bytes`). When
@@ -89,7 +91,7 @@ class SpoolStats:
     segments: int
     appended: int  # records appended since open
     evicted: int  # records discarded by drop-oldest since open
-    truncated_bytes: int  # torn or corrupt bytes cut off when opening
+    truncated_bytes: int  # torn or corrupt bytes cut out when opening
     dropped_pending: tuple[tuple[str, int], ...]  # (reason, count) not yet reported
 
 
@@ -115,6 +117,16 @@ def _valid(data: bytes | memoryview, pos: int, limit: int) -> int:
     if zlib.crc32(data[pos + RECORD_OVERHEAD : end], zlib.crc32(data[pos : pos + 4])) != crc:
         return 0
     return RECORD_OVERHEAD + length
+
+
+def _next_record(data: bytes, pos: int) -> int:
+    """Where the first intact record after the damaged byte at `pos` starts (or the end)."""
+    brace = data.find(b"{", pos + 1 + RECORD_OVERHEAD)
+    while brace != -1:
+        if _valid(data, brace - RECORD_OVERHEAD, len(data)):
+            return brace - RECORD_OVERHEAD
+        brace = data.find(b"{", brace + 1)
+    return len(data)
 
 
 @dataclass(slots=True)
@@ -164,7 +176,8 @@ class Spool:
 
     def _recover(self) -> None:
         state_path = self.directory / _STATE
-        (self.directory / (_STATE + ".tmp")).unlink(missing_ok=True)
+        for stale in self.directory.glob("*.tmp"):  # a replacement a crash left unfinished
+            stale.unlink()
         if state_path.exists():
             try:
                 state = json.loads(state_path.read_bytes())
@@ -200,28 +213,39 @@ class Spool:
             self._tail.seek(self._segments[-1].end)
 
     def _check_segment(self, segment: _Segment, start: int, *, last: bool) -> None:
-        """Count the intact records from `start`; cut off a torn or corrupt rest."""
+        """Count the intact records from `start`; cut out torn or corrupt bytes."""
         data = segment.path.read_bytes()
         if MAGIC.startswith(data):
             data = b""  # created, but its magic never made it to disk
         elif data[: len(MAGIC)] != MAGIC:
             raise SpoolError(f"{segment.path} is not a spool segment (bad magic)")
         pos = min(max(start, len(MAGIC)), len(data)) if data else len(MAGIC)
+        kept: list[bytes] = []  # the runs of intact bytes, magic and acknowledged head included
+        run_start = damaged = 0
         while pos < len(data):
             size = _valid(data, pos, len(data))
-            if not size:
-                break
-            pos += size
-            self._depth_records += 1
-        if not data or pos < len(data):
-            self._truncated += max(len(data) - pos, 0)
-            with open(segment.path, "r+b") as f:
-                if not data:
-                    f.write(MAGIC)
-                f.truncate(pos)
-                f.flush()
-                os.fsync(f.fileno())
-        segment.end = pos
+            if size:
+                pos += size
+                self._depth_records += 1
+                continue
+            kept.append(data[run_start:pos])
+            resume = _next_record(data, pos)
+            damaged += resume - pos
+            pos = run_start = resume
+        if data and not damaged:
+            segment.end = len(data)
+            return
+        self._truncated += damaged
+        kept.append(data[run_start:pos])
+        intact = b"".join(kept) if data else MAGIC
+        replacement = segment.path.with_suffix(".tmp")
+        with open(replacement, "wb") as f:  # whole or not at all: write, fsync, rename
+            f.write(intact)
+            f.flush()
+            os.fsync(f.fileno())
+        replacement.replace(segment.path)
+        _fsync_dir(self.directory)
+        segment.end = len(intact)
 
     # --- reading ---------------------------------------------------------------------
 
