@@ -256,3 +256,17 @@ def test_a_workload_posing_as_the_server_is_refused(mesh: Mesh, tmp_path: Path) 
     assert "not the audit server (spiffe://cluster.local/auditmesh/server)" in message
     assert "spiffe://cluster.local/ns/shop/sa/mallory" in message
     assert not (tmp_path / "sidecar" / "identity" / "svid.pem").exists()
+
+
+def test_a_stop_does_not_wait_for_idle_mesh_clients(tmp_path: Path) -> None:
+    # A sidecar's emitter keeps its TLS connection in a pool and does not read it, so the
+    # server's close_notify goes unanswered: the stop used to wait out a 30 s TLS timeout.
+    data = tmp_path / "data"
+    init_ca(data, "cluster.local", now=datetime.now(UTC) - timedelta(minutes=1))
+    port = free_port()
+    server = ServerProcess(data, extra=["--mesh-listen", f"127.0.0.1:{port}"]).start()
+    mesh = Mesh(server, f"https://127.0.0.1:{port}", data)
+    with mesh.anonymous() as idle:
+        assert idle.get("/v1/identity/bundle").status_code == 200  # pooled, kept open
+        assert server.stop(timeout_s=15) == 0
+    assert "last checkpoint signed" in server.log_path.read_text()

@@ -34,6 +34,7 @@ from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
 from auditmesh.server.metrics import Metrics
 
 SERVER_SVID_TTL = timedelta(days=7)  # the mesh listener's own, renewed at half-life
+CLOSE_NOTIFY_WAIT_S = 1.0  # on stop, how long a closed TLS connection may wait for its peer
 
 
 class _Server(uvicorn.Server):
@@ -43,6 +44,24 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes idle connections, but a TLS close waits for the peer's close_notify
+        # (RFC 8446 §6.1) up to 30 s, and an idle pooled client (a sidecar's emitter) never
+        # reads it: cut those once they have sent everything, while requests finish.
+        cutter = asyncio.ensure_future(self._cut_closed_connections())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cutter.cancel()
+
+    async def _cut_closed_connections(self) -> None:
+        while True:
+            await asyncio.sleep(CLOSE_NOTIFY_WAIT_S)
+            for connection in list(self.server_state.connections):
+                transport = getattr(connection, "transport", None)  # uvloop's: no asyncio type
+                if transport and transport.is_closing() and not transport.get_write_buffer_size():
+                    transport.abort()
 
 
 class _MeshServer(_Server):
