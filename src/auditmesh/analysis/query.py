@@ -348,6 +348,12 @@ def _range_index(reader: SqlReader, q: Query) -> bool | None:
     return int(rows[0][0]) < RANGE_CAP
 
 
+def duration_s(text: str) -> int | None:
+    """Seconds in a duration like `30s`, `15m`, `2h` or `7d`; None when `text` is not one."""
+    match = _DURATION.match(text.strip())
+    return int(match[1]) * _UNITS[match[2]] if match else None
+
+
 def parse_time(text: str, now_ns: int, name: str = "since") -> int:
     """Nanoseconds since the epoch, `now`, a duration before now (`15m`, `2h`, `7d`) or RFC
     3339; within the 64-bit nanoseconds of event times (1677 to 2262)."""
@@ -356,9 +362,9 @@ def parse_time(text: str, now_ns: int, name: str = "since") -> int:
         return now_ns
     if text.isascii() and text.isdigit():
         return _in_range(text, int(text), name)
-    match = _DURATION.match(text)
-    if match:
-        return _in_range(text, now_ns - int(match[1]) * _UNITS[match[2]] * 1_000_000_000, name)
+    seconds_before = duration_s(text)
+    if seconds_before is not None:
+        return _in_range(text, now_ns - seconds_before * 1_000_000_000, name)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

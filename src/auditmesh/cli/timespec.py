@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
-from auditmesh.analysis.query import QueryError, parse_time
+from auditmesh.analysis.query import QueryError, duration_s, parse_time
 from auditmesh.cli.main import UserError
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^(\d+)([smhd])$")
 
 
 def parse_duration_s(text: str) -> int:
-    match = _DURATION.match(text.strip())
-    if not match:
+    seconds = duration_s(text)
+    if seconds is None:
         raise UserError(f"{text!r} is not a duration like 30s, 15m, 2h or 7d")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    return seconds
 
 
 def parse_time_ns(text: str, now_ns: int) -> int:
