@@ -108,11 +108,15 @@ def test_eval_namespace_option(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ),
         ('{"source": {}}', "auditmesh: error: --request: destination.namespace is required"),
         (
+            '{"source": {"namespace": "a"}, "destination": {"namespace": "foo"}}',
+            "auditmesh: error: --request: source.namespace needs source.principal",
+        ),
+        (
             "@/nonexistent/req.json",
             "auditmesh: error: --request: cannot read /nonexistent/req.json",
         ),
     ],
-    ids=["bad-json", "unknown-key", "no-namespace", "missing-file"],
+    ids=["bad-json", "unknown-key", "no-namespace", "namespace-alone", "missing-file"],
 )
 def test_eval_bad_request(
     request_text: str, message: str, capsys: pytest.CaptureFixture[str]
@@ -212,3 +216,28 @@ def test_policy_without_subcommand_prints_usage(capsys: pytest.CaptureFixture[st
     code, out, err = run(capsys)
     assert (code, out) == (2, "")
     assert "check" in err and "eval" in err
+
+
+def test_eval_cluster_local_principals_name_the_mesh_trust_domain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Istio ReplaceTrustDomainAliases: `cluster.local/...` in a policy means the local trust
+    # domain, so a DENY written for the default still holds in a mesh of example.org.
+    (tmp_path / "p.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: deny-batch, namespace: prod}\nspec:\n  action: DENY\n"
+        '  rules:\n  - from: [{source: {principals: ["cluster.local/ns/legacy/sa/batch"]}}]\n'
+    )
+    request = json.dumps(
+        {
+            "source": {"principal": "spiffe://example.org/ns/legacy/sa/batch"},
+            "destination": {"namespace": "prod"},
+        }
+    )
+    base = ("eval", "--policies", str(tmp_path), "--request", request)
+    code, out, _ = run(capsys, *base, "--trust-domain", "example.org")
+    assert (code, json.loads(out)["policy"]) == (0, "prod/deny-batch")
+    code, out, _ = run(capsys, *base)  # a mesh of cluster.local: another domain's workload
+    assert (code, json.loads(out)["decision"]) == (0, "allow")
+    code, _, err = run(capsys, *base, "--trust-domain", "a/b")
+    assert code == 2 and "--trust-domain: invalid trust domain 'a/b'" in err

@@ -27,7 +27,7 @@ PRINCIPALS = [
     "*",
     "cluster.local/ns/b/sa/y",
 ]
-NAMESPACES = ["a", "b", "a*", "*"]
+NAMESPACES = ["a", "b", "a*", "*", "team-*-east"]
 IPS = ["10.0.0.0/8", "10.1.0.0/16", "192.0.2.1", "::1"]
 HOSTS = ["example.com", "*.example.com", "API.*", "*"]
 PORTS = ["80", "8080"]
@@ -143,6 +143,9 @@ def requests(draw: st.DrawFn) -> Request:
                 "spiffe://cluster.local/ns/a/sa/x",
                 "cluster.local/ns/a/sa/z",
                 "spiffe://cluster.local/ns/b/sa/y",
+                "spiffe://cluster.local/ns/team-a-east/sa/y",
+                "spiffe://example.org/ns/a/sa/x/extra",
+                "spiffe://example.org/job/7",
             ]
         ),
         source_ip=pick([None, "10.1.2.3", "10.9.9.9", "192.0.2.1", "::1"]),
@@ -191,6 +194,19 @@ def ref_ips(blocks: tuple[str, ...], value: Any) -> bool:
     )
 
 
+def ref_namespaces(patterns: tuple[str, ...], principal: str | None) -> bool:
+    """Istio srcNamespaceGenerator, as its Go code reads: regex `.*/ns/NS/.*`, `*` -> `.*`."""
+    if principal is None:
+        return False
+    regexes = [".*/ns/" + re.escape(p).replace(r"\*", ".*") + "/.*" for p in patterns]
+    return any(re.fullmatch(regex, "spiffe://" + principal) for regex in regexes)
+
+
+def ref_header(patterns: tuple[str, ...], value: str | None) -> bool:
+    """Envoy present_match for `*`: there, empty or not."""
+    return value is not None and ("*" in patterns or ref_strings(patterns, value))
+
+
 def ref_ports(ports: tuple[str, ...], value: int | None) -> bool:
     return value is not None and str(value) in ports
 
@@ -213,7 +229,7 @@ def ref_rule(rule: Rule, action: str, r: Request) -> bool:
     def source_ok(s: Source) -> bool:
         return (
             field(ref_strings, s.principals, s.not_principals, r.source_principal)
-            and field(ref_strings, s.namespaces, s.not_namespaces, r.source_namespace)
+            and field(ref_namespaces, s.namespaces, s.not_namespaces, r.source_principal)
             and field(ref_ips, s.ip_blocks, s.not_ip_blocks, r.source_ip)
         )
 
@@ -227,10 +243,10 @@ def ref_rule(rule: Rule, action: str, r: Request) -> bool:
 
     def condition_ok(c: Condition) -> bool:
         if c.header:
-            return tcp or field(ref_strings, c.values, c.not_values, r.headers.get(c.header))
+            return tcp or field(ref_header, c.values, c.not_values, r.headers.get(c.header))
         value, match = {
             "source.ip": (r.source_ip, ref_ips),
-            "source.namespace": (r.source_namespace, ref_strings),
+            "source.namespace": (r.source_principal, ref_namespaces),
             "source.principal": (r.source_principal, ref_strings),
             "destination.ip": (r.destination_ip, ref_ips),
             "destination.port": (r.destination_port, ref_ports),

@@ -217,6 +217,11 @@ INVALID = [
         "spec.rules[0].when[0].key: bad key 'request.headers[]': should be request.headers[NAME]",
     ),
     (
+        "pseudo-header",
+        "  rules:\n  - when:\n    - key: request.headers[:path]\n      values: ['/admin*']\n",
+        "spec.rules[0].when[0].key: request.headers[:path]: pseudo-headers are not supported",
+    ),
+    (
         "principal-with-scheme",
         "  rules:\n  - from:\n    - source:\n        principals: ['spiffe://cluster.local/ns/a/sa/b']\n",
         "spec.rules[0].from[0].source.principals[0]: write the principal without spiffe://",

@@ -16,7 +16,7 @@ from auditmesh.policy.documents import Origin
 from auditmesh.policy.engine import PolicyEngine
 from auditmesh.policy.model import AuthorizationPolicy, PolicySet, load_policies
 from auditmesh.policy.request import Request
-from auditmesh.policy.rules import Condition, Rule
+from auditmesh.policy.rules import Condition, Rule, Source
 
 DATA = Path(__file__).parent / "data"
 VECTORS = json.loads(
@@ -80,10 +80,9 @@ def test_sidecar_holds_one_authorizer_per_workload() -> None:
     assert authorizer.evaluate(request) == engine.evaluate(request)
 
 
-def test_presence_on_an_empty_header_does_not_match() -> None:
-    # Reference "Rule": presence match "*" matches when the value is not empty. (Envoy's
-    # present_match, which Istio emits for headers, would also accept an empty header; we
-    # follow the documented rule everywhere.)
+def test_presence_on_a_header_matches_an_empty_value_too() -> None:
+    # Istio emits Envoy's present_match for request.headers[NAME] "*" (matcher.HeaderMatcher):
+    # a header sent empty is present. Otherwise `x-debug:` would slip past a DENY on presence.
     policy = AuthorizationPolicy(
         "ns",
         "p",
@@ -99,4 +98,25 @@ def test_presence_on_an_empty_header_does_not_match() -> None:
         headers = {} if value is None else {"X-Id": value}
         return engine.evaluate(Request.of(destination_namespace="ns", headers=headers)).decision
 
-    assert (decide("7"), decide(""), decide(None)) == ("allow", "deny", "deny")
+    assert (decide("7"), decide(""), decide(None)) == ("allow", "allow", "deny")
+
+
+def test_namespaces_match_the_principal_as_istio_does() -> None:
+    # Istio srcNamespaceGenerator: regex `.*/ns/NS/.*` over the principal, `*` anywhere.
+    def denied(pattern: str, principal: str) -> bool:
+        policy = AuthorizationPolicy(
+            "ns",
+            "p",
+            "DENY",
+            None,
+            (Rule(sources=(Source(namespaces=(pattern,)),)),),
+            False,
+            Origin("inline", 1),
+        )
+        request = Request.of(destination_namespace="ns", source_principal=principal)
+        return not PolicyEngine([policy]).evaluate(request).allowed
+
+    assert denied("team-*-east", "spiffe://cluster.local/ns/team-a-east/sa/x")
+    assert not denied("team-*-east", "spiffe://cluster.local/ns/team-a-west/sa/x")
+    assert denied("foo", "spiffe://example.org/ns/foo/sa/bar/extra")  # a longer SPIFFE path
+    assert not denied("foo", "spiffe://example.org/ns/foobar/sa/x")

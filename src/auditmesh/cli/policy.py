@@ -35,9 +35,12 @@ from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, EventError, decode_event
+from auditmesh.identity.ca import mesh_trust_domain
+from auditmesh.identity.spiffe import SpiffeIdError, parse_trust_domain
 from auditmesh.policy.documents import PolicyLoadError
 from auditmesh.policy.engine import PolicyEngine
 from auditmesh.policy.generate import DEFAULT_MAX_PATHS, Window, generate_policies
+from auditmesh.policy.matchers import DEFAULT_TRUST_DOMAIN
 from auditmesh.policy.model import (
     ROOT_NAMESPACE,
     AuthorizationPolicy,
@@ -108,6 +111,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="NS",
         help="namespace for documents without metadata.namespace (like kubectl apply -n)",
     )
+    parser.add_argument(
+        "--trust-domain",
+        metavar="TD",
+        help="the mesh's trust domain, which principals written in cluster.local stand for as in "
+        f"Istio (default: the mesh CA's in --data, else {DEFAULT_TRUST_DOMAIN})",
+    )
+
+
+def _engine(policies: PolicySet, args: argparse.Namespace) -> PolicyEngine:
+    trust_domain = args.trust_domain
+    if trust_domain is None and getattr(args, "data", None) is not None:
+        trust_domain = mesh_trust_domain(Path(args.data))
+    try:
+        return PolicyEngine(
+            policies, trust_domain=parse_trust_domain(trust_domain or DEFAULT_TRUST_DOMAIN)
+        )
+    except SpiffeIdError as exc:
+        raise UserError(f"--trust-domain: {exc}") from None
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -144,7 +165,7 @@ def _read_request(text: str) -> Request:
 def run_eval(args: argparse.Namespace) -> int:
     policies = _load(args.policies, args)
     request = _read_request(args.request)
-    decision = PolicyEngine(policies).evaluate(request)
+    decision = _engine(policies, args).evaluate(request)
     print(json.dumps(decision.to_json()))
     return 0
 
@@ -181,7 +202,7 @@ def run_check(args: argparse.Namespace) -> int:
     )
     for skipped in policies.skipped:
         print(f"skipped {skipped.origin}: {skipped.api_version} {skipped.kind} (not a policy kind)")
-    engine = PolicyEngine(policies)
+    engine = _engine(policies, args)
     mtls = MtlsResolver(policies)
     root = policies.root_namespace
     for namespace, label_sets in sorted(_workloads(policies).items()):
@@ -419,7 +440,7 @@ def run_replay(args: argparse.Namespace) -> int:
     workloads = _read_workloads(args.workloads)
     window = _window(args)
     run = Replay(
-        PolicyEngine(policies),
+        _engine(policies, args),
         workloads,
         enforce_dry_run=args.enforce_dry_run,
         examples=args.examples,

@@ -43,8 +43,10 @@ from auditmesh.console.layout import LayoutError, layout
 from auditmesh.console.recorded import RecordedError, recorded
 from auditmesh.datadir import Ledger
 from auditmesh.evidence import EvidenceError, evidence_bundle
+from auditmesh.identity.ca import mesh_trust_domain
 from auditmesh.policy.documents import PolicyLoadError
 from auditmesh.policy.engine import PolicyEngine
+from auditmesh.policy.matchers import DEFAULT_TRUST_DOMAIN
 from auditmesh.policy.replay import WorkloadsError, parse_workloads, replay
 from auditmesh.server import api_auth
 
@@ -269,7 +271,8 @@ class Console:
         files = [PolicyFile(f.name, f.text) for f in given.policies]
 
         def run() -> dict[str, object]:
-            engine = PolicyEngine(load_candidate(files))
+            trust_domain = mesh_trust_domain(self.ledger.data_dir) or DEFAULT_TRUST_DOMAIN
+            engine = PolicyEngine(load_candidate(files), trust_domain=trust_domain)
             events = recorded(self.ledger.store, since, until)
             report = replay(
                 engine,

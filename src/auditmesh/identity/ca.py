@@ -56,6 +56,16 @@ class CAPaths:
         return cls(directory, directory / "ca.pem", directory / "ca-key.pem", directory / "ca.json")
 
 
+def mesh_trust_domain(data_dir: Path) -> str | None:
+    """The trust domain of the mesh CA in `data_dir` (its metadata, no key read), or None when
+    there is no readable CA there."""
+    try:
+        meta = json.loads(CAPaths.under(data_dir).metadata.read_bytes())
+        return parse_trust_domain(meta["trust_domain"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def csr_public_key(
     csr_pem: bytes,
 ) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey:

@@ -35,11 +35,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from auditmesh.policy.matchers import (
+    DEFAULT_TRUST_DOMAIN,
     Patterns,
+    header_matcher,
+    in_trust_domain,
     ip_ranges,
     is_path_template,
+    namespace_regex,
     parse_port,
-    string_matcher,
     templates_regex,
 )
 from auditmesh.policy.model import Action
@@ -61,7 +64,7 @@ _LOCALS = {
 # Conditions reference: key → (request attribute, value kind).
 _WHEN = {
     "source.ip": ("source_ip_key", "ip"),
-    "source.namespace": ("source_namespace", "str"),
+    "source.namespace": ("source_principal", "namespace"),
     "source.principal": ("source_principal", "str"),
     "destination.ip": ("destination_ip_key", "ip"),
     "destination.port": ("destination_port", "port"),
@@ -80,9 +83,10 @@ Check = tuple[int, str]  # (cost class for ordering, boolean expression)
 class _Emitter:
     """Collects constants and used attributes while rules become expressions."""
 
-    def __init__(self, http: bool) -> None:
+    def __init__(self, http: bool, trust_domain: str) -> None:
         self.action: Action = "ALLOW"
         self.http = http
+        self.trust_domain = trust_domain
         self.consts: dict[str, object] = {}
         self.used: set[str] = set()
         self.dropped = False
@@ -113,6 +117,9 @@ class _Emitter:
     ) -> list[Check]:
         if not values and not nots:
             return []
+        if attr == "source_principal" and kind == "str":
+            values = in_trust_domain(values, self.trust_domain)
+            nots = in_trust_domain(nots, self.trust_domain)
         if kind in _HTTP_ONLY and not self.http:
             # Istio checkError: ALLOW drops the whole rule, DENY/AUDIT ignore the attribute.
             self.dropped = self.dropped or self.action == "ALLOW"
@@ -127,7 +134,7 @@ class _Emitter:
     def _match(self, kind: str, attr: str, patterns: Sequence[str]) -> Check:
         if kind == "header":
             self.used.add("headers")
-            matcher = self.const(string_matcher(patterns))
+            matcher = self.const(header_matcher(patterns))
             return 2, f"{matcher}(hd.get({self.const(attr)}))"
         self.used.add(attr)
         var = _LOCALS[attr]
@@ -138,6 +145,8 @@ class _Emitter:
                 for low, high in ip_ranges(patterns)
             ]
             return 1, f"({' or '.join(ranges)})"
+        if kind == "namespace":
+            return 1, f"({self.const(namespace_regex(patterns).fullmatch)}({var}) is not None)"
         if kind == "port":
             return 0, f"({var} in {self.const(frozenset(parse_port(p) for p in patterns))})"
         templates = [p for p in patterns if kind == "path" and is_path_template(p)]
@@ -166,7 +175,7 @@ class _Emitter:
     def _source(self, s: Source) -> list[Check]:
         return [
             *self._field("str", "source_principal", s.principals, s.not_principals),
-            *self._field("str", "source_namespace", s.namespaces, s.not_namespaces),
+            *self._field("namespace", "source_principal", s.namespaces, s.not_namespaces),
             *self._field("ip", "source_ip_key", s.ip_blocks, s.not_ip_blocks),
         ]
 
@@ -200,18 +209,20 @@ def compile_evaluator(
     sections: Sequence[tuple[Sequence[Branch], int]],
     cache: dict[tuple[int, ...], Any],
     on_miss: Callable[[tuple[int, ...]], Any],
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
 ) -> Callable[[Any], Any]:
     """``evaluate(r)``: for each section, the result of its first matching rule (else its
     default); the tuple of those results keys ``cache``, filled by ``on_miss``.
 
-    ``http`` picks the protocol. Generated shape, one ``while`` block per section so the branch
+    ``http`` picks the protocol; ``trust_domain`` is the mesh's own, which principals in
+    ``cluster.local`` stand for. Generated shape, one ``while`` block per section so the branch
     list stays flat however many rules there are::
 
         while True:
             if <rule>: s0 = 3; break
             s0 = -2; break
     """
-    emitter = _Emitter(http)
+    emitter = _Emitter(http, trust_domain)
     blocks: list[str] = []
     for number, (branches, default) in enumerate(sections):
         blocks.append("    while True:")

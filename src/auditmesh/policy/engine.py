@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from auditmesh.policy.compiler import Branch, compile_evaluator
+from auditmesh.policy.matchers import DEFAULT_TRUST_DOMAIN
 from auditmesh.policy.model import (
     ROOT_NAMESPACE,
     AuthorizationPolicy,
@@ -83,7 +84,11 @@ class WorkloadAuthorizer:
     rule is the one a Decision reports.
     """
 
-    def __init__(self, policies: Sequence[AuthorizationPolicy]) -> None:
+    def __init__(
+        self,
+        policies: Sequence[AuthorizationPolicy],
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    ) -> None:
         self.policies = tuple(sorted(policies, key=lambda p: (p.namespace, p.name)))
         enforced = [p for p in self.policies if not p.dry_run]
         self._outcomes: list[Outcome] = []
@@ -97,8 +102,8 @@ class WorkloadAuthorizer:
         self._cache: dict[tuple[int, ...], Decision] = {}
         # Indexed by Request.http: (TCP evaluator, HTTP evaluator).
         self.evaluators: tuple[Callable[[Request], Decision], Callable[[Request], Decision]] = (
-            compile_evaluator(False, sections, self._cache, self._build),
-            compile_evaluator(True, sections, self._cache, self._build),
+            compile_evaluator(False, sections, self._cache, self._build, trust_domain),
+            compile_evaluator(True, sections, self._cache, self._build, trust_domain),
         )
 
     def evaluate(self, request: Request) -> Decision:
@@ -129,11 +134,14 @@ class PolicyEngine:
         self,
         policies: PolicySet | Iterable[AuthorizationPolicy],
         root_namespace: str | None = None,
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
     ) -> None:
         if isinstance(policies, PolicySet):
             root_namespace = root_namespace or policies.root_namespace
             policies = policies.authorization
         self.root_namespace = root_namespace or ROOT_NAMESPACE
+        self.trust_domain = trust_domain  # the mesh's own: what `cluster.local/…` principals name
         self.policies = tuple(policies)
         self._by_namespace: dict[str, list[AuthorizationPolicy]] = {}
         for policy in self.policies:
@@ -164,7 +172,9 @@ class PolicyEngine:
             identity = tuple(self._index[id(p)] for p in applicable)
             authorizer = self._compiled.get(identity)
             if authorizer is None:
-                authorizer = self._compiled[identity] = WorkloadAuthorizer(applicable)
+                authorizer = self._compiled[identity] = WorkloadAuthorizer(
+                    applicable, self.trust_domain
+                )
             self._workloads[key] = authorizer
         return authorizer
 

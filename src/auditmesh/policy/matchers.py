@@ -17,6 +17,8 @@ Semantics follow the Istio AuthorizationPolicy reference, section "Rule":
 - ``paths`` containing ``{*}`` or ``{**}`` are Envoy URI templates (section "Operation", Envoy
   ``uri_template_match.proto``): ``{*}`` is one path segment of RFC 3986 pchars, ``{**}`` zero or
   more pchars or slashes and must be the last operator.
+- ``namespaces`` match the peer's principal, not a namespace string (:func:`namespace_regex`).
+- ``request.headers`` presence ``*`` matches an empty value too (:func:`header_matcher`).
 - ``ipBlocks`` are single IPs or CIDRs; ``ports`` are decimal strings in [0, 65535].
 """
 
@@ -32,6 +34,7 @@ StrMatch = Callable[[str | None], bool]
 IPMatch = Callable[[IPAddress | None], bool]
 PortMatch = Callable[[int | None], bool]
 
+DEFAULT_TRUST_DOMAIN = "cluster.local"
 MATCH_ONE = "{*}"
 MATCH_ANY = "{**}"
 # RFC 3986 appendix A pchar, exactly Envoy's kLiteral in uri_template_internal.cc.
@@ -96,6 +99,34 @@ def string_matcher(patterns: Iterable[str], *, ignore_case: bool = False) -> Str
         return value in exact or value.startswith(pre) or value.endswith(suf)
 
     return match
+
+
+def in_trust_domain(principals: Iterable[str], trust_domain: str) -> tuple[str, ...]:
+    """Principals as a mesh of ``trust_domain`` reads them: ``cluster.local/…`` names the mesh's
+    own trust domain, whatever it is (Istio ``trustdomain.Bundle.ReplaceTrustDomainAliases``)."""
+    local = DEFAULT_TRUST_DOMAIN + "/"
+    return tuple(
+        trust_domain + p[len(local) - 1 :] if p.startswith(local) else p for p in principals
+    )
+
+
+def namespace_regex(patterns: Iterable[str]) -> re.Pattern[str]:
+    """``namespaces``/``source.namespace`` as Istio builds them (``srcNamespaceGenerator``): a
+    regex over the peer's principal, ``.*/ns/NS/.*`` with every ``*`` in NS a ``.*``; use with
+    ``fullmatch``. No principal (plaintext), no namespace."""
+    return re.compile(
+        "|".join(f"(?:.*/ns/{re.escape(p).replace(chr(92) + '*', '.*')}/.*)" for p in patterns),
+        re.DOTALL,
+    )
+
+
+def header_matcher(patterns: Iterable[str]) -> StrMatch:
+    """``request.headers[NAME]`` values: as :func:`string_matcher`, except that ``*`` asks only
+    whether the header is there, empty or not (Envoy ``present_match``, Istio ``HeaderMatcher``)."""
+    split = Patterns.split(patterns)
+    if split.presence:
+        return lambda value: value is not None
+    return string_matcher(patterns)
 
 
 def is_path_template(path: str) -> bool:

@@ -126,6 +126,12 @@ class Request:
         conn = _object(top.get("connection", {}), "connection", ("sni",))
         principal = _str(source, "source", "principal")
         source_namespace = _str(source, "source", "namespace")
+        if source_namespace is not None and principal is None:
+            # Istio matches namespaces against the peer's mTLS principal: without one, none.
+            raise RequestError(
+                "source.namespace needs source.principal: the namespace is read from the "
+                "peer's mTLS identity (e.g. cluster.local/ns/NS/sa/SA)"
+            )
         labels = _str_map(dest.get("labels"), "destination.labels", False)
         port = dest.get("port")
         if port is not None and (

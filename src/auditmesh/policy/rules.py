@@ -205,6 +205,14 @@ def _condition(fields: Fields, value: object, path: str) -> Condition:
         if not (key.startswith("request.headers[") and key.endswith("]") and len(key) > 17):
             fields.fail(f"{path}.key", f"bad key {key!r}: should be request.headers[NAME]")
         header = key[16:-1].lower()
+        if header.startswith(":"):
+            # Envoy matches :path, :authority and :method as headers; our requests carry them
+            # as path, host and method only, so such a condition would silently never match.
+            fields.fail(
+                f"{path}.key",
+                f"{key}: pseudo-headers are not supported; match the request with "
+                "to.operation paths, hosts or methods instead",
+            )
     elif key not in WHEN_KEYS:
         for prefix, reason in _WHEN_REFUSED.items():
             if key == prefix or key.startswith(prefix if prefix.endswith(".") else prefix + "["):

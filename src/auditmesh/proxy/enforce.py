@@ -20,6 +20,7 @@ from pathlib import Path
 from auditmesh.events import AuditEvent, Authz, DryRun, Error, Peer, new_event_id
 from auditmesh.policy.documents import PolicyLoadError, yaml_files
 from auditmesh.policy.engine import PolicyEngine, WorkloadAuthorizer
+from auditmesh.policy.matchers import DEFAULT_TRUST_DOMAIN
 from auditmesh.policy.model import (
     AuthorizationPolicy,
     PeerAuthentication,
@@ -82,6 +83,7 @@ class PolicyState:
         labels: Mapping[str, str],
         *,
         port: int | None,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
         reporter: Callable[[], str],
         local: Callable[[], Peer],
         now_ns: Callable[[], int] = time.time_ns,
@@ -90,6 +92,7 @@ class PolicyState:
         self.namespace = namespace
         self.labels = dict(labels)
         self.port = port
+        self.trust_domain = trust_domain
         self._reporter = reporter
         self._local = local
         self._now_ns = now_ns
@@ -106,7 +109,9 @@ class PolicyState:
             return self._event("failure", f"policy set refused, {kept}: {exc}", None)
         resolver = MtlsResolver(policies)
         decision = resolver.mode(self.namespace, self.labels, self.port)
-        authorizer = PolicyEngine(policies).for_workload(self.namespace, self.labels)
+        authorizer = PolicyEngine(policies, trust_domain=self.trust_domain).for_workload(
+            self.namespace, self.labels
+        )
         new = Effective(
             authorizer,
             None if decision.level == "default" else decision.mode,

@@ -156,12 +156,14 @@ class Sidecar:
         return server_client(self.config.server.url, credentials.client_context(), self.bundle)
 
     def _start_policies(self, path: Path) -> None:
+        assert self.identity is not None, "policies load once the identity is known"
         inbound = self.config.inbound
         self.policy = PolicyState(
             path if path.is_absolute() else self.base_dir / path,
             self.config.workload.namespace,
             self.config.workload.labels,
             port=None if inbound is None else split_host_port(inbound.listen)[1],
+            trust_domain=self.identity.trust_domain,
             reporter=lambda: str(self.identity),
             local=lambda: self._local,
             now_ns=self._now_ns,
