@@ -287,6 +287,22 @@ def test_invalid_fields_are_refused(
             + "\n  spec:\n    action: CUSTOM\n",
             "p.yaml: document 1: items[0].spec.action: CUSTOM (external authorization)",
         ),
+        (
+            "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n",
+            "p.yaml: line 1, column 4: invalid YAML: YAML anchors and aliases (&name, *name) "
+            "are not supported",
+        ),
+        (
+            HEAD.replace("AuthorizationPolicy", "AuthorisationPolicy") + "spec: {}\n",
+            "p.yaml: document 1: kind: 'AuthorisationPolicy' is not a kind of security.istio.io",
+        ),
+        (HEAD + "spec: []\n", "p.yaml: document 1: spec: expected a mapping, got a list"),
+        (
+            HEAD.replace("AuthorizationPolicy", "PeerAuthentication")
+            + "spec:\n  selector: {matchLabels: {app: a}}\n  portLevelMtls:\n"
+            + "    8080: {mode: DISABLE}\n    '8080': {mode: STRICT}\n",
+            "p.yaml: document 1: spec.portLevelMtls[8080]: port given twice",
+        ),
     ],
     ids=[
         "bad-yaml",
@@ -301,6 +317,10 @@ def test_invalid_fields_are_refused(
         "dry-run-not-a-bool",
         "duplicate-policy",
         "list-item-path",
+        "alias",
+        "misspelt-kind",
+        "spec-not-a-mapping",
+        "port-twice",
     ],
 )
 def test_document_errors(

@@ -60,6 +60,32 @@ class _Loader(_SafeLoader):
                 )
         return super().construct_mapping(node, deep=deep)
 
+    def construct_document(self, node: yaml.nodes.Node) -> object:
+        _refuse_aliases(node)
+        return super().construct_document(node)
+
+
+def _refuse_aliases(root: yaml.nodes.Node) -> None:
+    """An alias is the anchored node again: refused, since a few hundred bytes of nested
+    aliases expand to billions of values (the "billion laughs") and stall every reload."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "YAML anchors and aliases (&name, *name) are not supported in policy files; "
+                "write the value out",
+                node.start_mark,
+            )
+        seen.add(id(node))
+        if isinstance(node, yaml.nodes.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.nodes.MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
+
 
 def yaml_files(path: Path) -> list[Path]:
     """``path`` itself, or every ``*.yaml``/``*.yml`` below it (sorted, hidden dirs skipped)."""

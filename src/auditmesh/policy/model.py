@@ -145,9 +145,12 @@ def _parse_object(
     api_version, kind = obj.get("apiVersion"), obj.get("kind")
     if not isinstance(api_version, str) or not isinstance(kind, str):
         fields.fail("", "not a Kubernetes object (apiVersion and kind must be strings)")
-    if kind not in ("AuthorizationPolicy", "PeerAuthentication"):
-        return Skipped(fields.origin, api_version, kind)
     group, _, version = api_version.rpartition("/")
+    if kind not in ("AuthorizationPolicy", "PeerAuthentication"):
+        if group == GROUP and kind not in OTHER_SECURITY_KINDS:
+            # A misspelt kind would otherwise drop a policy from the set without a word.
+            fields.fail("kind", f"{kind!r} is not a kind of {GROUP} (AuthorizationPolicy?)")
+        return Skipped(fields.origin, api_version, kind)
     if group != GROUP or version not in VERSIONS:
         fields.fail("apiVersion", f"{api_version!r} is not supported (use {GROUP}/v1 or v1beta1)")
     fields.check_keys(obj, "", ("apiVersion", "kind", "metadata", "spec", "status"))
@@ -157,13 +160,14 @@ def _parse_object(
     if namespace is None:
         fields.fail("metadata.namespace", "required (or pass --namespace, like kubectl apply -n)")
     namespace = fields.string(namespace, "metadata.namespace")
-    spec = fields.mapping(obj.get("spec") or {}, "spec")
+    spec = fields.mapping({} if obj.get("spec") is None else obj["spec"], "spec")
     if kind == "AuthorizationPolicy":
         return _authorization_policy(fields, meta, namespace, name, spec)
     return _peer_authentication(fields, meta, namespace, name, spec, root_ns)
 
 
 _TARGET = "it binds Gateway API resources; auditmesh scopes policies with selector.matchLabels"
+OTHER_SECURITY_KINDS = ("RequestAuthentication",)  # skipped like any other kind
 UNSUPPORTED_SPEC = {"targetRef": _TARGET, "targetRefs": _TARGET, "provider": "CUSTOM only"}
 _GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True}
 _GO_BOOLS |= {"0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
@@ -232,7 +236,7 @@ def _peer_authentication(
     mode = _mtls_mode(fields, spec.get("mtls"), "spec.mtls")
     ports: list[tuple[int, MtlsMode]] = []
     raw_ports = spec.get("portLevelMtls")
-    if raw_ports:
+    if raw_ports is not None:
         if selector is None:
             fields.fail("spec.portLevelMtls", "requires a workload selector (Istio validation)")
         if not isinstance(raw_ports, dict):
@@ -243,6 +247,8 @@ def _peer_authentication(
             text = str(port)
             if not text.isdigit() or not 1 <= int(text) <= 65535:
                 fields.fail(where, "port must be a number in [1, 65535]")
+            if any(int(text) == seen for seen, _ in ports):
+                fields.fail(where, "port given twice (as a number and as a string?)")
             ports.append((int(text), _mtls_mode(fields, value, where)))
     return PeerAuthentication(
         namespace,
