@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from auditmesh.policy.matchers import IPAddress, ip_key
 from auditmesh.policy.model import Labels, labels_key
+from auditmesh.proxy.paths import PathError, normalize
 
 SPIFFE_SCHEME = "spiffe://"
 Verdict = Literal["allow", "deny"]
@@ -93,9 +94,11 @@ class Request:
             )
         if path is not None:
             path = path.partition("?")[0].partition("#")[0]
-        norm_headers = {
-            k.lower(): ",".join(v) if isinstance(v, list) else v for k, v in (headers or {}).items()
-        }
+        norm_headers: dict[str, str] = {}
+        for name, value in (headers or {}).items():
+            text = ",".join(value) if isinstance(value, list) else value
+            key = name.lower()  # X-Client and x-client are one header, its values joined
+            norm_headers[key] = f"{norm_headers[key]},{text}" if key in norm_headers else text
         if http is None:
             http = any(x is not None for x in (method, path, host, headers))
         return cls(
@@ -141,6 +144,12 @@ class Request:
         namespace = _str(dest, "destination", "namespace")
         if namespace is None:
             raise RequestError("destination.namespace is required (it selects the policies)")
+        path = _str(req, "request", "path")
+        if path is not None:
+            try:  # as the sidecar (and Istio's Envoy) normalize it before any policy sees it
+                path = normalize(path)
+            except PathError as exc:
+                raise RequestError(f"request.path: {exc}") from None
         return cls.of(
             destination_namespace=namespace,
             destination_labels=labels,
@@ -151,7 +160,7 @@ class Request:
             destination_port=port,
             http=top.get("request") is not None,
             method=_str(req, "request", "method"),
-            path=_str(req, "request", "path"),
+            path=path,
             host=_str(req, "request", "host"),
             headers=_str_map(req.get("headers"), "request.headers", True),
             sni=_str(conn, "connection", "sni"),
@@ -214,12 +223,16 @@ def _namespace_of(principal: str | None) -> str | None:
 
 
 def _ip(value: str | IPAddress | None, name: str) -> IPAddress | None:
-    if value is None or not isinstance(value, str):
-        return value
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        raise RequestError(f"{name}: bad IP address {value!r}") from None
+    """The address; an IPv4-mapped IPv6 one (``::ffff:10.0.0.1``, a dual-stack socket's view of
+    an IPv4 peer) as the IPv4 address it is, so IPv4 ipBlocks match it."""
+    if isinstance(value, str):
+        try:
+            value = ipaddress.ip_address(value)
+        except ValueError:
+            raise RequestError(f"{name}: bad IP address {value!r}") from None
+    if isinstance(value, ipaddress.IPv6Address) and value.ipv4_mapped is not None:
+        return value.ipv4_mapped
+    return value
 
 
 def _object(value: object, path: str, keys: tuple[str, ...]) -> dict[str, object]:
