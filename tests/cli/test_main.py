@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +76,22 @@ def test_an_unknown_flag_shows_its_commands_usage(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(usage) and "unrecognized arguments: --bogus" in err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    # `auditmesh policy check DIR | head -1`: the pipe closes while we still write.
+    policies = Path(__file__).parents[1] / "policy" / "data" / "fields.yaml"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first write: EPIPE, deterministically
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "auditmesh", "policy", "check", str(policies)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

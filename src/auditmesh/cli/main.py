@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -83,11 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = func(args)
+        sys.stdout.flush()  # here, so that a reader gone (below) is not an error at exit
     except UserError as exc:
         print(f"auditmesh: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `auditmesh … | head`: the reader has what it wanted
+        # Python docs, "Note on SIGPIPE": point stdout at /dev/null so the exit flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command a pipe cut short
     return code
 
 
