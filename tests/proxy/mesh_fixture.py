@@ -6,6 +6,7 @@ subprocesses with YAML configs written here, and enroll with real join tokens.
 
 from __future__ import annotations
 
+import socket
 import socketserver
 import subprocess
 import threading
@@ -192,6 +193,20 @@ def events_of(mesh: Mesh, prefix: str, count: int) -> list[dict[str, Any]]:
         time.sleep(0.2)
         found = matching()
     return found
+
+
+def open_websocket(port: int, request_id: str) -> tuple[socket.socket, bytes]:
+    """A WebSocket upgrade to payments through the outbound listener on `port`: the open
+    socket and what came back, the response head and any bytes after it."""
+    ws = socket.create_connection(("127.0.0.1", port), timeout=10)
+    ws.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nx-request-id: " + request_id.encode() + b"\r\n\r\n"
+    )
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += ws.recv(1000)
+    return ws, received
 
 
 def mesh_context(root: Path, server_args: Sequence[str] = ()) -> Iterator[Mesh]:

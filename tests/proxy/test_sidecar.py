@@ -21,7 +21,7 @@ from auditmesh.identity.workload import key_to_pem
 from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
 from tests.identity.forge import forge_leaf, load_ca_cert, load_ca_key
-from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
+from tests.proxy.mesh_fixture import Mesh, mesh_context, open_websocket, spiffe
 
 NOW = datetime.now(UTC)
 
@@ -317,14 +317,8 @@ def tls_client_as_orders(mesh: Mesh, port: int) -> ssl.SSLSocket:
 
 
 def test_websocket_upgrade_is_passed_through(mesh: Mesh, ports: dict[str, int]) -> None:
-    with socket.create_connection(("127.0.0.1", ports["orders_out"]), timeout=5) as conn:
-        conn.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\n"
-            b"Upgrade: websocket\r\nx-request-id: ws-1\r\n\r\n"
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += conn.recv(1000)
+    conn, head = open_websocket(ports["orders_out"], "ws-1")
+    with conn:
         assert head.startswith(b"HTTP/1.1 101")
         rest = head.split(b"\r\n\r\n", 1)[1]
         conn.sendall(b"ping")

@@ -15,7 +15,7 @@ import pytest
 
 from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
-from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
+from tests.proxy.mesh_fixture import Mesh, mesh_context, open_websocket, spiffe
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,7 @@ def test_stopping_lets_a_call_finish_and_audits_an_open_connection(mesh: Mesh) -
     db = socket.create_connection(("127.0.0.1", db_out), timeout=10)
     db.sendall(b"open")
     assert db.recv(10) == b"open"
-    ws = socket.create_connection(("127.0.0.1", orders_out), timeout=10)
-    ws.sendall(
-        b"GET /ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\n"
-        b"Upgrade: websocket\r\nx-request-id: ws-open\r\n\r\n"
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += ws.recv(1000)
+    ws, head = open_websocket(orders_out, "ws-open")
     ws.sendall(b"ping")
     echoed = head.split(b"\r\n\r\n", 1)[1]
     while b"echo:ping" not in echoed:
