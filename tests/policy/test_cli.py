@@ -241,3 +241,23 @@ def test_eval_cluster_local_principals_name_the_mesh_trust_domain(
     assert (code, json.loads(out)["decision"]) == (0, "allow")
     code, _, err = run(capsys, *base, "--trust-domain", "a/b")
     assert code == 2 and "--trust-domain: invalid trust domain 'a/b'" in err
+
+
+def test_eval_normalizes_the_path_as_the_sidecar_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: deny-admin, namespace: prod}\nspec:\n  action: DENY\n"
+        '  rules:\n  - to: [{operation: {paths: ["/admin*"]}}]\n'
+    )
+
+    def decide(path: str) -> tuple[int, str, str]:
+        request = json.dumps({"destination": {"namespace": "prod"}, "request": {"path": path}})
+        return run(capsys, "eval", "--policies", str(tmp_path), "--request", request)
+
+    for sneaky in ("/public/../%61dmin/x?q=1", "/./admin", "\\admin"):
+        code, out, _ = decide(sneaky)
+        assert (code, json.loads(out)["policy"]) == (0, "prod/deny-admin"), sneaky
+    code, _, err = decide("/%zz")
+    assert code == 2 and "--request: request.path: malformed percent-encoding '%zz'" in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -59,6 +60,7 @@ from auditmesh.policy.replay import (
     parse_workloads,
 )
 from auditmesh.policy.request import Request, RequestError
+from auditmesh.proxy.paths import PathError, normalize
 from auditmesh.store.base import EventFilter, StoreError
 
 
@@ -157,9 +159,15 @@ def _read_request(text: str) -> Request:
     except json.JSONDecodeError as exc:
         raise UserError(f"--request: invalid JSON: {exc}") from None
     try:
-        return Request.from_json(obj)
+        request = Request.from_json(obj)
     except RequestError as exc:
         raise UserError(f"--request: {exc}") from None
+    if request.path is None:
+        return request
+    try:  # as the sidecar (and Istio's Envoy) normalize it before any policy sees it
+        return dataclasses.replace(request, path=normalize(request.path))
+    except PathError as exc:
+        raise UserError(f"--request: request.path: {exc}") from None
 
 
 def run_eval(args: argparse.Namespace) -> int:

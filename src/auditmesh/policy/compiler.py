@@ -51,7 +51,6 @@ from auditmesh.policy.rules import Condition, Operation, Rule, Source
 # Request attribute → local variable in generated code (the only identifiers ever emitted).
 _LOCALS = {
     "source_principal": "sp",
-    "source_namespace": "sn",
     "source_ip_key": "si",
     "destination_ip_key": "di",
     "destination_port": "dp",
@@ -74,7 +73,7 @@ _WHEN = {
 _PROLOGUE = {
     attr: f'    {local} = r.{attr} or ""'
     for attr, local in _LOCALS.items()
-    if attr in ("source_principal", "source_namespace", "method", "path", "sni")
+    if attr in ("source_principal", "method", "path", "sni")
 } | {"host": '    hl = (r.host or "").lower()'}
 _HTTP_ONLY = ("host", "method", "path", "header")
 Check = tuple[int, str]  # (cost class for ordering, boolean expression)

@@ -114,10 +114,9 @@ def namespace_regex(patterns: Iterable[str]) -> re.Pattern[str]:
     """``namespaces``/``source.namespace`` as Istio builds them (``srcNamespaceGenerator``): a
     regex over the peer's principal, ``.*/ns/NS/.*`` with every ``*`` in NS a ``.*``; use with
     ``fullmatch``. No principal (plaintext), no namespace."""
-    return re.compile(
-        "|".join(f"(?:.*/ns/{re.escape(p).replace(chr(92) + '*', '.*')}/.*)" for p in patterns),
-        re.DOTALL,
-    )
+    wildcard = re.escape("*")
+    alternatives = (".*/ns/" + re.escape(p).replace(wildcard, ".*") + "/.*" for p in patterns)
+    return re.compile("|".join(f"(?:{a})" for a in alternatives), re.DOTALL)
 
 
 def header_matcher(patterns: Iterable[str]) -> StrMatch:

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from auditmesh.policy.matchers import IPAddress, ip_key
 from auditmesh.policy.model import Labels, labels_key
-from auditmesh.proxy.paths import PathError, normalize
 
 SPIFFE_SCHEME = "spiffe://"
 Verdict = Literal["allow", "deny"]
@@ -144,12 +143,6 @@ class Request:
         namespace = _str(dest, "destination", "namespace")
         if namespace is None:
             raise RequestError("destination.namespace is required (it selects the policies)")
-        path = _str(req, "request", "path")
-        if path is not None:
-            try:  # as the sidecar (and Istio's Envoy) normalize it before any policy sees it
-                path = normalize(path)
-            except PathError as exc:
-                raise RequestError(f"request.path: {exc}") from None
         return cls.of(
             destination_namespace=namespace,
             destination_labels=labels,
@@ -160,7 +153,7 @@ class Request:
             destination_port=port,
             http=top.get("request") is not None,
             method=_str(req, "request", "method"),
-            path=path,
+            path=_str(req, "request", "path"),
             host=_str(req, "request", "host"),
             headers=_str_map(req.get("headers"), "request.headers", True),
             sni=_str(conn, "connection", "sni"),
