@@ -218,15 +218,24 @@ def test_policy_without_subcommand_prints_usage(capsys: pytest.CaptureFixture[st
     assert "check" in err and "eval" in err
 
 
+def deny_in_prod(directory: Path, name: str, rule: str) -> None:
+    """`directory`/p.yaml: a DENY policy `name` in namespace prod with one rule."""
+    (directory / "p.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: {name}, namespace: prod}}\nspec:\n  action: DENY\n"
+        f"  rules:\n  - {rule}\n"
+    )
+
+
 def test_eval_cluster_local_principals_name_the_mesh_trust_domain(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Istio ReplaceTrustDomainAliases: `cluster.local/...` in a policy means the local trust
     # domain, so a DENY written for the default still holds in a mesh of example.org.
-    (tmp_path / "p.yaml").write_text(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
-        "metadata: {name: deny-batch, namespace: prod}\nspec:\n  action: DENY\n"
-        '  rules:\n  - from: [{source: {principals: ["cluster.local/ns/legacy/sa/batch"]}}]\n'
+    deny_in_prod(
+        tmp_path,
+        "deny-batch",
+        'from: [{source: {principals: ["cluster.local/ns/legacy/sa/batch"]}}]',
     )
     request = json.dumps(
         {
@@ -246,11 +255,7 @@ def test_eval_cluster_local_principals_name_the_mesh_trust_domain(
 def test_eval_normalizes_the_path_as_the_sidecar_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "p.yaml").write_text(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
-        "metadata: {name: deny-admin, namespace: prod}\nspec:\n  action: DENY\n"
-        '  rules:\n  - to: [{operation: {paths: ["/admin*"]}}]\n'
-    )
+    deny_in_prod(tmp_path, "deny-admin", 'to: [{operation: {paths: ["/admin*"]}}]')
 
     def decide(path: str) -> tuple[int, str, str]:
         request = json.dumps({"destination": {"namespace": "prod"}, "request": {"path": path}})
