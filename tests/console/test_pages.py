@@ -335,10 +335,31 @@ def test_policy_replay_shows_what_would_change(browser: Browser) -> None:
 
 def test_a_wrong_token_is_refused_then_login_works(browser: Browser, server: Served) -> None:
     browser.open("#/login")
+    # Count the login forms drawn and the API requests still unanswered (the page is not
+    # reloaded by logging in, so these hooks stay).
+    browser.js(
+        """
+        window.loginForms = 0;
+        new MutationObserver((records) => {
+          for (const r of records) for (const n of r.addedNodes) {
+            if (n.id === 'login' || (n.querySelector && n.querySelector('#login'))) loginForms++;
+          }
+        }).observe(document.body, {childList: true, subtree: true});
+        window.pending = 0;
+        const realFetch = window.fetch;
+        window.fetch = (...args) => {
+          pending++;
+          return realFetch(...args).finally(() => pending--);
+        };
+        """
+    )
     browser.find("#token").send_keys("amt_not-the-token")
     browser.find("#login button[type=submit]").click()
-    refusal = browser.wait_for("#login [role=alert]")
-    assert "refused" in refusal.text
+    browser.wait_until("document.querySelector('#login [role=alert]') && window.pending === 0")
+    assert "refused" in browser.find("#login [role=alert]").text
+    # regression: each of the overview's refused requests drew the form again, wiping what
+    # the user had begun to type (and making the alert stale under a test)
+    assert browser.js("return window.loginForms") == 1
     assert browser.js("return sessionStorage.getItem('auditmesh.token')") is None
     # the server's 401 is the one error this test expects in the browser console
     browser.console_messages()

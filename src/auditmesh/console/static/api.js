@@ -26,7 +26,7 @@ export function clearToken() {
 
 let onUnauthorized = () => {};
 
-/** The router's hook: called when the server refuses the token (401). */
+/** The router's hook: called with the token the server refused (401). */
 export function whenUnauthorized(callback) {
   onUnauthorized = callback;
 }
@@ -42,7 +42,8 @@ function url(path, query) {
 }
 
 async function send(path, { method = "GET", query, body, accept } = {}) {
-  const headers = { Authorization: `Bearer ${token()}` };
+  const sent = token();
+  const headers = { Authorization: `Bearer ${sent}` };
   if (accept) headers.Accept = accept;
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
@@ -56,7 +57,7 @@ async function send(path, { method = "GET", query, body, accept } = {}) {
     throw new ApiError(0, `the server did not answer (${error.message})`);
   }
   if (response.status === 401) {
-    onUnauthorized();
+    onUnauthorized(sent);
     throw new ApiError(401, "the server refused the token; log in again");
   }
   return response;

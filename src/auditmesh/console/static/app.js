@@ -118,7 +118,10 @@ async function route() {
   }
 }
 
-whenUnauthorized(() => {
+whenUnauthorized((refused) => {
+  // A view sends several requests at once: the first 401 shows the form; the others, and a
+  // late one for a token already replaced, must not redraw it under the user's typing.
+  if (refused !== token()) return;
   clearToken();
   generation++;
   renderLogin("The server refused that token.");
