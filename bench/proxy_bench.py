@@ -1,6 +1,6 @@
 """The sidecar proxy benchmark of issue 3: auditmesh's sidecar pair against an nginx pair.
 
-Both systems run the same topology on loopback, one after the other:
+Three systems run the same topology on loopback, one after the other:
 
     wrk ─► outbound proxy ══ mTLS, TLS 1.3, SVIDs of the mesh CA ══► inbound proxy ─► app
 
@@ -9,6 +9,8 @@ process each (templates in `bench/proxy/`): the outbound one originates mTLS wit
 and verifies the server against the mesh CA over a keep-alive pool; the inbound one requires and
 verifies a client certificate and writes a JSON access-log line per request. auditmesh: two
 `auditmesh sidecar` processes enrolled with join tokens, auditing on, and the audit server.
+The floor: two `bench.relay` processes, a bare uvloop TLS byte relay with the same certificates
+and no HTTP, policy or audit at all: what any CPython proxy pays in this topology.
 
 For each system: requests/s and p50/p99 latency (wrk --latency), and CPU microseconds per
 request of each proxy (utime + stime from /proc/PID/stat, before and after the measured run,
@@ -71,6 +73,8 @@ APP_ID = SpiffeId.kubernetes(TD, NAMESPACE, "app")  # the callee: inbound proxy
 APP_DNS = f"app.{NAMESPACE}.svc.cluster.local"  # the SNI the sidecar sends for service "app"
 TARGET_RATIO = 1.5  # issue 3: sidecar CPU per request ≤ 1.5× nginx's
 PROXIES = ("outbound", "inbound")
+RELAY = "python relay"  # bench/relay.py: the floor of any CPython proxy in this topology
+SYSTEMS = ("nginx", "auditmesh", RELAY)
 # Longer than the sidecar's request timeout (60 s by default): a request stuck in a sidecar
 # still gets its event (an upstream_timeout failure) before the ledger is declared short.
 DRAIN_TIMEOUT_S = 75.0
@@ -514,6 +518,37 @@ def run_nginx(mesh: Mesh, load: Load) -> Result:
     return Result("nginx", wrk, served, cpu, log_lines=lines)
 
 
+def run_relay(mesh: Mesh, load: Load) -> Result:
+    """The floor: `bench.relay`, a bare uvloop TLS byte relay, as both proxies (same certs)."""
+    out_port, in_port = free_port(), free_port()
+    certs = mesh.certs
+    relay = [sys.executable, "-m", "bench.relay"]
+    inbound_argv = [
+        *relay, "--listen", str(in_port), "--connect", f"127.0.0.1:{mesh.app_port}",
+        "--server-cert", str(certs / "server.pem"), "--server-key", str(certs / "server-key.pem"),
+        "--client-ca", str(certs / "ca.pem"),
+    ]  # fmt: skip
+    outbound_argv = [
+        *relay, "--listen", str(out_port), "--connect", f"127.0.0.1:{in_port}",
+        "--client-cert", str(certs / "client.pem"), "--client-key", str(certs / "client-key.pem"),
+        "--server-ca", str(certs / "ca.pem"), "--sni", APP_DNS,
+    ]  # fmt: skip
+    started: list[Child] = []
+    try:
+        for role, argv in (("inbound", inbound_argv), ("outbound", outbound_argv)):
+            started.append(Child(f"relay {role}", argv, mesh.work / f"relay-{role}.log"))
+        inbound, outbound = started
+        wait_port(in_port, inbound)
+        wait_port(out_port, outbound)
+        wait_ok(f"http://127.0.0.1:{out_port}/check", started)
+        roles = {"outbound": outbound.tree, "inbound": inbound.tree}
+        wrk, served, cpu = measure(mesh, RELAY, out_port, roles, load)
+    finally:
+        for child in reversed(started):
+            child.stop(signal.SIGTERM)
+    return Result(RELAY, wrk, served, cpu)
+
+
 def _sidecar_config(mesh: Mesh, url: str, name: str, extra: dict[str, object]) -> Path:
     directory = mesh.work / f"sidecar-{name}"
     directory.mkdir()
@@ -703,8 +738,8 @@ def _terminate_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(load: Load, systems: Sequence[str] = ("nginx", "auditmesh"), keep: bool = False) -> Report:
-    """Both systems, one after the other, on one mesh CA and one app."""
+def run(load: Load, systems: Sequence[str] = SYSTEMS, keep: bool = False) -> Report:
+    """The systems, one after the other, on one mesh CA and one app."""
     nginx, wrk = ensure_tools()
     nginx_v, wrk_v = versions(nginx, wrk)
     work = Path(tempfile.mkdtemp(prefix="auditmesh-proxy-bench-"))
@@ -718,8 +753,8 @@ def run(load: Load, systems: Sequence[str] = ("nginx", "auditmesh"), keep: bool 
             mesh.app = start_nginx(nginx, "app", work, {"APP_PORT": str(mesh.app_port)})
             wait_port(mesh.app_port, mesh.app)
             for system in systems:
-                runner = run_nginx if system == "nginx" else run_auditmesh
-                results[system] = runner(mesh, load)
+                runners = {"nginx": run_nginx, "auditmesh": run_auditmesh, RELAY: run_relay}
+                results[system] = runners[system](mesh, load)
     finally:
         if mesh.app is not None:
             mesh.app.stop(signal.SIGQUIT)
@@ -731,24 +766,30 @@ def run(load: Load, systems: Sequence[str] = ("nginx", "auditmesh"), keep: bool 
 
 
 def _row(label: str, values: Sequence[float | None], fmt: str, ratio: bool = True) -> str:
+    """One table row: a cell per system, then each other system's ratio to nginx (first)."""
     cells = ["—" if v is None else format(v, fmt) for v in values]
-    line = f"| {label:<40} | {cells[0]:>10} | {cells[1]:>10} |"
-    nginx, ours = values
-    if ratio and nginx and ours is not None:
-        return line + f" {ours / nginx:>7.2f}× |"
-    return line + f" {'':>8} |"
+    line = f"| {label:<40} |" + "".join(f" {c:>12} |" for c in cells)
+    base = values[0]
+    for value in values[1:]:
+        shown = f"{value / base:.2f}×" if ratio and base and value is not None else ""
+        line += f" {shown:>9} |"
+    return line
 
 
 def render(report: Report) -> str:
     """The results as a Markdown table plus the audit count and the target, ready for docs."""
     nginx, ours = report.results.get("nginx"), report.results.get("auditmesh")
+    shown = [report.results.get(system) for system in SYSTEMS]
 
     def pick(get: Callable[[Result], float | None]) -> list[float | None]:
-        return [None if r is None else get(r) for r in (nginx, ours)]
+        return [None if r is None else get(r) for r in shown]
 
+    header = "".join(f" {system:>12} |" for system in SYSTEMS)
+    header += "".join(f" {'÷ nginx':>9} |" for _ in SYSTEMS[1:])
+    rule = "".join(f"{'-' * 13}:|" for _ in SYSTEMS) + "".join(f"{'-' * 10}:|" for _ in SYSTEMS[1:])
     lines = [
-        f"| {'per system':<40} | {'nginx':>10} | {'auditmesh':>10} | {'ratio':>8} |",
-        f"|{'-' * 42}|{'-' * 11}:|{'-' * 11}:|{'-' * 9}:|",
+        f"| {'per system':<40} |{header}",
+        f"|{'-' * 42}|{rule}",
         _row("requests/s", pick(lambda r: r.wrk.rps), ",.0f"),
         _row("latency p50 (ms)", pick(lambda r: r.wrk.p50_ms), ".2f"),
         _row("latency p99 (ms)", pick(lambda r: r.wrk.p99_ms), ".2f"),
@@ -757,7 +798,7 @@ def render(report: Report) -> str:
         _row("**CPU µs/request, both proxies**", pick(lambda r: r.us_per_request(*PROXIES)), ".1f"),
         _row(
             "CPU µs/request, audit server",
-            [None, None if ours is None else ours.us_per_request("audit server")],
+            [r.us_per_request("audit server") if r is ours and r else None for r in shown],
             ".1f",
             ratio=False,
         ),
@@ -788,6 +829,17 @@ def render(report: Report) -> str:
             f"\ntarget (issue 3): sidecar CPU per request ≤ {TARGET_RATIO}× nginx's: "
             f"measured {ratio:.2f}× → **{status}**\n"
         )
+    relay = report.results.get(RELAY)
+    if relay is not None and nginx is not None:
+        floor = relay.us_per_request(*PROXIES)
+        out += (
+            f"\nfloor: a bare CPython TLS byte relay pair (bench/relay.py: no HTTP parsing, no "
+            f"policy, no audit) costs {floor / nginx.us_per_request(*PROXIES):.2f}× nginx's CPU "
+            "per request"
+        )
+        if ours is not None:
+            out += f"; the sidecars cost {ours.us_per_request(*PROXIES) / floor:.2f}× the relay's"
+        out += ".\n"
     return out
 
 
@@ -868,6 +920,18 @@ def proxy_section(quick: bool) -> list[Figure]:
         ),
         Figure(section, "audit server CPU per request", ours.us_per_request("audit server"), "µs"),
     ]
+    relay = report.results.get(RELAY)
+    if relay is not None:
+        figures.append(
+            Figure(
+                section,
+                "bare Python TLS relay pair CPU per request (floor)",
+                relay.us_per_request(*PROXIES),
+                "µs",
+                "nginx",
+                both,
+            )
+        )
     if ours.audit is not None:
         audit = ours.audit
         expected = "2 × requests the app served"
@@ -886,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="seconds of warm-up per system (3)")
     parser.add_argument("--connections", type=int, help="wrk connections (16)")
     parser.add_argument("--threads", type=int, help="wrk threads (1)")
-    parser.add_argument("--only", choices=("nginx", "auditmesh"), help="run one system only")
+    parser.add_argument("--only", choices=SYSTEMS, help="run one system only")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else Load()
@@ -901,7 +965,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"command: {command}")
     print(f"{source_state()}; load average at start: {load_average()}", flush=True)
     try:
-        report = run(load, (args.only,) if args.only else ("nginx", "auditmesh"), args.keep)
+        report = run(load, (args.only,) if args.only else SYSTEMS, args.keep)
     except BenchError as exc:
         print(f"proxy benchmark cannot run: {exc}", file=sys.stderr)
         return 2
