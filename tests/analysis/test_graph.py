@@ -183,6 +183,10 @@ def test_the_window_is_whole_minutes(ledger: Ledger) -> None:
     rollup = rollup_of(ledger)
     late = graph.compute(rollup, since_ns=T0 + 30 * SECOND, until_ns=None, now_ns=T0 + MINUTE_NS)
     assert late.requests == 18 and late.seconds == 60  # the whole first minute
+    # regression: an --until inside a minute counted the whole minute but reported (and
+    # divided rates by) the shorter window
+    cut = graph.compute(rollup, since_ns=T0, until_ns=T0 + 15 * SECOND, now_ns=T0 + MINUTE_NS)
+    assert cut.requests == 18 and (cut.from_ns, cut.to_ns) == (T0, T0 + MINUTE_NS)
     after = graph.compute(rollup, since_ns=T0 + MINUTE_NS, until_ns=None, now_ns=T0 + 2 * MINUTE_NS)
     assert after.edges == ()
     everything = graph.compute(rollup, since_ns=None, until_ns=None, now_ns=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -228,6 +229,23 @@ def test_a_cursor_is_bound_to_its_filters(filled: tuple[Ledger, list[AuditEvent]
         run(ledger.store, Query(dest="catalog"), "bm90IGEgY3Vyc29y")
     with pytest.raises(QueryError, match="not a cursor"):
         run(ledger.store, Query(dest="catalog"), "%%%")
+
+
+def test_numbers_beyond_sqlite_integers_are_refused_not_a_traceback(
+    filled: tuple[Ledger, list[AuditEvent]],
+) -> None:
+    """Regression: `query --limit 9223372036854775807` and a forged cursor holding a uint64
+    raised OverflowError (a traceback in the CLI, a 500 from /v1/events)."""
+    ledger, _ = filled
+    with pytest.raises(QueryError, match="limit: give a number from 1 to"):
+        Query(limit=2**63 - 1)
+    assert run(ledger.store, Query(limit=2**62)).rows  # the largest limit still runs
+    query = Query(dest="catalog")
+    for time_ns, index in ((2**64 - 1, 5), (1, 2**64 - 1), (-1, 5)):
+        raw = msgspec.json.encode([1, time_ns, index, query.fingerprint()])
+        forged = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        with pytest.raises(QueryError, match="not a cursor this server issued"):
+            run(ledger.store, query, forged)
 
 
 def test_the_common_filters_use_an_index(filled: tuple[Ledger, list[AuditEvent]]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import msgspec
+import pytest
 
 from auditmesh.analysis import trace
 from auditmesh.collector import entry_of
@@ -128,3 +131,43 @@ def test_load_reads_one_trace_in_ledger_order(ledger: Ledger) -> None:
     loaded = trace.load(ledger.store, TRACE)
     assert [i for i, _ in loaded] == list(range(len(events)))
     assert trace.load(ledger.store, "0" * 32) == []
+
+
+def chain(calls: int) -> list[AuditEvent]:
+    """A forged trace: each call made while serving the one before, `calls` levels deep."""
+    events: list[AuditEvent] = []
+    parent = span()
+    for n in range(calls):
+        made, _, parent = hop(
+            f"svc{n}", f"svc{n + 1}", trace_id=TRACE, parent=parent, time_ns=T0 + n * MS,
+            sides=("inbound",),
+        )  # fmt: skip
+        events.extend(made)
+    return events
+
+
+def test_a_chain_deeper_than_max_depth_is_cut_into_marked_roots_and_still_encodes() -> None:
+    """Regression: 600 nested calls exhausted the recursion of call_json (a traceback in
+    `auditmesh trace`, a 500 from /v1/traces/{id})."""
+    roots = trace.build(indexed(chain(600)))
+    depths = [depth for depth, _ in trace.walk(roots)]
+    assert len(depths) == 600 and max(depths) == trace.MAX_DEPTH
+    body = trace.to_json(TRACE, roots)
+    assert body["calls"] == 600 and body["cut_calls"] == len(roots) - 1 == 600 // 65
+    assert [root["cut"] for root in body["roots"]] == [False] + [True] * (len(roots) - 1)
+    assert json.loads(json.dumps(body)) == body
+    assert msgspec.json.decode(msgspec.json.encode(body)) == body
+
+
+def test_a_trace_with_more_events_than_shown_says_so(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trace, "MAX_TRACE_EVENTS", 5)
+    events = chain(7)
+    ledger.log.append([entry_of(e) for e in events])
+    body = trace.trace_json(ledger.store, TRACE)
+    assert body is not None and body["truncated"] is True and body["events"] == 5
+    assert trace.trace_json(ledger.store, "0" * 32) is None
+    monkeypatch.setattr(trace, "MAX_TRACE_EVENTS", 7)
+    body = trace.trace_json(ledger.store, TRACE)
+    assert body is not None and body["truncated"] is False and body["events"] == 7

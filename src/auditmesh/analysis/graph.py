@@ -132,7 +132,8 @@ def compute(rollup: Rollup, *, since_ns: int | None, until_ns: int | None, now_n
     rows = rollup.rows(first, end)
     if since_ns is not None:
         from_ns: int | None = first * MINUTE_NS if first is not None else None
-        to_ns: int | None = until_ns if until_ns is not None else now_ns
+        # the rollup counts whole minutes: the window shown (and rates) is the one counted
+        to_ns: int | None = end * MINUTE_NS if end is not None else now_ns
     else:
         extent = rollup.extent()
         from_ns = None if extent is None else extent[0] * MINUTE_NS

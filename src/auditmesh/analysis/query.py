@@ -69,6 +69,9 @@ PARAMS = (
 )
 
 
+MAX_QUERY_LIMIT = 2**62  # limits: SQLite integers are 64-bit, and a page asks for limit + 1 rows
+
+
 class QueryError(ValueError):
     """A filter, cursor or limit is not valid; the message names the parameter."""
 
@@ -114,8 +117,8 @@ class Query:
             raise QueryError(f"trace: {self.trace_id!r} is not a trace id (32 lowercase hex)")
         if self.path is not None and not self.path:
             raise QueryError("path: give a path or a prefix ending in *")
-        if not 1 <= self.limit:
-            raise QueryError("limit: must be at least 1")
+        if not 1 <= self.limit <= MAX_QUERY_LIMIT:
+            raise QueryError(f"limit: give a number from 1 to {MAX_QUERY_LIMIT:,}")
 
     def fingerprint(self) -> str:
         """What a cursor is bound to: the filters and the order. Not the page size, and not
@@ -144,6 +147,8 @@ class Cursor:
         except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
             raise QueryError("cursor: not a cursor this server issued") from None
         if version != 1:
+            raise QueryError("cursor: not a cursor this server issued")
+        if not (0 <= time_ns < 2**63 and 0 <= index < 2**63):
             raise QueryError("cursor: not a cursor this server issued")
         if fingerprint != query.fingerprint():
             raise QueryError("cursor: it belongs to a query with other filters or order")

@@ -41,6 +41,7 @@ class Call:
     outbound: Side | None
     inbound: Side | None
     children: list[Call] = field(default_factory=list)
+    cut: bool = False  # its parent is MAX_DEPTH levels down: drawn as a root instead
 
     @property
     def sides(self) -> tuple[Side, ...]:
@@ -173,7 +174,30 @@ def build(rows: Iterable[tuple[int, AuditEvent]]) -> list[Call]:
     for call in calls:
         up = parent[id(call)]
         (roots if up is None else up.children).append(call)
-    return roots
+    return _cap_depth(roots)
+
+
+MAX_DEPTH = 64
+"""Nesting kept in one tree. Real call chains are far shallower; a forged chain of thousands
+of hops would otherwise exhaust the recursion of JSON encoders and of the drawing."""
+
+
+def _cap_depth(roots: list[Call]) -> list[Call]:
+    """The children of calls at MAX_DEPTH become roots of their own, marked `cut`."""
+    out = list(roots)
+    cut = False
+    for root in out:  # grows while it is walked: cut subtrees are walked as roots in turn
+        stack = [(root, 0)]
+        while stack:
+            call, depth = stack.pop()
+            if depth < MAX_DEPTH:
+                stack.extend((child, depth + 1) for child in call.children)
+                continue
+            for child in call.children:
+                child.cut = cut = True
+            out.extend(call.children)
+            call.children = []
+    return sorted(out, key=Call.sort_key) if cut else out
 
 
 def walk(roots: Sequence[Call]) -> Iterable[tuple[int, Call]]:
@@ -225,10 +249,13 @@ def call_json(call: Call) -> dict[str, Any]:
         "outbound": _side_json(call.outbound),
         "inbound": _side_json(call.inbound),
         "children": [call_json(child) for child in call.children],
+        "cut": call.cut,
     }
 
 
-def to_json(trace_id: str, roots: Sequence[Call]) -> dict[str, Any]:
+def to_json(trace_id: str, roots: Sequence[Call], *, truncated: bool = False) -> dict[str, Any]:
+    """The trace as the API serves it; `truncated`: more than MAX_TRACE_EVENTS events carry
+    its id and only the first (in ledger order) are shown."""
     calls = [call for _, call in walk(roots)]
     events = sum(len(call.sides) for call in calls)
     start = min((c.time_ns for c in calls), default=0)
@@ -247,6 +274,8 @@ def to_json(trace_id: str, roots: Sequence[Call]) -> dict[str, Any]:
             and a.event.authz is not None
             and a.event.authz.decision == "deny"
         ),
+        "truncated": truncated,
+        "cut_calls": sum(call.cut for call in calls),
         "roots": [call_json(root) for root in roots],
     }
 
@@ -257,8 +286,19 @@ MAX_TRACE_EVENTS = 10_000
 def load(
     reader: SqlReader, trace_id: str, limit: int = MAX_TRACE_EVENTS
 ) -> list[tuple[int, AuditEvent]]:
-    """SQL: the events of one trace, in ledger order (at most `limit`)."""
+    """SQL: the events of one trace, in ledger order (at most `limit`; ask for one more to
+    learn whether there are more)."""
     rows = reader.query(
         "SELECT idx, data FROM events WHERE trace_id = ? ORDER BY idx LIMIT ?", (trace_id, limit)
     )
     return [(int(i), decode_event(bytes(d))) for i, d in rows]
+
+
+def trace_json(reader: SqlReader, trace_id: str) -> dict[str, Any] | None:
+    """`to_json` of the trace's first MAX_TRACE_EVENTS events, flagged `truncated` when
+    more carry its id; None when none does."""
+    rows = load(reader, trace_id, MAX_TRACE_EVENTS + 1)
+    if not rows:
+        return None
+    truncated = len(rows) > MAX_TRACE_EVENTS
+    return to_json(trace_id, build(rows[:MAX_TRACE_EVENTS]), truncated=truncated)

@@ -27,7 +27,16 @@ from rich.table import Table
 from rich.tree import Tree
 
 from auditmesh.analysis import graph, trace
-from auditmesh.analysis.query import DECISIONS, KINDS, ORDERS, Order, Query, QueryError, run
+from auditmesh.analysis.query import (
+    DECISIONS,
+    KINDS,
+    MAX_QUERY_LIMIT,
+    ORDERS,
+    Order,
+    Query,
+    QueryError,
+    run,
+)
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
 from auditmesh.cli import DEFAULT_DATA
 from auditmesh.cli.main import UserError
@@ -81,7 +90,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     gr.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time (default: everything)")
-    gr.add_argument("--until", help="15m, 2h, 7d or an RFC 3339 time")
+    gr.add_argument(
+        "--until",
+        help="15m, 2h, 7d or an RFC 3339 time; the graph counts whole minutes, so --since "
+        "rounds down and --until up to the minute",
+    )
     gr.add_argument("--format", choices=("table", "json", "dot"), default="table")
     _add_source(gr)
     gr.set_defaults(func=run_graph)
@@ -91,7 +104,7 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
     """The event filters, shared by `query` and `bundle create` (`query_of` reads them)."""
     parser.add_argument("--source", help="caller: SPIFFE ID or service name")
     parser.add_argument("--dest", help="callee: SPIFFE ID or service name")
-    parser.add_argument("--service", help="a service on either side of the call")
+    parser.add_argument("--service", help="a service name on either side of the call")
     parser.add_argument("--path", help="HTTP path, exact or a prefix ending in * (/orders*)")
     parser.add_argument("--status", help="HTTP status (404) or class (5xx)")
     parser.add_argument("--decision", choices=DECISIONS, help="authorization decision")
@@ -161,8 +174,8 @@ def _time(text: str | None, now_ns: int) -> int | None:
 def query_of(args: argparse.Namespace, order: Order | None = None) -> Query:
     """The Query of `add_filter_args`' arguments, `--limit` and `--order` (or `order`)."""
     now = time.time_ns()
-    if args.limit < 1:
-        raise UserError("--limit must be at least 1")
+    if not 1 <= args.limit <= MAX_QUERY_LIMIT:
+        raise UserError(f"--limit: give a number from 1 to {MAX_QUERY_LIMIT:,}")
     try:
         return Query(
             source=args.source,
@@ -311,10 +324,10 @@ def run_trace(args: argparse.Namespace) -> int:
             body = _get(client, f"/v1/traces/{trace_id}")
     else:
         with _ledger(args.data) as ledger:
-            rows = trace.load(ledger.store, trace_id)
-        if not rows:
+            found = trace.trace_json(ledger.store, trace_id)
+        if found is None:
             raise UserError(f"no event carries trace id {trace_id}")
-        body = trace.to_json(trace_id, trace.build(rows))
+        body = found
     if args.format == "json":
         print(msgspec.json.encode(body).decode())
     else:
@@ -324,6 +337,8 @@ def run_trace(args: argparse.Namespace) -> int:
 
 def _call_label(call: dict[str, Any]) -> str:
     parts = [f"[bold]{escape(call['source'])} → {escape(call['destination'])}[/]"]
+    if call.get("cut"):
+        parts.insert(0, "↑")
     if call["method"] or call["path"]:
         parts.append(escape(f"{call['method'] or ''} {call['path'] or ''}".strip()))
     elif call["kind"] != "http":
@@ -357,6 +372,10 @@ def trace_tree(body: dict[str, Any]) -> Tree:
     )
     if body["failures"] or body["denials"]:
         head += f", [red]{body['failures']} failed, {body['denials']} denied[/]"
+    if body.get("truncated"):
+        head += f" [yellow](only the first {body['events']:,} events of the trace)[/]"
+    if body.get("cut_calls"):
+        head += f" [yellow]({body['cut_calls']:,} calls nested too deep shown as roots: ↑)[/]"
     tree = Tree(head)
     stack = [(tree, root) for root in reversed(body["roots"])]
     while stack:

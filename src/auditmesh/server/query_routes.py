@@ -106,11 +106,11 @@ class QueryApi:
         trace_id = request.path_params["trace_id"].lower()
         if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
             return _error(400, f"{trace_id!r} is not a trace id (32 hex digits)")
-        rows = await run_in_threadpool(trace.load, self.store, trace_id)
-        if not rows:
+        body = await run_in_threadpool(trace.trace_json, self.store, trace_id)
+        if body is None:
             return _error(404, f"no event carries trace id {trace_id}")
-        set_read_count(request.scope, len(rows))
-        return JSONResponse(trace.to_json(trace_id, trace.build(rows)))
+        set_read_count(request.scope, body["events"])
+        return JSONResponse(body)
 
     async def graph(self, request: Request) -> Response:
         params = dict(request.query_params)
