@@ -8,6 +8,7 @@ import random
 import zipfile
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from auditmesh.analysis.findings import BUNDLE_CAP, EVIDENCE_CAP, detect
@@ -467,3 +468,25 @@ def test_a_slow_and_failing_service_is_not_said_to_be_flooded() -> None:
     slow = found["latency_regression"]
     assert "while orders was failing (orders failed" in slow.summary
     assert "flooded" not in slow.summary
+
+
+def test_services_of_one_name_in_two_namespaces_are_judged_apart() -> None:
+    """Regression: findings keyed services by name alone, so bank's payments failing every
+    call was diluted by shop's healthy payments into no finding at all."""
+    rng = random.Random(5)
+    events = []
+    for second in range(100):
+        for k in range(9):
+            events.append(call(second + k / 10, "orders", "payments", rng=rng))
+        bank = call(second + 0.95, "ledger", "payments", status=500 if second >= 60 else 200,
+                    rng=rng)  # fmt: skip
+        assert bank.destination is not None
+        events.append(
+            msgspec.structs.replace(
+                bank, destination=msgspec.structs.replace(bank.destination, namespace="bank")
+            )
+        )
+    found = detect(list(enumerate(events)))
+    bursts = [f for f in found if f.kind == "error_burst"]
+    assert [f.destination for f in bursts] == ["payments.bank"]
+    assert bursts[0].responsible == TD + "payments"

@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from auditmesh.events import AuditEvent
+import msgspec
+
+from auditmesh.events import AuditEvent, Peer
 
 BASELINE_SHARE = 0.25  # the earliest quarter of the range is what "normal" means
 BUCKETS = 20  # the range is cut into about this many buckets…
@@ -245,6 +247,7 @@ def detect(
             outbound.append(event)
     if not calls and not authn:
         return []
+    calls, outbound = _qualify_shared_names(calls, outbound)
     times = [e.time_ns for _, e in calls + authn]
     grid = _Grid(min(times), max(times))
     floods = _volume(calls, grid)
@@ -265,6 +268,33 @@ def detect(
         findings,
         key=lambda f: (f.severity != "high", f.start_ns, f.kind, f.responsible, f.destination),
     )
+
+
+def _qualify_shared_names(
+    calls: list[tuple[int, AuditEvent]], outbound: list[AuditEvent]
+) -> tuple[list[tuple[int, AuditEvent]], list[AuditEvent]]:
+    """A service name used in several namespaces becomes `service.namespace` (as the graph
+    names it), so two services of one name are never judged, or blamed, as one."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for event in (*(e for _, e in calls), *outbound):
+        for peer in (event.source, event.destination):
+            if peer is not None and peer.service and peer.namespace:  # none: not another one
+                seen[peer.service].add(peer.namespace)
+    shared = {name for name, namespaces in seen.items() if len(namespaces) > 1}
+    if not shared:
+        return calls, outbound
+
+    def qualified(peer: Peer | None) -> Peer | None:
+        if peer is None or peer.service not in shared or not peer.namespace:
+            return peer
+        return msgspec.structs.replace(peer, service=f"{peer.service}.{peer.namespace}")
+
+    def rename(event: AuditEvent) -> AuditEvent:
+        return msgspec.structs.replace(
+            event, source=qualified(event.source), destination=qualified(event.destination)
+        )
+
+    return [(i, rename(e)) for i, e in calls], [rename(e) for e in outbound]
 
 
 def _cells(
