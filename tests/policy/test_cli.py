@@ -250,6 +250,15 @@ def test_eval_cluster_local_principals_name_the_mesh_trust_domain(
     assert (code, json.loads(out)["decision"]) == (0, "allow")
     code, _, err = run(capsys, *base, "--trust-domain", "a/b")
     assert code == 2 and "--trust-domain: invalid trust domain 'a/b'" in err
+    # regression: the documented default, the trust domain of the mesh CA in --data, was
+    # never read by eval and check (they had no --data)
+    data = tmp_path / "data"
+    assert main(["ca", "init", "--trust-domain", "example.org", "--data", str(data)]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, *base, "--data", str(data))
+    assert (code, json.loads(out)["policy"]) == (0, "prod/deny-batch")
+    code, _, err = run(capsys, "check", str(tmp_path / "p.yaml"), "--data", str(data))
+    assert code == 0, err
 
 
 def test_eval_normalizes_the_path_as_the_sidecar_does(

@@ -84,3 +84,16 @@ def test_a_log_whose_signing_key_is_lost_is_not_signed_under_a_new_one(tmp_path:
     assert verified.returncode == 0 and "OK: 10 entries" in verified.stdout, verified.stderr
     assert not (data / "keys" / "log.skey").exists()
     assert (data / "keys" / "log.vkey").read_text() == vkey
+
+
+@pytest.mark.integration
+def test_a_mesh_listener_without_a_mesh_ca_is_reported_not_silently_skipped(
+    tmp_path: Path,
+) -> None:
+    """Regression: with no CA in the data directory the sidecar listener was skipped without
+    a word, and sidecars failed later with "cannot reach the server"."""
+    extra = ["--mesh-listen", f"127.0.0.1:{free_port()}", "--otlp-grpc", "off"]
+    with ServerProcess(tmp_path / "data", extra=extra) as server:
+        pass
+    log = server.log_path.read_text()
+    assert "no mesh CA in" in log and "auditmesh ca init --data" in log

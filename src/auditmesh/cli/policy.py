@@ -81,6 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     check.add_argument("path", metavar="PATH", help="policy file or directory")
     _common(check)
+    add_data_arg(check)  # its mesh CA gives the default --trust-domain
     check.set_defaults(func=run_check)
 
     evaluate = commands.add_parser(
@@ -97,6 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--request", required=True, metavar="JSON", help="request JSON, @FILE, or @- for stdin"
     )
     _common(evaluate)
+    add_data_arg(evaluate)  # its mesh CA gives the default --trust-domain
     evaluate.set_defaults(func=run_eval)
     _register_recorded(commands)
 

@@ -232,6 +232,12 @@ def serve(
                     data_dir, collector, *mesh_listen, svid_ttl, reads, metrics=metrics
                 )
                 servers.append(mesh)
+            elif mesh_listen is not None:  # the default: say why sidecars cannot connect
+                print(
+                    f"no mesh CA in {data_dir}: the sidecar listener (--mesh-listen) is off; "
+                    f"run `auditmesh ca init --data {data_dir}` and restart the server",
+                    flush=True,
+                )
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 runner.run(_serve_until_signalled(*servers))
         finally:
