@@ -272,8 +272,13 @@ def test_findings_name_who_misbehaves_with_evidence(
     browser.wait_until(
         "document.querySelector('#findings-list .badge.good, #findings-list .badge.bad')"
     )
+    # Chromium may show the .zip before its bytes are in: wait for a whole one (a zip ends
+    # with its end-of-central-directory record) and no partial download
     deadline = time.monotonic() + 10
-    while not list(tmp_path.glob("*.zip")) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (
+        [z for z in tmp_path.glob("*.zip") if b"PK\x05\x06" in z.read_bytes()[-1024:]]
+        and not list(tmp_path.glob("*.crdownload"))
+    ):
         time.sleep(0.1)
     (bundle,) = tmp_path.glob("*.zip")
     vkey = (demo.data / "keys" / "log.vkey").read_text().strip()

@@ -61,7 +61,9 @@ def test_streamed_bodies_are_digested_not_kept(mesh: Mesh, outbound: int) -> Non
     assert sides["outbound"]["response_body_sha256"] == sha256(body)  # the app echoes it
     assert sides["outbound"]["request_bytes"] == len(body)
     assert "request_body_sha256" not in sides["inbound"]  # payments keeps the default
-    assert b"4111" not in str(mesh.events()).encode()  # the data itself is nowhere
+    # the data itself is nowhere (the whole card number: "4111" alone turns up by chance in
+    # the events' random hex ids about once in seventy runs)
+    assert b"4111-1111-1111-1111" not in str(mesh.events()).encode()
 
 
 def test_a_request_without_a_body_has_no_request_digest(mesh: Mesh, outbound: int) -> None:
