@@ -342,6 +342,7 @@ def test_parse_time_accepts_nanoseconds_durations_and_rfc3339() -> None:
     assert parse_time("now", T0) == T0  # what the console's Until field shows when empty
     assert parse_time("2h", T0) == T0 - 7200 * 10**9
     assert parse_time("2025-11-28T03:20:00.5+00:00", T0) == T0 + 500_000_000
+    assert parse_time("2025-11-28t03:20:00.5z", T0) == T0 + 500_000_000  # RFC 3339 §5.6
 
 
 def test_a_ledger_without_events_answers_an_empty_page(tmp_path: Path) -> None:

@@ -371,7 +371,9 @@ def parse_time(text: str, now_ns: int, name: str = "since") -> int:
     if seconds_before is not None:
         return _in_range(text, now_ns - seconds_before * 1_000_000_000, name)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        # RFC 3339 §5.6: "Z" may be written "z"
+        utc = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+        moment = datetime.fromisoformat(utc)
     except ValueError:
         raise QueryError(
             f"{name}: {text!r} is neither a duration (15m) nor a time (2026-11-28T10:00:00Z)"

@@ -123,7 +123,10 @@ class SQLiteStore:
     def __init__(self, data_dir: Path, *, create: bool = True) -> None:
         self.path = Path(data_dir) / DB_NAME
         if not create and not self.path.exists():
-            raise StoreError(f"no ledger at {self.path} (run `auditmesh server --data DIR`)")
+            raise StoreError(
+                f"no ledger at {self.path}: give the server's data directory with --data DIR "
+                "(`auditmesh server --data DIR` creates one)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._writer = self._connect()
