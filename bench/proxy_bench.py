@@ -752,8 +752,8 @@ def run(load: Load, systems: Sequence[str] = SYSTEMS, keep: bool = False) -> Rep
             write_nginx_certs(mesh.data, mesh.certs)
             mesh.app = start_nginx(nginx, "app", work, {"APP_PORT": str(mesh.app_port)})
             wait_port(mesh.app_port, mesh.app)
+            runners = {"nginx": run_nginx, "auditmesh": run_auditmesh, RELAY: run_relay}
             for system in systems:
-                runners = {"nginx": run_nginx, "auditmesh": run_auditmesh, RELAY: run_relay}
                 results[system] = runners[system](mesh, load)
     finally:
         if mesh.app is not None:

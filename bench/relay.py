@@ -41,41 +41,46 @@ class _Half(asyncio.Protocol):
         else:
             peer.transport.write(data)
 
+    @property
+    def _other(self) -> asyncio.Transport | None:
+        return None if self.peer is None else self.peer.transport
+
     def eof_received(self) -> bool:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
+        if self._other is not None:
+            self._other.close()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
+        if self._other is not None:
+            self._other.close()
 
     # flow control: a peer that cannot keep up pauses reading here
     def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        if self._other is not None:
+            self._other.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        if self._other is not None:
+            self._other.resume_reading()
+
+
+def _tls(purpose: ssl._SSLMethod, cert: str | None, key: str, ca: str) -> ssl.SSLContext | None:
+    """TLS 1.3 with our certificate, trusting `ca` for the peer's; None without a cert."""
+    if not cert:
+        return None
+    context = ssl.SSLContext(purpose)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(ca)
+    context.verify_mode = ssl.CERT_REQUIRED  # the client's default; a server must ask
+    return context
 
 
 async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     host, _, port = args.connect.rpartition(":")
-    server_tls: ssl.SSLContext | None = None
-    if args.server_cert:
-        server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_tls.minimum_version = ssl.TLSVersion.TLSv1_3
-        server_tls.load_cert_chain(args.server_cert, args.server_key)
-        server_tls.load_verify_locations(args.client_ca)
-        server_tls.verify_mode = ssl.CERT_REQUIRED
-    client_tls: ssl.SSLContext | None = None
-    if args.client_cert:
-        client_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client_tls.minimum_version = ssl.TLSVersion.TLSv1_3
-        client_tls.load_cert_chain(args.client_cert, args.client_key)
-        client_tls.load_verify_locations(args.server_ca)
+    server_tls = _tls(ssl.PROTOCOL_TLS_SERVER, args.server_cert, args.server_key, args.client_ca)
+    client_tls = _tls(ssl.PROTOCOL_TLS_CLIENT, args.client_cert, args.client_key, args.server_ca)
 
     def accepted() -> _Half:
         downstream = _Half()
