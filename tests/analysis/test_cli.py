@@ -109,6 +109,10 @@ def test_the_graph_of_the_hand_made_calls(
         (["query", "--cursor", "nope"], "cursor"),
         (["trace", "xyz"], "not a trace id"),
         (["trace", "0" * 32], "no event carries"),
+        # An empty window is refused, not answered with nothing (which looks like quiet).
+        (["query", "--since", "1h", "--until", "2h"], "is not after since"),
+        (["graph", "--since", "1h", "--until", "2h"], "--until (20"),
+        (["findings", "--since", "1h", "--until", "1h"], "is not after --since (20"),
     ],
 )
 def test_mistakes_are_one_line_errors(

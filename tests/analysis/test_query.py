@@ -14,10 +14,13 @@ from auditmesh.analysis.query import (
     Cursor,
     Query,
     QueryError,
+    check_window,
     describe,
     parse_params,
     parse_time,
+    parse_window,
     run,
+    single_params,
     sql,
 )
 from auditmesh.collector import entry_of
@@ -330,11 +333,37 @@ def test_parse_params_builds_the_same_query_as_the_cli() -> None:
         ({"since": "9" * 30}, "out of range"),
         ({"path": ""}, "path"),
         ({"source": ""}, "source"),
+        ({"since": "1h", "until": "2h"}, r"until \(2025-11-28T01:20:00Z\) is not after since"),
+        ({"since": str(T0), "until": str(T0)}, "is not after since"),
     ],
 )
 def test_bad_parameters_are_refused_by_name(params: dict[str, str], message: str) -> None:
     with pytest.raises(QueryError, match=message):
         parse_params(params, T0)
+
+
+def test_repeated_parameters_are_refused_not_resolved_silently() -> None:
+    assert single_params([("since", "1h"), ("limit", "5")]) == {"since": "1h", "limit": "5"}
+    with pytest.raises(QueryError, match="since: given more than once"):
+        single_params([("since", "1h"), ("limit", "5"), ("since", "2h")])
+
+
+def test_a_window_must_end_after_it_starts() -> None:
+    check_window(None, 5)
+    check_window(5, None)
+    check_window(4, 5)
+    for since, until in ((5, 5), (6, 5)):
+        with pytest.raises(QueryError, match="the window is empty"):
+            check_window(since, until)
+    assert parse_window({"until": "1h"}, T0, default_since="2h") == (
+        T0 - 7200 * 10**9,
+        T0 - 3600 * 10**9,
+    )
+    assert parse_window({}, T0) == (None, None)
+    with pytest.raises(QueryError, match="unknown parameter"):
+        parse_window({"service": "x"}, T0)
+    with pytest.raises(QueryError, match="not after since"):
+        parse_window({"until": "3h"}, T0, default_since="2h")
 
 
 def test_parse_time_accepts_nanoseconds_durations_and_rfc3339() -> None:

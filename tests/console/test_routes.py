@@ -184,7 +184,12 @@ def test_findings_over_a_window_are_audited(client: tuple[AsgiClient, Ledger]) -
         assert finding["responsible"] and finding["event_ids"] and finding["summary"]
     labels = last_record(ledger, 400)
     assert labels["read.route"] == "/v1/findings" and labels["read.count"] == "400"
-    for params, message in (({"since": "soon"}, "since:"), ({"who": "x"}, "unknown parameter")):
+    for params, message in (
+        ({"since": "soon"}, "since:"),
+        ({"who": "x"}, "unknown parameter"),
+        ([("since", "1h"), ("since", "2h")], "given more than once"),
+        ({"since": "1h", "until": "2h"}, "is not after since"),
+    ):
         refused = test_client.get("/v1/findings", params=params)
         assert refused.status_code == 400 and message in refused.json()["error"]
 

@@ -177,6 +177,17 @@ def test_the_graph_over_http_matches_the_hand_computation(served: Served) -> Non
     assert served.get("/v1/graph", service="x").status_code == 400
 
 
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/graph"])
+def test_a_repeated_parameter_or_an_empty_window_is_refused(served: Served, path: str) -> None:
+    twice = httpx.get(
+        served.url + path, params=[("since", "2h"), ("since", "1h")], headers=served.auth
+    )
+    assert twice.status_code == 400
+    assert twice.json()["error"].startswith("since: given more than once")
+    backwards = served.get(path, since="1h", until="2h")
+    assert backwards.status_code == 400 and "is not after since" in backwards.json()["error"]
+
+
 def test_every_read_is_recorded_with_who_what_and_how_many(served: Served) -> None:
     page = served.get("/v1/events", dest="payments", status="403", limit=7).json()
     assert page["count"] == 7

@@ -30,9 +30,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 
 import msgspec
@@ -119,6 +119,7 @@ class Query:
             raise QueryError("path: give a path or a prefix ending in *")
         if not 1 <= self.limit <= MAX_QUERY_LIMIT:
             raise QueryError(f"limit: give a number from 1 to {MAX_QUERY_LIMIT:,}")
+        check_window(self.since_ns, self.until_ns)
 
     def fingerprint(self) -> str:
         """What a cursor is bound to: the filters and the order. Not the page size, and not
@@ -391,6 +392,51 @@ def _in_range(text: str, ns: int, name: str) -> int:
     if not -(2**63) <= ns < 2**63:
         raise QueryError(f"{name}: {text!r} is out of range: times go from 1677 to 2262")
     return ns
+
+
+def check_window(since_ns: int | None, until_ns: int | None) -> None:
+    """Windows are [since, until): one whose end is not after its start selects nothing, and
+    is refused rather than answered with an empty result that looks like a quiet hour."""
+    if since_ns is not None and until_ns is not None and until_ns <= since_ns:
+        raise QueryError(
+            f"until ({_iso(until_ns)}) is not after since ({_iso(since_ns)}): the window is "
+            "empty; swap them, or give a larger since (15m means 15 minutes before now)"
+        )
+
+
+def _iso(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    try:
+        moment = datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):  # before year 1: say the number
+        return f"{ns} ns"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{rest:09d}".rstrip("0") if rest else "") + "Z"
+
+
+def single_params(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """URL parameters as a dict, refusing any given twice (`?since=1h&since=2h`): which one
+    was meant cannot be known, and silently taking the last would answer another question."""
+    params: dict[str, str] = {}
+    for name, value in items:
+        if name in params:
+            raise QueryError(f"{name}: given more than once; give each parameter once")
+        params[name] = value
+    return params
+
+
+def parse_window(
+    params: Mapping[str, str], now_ns: int, *, default_since: str | None = None
+) -> tuple[int | None, int | None]:
+    """`since` (or `default_since`) and `until` of a window-only request (`/v1/graph`, the
+    console's findings and policies); other names, bad times and an empty window fail."""
+    unknown = sorted(set(params) - {"since", "until"})
+    if unknown:
+        raise QueryError(f"unknown parameter(s) {', '.join(unknown)}; use since, until")
+    since_text, until_text = params.get("since", default_since), params.get("until")
+    since = None if since_text is None else parse_time(since_text, now_ns, "since")
+    until = None if until_text is None else parse_time(until_text, now_ns, "until")
+    check_window(since, until)
+    return since, until
 
 
 def parse_params(

@@ -23,7 +23,7 @@ from rich.table import Table
 from auditmesh.analysis.findings import Finding, detect
 from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_time_ns
+from auditmesh.cli.timespec import parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, decode_event
 from auditmesh.evidence import evidence_bundle
@@ -51,8 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     now = time.time_ns()
-    since = parse_time_ns(args.since, now) if args.since else None
-    until = parse_time_ns(args.until, now) if args.until else None
+    since, until = parse_window_ns(args.since, args.until, now)
     try:
         ledger = open_ledger(args.data, create=False)
     except StoreError as exc:

@@ -40,7 +40,7 @@ from auditmesh.analysis.query import (
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
 from auditmesh.cli import DEFAULT_DATA
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_time_ns
+from auditmesh.cli.timespec import parse_time_ns, parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, canonical_bytes, decode_event
 from auditmesh.export.ecs import ecs_document
@@ -390,7 +390,7 @@ def trace_tree(body: dict[str, Any]) -> Tree:
 
 def run_graph(args: argparse.Namespace) -> int:
     now = time.time_ns()
-    since, until = _time(args.since, now), _time(args.until, now)
+    since, until = parse_window_ns(args.since, args.until, now)
     if args.url:
         params = {k: str(v) for k, v in (("since", since), ("until", until)) if v is not None}
         with _client(args) as client:

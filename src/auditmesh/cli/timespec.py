@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from auditmesh.analysis.query import QueryError, duration_s, parse_time
+from auditmesh.analysis.query import QueryError, check_window, duration_s, parse_time
 from auditmesh.cli.main import UserError
 
 
@@ -20,3 +20,16 @@ def parse_time_ns(text: str, now_ns: int) -> int:
         return parse_time(text, now_ns, "time")
     except QueryError as exc:
         raise UserError(str(exc).removeprefix("time: ")) from None
+
+
+def parse_window_ns(
+    since: str | None, until: str | None, now_ns: int
+) -> tuple[int | None, int | None]:
+    """`--since` and `--until` (either may be absent); an empty window is an error."""
+    since_ns = None if since is None else parse_time_ns(since, now_ns)
+    until_ns = None if until is None else parse_time_ns(until, now_ns)
+    try:
+        check_window(since_ns, until_ns)
+    except QueryError as exc:
+        raise UserError(f"--{exc}".replace(" since (", " --since (")) from None
+    return since_ns, until_ns

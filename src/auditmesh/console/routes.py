@@ -36,7 +36,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from auditmesh.analysis.findings import detect
-from auditmesh.analysis.query import QueryError, parse_time
+from auditmesh.analysis.query import (
+    QueryError,
+    check_window,
+    parse_time,
+    parse_window,
+    single_params,
+)
 from auditmesh.collector import Collector
 from auditmesh.console.candidate import PolicyFile, generated_set, load_candidate, stored_sets
 from auditmesh.console.layout import LayoutError, layout
@@ -211,19 +217,13 @@ class Console:
         self, request: Request, default_since: str | None
     ) -> tuple[int, int | None] | Response:
         """`since` (default `default_since`, else the beginning) and `until` of the query."""
-        params = dict(request.query_params)
-        unknown = sorted(set(params) - {"since", "until"})
-        if unknown:
-            return _error(400, f"unknown parameter(s) {', '.join(unknown)}; use since, until")
-        now = self.clock()
-        text = params.get("since", default_since)
         try:
-            since = 0 if text is None else parse_time(text, now, "since")
-            until = parse_time(params["until"], now, "until") if "until" in params else None
+            params = single_params(request.query_params.multi_items())
+            since, until = parse_window(params, self.clock(), default_since=default_since)
+            since = 0 if since is None else since  # the beginning of the log
+            check_window(since, until)
         except QueryError as exc:
             return _error(400, str(exc))
-        if until is not None and until <= since:
-            return _error(400, "until is not after since")
         return since, until
 
     def _target(self, request: Request) -> str:
@@ -261,11 +261,10 @@ class Console:
         try:
             since = parse_time(given.since, now, "since")
             until = parse_time(given.until, now, "until") if given.until else now
+            check_window(since, until)
             workloads = parse_workloads(given.workloads)
         except (QueryError, WorkloadsError) as exc:
             return _error(400, str(exc))
-        if until <= since:
-            return _error(400, f"until ({given.until}) is not after since ({given.since})")
         if not 1 <= given.examples <= 50:
             return _error(400, "examples must be 1 to 50")
         files = [PolicyFile(f.name, f.text) for f in given.policies]

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from auditmesh.analysis.query import QueryError, single_params
 from auditmesh.collector import Collector, CollectorStopped
 from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
@@ -182,7 +183,11 @@ class Api:
         return JSONResponse(body)
 
     async def get_inclusion(self, request: Request) -> Response:
-        proven = await self._proven(request, request.query_params.get("id"))
+        try:
+            raw_id = single_params(request.query_params.multi_items()).get("id")
+        except QueryError as exc:
+            return _error(400, str(exc))
+        proven = await self._proven(request, raw_id)
         if isinstance(proven, Response):
             return proven
         text = TlogProof(proven.event.index, tuple(proven.proof), proven.note, None).encode()
@@ -190,8 +195,10 @@ class Api:
 
     async def get_consistency(self, request: Request) -> Response:
         try:
-            size1 = int(request.query_params["from"])
-            size2 = int(request.query_params["to"])
+            params = single_params(request.query_params.multi_items())
+            size1, size2 = int(params["from"]), int(params["to"])
+        except QueryError as exc:
+            return _error(400, str(exc))
         except (KeyError, ValueError):
             return _error(400, "give tree sizes as integers: ?from=N&to=M")
         size = self.collector.log.size

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from auditmesh.analysis import graph, trace
-from auditmesh.analysis.query import QueryError, parse_params, parse_time, run
+from auditmesh.analysis.query import QueryError, parse_params, parse_window, run, single_params
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
 from auditmesh.collector import Collector
 from auditmesh.datadir import Ledger
@@ -92,7 +92,8 @@ class QueryApi:
 
     async def events(self, request: Request) -> Response:
         try:
-            query, cursor = parse_params(dict(request.query_params), self.now_ns())
+            params = single_params(request.query_params.multi_items())
+            query, cursor = parse_params(params, self.now_ns())
             page = await run_in_threadpool(run, self.store, query, cursor)
         except QueryError as exc:
             return _error(400, str(exc))
@@ -113,14 +114,9 @@ class QueryApi:
         return JSONResponse(body)
 
     async def graph(self, request: Request) -> Response:
-        params = dict(request.query_params)
-        unknown = sorted(set(params) - {"since", "until"})
-        if unknown:
-            return _error(400, f"unknown parameter(s) {', '.join(unknown)}; use since, until")
         now = self.now_ns()
         try:
-            since = None if "since" not in params else parse_time(params["since"], now, "since")
-            until = None if "until" not in params else parse_time(params["until"], now, "until")
+            since, until = parse_window(single_params(request.query_params.multi_items()), now)
         except QueryError as exc:
             return _error(400, str(exc))
         result = await run_in_threadpool(
