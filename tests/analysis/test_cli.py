@@ -12,6 +12,7 @@ from auditmesh.cli.main import main
 from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger
 from auditmesh.ledger.merkle import leaf_hash
+from tests.analysis.calls import T0, hop
 from tests.analysis.test_graph import hand_made
 from tests.analysis.test_trace import TRACE, checkout
 from tests.conftest import generate
@@ -76,6 +77,26 @@ def test_trace_draws_the_call_tree(data: Path, capsys: pytest.CaptureFixture[str
     assert json.loads(capsys.readouterr().out)["calls"] == 5
 
 
+def test_trace_takes_the_prefix_the_query_table_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    twins = ["abcdef01" + "0" * 24, "abcdef01" + "1" * 24]
+    events = [
+        e for tid in twins for e in hop("web", "api", trace_id=tid, parent=None, time_ns=T0)[0]
+    ]
+    ledger = open_ledger(tmp_path / "data", origin="test/cli")
+    ledger.log.append([entry_of(e) for e in events])
+    ledger.close()
+    base = ["--data", str(tmp_path / "data"), "--format", "json"]
+    assert main(["trace", "ABCDEF010", *base]) == 0
+    assert json.loads(capsys.readouterr().out)["trace_id"] == twins[0]
+    assert main(["trace", "abcdef01", *base]) == 2
+    assert (
+        f"abcdef01 begins more than one trace id ({twins[0]}, {twins[1]})"
+        in capsys.readouterr().err
+    )
+
+
 def test_graph_table_json_and_dot(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["graph", "--data", str(data)]) == 0
     table = capsys.readouterr().out
@@ -108,6 +129,8 @@ def test_the_graph_of_the_hand_made_calls(
         (["query", "--since", "tomorrow"], "neither a duration"),
         (["query", "--cursor", "nope"], "cursor"),
         (["trace", "xyz"], "not a trace id"),
+        (["trace", "abcdef0"], "or the first 8 or more"),
+        (["trace", "ffffffff"], "no trace id stored begins with ffffffff"),
         (["trace", "0" * 32], "no event carries"),
         # An empty window is refused, not answered with nothing (which looks like quiet).
         (["query", "--since", "1h", "--until", "2h"], "is not after since"),

@@ -133,8 +133,9 @@ def test_consistency_proof(server: ServerProcess, stored: list[bytes]) -> None:
     merkle.verify_consistency(100, 600, proof, merkle.root(leaves[:100]), merkle.root(leaves))
     too_far = httpx.get(server.url + "/v1/proof/consistency", params={"from": 1, "to": 10**6})
     assert too_far.status_code == 400
-    twice = [("from", "100"), ("to", "600"), ("from", "1")]
-    ambiguous = httpx.get(server.url + "/v1/proof/consistency", params=twice)
+    ambiguous = httpx.get(
+        server.url + "/v1/proof/consistency", params=[("from", 100), ("to", 600), ("from", 1)]
+    )
     assert ambiguous.status_code == 400 and "from: given more than once" in ambiguous.text
 
 

@@ -156,6 +156,8 @@ def test_a_trace_over_http(served: Served) -> None:
     assert root["children"][0]["children"][0]["decision"] == "deny"
     assert served.get(f"/v1/traces/{'0' * 32}").status_code == 404
     assert served.get("/v1/traces/xyz").status_code == 400
+    assert served.get(f"/v1/traces/{TRACE[:8]}").json()["trace_id"] == TRACE  # as query shows
+    assert served.get("/v1/traces/ffffffff").json()["error"].startswith("no trace id stored")
 
 
 def test_the_graph_over_http_matches_the_hand_computation(served: Served) -> None:

@@ -281,6 +281,48 @@ def to_json(trace_id: str, roots: Sequence[Call], *, truncated: bool = False) ->
 
 
 MAX_TRACE_EVENTS = 10_000
+MIN_PREFIX = 8  # the digits `auditmesh query` prints in its trace column
+_HEX = frozenset("0123456789abcdef")
+
+
+class TraceIdError(ValueError):
+    """Not a trace id or a prefix of one, or a prefix that more than one trace shares."""
+
+
+def resolve(reader: SqlReader, text: str) -> str | None:
+    """The trace id `text` names: all 32 hex digits (W3C Trace Context §3.2.2.3), or the first
+    8 or more that exactly one stored trace id starts with; None when none does."""
+    wanted = text.strip().lower()
+    if not MIN_PREFIX <= len(wanted) <= 32 or not _HEX.issuperset(wanted):
+        raise TraceIdError(
+            f"{text!r} is not a trace id: give its 32 hex digits, or the first {MIN_PREFIX} "
+            "or more (as `auditmesh query` shows them)"
+        )
+    if len(wanted) == 32:
+        return wanted
+    # Every id starting with the prefix sorts in [prefix, prefix + "g"): "g" follows the
+    # hex digits. The range reads the trace-id index, not the table.
+    rows = reader.query(
+        "SELECT DISTINCT trace_id FROM events WHERE trace_id >= ? AND trace_id < ?"
+        " ORDER BY trace_id LIMIT 4",
+        (wanted, wanted + "g"),
+    )
+    found = [str(row[0]) for row in rows]
+    if len(found) > 1:
+        more = ", …" if len(found) > 3 else ""
+        raise TraceIdError(
+            f"{wanted} begins more than one trace id ({', '.join(found[:3])}{more}): give more "
+            "digits"
+        )
+    return found[0] if found else None
+
+
+def not_found(text: str) -> str:
+    """What to say when `resolve` found nothing for `text`."""
+    wanted = text.strip().lower()
+    if len(wanted) < 32:
+        return f"no trace id stored begins with {wanted}"
+    return f"no event carries trace id {wanted}"
 
 
 def load(

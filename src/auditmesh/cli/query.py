@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -76,8 +77,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "durations, statuses and policy decisions."
         ),
     )
-    tr.add_argument("trace_id", metavar="TRACE_ID")
-    tr.add_argument("--format", choices=("tree", "json"), default="tree")
+    tr.add_argument(
+        "trace_id",
+        metavar="TRACE_ID",
+        help="the trace id (32 hex digits), or its first 8 or more as `query` shows them",
+    )
+    tr.add_argument("--format", choices=("tree", "json"), default="tree", help="(default: tree)")
     _add_source(tr)
     tr.set_defaults(func=run_trace)
 
@@ -316,17 +321,18 @@ def _event_table(events: list[tuple[int, AuditEvent]]) -> None:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    trace_id = args.trace_id.lower()
-    if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
-        raise UserError(f"{args.trace_id!r} is not a trace id (32 hex digits)")
     if args.url:
-        with _client(args) as client:
-            body = _get(client, f"/v1/traces/{trace_id}")
+        with _client(args) as client:  # the server resolves a prefix itself
+            body = _get(client, f"/v1/traces/{quote(args.trace_id.strip(), safe='')}")
     else:
         with _ledger(args.data) as ledger:
-            found = trace.trace_json(ledger.store, trace_id)
+            try:
+                trace_id = trace.resolve(ledger.store, args.trace_id)
+            except trace.TraceIdError as exc:
+                raise UserError(str(exc)) from None
+            found = None if trace_id is None else trace.trace_json(ledger.store, trace_id)
         if found is None:
-            raise UserError(f"no event carries trace id {trace_id}")
+            raise UserError(trace.not_found(args.trace_id))
         body = found
     if args.format == "json":
         print(msgspec.json.encode(body).decode())

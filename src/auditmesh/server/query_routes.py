@@ -5,7 +5,8 @@
         {"events": [{"index": N, "event": {...}}, ...], "count": n, "next": cursor | null}
         Filters as in analysis/query.py; since/until take nanoseconds, a duration before now
         (15m) or RFC 3339; limit 1..1000 (default 100); pass `next` back as `cursor`.
-    GET /v1/traces/{trace_id}    the call tree (analysis/trace.py `to_json`), 404 if unknown
+    GET /v1/traces/{trace_id}    the call tree (analysis/trace.py `to_json`), 404 if unknown;
+        the id's first 8 or more digits do when only one trace id starts with them
     GET /v1/graph?since=&until=  the service graph (analysis/graph.py `to_json`)
 
 All three are reads: server/api_auth.py asks for credentials and records each one (routes tell
@@ -104,12 +105,16 @@ class QueryApi:
         return Response(body, media_type="application/json")
 
     async def trace(self, request: Request) -> Response:
-        trace_id = request.path_params["trace_id"].lower()
-        if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
-            return _error(400, f"{trace_id!r} is not a trace id (32 hex digits)")
-        body = await run_in_threadpool(trace.trace_json, self.store, trace_id)
+        given = request.path_params["trace_id"]
+        try:
+            trace_id = await run_in_threadpool(trace.resolve, self.store, given)
+        except trace.TraceIdError as exc:
+            return _error(400, str(exc))
+        body = None
+        if trace_id is not None:
+            body = await run_in_threadpool(trace.trace_json, self.store, trace_id)
         if body is None:
-            return _error(404, f"no event carries trace id {trace_id}")
+            return _error(404, trace.not_found(given))
         set_read_count(request.scope, body["events"])
         return JSONResponse(body)
 
