@@ -50,6 +50,14 @@ def test_demo_tells_the_story(demo: tuple[Path, str]) -> None:
     assert re.search(rf"Done: {shown} calls made", out), out
 
 
+def test_the_commands_to_try_next_can_be_pasted_whole(demo: tuple[Path, str]) -> None:
+    data, out = demo  # printed to an 80-column console; each command longer than that
+    lines = out.splitlines()
+    assert f"  auditmesh log verify --data {data}" in lines
+    key = (data / "keys" / "log.vkey").read_text().strip()
+    assert f"  auditmesh bundle verify evidence.zip --key '{key}'" in lines
+
+
 def test_every_edge_is_audited_with_identities(demo: tuple[Path, str]) -> None:
     data, _ = demo
     edges = Counter(

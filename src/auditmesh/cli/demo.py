@@ -93,14 +93,11 @@ def run(args: argparse.Namespace) -> int:
         _verify(console, mesh.server.url, vkey, size)
         _tamper_copy(console, args.data, vkey)
         token = (args.data / "keys" / "api.token").read_text().strip()
-        say(f"\n[bold]Web console[/]: {mesh.server.url}/  (log in with the API token {token})")
-        say("\n[bold]Try next[/]:")
-        say(f"  auditmesh findings --data {args.data}")
-        say(f"  auditmesh graph --data {args.data}")
-        say(f"  auditmesh query --data {args.data} --decision deny")
-        say(f"  auditmesh log verify --data {args.data}")
-        say(f"  auditmesh bundle create --data {args.data} --status 403 -o evidence.zip")
-        say(f"  auditmesh bundle verify evidence.zip --key '{vkey}'")
+        say(
+            f"\n[bold]Web console[/]: {mesh.server.url}/  (log in with the API token {token})",
+            soft_wrap=True,  # the token, whole, for copying
+        )
+        _try_next(console, args.data, vkey)
         if not args.exit:
             say(f"\nThe mesh keeps running (server {mesh.server.url}); Ctrl-C to stop.")
             _wait_for_interrupt()
@@ -109,6 +106,21 @@ def run(args: argparse.Namespace) -> int:
         for app in app_servers:
             app.close()
     return 0
+
+
+def _try_next(console: Console, data: Path, vkey: str) -> None:
+    """Commands to paste: each on one line however narrow the terminal (soft wrap leaves
+    the wrapping to it, so a copied line is the whole command)."""
+    console.print("\n[bold]Try next[/]:")
+    for command in (
+        f"auditmesh findings --data {data}",
+        f"auditmesh graph --data {data}",
+        f"auditmesh query --data {data} --decision deny",
+        f"auditmesh log verify --data {data}",
+        f"auditmesh bundle create --data {data} --status 403 -o evidence.zip",
+        f"auditmesh bundle verify evidence.zip --key '{vkey}'",
+    ):
+        console.print(f"  {command}", soft_wrap=True, markup=False)
 
 
 def _wait_for_interrupt() -> None:
