@@ -254,6 +254,19 @@ def test_json_lists_nodes_and_edges(ledger: Ledger) -> None:
     assert body["requests"] == 18 and body["window"]["seconds"] == 60
 
 
+def test_names_are_qualified_by_namespace_except_spiffe_ids() -> None:
+    def edge(source: str, source_ns: str, dest: str, dest_ns: str) -> graph.Edge:
+        return graph.Edge(source, source_ns, dest, dest_ns, 1, 0, 0, 1, 0, 0, 1, 1, 1, 0.0)
+
+    web = "spiffe://cluster.local/ns/shop/sa/web"
+    names = graph.node_names(
+        graph.Graph(
+            0, 60 * SECOND, (edge(web, "shop", "api", "bank"), edge("api", "bank", "db", ""))
+        )
+    )
+    assert names == {("shop", web): web, ("bank", "api"): "api.bank", ("", "db"): "db"}
+
+
 def test_the_sql_fold_agrees_with_the_pure_specification(tmp_path: Path) -> None:
     """`Rollup` computes `fold`'s rule in SQL; on calls reported by one side, both sides in
     either order, and sides split across chunks, the two give the same rollup."""

@@ -148,11 +148,15 @@ def compute(rollup: Rollup, *, since_ns: int | None, until_ns: int | None, now_n
 
 def node_names(graph: Graph) -> dict[tuple[str, str], str]:
     """(namespace, service) → the name shown: the service, qualified as `service.namespace`
-    only when the graph spans several namespaces."""
+    only when the graph spans several namespaces. A caller known only by its SPIFFE ID is
+    shown as that ID, which names its namespace already (`…/ns/shop/sa/web`)."""
     nodes = {(e.source_namespace, e.source) for e in graph.edges}
     nodes |= {(e.dest_namespace, e.dest) for e in graph.edges}
     qualify = len({ns for ns, _ in nodes if ns}) > 1
-    return {(ns, svc): f"{svc}.{ns}" if qualify and ns else svc for ns, svc in nodes}
+    return {
+        (ns, svc): f"{svc}.{ns}" if qualify and ns and not svc.startswith("spiffe://") else svc
+        for ns, svc in nodes
+    }
 
 
 def to_json(graph: Graph) -> dict[str, Any]:
