@@ -43,6 +43,30 @@ def test_every_command_is_in_the_group_built_for_it() -> None:
         assert command in _commands(build_parser(groups_for([command]))), command
 
 
+def _parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Every (sub)command's parser, by its words: {"log verify": …}."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found[name] = child
+                found.update({f"{name} {k}": v for k, v in _parsers(child).items()})
+    return found
+
+
+def test_help_shows_the_defaults_that_say_something() -> None:
+    parsers = _parsers(build_parser())
+    assert {"log verify", "query", "export otlp"} <= set(parsers)
+    for words, parser in parsers.items():
+        text = " ".join(parser.format_help().split())
+        for empty in ("(default: None)", "(default: [])", "(default: False)"):
+            assert empty not in text, f"{words}: {empty}"
+    query = " ".join(parsers["query"].format_help().split())
+    assert "output format (default: table)" in query
+    assert "which events come first (default: newest)" in query
+    assert "at most this many (default 100)" in query  # said in its own words: not twice
+
+
 def test_a_command_does_not_import_the_others() -> None:
     code = (
         "import sys\n"

@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_data_arg(parser)
     parser.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time (default: all)")
     parser.add_argument("--until", help="15m, 2h, 7d or an RFC 3339 time (default: now)")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output format"
+    )
     parser.add_argument(
         "--bundle", type=Path, metavar="DIR", help="write one evidence bundle per finding here"
     )

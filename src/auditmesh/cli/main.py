@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # Command-group modules under auditmesh.cli, in the order `--help` lists them.
 GROUPS: tuple[str, ...] = (
@@ -36,8 +37,38 @@ class UserError(Exception):
     """A problem the person at the keyboard can fix; printed without a traceback."""
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Ends an option's help with its default, where there is one worth saying and the help
+    does not say it already (most write "(default 100)" in their own words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = action.default
+        if (
+            not text
+            or text == argparse.SUPPRESS
+            or not action.option_strings  # a positional: required, no default
+            or default is None
+            or isinstance(default, bool)  # a flag: off unless given
+            or default in ([], ())  # repeatable, none unless given
+            or default == argparse.SUPPRESS
+            or "default" in text
+            or str(default) in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every command's parser: shows defaults; subcommands' parsers are made of this class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(groups: Sequence[str] = GROUPS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="auditmesh",
         description="Tamper-evident audit trail for service-to-service calls.",
     )

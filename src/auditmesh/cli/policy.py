@@ -292,7 +292,9 @@ def _register_recorded(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     replay.add_argument("--policies", required=True, metavar="PATH", help="policy file or dir")
     _recorded_args(replay)
-    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output format"
+    )
     replay.add_argument(
         "--examples",
         type=_count_arg,

@@ -62,10 +62,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     add_filter_args(query)
-    query.add_argument("--order", choices=ORDERS, default="newest", help="default newest")
+    query.add_argument("--order", choices=ORDERS, default="newest", help="which events come first")
     query.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     query.add_argument("--cursor", help="continue after a page (the `next` a page printed)")
-    query.add_argument("--format", choices=("table", "json", "ecs"), default="table")
+    query.add_argument(
+        "--format", choices=("table", "json", "ecs"), default="table", help="output format"
+    )
     _add_source(query)
     query.set_defaults(func=run_query)
 
@@ -82,7 +84,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="TRACE_ID",
         help="the trace id (32 hex digits), or its first 8 or more as `query` shows them",
     )
-    tr.add_argument("--format", choices=("tree", "json"), default="tree", help="(default: tree)")
+    tr.add_argument("--format", choices=("tree", "json"), default="tree", help="output format")
     _add_source(tr)
     tr.set_defaults(func=run_trace)
 
@@ -100,7 +102,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="15m, 2h, 7d or an RFC 3339 time; the graph counts whole minutes, so --since "
         "rounds down and --until up to the minute",
     )
-    gr.add_argument("--format", choices=("table", "json", "dot"), default="table")
+    gr.add_argument(
+        "--format", choices=("table", "json", "dot"), default="table", help="output format"
+    )
     _add_source(gr)
     gr.set_defaults(func=run_graph)
 
