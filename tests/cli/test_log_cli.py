@@ -80,3 +80,32 @@ def test_a_key_file_whose_path_has_a_plus_is_read(data: Path, tmp_path: Path) ->
     key_file = tmp_path / "log+copy.vkey"
     key_file.write_text((data / "keys" / "log.vkey").read_text())
     assert main(["log", "verify", "--data", str(data), "--key", str(key_file), "--quiet"]) == 0
+
+
+def test_another_logs_key_is_named_with_the_signer_and_the_fix(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = open_ledger(tmp_path / "other", origin="test.auditmesh/log")
+    fill(other, generate(5))
+    other.close()
+    given = Verifier.from_vkey((tmp_path / "other" / "keys" / "log.vkey").read_text().strip())
+    ours = Verifier.from_vkey((data / "keys" / "log.vkey").read_text().strip())
+    key = str(tmp_path / "other" / "keys" / "log.vkey")
+    assert main(["log", "verify", "--data", str(data), "--key", key]) == 1
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps at the console's width
+    assert (
+        f"it is signed by {ours.name}+{ours.key_hash:08x}, and the key trusted here is "
+        f"{given.name}+{given.key_hash:08x}; give the log's own verifier key" in err
+    )
+    assert "expected [" not in err and "verifying" not in err  # no stale progress bar
+
+
+def test_jobs_is_refused_with_url_and_below_one(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = str(data / "keys" / "log.vkey")
+    url = ["log", "verify", "--url", "http://127.0.0.1:9", "--key", key, "--jobs", "2"]
+    assert main(url) == 2
+    assert "--jobs is for a ledger read with --data" in capsys.readouterr().err
+    assert main(["log", "verify", "--data", str(data), "--jobs", "0"]) == 2
+    assert "--jobs: give at least 1" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,10 @@ def test_no_known_key_is_an_error_naming_the_signers() -> None:
     with pytest.raises(VerificationError, match="no verifiable signatures") as info:
         open_note(COSIGNED, [])
     assert info.value.computed == ["PeterNeumann+c74f20a3", "EnochRoot+af0cfe78"]
+    signers = "PeterNeumann+c74f20a3, EnochRoot+af0cfe78"
+    assert f"signed by {signers}, and the key trusted here is none" in str(info.value)
+    again = pickle.loads(pickle.dumps(info.value))  # as parallel verify's workers send it
+    assert type(again) is type(info.value) and str(again) == str(info.value)
 
 
 def test_resigning_replaces_the_signers_old_signature() -> None:

@@ -61,9 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify.add_argument(
         "--jobs",
         type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="worker processes for a local ledger (default: one per CPU it may use, "
-        "%(default)s here)",
+        help="worker processes, for a ledger read with --data (default: one per CPU it may "
+        f"use, {len(os.sched_getaffinity(0))} here); a --url log is verified in one",
     )
     verify.add_argument(
         "--indexes",
@@ -155,6 +154,13 @@ def run_verify(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         reader: LogReader
         open_again: OpenReader | None = None  # a remote log is verified in this process
+        if args.url and args.jobs is not None:
+            raise UserError(
+                "--jobs is for a ledger read with --data: a --url log is verified in one process"
+            )
+        jobs = len(os.sched_getaffinity(0)) if args.jobs is None else args.jobs
+        if jobs < 1:
+            raise UserError("--jobs: give at least 1")
         if args.url:
             try:
                 remote = RemoteLog(args.url)
@@ -186,26 +192,28 @@ def run_verify(args: argparse.Namespace) -> int:
             TimeRemainingColumn(),
             console=console,
             disable=args.quiet,
+            transient=True,
         )
-        with progress:
+        failure = None
+        with progress:  # transient: a failure's message is not followed by a stale bar
             task = progress.add_task("verify", total=None)
             try:
                 report = verify_log(
                     reader,
                     verifier,
-                    jobs=args.jobs,
+                    jobs=jobs,
                     open_reader=open_again,
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
             except VerificationError as exc:
-                console.print(f"[bold red]FAILED[/]: {where}: {exc}")
-                return 1
+                failure = str(exc)
             except (ServerError, StoreError, ValueError, OSError) as exc:
-                console.print(f"[bold red]FAILED[/]: {where}: cannot read the log: {exc}")
-                return 1
+                failure = f"cannot read the log: {exc}"
             except Exception as exc:  # a damaged database file surfaces as sqlite3 errors
-                console.print(f"[bold red]FAILED[/]: {where}: {type(exc).__name__}: {exc}")
-                return 1
+                failure = f"{type(exc).__name__}: {exc}"
+        if failure is not None:
+            console.print(f"[bold red]FAILED[/]: {where}: {failure}", markup=True, highlight=False)
+            return 1
         if not args.url and (rows := ledger.store.row_count()) != report.size:
             console.print(
                 f"[bold red]FAILED[/]: {where}: the events table holds {rows} rows but the log "
@@ -217,7 +225,7 @@ def run_verify(args: argparse.Namespace) -> int:
             if args.url:
                 raise UserError("--indexes reads the store's columns: use it with --data")
             try:
-                checked = _check_indexes(ledger.data_dir, report.size, args.jobs, progress)
+                checked = _check_indexes(ledger.data_dir, report.size, jobs, progress)
             except VerificationError as exc:
                 console.print(f"[bold red]FAILED[/]: {where}: {exc}")
                 return 1

@@ -248,6 +248,31 @@ def sign(text: str, signers: Sequence[Signer], *, existing: Sequence[Signature] 
     return message + b"\n" + "".join(line + "\n" for line in lines).encode()
 
 
+class UntrustedNote(VerificationError):
+    """No signature of the note is by a key trusted here (C2SP signed-note: a verifier
+    ignores signatures by unknown keys): usually the wrong verifier key was given.
+    `expected` lists the trusted keys and `computed` the signers', as `name+hash` (the
+    first two fields of a verifier key)."""
+
+    def __init__(self, *, trusted: list[str], signers: list[str]) -> None:
+        self.trusted, self.signers = trusted, signers  # read by _describe, from super()
+        super().__init__("note has no verifiable signatures", expected=trusted, computed=signers)
+
+    def _describe(self) -> str:
+        return (
+            f"{self.message}: it is signed by {', '.join(self.signers) or 'no key'}, and the "
+            f"key trusted here is {', '.join(self.trusted) or 'none'}; "
+            "give the log's own verifier key (keys/log.vkey in its data directory)"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:  # crosses process boundaries, as its base
+        return (_untrusted_note, (self.trusted, self.signers))
+
+
+def _untrusted_note(trusted: list[str], signers: list[str]) -> UntrustedNote:
+    return UntrustedNote(trusted=trusted, signers=signers)
+
+
 def open_note(note: bytes, verifiers: Sequence[Verifier]) -> Note:
     """Parse ``note`` and check its signatures by the known ``verifiers`` (§"Signatures").
 
@@ -309,11 +334,9 @@ def open_note(note: bytes, verifiers: Sequence[Verifier]) -> Note:
         sigs.append(sig)
 
     if not sigs:
-        raise VerificationError(
-            "note has no verifiable signatures: none is by a trusted key (expected), only by "
-            "the keys computed from its signature lines; was this log's verifier key given?",
-            expected=sorted(f"{n}+{h:08x}" for n, h in known),
-            computed=[f"{s.name}+{s.key_hash:08x}" for s in unverified],
+        raise UntrustedNote(
+            trusted=sorted(f"{n}+{h:08x}" for n, h in known),
+            signers=[f"{s.name}+{s.key_hash:08x}" for s in unverified],
         )
     return Note(text=text, sigs=tuple(sigs), unverified_sigs=tuple(unverified))
 
