@@ -408,6 +408,19 @@ def test_tcp_request_line() -> None:
     assert to_event(record, REPORTER).kind == "tcp"
 
 
+@pytest.mark.parametrize(
+    "path",
+    ['/products?id=1"', '/search?q="shoes"', '/a" b/c"', '/x?q=" 9 "'],
+)
+def test_text_path_ending_in_a_quote(path: str) -> None:
+    """A probe's path (`/?id=1"`) puts `" ` inside fields 2-4, as Envoy escapes nothing in
+    TEXT: the line is still read whole, not refused at field 9 with every field shifted."""
+    record = parse_text_line(text_line(path=path, user_agent="sqlmap/1.8"))
+    assert (record.method, record.path, record.protocol) == ("GET", path, "HTTP/1.1")
+    assert (record.response_code, record.duration_ms, record.user_agent) == (200, 7, "sqlmap/1.8")
+    assert to_event(record, REPORTER).http.path == path  # type: ignore[union-attr]
+
+
 # --- JSON ----------------------------------------------------------------------------------
 
 

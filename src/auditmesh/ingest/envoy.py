@@ -142,6 +142,9 @@ _MAX_LABEL = 1024  # events.LabelValue
 _MAX_COUNT = 2**53 - 1  # events.Count
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # RFC 9110 §5.6.2 token (a method)
 _FLAG = re.compile(r"[A-Z]{1,8}")
+# The end of fields 2-4: `%PROTOCOL%" %RESPONSE_CODE% ` (Envoy's %PROTOCOL% is HTTP/1.0,
+# HTTP/1.1, HTTP/2, HTTP/3, or - for TCP). The path before it may hold quotes of its own.
+_REQUEST_END = re.compile(r' (?:HTTP/[0-9.]{1,3}|-)(")(?: [0-9]{1,3}| -) ')
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))"
@@ -236,7 +239,15 @@ def parse_text_line(line: str) -> AccessRecord:
         raise _error(_TEXT_LABEL["start_time"], "no '] ' closes the start time")
     values["start_time"] = line[1:close]
     cursor.pos = close + 2
-    request = cursor.quoted("method")
+    # Fields 2-4 end at `PROTOCOL" CODE `, not at the first `" `: Envoy escapes nothing, so
+    # a path ending in a quote (a probe's `/?id=1"`) has one before the protocol. Without
+    # that ending (another protocol), the first `" ` closes the field, as in any other.
+    end = _REQUEST_END.search(line, cursor.pos) if line.startswith('"', cursor.pos) else None
+    if end is not None:
+        request = line[cursor.pos + 1 : end.start(1)]
+        cursor.pos = end.start(1) + 2
+    else:
+        request = cursor.quoted("method")
     method, _, rest = request.partition(" ")
     path, _, protocol = rest.rpartition(" ")
     if not method or not protocol:
