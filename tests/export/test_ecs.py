@@ -23,7 +23,14 @@ from auditmesh.events import (
     canonical_bytes,
     decode_event,
 )
-from auditmesh.export.ecs import ECS_VERSION, ecs_document, ecs_fields, ecs_line, timestamp_text
+from auditmesh.export.ecs import (
+    ECS_VERSION,
+    ecs_document,
+    ecs_fields,
+    ecs_line,
+    nest,
+    timestamp_text,
+)
 from auditmesh.ledger.merkle import leaf_hash
 from tests.conftest import START_NS, generate
 from tests.export.ecs_schema import EcsSchema
@@ -269,6 +276,15 @@ def test_document_is_the_nested_form_of_the_fields() -> None:
         assert msgspec.json.decode(ecs_line(9, data)) == ecs_document(
             case, index=9, leaf=leaf_hash(data)
         )
+
+
+def test_nest_handles_groups_that_come_back_and_deeper_names() -> None:
+    fields = {"a.b": 1, "c": 2, "a.d": 3, "a.e.f": 4, "a.e.g": 5, "x.y.z": 6, "a.h": 7}
+    assert nest(fields) == {
+        "a": {"b": 1, "d": 3, "e": {"f": 4, "g": 5}, "h": 7},
+        "c": 2,
+        "x": {"y": {"z": 6}},
+    }
 
 
 def test_timestamp_keeps_nanoseconds() -> None:

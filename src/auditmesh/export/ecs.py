@@ -307,18 +307,25 @@ def ecs_fields(
 def nest(fields: dict[str, Any]) -> dict[str, Any]:
     """Dotted names to nested objects (`{"event": {"id": …}}`), as Elasticsearch stores them."""
     doc: dict[str, Any] = {}
+    node: dict[str, Any] = doc
+    at: tuple[str, ...] = ()  # fields come grouped (source.ip, source.port): reuse the parent
     for name, value in fields.items():
-        *parents, last = _parts(name)
-        node = doc
-        for part in parents:
-            node = node.setdefault(part, {})
+        parents, last = _parts(name)
+        if parents != at:
+            node, at = doc, parents
+            for part in parents:  # get, not setdefault(part, {}): no dict made per field
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                node = child
         node[last] = value
     return doc
 
 
 @functools.lru_cache(maxsize=1024)
-def _parts(name: str) -> tuple[str, ...]:
-    return tuple(name.split("."))
+def _parts(name: str) -> tuple[tuple[str, ...], str]:
+    *parents, last = name.split(".")
+    return tuple(parents), last
 
 
 def ecs_document(
