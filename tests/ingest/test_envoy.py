@@ -409,6 +409,36 @@ def test_tcp_request_line() -> None:
 
 
 @pytest.mark.parametrize(
+    "changes",
+    [
+        {"x_forwarded_for": '203.0.113.9" x'},
+        {"x_forwarded_for": '"203.0.113.9"'},
+        {"authority": 'shop "x'},
+        {"request_id": 'a "b" c'},
+        {"authority": '" x', "request_id": 'id" y', "user_agent": 'ua" z'},
+    ],
+)
+def test_text_headers_holding_quotes(changes: dict[str, str]) -> None:
+    """X-Forwarded-For, :authority and X-Request-Id are whatever the caller sent, quotes
+    included: a caller must not keep its request out of the audit trail by putting `" `
+    in one of them."""
+    record = parse_text_line(text_line(**changes))
+    expected = {key: None if value == "-" else value for key, value in {**BASE, **changes}.items()}
+    for key in ("x_forwarded_for", "user_agent", "request_id", "authority", "upstream_host"):
+        assert getattr(record, key) == expected[key], key
+    assert record.upstream_cluster == BASE["upstream_cluster"]
+    assert to_event(record, REPORTER).http.request_id == expected["request_id"]  # type: ignore[union-attr]
+
+
+def test_text_ambiguous_quoted_headers_are_kept() -> None:
+    """`" "` in X-Forwarded-For cannot be told from the field's end: the line is kept, the
+    rest going to the User-Agent, the one other field a caller fills freely."""
+    record = parse_text_line(text_line(x_forwarded_for='1.2.3.4" "x', user_agent="curl/8.7.1"))
+    assert (record.x_forwarded_for, record.user_agent) == ("1.2.3.4", 'x" "curl/8.7.1')
+    assert (record.request_id, record.authority) == (BASE["request_id"], BASE["authority"])
+
+
+@pytest.mark.parametrize(
     "path",
     ['/products?id=1"', '/search?q="shoes"', '/a" b/c"', '/x?q=" 9 "'],
 )
@@ -711,3 +741,37 @@ def test_well_formed_lines_always_parse_and_map(values: dict[str, str]) -> None:
     assert record.user_agent == (None if agent in ("", "-") else agent)
     event = to_event(record, REPORTER)
     assert event.duration_us == int(values["duration"]) * 1000
+
+
+_header = st.text(alphabet=st.sampled_from('"- ,.:ab1\\'), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            # RFC 9112 §3.2: a request-target has no spaces; quotes are a caller's choice
+            "path": st.text(alphabet=st.sampled_from('/"?=a1-'), min_size=1, max_size=12),
+            "x_forwarded_for": _header,
+            "user_agent": _header,
+            "request_id": _header,
+            "authority": _header,
+        }
+    )
+)
+def test_caller_filled_fields_never_make_a_line_unreadable(values: dict[str, str]) -> None:
+    """Whatever a caller puts in the path and its headers, the line is read and the fields
+    Envoy fills keep their values."""
+    record = parse_text_line(text_line(**values))
+    assert (record.method, record.protocol, record.response_code) == ("GET", "HTTP/1.1", 200)
+    assert record.upstream_host == BASE["upstream_host"]
+    assert record.upstream_cluster == BASE["upstream_cluster"]
+    assert record.route_name == BASE["route_name"]
+    assert record.path == (None if values["path"] == "-" else values["path"])
+    headers = [values[key] for key in ("x_forwarded_for", "user_agent", "request_id", "authority")]
+    if not any(
+        '" "' in value or value.startswith((" ", '"')) or value.endswith((" ", '"'))
+        for value in headers
+    ):  # else the line is ambiguous; the split above is then one of its readings
+        for key in ("x_forwarded_for", "user_agent", "request_id", "authority"):
+            assert getattr(record, key) == (None if values[key] in ("", "-") else values[key])

@@ -223,8 +223,9 @@ def parse_text_line(line: str) -> AccessRecord:
     """One line in Istio's default TEXT format (`ISTIO_TEXT_FORMAT`).
 
     Quoted fields are taken as Envoy writes them, without unescaping (Envoy escapes nothing
-    in TEXT logs); the user agent, the one field a caller fills freely, may itself contain
-    quotes, so the fields after it are read from the end of the line.
+    in TEXT logs): the path and the headers a caller fills (X-Forwarded-For, User-Agent,
+    X-Request-Id, :authority) may themselves hold quotes, so fields are told apart by what
+    follows a closing quote, and the six bare fields at the end are read from the end.
     """
     line = _strip_newline(line)
     cursor = _Cursor(line)
@@ -262,32 +263,39 @@ def parse_text_line(line: str) -> AccessRecord:
     values["upstream_transport_failure_reason"] = cursor.quoted("upstream_transport_failure_reason")
     for key in ("bytes_received", "bytes_sent", "duration", "upstream_service_time"):
         values[key] = cursor.bare(key)
-    values["x_forwarded_for"] = cursor.quoted("x_forwarded_for")
-    # The rest: "UA" "ID" "AUTHORITY" "UPSTREAM_HOST" and six bare fields, read from the end.
-    rest = line[cursor.pos :]
-    parts = rest.rsplit(" ", 6)
+    # The rest: five quoted fields, "XFF" "UA" "ID" "AUTHORITY" "UPSTREAM_HOST", and six
+    # bare ones, read from the end.
+    parts = line[cursor.pos :].rsplit(" ", 6)
     if len(parts) < 7 or any(part.startswith('"') for part in parts[1:]):
         raise _error(
-            "fields 15-24 (%REQ(USER-AGENT)% … %ROUTE_NAME%)",
+            "fields 14-24 (%REQ(X-FORWARDED-FOR)% … %ROUTE_NAME%)",
             "the line ends early: Istio's default TEXT format has 24 fields",
         )
-    rest = parts[0]
     tail_keys = TEXT_FIELDS[18:]
     for (key, _op), value in zip(tail_keys, parts[1:], strict=True):
         if not value:
             raise _error(_TEXT_LABEL[key], "empty value (two spaces in a row?)")
         values[key] = value
-    for key in ("upstream_host", "authority", "request_id"):
-        if not rest.endswith('"'):
-            raise _error(_TEXT_LABEL[key], "expected a quoted value")
-        start = rest.rfind(' "', 0, len(rest) - 1)
-        if start < 0:
-            raise _error(_TEXT_LABEL[key], "expected a quoted value")
-        values[key] = rest[start + 2 : -1]
-        rest = rest[:start]
-    if len(rest) < 2 or not rest.startswith('"') or not rest.endswith('"'):
-        raise _error(_TEXT_LABEL["user_agent"], "expected a quoted value")
-    values["user_agent"] = rest[1:-1]
+    # All but the upstream host are headers as the caller sent them, and Envoy escapes
+    # nothing: a value may hold `" `, so only `" "` separates these fields, the upstream host
+    # (which holds no quote) and the two before it are taken from the right, the XFF from
+    # the left; should a header hold even `" "`, the User-Agent between them takes the
+    # surplus. The line is read either way: no quote keeps a request out of the trail.
+    quoted = parts[0]
+    right = quoted[1:-1].rsplit('" "', 3)
+    xff, between, agent = right[0].partition('" "')
+    if len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"' or len(right) < 4 or not between:
+        raise _error(
+            "fields 14-18 (%REQ(X-FORWARDED-FOR)% … %UPSTREAM_HOST%)",
+            'expected a quoted value for each: "XFF" "UA" "ID" "AUTHORITY" "UPSTREAM_HOST"',
+        )
+    values.update(
+        x_forwarded_for=xff,
+        user_agent=agent,
+        request_id=right[1],
+        authority=right[2],
+        upstream_host=right[3],
+    )
     return _record(line, values.get, _TEXT_LABEL.__getitem__)
 
 
