@@ -12,14 +12,17 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import Ledger
-from auditmesh.ingest import otlp
+from auditmesh.ingest import envoy, otlp
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
 from auditmesh.server.run import _start_otlp_grpc
 from tests.conftest import generate
 from tests.ingest.test_otlp import SPAN, STABLE_SERVER, START, TRACE, logs, span, traces
+from tests.ingest.test_otlp_envoy import TEXT_LINES
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +145,35 @@ def test_stop_is_idempotent(collector: Collector) -> None:
     assert server.port != 0
     server.stop()
     server.stop()
+
+
+def test_a_header_that_is_not_utf8_does_not_lose_the_export(
+    channel: grpc.Channel, ledger: Ledger
+) -> None:
+    """Envoy's OpenTelemetry access logger sends a header's bytes as the caller sent them,
+    as protobuf C++ does not enforce UTF-8 when serializing: one Latin-1 User-Agent must
+    not make the whole export INVALID_ARGUMENT (every other call in it unaudited)."""
+    body, lines = envoy_export_with_latin1_agent()
+    ExportLogsServiceResponse.FromString(export(channel, LOGS, body))
+    assert ledger.log.size == 3
+    agents = [envoy.parse_text_line(line).user_agent for line in lines]
+    assert agents[1] == "caf\\xe9 \\xff/1.0"  # kept as escapes, as `auditmesh ingest` does
+    for line in lines:
+        event = envoy.to_event(envoy.parse_text_line(line), "ingest:otlp:istio-proxy")
+        assert ledger.store.event_by_id(uuid.UUID(event.id).bytes) is not None
+
+
+def envoy_export_with_latin1_agent() -> tuple[bytes, list[str]]:
+    """An Envoy access-log export of three sample lines, the second with `caf\\xe9 \\xff/1.0`
+    as its User-Agent in raw bytes; and the three lines as the receiver reads them."""
+    lines = TEXT_LINES[:3]
+    marked = lines[1].replace('"python-requests/2.31.0"', '"caf^ ~/1.0"')
+    request = logs(
+        *(
+            LogRecord(body=AnyValue(string_value=line + "\n"))
+            for line in (lines[0], marked, lines[2])
+        ),
+        service="istio-proxy",
+    )
+    body = request.SerializeToString().replace(b"caf^ ~/1.0", b"caf\xe9 \xff/1.0")
+    return body, [lines[0], marked.replace("~", "\\xff").replace("^", "\\xe9"), lines[2]]

@@ -37,6 +37,7 @@ from tests.ingest.test_otlp import (
     to_otlp_json,
     traces,
 )
+from tests.ingest.test_otlp_grpc import envoy_export_with_latin1_agent
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}
@@ -256,3 +257,29 @@ def test_arbitrary_bodies_never_cause_a_server_error(
     assert response.status_code in (200, 400), response.content
     if response.status_code == 400 and content_type == "application/json":
         json.loads(response.content)
+
+
+def test_a_header_that_is_not_utf8_does_not_lose_the_export(client: Client, ledger: Ledger) -> None:
+    """As over gRPC (test_otlp_grpc): a record whose string is not UTF-8 is read with the
+    bytes kept as escapes; the export is not 400 Bad Data."""
+    body, _lines = envoy_export_with_latin1_agent()
+    for headers in (PROTOBUF, {**PROTOBUF, "Content-Encoding": "gzip"}):
+        content = gzip.compress(body) if "Content-Encoding" in headers else body
+        response = client.post("/v1/logs", content=content, headers=headers)
+        assert response.status_code == 200, status_of(response.content).message
+        assert ExportLogsServiceResponse.FromString(response.content) == (
+            ExportLogsServiceResponse()
+        )
+    assert ledger.log.size == 3
+
+
+def test_utf8_repair_leaves_a_valid_message_as_it_is() -> None:
+    request = logs(*map(otlp.audit_log_record, generate(3)))
+    request.resource_logs[0].scope_logs[0].log_records.add().body.kvlist_value.values.add(
+        key="k"
+    ).value.array_value.values.add().double_value = 1.5
+    for message in (request, traces(span(STABLE_SERVER))):
+        body = message.SerializeToString()
+        assert otlp._utf8_strings(body, message.DESCRIPTOR) == body
+    with pytest.raises(ValueError):
+        otlp._utf8_strings(body[:-1], message.DESCRIPTOR)

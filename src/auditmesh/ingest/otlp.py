@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsPartialSuccess,
@@ -193,8 +194,82 @@ def _decode_protobuf(
     try:
         message.ParseFromString(body)
     except (DecodeError, RecursionError, ValueError) as exc:
-        raise MalformedRequest(f"not a protobuf {message.DESCRIPTOR.name}: {exc}") from None
+        # A proto3 `string` must be UTF-8 (protobuf Language Guide (proto3), "Scalar Value
+        # Types"), and upb refuses the whole message for one that is not. But protobuf C++
+        # only logs it when serializing, so Envoy's OpenTelemetry access logger (as the
+        # Collector) sends a header's bytes as the caller sent them (RFC 9110 §5.5 obs-text):
+        # one Latin-1 User-Agent made the whole export Bad Data. Such bytes are kept as
+        # escapes (\xe9), as `auditmesh ingest` keeps them in a log file's lines.
+        try:
+            message.ParseFromString(_utf8_strings(body, message.DESCRIPTOR))
+        except (DecodeError, RecursionError, ValueError):
+            raise MalformedRequest(f"not a protobuf {message.DESCRIPTOR.name}: {exc}") from None
     return message
+
+
+def _utf8_strings(data: bytes, descriptor: Descriptor, depth: int = 0) -> bytes:
+    """`data`, a `descriptor` message in the protobuf wire format ("Encoding"), with every
+    `string` field that is not UTF-8 decoded with backslash escapes; the rest as it was.
+    ValueError when `data` is not a well-formed message."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    out = bytearray()
+    pos, size = 0, len(data)
+    while pos < size:
+        start = pos
+        key, pos = _varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:  # VARINT
+            pos = _varint(data, pos)[1]
+        elif wire_type in (1, 5):  # I64, I32
+            pos += 8 if wire_type == 1 else 4
+        elif wire_type == 2:  # LEN
+            key_end = pos
+            length, pos = _varint(data, pos)
+            if pos + length > size:
+                raise ValueError("truncated")
+            payload = data[pos : pos + length]
+            pos += length
+            field = descriptor.fields_by_number.get(number)
+            if field is not None and field.type == FieldDescriptor.TYPE_STRING:
+                fixed = payload.decode("utf-8", "backslashreplace").encode()
+            elif field is not None and field.message_type is not None:
+                fixed = _utf8_strings(payload, field.message_type, depth + 1)
+            else:
+                fixed = payload
+            if fixed != payload:
+                out += data[start:key_end] + _varint_bytes(len(fixed)) + fixed
+                continue
+        else:  # groups: none in OTLP
+            raise ValueError(f"wire type {wire_type}")
+        if pos > size:
+            raise ValueError("truncated")
+        out += data[start:pos]
+    return bytes(out)
+
+
+_MAX_DEPTH = 100  # protobuf's default recursion limit
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while shift < 64 and pos < len(data):
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise ValueError("malformed varint")
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _decode_json(
