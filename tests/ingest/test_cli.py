@@ -310,3 +310,43 @@ def test_unreachable_server_and_unwritable_rejects(
     assert code == 2 and "cannot write the rejects file" in capsys.readouterr().err
     assert main(["ingest", "envoy", str(tmp_path / "missing.log")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("mesh", "sample", "agent"),
+    [
+        ("envoy", "istio-json.log", "python-requests/2.31.0"),
+        ("linkerd", "linkerd.log", "Go-http-client/1.1"),
+    ],
+)
+def test_json_lines_with_a_byte_that_is_not_utf8_are_taken(
+    server: ServerProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mesh: str,
+    sample: str,
+    agent: str,
+) -> None:
+    """A raw Latin-1 byte in a JSON line (Istio JSON, Linkerd) is read as the JSON escape of
+    that code point, \\u00e9; as `\\xe9` the line was no JSON and was refused."""
+    line = (DATA / sample).read_text().splitlines()[0].replace("-08-23T", "-09-23T")
+    line = line.replace("2026-03-02", "2026-06-02")
+    log = tmp_path / f"{mesh}-latin1.log"
+    log.write_bytes(
+        b"".join(
+            line.encode().replace(agent.encode(), b"caf" + c) + b"\n" for c in (b"\xe9", b"\xfc")
+        )
+    )
+    assert main(["ingest", mesh, str(log), "--server", server.url]) == 0
+    counts = summary_numbers(capsys.readouterr().out)
+    assert (counts["taken"], counts["refused"]) == (2, 0)
+    for escape, shown in (("\\u00e9", "café"), ("\\u00fc", "cafü")):
+        text = line.replace(agent, "caf" + escape)
+        reporter = f"ingest:{mesh}:{log.name}"
+        if mesh == "envoy":
+            event = envoy.to_event(envoy.parse_line(text), reporter)
+        else:
+            event = linkerd.to_event(linkerd.parse_line(text), reporter)
+        found = stored(server, event.id)
+        assert found is not None
+        assert cast(dict[str, object], found["http"])["user_agent"] == shown

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -165,8 +166,21 @@ def run_linkerd(args: argparse.Namespace) -> int:
 def _text(data: bytes) -> str:
     """A log line as text. A byte that is not UTF-8 (a Latin-1 User-Agent) is kept as its
     escape, `\\xe9`: lines that differ in one such byte keep distinct event ids and what
-    was sent can still be read, where U+FFFD would make them one event."""
+    was sent can still be read, where U+FFFD would make them one event. In a JSON line
+    (Istio JSON, Linkerd) the escape is JSON's, `\\u00e9` (RFC 8259 §7; the byte read as
+    ISO-8859-1, as h2o's JSON access logs write it): `\\x` is no JSON escape, so such a
+    line was refused as not JSON."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if data.lstrip().startswith(b"{"):
+        text = data.decode("utf-8", "surrogateescape")  # bytes 0x80-0xff as U+DC80-U+DCFF
+        return _ESCAPED_BYTE.sub(lambda byte: f"\\u00{ord(byte[0]) - 0xDC00:02x}", text)
     return data.decode("utf-8", "backslashreplace")
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 # --- the pipeline --------------------------------------------------------------------------
