@@ -9,7 +9,7 @@ import pytest
 from auditmesh.cli.main import main
 from auditmesh.datadir import open_ledger
 from auditmesh.events import canonical_bytes
-from auditmesh.ledger.note import Verifier
+from auditmesh.ledger.note import Verifier, generate_key
 from auditmesh.ledger.tlogproof import TlogProof, verify_tlog_proof
 from tests.conftest import fill, generate
 
@@ -82,30 +82,64 @@ def test_a_key_file_whose_path_has_a_plus_is_read(data: Path, tmp_path: Path) ->
     assert main(["log", "verify", "--data", str(data), "--key", str(key_file), "--quiet"]) == 0
 
 
-def test_another_logs_key_is_named_with_the_signer_and_the_fix(
-    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def _vkey_name(vkey: str) -> str:
+    """The `name+hash` part of a verifier key, as the messages name a key."""
+    verifier = Verifier.from_vkey(vkey.strip())
+    return f"{verifier.name}+{verifier.key_hash:08x}"
+
+
+@pytest.mark.parametrize("source", ["another data directory", "generate_key"])
+def test_another_logs_key_is_one_line_naming_both_keys_and_the_fix(
+    source: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    other = open_ledger(tmp_path / "other", origin="test.auditmesh/log")
-    fill(other, generate(5))
-    other.close()
-    given = Verifier.from_vkey((tmp_path / "other" / "keys" / "log.vkey").read_text().strip())
-    ours = Verifier.from_vkey((data / "keys" / "log.vkey").read_text().strip())
-    key = str(tmp_path / "other" / "keys" / "log.vkey")
+    if source == "generate_key":
+        key = generate_key("example.com/other")[1]
+    else:
+        other = open_ledger(tmp_path / "other", origin="test.auditmesh/log")
+        fill(other, generate(5))
+        other.close()
+        key = (tmp_path / "other" / "keys" / "log.vkey").read_text().strip()
+    ours = _vkey_name((data / "keys" / "log.vkey").read_text())
     assert main(["log", "verify", "--data", str(data), "--key", key]) == 1
-    err = " ".join(capsys.readouterr().err.split())  # rich wraps at the console's width
-    assert (
-        f"it is signed by {ours.name}+{ours.key_hash:08x}, and the key trusted here is "
-        f"{given.name}+{given.key_hash:08x}; give the log's own verifier key" in err
+    assert capsys.readouterr().err == (  # one line: not wrapped at the console's width
+        f"FAILED: {data}: no checkpoint is signed by the given key {_vkey_name(key)}; "
+        f"checkpoint #1 is signed by {ours}. Give the log's own keys/log.vkey with --key\n"
     )
-    assert "expected [" not in err and "verifying" not in err  # no stale progress bar
 
 
-def test_jobs_is_refused_with_url_and_below_one(
+def test_a_data_directorys_key_that_signs_none_of_its_checkpoints(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    key = str(data / "keys" / "log.vkey")
-    url = ["log", "verify", "--url", "http://127.0.0.1:9", "--key", key, "--jobs", "2"]
-    assert main(url) == 2
-    assert "--jobs is for a ledger read with --data" in capsys.readouterr().err
+    ours = _vkey_name((data / "keys" / "log.vkey").read_text())
+    replaced = generate_key("test.auditmesh/log")[1]
+    (data / "keys" / "log.vkey").write_text(replaced + "\n")
+    assert main(["log", "verify", "--data", str(data), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (
+        f"no checkpoint is signed by the data directory's key {_vkey_name(replaced)} "
+        f"(keys/log.vkey); checkpoint #1 is signed by {ours}. The key file or the checkpoints "
+        "were replaced" in err
+    )
+
+
+def test_jobs_and_indexes_are_refused_with_url_and_jobs_below_one(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before the server is asked (nothing listens on port 9)."""
+    url = ["log", "verify", "--url", "http://127.0.0.1:9", "--key", str(data / "keys/log.vkey")]
+    assert main([*url, "--jobs", "2"]) == 2
+    assert "--jobs applies to a local ledger (--data) only" in capsys.readouterr().err
+    assert main([*url, "--indexes"]) == 2
+    assert "--indexes reads the store's columns: use it with --data" in capsys.readouterr().err
     assert main(["log", "verify", "--data", str(data), "--jobs", "0"]) == 2
     assert "--jobs: give at least 1" in capsys.readouterr().err
+    assert main(["log", "verify", "--data", str(data), "--jobs", "2", "--quiet"]) == 0
+
+
+def test_verify_help_says_what_jobs_is_for_and_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["log", "verify", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps at the console's width
+    assert "--jobs N worker processes, for a ledger read with --data only (default: one" in out

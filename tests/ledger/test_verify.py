@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import pickle
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +19,7 @@ from auditmesh.ledger.checkpoint import Checkpoint, sign_checkpoint
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.merkle import EMPTY_ROOT
 from auditmesh.ledger.note import Signer, Verifier, generate_key
-from auditmesh.ledger.verify import verify_log
+from auditmesh.ledger.verify import WrongKey, verify_log
 from auditmesh.store.base import StoreReader
 from auditmesh.store.indexcheck import check_indexes
 from tests.conftest import fill, generate
@@ -145,21 +146,27 @@ def truncate_file(d: Path) -> None:
         f.truncate(size // 2)
 
 
-def replace_signing_key(d: Path) -> None:
+def replace_signing_key(d: Path, size: int = SIZE) -> None:
     """A forger re-signs a checkpoint with a key of their own: it is not the log's key."""
     skey, _ = generate_key("test.auditmesh/log")
     ledger = open_ledger(d, create=False)
     from auditmesh.ledger.checkpoint import Checkpoint, sign_checkpoint
     from auditmesh.ledger.note import Signer
 
-    cp = Checkpoint("test.auditmesh/log", ledger.log.size, ledger.log.root())
+    cp = Checkpoint("test.auditmesh/log", size, ledger.log.root(size))
     ledger.close()
     sql(
         d,
         "UPDATE checkpoints SET note = ? WHERE size = ?",
         sign_checkpoint(cp, Signer.from_skey(skey)),
-        SIZE,
+        size,
     )
+
+
+def replace_first_signing_key(d: Path) -> None:
+    """As above, on checkpoint #1: the later ones, signed by the log's key, tell that the
+    key given is right and this checkpoint is not the log's."""
+    replace_signing_key(d, 250)
 
 
 def edit_event_body_as_text(d: Path) -> None:
@@ -203,6 +210,7 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
     "deleted tail": (delete_last_rows, "end of log"),
     "truncated file": (truncate_file, "cannot read"),
     "forged signature": (replace_signing_key, "checkpoint #3"),
+    "forged first checkpoint": (replace_first_signing_key, "checkpoint #1"),
     "event body edited as text": (edit_event_body_as_text, "index 321"),
     "every checkpoint deleted": (delete_every_checkpoint, "checkpoints;"),
     "only the empty log's checkpoint kept": (keep_only_an_empty_log_checkpoint, "checkpoints;"),
@@ -222,12 +230,35 @@ def test_tampering_is_caught_and_named(
 
 def test_verify_with_the_wrong_key_fails(data_dir: Path) -> None:
     ledger = open_ledger(data_dir, create=False)
-    _, other = generate_key("test.auditmesh/log")
+    other = Verifier.from_vkey(generate_key("test.auditmesh/log")[1])
+    ours = ledger.log.verifier
     try:
-        with pytest.raises(Exception, match="checkpoint #1"):
-            verify_log(StoreReader(ledger.store), Verifier.from_vkey(other))
+        with pytest.raises(WrongKey, match="checkpoint #1") as info:
+            verify_log(StoreReader(ledger.store), other)
     finally:
         ledger.close()
+    given, signer = f"{other.name}+{other.key_hash:08x}", f"{ours.name}+{ours.key_hash:08x}"
+    error = info.value
+    assert (error.where, error.expected, error.computed) == ("checkpoint #1", given, [signer])
+    assert str(error) == (
+        f"no checkpoint is signed by the key {given}; checkpoint #1 is signed by {signer}"
+    )
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is WrongKey and str(again) == str(error)
+
+
+def test_a_foreign_first_checkpoint_is_not_told_as_the_wrong_key(data_dir: Path) -> None:
+    """Checkpoint #1 is signed by another key, the later ones by the log's: the key given is
+    right, so the error names the checkpoint, not the key."""
+    replace_first_signing_key(data_dir)
+    ledger = open_ledger(data_dir, create=False)
+    try:
+        with pytest.raises(VerificationError) as info:
+            verify_log(StoreReader(ledger.store), ledger.log.verifier)
+    finally:
+        ledger.close()
+    assert type(info.value) is VerificationError and info.value.where == "checkpoint #1"
+    assert "which signs other checkpoints" in str(info.value)
 
 
 def test_progress_is_reported(data_dir: Path) -> None:

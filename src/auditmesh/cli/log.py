@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from auditmesh.cli import DEFAULT_DATA, add_data_arg, verifier_key
@@ -20,7 +21,7 @@ from auditmesh.datadir import Ledger, open_ledger, open_reader
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
 from auditmesh.ledger.tlogproof import TlogProof
-from auditmesh.ledger.verify import LogReader, OpenReader, verify_log
+from auditmesh.ledger.verify import LogReader, OpenReader, WrongKey, verify_log
 from auditmesh.store.base import StoreError, StoreReader
 from auditmesh.store.indexcheck import check_indexes
 
@@ -56,13 +57,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--key",
         type=verifier_key,
         help="verifier key to trust, or a file holding it (default: the data directory's "
-        "keys/log.vkey)",
+        "keys/log.vkey; required with --url)",
     )
     verify.add_argument(
         "--jobs",
         type=int,
-        help="worker processes, for a ledger read with --data (default: one per CPU it may "
-        f"use, {len(os.sched_getaffinity(0))} here); a --url log is verified in one",
+        metavar="N",
+        help="worker processes, for a ledger read with --data only (default: one per CPU it "
+        f"may use, {len(os.sched_getaffinity(0))} here); a --url log is verified in one",
     )
     verify.add_argument(
         "--indexes",
@@ -154,13 +156,9 @@ def run_verify(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         reader: LogReader
         open_again: OpenReader | None = None  # a remote log is verified in this process
-        if args.url and args.jobs is not None:
-            raise UserError(
-                "--jobs is for a ledger read with --data: a --url log is verified in one process"
-            )
-        jobs = len(os.sched_getaffinity(0)) if args.jobs is None else args.jobs
-        if jobs < 1:
-            raise UserError("--jobs: give at least 1")
+        jobs = _jobs(args)
+        if args.url and args.indexes:  # refused before a whole remote log is read
+            raise UserError("--indexes reads the store's columns: use it with --data")
         if args.url:
             try:
                 remote = RemoteLog(args.url)
@@ -175,7 +173,7 @@ def run_verify(args: argparse.Namespace) -> int:
             try:
                 ledger = open_ledger(args.data or DEFAULT_DATA, create=False)
             except StoreError as exc:
-                console.print(f"[bold red]FAILED[/]: cannot read the log: {exc}")
+                _failed(console, f"cannot read the log: {exc}")
                 return 1
             stack.callback(ledger.close)
             reader, where = StoreReader(ledger.store), str(ledger.data_dir)
@@ -191,7 +189,7 @@ def run_verify(args: argparse.Namespace) -> int:
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             console=console,
-            disable=args.quiet,
+            disable=args.quiet or not console.is_terminal,  # off a terminal it leaves a blank line
             transient=True,
         )
         failure = None
@@ -205,6 +203,8 @@ def run_verify(args: argparse.Namespace) -> int:
                     open_reader=open_again,
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
                 )
+            except WrongKey as exc:
+                failure = _wrong_key(exc, given=args.key is not None)
             except VerificationError as exc:
                 failure = str(exc)
             except (ServerError, StoreError, ValueError, OSError) as exc:
@@ -212,22 +212,21 @@ def run_verify(args: argparse.Namespace) -> int:
             except Exception as exc:  # a damaged database file surfaces as sqlite3 errors
                 failure = f"{type(exc).__name__}: {exc}"
         if failure is not None:
-            console.print(f"[bold red]FAILED[/]: {where}: {failure}", markup=True, highlight=False)
+            _failed(console, f"{where}: {failure}")
             return 1
         if not args.url and (rows := ledger.store.row_count()) != report.size:
-            console.print(
-                f"[bold red]FAILED[/]: {where}: the events table holds {rows} rows but the log "
-                f"has {report.size} entries: rows outside the log (an index below 0?) would show "
-                "in queries with no proof behind them"
+            _failed(
+                console,
+                f"{where}: the events table holds {rows} rows but the log has {report.size} "
+                "entries: rows outside the log (an index below 0?) would show in queries with no "
+                "proof behind them",
             )
             return 1
         if args.indexes:
-            if args.url:
-                raise UserError("--indexes reads the store's columns: use it with --data")
             try:
                 checked = _check_indexes(ledger.data_dir, report.size, jobs, progress)
             except VerificationError as exc:
-                console.print(f"[bold red]FAILED[/]: {where}: {exc}")
+                _failed(console, f"{where}: {exc}")
                 return 1
     latest = report.latest
     root = "(no checkpoint)" if latest is None else latest.root_hash.hex()
@@ -245,6 +244,41 @@ def run_verify(args: argparse.Namespace) -> int:
             "were appended after its last checkpoint, or a later checkpoint was removed)"
         )
     return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    """--jobs, or one per CPU this process may use; None unless given, so that it can be
+    refused with --url (a remote log is read through one client, in this process)."""
+    if args.url and args.jobs is not None:
+        raise UserError(
+            "--jobs applies to a local ledger (--data) only: a --url log is verified in one process"
+        )
+    jobs: int = len(os.sched_getaffinity(0)) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UserError("--jobs: give at least 1")
+    return jobs
+
+
+def _wrong_key(exc: WrongKey, *, given: bool) -> str:
+    """No checkpoint is signed by the key: name it and the signers, as `name+hash` (C2SP
+    signed-note: a signature line names its key), and say what to do."""
+    signers = f"{exc.where} is signed by {', '.join(exc.signers)}"
+    if given:
+        return (
+            f"no checkpoint is signed by the given key {exc.key}; {signers}. Give the log's own "
+            "keys/log.vkey with --key"
+        )
+    return (
+        f"no checkpoint is signed by the data directory's key {exc.key} (keys/log.vkey); "
+        f"{signers}. The key file or the checkpoints were replaced: give a copy of the log's "
+        "key you trust with --key"
+    )
+
+
+def _failed(console: Console, text: str) -> None:
+    """FAILED and `text` on one line at any width (soft wrap: a terminal wraps it, a pipe or
+    a log file keeps one line); `text` is printed as is, not read as rich markup."""
+    console.print(f"[bold red]FAILED[/]: {escape(text)}", soft_wrap=True, highlight=False)
 
 
 def _check_indexes(data_dir: Path, size: int, jobs: int, progress: Progress) -> int:

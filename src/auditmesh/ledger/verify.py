@@ -21,7 +21,7 @@ from typing import Protocol
 from auditmesh.ledger import merkle, tiles
 from auditmesh.ledger.checkpoint import Checkpoint, open_checkpoint
 from auditmesh.ledger.errors import VerificationError
-from auditmesh.ledger.note import Verifier
+from auditmesh.ledger.note import UntrustedNote, Verifier, open_note
 from auditmesh.workers import map_in_workers
 
 HASH = 32
@@ -219,6 +219,8 @@ def _open_checkpoints(
     for number, note in enumerate(notes, start=1):
         try:
             checkpoint = open_checkpoint(note, verifier, origin)
+        except UntrustedNote as exc:
+            raise _untrusted(exc, number, notes, verifier) from exc
         except (VerificationError, ValueError) as exc:
             raise VerificationError(
                 f"checkpoint does not verify: {exc}", where=f"checkpoint #{number}"
@@ -232,6 +234,50 @@ def _open_checkpoints(
             )
         opened.append(checkpoint)
     return opened
+
+
+class WrongKey(VerificationError):
+    """No checkpoint of the log is signed by the verifier key (C2SP signed-note: signatures
+    by other keys are not checked, only named by their lines): the key is another log's.
+    ``expected`` is the key and ``computed`` the signers of checkpoint ``where``, each as
+    ``name+hash`` (the first two fields of a verifier key)."""
+
+    def __init__(self, key: str, signers: list[str], where: str) -> None:
+        self.key, self.signers = key, signers  # read by _describe, from super()
+        super().__init__(
+            "no checkpoint is signed by the key", expected=key, computed=signers, where=where
+        )
+
+    def _describe(self) -> str:
+        return f"{self.message} {self.key}; {self.where} is signed by {', '.join(self.signers)}"
+
+    def __reduce__(self) -> tuple[object, ...]:  # as its base, should it cross processes
+        return (WrongKey, (self.key, self.signers, self.where))
+
+
+def _untrusted(
+    exc: UntrustedNote, number: int, notes: list[bytes], verifier: Verifier
+) -> VerificationError:
+    """Checkpoint #`number` has no signature by `verifier`: the wrong key was given, unless
+    another checkpoint is signed by it (then this one is not the log's)."""
+    key, where = f"{verifier.name}+{verifier.key_hash:08x}", f"checkpoint #{number}"
+    # Checkpoints open in order, so a later one is the only other that may be signed by it.
+    if number == 1 and not any(_signed_by(note, verifier) for note in notes[1:]):
+        return WrongKey(key, exc.signers, where)
+    return VerificationError(
+        f"checkpoint is signed by {', '.join(exc.signers)}, not by the key {key}, which "
+        "signs other checkpoints",
+        where=where,
+    )
+
+
+def _signed_by(note: bytes, verifier: Verifier) -> bool:
+    """Whether `note` carries a valid signature by `verifier` (C2SP signed-note)."""
+    try:
+        open_note(note, [verifier])
+    except VerificationError:
+        return False
+    return True
 
 
 def _check_root(checkpoint: Checkpoint, computed: bytes) -> None:
