@@ -369,9 +369,14 @@ def run_otlp(args: argparse.Namespace) -> int:
             try:
                 sender.export(request)
             except ExportError as exc:
+                # A batch split to fit the receiver's size limit may fail after its first
+                # requests were taken: the cursor moves past those, so none is sent twice.
+                taken, failed = rows[: exc.delivered], rows[exc.delivered :]
+                _save(ledger, cursor_path, target, taken)
+                sent += len(taken)
                 raise UserError(
-                    f"{args.endpoint} did not take entries {rows[0][0]}..{rows[-1][0]}: {exc}; "
-                    f"{sent} sent, the cursor stays at {rows[0][0]}"
+                    f"{args.endpoint} did not take entries {failed[0][0]}..{failed[-1][0]}: "
+                    f"{exc}; {sent} sent, the cursor stays at {failed[0][0]}"
                 ) from None
             _save(ledger, cursor_path, target, rows)
             sent += len(rows)

@@ -293,11 +293,16 @@ def split(request: ExportLogsServiceRequest) -> tuple[ExportLogsServiceRequest, 
 
 
 class ExportError(Exception):
-    """The receiver did not take a batch in full; `retryable` per the OTLP spec."""
+    """The receiver did not take a batch in full; `retryable` per the OTLP spec.
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    `delivered` counts the batch's leading log records the receiver did take in full (a
+    batch split to fit its size limit goes in several requests, in order): the caller
+    moves its cursor past them, so that they are not sent a second time."""
+
+    def __init__(self, message: str, *, retryable: bool = False, delivered: int = 0) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.delivered = delivered
 
 
 _RETRYABLE_HTTP = {429, 502, 503, 504}  # OTLP/HTTP "Retryable Response Codes"
@@ -391,10 +396,16 @@ class OtlpSender:
 
     def export(self, request: ExportLogsServiceRequest) -> None:
         """Deliver `request`, split in halves while it is over the receiver's size limit."""
-        count = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+        count = _count(request)
         if request.ByteSize() > self.max_bytes - 1024 and count > 1:
+            delivered = 0
             for half in split(request):
-                self.export(half)
+                try:
+                    self.export(half)
+                except ExportError as exc:
+                    exc.delivered += delivered  # the halves before this one were taken
+                    raise
+                delivered += _count(half)
             return
         delay = 0.5
         for attempt in range(1, self._attempts + 1):
@@ -456,6 +467,10 @@ class OtlpSender:
                 raise _Retry(message) from None
             raise ExportError(message) from None
         _check_response(response, count)
+
+
+def _count(request: ExportLogsServiceRequest) -> int:
+    return sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
 
 
 class _Retry(Exception):
