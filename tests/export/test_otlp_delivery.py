@@ -15,7 +15,7 @@ from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, canonical_bytes
 from auditmesh.export.cursor import load_cursor
 from tests.conftest import fill, generate
-from tests.export.collector import Answer, Fail, FakeCollector, Ok
+from tests.export.collector import Answer, Fail, FakeCollector, Ok, log_indexes
 
 
 def big_events(count: int, seed: int = 5) -> list[AuditEvent]:
@@ -63,3 +63,51 @@ def test_a_batch_split_to_fit_that_fails_midway_resumes_after_the_delivered_half
         assert main(argv(collector.endpoint)) == 0
     assert collector.accepted == list(range(100))  # each record once, in order
     assert "exported 50 events" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_receiver_behind_a_proxy_with_a_smaller_body_limit_gets_smaller_requests(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A collector behind nginx, whose client_max_body_size is 1 MiB by default, answers 413
+    # to a default batch of 512 records (about 1.2 MiB). The exporter learns the limit and
+    # sends smaller requests; before, every run failed on the same batch.
+    limit = 256 * 1024
+    fill(ledger, generate(1100))  # batches of 512, 512, 76
+
+    def proxy_limit(number: int, request: ExportLogsServiceRequest) -> Answer:
+        if request.ByteSize() > limit:
+            return Fail(413, message="<html>413 Request Entity Too Large</html>")
+        return Ok()
+
+    with FakeCollector(proxy_limit) as collector:
+        argv = ["export", "otlp", "--data", str(ledger.data_dir)]
+        argv += ["--endpoint", collector.endpoint, "--cursor", str(tmp_path / "c")]
+        assert main(argv) == 0, capsys.readouterr().err
+    assert collector.accepted == list(range(1100))  # each once, in order
+    first = [r.ByteSize() for r in collector.requests if log_indexes(r)[0] < 512]
+    later = [r.ByteSize() for r in collector.requests if log_indexes(r)[0] >= 512]
+    assert max(first) > limit and max(later) <= limit  # learnt in the first batch
+    assert "exported 1100 events" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_single_record_over_the_receivers_limit_is_a_clear_error(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(ledger, big_events(3))
+
+    def tiny_limit(number: int, request: ExportLogsServiceRequest) -> Answer:
+        return Fail(413, message="too large") if request.ByteSize() > 20_000 else Ok()
+
+    with FakeCollector(tiny_limit) as collector:
+        argv = ["export", "otlp", "--data", str(ledger.data_dir)]
+        argv += ["--endpoint", collector.endpoint, "--cursor", str(tmp_path / "c")]
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "answered 413: too large" in err and "cursor stays at 0" in err, err
+    # 3 records refused, then the first half, 1 record, refused too: an error, not a loop.
+    assert [len(r.resource_logs[0].scope_logs[0].log_records) for r in collector.requests] == [
+        3,
+        1,
+    ]

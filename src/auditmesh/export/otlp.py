@@ -25,6 +25,8 @@ Sending follows the OTLP specification: OTLP/HTTP posts binary protobuf to `<end
 on full success; a partial success that rejected records is an error (nothing is skipped
 silently), and the retryable failures (HTTP 429/502/503/504, gRPC UNAVAILABLE and friends,
 "Retryable Response Codes") are retried with exponential backoff, honouring Retry-After.
+An HTTP 413 (a proxy's smaller body limit) makes the sender send the batch in smaller
+requests, and remember the limit for later batches.
 """
 
 from __future__ import annotations
@@ -412,6 +414,16 @@ class OtlpSender:
             try:
                 self._send_once(request, count)
                 return
+            except _TooLarge as too_large:
+                # RFC 9110 §15.5.14 (413): a proxy or receiver with a smaller body limit than
+                # OTLP's default (nginx: 1 MiB). Not a retry of the same request (OTLP/HTTP
+                # "Failures" forbids that for 4xx) but smaller ones: the limit is learnt, so
+                # later batches are split before they are sent. One record too large is an error.
+                if count == 1:
+                    raise ExportError(too_large.message) from None
+                self.max_bytes = min(self.max_bytes, request.ByteSize() // 2 + 1024)
+                self.export(request)
+                return
             except _Retry as retry:
                 if attempt == self._attempts:
                     raise ExportError(
@@ -448,6 +460,8 @@ class OtlpSender:
             _check_response(response, count)
             return
         message = f"{self._url} answered {answer.status_code}: {_status_message(answer)}"
+        if answer.status_code == 413:
+            raise _TooLarge(message)
         if answer.status_code in _RETRYABLE_HTTP:
             raise _Retry(message, _retry_after(answer.headers.get("retry-after")))
         raise ExportError(message)
@@ -478,6 +492,12 @@ class _Retry(Exception):
         super().__init__(message)
         self.message = message
         self.after = after
+
+
+class _TooLarge(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def _retry_after(value: str | None) -> float | None:
