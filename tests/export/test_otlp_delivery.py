@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+from email.utils import formatdate
 from pathlib import Path
 
 import grpc
@@ -14,8 +16,10 @@ from auditmesh.cli.main import main
 from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, canonical_bytes
 from auditmesh.export.cursor import load_cursor
+from auditmesh.export.otlp import OtlpSender
 from tests.conftest import fill, generate
 from tests.export.collector import Answer, Fail, FakeCollector, Ok, log_indexes
+from tests.export.test_otlp import request_for
 
 
 def big_events(count: int, seed: int = 5) -> list[AuditEvent]:
@@ -111,3 +115,22 @@ def test_a_single_record_over_the_receivers_limit_is_a_clear_error(
         3,
         1,
     ]
+
+
+def test_retry_after_as_an_http_date_is_honoured() -> None:
+    # RFC 9110 §10.2.3: Retry-After is delay-seconds or an HTTP-date. A collector (or the
+    # proxy before it) that names the time to come back gets that wait, not the backoff's.
+    in_ten = formatdate(time.time() + 10, usegmt=True)
+
+    def busy_once(number: int, request: ExportLogsServiceRequest) -> Answer:
+        return Fail(503, headers={"Retry-After": in_ten}) if number == 0 else Ok()
+
+    sleeps: list[float] = []
+    with FakeCollector(busy_once) as collector:
+        sender = OtlpSender(collector.endpoint, sleep=sleeps.append)
+        try:
+            sender.export(request_for(generate(2)))
+        finally:
+            sender.close()
+    assert len(sleeps) == 1 and 8.0 <= sleeps[0] <= 10.0, sleeps
+    assert collector.accepted == [0, 1]

@@ -35,6 +35,8 @@ import gzip
 import re
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 from urllib.parse import urlsplit
@@ -500,11 +502,20 @@ class _TooLarge(Exception):
         self.message = message
 
 
-def _retry_after(value: str | None) -> float | None:
-    # RFC 9110 §10.2.3: delay-seconds (the HTTP-date form is rare from collectors).
-    if value is not None and value.strip().isdigit():
-        return min(float(value.strip()), 60.0)
-    return None
+def _retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """RFC 9110 §10.2.3: Retry-After = HTTP-date / delay-seconds, capped at a minute."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), 60.0)
+    try:
+        when = parsedate_to_datetime(value)  # IMF-fixdate and the obsolete forms (§5.6.7)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 §5.6.7: an HTTP-date is always UTC
+        when = when.replace(tzinfo=UTC)
+    return min(max(when.timestamp() - now(), 0.0), 60.0)
 
 
 def _status_message(answer: httpx.Response) -> str:
