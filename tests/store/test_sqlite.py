@@ -13,7 +13,7 @@ from auditmesh.events import canonical_bytes
 from auditmesh.ledger import merkle
 from auditmesh.ledger.verify import verify_log
 from auditmesh.store.base import EventFilter, StoreError, StoreReader, event_key
-from auditmesh.store.sqlite import PAGE_SIZE, SCHEMA_VERSION
+from auditmesh.store.sqlite import SCHEMA_VERSION
 from tests.conftest import generate
 
 
@@ -114,24 +114,5 @@ def test_a_ledger_from_before_interior_nodes_proves_grows_and_verifies(tmp_path:
         ledger.log.checkpoint()
         report = verify_log(StoreReader(ledger.store), ledger.log.verifier)
         assert report.size == 700
-    finally:
-        ledger.close()
-
-
-def test_a_new_ledger_has_16k_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
-    open_ledger(tmp_path / "new", origin="test/log").close()
-    with sqlite3.connect(tmp_path / "new" / "ledger.db") as db:
-        assert db.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,)
-    (tmp_path / "old").mkdir()
-    with sqlite3.connect(tmp_path / "old" / "ledger.db") as db:  # made by an older auditmesh
-        db.execute("PRAGMA page_size=4096")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE t (x)")
-    events = generate(50)
-    ledger = open_ledger(tmp_path / "old", origin="test/log")
-    try:
-        ledger.log.append([entry_of(e) for e in events])
-        assert ledger.store.query("PRAGMA page_size") == [(4096,)]
-        assert ledger.log.size == 50
     finally:
         ledger.close()

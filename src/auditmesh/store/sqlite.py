@@ -99,7 +99,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 DB_NAME = "ledger.db"
-PAGE_SIZE = 16384
 # Byte columns are read with CAST(… AS BLOB): a value someone rewrote as TEXT (the sqlite3
 # shell's replace() does) still comes back as its bytes, to be hashed and found wrong by
 # `log verify`, not as a str (or a UTF-8 decoding error) that breaks the reader.
@@ -138,10 +137,6 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            # Takes effect only in a new database, before its first table: a 16 KiB page
-            # holds a whole 8 KiB tile (a 4 KiB one chains it over three pages) and ~15
-            # events, and a batch's inserts cost ~27 % less (docs/benchmarks.md).
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
