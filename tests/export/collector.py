@@ -18,6 +18,10 @@ from types import TracebackType
 from typing import Literal
 
 import grpc
+from google.protobuf.any_pb2 import Any
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import status_pb2
+from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsPartialSuccess,
     ExportLogsServiceRequest,
@@ -39,6 +43,7 @@ class Fail:
     grpc_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     headers: dict[str, str] = field(default_factory=dict)
     message: str = "scripted failure"
+    retry_delay_s: int | None = None  # gRPC: a google.rpc.RetryInfo in the status details
 
 
 Answer = Ok | Fail
@@ -139,6 +144,16 @@ class FakeCollector:
         ) -> ExportLogsServiceResponse:
             result = self._decide(request)
             if isinstance(result, Fail):
+                if result.retry_delay_s is not None:  # OTLP/gRPC Throttling
+                    info = RetryInfo(retry_delay=Duration(seconds=result.retry_delay_s))
+                    detail = Any()
+                    detail.Pack(info)
+                    status = status_pb2.Status(
+                        code=result.grpc_code.value[0], message=result.message, details=[detail]
+                    )
+                    context.set_trailing_metadata(
+                        (("grpc-status-details-bin", status.SerializeToString()),)
+                    )
                 context.abort(result.grpc_code, result.message)
             response = ExportLogsServiceResponse()
             if isinstance(result, Ok) and result.rejected:

@@ -16,7 +16,7 @@ from auditmesh.cli.main import main
 from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, canonical_bytes
 from auditmesh.export.cursor import load_cursor
-from auditmesh.export.otlp import OtlpSender
+from auditmesh.export.otlp import ExportError, OtlpSender
 from tests.conftest import fill, generate
 from tests.export.collector import Answer, Fail, FakeCollector, Ok, log_indexes
 from tests.export.test_otlp import request_for
@@ -134,3 +134,41 @@ def test_retry_after_as_an_http_date_is_honoured() -> None:
             sender.close()
     assert len(sleeps) == 1 and 8.0 <= sleeps[0] <= 10.0, sleeps
     assert collector.accepted == [0, 1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE], ids=str
+)
+def test_grpc_throttling_waits_the_servers_retry_delay(code: grpc.StatusCode) -> None:
+    # OTLP/gRPC Throttling: a server that cannot keep up answers RESOURCE_EXHAUSTED or
+    # UNAVAILABLE with a google.rpc.RetryInfo; the client waits its retry_delay, and only
+    # with it is RESOURCE_EXHAUSTED retryable (OTLP/gRPC Failures).
+    def throttled_once(number: int, request: ExportLogsServiceRequest) -> Answer:
+        return Fail(grpc_code=code, retry_delay_s=7) if number == 0 else Ok()
+
+    sleeps: list[float] = []
+    with FakeCollector(throttled_once, protocol="grpc") as collector:
+        sender = OtlpSender(collector.endpoint, protocol="grpc", sleep=sleeps.append)
+        try:
+            sender.export(request_for(generate(2)))
+        finally:
+            sender.close()
+    assert sleeps == [7.0]
+    assert collector.accepted == [0, 1]
+
+
+@pytest.mark.integration
+def test_grpc_resource_exhausted_without_retry_info_is_not_retried() -> None:
+    def exhausted(number: int, request: ExportLogsServiceRequest) -> Answer:
+        return Fail(grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED, message="over quota")
+
+    sleeps: list[float] = []
+    with FakeCollector(exhausted, protocol="grpc") as collector:
+        sender = OtlpSender(collector.endpoint, protocol="grpc", sleep=sleeps.append)
+        try:
+            with pytest.raises(ExportError, match="RESOURCE_EXHAUSTED: over quota"):
+                sender.export(request_for(generate(2)))
+        finally:
+            sender.close()
+    assert sleeps == [] and len(collector.requests) == 1

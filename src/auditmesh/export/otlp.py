@@ -24,7 +24,8 @@ Sending follows the OTLP specification: OTLP/HTTP posts binary protobuf to `<end
 ("OTLP/HTTP Request"); OTLP/gRPC calls `LogsService/Export`. A batch counts as delivered only
 on full success; a partial success that rejected records is an error (nothing is skipped
 silently), and the retryable failures (HTTP 429/502/503/504, gRPC UNAVAILABLE and friends,
-"Retryable Response Codes") are retried with exponential backoff, honouring Retry-After.
+"Retryable Response Codes") are retried with exponential backoff, honouring Retry-After
+and, over gRPC, the server's RetryInfo (which also makes RESOURCE_EXHAUSTED retryable).
 An HTTP 413 (a proxy's smaller body limit) makes the sender send the batch in smaller
 requests, and remember the limit for later batches.
 """
@@ -45,6 +46,7 @@ import grpc
 import httpx
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
+from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -479,10 +481,36 @@ class OtlpSender:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             message = f"gRPC {code.name}: {details}"
-            if code in _RETRYABLE_GRPC:
-                raise _Retry(message) from None
+            # OTLP/gRPC Throttling: the server's RetryInfo.retry_delay is the wait; with it,
+            # RESOURCE_EXHAUSTED is retryable too ("the server can recover"), never without.
+            delay = _grpc_retry_delay(exc)
+            if code in _RETRYABLE_GRPC or (
+                code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
+            ):
+                raise _Retry(message, delay) from None
             raise ExportError(message) from None
         _check_response(response, count)
+
+
+def _grpc_retry_delay(exc: grpc.RpcError) -> float | None:
+    """Seconds of the google.rpc.RetryInfo in a gRPC error's status details (the
+    `grpc-status-details-bin` trailer), capped at a minute; None when there is none."""
+    trailers: Sequence[tuple[str, str | bytes]] = (
+        (exc.trailing_metadata() or ()) if isinstance(exc, grpc.Call) else ()
+    )
+    for key, value in trailers:
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status()
+        try:
+            status.ParseFromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            info = RetryInfo()
+            if detail.Unpack(info):
+                return min(max(info.retry_delay.ToTimedelta().total_seconds(), 0.0), 60.0)
+    return None
 
 
 def _count(request: ExportLogsServiceRequest) -> int:
