@@ -241,3 +241,7 @@ def test_ndjson_is_one_event_per_line() -> None:
     assert err.value.line == 3
     with pytest.raises(ev.EventError, match="line 2"):  # an event split over two lines
         ev.decode_batch(one + b"\n" + two[:40] + b"\n" + two[40:])
+    pretty = msgspec.json.format(one, indent=2)  # as a person writes one by hand
+    with pytest.raises(ev.EventError, match=r"line 1: .*truncated.* send a pretty-printed"):
+        ev.decode_batch(pretty)
+    assert ev.decode_batch(b"[" + pretty + b"]")[0].id == ev.decode_event(one).id

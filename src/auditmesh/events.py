@@ -252,8 +252,15 @@ def decode_batch(body: bytes) -> list[AuditEvent]:
         try:
             events.append(_DECODER.decode(line))
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError, RecursionError) as exc:
-            raise EventError(str(exc), line=number) from None
+            hint = _PRETTY_HINT if "truncated" in str(exc) else ""
+            raise EventError(f"{exc}{hint}", line=number) from None
     return events
+
+
+_PRETTY_HINT = (
+    " (NDJSON takes one whole event per line: send a pretty-printed event or batch as a "
+    "JSON array, [ … ])"
+)
 
 
 _ELEMENT = re.compile(r" - at `\$\[(\d+)\]")  # msgspec: "… - at `$[7].http.status`"

@@ -133,9 +133,14 @@ def test_the_graph_of_the_hand_made_calls(
         (["trace", "ffffffff"], "no trace id stored begins with ffffffff"),
         (["trace", "0" * 32], "no event carries"),
         # An empty window is refused, not answered with nothing (which looks like quiet).
-        (["query", "--since", "1h", "--until", "2h"], "is not after since"),
+        (["query", "--since", "1h", "--until", "2h"], "is not after --since (20"),
+        (
+            ["query", "--since", "2200-01-01T00:00:00Z"],
+            "--since (2200-01-01T00:00:00Z) is in the future",
+        ),
         (["graph", "--since", "1h", "--until", "2h"], "--until (20"),
         (["findings", "--since", "1h", "--until", "1h"], "is not after --since (20"),
+        (["graph", "--since", "2200-01-01T00:00:00Z"], "is in the future (now is 20"),
     ],
 )
 def test_mistakes_are_one_line_errors(

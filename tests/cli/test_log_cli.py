@@ -103,8 +103,12 @@ def test_another_logs_key_is_one_line_naming_both_keys_and_the_fix(
     assert main(["log", "verify", "--data", str(data), "--key", key]) == 1
     assert capsys.readouterr().err == (  # one line: not wrapped at the console's width
         f"FAILED: {data}: no checkpoint is signed by the given key {_vkey_name(key)}; "
-        f"checkpoint #1 is signed by {ours}. Give the log's own keys/log.vkey with --key\n"
-    )
+        f"checkpoint #1 is signed by {ours}. Either that key is not this log's, or every "
+        "checkpoint was re-signed by another key: check the key against a copy of the log's "
+        "key you obtained independently, never against the copy in the log's own data "
+        "directory\n"
+    )  # the given key may be the right one and the checkpoints forged: never send the
+    # auditor to the (possibly compromised) data directory for a key
 
 
 def test_a_data_directorys_key_that_signs_none_of_its_checkpoints(

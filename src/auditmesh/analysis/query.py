@@ -394,14 +394,21 @@ def _in_range(text: str, ns: int, name: str) -> int:
     return ns
 
 
-def check_window(since_ns: int | None, until_ns: int | None) -> None:
+def check_window(since_ns: int | None, until_ns: int | None, *, until_is_now: bool = False) -> None:
     """Windows are [since, until): one whose end is not after its start selects nothing, and
-    is refused rather than answered with an empty result that looks like a quiet hour."""
-    if since_ns is not None and until_ns is not None and until_ns <= since_ns:
+    is refused rather than answered with an empty result that looks like a quiet hour.
+    `until_is_now`: no until was given, and `until_ns` is the time of the request."""
+    if since_ns is None or until_ns is None or until_ns > since_ns:
+        return
+    if until_is_now:
         raise QueryError(
-            f"until ({_iso(until_ns)}) is not after since ({_iso(since_ns)}): the window is "
-            "empty; swap them, or give a larger since (15m means 15 minutes before now)"
+            f"since ({_iso(since_ns)}) is in the future (now is {_iso(until_ns)}): the window "
+            "is empty; give an earlier since (15m means 15 minutes before now)"
         )
+    raise QueryError(
+        f"until ({_iso(until_ns)}) is not after since ({_iso(since_ns)}): the window is "
+        "empty; swap them, or give a larger since (15m means 15 minutes before now)"
+    )
 
 
 def _iso(ns: int) -> str:
@@ -435,7 +442,7 @@ def parse_window(
     since_text, until_text = params.get("since", default_since), params.get("until")
     since = None if since_text is None else parse_time(since_text, now_ns, "since")
     until = None if until_text is None else parse_time(until_text, now_ns, "until")
-    check_window(since, until)
+    check_window(since, now_ns if until is None else until, until_is_now=until is None)
     return since, until
 
 
@@ -469,6 +476,8 @@ def parse_params(
         order=order,  # type: ignore[arg-type]  # checked against ORDERS above
         limit=int(limit_text),
     )
+    end = now_ns if query.until_ns is None else query.until_ns
+    check_window(query.since_ns, end, until_is_now=query.until_ns is None)
     return query, params.get("cursor")
 
 

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     token = commands.add_parser("token", help="mint a one-time join token for one SPIFFE ID")
     token.add_argument("--id", required=True, help="spiffe://TD/ns/NAMESPACE/sa/ACCOUNT")
     token.add_argument(
-        "--ttl", default=_show_duration(DEFAULT_TOKEN_TTL), help="validity, e.g. 10m"
+        "--ttl", default=_show_duration(DEFAULT_TOKEN_TTL), help="validity, e.g. 30m or 2h"
     )
     add_data_arg(token)
     token.set_defaults(func=_cmd_token)

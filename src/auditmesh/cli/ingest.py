@@ -94,8 +94,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE|-", help="the access-log file, or - for stdin")
-    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"server URL ({DEFAULT_SERVER})")
-    parser.add_argument("--batch", type=int, default=500, help="events per request (500)")
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="server URL")
+    parser.add_argument("--batch", type=int, default=500, help="events per request")
     parser.add_argument(
         "--rejects", type=Path, help="where refused lines go (default FILE.rejects)"
     )

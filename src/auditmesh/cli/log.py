@@ -264,9 +264,11 @@ def _wrong_key(exc: WrongKey, *, given: bool) -> str:
     signed-note: a signature line names its key), and say what to do."""
     signers = f"{exc.where} is signed by {', '.join(exc.signers)}"
     if given:
-        return (
-            f"no checkpoint is signed by the given key {exc.key}; {signers}. Give the log's own "
-            "keys/log.vkey with --key"
+        return (  # either the key is another log's, or every checkpoint was re-signed
+            f"no checkpoint is signed by the given key {exc.key}; {signers}. Either that key "
+            "is not this log's, or every checkpoint was re-signed by another key: check the "
+            "key against a copy of the log's key you obtained independently, never against "
+            "the copy in the log's own data directory"
         )
     return (
         f"no checkpoint is signed by the data directory's key {exc.key} (keys/log.vkey); "

@@ -53,7 +53,6 @@ class DefaultsShown(argparse.HelpFormatter):
             or default in ([], ())  # repeatable, none unless given
             or default == argparse.SUPPRESS
             or "default" in text
-            or str(default) in text
         ):
             return text
         return f"{text} (default: %(default)s)"

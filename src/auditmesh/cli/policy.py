@@ -33,7 +33,7 @@ from rich.text import Text
 
 from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_time_ns
+from auditmesh.cli.timespec import parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, EventError, decode_event
 from auditmesh.identity.ca import mesh_trust_domain
@@ -377,11 +377,9 @@ def _iso(ns: int) -> str:
 
 def _window(args: argparse.Namespace) -> _Window:
     now = time.time_ns()
-    since = parse_time_ns(args.since, now)
-    until = parse_time_ns(args.until, now) if args.until else now
-    if until <= since:
-        raise UserError(f"--until {args.until} is not after --since {args.since}")
-    return _Window(since, until)
+    since, until = parse_window_ns(args.since, args.until, now)
+    assert since is not None  # --since is required
+    return _Window(since, now if until is None else until)
 
 
 def _read_workloads(path: Path | None) -> dict[str, dict[str, str]]:

@@ -41,7 +41,7 @@ from auditmesh.analysis.query import (
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
 from auditmesh.cli import DEFAULT_DATA
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_time_ns, parse_window_ns
+from auditmesh.cli.timespec import parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, canonical_bytes, decode_event
 from auditmesh.export.ecs import ecs_document
@@ -173,10 +173,6 @@ def _get(client: httpx.Client, path: str, params: dict[str, str] | None = None) 
     return response.json()
 
 
-def _time(text: str | None, now_ns: int) -> int | None:
-    return None if text is None else parse_time_ns(text, now_ns)
-
-
 # -- query -----------------------------------------------------------------------------
 
 
@@ -185,6 +181,7 @@ def query_of(args: argparse.Namespace, order: Order | None = None) -> Query:
     now = time.time_ns()
     if not 1 <= args.limit <= MAX_QUERY_LIMIT:
         raise UserError(f"--limit: give a number from 1 to {MAX_QUERY_LIMIT:,}")
+    since, until = parse_window_ns(args.since, args.until, now)
     try:
         return Query(
             source=args.source,
@@ -196,8 +193,8 @@ def query_of(args: argparse.Namespace, order: Order | None = None) -> Query:
             trace_id=None if args.trace is None else args.trace.lower(),
             kind=args.kind,
             direction=args.direction,
-            since_ns=_time(args.since, now),
-            until_ns=_time(args.until, now),
+            since_ns=since,
+            until_ns=until,
             order=order or args.order,
             limit=args.limit,
         )

@@ -29,7 +29,8 @@ def parse_window_ns(
     since_ns = None if since is None else parse_time_ns(since, now_ns)
     until_ns = None if until is None else parse_time_ns(until, now_ns)
     try:
-        check_window(since_ns, until_ns)
+        end = now_ns if until_ns is None else until_ns
+        check_window(since_ns, end, until_is_now=until_ns is None)
     except QueryError as exc:
         raise UserError(f"--{exc}".replace(" since (", " --since (")) from None
     return since_ns, until_ns
