@@ -78,13 +78,18 @@ class CollectorRun:
 
 
 def collector_run(
-    batches: Sequence[list[AuditEvent]], data_dir: Path, submitters: int
+    batches: Sequence[list[AuditEvent]],
+    data_dir: Path,
+    submitters: int,
+    *,
+    origin: str = "bench.auditmesh.local/ingest",
 ) -> CollectorRun:
-    """Append through `Collector.submit`, each submitter waiting for its batch to be durable."""
-    ledger = open_ledger(data_dir, origin="bench.auditmesh.local/ingest")
+    """Append through `Collector.submit`, each submitter waiting for its batch to be durable
+    (into the ledger at `data_dir`, new or already filled)."""
+    ledger = open_ledger(data_dir, origin=origin)
     collector = Collector(ledger.log)  # checkpoint_interval_ns: 1 s, the server's default
     collector.start()
-    expected = sum(len(b) for b in batches)
+    expected = ledger.log.size + sum(len(b) for b in batches)
 
     def submit_all(share: Sequence[list[AuditEvent]]) -> None:
         for batch in share:

@@ -28,11 +28,13 @@ from auditmesh.events import AuditEvent
 from auditmesh.ledger import merkle
 from auditmesh.ledger.verify import verify_log
 from auditmesh.store.base import StoreReader
+from bench import ingest_bench
 from bench.common import Figure, Target, fmt, progress, replicas
 
 SECTION = "full verify"
 TARGET = Target("≥ 500,000 events/s", 500_000, higher_is_better=True)
 APPEND_BATCH = 50_000
+AT_SCALE_EVENTS = 30_000  # appended through the collector once the ledger is built
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,7 @@ def run(base: Sequence[AuditEvent], options: VerifyOptions, work: Path) -> list[
     read_rate = n / _read_only(reader, n)
     hash_rate = n / _read_and_hash(reader, n)
     ledger.close()
+    at_scale = _ingest_at_scale(base, work / "ledger", n)
     print(
         f"auditmesh log verify --jobs {jobs}:      {fmt(rate, 'events/s'):>18}  "
         f"= {rate / peer:.3f} × peer\n"
@@ -169,4 +172,27 @@ def run(base: Sequence[AuditEvent], options: VerifyOptions, work: Path) -> list[
         Figure(SECTION, "  SQLite entries() read alone", read_rate, "events/s"),
         Figure(SECTION, "  SQLite read + leaf sha256", hash_rate, "events/s"),
         Figure(SECTION, "Log.append (batches of 50,000) while building", append_rate, "events/s"),
+        Figure(
+            ingest_bench.SECTION,
+            f"collector onto the {n:,}-event ledger, 1 submitter",
+            at_scale,
+            "events/s",
+            target=ingest_bench.TARGET,
+        ),
     ]
+
+
+def _ingest_at_scale(base: Sequence[AuditEvent], data_dir: Path, size: int) -> float:
+    """Durable ingest as `ingest_bench` measures it (collector, batches of 1,000), but into a
+    ledger that already holds `size` events: its indexes are deep and the random trace ids
+    land on a different page each, which an empty ledger's figure does not show."""
+    fresh = list(replicas(base, AT_SCALE_EVENTS, seed=97))  # other ids than the build's
+    batches = [fresh[i : i + 1_000] for i in range(0, len(fresh), 1_000)]
+    progress(f"collector onto the {size:,}-event ledger: {len(fresh):,} events")
+    run = ingest_bench.collector_run(batches, data_dir, 1, origin="bench.auditmesh.local/verify")
+    rate = len(fresh) / run.seconds
+    print(
+        f"collector onto the {size:,}-event ledger, batches of 1,000: {fmt(rate, 'events/s')}",
+        flush=True,
+    )
+    return rate
