@@ -172,3 +172,30 @@ def test_grpc_resource_exhausted_without_retry_info_is_not_retried() -> None:
         finally:
             sender.close()
     assert sleeps == [] and len(collector.requests) == 1
+
+
+@pytest.mark.integration
+def test_follow_outlives_a_collector_outage(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The collector answers 503 to its first four requests (a restart), more than one run of
+    # --attempts 2 takes. Without --follow that ends the export; with it, the exporter waits
+    # and sends again, and every record arrives once, in order.
+    fill(ledger, generate(30))
+
+    def down_at_first(number: int, request: ExportLogsServiceRequest) -> Answer:
+        return Fail(503) if number < 4 else Ok()
+
+    argv = [
+        "export", "otlp", "--data", str(ledger.data_dir), "--cursor", str(tmp_path / "c"),
+        "--attempts", "2", "--batch", "10",
+    ]  # fmt: skip
+    with FakeCollector(down_at_first) as collector:
+        assert main([*argv, "--endpoint", collector.endpoint]) == 2  # no --follow: gives up
+        assert "gave up after 2 attempts" in capsys.readouterr().err
+        collector.answer = down_at_first  # numbering goes on: requests 2 and 3 fail too
+        follow = ["--follow", "--poll", "0.1", "--exit-when-idle", "1"]
+        assert main([*argv, "--endpoint", collector.endpoint, *follow]) == 0
+    err = capsys.readouterr().err
+    assert "trying again in 1 s" in err and "exported 30 events" in err
+    assert collector.accepted == list(range(30))

@@ -33,6 +33,8 @@ from auditmesh.store.base import EventFilter, StoreError
 from auditmesh.store.sqlite import SQLiteStore
 
 BATCH = 1000
+FOLLOW_RETRY_S = 1.0  # --follow: the first pause after a batch the collector could not take
+MAX_FOLLOW_RETRY_S = 60.0
 Rows = list[tuple[int, bytes]]
 
 
@@ -101,7 +103,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--attempts",
         type=int,
         default=6,
-        help="tries per batch on retryable failures, with exponential backoff (default 6)",
+        help="tries per batch on retryable failures, with exponential backoff (default 6); "
+        "with --follow a batch that still fails is sent again after a pause (1 s, doubling "
+        "up to 60 s), so the export outlives a collector's restart",
     )
     otlp.set_defaults(func=run_otlp)
 
@@ -364,21 +368,32 @@ def run_otlp(args: argparse.Namespace) -> int:
             idle_exit_s=args.exit_when_idle,
             batch=args.batch,
         ):
-            entries = [(i, _decode(i, data), data, leaf_hash(data)) for i, data in rows]
-            request = log_records_request(entries, origin=ledger.log.origin)
-            try:
-                sender.export(request)
-            except ExportError as exc:
-                # A batch split to fit the receiver's size limit may fail after its first
-                # requests were taken: the cursor moves past those, so none is sent twice.
-                taken, failed = rows[: exc.delivered], rows[exc.delivered :]
-                _save(ledger, cursor_path, target, taken)
-                sent += len(taken)
-                raise UserError(
-                    f"{args.endpoint} did not take entries {failed[0][0]}..{failed[-1][0]}: "
-                    f"{exc}; {sent} sent, the cursor stays at {failed[0][0]}"
-                ) from None
-            _save(ledger, cursor_path, target, rows)
-            sent += len(rows)
+            pause = FOLLOW_RETRY_S
+            while rows:
+                entries = [(i, _decode(i, data), data, leaf_hash(data)) for i, data in rows]
+                request = log_records_request(entries, origin=ledger.log.origin)
+                try:
+                    sender.export(request)
+                except ExportError as exc:
+                    # A batch split to fit the receiver's size limit may fail after its first
+                    # requests were taken: the cursor moves past those, so none is sent twice.
+                    taken, rows = rows[: exc.delivered], rows[exc.delivered :]
+                    if taken:
+                        _save(ledger, cursor_path, target, taken)
+                        sent += len(taken)
+                    failed = f"{args.endpoint} did not take entries {rows[0][0]}..{rows[-1][0]}"
+                    if not (args.follow and exc.retryable):
+                        raise UserError(
+                            f"{failed}: {exc}; {sent} sent, the cursor stays at {rows[0][0]}"
+                        ) from None
+                    # --follow outlives a collector's restart or outage (OTLP "Retries": the
+                    # client keeps data it could not send), pausing longer each time.
+                    print(f"{failed}: {exc}; trying again in {pause:g} s", file=sys.stderr)
+                    time.sleep(pause)
+                    pause = min(pause * 2, MAX_FOLLOW_RETRY_S)
+                    continue
+                _save(ledger, cursor_path, target, rows)
+                sent += len(rows)
+                rows = []
     print(f"exported {sent} events as OTLP log records to {args.endpoint}", file=sys.stderr)
     return 0
