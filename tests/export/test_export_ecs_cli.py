@@ -209,3 +209,39 @@ def test_follow_picks_up_new_events(ledger: Ledger, tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert [d["event"]["id"] for d in read_docs(out)] == [e.id for e in events]
     assert b"exported 80 events" in err
+
+
+def _export_with_stderr_on(ledger: Ledger, out: Path, terminal: bool) -> str:
+    """Run `auditmesh export ecs` in a child whose stderr is a pseudo-terminal (as a person
+    at a shell has) or a pipe; what it wrote there."""
+    argv = [sys.executable, "-m", "auditmesh", "export", "ecs", "--data", str(ledger.data_dir)]
+    if not terminal:
+        done = subprocess.run([*argv, "-o", str(out)], capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr.decode()
+    leader, follower = os.openpty()
+    child = subprocess.Popen([*argv, "-o", str(out)], stderr=follower, stdout=subprocess.DEVNULL)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert child.wait(timeout=120) == 0, shown
+    return shown.decode(errors="replace")
+
+
+@pytest.mark.integration
+def test_a_long_export_shows_progress_on_a_terminal_only(ledger: Ledger, tmp_path: Path) -> None:
+    fill(ledger, generate(3000))
+    on_terminal = _export_with_stderr_on(ledger, tmp_path / "a.ndjson", terminal=True)
+    assert "exporting" in on_terminal and "/3000" in on_terminal
+    assert "exported 3000 events as ECS" in on_terminal
+    on_pipe = _export_with_stderr_on(ledger, tmp_path / "b.ndjson", terminal=False)
+    assert on_pipe == "exported 3000 events as ECS\n"  # a log file gets the summary alone
+    assert (tmp_path / "a.ndjson").read_bytes() == (tmp_path / "b.ndjson").read_bytes()

@@ -15,11 +15,13 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
 import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from auditmesh.cli import add_data_arg
 from auditmesh.cli.main import UserError
@@ -166,6 +168,28 @@ def tail(
         sleep(poll_s)
 
 
+@contextmanager
+def _progress(done: int, size: int, *, hidden: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for a one-off export from `done` to the log's `size`, shown
+    only on a terminal (a pipe or a log file gets the summary line alone) and not when
+    `hidden` (--follow, which has no end); yields `advance(entries)`."""
+    console = Console(stderr=True)
+    if hidden or not console.is_terminal or size <= done:
+        yield lambda _n: None
+        return
+    bar = Progress(
+        TextColumn("exporting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task("export", total=size - done)
+        yield lambda n: bar.advance(task, n)
+
+
 def _resume(ledger: Ledger, path: Path | None, target: str) -> Cursor | None:
     """The saved cursor, checked against this log; None to start from 0."""
     if path is None:
@@ -280,6 +304,10 @@ def run_ecs(args: argparse.Namespace) -> int:
             )
         )
         written = 0
+        on_screen = args.output == "-" and sys.stdout.isatty()  # no bar across the output
+        advance = stack.enter_context(
+            _progress(start, ledger.store.size(), hidden=args.follow or on_screen)
+        )
         try:
             for rows in tail(
                 ledger.store,
@@ -303,6 +331,7 @@ def run_ecs(args: argparse.Namespace) -> int:
                 size = out.write_batch(b"".join(lines))
                 _save(ledger, args.cursor, target, rows, size)
                 written += len(lines)
+                advance(len(rows))
         except BrokenPipeError:  # `| head`: the reader has all it wanted
             # Python's documented recipe: point stdout at devnull so the exit flush is quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -360,6 +389,7 @@ def run_otlp(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         stack.callback(sender.close)
+        advance = stack.enter_context(_progress(start, ledger.store.size(), hidden=args.follow))
         for rows in tail(
             ledger.store,
             start,
@@ -394,6 +424,7 @@ def run_otlp(args: argparse.Namespace) -> int:
                     continue
                 _save(ledger, cursor_path, target, rows)
                 sent += len(rows)
+                advance(len(rows))
                 rows = []
     print(f"exported {sent} events as OTLP log records to {args.endpoint}", file=sys.stderr)
     return 0
