@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import IO
 
 import msgspec
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from auditmesh.cli import add_data_arg
+from auditmesh.cli import add_data_arg, progress_bar
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
@@ -173,18 +171,7 @@ def _progress(done: int, size: int, *, hidden: bool) -> Iterator[Callable[[int],
     """A progress bar on stderr for a one-off export from `done` to the log's `size`, shown
     only on a terminal (a pipe or a log file gets the summary line alone) and not when
     `hidden` (--follow, which has no end); yields `advance(entries)`."""
-    console = Console(stderr=True)
-    if hidden or not console.is_terminal or size <= done:
-        yield lambda _n: None
-        return
-    bar = Progress(
-        TextColumn("exporting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    bar = progress_bar("exporting", enabled=not hidden and size > done)
     with bar:
         task = bar.add_task("export", total=size - done)
         yield lambda n: bar.advance(task, n)

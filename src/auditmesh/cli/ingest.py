@@ -35,9 +35,8 @@ from typing import IO
 
 import httpx
 import msgspec
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from auditmesh.cli import progress_bar
 from auditmesh.cli.main import UserError
 from auditmesh.events import AuditEvent, Error, encode_ndjson, new_event_id
 from auditmesh.ingest import envoy, linkerd
@@ -572,17 +571,8 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
 
 
 def _loop(args: argparse.Namespace, source: LineSource, pipeline: Pipeline) -> None:
-    console = Console(stderr=True)
     bar = isinstance(source, Tail) and not args.follow
-    progress = Progress(
-        TextColumn("ingesting"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=args.quiet or not bar or not console.is_terminal,
-        transient=True,
-    )
+    progress = progress_bar("ingesting", enabled=bar and not args.quiet, count_bytes=True)
     with progress:
         task = progress.add_task("ingest", total=source.size if isinstance(source, Tail) else None)
         last_line = time.monotonic()

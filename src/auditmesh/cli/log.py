@@ -12,9 +12,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
-from auditmesh.cli import DEFAULT_DATA, add_data_arg, verifier_key
+from auditmesh.cli import DEFAULT_DATA, add_data_arg, progress_bar, verifier_key
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog, ServerError
 from auditmesh.datadir import Ledger, open_ledger, open_reader
@@ -183,15 +183,7 @@ def run_verify(args: argparse.Namespace) -> int:
             verifier = Verifier.from_vkey(vkey.strip())
         except ValueError as exc:
             raise UserError(f"bad verifier key: {exc}") from None
-        progress = Progress(
-            TextColumn("verifying"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=args.quiet or not console.is_terminal,  # off a terminal it leaves a blank line
-            transient=True,
-        )
+        progress = progress_bar("verifying", enabled=not args.quiet)
         failure = None
         with progress:  # transient: a failure's message is not followed by a stale bar
             task = progress.add_task("verify", total=None)
