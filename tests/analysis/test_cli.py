@@ -49,6 +49,18 @@ def test_query_json_pages_with_the_printed_cursor(
     assert first["events"] + second["events"] == both["events"]
 
 
+def test_query_takes_the_trace_prefix_its_table_shows(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["query", "--data", str(data), "--format", "json", "--order", "index"]
+    assert main([*base, "--trace", TRACE]) == 0
+    whole = json.loads(capsys.readouterr().out)["events"]
+    assert main([*base, "--trace", TRACE[:8].upper()]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == whole and len(whole) == 8
+    assert main([*base, "--trace", "ffffffff"]) == 0  # no trace id starts so: no event
+    assert json.loads(capsys.readouterr().out)["events"] == []
+
+
 def test_query_ecs_writes_one_document_per_event(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -48,7 +48,7 @@ MAX_LIMIT = 1000  # per page of the HTTP API; the CLI pages through more
 
 _SPIFFE = re.compile(r"^spiffe://[a-z0-9._-]+(/[^/?#]+)*$")
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
-_TRACE = re.compile(r"^[0-9a-f]{32}$")
+_TRACE = re.compile(r"^[0-9a-f]{8,32}$")  # a whole W3C trace id, or its first 8 or more digits
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PARAMS = (
@@ -114,7 +114,10 @@ class Query:
         if self.status is not None and _status(self.status) is None:
             raise QueryError(f"status: {self.status!r} is not an HTTP status (404) or class (5xx)")
         if self.trace_id is not None and not _TRACE.match(self.trace_id):
-            raise QueryError(f"trace: {self.trace_id!r} is not a trace id (32 lowercase hex)")
+            raise QueryError(
+                f"trace: {self.trace_id!r} is not a trace id: give its 32 hex digits, or the "
+                "first 8 or more (as the query table shows them)"
+            )
         if self.path is not None and not self.path:
             raise QueryError("path: give a path or a prefix ending in *")
         if not 1 <= self.limit <= MAX_QUERY_LIMIT:
@@ -255,8 +258,11 @@ def _clauses(
         add("kind = ?", q.kind)
         if q.kind not in CALL_KINDS:
             clauses.append("kind NOT IN ('http', 'tcp')")
-    if q.trace_id is not None:
+    if q.trace_id is not None and len(q.trace_id) == 32:
         add("trace_id = ?", q.trace_id)
+    elif q.trace_id is not None:  # a prefix: every id starting with it, on the same index
+        add("trace_id >= ?", q.trace_id)
+        add("trace_id < ?", q.trace_id + "g")  # "g" sorts after every hex digit
     if q.direction is not None:
         add("direction = ?", q.direction)
     if q.since_ns is not None:

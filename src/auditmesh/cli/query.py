@@ -117,7 +117,9 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", help="HTTP path, exact or a prefix ending in * (/orders*)")
     parser.add_argument("--status", help="HTTP status (404) or class (5xx)")
     parser.add_argument("--decision", choices=DECISIONS, help="authorization decision")
-    parser.add_argument("--trace", help="trace id (32 hex digits)")
+    parser.add_argument(
+        "--trace", help="trace id (32 hex digits), or its first 8 or more as the table shows them"
+    )
     parser.add_argument("--kind", choices=KINDS, help="event kind")
     parser.add_argument("--direction", choices=("inbound", "outbound"), help="reporting side")
     parser.add_argument("--since", help="at or after: 15m, 2h, 7d or an RFC 3339 time")

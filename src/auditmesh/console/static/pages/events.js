@@ -25,7 +25,7 @@ export const FILTERS = [
   { name: "path", label: "Path (prefix*)", placeholder: "/orders/export*" },
   { name: "status", label: "Status", placeholder: "403 or 5xx" },
   { name: "decision", label: "Decision", options: ["", "allow", "deny", "audit"] },
-  { name: "trace", label: "Trace id", placeholder: "32 hex digits" },
+  { name: "trace", label: "Trace id", placeholder: "32 hex digits, or the first 8" },
   { name: "kind", label: "Kind", options: ["", "http", "tcp", "authn", "identity", "policy_change", "audit_read", "system"] },
   { name: "direction", label: "Side", options: ["", "inbound", "outbound"] },
   { name: "since", label: "Since", placeholder: "15m, 24h or RFC 3339" },
