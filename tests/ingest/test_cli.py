@@ -252,6 +252,25 @@ def test_follow_resumes_after_restart_and_rotation(
         assert stored(server, event_id) is not None
 
 
+def test_an_unfinished_last_line_is_told_in_the_summary_and_read_once_ended(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "access.log"
+    argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
+    argv += ["--exit-when-idle", "0.3", "--poll-interval", "0.05"]
+    lines = [line.replace("2026-03-02", "2026-05-01") for line in TEXT_LINES[:3]]
+    log.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:50])  # no newline at the end
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert summary_numbers(out)["taken"] == 2
+    assert "the last 50 bytes have no newline yet: the line is read once it ends" in out
+    with open(log, "a") as writer:
+        writer.write(lines[2][50:] + "\n")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert summary_numbers(out)["taken"] == 1 and "no newline" not in out
+
+
 def test_follow_killed_mid_stream_loses_nothing(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -562,6 +562,11 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
     )
     if counts.refused:
         summary += f"; refused lines in {rejects_path}"
+    if isinstance(source, Tail) and source.held:
+        summary += (
+            f"; the last {source.held} bytes have no newline yet: the line is read once it "
+            "ends (the next run starts before it)"
+        )
     print(summary + (" (interrupted)" if interrupted else ""))
     if failure is not None:
         raise failure

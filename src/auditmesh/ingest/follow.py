@@ -180,6 +180,12 @@ class Tail:
     def size(self) -> int:
         return os.fstat(self._file.fileno()).st_size
 
+    @property
+    def held(self) -> int:
+        """Bytes of a last line still without its newline (with `follow`, a writer may not
+        have finished it): not taken yet, and the stored position stays before them."""
+        return self._splitter.pending
+
     def close(self) -> None:
         self._file.close()
 
