@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -12,6 +13,7 @@ import msgspec
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from auditmesh.cli.export import otlp_cursor
 from auditmesh.cli.main import main
 from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, canonical_bytes
@@ -199,3 +201,28 @@ def test_follow_outlives_a_collector_outage(
     err = capsys.readouterr().err
     assert "trying again in 1 s" in err and "exported 30 events" in err
     assert collector.accepted == list(range(30))
+
+
+def test_one_collector_typed_two_ways_shares_its_cursor(ledger: Ledger) -> None:
+    fill(ledger, generate(20))
+    with FakeCollector(accept_all) as collector:
+        base = ["export", "otlp", "--data", str(ledger.data_dir)]
+        assert main([*base, "--endpoint", collector.endpoint]) == 0
+        shouted = collector.endpoint.replace("http://", "HTTP://").rstrip("/") + "/"
+        assert main([*base, "--endpoint", shouted]) == 0  # nothing new to send
+        assert collector.accepted == list(range(20))  # each record once
+    assert len(list((ledger.data_dir / "export").glob("otlp-*.cursor"))) == 1
+
+
+def test_a_cursor_named_after_the_address_as_typed_is_still_used(ledger: Ledger) -> None:
+    fill(ledger, generate(20))
+    with FakeCollector(accept_all) as collector:
+        typed = collector.endpoint + "/"  # how an older auditmesh named its cursor file
+        path, target = otlp_cursor(ledger.data_dir, "http", typed)
+        assert target == f"http:{collector.endpoint}" and path.name.startswith("otlp-")
+        argv = ["export", "otlp", "--data", str(ledger.data_dir), "--endpoint", typed]
+        digest = hashlib.sha256(typed.encode()).hexdigest()[:16]  # the old naming
+        legacy = ledger.data_dir / "export" / f"otlp-{digest}.cursor"
+        assert main([*argv, "--cursor", str(legacy), "--batch", "5", "--attempts", "1"]) == 0
+        assert main(argv) == 0  # finds the old file and its recorded target: sends nothing
+        assert collector.accepted == list(range(20))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -335,9 +336,31 @@ def run_ecs(args: argparse.Namespace) -> int:
 # -- otlp ------------------------------------------------------------------------------
 
 
-def default_otlp_cursor(data: Path, endpoint: str) -> Path:
-    digest = hashlib.sha256(endpoint.encode()).hexdigest()[:16]
-    return data / "export" / f"otlp-{digest}.cursor"
+def otlp_cursor(data: Path, protocol: str, endpoint: str) -> tuple[Path, str]:
+    """The default cursor file for a collector and the target it records: one per collector
+    however its address is typed (RFC 3986 §6.2.2-6.2.3: scheme and host are
+    case-insensitive, and an empty path is "/"), so `http://C:4318/` resumes where
+    `http://c:4318` stopped. A cursor an older auditmesh named after the address as typed
+    is still used, with the target it recorded."""
+    normal = _normal_endpoint(endpoint)
+    folder = data / "export"
+    path, as_typed = (
+        folder / f"otlp-{_digest(normal)}.cursor",
+        folder / f"otlp-{_digest(endpoint)}.cursor",
+    )
+    if as_typed != path and as_typed.exists() and not path.exists():
+        return as_typed, f"{protocol}:{endpoint}"
+    return path, f"{protocol}:{normal}"
+
+
+def _normal_endpoint(endpoint: str) -> str:
+    parts = urlsplit(endpoint.strip())
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _headers(pairs: list[str]) -> dict[str, str]:
@@ -356,8 +379,10 @@ def run_otlp(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
     headers = _headers(args.header)
-    cursor_path: Path = args.cursor or default_otlp_cursor(args.data, args.endpoint)
-    target = f"{args.protocol}:{args.endpoint}"
+    if args.cursor is None:
+        cursor_path, target = otlp_cursor(args.data, args.protocol, args.endpoint)
+    else:  # a cursor the user names records the address as typed
+        cursor_path, target = args.cursor, f"{args.protocol}:{args.endpoint}"
     sent = 0
     with ExitStack() as stack:
         ledger = _open(args.data)
