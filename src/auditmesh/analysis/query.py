@@ -482,8 +482,6 @@ def parse_params(
         order=order,  # type: ignore[arg-type]  # checked against ORDERS above
         limit=int(limit_text),
     )
-    end = now_ns if query.until_ns is None else query.until_ns
-    check_window(query.since_ns, end, until_is_now=query.until_ns is None)
     return query, params.get("cursor")
 
 

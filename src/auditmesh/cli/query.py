@@ -183,7 +183,7 @@ def query_of(args: argparse.Namespace, order: Order | None = None) -> Query:
     now = time.time_ns()
     if not 1 <= args.limit <= MAX_QUERY_LIMIT:
         raise UserError(f"--limit: give a number from 1 to {MAX_QUERY_LIMIT:,}")
-    since, until = parse_window_ns(args.since, args.until, now)
+    since, until = parse_window_ns(args.since, args.until, now, open_ended=True)
     try:
         return Query(
             source=args.source,

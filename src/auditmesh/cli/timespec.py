@@ -23,14 +23,19 @@ def parse_time_ns(text: str, now_ns: int) -> int:
 
 
 def parse_window_ns(
-    since: str | None, until: str | None, now_ns: int
+    since: str | None, until: str | None, now_ns: int, *, open_ended: bool = False
 ) -> tuple[int | None, int | None]:
-    """`--since` and `--until` (either may be absent); an empty window is an error."""
+    """`--since` and `--until` (either may be absent); an empty window is an error. Without
+    --until the window ends now, unless `open_ended` (a query of events: a producer's clock
+    may run ahead of this one, so a --since after now may still find some)."""
     since_ns = None if since is None else parse_time_ns(since, now_ns)
     until_ns = None if until is None else parse_time_ns(until, now_ns)
     try:
-        end = now_ns if until_ns is None else until_ns
-        check_window(since_ns, end, until_is_now=until_ns is None)
+        if until_ns is None and open_ended:
+            check_window(since_ns, None)
+        else:
+            end = now_ns if until_ns is None else until_ns
+            check_window(since_ns, end, until_is_now=until_ns is None)
     except QueryError as exc:
         raise UserError(f"--{exc}".replace(" since (", " --since (")) from None
     return since_ns, until_ns
