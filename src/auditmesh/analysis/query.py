@@ -48,7 +48,9 @@ MAX_LIMIT = 1000  # per page of the HTTP API; the CLI pages through more
 
 _SPIFFE = re.compile(r"^spiffe://[a-z0-9._-]+(/[^/?#]+)*$")
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
-_TRACE = re.compile(r"^[0-9a-f]{8,32}$")  # a whole W3C trace id, or its first 8 or more digits
+MIN_TRACE_PREFIX = 8  # the digits of a trace id the query table prints
+TRACE_OR_PREFIX = re.compile(rf"^[0-9a-f]{{{MIN_TRACE_PREFIX},32}}$")
+"""A whole W3C trace id (Trace Context §3.2.2.3: 32 lowercase hex), or its first digits."""
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PARAMS = (
@@ -113,7 +115,7 @@ class Query:
                 raise QueryError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
         if self.status is not None and _status(self.status) is None:
             raise QueryError(f"status: {self.status!r} is not an HTTP status (404) or class (5xx)")
-        if self.trace_id is not None and not _TRACE.match(self.trace_id):
+        if self.trace_id is not None and not TRACE_OR_PREFIX.fullmatch(self.trace_id):
             raise QueryError(
                 f"trace: {self.trace_id!r} is not a trace id: give its 32 hex digits, or the "
                 "first 8 or more (as the query table shows them)"
@@ -261,8 +263,7 @@ def _clauses(
     if q.trace_id is not None and len(q.trace_id) == 32:
         add("trace_id = ?", q.trace_id)
     elif q.trace_id is not None:  # a prefix: every id starting with it, on the same index
-        add("trace_id >= ?", q.trace_id)
-        add("trace_id < ?", q.trace_id + "g")  # "g" sorts after every hex digit
+        add("trace_id >= ? AND trace_id < ?", *trace_range(q.trace_id))
     if q.direction is not None:
         add("direction = ?", q.direction)
     if q.since_ns is not None:
@@ -398,6 +399,11 @@ def _in_range(text: str, ns: int, name: str) -> int:
     if not -(2**63) <= ns < 2**63:
         raise QueryError(f"{name}: {text!r} is out of range: times go from 1677 to 2262")
     return ns
+
+
+def trace_range(prefix: str) -> tuple[str, str]:
+    """[low, high) of the trace ids starting with `prefix`: "g" sorts after every hex digit."""
+    return prefix, prefix + "g"
 
 
 def check_window(since_ns: int | None, until_ns: int | None, *, until_is_now: bool = False) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditmesh.analysis.query import SqlReader
+from auditmesh.analysis.query import MIN_TRACE_PREFIX, TRACE_OR_PREFIX, SqlReader, trace_range
 from auditmesh.events import AuditEvent, Peer, decode_event
 
 
@@ -281,8 +281,6 @@ def to_json(trace_id: str, roots: Sequence[Call], *, truncated: bool = False) ->
 
 
 MAX_TRACE_EVENTS = 10_000
-MIN_PREFIX = 8  # the digits `auditmesh query` prints in its trace column
-_HEX = frozenset("0123456789abcdef")
 
 
 class TraceIdError(ValueError):
@@ -293,19 +291,17 @@ def resolve(reader: SqlReader, text: str) -> str | None:
     """The trace id `text` names: all 32 hex digits (W3C Trace Context §3.2.2.3), or the first
     8 or more that exactly one stored trace id starts with; None when none does."""
     wanted = text.strip().lower()
-    if not MIN_PREFIX <= len(wanted) <= 32 or not _HEX.issuperset(wanted):
+    if not TRACE_OR_PREFIX.fullmatch(wanted):
         raise TraceIdError(
-            f"{text!r} is not a trace id: give its 32 hex digits, or the first {MIN_PREFIX} "
-            "or more (as `auditmesh query` shows them)"
+            f"{text!r} is not a trace id: give its 32 hex digits, or the first "
+            f"{MIN_TRACE_PREFIX} or more (as `auditmesh query` shows them)"
         )
     if len(wanted) == 32:
         return wanted
-    # Every id starting with the prefix sorts in [prefix, prefix + "g"): "g" follows the
-    # hex digits. The range reads the trace-id index, not the table.
-    rows = reader.query(
+    rows = reader.query(  # a range of the trace-id index, not a scan of the table
         "SELECT DISTINCT trace_id FROM events WHERE trace_id >= ? AND trace_id < ?"
         " ORDER BY trace_id LIMIT 4",
-        (wanted, wanted + "g"),
+        trace_range(wanted),
     )
     found = [str(row[0]) for row in rows]
     if len(found) > 1:
@@ -318,7 +314,7 @@ def resolve(reader: SqlReader, text: str) -> str | None:
 
 
 def not_found(text: str) -> str:
-    """What to say when `resolve` found nothing for `text`."""
+    """What to say when `trace_json` found nothing for `text`."""
     wanted = text.strip().lower()
     if len(wanted) < 32:
         return f"no trace id stored begins with {wanted}"
@@ -336,9 +332,12 @@ def load(
     return [(int(i), decode_event(bytes(d))) for i, d in rows]
 
 
-def trace_json(reader: SqlReader, trace_id: str) -> dict[str, Any] | None:
-    """`to_json` of the trace's first MAX_TRACE_EVENTS events, flagged `truncated` when
-    more carry its id; None when none does."""
+def trace_json(reader: SqlReader, text: str) -> dict[str, Any] | None:
+    """`to_json` of the first MAX_TRACE_EVENTS events of the trace `text` names (`resolve`),
+    flagged `truncated` when more carry its id; None when none does."""
+    trace_id = resolve(reader, text)
+    if trace_id is None:
+        return None
     rows = load(reader, trace_id, MAX_TRACE_EVENTS + 1)
     if not rows:
         return None

@@ -330,10 +330,9 @@ def run_trace(args: argparse.Namespace) -> int:
     else:
         with _ledger(args.data) as ledger:
             try:
-                trace_id = trace.resolve(ledger.store, args.trace_id)
+                found = trace.trace_json(ledger.store, args.trace_id)
             except trace.TraceIdError as exc:
                 raise UserError(str(exc)) from None
-            found = None if trace_id is None else trace.trace_json(ledger.store, trace_id)
         if found is None:
             raise UserError(trace.not_found(args.trace_id))
         body = found

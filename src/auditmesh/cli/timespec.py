@@ -31,11 +31,10 @@ def parse_window_ns(
     since_ns = None if since is None else parse_time_ns(since, now_ns)
     until_ns = None if until is None else parse_time_ns(until, now_ns)
     try:
-        if until_ns is None and open_ended:
-            check_window(since_ns, None)
-        else:
-            end = now_ns if until_ns is None else until_ns
-            check_window(since_ns, end, until_is_now=until_ns is None)
+        if until_ns is not None:
+            check_window(since_ns, until_ns)
+        elif not open_ended:
+            check_window(since_ns, now_ns, until_is_now=True)
     except QueryError as exc:
         raise UserError(f"--{exc}".replace(" since (", " --since (")) from None
     return since_ns, until_ns

@@ -254,23 +254,21 @@ class UntrustedNote(VerificationError):
     `expected` lists the trusted keys and `computed` the signers', as `name+hash` (the
     first two fields of a verifier key)."""
 
-    def __init__(self, *, trusted: list[str], signers: list[str]) -> None:
+    def __init__(self, trusted: list[str], signers: list[str]) -> None:
         self.trusted, self.signers = trusted, signers  # read by _describe, from super()
         super().__init__("note has no verifiable signatures", expected=trusted, computed=signers)
 
     def _describe(self) -> str:
+        # Either the key is another log's or the note was signed by another key: never send
+        # the reader to a copy of the key that the same hands could have replaced.
         return (
             f"{self.message}: it is signed by {', '.join(self.signers) or 'no key'}, and the "
-            f"key trusted here is {', '.join(self.trusted) or 'none'}; "
-            "give the log's own verifier key (keys/log.vkey in its data directory)"
+            f"key trusted here is {', '.join(self.trusted) or 'none'}; check that key against "
+            "a copy of the log's key obtained independently"
         )
 
     def __reduce__(self) -> tuple[object, ...]:  # crosses process boundaries, as its base
-        return (_untrusted_note, (self.trusted, self.signers))
-
-
-def _untrusted_note(trusted: list[str], signers: list[str]) -> UntrustedNote:
-    return UntrustedNote(trusted=trusted, signers=signers)
+        return (UntrustedNote, (self.trusted, self.signers))
 
 
 def open_note(note: bytes, verifiers: Sequence[Verifier]) -> Note:
@@ -335,8 +333,8 @@ def open_note(note: bytes, verifiers: Sequence[Verifier]) -> Note:
 
     if not sigs:
         raise UntrustedNote(
-            trusted=sorted(f"{n}+{h:08x}" for n, h in known),
-            signers=[f"{s.name}+{s.key_hash:08x}" for s in unverified],
+            sorted(f"{n}+{h:08x}" for n, h in known),
+            [f"{s.name}+{s.key_hash:08x}" for s in unverified],
         )
     return Note(text=text, sigs=tuple(sigs), unverified_sigs=tuple(unverified))
 

@@ -107,12 +107,9 @@ class QueryApi:
     async def trace(self, request: Request) -> Response:
         given = request.path_params["trace_id"]
         try:
-            trace_id = await run_in_threadpool(trace.resolve, self.store, given)
+            body = await run_in_threadpool(trace.trace_json, self.store, given)
         except trace.TraceIdError as exc:
             return _error(400, str(exc))
-        body = None
-        if trace_id is not None:
-            body = await run_in_threadpool(trace.trace_json, self.store, trace_id)
         if body is None:
             return _error(404, trace.not_found(given))
         set_read_count(request.scope, body["events"])
