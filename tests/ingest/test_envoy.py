@@ -728,7 +728,12 @@ def test_fuzz_json_fields(values: dict[str, object], start: str) -> None:
             ),
             "bytes_sent": st.integers(0, 2**53 - 1).map(str),
             "duration": st.integers(0, 10**9).map(str),
-            "user_agent": st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=40),
+            # No lone surrogates: no reader makes them (cli/ingest.py `_text` escapes a
+            # byte that is not UTF-8; OTLP strings are repaired on the wire).
+            "user_agent": st.text(
+                alphabet=st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)),
+                max_size=40,
+            ),
         }
     )
 )
