@@ -252,6 +252,35 @@ def test_follow_resumes_after_restart_and_rotation(
         assert stored(server, event_id) is not None
 
 
+def test_follow_reads_a_file_rewritten_in_place_while_stopped_from_its_start(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # copytruncate while the follower was stopped, and the writer went on past the stored
+    # offset: the restart must not resume in the middle of the new lines.
+    log = tmp_path / "access.log"
+    argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
+    argv += ["--exit-when-idle", "0.3", "--poll-interval", "0.05"]
+    old = [line.replace("2026-03-02", "2026-07-01") for line in TEXT_LINES[:5]]
+    new = [line.replace("2026-03-02", "2026-07-02") for line in reversed(TEXT_LINES)]
+    log.write_text("\n".join(old) + "\n")
+    assert main(argv) == 0
+    assert summary_numbers(capsys.readouterr().out)["taken"] == 5
+    inode = log.stat().st_ino
+    with open(log, "r+") as writer:
+        writer.truncate(0)
+        writer.write("\n".join(new) + "\n")
+    assert log.stat().st_ino == inode and log.stat().st_size > len("\n".join(old)) + 1
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    counts = summary_numbers(out)
+    assert counts["lines"] == counts["taken"] == len(new) and counts["refused"] == 0, out
+    assert "was rewritten since the stored position" in err
+    position = load_position(tmp_path / "access.log.offset")
+    assert position is not None and position.line == len(new) and len(position.before) == 64
+    for event_id in envoy_ids(new, "access.log"):
+        assert stored(server, event_id) is not None
+
+
 def test_an_unfinished_last_line_is_told_in_the_summary_and_read_once_ended(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

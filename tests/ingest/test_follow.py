@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditmesh.ingest.follow import (
+    FINGERPRINT,
     Line,
     LineSplitter,
     Position,
@@ -166,6 +169,109 @@ def test_truncation_starts_over(tmp_path: Path) -> None:
     lines = drain(tail)
     assert texts(lines) == [b"new"] and lines[0].number == 1
     tail.close()
+
+
+def test_a_file_rewritten_in_place_while_stopped_is_read_from_its_start(tmp_path: Path) -> None:
+    # Stopped; meanwhile copytruncate, and the writer goes on past the stored offset: the
+    # size does not tell, the bytes before the offset do. Resuming there would skip the
+    # new lines before it and start mid-line (a garbled line), with wrong line numbers.
+    log, state = tmp_path / "access.log", tmp_path / "access.offset"
+    log.write_bytes(b"".join(b"old %d\n" % i for i in range(20)))
+    tail = Tail(log, follow=True)
+    read = tail.read(10)
+    assert read[-1].end is not None
+    save_position(state, read[-1].end)
+    tail.close()
+    with open(log, "r+b") as out:  # the same inode, longer than the stored offset again
+        out.truncate(0)
+        out.write(b"".join(b"new, longer line %d\n" % i for i in range(40)))
+    resumed = Tail(log, follow=True, resume=load_position(state))
+    lines = drain(resumed)
+    assert not resumed.resumed
+    assert texts(lines) == [b"new, longer line %d" % i for i in range(40)]
+    assert [line.number for line in lines] == list(range(1, 41))
+    assert resumed.notes == [
+        f"{log.absolute()} was rewritten since the stored position (its 60 bytes before "
+        "offset 60 differ); reading it from its beginning"
+    ]
+    resumed.close()
+
+
+@pytest.mark.parametrize("appended", [0, 5])
+@pytest.mark.parametrize("taken", [10, 50])  # an offset below FINGERPRINT, and above it
+def test_an_unchanged_or_grown_file_resumes_where_it_stopped(
+    tmp_path: Path, taken: int, appended: int
+) -> None:
+    log, state = tmp_path / "access.log", tmp_path / "access.offset"
+    log.write_bytes(b"".join(b"line %03d\n" % i for i in range(100)))
+    tail = Tail(log, follow=True)
+    read = tail.read(taken)
+    assert read[-1].end is not None
+    save_position(state, read[-1].end)
+    tail.close()
+    with open(log, "ab") as out:
+        out.write(b"".join(b"line %03d\n" % i for i in range(100, 100 + appended)))
+    resumed = Tail(log, follow=True, resume=load_position(state))
+    lines = drain(resumed)
+    assert resumed.resumed and resumed.notes == []
+    assert texts(lines) == [b"line %03d" % i for i in range(taken, 100 + appended)]
+    assert [line.number for line in lines] == list(range(taken + 1, 101 + appended))
+    resumed.close()
+
+
+def test_a_state_file_without_a_fingerprint_still_resumes(tmp_path: Path) -> None:
+    # Written by an older auditmesh: nothing to compare, so the position applies as it did.
+    log, state = tmp_path / "access.log", tmp_path / "access.offset"
+    log.write_bytes(b"a\nb\nc\n")
+    stat = os.stat(log)
+    state.write_text(
+        f'{{"path": "{log.absolute()}", "device": {stat.st_dev}, "inode": {stat.st_ino}, '
+        '"offset": 2, "line": 1}\n'
+    )
+    position = load_position(state)
+    assert position is not None and position.before == ""
+    tail = Tail(log, follow=True, resume=position)
+    lines = drain(tail)
+    assert tail.resumed and tail.notes == []
+    assert texts(lines) == [b"b", b"c"] and lines[0].number == 2
+    assert lines[-1].end is not None
+    save_position(state, lines[-1].end)  # stored again, now with the fingerprint
+    stored = load_position(state)
+    assert stored is not None and len(stored.before) == 64
+    tail.close()
+
+
+def test_each_position_holds_the_bytes_read_before_it(tmp_path: Path) -> None:
+    # Across chunk boundaries, after a resume and for an unterminated last line; the state
+    # file keeps their hash, never the bytes themselves.
+    log, state = tmp_path / "access.log", tmp_path / "access.offset"
+    data = b"".join(b"%d %s\n" % (i, b"x" * (i % 300)) for i in range(1000)) + b"end"
+    log.write_bytes(data)
+    tail = Tail(log, follow=False)
+    lines = drain(tail, max_lines=7)
+    tail.close()
+    middle = lines[500].end
+    assert middle is not None
+    resumed = Tail(log, follow=False, resume=middle)
+    assert resumed.resumed
+    lines += drain(resumed, max_lines=7)
+    resumed.close()
+    for line in lines:
+        assert line.end is not None
+        assert (
+            line.end.bytes_before == data[max(line.end.offset - FINGERPRINT, 0) : line.end.offset]
+        )
+    save_position(state, middle)
+    assert set(msgspec.json.decode(state.read_bytes())) == {
+        "path",
+        "device",
+        "inode",
+        "offset",
+        "line",
+        "before",
+    }
+    before = hashlib.sha256(middle.bytes_before).hexdigest()
+    assert load_position(state) == dataclasses.replace(middle, before=before)
 
 
 @pytest.mark.parametrize(

@@ -10,22 +10,29 @@ what to do with each line; the parsers (`envoy`, `linkerd`) never see a file. Th
   which a writer may still flush to for a moment, so only once it has been quiet for
   `rotate_wait_s`, then start the new one at its beginning) and truncation (`copytruncate`:
   the file got shorter than our offset, or the bytes just before our offset are no longer
-  the ones read there, since the writer refilled it past that offset: start over).
+  the ones read there, since the writer refilled it past that offset: start over). A
+  stored position passes the same tests on resume: the same path and inode, not shorter
+  than its offset, and the bytes before its offset still the ones read there
+  (`Position.before`), else the file was truncated and refilled while no one followed it.
+  Whenever a position is not applied the file is read from its beginning: the ledger
+  dedups by event id, derived from the line text, so reading again is harmless.
 - `Stream`: a pipe or stdin, read until it closes; no positions, nothing to resume.
 
 `save_position` / `load_position` keep the resume point in a small JSON state file,
 replaced atomically (write, fsync, rename, fsync the directory), keyed by the file's path
-and inode: a position recorded for another file is not applied.
+and inode: a position recorded for another file is not applied. A state file of an older
+auditmesh has no fingerprint; its position is applied on path, inode and size alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -42,13 +49,29 @@ FINGERPRINT = 256  # bytes before the offset compared to notice a rewritten file
 @dataclass(frozen=True, slots=True)
 class Position:
     """Where reading resumes: just after line `line` (1-based), at byte `offset` of the file
-    with this path, device and inode."""
+    with this path, device and inode, whose bytes before `offset` are still these.
+
+    `before` is the fingerprint kept in the state file: SHA-256 (hex) of the
+    min(offset, FINGERPRINT) bytes just before `offset`; "" when unknown (a state file of
+    an older auditmesh). A `Tail` fills `bytes_before`, those bytes as read, and
+    `save_position` hashes them: once per stored position, not once per line read. Not
+    read again when stored: by then the file may have been refilled (the server took
+    long to answer) or rotated away, and its bytes would vouch for another file."""
 
     path: str
     device: int
     inode: int
     offset: int
     line: int
+    before: str = ""
+    bytes_before: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """`before`, or the hash of `bytes_before`; "" when neither is known."""
+        if self.before or not self.bytes_before:
+            return self.before
+        return _fingerprint(self.bytes_before)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,20 +180,37 @@ class Tail:
         self._id = (stat.st_dev, stat.st_ino)
         self._splitter = LineSplitter()
         if resume is not None:
-            if resume.path != str(self.path) or (resume.device, resume.inode) != self._id:
-                self.notes.append(
-                    f"the stored position is for another file ({resume.path}, inode "
-                    f"{resume.inode}); reading {self.path} from its beginning"
-                )
-            elif resume.offset > stat.st_size:
-                self.notes.append(
-                    f"{self.path} is shorter than the stored position (truncated); "
-                    "reading it from its beginning"
-                )
-            else:
-                self._file.seek(resume.offset)
-                self._splitter = LineSplitter(resume.offset, resume.line)
-                self.resumed = True
+            self._resume(resume, stat.st_size)
+
+    def _resume(self, resume: Position, size: int) -> None:
+        """Start at `resume` if it is a position in this very file, as it was read."""
+        if resume.path != str(self.path) or (resume.device, resume.inode) != self._id:
+            self.notes.append(
+                f"the stored position is for another file ({resume.path}, inode "
+                f"{resume.inode}); reading {self.path} from its beginning"
+            )
+            return
+        if resume.offset > size:
+            self.notes.append(
+                f"{self.path} is shorter than the stored position (truncated); "
+                "reading it from its beginning"
+            )
+            return
+        # Truncated and written again past the offset while no one followed (copytruncate
+        # with a busy writer): the size cannot tell, the bytes before the offset can.
+        length = min(resume.offset, FINGERPRINT)
+        there = os.pread(self._file.fileno(), length, resume.offset - length)
+        expected = resume.fingerprint
+        if expected and _fingerprint(there) != expected:
+            self.notes.append(
+                f"{self.path} was rewritten since the stored position (its {length} bytes "
+                f"before offset {resume.offset} differ); reading it from its beginning"
+            )
+            return
+        self._file.seek(resume.offset)
+        self._splitter = LineSplitter(resume.offset, resume.line)
+        self._recent = there  # so the positions read next have their whole fingerprint
+        self.resumed = True
 
     @property
     def done(self) -> bool:
@@ -195,12 +235,13 @@ class Tail:
         while len(self._ready) < max_lines and not self._done:
             data = self._file.read(CHUNK)
             if data:
-                self._recent = (self._recent + data)[-FINGERPRINT:]
+                window = self._recent + data
+                self._recent = window[-FINGERPRINT:]
                 self._rotated_at = None  # the old file is still written to: wait again
-                self._queue(self._splitter.feed(data))
+                self._queue(self._splitter.feed(data), window)
                 continue
             if not self.follow:
-                self._queue(self._splitter.finish())
+                self._queue(self._splitter.finish(), self._recent)
                 self._done = True
             elif not self._ready and self._check_replaced():
                 continue  # reading the new file, or the refilled one, from its start
@@ -210,10 +251,16 @@ class Tail:
     def wait(self, seconds: float) -> None:
         time.sleep(seconds)
 
-    def _queue(self, lines: list[tuple[int, bytes, int, bool]]) -> None:
+    def _queue(self, lines: list[tuple[int, bytes, int, bool]], window: bytes) -> None:
+        """`window`: the bytes read last, up to the file position, and the FINGERPRINT
+        bytes before them, so it holds each line's `bytes_before` (a slice, not a hash:
+        the hash is taken only for a position stored)."""
         device, inode = self._id
+        start = self._file.tell() - len(window)  # the file offset of window[0]
         for number, data, end, too_long in lines:
-            position = Position(str(self.path), device, inode, end, number)
+            cut = end - start
+            before = window[max(cut - FINGERPRINT, 0) : cut]
+            position = Position(str(self.path), device, inode, end, number, "", before)
             self._ready.append(Line(number, data, position, too_long))
 
     def _check_replaced(self) -> bool:
@@ -232,8 +279,8 @@ class Tail:
             if now - self._rotated_at < self.rotate_wait_s:
                 return False
             self._rotated_at = None
+            self._queue(self._splitter.finish(), self._recent)
             self._recent = b""
-            self._queue(self._splitter.finish())
             self._file.close()
             self._file = open(self.path, "rb")
             new = os.fstat(self._file.fileno())
@@ -310,5 +357,13 @@ def load_position(state: Path) -> Position | None:
 
 
 def save_position(state: Path, position: Position) -> None:
-    """Replace the state file atomically: a crash leaves the old position or the new one."""
-    write_atomic(state, msgspec.json.encode(asdict(position)) + b"\n")
+    """Replace the state file atomically: a crash leaves the old position or the new one.
+    It keeps the fingerprint, never the log's bytes themselves (the file is 0644)."""
+    fields = asdict(position)
+    del fields["bytes_before"]
+    fields["before"] = position.fingerprint
+    write_atomic(state, msgspec.json.encode(fields) + b"\n")
+
+
+def _fingerprint(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
