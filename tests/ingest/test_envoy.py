@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import uuid
@@ -10,12 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditmesh.events import AuditEvent, to_json_dict
 from auditmesh.ingest.envoy import (
+    _PLAIN_TEXT_LINE,
     ISTIO_TEXT_FORMAT,
     RESPONSE_FLAGS,
     TEXT_FIELDS,
@@ -33,6 +34,7 @@ from auditmesh.ingest.envoy import (
     to_event,
     trace_of,
 )
+from auditmesh.ingest.envoy import _text_values as field_by_field
 
 DATA = Path(__file__).parent / "data"
 REPORTER = "ingest:envoy:istio-text.log"
@@ -646,7 +648,7 @@ def test_overlong_fields_are_cut_not_refused() -> None:
 
 def test_record_fields_can_be_supplied_by_otlp_attributes() -> None:
     # The OTLP receiver parses the body and adds what the record's attributes carry.
-    record = dataclasses.replace(
+    record = msgspec.structs.replace(
         parse_text_line(text_line() + "\n"),
         upstream_peer_uri_san="spiffe://cluster.local/ns/bookinfo/sa/reviews",
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -690,6 +692,34 @@ _field_value = st.one_of(
 )
 
 
+def test_plain_sample_lines_take_the_one_expression() -> None:
+    """The sample TEXT lines hold no quote inside a field: all are read by the fast path."""
+    lines = [line for line in sample("istio-text.log") if line.strip()]
+    assert lines
+    for line in lines:
+        plain = _PLAIN_TEXT_LINE.fullmatch(line)
+        assert plain is not None, line
+        assert plain.groupdict() == field_by_field(line)
+
+
+# Values made of the characters that decide where a TEXT field ends.
+_tricky_value = st.one_of(
+    st.sampled_from(["-", "", "0", "200", "HTTP/1.1", "a b", '"', '" ', ' "', '-" 0 ', "]"]),
+    st.text(alphabet=' "-/.:0123AZ[]|,', max_size=12),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from([key for key, _ in TEXT_FIELDS]), _tricky_value, max_size=3))
+def test_the_one_expression_reads_what_the_field_reader_reads(changes: dict[str, str]) -> None:
+    """Wherever `_PLAIN_TEXT_LINE` matches, it takes the values `_text_values` takes (a
+    realistic line with up to three fields changed)."""
+    line = text_line(**changes)
+    plain = _PLAIN_TEXT_LINE.fullmatch(line)
+    if plain is not None:
+        assert plain.groupdict() == field_by_field(line)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.fixed_dictionaries({key: _field_value for key, _ in TEXT_FIELDS}))
 def test_fuzz_text_fields(values: dict[str, str]) -> None:
@@ -731,7 +761,7 @@ def test_fuzz_json_fields(values: dict[str, object], start: str) -> None:
             # No lone surrogates: no reader makes them (cli/ingest.py `_text` escapes a
             # byte that is not UTF-8; OTLP strings are repaired on the wire).
             "user_agent": st.text(
-                alphabet=st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)),
+                alphabet=st.characters(blacklist_characters="\n\r", codec="utf-8"),
                 max_size=40,
             ),
         }

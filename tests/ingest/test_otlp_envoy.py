@@ -6,7 +6,6 @@ realistic samples in tests/ingest/data; parsing itself is `ingest.envoy`'s and t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +47,7 @@ def envoy_record(line: str, labels: Mapping[str, Attr] | None = None) -> LogReco
 
 
 def expected(line: str, reporter: str, labels: dict[str, str], **extra: Any) -> AuditEvent:
-    access = dataclasses.replace(envoy.parse_text_line(line), **extra)
+    access = msgspec.structs.replace(envoy.parse_text_line(line), **extra)
     event = envoy.to_event(access, reporter)
     return msgspec.structs.replace(event, labels=labels | event.labels)
 
@@ -64,6 +63,33 @@ def test_every_sample_text_line_maps_like_the_envoy_adapter() -> None:
     for event in mapped.events:
         assert event.attested is False
         assert decode_event(canonical_bytes(event)) == event
+
+
+def test_which_provider_labels_become_event_labels() -> None:
+    """Strings and integers under valid label keys, "-" and empty values left out, at most
+    32; a header captured as a string array gives its first value; the keys that carry
+    fields of the record (peer URI SANs, traceparent) are used there, not repeated."""
+    labels: dict[str, Attr] = {
+        "pod": "reviews-v1",
+        "replicas": 3,
+        "ratio": 0.5,
+        "canary": True,
+        "unset": "-",
+        "empty": "",
+        "not a key!": "x",
+        "captured": ["first", "second"],
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        **{f"extra{n:02d}": "v" for n in range(40)},
+    }
+    (event,) = otlp.map_logs(logs(envoy_record(TEXT_LINES[0], labels))).events
+    assert event.labels["pod"] == "reviews-v1"
+    assert event.labels["replicas"] == "3"
+    assert event.labels["captured"] == "first"
+    for absent in ("ratio", "canary", "unset", "empty", "not a key!", "traceparent"):
+        assert absent not in event.labels
+    assert event.trace is not None and event.trace.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    from_provider = {k for k in event.labels if not k.startswith("envoy.")}
+    assert from_provider == {"pod", "replicas", "captured"} | {f"extra{n:02d}" for n in range(29)}
 
 
 def test_peer_uri_sans_from_labels_give_identities_and_mtls() -> None:

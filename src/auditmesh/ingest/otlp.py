@@ -48,7 +48,7 @@ body whole.
 from __future__ import annotations
 
 import base64
-import dataclasses
+import functools
 import hashlib
 import ipaddress
 import re
@@ -491,13 +491,18 @@ def text(attrs: Mapping[str, AnyValue], *keys: str) -> str | None:
     """The first of `keys` present as a non-empty string (integers are written out)."""
     for key in keys:
         value = attrs.get(key)
-        if value is None:
-            continue
-        scalar = _scalar(value)
-        if isinstance(scalar, str) and scalar:
-            return scalar
-        if isinstance(scalar, int) and not isinstance(scalar, bool):
-            return str(scalar)
+        if value is not None and (found := text_of(value)):
+            return found
+    return None
+
+
+def text_of(value: AnyValue) -> str | None:
+    """A string value, or an integer written out; None for any other kind."""
+    scalar = _scalar(value)
+    if isinstance(scalar, str):
+        return scalar
+    if isinstance(scalar, int) and not isinstance(scalar, bool):
+        return str(scalar)
     return None
 
 
@@ -847,7 +852,7 @@ _ENVOY_TEXT = re.compile(r"\[\d{4}-\d{2}-\d{2}T")
 # Label names carrying the fields Istio's TEXT line lacks (peer URI SANs, traceparent): the
 # same keys as in Istio's JSON access log, e.g. `upstream_peer_uri_san:
 # "%UPSTREAM_PEER_URI_SAN%"` under the provider's `logFormat.labels`.
-_ENVOY_EXTRA_KEYS = envoy.OPTIONAL_JSON_KEYS
+_ENVOY_EXTRA_KEYS = frozenset(envoy.OPTIONAL_JSON_KEYS)
 # Labels shaped like Istio's JSON access log (`labels` set to its field names and operators,
 # no TEXT body): recognised by these keys.
 _ENVOY_JSON_KEYS = frozenset(("response_code", "upstream_cluster", "method", "bytes_sent"))
@@ -863,12 +868,9 @@ def _envoy_event(
     try:
         if body.WhichOneof("value") == "string_value" and _ENVOY_TEXT.match(body.string_value):
             access = envoy.parse_text_line(body.string_value)
-            extra: dict[str, Any] = {
-                key: found for key in _ENVOY_EXTRA_KEYS if (found := text(attrs, key))
-            }
+            extra, labels = _split_attributes(attrs)
             if extra:
-                access = dataclasses.replace(access, **extra)
-            labels = _label_attributes(attrs, exclude=extra.keys())
+                access = msgspec.structs.replace(access, **extra)
         else:
             fields = attrs
             if body.WhichOneof("value") == "kvlist_value":
@@ -877,7 +879,7 @@ def _envoy_event(
                 return None  # not an access-log record: an application log, skipped
             access = envoy.parse_json_line(_as_json_line(fields))
         if access.traceparent is None and access.trace_id is None and any(record.trace_id):
-            access = dataclasses.replace(access, trace_id=record.trace_id.hex())
+            access = msgspec.structs.replace(access, trace_id=record.trace_id.hex())
         event = envoy.to_event(access, origin.reporter)
     except envoy.EnvoyLogError as exc:
         raise Unmappable(f"Envoy access log: {exc}") from None
@@ -886,20 +888,25 @@ def _envoy_event(
     return event
 
 
-def _label_attributes(attrs: Mapping[str, AnyValue], *, exclude: Iterable[str]) -> dict[str, str]:
-    """The provider's other labels (e.g. Istio's sample `pod`, `namespace`, `cluster`) as
-    event labels: string values under keys that are valid label keys."""
-    skip = set(exclude)
+def _split_attributes(attrs: Mapping[str, AnyValue]) -> tuple[dict[str, str], dict[str, str]]:
+    """The provider's labels in one pass: those carrying fields the TEXT line lacks
+    (`_ENVOY_EXTRA_KEYS`, non-empty), and the others (e.g. Istio's sample `pod`,
+    `namespace`, `cluster`) as event labels: string values under valid label keys."""
+    extra: dict[str, str] = {}
     labels: dict[str, str] = {}
     for key, value in attrs.items():
-        if len(labels) == _MAX_LABELS:
-            break
-        if key in skip or not _LABEL_KEY.fullmatch(key):
-            continue
-        found = text({key: value}, key)
-        if found is not None and found != "-":
+        found = text_of(value)
+        if key in _ENVOY_EXTRA_KEYS:
+            if found:
+                extra[key] = found
+        elif found and found != "-" and len(labels) < _MAX_LABELS and _is_label_key(key):
             labels[key] = found[:1024]
-    return labels
+    return extra, labels
+
+
+@functools.lru_cache(maxsize=1024)  # a provider sends the same few label names each time
+def _is_label_key(key: str) -> bool:
+    return _LABEL_KEY.fullmatch(key) is not None
 
 
 def _as_json_line(fields: Mapping[str, AnyValue]) -> str:
