@@ -72,6 +72,42 @@ def test_a_batch_split_to_fit_that_fails_midway_resumes_after_the_delivered_half
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_partial_success_is_not_sent_again_and_the_export_goes_on(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol: str
+) -> None:
+    # OTLP "Partial Success": the client MUST NOT retry the rejected records. The second of
+    # three requests is taken in part; the export goes on with the third, names the range
+    # of the partly rejected one, exits 2, and a second run sends nothing again.
+    fill(ledger, generate(30))
+    cursor = tmp_path / "otlp.cursor"
+    argv = [
+        "export", "otlp", "--data", str(ledger.data_dir), "--protocol", protocol,
+        "--batch", "10", "--cursor", str(cursor), "--endpoint",
+    ]  # fmt: skip
+
+    def second_in_part(number: int, request: ExportLogsServiceRequest) -> Answer:
+        return Ok(rejected=3, message="3 records over the attribute limit") if number == 1 else Ok()
+
+    with FakeCollector(second_in_part, protocol=protocol) as collector:
+        assert main([*argv, collector.endpoint]) == 2
+        sent = [index for request in collector.requests for index in log_indexes(request)]
+        assert sent == list(range(30))  # every record once, the export went on after 19
+        assert collector.accepted == [*range(10), *range(20, 30)]
+        err = capsys.readouterr().err
+        assert "rejected 3 of the log records for entries 10..19" in err, err
+        assert "3 records over the attribute limit" in err
+        assert "exported 27 events" in err
+        saved = load_cursor(cursor)
+        assert saved is not None and saved.next_index == 30
+
+        collector.answer = accept_all
+        assert main([*argv, collector.endpoint]) == 0
+    assert len(collector.requests) == 3  # nothing sent a second time
+    assert "exported 0 events" in capsys.readouterr().err
+
+
+@pytest.mark.integration
 def test_a_receiver_behind_a_proxy_with_a_smaller_body_limit_gets_smaller_requests(
     ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

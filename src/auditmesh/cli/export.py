@@ -374,7 +374,7 @@ def _headers(pairs: list[str]) -> dict[str, str]:
 
 
 def run_otlp(args: argparse.Namespace) -> int:
-    from auditmesh.export.otlp import ExportError, OtlpSender, log_records_request
+    from auditmesh.export.otlp import ExportError, OtlpSender, PartlyRejected, log_records_request
 
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
@@ -384,6 +384,7 @@ def run_otlp(args: argparse.Namespace) -> int:
     else:  # a cursor the user names records the address as typed
         cursor_path, target = args.cursor, f"{args.protocol}:{args.endpoint}"
     sent = 0
+    refused: list[str] = []  # "N of entries A..B (reason)", per partly rejected request
     with ExitStack() as stack:
         ledger = _open(args.data)
         stack.callback(ledger.close)
@@ -423,6 +424,20 @@ def run_otlp(args: argparse.Namespace) -> int:
                     if taken:
                         _save(ledger, cursor_path, target, taken)
                         sent += len(taken)
+                        advance(len(taken))
+                    if isinstance(exc, PartlyRejected):
+                        # Answered: OTLP forbids sending it again, so the cursor moved past it.
+                        # The receiver does not say which records it refused: name the range.
+                        first, last = taken[-exc.count][0], taken[-1][0]
+                        sent -= exc.rejected
+                        refused.append(f"{exc.rejected} of entries {first}..{last} ({exc.reason})")
+                        print(
+                            f"{args.endpoint} rejected {exc.rejected} of the log records for "
+                            f"entries {first}..{last}: {exc.reason}; OTLP forbids sending them "
+                            "again, so the export goes on past them",
+                            file=sys.stderr,
+                        )
+                        continue
                     failed = f"{args.endpoint} did not take entries {rows[0][0]}..{rows[-1][0]}"
                     if not (args.follow and exc.retryable):
                         raise UserError(
@@ -439,4 +454,9 @@ def run_otlp(args: argparse.Namespace) -> int:
                 advance(len(rows))
                 rows = []
     print(f"exported {sent} events as OTLP log records to {args.endpoint}", file=sys.stderr)
+    if refused:
+        raise UserError(
+            f"the receiver rejected records: {'; '.join(refused)}. They stay in the ledger; "
+            "its partial-success message says why"
+        )
     return 0

@@ -22,10 +22,12 @@ Resource: service.name `auditmesh`, service.version, and `auditmesh.log.origin`.
 
 Sending follows the OTLP specification: OTLP/HTTP posts binary protobuf to `<endpoint>/v1/logs`
 ("OTLP/HTTP Request"); OTLP/gRPC calls `LogsService/Export`. A batch counts as delivered only
-on full success; a partial success that rejected records is an error (nothing is skipped
-silently), and the retryable failures (HTTP 429/502/503/504, gRPC UNAVAILABLE and friends,
-"Retryable Response Codes") are retried with exponential backoff, honouring Retry-After
-and, over gRPC, the server's RetryInfo (which also makes RESOURCE_EXHAUSTED retryable).
+on full success. A partial success that rejected records (`PartlyRejected`) is never sent
+again (OTLP "Partial Success": the client MUST NOT retry it), so it counts as answered, and
+the caller says which entries it held. The retryable failures (HTTP 429/502/503/504, gRPC
+UNAVAILABLE and friends, "Retryable Response Codes") are retried with exponential backoff,
+honouring Retry-After and, over gRPC, the server's RetryInfo (which also makes
+RESOURCE_EXHAUSTED retryable).
 An HTTP 413 (a proxy's smaller body limit) makes the sender send the batch in smaller
 requests, and remember the limit for later batches.
 """
@@ -311,6 +313,20 @@ class ExportError(Exception):
         self.delivered = delivered
 
 
+class PartlyRejected(ExportError):
+    """The receiver took a request in part: `rejected` of its `count` records were refused,
+    for `reason`. OTLP forbids sending them again, so `delivered` includes that request's
+    records too (and those of the requests before it in a split batch)."""
+
+    def __init__(self, rejected: int, count: int, reason: str) -> None:
+        super().__init__(
+            f"the receiver rejected {rejected} of {count} log records: {reason}", delivered=count
+        )
+        self.rejected = rejected
+        self.count = count
+        self.reason = reason
+
+
 _RETRYABLE_HTTP = {429, 502, 503, 504}  # OTLP/HTTP "Retryable Response Codes"
 _RETRYABLE_GRPC = {  # OTLP/gRPC "Failures": retryable status codes
     grpc.StatusCode.CANCELLED,
@@ -323,12 +339,12 @@ _RETRYABLE_GRPC = {  # OTLP/gRPC "Failures": retryable status codes
 
 
 def _check_response(response: ExportLogsServiceResponse, count: int) -> None:
-    # OTLP "Partial Success": rejected records MUST NOT be retried; we refuse to move on
-    # past them silently, so it is an error naming the count and the server's reason.
+    # OTLP "Partial Success": rejected records MUST NOT be retried, and are not skipped
+    # silently either: the caller hears the count and the server's reason.
     rejected = response.partial_success.rejected_log_records
     if rejected:
-        message = response.partial_success.error_message or "no reason given"
-        raise ExportError(f"the receiver rejected {rejected} of {count} log records: {message}")
+        reason = response.partial_success.error_message or "no reason given"
+        raise PartlyRejected(rejected, count, reason)
 
 
 def logs_url(endpoint: str) -> str:
