@@ -7,6 +7,7 @@ import hashlib
 import time
 from email.utils import formatdate
 from pathlib import Path
+from typing import Literal
 
 import grpc
 import msgspec
@@ -74,7 +75,10 @@ def test_a_batch_split_to_fit_that_fails_midway_resumes_after_the_delivered_half
 @pytest.mark.integration
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_a_partial_success_is_not_sent_again_and_the_export_goes_on(
-    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol: str
+    ledger: Ledger,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    protocol: Literal["http", "grpc"],
 ) -> None:
     # OTLP "Partial Success": the client MUST NOT retry the rejected records. The second of
     # three requests is taken in part; the export goes on with the third, names the range
