@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from auditmesh.analysis.findings import detect
+from auditmesh.cli.demo import command_name
 from auditmesh.cli.main import main
-from auditmesh.demo.run import load_events
+from auditmesh.datadir import writer_lock
+from auditmesh.demo.run import DEMO_MARK, DemoError, load_events, prepare
+from auditmesh.serverproc import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +58,28 @@ def test_demo_tells_the_story(demo: tuple[Path, str]) -> None:
 def test_the_commands_to_try_next_can_be_pasted_whole(demo: tuple[Path, str]) -> None:
     data, out = demo  # printed to an 80-column console; each command longer than that
     lines = out.splitlines()
-    assert f"  auditmesh log verify --data {data}" in lines
+    auditmesh = command_name()
+    assert f"  {auditmesh} log verify --data {data}" in lines
     key = (data / "keys" / "log.vkey").read_text().strip()
-    assert f"  auditmesh bundle verify evidence.zip --key '{key}'" in lines
+    assert f"  {auditmesh} bundle verify evidence.zip --key '{key}'" in lines
+    # pasted into a shell whose PATH has no auditmesh (no venv activated), it runs
+    line = next(x for x in lines if x.endswith(f"log verify --data {data}")).strip()
+    shell = {"PATH": "/usr/bin:/bin", "HOME": str(data)}
+    done = subprocess.run(f"{line} --quiet", shell=True, env=shell, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_command_name_is_the_bare_name_only_where_path_finds_this_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    here = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", f"{here}:/usr/bin:/bin")
+    assert command_name() == "auditmesh"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(here.parent.parent)  # a checkout with .venv/bin/auditmesh
+    assert command_name() == f"{here.parent.name}/bin/auditmesh"
+    monkeypatch.chdir(tmp_path)  # elsewhere: the whole path
+    assert command_name() == str(here / "auditmesh")
 
 
 def test_every_edge_is_audited_with_identities(demo: tuple[Path, str]) -> None:
@@ -126,5 +150,32 @@ def test_demo_refuses_to_replace_a_foreign_directory(
 ) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
     assert main(["demo", "--data", str(tmp_path), "--exit"]) == 2
-    assert "not a demo ledger" in capsys.readouterr().err
+    assert "holds files that no demo made" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").exists()
+
+
+def test_demo_never_replaces_a_servers_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the data directory of a real server (here: running) is not the demo's to delete
+    flags = ["--mesh-listen", "off", "--otlp-grpc", "off"]
+    with ServerProcess(tmp_path / "srv", extra=flags) as server:
+        assert main(["demo", "--data", str(server.data_dir), "--exit"]) == 2
+        assert "holds a ledger that no demo made" in capsys.readouterr().err
+        assert (server.data_dir / "ledger.db").exists()
+        assert (server.data_dir / "keys" / "log.skey").exists()
+
+
+def test_demo_replaces_its_own_directory_but_not_while_it_is_served(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "demo-data"
+    prepare(data)
+    (data / "ledger.db").write_bytes(b"an earlier demo's ledger")
+    prepare(data)  # the demo's own: replaced
+    assert sorted(p.name for p in data.iterdir()) == [DEMO_MARK]
+    (data / "old-run.txt").write_text("x")
+    with writer_lock(data):  # an earlier demo still serving it
+        with pytest.raises(DemoError, match="in use by another auditmesh server"):
+            prepare(data)
+    assert (data / "old-run.txt").exists()

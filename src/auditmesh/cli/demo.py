@@ -12,6 +12,7 @@ import argparse
 import shutil
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
@@ -112,15 +113,31 @@ def _try_next(console: Console, data: Path, vkey: str) -> None:
     """Commands to paste: each on one line however narrow the terminal (soft wrap leaves
     the wrapping to it, so a copied line is the whole command)."""
     console.print("\n[bold]Try next[/]:")
+    auditmesh = command_name()
     for command in (
-        f"auditmesh findings --data {data}",
-        f"auditmesh graph --data {data}",
-        f"auditmesh query --data {data} --decision deny",
-        f"auditmesh log verify --data {data}",
-        f"auditmesh bundle create --data {data} --status 403 -o evidence.zip",
-        f"auditmesh bundle verify evidence.zip --key '{vkey}'",
+        f"{auditmesh} findings --data {data}",
+        f"{auditmesh} graph --data {data}",
+        f"{auditmesh} query --data {data} --decision deny",
+        f"{auditmesh} log verify --data {data}",
+        f"{auditmesh} bundle create --data {data} --status 403 -o evidence.zip",
+        f"{auditmesh} bundle verify evidence.zip --key '{vkey}'",
     ):
         console.print(f"  {command}", soft_wrap=True, markup=False)
+
+
+def command_name() -> str:
+    """How to type this very `auditmesh` in the user's shell: the bare name when PATH finds
+    it (an activated venv), else its path, relative to the current directory when under it
+    (`.venv/bin/auditmesh` after `make demo`)."""
+    here = Path(sys.executable).parent / "auditmesh"
+    found = shutil.which("auditmesh")
+    if not here.exists() or (found is not None and Path(found).resolve() == here.resolve()):
+        return "auditmesh"
+    try:
+        relative = here.absolute().relative_to(Path.cwd())
+    except ValueError:
+        return str(here)
+    return str(relative) if relative.parent != Path() else f"./{relative}"
 
 
 def _wait_for_interrupt() -> None:

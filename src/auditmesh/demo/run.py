@@ -5,6 +5,7 @@ Layout of the demo's data directory (everything real, nothing simulated):
     DIR/               the audit server's ledger, keys and mesh CA
     DIR/mesh/NAME/     each sidecar's config, identity, spool and log
     DIR/policies/      the Istio policies every sidecar enforces
+    DIR/DEMO           says the directory is the demo's, for the next run to replace
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from auditmesh.datadir import DataDirBusy, writer_lock
 from auditmesh.demo.apps import App, RunClock, RunningApp, serve
 from auditmesh.demo.scenario import CALLS, NAMESPACE, POLICIES, SERVED, SERVICES
 from auditmesh.demo.traffic import Drivers
@@ -39,12 +41,32 @@ class Topology:
     apps: dict[str, int]  # service -> app port (behind its sidecar)
 
 
+DEMO_MARK = "DEMO"
+"""A file the demo puts in its data directory: only a directory holding it (or an earlier
+demo's proof) is one the next demo may replace."""
+
+
 def prepare(data: Path) -> None:
-    if data.exists():
-        if not (data / "ledger.db").exists() and any(data.iterdir()):
-            raise DemoError(f"{data} exists and is not a demo ledger; pick another --data")
+    """An empty `data` directory for a new run: a directory an earlier demo made is
+    replaced; anything else, above all a ledger a server writes to, is left alone."""
+    if data.exists() and any(data.iterdir()):
+        made_by_demo = (data / DEMO_MARK).exists() or (data / "denied-call.tlog-proof").exists()
+        if not made_by_demo:
+            what = "a ledger" if (data / "ledger.db").exists() else "files"
+            raise DemoError(
+                f"{data} holds {what} that no demo made; the demo starts from an empty "
+                "directory and would delete them: pick another --data"
+            )
+        try:
+            with writer_lock(data):  # a demo still serving (`make demo` in another terminal)
+                pass
+        except DataDirBusy as exc:
+            raise DemoError(str(exc)) from None
         shutil.rmtree(data)
-    data.mkdir(parents=True)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / DEMO_MARK).write_text(
+        "Made by `auditmesh demo`: the next demo run with this --data replaces the directory.\n"
+    )
 
 
 def start_mesh(data: Path, clock: RunClock) -> tuple[LocalMesh, Topology, list[RunningApp]]:
