@@ -53,6 +53,7 @@ def expected_requests(events: list[AuditEvent]) -> Counter[tuple[tuple[str, str]
             "destination": e.destination.service or "",
             "status": str(e.http.status),
             "decision": e.authz.decision if e.authz else "none",
+            "direction": e.direction or "none",
         }
         tally[tuple(sorted(labels.items()))] += 1
     return tally
@@ -132,6 +133,7 @@ def test_tcp_and_anonymous_peers_keep_labels_bounded(ledger: Ledger, collector: 
     tcp_labels = (
         ("decision", "audit"),
         ("destination", "unknown"),
+        ("direction", "none"),
         ("source", "spiffe://cluster.local/ns/shop/sa/orders"),
         ("status", "none"),
     )
@@ -139,6 +141,7 @@ def test_tcp_and_anonymous_peers_keep_labels_bounded(ledger: Ledger, collector: 
     anon_labels = (
         ("decision", "none"),
         ("destination", "unknown"),
+        ("direction", "none"),
         ("source", "unknown"),
         ("status", "204"),
     )
@@ -146,6 +149,34 @@ def test_tcp_and_anonymous_peers_keep_labels_bounded(ledger: Ledger, collector: 
     assert status_label(99) == status_label(600) == status_label(None) == "none"
     assert status_label(True) == status_label("200") == "none"
     assert (status_label(100), status_label(503), status_label(599)) == ("100", "503", "599")
+
+
+def test_a_call_seen_by_both_sidecars_counts_once_per_direction(
+    ledger: Ledger, collector: Collector
+) -> None:
+    metrics = Metrics(ledger.store, collector)
+    calls = 3
+    events: list[AuditEvent] = []
+    for base in generate(2 * calls, seed=5):
+        side = "outbound" if len(events) % 2 == 0 else "inbound"
+        events.append(
+            msgspec.structs.replace(
+                base,
+                kind="http",
+                direction=side,
+                source=Peer(service="orders"),
+                destination=Peer(service="payments"),
+                http=HTTP(method="POST", path="/pay", status=201),
+                authz=Authz(decision="allow") if side == "inbound" else None,
+            )
+        )
+    collector.submit(events).result()
+    found = samples(metrics.render().decode())
+    by_direction = Counter[str]()
+    for (name, labels), value in found.items():
+        if name == "auditmesh_requests_total":
+            by_direction[dict(labels)["direction"]] += int(value)
+    assert by_direction == {"inbound": calls, "outbound": calls}
 
 
 def test_made_up_service_names_cannot_grow_the_series_without_bound(

@@ -45,11 +45,14 @@ event's `reporter`, `ingest:<adapter>:<source>`, whatever the way in:
 
 Metrics (Prometheus text exposition format 0.0.4, `prometheus-client`):
 
-    auditmesh_requests_total{source,destination,status,decision}
+    auditmesh_requests_total{source,destination,status,decision,direction}
         committed http/tcp events. `source`/`destination` are service names (the SPIFFE
         ID when the event has no service name, "unknown" when neither); `status` is the
         HTTP status code as text ("200", "503"; only codes 100-599, else "none", as for
-        tcp and for a call that got no answer); `decision` allow/deny/audit/none.
+        tcp and for a call that got no answer); `decision` allow/deny/audit/none;
+        `direction` the reporting side, inbound/outbound ("none" when the event does not
+        say). A call between two sidecars is reported by both, so count calls on one side:
+        `sum by (source, destination) (rate(auditmesh_requests_total{direction="inbound"}[5m]))`.
         Never labelled by path, IP or event id: cardinality stays below
         services^2 x 501 x 4, and in practice a handful of codes per pair. Anyone may POST
         events naming any service, so past `MAX_PARTIES` distinct names a new one counts
@@ -91,6 +94,7 @@ from auditmesh.store.base import Store
 # entry rather than decoding its JSON again, so counting costs next to nothing per event.
 COL_KIND, COL_SOURCE_ID, COL_SOURCE_SERVICE = 1, 2, 3
 COL_DEST_ID, COL_DEST_SERVICE, COL_STATUS, COL_DECISION, COL_OUTCOME = 4, 5, 6, 7, 9
+COL_DIRECTION = 10
 
 REQUEST_KINDS = ("http", "tcp")
 # Ingest counts (see the module docstring).
@@ -127,14 +131,15 @@ def _party(identity: object, service: object) -> str:
     return UNKNOWN
 
 
-def request_labels(columns: Sequence[object]) -> tuple[str, str, str, str]:
-    """(source, destination, status, decision) of one entry's index columns."""
-    decision = columns[COL_DECISION]
+def request_labels(columns: Sequence[object]) -> tuple[str, str, str, str, str]:
+    """(source, destination, status, decision, direction) of one entry's index columns."""
+    decision, direction = columns[COL_DECISION], columns[COL_DIRECTION]
     return (
         _party(columns[COL_SOURCE_ID], columns[COL_SOURCE_SERVICE]),
         _party(columns[COL_DEST_ID], columns[COL_DEST_SERVICE]),
         status_label(columns[COL_STATUS]),
         decision if isinstance(decision, str) else NONE,
+        direction if isinstance(direction, str) else NONE,
     )
 
 
@@ -209,8 +214,9 @@ class Metrics:
         self._parties: set[str] = set()  # source/destination label values so far
         self.requests = Counter(
             "auditmesh_requests",
-            "Calls between services committed to the ledger (http and tcp events).",
-            ["source", "destination", "status", "decision"],
+            "Calls between services committed to the ledger (http and tcp events), by the "
+            "side that reported them: a call both sidecars saw counts once per direction.",
+            ["source", "destination", "status", "decision", "direction"],
             registry=self.registry,
         )
         self.events = Counter(
@@ -255,7 +261,7 @@ class Metrics:
 
     def count_committed(self, entries: list[Entry]) -> None:
         """Called by the collector with the entries one commit added."""
-        requests: Tally[tuple[str, str, str, str]] = Tally()
+        requests: Tally[tuple[str, str, str, str, str]] = Tally()
         events: Tally[tuple[str, str]] = Tally()
         accepted: Tally[str] = Tally()
         rejected: Tally[str] = Tally()
@@ -264,8 +270,9 @@ class Metrics:
             kind, outcome = str(columns[COL_KIND]), str(columns[COL_OUTCOME])
             events[(kind, outcome)] += 1
             if kind in REQUEST_KINDS:
-                source, destination, status, decision = request_labels(columns)
-                requests[(self._party(source), self._party(destination), status, decision)] += 1
+                source, destination, status, decision, direction = request_labels(columns)
+                party = self._party
+                requests[(party(source), party(destination), status, decision, direction)] += 1
             if not entry.data.startswith(_ATTESTED_PREFIX):
                 self._tally_ingest(entry.data, accepted, rejected)
         for labels, count in requests.items():
