@@ -252,6 +252,30 @@ def test_follow_resumes_after_restart_and_rotation(
         assert stored(server, event_id) is not None
 
 
+def test_follow_does_not_stop_idle_while_a_rotated_in_file_waits(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --exit-when-idle shorter than --rotate-wait: the new file's line is still read
+    log = tmp_path / "access.log"
+    argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
+    argv += ["--exit-when-idle", "0.3", "--poll-interval", "0.05", "--rotate-wait", "1"]
+    lines = [line.replace("2026-03-02", "2026-06-01") for line in TEXT_LINES]
+    log.write_text(lines[0] + "\n")
+    before = ledger_size(server)
+    results: list[int] = []
+    thread = _follow(argv, results)
+    deadline = time.monotonic() + 10
+    while ledger_size(server) == before and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the first line is in: then the file is rotated
+    os.rename(log, tmp_path / "access.log.1")
+    log.write_text(lines[1] + "\n")
+    thread.join(30)
+    assert results == [0]
+    out, err = capsys.readouterr()
+    assert summary_numbers(out)["taken"] == 2, out
+    assert "was rotated" in err
+
+
 def test_follow_reads_a_file_rewritten_in_place_while_stopped_from_its_start(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

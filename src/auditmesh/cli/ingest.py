@@ -599,6 +599,8 @@ def _loop(args: argparse.Namespace, source: LineSource, pipeline: Pipeline) -> N
             if source.done:
                 return
             idle = time.monotonic() - last_line
-            if args.exit_when_idle is not None and idle >= args.exit_when_idle:
+            # not idle while a rotated-in file waits to be read (--rotate-wait)
+            rotating = isinstance(source, Tail) and source.rotating
+            if args.exit_when_idle is not None and idle >= args.exit_when_idle and not rotating:
                 return
             source.wait(args.poll_interval)

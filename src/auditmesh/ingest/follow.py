@@ -221,6 +221,11 @@ class Tail:
         return os.fstat(self._file.fileno()).st_size
 
     @property
+    def rotating(self) -> bool:
+        """A new file is at the path, read once the old one has been quiet `rotate_wait_s`."""
+        return self._rotated_at is not None
+
+    @property
     def held(self) -> int:
         """Bytes of a last line still without its newline (with `follow`, a writer may not
         have finished it): not taken yet, and the stored position stays before them."""
