@@ -376,6 +376,7 @@ def test_unreachable_server_and_unwritable_rejects(
     code = main(["ingest", "envoy", str(log), "--server", nowhere, "--retry-for", "0.6"])
     out, err = capsys.readouterr()
     assert code == 2 and "cannot deliver a batch" in err and "taken 0" in out
+    assert "server not reached" in out and "log size" not in out  # not a size of 0
     code = main(
         ["ingest", "envoy", str(log), "--server", server.url, "--rejects", "/nonexistent/x.rejects"]
     )

@@ -249,6 +249,7 @@ class Sender:
         self.url = url.rstrip("/")
         self._client = httpx.Client(base_url=self.url, timeout=60)
         self._retry_for = retry_for
+        self.reached = False  # whether the server ever answered: else its log size is unknown
         self.known_size = self._log_size()
 
     def close(self) -> None:
@@ -263,6 +264,7 @@ class Sender:
         lines = response.text.split("\n")
         if response.status_code != 200 or len(lines) < 2 or not lines[1].isdigit():
             return 0
+        self.reached = True
         return int(lines[1])
 
     def send(self, events: list[AuditEvent]) -> list[Stored | str]:
@@ -324,6 +326,7 @@ class Sender:
                     "/v1/events", content=body, headers={"content-type": "application/x-ndjson"}
                 )
                 if response.status_code < 500:
+                    self.reached = True
                     return response
                 problem = f"{response.status_code} {response.text.strip()[:200]}"
             except httpx.HTTPError as exc:
@@ -558,7 +561,7 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
         f"{display}: taken {counts.taken}, refused {counts.refused}, already present "
         f"{counts.duplicates}; {counts.lines} lines in {elapsed:.2f} s"
         f" ({counts.lines / elapsed if elapsed > 0 else 0:,.0f} lines/s); "
-        f"log size {counts.log_size}"
+        + (f"log size {counts.log_size}" if pipeline.sender.reached else "server not reached")
     )
     if counts.refused:
         summary += f"; refused lines in {rejects_path}"
