@@ -328,8 +328,14 @@ def new_event_id(
     random_bytes: Callable[[int], bytes] = random_bytes,
 ) -> str:
     """A fresh UUIDv7 (RFC 9562 §5.7): 48-bit Unix ms, version 7, variant 0b10, random."""
-    ms = now_ns() // 1_000_000
-    rand = int.from_bytes(random_bytes(10), "big")
+    return event_id_at(now_ns(), random_bytes(10))
+
+
+def event_id_at(time_ns: int, entropy: bytes) -> str:
+    """The UUIDv7 of `time_ns`'s millisecond with the first 10 bytes of `entropy` as its 74
+    random bits (after the version and variant bits take their places)."""
+    ms = time_ns // 1_000_000
+    rand = int.from_bytes(entropy[:10], "big")
     rand_a = rand >> 68  # 12 bits
     rand_b = rand & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b

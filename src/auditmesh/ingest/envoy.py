@@ -45,7 +45,7 @@ from auditmesh.events import (
     Trace,
     canonical_bytes,
     decode_event,
-    new_event_id,
+    event_id_at,
 )
 
 # Istio's default TEXT access-log format (istio.io, "Envoy Access Logs", "Default access log
@@ -510,7 +510,7 @@ def line_event_id(time_ns: int, source: str, line: str) -> str:
     """The deterministic event id of one reported line: UUIDv7 (RFC 9562 §5.7) with the
     call's millisecond and, as its "random" bits, SHA-256 of (source, line)."""
     digest = hashlib.sha256(source.encode() + b"\n" + line.encode("utf-8", "replace")).digest()
-    return new_event_id(lambda: time_ns, lambda n: digest[:n])
+    return event_id_at(time_ns, digest)
 
 
 def split_address(text: str | None) -> tuple[str | None, int | None]:
@@ -550,6 +550,7 @@ def spiffe_id(text: str | None) -> str | None:
     return text
 
 
+@functools.lru_cache(maxsize=4096)  # a mesh has few service hosts, each logged many times
 def service_of(host: str | None) -> tuple[str | None, str | None]:
     """(service, namespace) of a Kubernetes service host: `svc.ns.svc.cluster.local[:port]`,
     or a bare `svc[:port]` (service only). Other hosts name no service."""
@@ -617,6 +618,7 @@ class Cluster:
     host: str | None = None
 
 
+@functools.lru_cache(maxsize=1024)  # a sidecar has a few dozen clusters
 def parse_cluster(name: str | None) -> Cluster:
     if not name:
         return Cluster()

@@ -89,7 +89,7 @@ from auditmesh.events import (
     canonical_bytes,
     checked_size,
     decode_event,
-    new_event_id,
+    event_id_at,
 )
 from auditmesh.ingest import envoy
 from auditmesh.ledger.log import Entry
@@ -540,7 +540,7 @@ def derived_id(time_ns: int, *parts: bytes) -> str:
     random bits are SHA-256 of `parts`: the same record always gets the same id, so the
     ledger stores a retried export once (OTLP spec, "Duplicate Data")."""
     digest = hashlib.sha256(b"\0".join(parts)).digest()
-    return new_event_id(lambda: time_ns, lambda n: digest[:n])
+    return event_id_at(time_ns, digest)
 
 
 def span_event_id(trace_id: bytes, span_id: bytes, start_time_unix_nano: int) -> str:
