@@ -13,7 +13,14 @@ from auditmesh.ledger import merkle
 from auditmesh.ledger.checkpoint import Checkpoint, sign_checkpoint
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Signer, Verifier, generate_key, sign
-from auditmesh.ledger.tlogproof import HEADER, MAX_PROOF_HASHES, TlogProof, verify_tlog_proof
+from auditmesh.ledger.tlogproof import (
+    HEADER,
+    MAX_PROOF_HASHES,
+    ProofMismatch,
+    TlogProof,
+    verify_tlog_proof,
+    verify_tlog_proof_hash,
+)
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=200)
 
@@ -107,9 +114,12 @@ def test_empty_extra_is_kept_distinct_from_no_extra() -> None:
     [
         # transparency-dev/formats TestUnmarshalErrors cases.
         (b"wrong-header\nindex 0\n\ncheckpoint\n", "must start with the line"),
-        (b"c2sp.org/tlog-proof@v1\nextra !!notbase64!!\nindex 0\n\ncp\n", "extra data is not"),
+        (
+            b"c2sp.org/tlog-proof@v1\nextra !!notbase64!!\nindex 0\n\ncp\n",
+            "extra data on line 2 is not",
+        ),
         (b"c2sp.org/tlog-proof@v1\n\n\ncheckpoint\n", "line 2 must be 'index N'"),
-        (b"c2sp.org/tlog-proof@v1\nindex notanumber\n\ncp\n", "is not a decimal number"),
+        (b"c2sp.org/tlog-proof@v1\nindex notanumber\n\ncp\n", "on line 2 is not a decimal"),
         (b"c2sp.org/tlog-proof@v1\nindex -5\n\ncp\n", "is not a decimal number"),
         (b"c2sp.org/tlog-proof@v1\nindex 0\n!!notbase64!!\n\ncp\n", "hash on line 3 is not"),
         (
@@ -124,7 +134,7 @@ def test_empty_extra_is_kept_distinct_from_no_extra() -> None:
         (b"c2sp.org/tlog-proof@v1\nindex 0", "ends before the index line"),
         (b"c2sp.org/tlog-proof@v1\nextra \n", "ends before the index line"),
         (b"c2sp.org/tlog-proof@v1\nextra\nindex 0\n\ncp\n", "line 2 must be 'index N'"),
-        (b"c2sp.org/tlog-proof@v1\nindex 07\n\ncp\n", "'07' has a leading zero"),
+        (b"c2sp.org/tlog-proof@v1\nindex 07\n\ncp\n", "'07' on line 2 has a leading zero"),
         (b"c2sp.org/tlog-proof@v1\nindex 9223372036854775808\n\ncp\n", "larger than 2**63-1"),
         (b"c2sp.org/tlog-proof@v1\nindex  7\n\ncp\n", "is not a decimal number"),
         (b"c2sp.org/tlog-proof@v1\nindex 7\r\n\ncp\n", "is not a decimal number"),
@@ -223,6 +233,35 @@ def test_forged_checkpoint_root_fails() -> None:
     forged = TlogProof(2, good.proof, forged_text + b"\n" + sigs)
     with pytest.raises(VerificationError, match="invalid signature"):
         verify_tlog_proof(forged, ENTRIES[2], VERIFIER)
+
+
+def test_a_leaf_hash_verifies_as_its_data_does() -> None:
+    proof = _proof_for(5)
+    assert verify_tlog_proof_hash(proof, LEAVES[5], VERIFIER) == verify_tlog_proof(
+        proof, ENTRIES[5], VERIFIER
+    )
+
+
+def test_only_the_inclusion_step_raises_proof_mismatch() -> None:
+    """A caller tells "the entry or the proof differs" from "the checkpoint is not the log's"
+    by the type; the message is the Merkle verifier's, unchanged."""
+    with pytest.raises(ProofMismatch, match="does not lead to the root; at leaf 3 of tree size"):
+        verify_tlog_proof(_proof_for(3), ENTRIES[4], VERIFIER)
+    good = _proof_for(3, size=4)
+    with pytest.raises(ProofMismatch, match="not in a tree of size 4"):
+        verify_tlog_proof(TlogProof(4, good.proof, good.checkpoint_note), ENTRIES[4], VERIFIER)
+    other = Verifier.from_vkey(generate_key("example.com/auditmesh", bytes(32))[1])
+    with pytest.raises(VerificationError) as info:
+        verify_tlog_proof(_proof_for(1), ENTRIES[1], other)
+    assert not isinstance(info.value, ProofMismatch)
+
+
+@pytest.mark.parametrize("extra", [None, b"ctx"])
+def test_checkpoint_line_is_where_the_note_starts(extra: bytes | None) -> None:
+    proof = _proof_for(6, extra=extra)
+    lines = proof.encode().split(b"\n")
+    assert lines[proof.checkpoint_line - 1] == SIGNER.name.encode()
+    assert lines[proof.checkpoint_line - 2] == b""
 
 
 def test_witness_cosignatures_ride_along_verbatim() -> None:

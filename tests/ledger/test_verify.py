@@ -447,7 +447,54 @@ def test_edited_query_columns_are_found_with_indexes(
 def test_untouched_query_columns_match(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_verify_indexes(data_dir, capsys)
     assert code == 0, out
-    assert f"the query columns of {SIZE} entries match" in out
+    assert (
+        out.startswith(
+            f"OK: {SIZE} entries recomputed, 3 checkpoint(s) verified with test.auditmesh/log, "
+            f"the query columns of {SIZE} entries match their canonical bytes; latest root "
+        )
+        and out.count("\n") == 1
+    ), out
+    assert "not checked" not in out
+
+
+def test_a_denial_relabelled_allow_is_not_claimed_checked_by_plain_verify(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: with a denial's `decision` column set to 'allow', `query --decision deny`
+    misses the event while plain `log verify` said only "OK: … entries recomputed". Its one
+    line now says the query columns were not checked and how to check them; --indexes names
+    the stored value and the one the event's canonical bytes give, each as what it is."""
+    denied = next(i for i, e in enumerate(generate(SIZE)) if e.authz and e.authz.decision == "deny")
+    query = ["query", "--data", str(data_dir), "--decision", "deny", "--order", "index"]
+    assert main([*query, "--format", "json"]) == 0
+    assert f'"index":{denied},' in capsys.readouterr().out
+    sql(data_dir, "UPDATE events SET decision = 'allow' WHERE idx = ?", denied)
+    assert main([*query, "--format", "json"]) == 0
+    assert f'"index":{denied},' not in capsys.readouterr().out  # hidden from the query
+    code, out = run_verify(data_dir, capsys)
+    assert code == 0 and out.count("\n") == 1, out
+    assert out.startswith(f"OK: {SIZE} entries recomputed, 3 checkpoint(s) verified with ")
+    assert out.endswith(
+        "; query index columns not checked (--indexes re-derives and compares them)\n"
+    )
+    code, out = run_verify_indexes(data_dir, capsys)
+    assert code == 1 and out == (
+        f"FAILED: {data_dir}: the query column decision is stored as 'allow', but the event's "
+        "canonical bytes say 'deny' (a query would miss or misplace this event); at index "
+        f"{denied} column decision\n"
+    )
+
+
+def test_an_edited_dedup_key_names_the_stored_and_the_derived_key(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    event = generate(SIZE)[3]
+    sql(data_dir, "UPDATE events SET id = x'00' WHERE idx = 3")
+    code, out = run_verify_indexes(data_dir, capsys)
+    assert code == 1 and (
+        f"the dedup key column is stored as 00, but the event's id {event.id} gives "
+        f"{event.id.replace('-', '')}; at index 3 column id" in out
+    ), out
 
 
 def test_indexes_are_checked_in_worker_processes(

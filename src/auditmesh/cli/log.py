@@ -1,15 +1,19 @@
-"""`auditmesh log checkpoint | prove | verify`: the ledger from an auditor's seat."""
+"""`auditmesh log checkpoint | prove | verify | verify-proof`: the ledger from an auditor's
+seat."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import os
+import shlex
 import sys
 import uuid
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
@@ -18,9 +22,11 @@ from auditmesh.cli import DEFAULT_DATA, add_data_arg, progress_bar, verifier_key
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog, ServerError
 from auditmesh.datadir import Ledger, open_ledger, open_reader
+from auditmesh.events import EventError, canonical_bytes, decode_event
+from auditmesh.ledger import merkle
 from auditmesh.ledger.errors import VerificationError
-from auditmesh.ledger.note import Verifier
-from auditmesh.ledger.tlogproof import TlogProof
+from auditmesh.ledger.note import UntrustedNote, Verifier
+from auditmesh.ledger.tlogproof import ProofMismatch, TlogProof, verify_tlog_proof_hash
 from auditmesh.ledger.verify import LogReader, OpenReader, WrongKey, verify_log
 from auditmesh.store.base import StoreError, StoreReader
 from auditmesh.store.indexcheck import check_indexes
@@ -42,7 +48,51 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_data_arg(prove)
     prove.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    prove.add_argument(
+        "--event-out",
+        type=Path,
+        metavar="FILE",
+        help="also write the event's canonical JSON here: the exact bytes the proof proves "
+        "(RFC 8785; a tlog-proof does not carry them), as `log verify-proof --event` takes them",
+    )
     prove.set_defaults(func=run_prove)
+
+    check = log_sub.add_parser(
+        "verify-proof",
+        help="check one C2SP tlog-proof offline",
+        description=(
+            "Check a C2SP tlog-proof (as `auditmesh log prove`, GET /v1/proof/inclusion or the "
+            'console\'s "Save as C2SP tlog-proof" give it) offline: its checkpoint must be '
+            "signed by --key, and its inclusion proof must lead from the event's leaf hash "
+            "(RFC 9162 §2.1.1) to that checkpoint's root. A proof does not carry the event: "
+            "give it with --event, or its leaf hash with --leaf-hash. Exit 0 only when both "
+            "hold; otherwise one line says what failed."
+        ),
+    )
+    check.add_argument("proof", type=Path, metavar="PROOF", help="the .tlog-proof file")
+    check.add_argument(
+        "--key",
+        required=True,
+        type=verifier_key,
+        help="the log's verifier key you trust, or a file holding it (obtained from the log's "
+        "operator, not from whoever handed you the proof)",
+    )
+    leaf = check.add_mutually_exclusive_group(required=True)
+    leaf.add_argument(
+        "--event",
+        type=Path,
+        metavar="FILE",
+        help="the event's JSON: as `log prove --event-out` or an evidence bundle's entries/N.json "
+        "write it, or as GET /v1/events/ID answers (its `event`); its RFC 8785 canonical form "
+        "is hashed",
+    )
+    leaf.add_argument(
+        "--leaf-hash",
+        type=_leaf_hash,
+        metavar="HEX",
+        help="the entry's leaf hash instead, SHA-256(0x00 || the event's canonical bytes), in hex",
+    )
+    check.set_defaults(func=run_verify_proof)
 
     verify = log_sub.add_parser(
         "verify",
@@ -130,6 +180,8 @@ def _index_of(ledger: Ledger, event: str) -> int:
 
 
 def run_prove(args: argparse.Namespace) -> int:
+    if args.event_out is not None and args.event_out == args.output:
+        raise UserError("give the proof (-o) and the event (--event-out) different files")
     ledger = _open(args.data)
     try:
         index = _index_of(ledger, args.event_id)
@@ -141,13 +193,151 @@ def run_prove(args: argparse.Namespace) -> int:
             )
         proof = ledger.log.inclusion_proof(index, latest.size)
         text = TlogProof(index, tuple(proof), latest.note, None).encode()
+        ((_, entry),) = ledger.store.entries(index, index + 1)
+        vkey = ledger.vkey
     finally:
         ledger.close()
+    if args.event_out:
+        args.event_out.write_bytes(entry)
     if args.output:
         args.output.write_bytes(text)
-        print(f"wrote the proof of index {index} at tree size {latest.size} to {args.output}")
+        print(
+            f"wrote the proof of index {index} at tree size {latest.size} to {args.output}"
+            + (f", the event to {args.event_out}" if args.event_out else "")
+        )
     else:
         sys.stdout.write(text.decode())
+    print(_verify_proof_command(args.output, args.event_out, vkey, entry), file=sys.stderr)
+    return 0
+
+
+def _verify_proof_command(proof: Path | None, event: Path | None, vkey: str, entry: bytes) -> str:
+    """The command that checks the proof `log prove` wrote, to paste as it is: with the
+    event file when one was written, else with the leaf hash of `entry`."""
+    words = ["auditmesh", "log", "verify-proof", str(proof or "FILE"), "--key", vkey]
+    words += ["--event", str(event)] if event else ["--leaf-hash", merkle.leaf_hash(entry).hex()]
+    where = "" if proof else ", once saved as FILE,"
+    also = "" if event else " (or write the event too with --event-out FILE, and give --event FILE)"
+    return f"check it offline{where} with: {shlex.join(words)}{also}"
+
+
+def _leaf_hash(value: str) -> bytes:
+    """`--leaf-hash`: a SHA-256 hash in hex."""
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != merkle.HASH_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a leaf hash: give SHA-256(0x00 || event bytes) as 64 hex digits"
+        )
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """What `verify-proof` hashes, named for its messages; `unread` says why a file's bytes
+    were hashed as they are rather than as an event's canonical form."""
+
+    hash: bytes
+    name: str
+    unread: str | None = None
+
+
+def _event_leaf(path: Path) -> _Leaf:
+    """The leaf of the event in `path`: the RFC 8785 bytes of the event it holds (exact
+    canonical bytes, another rendering of the same JSON, or an API answer with the event in
+    its `event` member); the file's bytes as they are if it holds no event this version
+    reads (the ledger's entries are opaque bytes: an event of a later version still proves)."""
+    raw = _read(path)
+    try:
+        event = decode_event(raw)
+    except EventError as exc:
+        inner = _event_member(raw)
+        try:
+            if inner is None:
+                raise exc from None
+            event = decode_event(inner)
+        except EventError as error:
+            unread = f"{path} holds no audit event ({error}), so its bytes were hashed as they are"
+            return _Leaf(merkle.leaf_hash(raw), f"the bytes of {path}", unread)
+    data = canonical_bytes(event)
+    form = "" if data == raw else " (in RFC 8785 canonical form)"
+    return _Leaf(merkle.leaf_hash(data), f"the event {event.id} in {path}{form}")
+
+
+def _event_member(raw: bytes) -> bytes | None:
+    """The `event` of a JSON object that has one, as GET /v1/events/ID answers and as each
+    item of `auditmesh query --format json` shows it."""
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.MsgspecError:
+        return None
+    if isinstance(body, dict) and isinstance(event := body.get("event"), dict):
+        return msgspec.json.encode(event)
+    return None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def run_verify_proof(args: argparse.Namespace) -> int:
+    """C2SP tlog-proof §"Verifying a tlog proof": the leaf hash (step 1) here, the rest by
+    verify_tlog_proof_hash; each failure is one line naming what failed."""
+    console = Console(stderr=True)
+    try:
+        verifier = Verifier.from_vkey(args.key.strip())
+    except ValueError as exc:
+        raise UserError(f"bad verifier key: {exc}") from None
+    if args.event:
+        leaf = _event_leaf(args.event)
+    else:
+        leaf = _Leaf(args.leaf_hash, f"the leaf {args.leaf_hash.hex()}")
+    data = _read(args.proof)
+    where = str(args.proof)
+    try:
+        proof = TlogProof.parse(data)
+    except ValueError as exc:
+        zipped = data.startswith(b"PK\x03\x04")  # a zip's local file header
+        hint = " (it is a zip: `auditmesh bundle verify` checks evidence bundles)" if zipped else ""
+        _failed(console, f"{where}: not a C2SP tlog-proof: {exc}{hint}")
+        return 1
+    key = f"{verifier.name}+{verifier.key_hash:08x}"
+    try:
+        checkpoint = verify_tlog_proof_hash(proof, leaf.hash, verifier)
+    except UntrustedNote as exc:
+        _failed(
+            console,
+            f"{where}: the proof's checkpoint is signed by {', '.join(exc.signers) or 'no key'}, "
+            f"not by the given key {key}. Either that key is not this log's, or the proof is "
+            "another log's, or its checkpoint was re-signed by another key: check the key "
+            "against a copy of the log's key you obtained independently, never against one "
+            "that came with the proof",
+        )
+        return 1
+    except ProofMismatch as exc:
+        unread = f"; {leaf.unread}" if leaf.unread else ""
+        _failed(
+            console,
+            f"{where}: the proof does not match {leaf.name} (one of them was altered, or they "
+            f"are of different entries): {exc}{unread}",
+        )
+        return 1
+    except VerificationError as exc:
+        _failed(
+            console,
+            f"{where}: the proof's checkpoint (line {proof.checkpoint_line}) does not verify: "
+            f"{exc}",
+        )
+        return 1
+    print(
+        f"OK: {leaf.name} is entry {proof.index} of {checkpoint.origin} at tree size "
+        f"{checkpoint.size}; checkpoint signed by {key}, root {checkpoint.root_hash.hex()}"
+    )
     return 0
 
 
@@ -222,12 +412,27 @@ def run_verify(args: argparse.Namespace) -> int:
                 return 1
     latest = report.latest
     root = "(no checkpoint)" if latest is None else latest.root_hash.hex()
-    print(
+    verified = (
         f"OK: {report.size} entries recomputed, {report.checkpoints} checkpoint(s) verified "
-        f"with {verifier.name}; latest root {root}"
+        f"with {verifier.name}"
     )
+    # The Merkle log covers the canonical bytes only: say whether the columns queries select
+    # by (derived from them, stored beside them) were checked too.
     if args.indexes:
-        print(f"OK: the query columns of {checked} entries match their canonical bytes")
+        print(
+            f"{verified}, the query columns of {checked} entries match their canonical bytes; "
+            f"latest root {root}"
+        )
+    elif args.url:
+        print(
+            f"{verified}; latest root {root}; the server's query index columns are not served, "
+            "so not checked (`log verify --indexes` at its data directory checks them)"
+        )
+    else:
+        print(
+            f"{verified}; latest root {root}; query index columns not checked (--indexes "
+            "re-derives and compares them)"
+        )
     if report.unsigned:
         first = report.size - report.unsigned
         console.print(

@@ -14,9 +14,17 @@ from dataclasses import dataclass
 
 from auditmesh.ledger import merkle
 from auditmesh.ledger.checkpoint import MAX_TREE_SIZE, Checkpoint, open_checkpoint
+from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
 
-__all__ = ["HEADER", "MAX_PROOF_HASHES", "TlogProof", "verify_tlog_proof"]
+__all__ = [
+    "HEADER",
+    "MAX_PROOF_HASHES",
+    "ProofMismatch",
+    "TlogProof",
+    "verify_tlog_proof",
+    "verify_tlog_proof_hash",
+]
 
 HEADER = "c2sp.org/tlog-proof@v1"
 # A tree of at most 2**63-1 leaves is at most 63 levels deep, so no inclusion proof is longer.
@@ -58,6 +66,12 @@ class TlogProof:
         lines.extend(_b64(node) for node in self.proof)
         return b"".join(line + b"\n" for line in lines) + b"\n" + self.checkpoint_note
 
+    @property
+    def checkpoint_line(self) -> int:
+        """The line of the encoded proof on which the checkpoint starts (counted from 1):
+        after the header, any extra line, the index line, the hashes and the empty line."""
+        return 4 + (self.extra is not None) + len(self.proof)
+
     @classmethod
     def parse(cls, data: bytes) -> TlogProof:
         """Parse a proof; ValueError says which line is wrong. The checkpoint is not opened."""
@@ -69,18 +83,18 @@ class TlogProof:
         line = lines.next("the index line")
         extra = None
         if line.startswith(b"extra "):
-            extra = _b64decode(line[len(b"extra ") :], "extra data")
+            extra = _b64decode(line[len(b"extra ") :], f"extra data on line {lines.number}")
             line = lines.next("the index line")
         # Then "index <decimal>", no leading zeroes unless the index is 0.
         if not line.startswith(b"index "):
             raise ValueError(f"tlog-proof line {lines.number} must be 'index N'")
-        digits = line[len(b"index ") :]
+        digits, at = line[len(b"index ") :], f"on line {lines.number}"
         if not _DECIMAL.fullmatch(digits):
-            raise ValueError(f"tlog-proof index {_show(digits)} is not a decimal number")
+            raise ValueError(f"tlog-proof index {_show(digits)} {at} is not a decimal number")
         if digits != b"0" and digits.startswith(b"0"):
-            raise ValueError(f"tlog-proof index {_show(digits)} has a leading zero")
+            raise ValueError(f"tlog-proof index {_show(digits)} {at} has a leading zero")
         if len(digits) > len(str(MAX_TREE_SIZE)) or int(digits) > MAX_TREE_SIZE:
-            raise ValueError(f"tlog-proof index {_show(digits)} is larger than 2**63-1")
+            raise ValueError(f"tlog-proof index {_show(digits)} {at} is larger than 2**63-1")
         # Zero or more base64 SHA-256 hashes, leaf's sibling first, then an empty line.
         proof: list[bytes] = []
         while line := lines.next("the empty line before the checkpoint"):
@@ -99,25 +113,44 @@ class TlogProof:
         return cls(int(digits), tuple(proof), note, extra)
 
 
+class ProofMismatch(VerificationError):
+    """Step 4 failed: the checkpoint verifies, but the inclusion proof does not bind the leaf
+    to its root at the proof's index (the entry or the proof differs from what the log
+    signed, or they are of different entries). The message is merkle.verify_inclusion's."""
+
+
 def verify_tlog_proof(
     proof: TlogProof, leaf_data: bytes, verifier: Verifier, origin: str | None = None
 ) -> Checkpoint:
     """Check that ``leaf_data`` is entry ``proof.index`` of the log ``verifier`` signs for.
 
-    §"Verifying a tlog proof": (1) leaf hash = RFC 6962 ``SHA-256(0x00 ‖ leaf_data)``; (2) the
-    checkpoint's origin is ``origin`` (default: the key name) and the log signed it; (3) witness
-    cosignatures are ignored here (policy belongs to the caller); (4) the inclusion proof binds
-    the leaf to the checkpoint's root. Returns the checkpoint; raises VerificationError. The
-    ``extra`` data is not authenticated and not looked at.
+    §"Verifying a tlog proof": (1) leaf hash = RFC 6962 ``SHA-256(0x00 ‖ leaf_data)``; then
+    as :func:`verify_tlog_proof_hash`.
+    """
+    return verify_tlog_proof_hash(proof, merkle.leaf_hash(leaf_data), verifier, origin)
+
+
+def verify_tlog_proof_hash(
+    proof: TlogProof, leaf_hash: bytes, verifier: Verifier, origin: str | None = None
+) -> Checkpoint:
+    """Check that the leaf of ``leaf_hash`` is entry ``proof.index`` of ``verifier``'s log.
+
+    §"Verifying a tlog proof" (2) the checkpoint's origin is ``origin`` (default: the key
+    name) and the log signed it; (3) witness cosignatures are ignored here (policy belongs
+    to the caller); (4) the inclusion proof binds the leaf to the checkpoint's root. Returns
+    the checkpoint; raises VerificationError (UntrustedNote when the key signed no line of
+    the checkpoint, ProofMismatch when step 4 fails). The ``extra`` data is not
+    authenticated and not looked at.
     """
     checkpoint = open_checkpoint(proof.checkpoint_note, verifier, origin)
-    merkle.verify_inclusion(
-        merkle.leaf_hash(leaf_data),
-        proof.index,
-        checkpoint.size,
-        proof.proof,
-        checkpoint.root_hash,
-    )
+    try:
+        merkle.verify_inclusion(
+            leaf_hash, proof.index, checkpoint.size, proof.proof, checkpoint.root_hash
+        )
+    except VerificationError as exc:
+        raise ProofMismatch(
+            exc.message, expected=exc.expected, computed=exc.computed, where=exc.where
+        ) from None
     return checkpoint
 
 

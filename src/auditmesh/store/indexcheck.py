@@ -77,25 +77,24 @@ def check_index_rows(rows: Iterable[IndexedRow]) -> int:
             raise VerificationError(
                 f"the entry is not an audit event: {exc}", where=f"index {index}"
             ) from None
-        if key != event_key(event.id):
+        # Each value named as what it is: the stored column, and what the event's canonical
+        # bytes (the proven data) give; "expected"/"computed" would not say which is which.
+        if key != (derived_key := event_key(event.id)):
             raise VerificationError(
-                "the dedup key column differs from the event's id",
-                expected=event_key(event.id).hex(),
-                computed=key.hex(),
+                f"the dedup key column is stored as {key.hex()}, but the event's id "
+                f"{event.id} gives {derived_key.hex()}",
                 where=f"index {index} column id",
             )
         derived = columns_of(event)
         if stored != derived:
-            name, want, got = next(
-                (name, want, got)
-                for name, want, got in zip(INDEX_COLUMNS, derived, stored, strict=True)
-                if want != got
+            name, said, got = next(
+                (name, said, got)
+                for name, said, got in zip(INDEX_COLUMNS, derived, stored, strict=True)
+                if said != got
             )
             raise VerificationError(
-                f"the query column {name} differs from the event's canonical bytes (a query "
-                "would miss or misplace this event)",
-                expected=want,
-                computed=got,
+                f"the query column {name} is stored as {got!r}, but the event's canonical "
+                f"bytes say {said!r} (a query would miss or misplace this event)",
                 where=f"index {index} column {name}",
             )
         count += 1
