@@ -109,19 +109,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+PROOF_FILE = "denied-call.tlog-proof"  # step 5's proof, C2SP tlog-proof
+EVENT_FILE = "denied-call.json"  # the event it proves, its canonical bytes (the leaf data)
+
+
 def _try_next(console: Console, data: Path, vkey: str) -> None:
     """Commands to paste: each on one line however narrow the terminal (soft wrap leaves
     the wrapping to it, so a copied line is the whole command)."""
     console.print("\n[bold]Try next[/]:")
     auditmesh = command_name()
-    for command in (
+    commands = [
         f"{auditmesh} findings --data {data}",
         f"{auditmesh} graph --data {data}",
         f"{auditmesh} query --data {data} --decision deny",
         f"{auditmesh} log verify --data {data}",
         f"{auditmesh} bundle create --data {data} --status 403 -o evidence.zip",
         f"{auditmesh} bundle verify evidence.zip --key '{vkey}'",
-    ):
+    ]
+    if (data / PROOF_FILE).exists():
+        commands.append(
+            f"{auditmesh} log verify-proof {data / PROOF_FILE} --event {data / EVENT_FILE} "
+            f"--key '{vkey}'"
+        )
+    for command in commands:
         console.print(f"  {command}", soft_wrap=True, markup=False)
 
 
@@ -225,8 +235,11 @@ def _prove_denied(
     finally:
         remote.close()
     checkpoint = verify_tlog_proof(proof, leaf, Verifier.from_vkey(vkey))
-    path = data / "denied-call.tlog-proof"
+    path = data / PROOF_FILE
     path.write_bytes(response.content)
+    (data / EVENT_FILE).write_bytes(
+        leaf
+    )  # the proof does not carry its event: the auditor needs it
     src = denied.source.identity if denied.source else "?"
     http = denied.http
     what = f"{http.method} {http.path}" if http else denied.kind
@@ -235,7 +248,7 @@ def _prove_denied(
     console.print(f"5. Proved a denied call: {src} → {dest} {what}, denied by {policy}.")
     console.print(
         f"   Entry {proof.index} of {checkpoint.size}; {len(proof.proof)} hashes up to the signed "
-        f"root; proof saved in {path}.\n"
+        f"root; proof saved in {path}, the event in {data / EVENT_FILE}.\n"
     )
 
 
