@@ -49,7 +49,9 @@ def test_sum_golang_org_origin_is_not_its_key_name(case: dict[str, Any]) -> None
     verifier = Verifier.from_vkey(SUMDB["vkey"])
     with pytest.raises(VerificationError, match="another log") as info:
         open_checkpoint(case["note"].encode(), verifier)  # defaults to "sum.golang.org"
-    assert (info.value.expected, info.value.computed) == ("sum.golang.org", SUMDB["origin"])
+    assert f"its origin line is {SUMDB['origin']!r}, the key's log is 'sum.golang.org'" in str(
+        info.value
+    )
     with pytest.raises(VerificationError, match="another log"):
         open_checkpoint(case["note"].encode(), verifier, origin="go.sum database")
 

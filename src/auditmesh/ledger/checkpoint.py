@@ -105,7 +105,10 @@ def open_checkpoint(note: bytes, verifier: Verifier, origin: str | None = None) 
         raise VerificationError(f"signed note is not a checkpoint: {exc}") from exc
     want = verifier.name if origin is None else origin
     if cp.origin != want:
-        raise VerificationError("checkpoint is for another log", expected=want, computed=cp.origin)
+        raise VerificationError(
+            f"checkpoint is for another log: its origin line is {cp.origin!r}, the key's log is "
+            f"{want!r}"
+        )
     return cp
 
 
