@@ -156,6 +156,18 @@ def test_svid_has_exactly_one_uri_san_and_leaf_constraints(mesh_ca: MeshCA, csr_
     cert.verify_directly_issued_by(mesh_ca.certificate)
 
 
+def test_the_servers_reserved_id_is_issued_only_to_the_cas_holder(
+    mesh_ca: MeshCA, csr_pem: bytes
+) -> None:
+    server = SpiffeId.audit_server(TD)
+    assert server.reserved and not SpiffeId.kubernetes(TD, "auditmesh", "server").reserved
+    for reserved in (server, SpiffeId.from_segments(TD, "auditmesh", "anything")):
+        with pytest.raises(CAError, match="reserved for auditmesh's own components"):
+            mesh_ca.issue_svid(csr_pem, reserved, now=NOW)
+    cert = x509.load_pem_x509_certificate(mesh_ca.issue_svid(csr_pem, server, now=NOW, own=True))
+    assert verify_peer_svid(cert, [mesh_ca.certificate], NOW) == server
+
+
 def test_svid_validity_is_backdated_for_skew_and_lasts_the_ttl(
     mesh_ca: MeshCA, csr_pem: bytes
 ) -> None:

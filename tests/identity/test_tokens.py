@@ -63,6 +63,11 @@ def test_token_is_high_entropy_and_stored_only_as_a_digest(data_dir: Path) -> No
     assert [r.spiffe_id for r in store.records()] == [WORKLOAD, WORKLOAD]
 
 
+def test_no_token_for_an_id_reserved_for_auditmesh_itself(data_dir: Path) -> None:
+    with pytest.raises(ValueError, match="reserved for auditmesh's own components"):
+        JoinTokens(data_dir).mint(SpiffeId.audit_server("cluster.local"), now=NOW)
+
+
 def test_redeem_once_then_already_used(data_dir: Path) -> None:
     token = JoinTokens(data_dir).mint(WORKLOAD, now=NOW)
     # A second instance reads the same file: redemption is durable, not in-memory.

@@ -22,7 +22,7 @@ from auditmesh.events import AuditEvent, encode_ndjson
 from auditmesh.identity.ca import MeshCA, init_ca
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import make_csr
-from auditmesh.identity.tokens import JoinTokens
+from auditmesh.identity.tokens import JoinTokens, TokenRecord, token_sha256
 from auditmesh.identity.workload import Credentials, key_to_pem, new_private_key
 from auditmesh.serverproc import ServerProcess, free_port
 from tests.conftest import generate
@@ -81,6 +81,30 @@ def test_join_issues_an_svid_for_the_token_identity(mesh: Mesh) -> None:
     cert = credentials.certificate
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [str(ORDERS)]
+
+
+def test_a_token_an_older_auditmesh_minted_for_the_servers_id_gets_no_svid(
+    mesh: Mesh,
+) -> None:
+    # The CA never issues the server's own ID to a workload: its holder could pose as the
+    # server to the sidecars and write records that read as the server's.
+    now = datetime.now(UTC)
+    token = "legacy-token-for-the-server-id"
+    tokens = JoinTokens(mesh.data)
+    with tokens._locked():
+        records = tokens._load()
+        server = SpiffeId.audit_server("cluster.local")
+        records[token_sha256(token)] = TokenRecord(
+            token_sha256(token), server, now, now + timedelta(minutes=5)
+        )
+        tokens._save(records, now)
+    with mesh.anonymous() as client:
+        response = client.post(
+            "/v1/identity/join",
+            json={"token": token, "csr": make_csr(new_private_key()).decode()},
+        )
+    assert response.status_code == 400, response.text
+    assert "reserved for auditmesh's own components" in response.json()["error"]
 
 
 def test_join_token_is_one_time(mesh: Mesh) -> None:

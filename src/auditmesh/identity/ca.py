@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ DEFAULT_SVID_TTL = timedelta(hours=24)  # Istio's default workload certificate T
 CA_VALIDITY = timedelta(days=3650)
 CLOCK_SKEW = timedelta(minutes=5)  # notBefore is backdated by this much
 META_VERSION = 1
+SUGGESTED_TRUST_DOMAIN = "cluster.local"  # Kubernetes' and Istio's unless configured otherwise
 
 RandBytes = Callable[[int], bytes]
 
@@ -153,6 +155,15 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     write_atomic(path, data, mode=mode)
 
 
+def init_command(data_dir: Path) -> str:
+    """The `ca init` command that creates the CA of `data_dir`, to paste as it is: with the
+    trust domain a Kubernetes mesh has unless configured otherwise (its own, if not)."""
+    return (
+        f"auditmesh ca init --trust-domain {SUGGESTED_TRUST_DOMAIN} "
+        f"--data {shlex.quote(str(data_dir))}"
+    )
+
+
 def init_ca(
     data_dir: Path,
     trust_domain: str,
@@ -214,8 +225,7 @@ class MeshCA:
         paths = CAPaths.under(data_dir)
         if not all(p.exists() for p in (paths.certificate, paths.private_key, paths.metadata)):
             raise CAError(
-                f"no mesh CA in {paths.directory}; create one with "
-                f"`auditmesh ca init --trust-domain TD --data {data_dir}`"
+                f"no mesh CA in {paths.directory}; create one with `{init_command(data_dir)}`"
             )
         mode = stat.S_IMODE(paths.private_key.stat().st_mode)
         if mode & 0o077:
@@ -262,8 +272,10 @@ class MeshCA:
         *,
         now: datetime,
         randbytes: RandBytes = secrets.token_bytes,
+        own: bool = False,
     ) -> bytes:
-        """Sign an X.509-SVID (PEM) for ``spiffe_id`` over the CSR's public key.
+        """Sign an X.509-SVID (PEM) for ``spiffe_id`` over the CSR's public key. A reserved
+        ID (``SpiffeId.reserved``: the server's) only with ``own``, for the CA's holder.
 
         The CSR must carry a valid self-signature (proof of possession) over an EC P-256 or
         Ed25519 key. Any names it asks for are ignored: the SVID carries exactly one URI SAN,
@@ -279,6 +291,11 @@ class MeshCA:
         if not spiffe_id.path:
             # X509-SVID §3.1: leaf SPIFFE IDs have a non-root path.
             raise CAError(f"{spiffe_id} has no path; a workload SVID needs one")
+        if spiffe_id.reserved and not own:
+            raise CAError(
+                f"{spiffe_id} is reserved for auditmesh's own components (paths under "
+                "/auditmesh/); no workload is issued one"
+            )
         if ttl <= timedelta(0):
             raise CAError(f"the SVID TTL must be positive, not {ttl}")
         public_key = csr_public_key(csr_pem)

@@ -23,6 +23,9 @@ _TRUST_DOMAIN_CHARS = frozenset(string.ascii_lowercase + string.digits + ".-_") 
 _SEGMENT_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")  # §2.2
 
 
+RESERVED_SEGMENT = "auditmesh"  # spiffe://TD/auditmesh/...: auditmesh's own IDs (SpiffeId.reserved)
+
+
 class SpiffeIdError(ValueError):
     """A string is not a valid SPIFFE ID (or trust domain, or path); ``reason`` says why."""
 
@@ -143,7 +146,15 @@ class SpiffeId:
     def audit_server(cls, trust_domain: str) -> SpiffeId:
         """The auditmesh server's own ID, ``spiffe://TD/auditmesh/server``: what sidecars
         check the mesh listener's certificate against (secure naming for the server)."""
-        return cls.from_segments(trust_domain, "auditmesh", "server")
+        return cls.from_segments(trust_domain, RESERVED_SEGMENT, "server")
+
+    @property
+    def reserved(self) -> bool:
+        """Whether the ID is under ``/auditmesh/``, the paths of auditmesh's own components:
+        the CA never issues one to a workload, or a workload holding it could pose as the
+        server (sidecars would send it their events, and its records would read as the
+        server's)."""
+        return self.segments[:1] == (RESERVED_SEGMENT,)
 
     @classmethod
     def kubernetes(cls, trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
@@ -172,6 +183,13 @@ class SpiffeId:
     def service_account(self) -> str | None:
         """The service account of a Kubernetes-form ID, else None."""
         return self.segments[3] if self.is_kubernetes else None
+
+    @property
+    def workload_name(self) -> str | None:
+        """`SERVICE_ACCOUNT.NAMESPACE` of a Kubernetes-form ID (`orders.shop`): the name the
+        sidecar records for the workload (its service account) qualified with its namespace,
+        as the service graph qualifies services; None for other shapes."""
+        return f"{self.service_account}.{self.namespace}" if self.is_kubernetes else None
 
     @property
     def istio_principal(self) -> str:
@@ -213,6 +231,18 @@ def parse(text: str) -> SpiffeId:
     if problem is not None:
         raise SpiffeIdError(text, problem)
     return SpiffeId(trust_domain, tail)
+
+
+def short_name(text: str) -> str:
+    """How a listing that has no room for `spiffe://cluster.local/ns/shop/sa/orders` names
+    it: `orders.shop` (:attr:`SpiffeId.workload_name`); any other text (another shape of
+    ID, a service name, an address) as it is."""
+    if not text.startswith(SCHEME_PREFIX):
+        return text
+    try:
+        return parse(text).workload_name or text
+    except SpiffeIdError:
+        return text
 
 
 def parse_trust_domain(text: str) -> str:

@@ -150,6 +150,11 @@ class JoinTokens:
             raise ValueError("now must be timezone-aware (UTC)")
         if not spiffe_id.path:
             raise ValueError(f"{spiffe_id} has no path; a join token must name a workload")
+        if spiffe_id.reserved:
+            raise ValueError(
+                f"{spiffe_id} is reserved for auditmesh's own components (paths under "
+                "/auditmesh/); a join token must name a workload"
+            )
         if ttl <= timedelta(0):
             raise ValueError("the token TTL must be longer than zero")
         token = make_token()

@@ -104,7 +104,7 @@ def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def self_issue(ca: MeshCA, spiffe_id: SpiffeId, now: datetime, ttl: timedelta) -> Credentials:
     """Credentials the CA's own holder (the server) issues to itself, key kept in memory."""
     key = new_private_key()
-    cert_pem = ca.issue_svid(make_csr(key, spiffe_id), spiffe_id, ttl, now=now)
+    cert_pem = ca.issue_svid(make_csr(key, spiffe_id), spiffe_id, ttl, now=now, own=True)
     return Credentials(spiffe_id, key_to_pem(key), cert_pem, ca.trust_bundle())
 
 
