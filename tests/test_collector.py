@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import Future
 
 import pytest
 
-from auditmesh.collector import Collector, CollectorStopped, Indices
+from auditmesh.collector import Collector, CollectorStopped, CommitFailed, Indices
 from auditmesh.datadir import Ledger
+from auditmesh.ledger.verify import verify_log
+from auditmesh.store.base import StoreReader
 from tests.conftest import generate
 
 
@@ -69,3 +72,25 @@ def test_storage_failure_reaches_every_caller_and_stops_intake(ledger: Ledger) -
         assert ledger.log.size == 0
     finally:
         collector.stop()
+
+
+def test_a_commit_the_store_could_not_make_fails_that_batch_only(ledger: Ledger) -> None:
+    """Another process holds the database's write lock past the busy timeout: the batch is
+    refused as CommitFailed (nothing stored, send it again), and the collector goes on."""
+    ledger.store._writer.execute("PRAGMA busy_timeout=100")  # not 10 s, for the test
+    collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    collector.start()
+    other = sqlite3.connect(ledger.store.path, isolation_level=None)
+    try:
+        collector.submit(generate(3)).result(timeout=5)
+        other.execute("BEGIN IMMEDIATE")  # e.g. the sqlite3 shell, mid-transaction
+        with pytest.raises(CommitFailed, match="database is locked.*send it again"):
+            collector.submit(generate(5, seed=3)).result(timeout=5)
+        other.execute("ROLLBACK")
+        again = collector.submit(generate(5, seed=3)).result(timeout=5)
+        assert list(again) == [3, 4, 5, 6, 7] and ledger.log.size == 8
+    finally:
+        other.close()
+        collector.stop()
+    assert ledger.log.latest_checkpoint() is not None  # signed on stop, as ever
+    assert verify_log(StoreReader(ledger.store), ledger.log.verifier).size == 8

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 
 from auditmesh.events import AuditEvent, canonical_bytes, checked_size
 from auditmesh.ledger.log import Entry, Log, StoredCheckpoint
-from auditmesh.store.base import columns_of, event_key
+from auditmesh.store.base import StoreUnavailable, columns_of, event_key
 
 MAX_GROUP_EVENTS = 50_000
 
@@ -40,8 +40,17 @@ def entry_of(event: AuditEvent) -> Entry:
     return Entry(event_key(event.id), canonical_bytes(event), columns_of(event))
 
 
-class CollectorStopped(RuntimeError):
-    """The collector is shutting down and takes no more events."""
+class CollectorUnavailable(RuntimeError):
+    """Events were not taken, and none of them is in the log; the message says why."""
+
+
+class CollectorStopped(CollectorUnavailable):
+    """The collector is shutting down (or its storage failed for good): no more events."""
+
+
+class CommitFailed(CollectorUnavailable):
+    """The storage could not commit this batch for now (`StoreUnavailable`): nothing of it
+    was kept, the collector goes on, and the same batch may be sent again."""
 
 
 class Collector:
@@ -96,7 +105,10 @@ class Collector:
     def submit_entries(self, entries: list[Entry]) -> Future[Indices]:
         future: Future[Indices] = Future()
         if self._stopping or self.failure is not None:
-            future.set_exception(CollectorStopped("the collector is not accepting events"))
+            why = (
+                "it is stopping" if self.failure is None else f"its storage failed: {self.failure}"
+            )
+            future.set_exception(CollectorStopped(f"the collector takes no more events: {why}"))
             return future
         self._queue.put((entries, future))
         return future
@@ -155,6 +167,15 @@ class Collector:
         start = self.log.size
         try:
             indices = self.log.append(entries)
+        except StoreUnavailable as exc:  # for now: these callers hear why, the next may pass
+            failed = CommitFailed(f"{exc}; nothing of the batch was stored: send it again")
+            for _, future in jobs:
+                future.set_exception(failed)
+            try:
+                self.log.reload_size()
+            except BaseException as lost:  # the storage cannot even be read: stop taking
+                self.failure = lost
+            return
         except BaseException as exc:  # nothing was committed: every caller hears why
             self.failure = exc
             for _, future in jobs:
@@ -181,7 +202,9 @@ class Collector:
     def _checkpoint(self) -> None:
         try:
             self.log.checkpoint()
-        except BaseException as exc:
+        except StoreUnavailable:  # not stored this time: the next interval signs it
+            return
+        except BaseException as exc:  # e.g. the stored tree no longer consistent: stop
             self.failure = exc
             return
         latest = self.log.latest_checkpoint()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,30 @@ def test_an_event_too_large_for_a_ledger_entry_is_refused(server: ServerProcess)
     assert "the limit is 65535" in answer.json()["error"]
     stored = httpx.post(server.url + "/v1/events", content=encode_ndjson([small]))
     assert stored.json()["indices"][0] >= stored.json()["fresh_from"]  # nothing was stored
+
+
+def test_a_ledger_locked_for_a_while_refuses_that_batch_and_takes_the_next(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the ledger's write lock past the 10 s busy timeout (the sqlite3
+    shell mid-transaction): the batch gets a 503 saying nothing was stored, and once the
+    lock is gone the server takes events again; it does not stay refusing everything."""
+    with ServerProcess(tmp_path / "data", extra=["--mesh-listen", "off"]) as server:
+        events = generate(4, seed=21)
+        first = httpx.post(server.url + "/v1/events", content=encode_ndjson(events[:2]))
+        assert first.status_code == 200, first.text
+        other = sqlite3.connect(server.data_dir / "ledger.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            refused = httpx.post(
+                server.url + "/v1/events", content=encode_ndjson(events[2:]), timeout=30
+            )
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert refused.status_code == 503, refused.text
+        assert "nothing of the batch was stored" in refused.json()["error"]
+        again = httpx.post(server.url + "/v1/events", content=encode_ndjson(events[2:]))
+        assert again.status_code == 200, again.text
+        assert again.json()["indices"] == [2, 3]
+    assert main(["log", "verify", "--data", str(server.data_dir), "--quiet"]) == 0

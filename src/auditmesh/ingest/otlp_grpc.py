@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import grpc.aio
 
-from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.collector import Collector, CollectorUnavailable
 from auditmesh.ingest.otlp import (
     MalformedRequest,
     Signal,
@@ -72,7 +72,7 @@ def _export_handler(
         if mapped.events:
             try:
                 await asyncio.wrap_future(collector.submit_entries(mapped.entries))
-            except CollectorStopped as exc:
+            except CollectorUnavailable as exc:
                 tell("unavailable")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later")
         tell("partial" if mapped.rejected else "ok", mapped.rejected)

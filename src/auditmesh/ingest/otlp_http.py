@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.collector import Collector, CollectorUnavailable
 from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.ingest.otlp import (
     Encoding,
@@ -200,7 +200,7 @@ class OtlpHttpReceiver:
         if mapped.events:
             try:
                 await asyncio.wrap_future(self.collector.submit_entries(mapped.entries))
-            except CollectorStopped as exc:
+            except CollectorUnavailable as exc:
                 response = _status_response(
                     503,
                     code_pb2.UNAVAILABLE,

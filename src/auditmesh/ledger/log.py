@@ -87,6 +87,12 @@ class Log:
     def size(self) -> int:
         return self._size
 
+    def reload_size(self) -> None:
+        """Take the size from storage again, after a write that failed: had its commit
+        reached the disk after all, the entries are there (and a retry finds them by key)."""
+        with self._lock:
+            self._size = self._storage.size()
+
     @property
     def verifier(self) -> Verifier:
         return self._verifier

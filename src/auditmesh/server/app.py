@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from auditmesh.analysis.query import QueryError, single_params
-from auditmesh.collector import Collector, CollectorStopped
+from auditmesh.collector import Collector, CollectorUnavailable
 from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, EventError, decode_batch
@@ -117,7 +117,7 @@ async def admit_batch(
         return refused
     try:
         indices = await collector.submit_async(events)
-    except CollectorStopped as exc:
+    except CollectorUnavailable as exc:
         return _error(503, str(exc))
     except EventError as exc:  # one too large for a ledger entry
         return _error(400, f"batch rejected, nothing stored: {exc}", line=exc.line)

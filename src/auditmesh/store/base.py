@@ -21,6 +21,11 @@ class StoreError(Exception):
     """The store cannot be opened or read; the message says which file and why."""
 
 
+class StoreUnavailable(StoreError):
+    """A write could not commit for now (the database locked by another process, the disk
+    full, an I/O error): nothing of it was kept, and a later write may succeed."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     index: int

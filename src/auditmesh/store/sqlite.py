@@ -16,7 +16,7 @@ from typing import Any
 
 from auditmesh.ledger.log import Entry, StoredCheckpoint
 from auditmesh.ledger.tiles import StoredTile
-from auditmesh.store.base import EventFilter, StoredEvent, StoreError
+from auditmesh.store.base import EventFilter, StoredEvent, StoreError, StoreUnavailable
 
 # Each migration takes the schema from version i to i+1; never edit a released one.
 MIGRATIONS: tuple[str, ...] = (
@@ -238,6 +238,14 @@ class SQLiteStore:
     def write(
         self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], StoredTile]
     ) -> None:
+        try:
+            self._write(start, entries, tile_updates)
+        except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, I/O
+            raise StoreUnavailable(f"the ledger could not commit ({self.path}): {exc}") from exc
+
+    def _write(
+        self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], StoredTile]
+    ) -> None:
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -279,10 +287,15 @@ class SQLiteStore:
             yield idx, key, tuple(columns), data
 
     def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
-        self._writer.execute(
-            "INSERT INTO checkpoints (size, root, note, signed_ns) VALUES (?, ?, ?, ?)",
-            (checkpoint.size, checkpoint.root_hash, checkpoint.note, checkpoint.signed_ns),
-        )
+        try:
+            self._writer.execute(
+                "INSERT INTO checkpoints (size, root, note, signed_ns) VALUES (?, ?, ?, ?)",
+                (checkpoint.size, checkpoint.root_hash, checkpoint.note, checkpoint.signed_ns),
+            )
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(
+                f"the checkpoint could not be stored ({self.path}): {exc}"
+            ) from exc
 
     def checkpoints(self) -> Iterator[StoredCheckpoint]:
         cursor = self._reader().execute(
