@@ -255,7 +255,9 @@ def test_eval_cluster_local_principals_name_the_mesh_trust_domain(
     data = tmp_path / "data"
     assert main(["ca", "init", "--trust-domain", "example.org", "--data", str(data)]) == 0
     capsys.readouterr()
-    code, out, _ = run(capsys, *base, "--data", str(data))
+    # (the policy file, not the directory: a CA's files in a policy directory are refused)
+    in_file = ("eval", "--policies", str(tmp_path / "p.yaml"), "--request", request)
+    code, out, _ = run(capsys, *in_file, "--data", str(data))
     assert (code, json.loads(out)["policy"]) == (0, "prod/deny-batch")
     code, _, err = run(capsys, "check", str(tmp_path / "p.yaml"), "--data", str(data))
     assert code == 0, err

@@ -1,14 +1,18 @@
 """Reading policy YAML with precise error locations (auditmesh.policy.documents).
 
-Place in the house: the I/O edge of :mod:`auditmesh.policy.model`. It finds ``*.yaml``/``*.yml``
-files, splits them into documents, and offers typed field accessors that raise one error type,
-:class:`PolicyLoadError`, always naming the file and either the line (bad YAML) or the 1-based
-document number and field path (bad content), e.g.
+Place in the house: the I/O edge of :mod:`auditmesh.policy.model`. It finds the policy files
+(``*.yaml``, ``*.yml``, ``*.json``; anything else in a policy directory that is not a note is
+refused, never skipped), splits them into documents, and offers typed field accessors that
+raise one error type, :class:`PolicyLoadError`, always naming the file and either the line
+(bad YAML or JSON) or the 1-based document number and field path (bad content), e.g.
 ``policies/pay.yaml: document 2: spec.rules[0].to[0].operation.ports[0]: expected a string``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,20 +91,109 @@ def _refuse_aliases(root: yaml.nodes.Node) -> None:
             stack.extend(item for pair in node.value for item in pair)
 
 
+POLICY_SUFFIXES = (".yaml", ".yml", ".json")  # any case, as kubectl apply -f DIR reads
+# In a policy directory, besides policy files: notes, and editor backups (`pay.yaml~`).
+_NOTE_SUFFIXES = (".md", ".markdown", ".rst", ".txt")
+_NOTE_NAMES = ("readme", "license", "licence", "notice", "owners", "codeowners", "changelog")
+
+
+def is_policy_file(name: str) -> bool:
+    """A file name a policy directory's policies have: ``.yaml``, ``.yml`` or ``.json``."""
+    return name.lower().endswith(POLICY_SUFFIXES)
+
+
+def _is_note(name: str) -> bool:
+    lower = name.lower()
+    return (
+        lower.endswith(_NOTE_SUFFIXES)
+        or lower.endswith("~")
+        or lower.partition(".")[0] in _NOTE_NAMES
+    )
+
+
 def yaml_files(path: Path) -> list[Path]:
-    """``path`` itself, or every ``*.yaml``/``*.yml`` below it (sorted, hidden dirs skipped)."""
-    if path.is_dir():
-        found = [
-            p
-            for p in path.rglob("*")
-            if p.suffix in (".yaml", ".yml")
-            and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        ]
-        return sorted(found)
-    if not path.exists():
-        raise PolicyLoadError(f"{path}: no such file or directory")
+    """``path`` itself, or every policy file below it (sorted, hidden entries skipped).
+
+    Fail-closed: a policy that is not read is a policy not enforced, so whatever would leave
+    one unread raises :class:`PolicyLoadError` naming the entry, instead of being skipped as
+    ``Path.rglob`` does: a directory that cannot be listed, a symbolic link to nothing, a
+    FIFO or device named like a policy, a symbolic link loop, and any file that is neither a
+    policy file (``.yaml``, ``.yml``, ``.json``, in any case) nor a note (``README``,
+    ``*.md``, ``*.txt``, ``*.rst``, ``*~``). Symbolic links to directories are followed.
+    Hidden entries (``.git``, and the ``..data`` of a mounted Kubernetes ConfigMap) are not
+    read.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise PolicyLoadError(_dangling(path)) from None
+        raise PolicyLoadError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise PolicyLoadError(f"{path}: cannot read: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        return sorted(_walk(path, (info.st_dev, info.st_ino)))
+    if not stat.S_ISREG(info.st_mode):
+        raise PolicyLoadError(f"{path}: not a regular file or a directory")
     return [path]
+
+
+def _walk(root: Path, root_key: tuple[int, int]) -> list[Path]:
+    found: list[Path] = []
+    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [(root, frozenset([root_key]))]
+    while stack:
+        directory, above = stack.pop()
+        try:
+            with os.scandir(directory) as listing:
+                names = [entry.name for entry in listing]
+        except OSError as exc:
+            raise PolicyLoadError(
+                f"{directory}: cannot list this policy directory ({exc.strerror}), so the "
+                "policies in it cannot be enforced"
+            ) from None
+        for name in names:
+            if name.startswith("."):
+                continue
+            entry = directory / name
+            try:
+                info: os.stat_result | None = entry.stat()
+            except FileNotFoundError:
+                if not entry.is_symlink():
+                    continue  # removed since the listing: it is no longer in the set
+                info = None
+            except OSError as exc:
+                raise PolicyLoadError(f"{entry}: cannot read: {exc.strerror}") from None
+            if info is not None and stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key in above:
+                    raise PolicyLoadError(
+                        f"{entry}: a symbolic link to a directory above it (a loop)"
+                    )
+                stack.append((entry, above | {key}))
+            elif is_policy_file(name):
+                if info is None:
+                    raise PolicyLoadError(_dangling(entry))
+                if not stat.S_ISREG(info.st_mode):
+                    raise PolicyLoadError(
+                        f"{entry}: not a regular file (a FIFO, socket or device); "
+                        "a policy file must be a regular file"
+                    )
+                found.append(entry)
+            elif not _is_note(name):
+                raise PolicyLoadError(
+                    f"{entry}: not a policy file, and not read: policy files end in .yaml, "
+                    f".yml or .json; rename it, or move it out of {root} (notes such as "
+                    "README, *.md and *.txt may stay)"
+                )
+    return found
+
+
+def _dangling(link: Path) -> str:
+    try:
+        target = os.readlink(link)
+    except OSError:
+        target = "?"
+    return f"{link}: a symbolic link to {target}, which does not exist"
 
 
 def read_documents(file: Path) -> Iterator[tuple[Origin, object]]:
@@ -109,6 +202,11 @@ def read_documents(file: Path) -> Iterator[tuple[Origin, object]]:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyLoadError(f"{file}: cannot read: {exc}") from None
+    if file.name.lower().endswith(".json"):
+        document = _json_document(file, text)
+        if document is not None:
+            yield Origin(str(file), 1), document
+        return
     loader = _Loader(text)
     number = 0
     try:
@@ -126,6 +224,36 @@ def read_documents(file: Path) -> Iterator[tuple[Origin, object]]:
         raise PolicyLoadError(f"{file}: invalid YAML: {exc}") from None
     finally:
         loader.dispose()
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _json_document(file: Path, text: str) -> object:
+    """A ``.json`` file: one JSON value, as ``kubectl apply -f`` reads it (PyYAML is not a
+    JSON parser: a tab between tokens, valid JSON, is a YAML error). Empty: no document."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise PolicyLoadError(
+            f"{file}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+    except _DuplicateKey as exc:
+        raise PolicyLoadError(f"{file}: invalid JSON: duplicate key {exc.args[0]!r}") from None
+    except RecursionError:
+        raise PolicyLoadError(f"{file}: invalid JSON: nested too deeply") from None
 
 
 def describe(value: object) -> str:
