@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from concurrent.futures import Future
 
+import msgspec
 import pytest
 
-from auditmesh.collector import Collector, CollectorStopped, CommitFailed, Indices
+from auditmesh.collector import (
+    Collector,
+    CollectorStopped,
+    CommitFailed,
+    EventConflict,
+    Indices,
+    entry_of,
+)
 from auditmesh.datadir import Ledger
+from auditmesh.events import canonical_bytes
 from auditmesh.ledger.verify import verify_log
-from auditmesh.store.base import StoreReader
+from auditmesh.store.base import StoreReader, event_key
 from tests.conftest import generate
 
 
@@ -94,3 +104,48 @@ def test_a_commit_the_store_could_not_make_fails_that_batch_only(ledger: Ledger)
         collector.stop()
     assert ledger.log.latest_checkpoint() is not None  # signed on stop, as ever
     assert verify_log(StoreReader(ledger.store), ledger.log.verifier).size == 8
+
+
+def test_an_id_reused_for_other_content_refuses_its_batch_only(ledger: Ledger) -> None:
+    """A duplicate is the same event sent again; the same id with other content is refused
+    (its whole batch, naming the position) and the log keeps what it acknowledged."""
+    first, second, third = generate(3, seed=9)
+    changed = msgspec.structs.replace(first, outcome="failure")  # same id, other content
+    collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    collector.start()
+    try:
+        assert list(collector.submit([first]).result(timeout=5)) == [0]
+        assert list(collector.submit([second, first]).result(timeout=5)) == [1, 0]  # resent
+        conflicting = collector.submit([third, changed])
+        with pytest.raises(EventConflict, match="line 2: .*in the log already.*entry 0"):
+            conflicting.result(timeout=5)
+        other = msgspec.structs.replace(third, outcome="failure")
+        with pytest.raises(EventConflict, match="line 2: .*another event sent with it"):
+            collector.submit([third, other]).result(timeout=5)
+        assert list(collector.submit([third]).result(timeout=5)) == [2]
+    finally:
+        collector.stop()
+    assert ledger.store.event_by_id(event_key(first.id)) is not None
+    stored = ledger.store.event_by_id(event_key(first.id))
+    assert stored is not None and stored.data == canonical_bytes(first)
+    assert ledger.log.size == 3
+
+
+def test_a_receiver_can_leave_out_the_conflicting_entries_alone(ledger: Ledger) -> None:
+    events = generate(4, seed=13)
+    collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    collector.start()
+    try:
+        collector.submit(events[:2]).result(timeout=5)
+        batch = [
+            events[2],
+            msgspec.structs.replace(events[0], outcome="failure"),
+            events[1],
+            msgspec.structs.replace(events[1], outcome="failure"),
+            events[3],
+        ]
+        left_out = asyncio.run(collector.submit_leaving_out_conflicts([entry_of(e) for e in batch]))
+        assert left_out == [1, 3]
+    finally:
+        collector.stop()
+    assert ledger.log.size == 4

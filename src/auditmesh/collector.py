@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from auditmesh.events import AuditEvent, canonical_bytes, checked_size
-from auditmesh.ledger.log import Entry, Log, StoredCheckpoint
+from auditmesh.events import AuditEvent, EventError, canonical_bytes, checked_size
+from auditmesh.ledger.log import ConflictingEntries, Entry, Log, StoredCheckpoint
 from auditmesh.store.base import StoreUnavailable, columns_of, event_key
 
 MAX_GROUP_EVENTS = 50_000
@@ -38,6 +38,11 @@ _Job = tuple[list[Entry], "Future[Indices]"]
 
 def entry_of(event: AuditEvent) -> Entry:
     return Entry(event_key(event.id), canonical_bytes(event), columns_of(event))
+
+
+class EventConflict(EventError):
+    """An event reuses the id of another (stored, or earlier in its batch) with other
+    content: its batch was refused whole, nothing of it stored; `line` is its position."""
 
 
 class CollectorUnavailable(RuntimeError):
@@ -116,6 +121,20 @@ class Collector:
     async def submit_async(self, events: Sequence[AuditEvent]) -> Indices:
         return await asyncio.wrap_future(self.submit(events))
 
+    async def submit_leaving_out_conflicts(self, entries: list[Entry]) -> list[int]:
+        """Commit `entries` but any that reuses a stored id with other content (an
+        `EventConflict`), for a receiver that rejects records one by one (OTLP partial
+        success); returns the positions left out."""
+        left_out: list[int] = []
+        positions = list(range(len(entries)))
+        while positions:
+            try:
+                await asyncio.wrap_future(self.submit_entries([entries[p] for p in positions]))
+                break
+            except EventConflict as exc:
+                left_out.append(positions.pop((exc.line or 1) - 1))
+        return sorted(left_out)
+
     def checkpoint_covering(self, size: int) -> Future[StoredCheckpoint]:
         """A future for the first signed checkpoint whose size is at least `size`."""
         future: Future[StoredCheckpoint] = Future()
@@ -167,6 +186,9 @@ class Collector:
         start = self.log.size
         try:
             indices = self.log.append(entries)
+        except ConflictingEntries as exc:  # refuse the batches holding them, commit the rest
+            self._commit(self._refuse_conflicts(jobs, exc.conflicts))
+            return
         except StoreUnavailable as exc:  # for now: these callers hear why, the next may pass
             failed = CommitFailed(f"{exc}; nothing of the batch was stored: send it again")
             for _, future in jobs:
@@ -187,6 +209,29 @@ class Collector:
         for batch, future in jobs:
             future.set_result(Indices(indices[offset : offset + len(batch)], fresh_from=start))
             offset += len(batch)
+
+    @staticmethod
+    def _refuse_conflicts(jobs: list[_Job], conflicts: dict[int, int | None]) -> list[_Job]:
+        """Fail each job with an entry in `conflicts` (positions in the jobs' entries in
+        order), naming its first; return the others."""
+        kept: list[_Job] = []
+        begin = 0
+        for batch, future in jobs:
+            mine = sorted(p for p in conflicts if begin <= p < begin + len(batch))
+            begin += len(batch)
+            if not mine:
+                kept.append((batch, future))
+                continue
+            where = conflicts[mine[0]]
+            holder = "another event sent with it" if where is None else f"entry {where}"
+            future.set_exception(
+                EventConflict(
+                    "an event with this id is in the log already, with other content "
+                    f"({holder}): an event id names one event, send this one under a new id",
+                    line=mine[0] - (begin - len(batch)) + 1,
+                )
+            )
+        return kept
 
     def _notify(self, entries: list[Entry], indices: list[int], start: int) -> None:
         added: list[Entry] = []

@@ -153,6 +153,25 @@ def test_large_bodies_are_decoded_off_the_event_loop_alike(client: Client, ledge
     assert ledger.log.size == 400
 
 
+def test_an_event_whose_id_the_log_holds_with_other_content_is_a_rejected_record(
+    client: Client, ledger: Ledger
+) -> None:
+    # The same event relayed by two services: the second copy differs (its reporter names
+    # the relay), so it is refused by name while the rest of its request is stored.
+    first, second = generate(2, seed=17)
+    once = logs(otlp.audit_log_record(first), service="edge-a").SerializeToString()
+    assert client.post("/v1/logs", content=once, headers=PROTOBUF).status_code == 200
+    both = logs(otlp.audit_log_record(first), otlp.audit_log_record(second), service="edge-b")
+    response = client.post("/v1/logs", content=both.SerializeToString(), headers=PROTOBUF)
+    assert response.status_code == 200
+    partial = ExportLogsServiceResponse.FromString(response.content).partial_success
+    assert partial.rejected_log_records == 1
+    assert f"event {first.id}: the log holds this id already" in partial.error_message
+    assert stored(ledger, second.id) and ledger.log.size == 2
+    kept = ledger.store.event_by_id(uuid.UUID(first.id).bytes)
+    assert kept is not None and json.loads(kept.data)["reporter"] == "ingest:otlp:edge-a"
+
+
 def test_partial_success_over_protobuf_counts_log_records(client: Client) -> None:
     request = logs(otlp.audit_log_record(generate(1)[0]))
     broken = request.resource_logs[0].scope_logs[0].log_records.add()

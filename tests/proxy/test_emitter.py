@@ -526,6 +526,34 @@ def test_a_poison_event_goes_to_rejected_ndjson_and_the_rest_gets_through(
 
 
 @pytest.mark.integration
+def test_an_id_the_log_holds_with_other_content_is_rejected_not_retried_forever(
+    tmp_path: Path, shared: ServerProcess
+) -> None:
+    good = events(20, seed=23)
+    reused = msgspec.structs.replace(good[4], outcome="unknown")  # a broken producer's
+    srv = shared
+
+    async def scenario() -> None:
+        em = emitter(srv.url, tmp_path / "sidecar")
+        em.start()
+        for event in good[:10]:
+            em.emit(event)
+        assert await em.drain(10)
+        for event in [reused, *good[10:]]:
+            em.emit(event)
+        assert await em.drain(10)  # the pipeline goes on past it
+        stats = em.stats()
+        assert (stats.sent, stats.rejected) == (20, 1)
+        await closed(em)
+
+    run(scenario)
+    assert_logged_in_order(srv, ids(good))
+    (line,) = (tmp_path / "sidecar" / "rejected.ndjson").read_text().splitlines()
+    rejected = json.loads(line)
+    assert rejected["status"] == 409 and "with other content" in rejected["reason"]
+
+
+@pytest.mark.integration
 def test_replacing_the_client_mid_stream_loses_and_reorders_nothing(
     tmp_path: Path, shared: ServerProcess
 ) -> None:

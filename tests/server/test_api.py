@@ -62,6 +62,23 @@ def test_duplicate_batch_is_not_logged_twice(server: ServerProcess, stored: list
     assert again.json()["size"] == 600
 
 
+def test_an_id_reused_for_another_event_is_refused_with_409(
+    server: ServerProcess, stored: list[bytes]
+) -> None:
+    event = msgspec.json.decode(stored[3])
+    event["outcome"] = "failure" if event["outcome"] != "failure" else "success"
+    fresh = canonical_bytes(generate(1, seed=98)[0])
+    answer = httpx.post(
+        server.url + "/v1/events", content=fresh + b"\n" + msgspec.json.encode(event)
+    )
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["line"] == 2
+    assert "in the log already, with other content (entry 3)" in answer.json()["error"]
+    kept = httpx.get(server.url + f"/v1/events/{event['id']}", headers=auth(server))
+    assert kept.json()["event"]["outcome"] != event["outcome"]  # the first content stays
+    assert httpx.post(server.url + "/v1/events", content=fresh).status_code == 200  # not kept
+
+
 def test_invalid_batch_is_refused_whole_naming_line_and_field(
     server: ServerProcess, stored: list[bytes]
 ) -> None:

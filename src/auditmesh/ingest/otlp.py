@@ -139,6 +139,14 @@ class Mapped:
         if len(self.reasons) < _MAX_REASONS and reason not in self.reasons:
             self.reasons.append(reason)
 
+    def leave_out(self, positions: Iterable[int]) -> None:
+        """The events at these positions were not stored: the log holds their ids with other
+        content (`Collector.submit_leaving_out_conflicts`). Each is a rejected record."""
+        for position in sorted(positions, reverse=True):
+            event = self.events.pop(position)
+            del self.entries[position]
+            self.reject(f"event {event.id}: the log holds this id already, with other content")
+
     @property
     def unit(self) -> str:
         return "spans" if self.signal == "traces" else "log records"

@@ -71,7 +71,7 @@ def _export_handler(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if mapped.events:
             try:
-                await asyncio.wrap_future(collector.submit_entries(mapped.entries))
+                mapped.leave_out(await collector.submit_leaving_out_conflicts(mapped.entries))
             except CollectorUnavailable as exc:
                 tell("unavailable")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later")

@@ -24,7 +24,6 @@ the ledger's commits instead (`server/metrics.py`), so a retried export is count
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,7 +198,7 @@ class OtlpHttpReceiver:
             return response, "invalid", 0
         if mapped.events:
             try:
-                await asyncio.wrap_future(self.collector.submit_entries(mapped.entries))
+                mapped.leave_out(await self.collector.submit_leaving_out_conflicts(mapped.entries))
             except CollectorUnavailable as exc:
                 response = _status_response(
                     503,

@@ -47,6 +47,8 @@ class LogStorage(Protocol):
 
     def indices_of(self, keys: Sequence[bytes]) -> dict[bytes, int]: ...
 
+    def data_of(self, keys: Sequence[bytes]) -> dict[bytes, bytes]: ...
+
     def write(
         self,
         start: int,
@@ -61,6 +63,16 @@ class LogStorage(Protocol):
     def checkpoints(self) -> Iterator[StoredCheckpoint]: ...
 
     def latest_checkpoint(self) -> StoredCheckpoint | None: ...
+
+
+class ConflictingEntries(Exception):
+    """Entries whose key the log already holds, or an earlier entry of the same append holds,
+    with other data: `conflicts` maps each one's position (from 0) to the index holding
+    that key (None: the earlier entry of the same append). Nothing was appended."""
+
+    def __init__(self, conflicts: dict[int, int | None]) -> None:
+        super().__init__(f"{len(conflicts)} entries reuse a key with other data")
+        self.conflicts = conflicts
 
 
 class Log:
@@ -98,9 +110,14 @@ class Log:
         return self._verifier
 
     def append(self, entries: Sequence[Entry]) -> list[int]:
-        """Append durably; returns each entry's index (the original one for a duplicate)."""
+        """Append durably; returns each entry's index (the original one for a duplicate).
+
+        A duplicate is the same key with the same data: a key with other data (an id reused
+        for another event) raises ConflictingEntries and nothing is appended, for a log
+        that said "stored" must hold what it was given."""
         with self._lock:
             known = self._storage.indices_of([e.key for e in entries]) if entries else {}
+            self._check_duplicates(entries, known)
             fresh: list[Entry] = []
             indices: list[int] = []
             start = self._size
@@ -119,6 +136,19 @@ class Log:
                 self._storage.write(start, fresh, updates)
                 self._size = start + len(fresh)
             return indices
+
+    def _check_duplicates(self, entries: Sequence[Entry], known: dict[bytes, int]) -> None:
+        stored = self._storage.data_of(list(known)) if known else {}
+        first: dict[bytes, bytes] = {}
+        conflicts: dict[int, int | None] = {}
+        for position, entry in enumerate(entries):
+            if entry.key in stored:
+                if stored[entry.key] != entry.data:
+                    conflicts[position] = known[entry.key]
+            elif first.setdefault(entry.key, entry.data) != entry.data:
+                conflicts[position] = None
+        if conflicts:
+            raise ConflictingEntries(conflicts)
 
     def hashes(self) -> merkle.HashSource:
         """Subtree hashes from the stored tiles; full tiles stay cached across calls."""

@@ -17,7 +17,8 @@ and from then on every event passes through the spool until it is empty again, s
 sidecar's events reach the ledger in the order they were emitted. Retries back off
 exponentially (capped, with jitter). Resending is safe: the server keeps each event id once.
 
-A 400 (or 403/422 naming a line) refuses one event, not the pipeline: the server names the
+A 400 or 409 (or 403/422 naming a line) refuses one event, not the pipeline (409: its id is
+in the log with other content, which only a broken producer sends): the server names the
 line, or the batch is halved until the event is alone; it goes to `DATA/rejected.ndjson`
 with the server's reason and the rest carries on. A 413 halves the batch too.
 
@@ -441,7 +442,7 @@ class Emitter:
         if status == 200:
             return _Answer("accepted", status)
         reason, line = _error_of(response)
-        if status in (400, 422) or (status == 403 and line is not None):
+        if status in (400, 409, 422) or (status == 403 and line is not None):
             return _Answer("refused", status, reason, line)
         if status == 413:
             return _Answer("too_large", status, reason)

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from auditmesh.analysis.query import QueryError, single_params
-from auditmesh.collector import Collector, CollectorUnavailable
+from auditmesh.collector import Collector, CollectorUnavailable, EventConflict
 from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, EventError, decode_batch
@@ -119,6 +119,8 @@ async def admit_batch(
         indices = await collector.submit_async(events)
     except CollectorUnavailable as exc:
         return _error(503, str(exc))
+    except EventConflict as exc:  # an id the log holds with other content
+        return _error(409, f"batch rejected, nothing stored: {exc}", line=exc.line)
     except EventError as exc:  # one too large for a ledger entry
         return _error(400, f"batch rejected, nothing stored: {exc}", line=exc.line)
     # fresh_from: an index below it was in the log before this batch (a duplicate)

@@ -224,16 +224,19 @@ class SQLiteStore:
         return StoredTile(bytes(row[0]), b"" if row[1] is None else bytes(row[1]))
 
     def indices_of(self, keys: Sequence[bytes]) -> dict[bytes, int]:
-        found: dict[bytes, int] = {}
-        conn = self._writer
+        return {bytes(key): int(idx) for key, idx in self._by_key("idx", keys)}
+
+    def data_of(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        return {bytes(key): bytes(data) for key, data in self._by_key("CAST(data AS BLOB)", keys)}
+
+    def _by_key(self, column: str, keys: Sequence[bytes]) -> Iterator[tuple[Any, Any]]:
+        """(id, column) of the stored events with these ids, on the writer's connection."""
         for chunk_start in range(0, len(keys), 500):
             chunk = keys[chunk_start : chunk_start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, idx in conn.execute(
-                f"SELECT id, idx FROM events WHERE id IN ({marks})", chunk
-            ):
-                found[bytes(key)] = int(idx)
-        return found
+            yield from self._writer.execute(
+                f"SELECT id, {column} FROM events WHERE id IN ({marks})", chunk
+            )
 
     def write(
         self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], StoredTile]
