@@ -327,3 +327,90 @@ def test_destination_ip_and_sni_conditions_are_matched(
         assert (status("sni"), status("other-sni")) == (403, 200)
     finally:
         (policies / "probes.yaml").unlink()
+
+
+def watched_policy(app: str, principal: str) -> str:
+    """Only `principal` (a service account in shop) may call the workload labelled `app`."""
+    allowed = f'["cluster.local/ns/shop/sa/{principal}"]'
+    return (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: watched-allow, namespace: shop}\n"
+        f"spec:\n  selector: {{matchLabels: {{app: {app}}}}}\n  action: ALLOW\n"
+        f"  rules: [{{from: [{{source: {{principals: {allowed}}}}}]}}]\n"
+    )
+
+
+@pytest.mark.parametrize("shape", ["directory", "file"])
+def test_the_policy_watch_outlives_its_path_going_away_and_back(
+    setup: tuple[Mesh, dict[str, int], Path], tmp_path: Path, shape: str
+) -> None:
+    """`mv pol pol.x; sleep; mv pol.x pol` killed the watcher for good (an exception nobody
+    retrieved): later edits were never enforced and nothing was in the ledger. Now the
+    absence is one failure event, the set in force stays, and the path is picked up again."""
+    mesh, _, _ = setup
+    caller, target = f"caller-{shape}", f"caller-{shape}-target"
+    if shape == "directory":
+        path = tmp_path / "pol"
+        path.mkdir()
+        file = path / "allow.yaml"
+    else:
+        path = file = tmp_path / "pol.yaml"
+    file.write_text(watched_policy(target, caller))
+    target_in, caller_out = free_port(), free_port()
+    mesh.sidecar(
+        target,
+        {
+            "inbound": {"listen": address(target_in), "app": address(mesh.apps["vault"])},
+            "policies": str(path),
+            "policy_reload_s": 0.1,
+        },
+    )
+    mesh.sidecar(
+        caller,
+        {
+            "outbound": [
+                {
+                    "service": target,
+                    "listen": address(caller_out),
+                    "upstream": address(target_in),
+                    "identity": str(spiffe(target)),
+                }
+            ]
+        },
+    )
+    url = f"http://127.0.0.1:{caller_out}/secrets/1"
+
+    def changes() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in mesh.events()
+            if e["kind"] == "policy_change" and e["reporter"] == str(spiffe(target))
+        ]
+
+    def wait_changes(count: int) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 15
+        while len(found := changes()) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return found
+
+    assert [e["outcome"] for e in wait_changes(1)] == ["success"]
+    assert httpx.get(url).status_code == 200
+    path.rename(path.with_name("away"))
+    [_, gone] = wait_changes(2)
+    assert gone["outcome"] == "failure"
+    assert gone["error"]["message"] == (
+        f"policy set refused, previous kept: {path}: no such file or directory"
+    )
+    time.sleep(1.0)  # ten reload periods: reported once, not once a period
+    assert len(changes()) == 2
+    assert httpx.get(url).status_code == 200  # the set in force is still enforced
+    path.with_name("away").rename(path)
+    [*_, back] = wait_changes(3)
+    assert (back["outcome"], back["labels"]["policy.summary"]) == ("success", "no policy changed")
+    file.write_text(watched_policy(target, "someone-else"))  # an edit after the absence is enforced
+    [*_, edited] = wait_changes(4)
+    assert edited["labels"]["policy.summary"] == "changed: AuthorizationPolicy shop/watched-allow"
+    deadline = time.monotonic() + 5
+    while (status := httpx.get(url).status_code) != 403 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 403

@@ -6,7 +6,9 @@ when the files change. Every change of the effective policy set becomes a `polic
 audit event (content hash, what changed, where from), so "which policies were in force at
 time T" is answered from the ledger. A set that fails to load keeps the previous one in
 force and is reported, never silently half-applied; with no previous one (at start-up) the
-sidecar does not start, rather than serve with no policy at all (fail closed).
+sidecar does not start, rather than serve with no policy at all (fail closed). A path that
+cannot be read for a while (renamed away and back, a directory made unreadable) is such a
+refused set: reported once, the previous set enforced meanwhile, reloaded when it is back.
 """
 
 from __future__ import annotations
@@ -39,9 +41,21 @@ class Effective:
     policies: Mapping[str, str]  # "Kind ns/name" -> digest of its parsed form
 
 
-def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
-    files = yaml_files(path)
-    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+Snapshot = tuple[tuple[str, int, int], ...] | str  # files (name, mtime, size), or why none
+
+
+def _snapshot(path: Path) -> Snapshot:
+    """What the watcher compares: the files with their mtime and size, or, when the path
+    cannot be read (renamed away, unlistable), the reason, so it is reported once and the
+    path picked up again when it is back."""
+    try:
+        found = []
+        for file in yaml_files(path):
+            info = file.stat()
+            found.append((str(file), info.st_mtime_ns, info.st_size))
+        return tuple(found)
+    except (PolicyLoadError, OSError) as exc:
+        return str(exc)
 
 
 def _digest(path: Path) -> str:
@@ -96,37 +110,46 @@ class PolicyState:
         self._reporter = reporter
         self._local = local
         self._now_ns = now_ns
-        self._seen: tuple[tuple[str, int, int], ...] = ()
+        self._seen: Snapshot = ()
         self.current: Effective | None = None
 
     def load(self) -> AuditEvent:
-        """(Re)load; returns the `policy_change` event (a failure event if the set is bad)."""
+        """(Re)load; returns the `policy_change` event (a failure event if the set is bad).
+
+        Never raises: whatever goes wrong keeps the set in force (none at start-up) and is
+        the failure event's message, so a watcher that calls this outlives any error."""
+        self._seen = snapshot = _snapshot(self.path)
         try:
-            self._seen = _fingerprint(self.path)
+            if isinstance(snapshot, str):
+                raise PolicyLoadError(snapshot)
             policies = load_policies(self.path)
+            resolver = MtlsResolver(policies)
+            decision = resolver.mode(self.namespace, self.labels, self.port)
+            authorizer = PolicyEngine(policies, trust_domain=self.trust_domain).for_workload(
+                self.namespace, self.labels
+            )
+            new = Effective(
+                authorizer,
+                None if decision.level == "default" else decision.mode,
+                _digest(self.path),
+                _per_policy(policies),
+            )
         except (PolicyLoadError, OSError) as exc:
-            kept = "previous kept" if self.current is not None else "none in force"
-            return self._event("failure", f"policy set refused, {kept}: {exc}", None)
-        resolver = MtlsResolver(policies)
-        decision = resolver.mode(self.namespace, self.labels, self.port)
-        authorizer = PolicyEngine(policies, trust_domain=self.trust_domain).for_workload(
-            self.namespace, self.labels
-        )
-        new = Effective(
-            authorizer,
-            None if decision.level == "default" else decision.mode,
-            _digest(self.path),
-            _per_policy(policies),
-        )
+            return self.refused(str(exc))
+        except Exception as exc:  # a defect must not leave the sidecar without its watcher
+            return self.refused(f"unexpected {type(exc).__name__}: {exc}")
         summary = summarize(self.current.policies if self.current else {}, new.policies)
         self.current = new
         return self._event("success", summary, new)
 
+    def refused(self, reason: str) -> AuditEvent:
+        """The failure event of a set not taken: the one in force, if any, stays."""
+        kept = "previous kept" if self.current is not None else "none in force"
+        return self._event("failure", f"policy set refused, {kept}: {reason}", None)
+
     def changed(self) -> bool:
-        try:
-            return _fingerprint(self.path) != self._seen
-        except OSError:
-            return True
+        """Whether the files (or the reason they cannot be read) differ from the last load."""
+        return _snapshot(self.path) != self._seen
 
     def _event(self, outcome: str, summary: str, effective: Effective | None) -> AuditEvent:
         now = self._now_ns()

@@ -179,10 +179,22 @@ class Sidecar:
         self._spawn(self._watch_policies(self.policy))
 
     async def _watch_policies(self, state: PolicyState) -> None:
+        """Reload on change, for as long as the sidecar runs: no error ends the watch (the
+        set in force stays, and each new failure is a `policy_change` failure event)."""
+        last_error = None
         while True:
             await asyncio.sleep(self.config.policy_reload_s)
-            if state.changed():
-                self._emit(state.load())
+            try:
+                if state.changed():
+                    self._emit(state.load())
+                last_error = None
+            except Exception as exc:  # PolicyState reports its own failures; this is a defect
+                reason = f"policy watch: unexpected {type(exc).__name__}: {exc}"
+                if reason != last_error:
+                    print(f"auditmesh sidecar: {reason}", flush=True)
+                    with contextlib.suppress(Exception):
+                        self._emit(state.refused(reason))
+                last_error = reason
 
     def _decide(self, request: PolicyRequest) -> Authz | None:
         return None if self.policy is None else self.policy.decide(request)
