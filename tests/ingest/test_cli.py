@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import msgspec
 import pytest
 
 from auditmesh.cli.main import main
-from auditmesh.events import to_json_dict
+from auditmesh.events import encode_ndjson, to_json_dict
 from auditmesh.ingest import envoy, linkerd
 from auditmesh.ingest.follow import load_position
 from auditmesh.serverproc import ServerProcess, free_port
@@ -365,6 +366,27 @@ def test_follow_killed_mid_stream_loses_nothing(
     ids = envoy_ids(lines, "busy.log")
     for event_id in ids[::40] + ids[-1:]:
         assert stored(server, event_id) is not None
+
+
+def test_a_line_whose_event_id_the_log_holds_with_other_content_is_refused_alone(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # e.g. the same line mapped differently by an older auditmesh: the log keeps its event
+    lines = [line.replace("2026-03-02", "2026-07-01") for line in TEXT_LINES[:3]]
+    log = tmp_path / "access.log"
+    log.write_text("\n".join(lines) + "\n")
+    earlier = envoy.to_event(envoy.parse_line(lines[1]), "ingest:envoy:access.log")
+    other = msgspec.structs.replace(earlier, labels={**earlier.labels, "mapped.by": "v0"})
+    assert httpx.post(server.url + "/v1/events", content=encode_ndjson([other])).status_code == 200
+    code = main(["ingest", "envoy", str(log), "--server", server.url])
+    out = capsys.readouterr().out
+    counts = summary_numbers(out)
+    assert (counts["taken"], counts["refused"]) == (2, 1), out
+    (rejected,) = [
+        json.loads(x) for x in (tmp_path / "access.log.rejects").read_text().splitlines()
+    ]
+    assert rejected["line"] == 2 and "with other content" in rejected["reason"]
+    assert code != 0 or "refused" in out
 
 
 def test_unreachable_server_and_unwritable_rejects(

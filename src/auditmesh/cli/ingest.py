@@ -282,8 +282,14 @@ class Sender:
                 self.known_size = max(self.known_size, int(body["size"]))
                 return results
             line = _field(response, "line")
-            if response.status_code == 400 and isinstance(line, int) and 1 <= line <= len(todo):
-                # The batch was refused whole for one event: refuse that one, send the rest.
+            if (
+                response.status_code in (400, 409)
+                and isinstance(line, int)
+                and 1 <= line <= len(todo)
+            ):
+                # The batch was refused whole for one event: refuse that one, send the rest
+                # (409: the log holds its id with other content, e.g. the same line mapped by
+                # an older auditmesh).
                 reason = f"refused by the server: {_field(response, 'error')}"
                 results[todo.pop(line - 1)] = reason
                 continue
