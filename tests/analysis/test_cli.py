@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from auditmesh.datadir import open_ledger
 from auditmesh.ledger.merkle import leaf_hash
 from tests.analysis.calls import T0, hop
 from tests.analysis.test_graph import hand_made
+from tests.analysis.test_query import mixed
 from tests.analysis.test_trace import TRACE, checkout
 from tests.conftest import generate
 
@@ -181,3 +183,49 @@ def test_a_missing_data_directory_is_a_clear_error(
 ) -> None:
     assert main(["graph", "--data", str(tmp_path / "nowhere")]) == 2
     assert "no ledger at" in capsys.readouterr().err
+
+
+def test_the_names_graph_prints_are_what_query_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: `graph` printed `unknown → payments.shop` (an Envoy outbound line names no
+    caller), but `query --dest payments.shop`, `--service frontend.shop` and `--source
+    unknown` answered `no events match`. Each edge's names with --calls once now list the
+    calls it counts, as many as it says."""
+    path = tmp_path / "data"
+    ledger = open_ledger(path, origin="test/cli")
+    ledger.log.append([entry_of(e) for e in mixed()])
+    ledger.close()
+    assert main(["graph", "--data", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"^ unknown +payments\.shop +2 ", table, re.M), table
+    assert "query --source CALLER --dest CALLEE --calls once" in _help(["graph"], capsys)
+    for filters in (
+        ["--dest", "payments.shop"],
+        ["--service", "frontend.shop"],
+        ["--source", "unknown"],
+    ):
+        assert main(["query", "--data", str(path), *filters]) == 0
+        out = capsys.readouterr().out
+        assert "no events match" not in out and " events (" in out, filters
+    assert main(["graph", "--data", str(path), "--format", "json"]) == 0
+    edges = json.loads(capsys.readouterr().out)["edges"]
+    assert len(edges) == 8
+    for edge in edges:
+        argv = ["query", "--data", str(path), "--format", "json", "--limit", "1000"]
+        argv += ["--source", edge["source"], "--dest", edge["dest"], "--calls", "once"]
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["count"] == edge["requests"], edge
+    # without --calls once, both sides of each call are listed
+    both = ["query", "--data", str(path), "--format", "json", "--limit", "1000"]
+    assert main([*both, "--source", "frontend.bookinfo", "--dest", "reviews.bookinfo"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 8
+    with pytest.raises(SystemExit):
+        main([*both, "--calls", "twice"])
+    assert "invalid choice: 'twice'" in capsys.readouterr().err
+
+
+def _help(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())

@@ -10,7 +10,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from auditmesh.analysis import graph
 from auditmesh.analysis.query import (
+    CALL_KINDS,
+    UNKNOWN,
     Cursor,
     Query,
     QueryError,
@@ -23,6 +26,7 @@ from auditmesh.analysis.query import (
     single_params,
     sql,
 )
+from auditmesh.analysis.rollup import Rollup
 from auditmesh.collector import entry_of
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, Peer, new_event_id
@@ -400,3 +404,279 @@ def test_a_range_filter_alone_chooses_its_index_or_the_time_scan_by_count(
     narrowed, params = sql(Query(dest="payments", status="5xx"))
     plan = [row[3] for row in ledger.store.query("EXPLAIN QUERY PLAN " + narrowed, params)]
     assert plan == ["SEARCH events USING INDEX events_dest_service (dest_service=?)"]
+
+
+# -- the service graph's names, and its calls -------------------------------------------
+
+LEGACY_ID = "spiffe://cluster.local/ns/shop/sa/legacy"
+
+
+def mixed() -> list[AuditEvent]:
+    """Calls in two namespaces (a `frontend` in each), named as the graph names them in every
+    way it can: callers with no identity and no service (`unknown`), one known by its SPIFFE
+    ID alone, a service whose name has dots, a callee that is only an address; calls reported
+    by both sides, by one, without trace context; a hop whose caller's report (no identity)
+    and callee's report (orders) name the call differently; and events that are not calls."""
+    events: list[AuditEvent] = []
+    traces = iter(f"{n:032x}" for n in range(1, 10**6))
+
+    def add(caller: str | None, callee: str, n: int = 1, **details: object) -> None:
+        for _ in range(n):
+            parts, _, _ = hop(caller, callee, trace_id=next(traces), parent=None, **details)  # type: ignore[arg-type]
+            events.extend(parts)
+
+    add("frontend", "payments", 3, time_ns=T0)
+    add("frontend", "payments", 2, time_ns=T0 + 65 * 10**9, sides=("inbound",))
+    add("frontend", "payments", 2, time_ns=T0 + 70 * 10**9, sides=("outbound",), status=503)
+    add("frontend", "reviews", 4, time_ns=T0 + 80 * 10**9, namespace="bookinfo")
+    add(None, "frontend", 3, time_ns=T0 + 2 * 10**9, mtls=False)  # the ingress: no identity
+    add(None, "payments", 2, time_ns=T0 + 90 * 10**9, sides=("outbound",), mtls=False)
+    # an Envoy-style outbound report without the caller, and the callee's report of that hop
+    renamed, _, _ = hop("orders", "payments", trace_id=next(traces), parent=None, time_ns=T0)
+    outbound, inbound = renamed
+    events += [msgspec.structs.replace(outbound, source=Peer(ip="10.1.2.3")), inbound]
+    # reported both ways, but without trace context: each report counts
+    untraced, _, _ = hop("orders", "payments", trace_id=next(traces), parent=None, time_ns=T0)
+    events += [msgspec.structs.replace(e, trace=None) for e in untraced]
+    # a caller known by its SPIFFE ID alone (an Envoy inbound line), a dotted service name
+    legacy, _, _ = hop("x", "payments", trace_id=next(traces), parent=None, time_ns=T0)
+    events += [
+        msgspec.structs.replace(e, source=Peer(identity=LEGACY_ID, namespace="shop"))
+        for e in legacy
+    ]
+    dotted, _, _ = hop("x", "payments", trace_id=next(traces), parent=None, time_ns=T0)
+    events += [msgspec.structs.replace(e, source=Peer(service="com.example.batch")) for e in dotted]
+    # a callee that is an address only
+    blind, _, _ = hop("orders", "x", trace_id=next(traces), parent=None, time_ns=T0)
+    events += [msgspec.structs.replace(e, destination=Peer(ip="10.9.0.1", port=443)) for e in blind]
+    # not calls: an authentication failure by an unknown client, an audit read
+    authn = msgspec.structs.replace(
+        events[0], id=new_event_id(), kind="authn", http=None, authz=None, trace=None,
+        source=Peer(ip="10.7.7.7"),
+    )  # fmt: skip
+    reader = msgspec.structs.replace(
+        authn, id=new_event_id(), kind="audit_read", direction=None, source=None
+    )
+    return [*events, authn, reader]
+
+
+@pytest.fixture(scope="module")
+def mixed_ledger(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Ledger, list[AuditEvent]]]:
+    events = mixed()
+    ledger = open_ledger(tmp_path_factory.mktemp("mixed") / "data", origin="test/mixed")
+    ledger.log.append([entry_of(e) for e in events])
+    yield ledger, events
+    ledger.close()
+
+
+def party_key(peer: Peer | None) -> tuple[str, str]:
+    """(namespace, name) of a party as rollup.py keys it."""
+    peer = peer or Peer()
+    return peer.namespace or "", peer.service or peer.identity or ""
+
+
+def counted(events: list[AuditEvent]) -> list[int]:
+    """The indices of the events the service graph counts (rollup.py `fold`, whole ledger)."""
+    answered = {
+        (e.trace.trace_id, e.trace.parent_span_id)
+        for e in events
+        if e.kind in CALL_KINDS and e.direction == "inbound" and e.trace is not None
+    }
+    chosen = []
+    for index, e in enumerate(events):
+        if e.kind not in CALL_KINDS:
+            continue
+        hop_id = None if e.trace is None else e.trace.span_id
+        if (
+            e.direction == "outbound"
+            and e.trace
+            and hop_id
+            and (e.trace.trace_id, hop_id) in answered
+        ):
+            continue
+        chosen.append(index)
+    return chosen
+
+
+def console_name(namespace: str, service: str) -> str:
+    """pages/graphdata.js `partyName`: `service.namespace` whenever the namespace is known."""
+    if service.startswith("spiffe://") or not namespace:
+        return service
+    return f"{service}.{namespace}"
+
+
+def graph_of(ledger: Ledger, since_ns: int | None = None) -> graph.Graph:
+    rollup = Rollup(ledger.store, None)
+    try:
+        return graph.compute(rollup, since_ns=since_ns, until_ns=None, now_ns=T0 + 10**12)
+    finally:
+        rollup.close()
+
+
+@pytest.mark.parametrize("since_ns", [None, T0 + 75 * 10**9])
+def test_an_edges_names_select_exactly_the_calls_it_counts(
+    mixed_ledger: tuple[Ledger, list[AuditEvent]], since_ns: int | None
+) -> None:
+    """For every edge of the graph, the filters the console's "Open in event search" sends
+    (its ends, calls=once, since the graph's window start) and the names `graph` prints both
+    select exactly the events the edge counts: the same events `fold` counted, as many."""
+    ledger, events = mixed_ledger
+    result = graph_of(ledger, since_ns)
+    names = graph.node_names(result)
+    assert result.from_ns is not None
+    assert len({n for n in names.values()}) == len(names)  # the printed names are all distinct
+    if since_ns is None:
+        assert {"unknown", "payments.shop", "frontend.bookinfo", LEGACY_ID} <= set(names.values())
+    else:  # whole minutes: the window starts before `since`, and the links say so
+        assert result.from_ns == T0 + 60 * 10**9
+    seen: set[int] = set()
+    for edge in result.edges:
+        key = (edge.source_namespace, edge.source, edge.dest_namespace, edge.dest)
+        want = [
+            i
+            for i in expected(events, lambda e: e.time_ns >= result.from_ns)  # type: ignore[operator]
+            if i in set(counted(events))
+            and (*party_key(events[i].source), *party_key(events[i].destination))
+            == tuple(k if k != graph.UNKNOWN else "" for k in key)
+        ]
+        console = Query(
+            source=console_name(edge.source_namespace, edge.source),
+            dest=console_name(edge.dest_namespace, edge.dest),
+            calls="once",
+            since_ns=result.from_ns,
+            limit=5000,
+        )
+        printed = replace(
+            console,
+            source=names[(edge.source_namespace, edge.source)],
+            dest=names[(edge.dest_namespace, edge.dest)],
+        )
+        for query in (console, printed):
+            got = [i for i, _ in run(ledger.store, query).rows]
+            assert got == want and len(got) == edge.requests, (edge, query)
+        seen.update(want)
+    assert len(seen) == result.requests  # every counted call belongs to one edge
+
+
+def test_the_graph_names_select_as_the_rollup_names(
+    mixed_ledger: tuple[Ledger, list[AuditEvent]],
+) -> None:
+    ledger, events = mixed_ledger
+
+    def select(**filters: str) -> list[int]:
+        return [i for i, _ in run(ledger.store, Query(limit=5000, **filters)).rows]  # type: ignore[arg-type]
+
+    def key(peer: Peer | None) -> tuple[str, str]:
+        return party_key(peer)
+
+    # `service.namespace`: the service in that namespace, not its namesake elsewhere
+    assert select(source="frontend.shop") == expected(
+        events, lambda e: key(e.source) == ("shop", "frontend")
+    )
+    assert select(service="frontend.bookinfo") == expected(
+        events, lambda e: ("bookinfo", "frontend") in (key(e.source), key(e.destination))
+    )
+    assert select(dest="payments.shop") == expected(
+        events, lambda e: key(e.destination) == ("shop", "payments")
+    )
+    # a bare name still means the service in any namespace
+    assert select(source="frontend") == expected(events, lambda e: src(e).service == "frontend")
+    assert len(select(source="frontend")) > len(select(source="frontend.shop"))
+    # `unknown`: no identity and no service, whatever the event (an audit read has no source)
+    unknown = expected(events, lambda e: key(e.source)[1] == "")
+    assert select(source="unknown") == unknown
+    assert {events[i].kind for i in unknown} == {"http", "authn", "audit_read"}
+    assert select(dest="unknown") == expected(events, lambda e: key(e.destination)[1] == "")
+    assert select(service="unknown") == expected(
+        events, lambda e: "" in (key(e.source)[1], key(e.destination)[1])
+    )
+    # a dotted service name is still itself; a SPIFFE ID still the identity
+    assert select(source="com.example.batch") == expected(
+        events, lambda e: src(e).service == "com.example.batch"
+    )
+    assert select(source=LEGACY_ID) == expected(events, lambda e: src(e).identity == LEGACY_ID)
+    # either side takes what source and dest take (a SPIFFE ID there used to match nothing)
+    orders = "spiffe://cluster.local/ns/shop/sa/orders"
+    assert select(service=orders) == expected(
+        events, lambda e: orders in (src(e).identity, dst(e).identity)
+    )
+    # no namespace of that name, no service of that name: nothing
+    assert select(dest="payments.nowhere") == []
+
+
+def test_calls_once_counts_each_call_once_preferring_the_callee(
+    mixed_ledger: tuple[Ledger, list[AuditEvent]],
+) -> None:
+    ledger, events = mixed_ledger
+    got = [i for i, _ in run(ledger.store, Query(calls="once", limit=5000)).rows]
+    assert got == [i for i in expected(events, lambda e: True) if i in set(counted(events))]
+    assert len(got) == graph_of(ledger).requests
+    # the caller's report of a hop its callee reported is left out; the callee's is in
+    renamed_out = next(
+        i for i, e in enumerate(events) if e.direction == "outbound" and src(e).ip == "10.1.2.3"
+    )
+    assert renamed_out not in got and renamed_out + 1 in got
+    # with the other filters: the inbound calls are all in, the outbound ones unanswered
+    outbound = [
+        i for i, _ in run(ledger.store, Query(calls="once", direction="outbound", limit=5000)).rows
+    ]
+    assert outbound and all(events[i].direction == "outbound" for i in outbound)
+    assert run(ledger.store, Query(calls="once", kind="authn")).rows == []
+
+
+def test_the_new_name_forms_page_and_use_indexes(
+    mixed_ledger: tuple[Ledger, list[AuditEvent]],
+) -> None:
+    ledger, events = mixed_ledger
+    for query in (
+        Query(source="unknown", dest="payments.shop", calls="once"),
+        Query(dest="payments.shop"),
+        Query(source="unknown"),
+        Query(service="frontend.shop"),
+        Query(service="unknown", order="oldest"),
+        Query(source="frontend.shop", dest="payments", decision="allow"),
+    ):
+        for after in (None, Cursor(T0, 10, query.fingerprint())):
+            text, params = sql(query, after)
+            plan = [row[3] for row in ledger.store.query("EXPLAIN QUERY PLAN " + text, params)]
+            scans = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
+            assert scans and all("USING" in step for step in scans), (query, plan)
+            assert not any("TEMP B-TREE" in step for step in plan), (query, plan)
+        whole = [i for i, _ in run(ledger.store, replace(query, limit=5000)).rows]
+        paged: list[int] = []
+        cursor = None
+        while True:
+            page = run(ledger.store, replace(query, limit=3), cursor)
+            paged.extend(i for i, _ in page.rows)
+            if page.next is None:
+                break
+            cursor = page.next
+        assert whole and paged == whole, query
+    del events
+
+
+def test_calls_is_a_filter_of_its_own_and_old_cursors_stay_valid() -> None:
+    query, _ = parse_params({"dest": "payments.shop", "calls": "once"}, T0)
+    assert query == Query(dest="payments.shop", calls="once")
+    assert "calls=once" in describe(query)
+    with pytest.raises(QueryError, match="calls: 'twice' is not one of once"):
+        parse_params({"calls": "twice"}, T0)
+    # the fingerprints of queries without `calls` are those issued before it existed
+    assert Query(dest="catalog").fingerprint() == "d7279039da010a21"
+    assert Query(source="unknown", order="oldest").fingerprint() == "0230a13deaf9f33f"
+    assert Query(dest="catalog", calls="once").fingerprint() != Query(dest="catalog").fingerprint()
+    assert graph.UNKNOWN == UNKNOWN
+
+
+def test_parse_time_keeps_nanoseconds() -> None:
+    """An event time shown to the nanosecond (the console's links) reads back as itself."""
+    assert parse_time("2025-11-28T03:20:00.123456789Z", T0) == T0 + 123_456_789
+    assert parse_time("2025-11-28T03:20:00.000000001Z", T0) == T0 + 1
+    assert parse_time("2025-11-28T04:20:00.5+01:00", T0) == T0 + 500_000_000
+    assert parse_time("2025-11-28T03:20:00.1234567899Z", T0) == T0 + 123_456_789
+    assert parse_time("2025-11-28T03:20:00,25Z", T0) == T0 + 250_000_000
+    assert parse_time("1969-12-31T23:59:59.5Z", T0) == -500_000_000
+    with pytest.raises(QueryError, match="time zone"):
+        parse_time("2025-11-28T03:20:00.5", T0)

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 from selenium.webdriver.common.by import By
 
+from auditmesh.analysis.query import parse_time
 from auditmesh.events import AuditEvent, encode_ndjson
 from auditmesh.ledger import merkle
 from auditmesh.ledger.bundle import verify_bundle
@@ -44,6 +49,23 @@ def no_console_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     browser.console_messages()
     errors = [e["message"] for e in browser.logs[start:] if e.get("level") == "SEVERE"]
     assert errors == []
+
+
+def rfc3339(ns: int) -> str:
+    """RFC 3339 UTC to the nanosecond, trailing zeros dropped (analysis/query.py `_iso`)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    whole = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return whole + (f".{rest:09d}".rstrip("0") if rest else "") + "Z"
+
+
+def api_events(server: Served, params: dict[str, str]) -> list[dict[str, Any]]:
+    answer = httpx.get(
+        f"{server.url}/v1/events",
+        params={**params, "limit": "1000"},
+        headers={"authorization": f"Bearer {server.token}"},
+    )
+    assert answer.status_code == 200, answer.text
+    return [item["event"] for item in answer.json()["events"]]
 
 
 def fits_laptop(browser: Browser) -> None:
@@ -252,7 +274,7 @@ def test_proof_verifier_matches_rfc9162(browser: Browser) -> None:
 
 
 def test_findings_name_who_misbehaves_with_evidence(
-    browser: Browser, demo: Demo, tmp_path: Path
+    browser: Browser, demo: Demo, server: Served, tmp_path: Path
 ) -> None:
     browser.open("#/findings")
     cards = browser.find_all("#findings-list article")
@@ -287,11 +309,31 @@ def test_findings_name_who_misbehaves_with_evidence(
     assert f"{len(report.indices)} events with proofs saved" == badge
     assert len(report.indices) >= len(evidence)  # every event of it, not only those listed
     # and the search link selects the events behind the finding
+    window = {
+        k: str(denials.get_attribute(f"data-{k.replace('_', '-')}")) for k in ("start_ns", "end_ns")
+    }
     denials.find_element(By.PARTIAL_LINK_TEXT, "Search these events").click()
     browser.wait_until("document.body.dataset.page === 'events'")
     browser.wait_settled()
     rows = browser.find_all("#results tbody tr")
     assert rows and all("deny" in r.text and "batch-report" in r.text for r in rows)
+    # regression: the Since field showed raw nanoseconds (1795923020000000000); it shows the
+    # time as RFC 3339, to the nanosecond, and the search is the one the nanoseconds made
+    since = browser.find("#f-since").get_attribute("value")
+    until = browser.find("#f-until").get_attribute("value")
+    assert since == rfc3339(int(window["start_ns"])), since
+    assert until == rfc3339(int(window["end_ns"]) + 1), until
+    by_ns = api_events(
+        server,
+        dict(
+            browser.js(
+                "return Object.fromEntries(new URLSearchParams(location.hash.split('?')[1]))"
+            ),
+            since=window["start_ns"],
+            until=str(int(window["end_ns"]) + 1),
+        ),
+    )
+    assert [r.get_attribute("data-id") for r in rows] == [e["id"] for e in by_ns][: len(rows)]
     # an error burst blames the callee: its link selects the calls catalog failed
     browser.open("#/findings")
     burst = browser.find('#findings-list article[data-kind="error_burst"]')
@@ -451,3 +493,189 @@ def test_reported_events_are_told_apart_from_observed_ones(
     _, observed = denied
     browser.open(f"#/event/{observed.id}")
     assert browser.wait_for(".summary .provenance").text == "observed"
+
+
+def test_pinning_a_key_checks_it_first(browser: Browser, demo: Demo) -> None:
+    """Regression: `garbage-key` was pinned ("Pinned, and it differs…") and its format error
+    showed only later, on an event page. The Pin button checks the key and says why not."""
+    browser.open("#/overview")
+    field = browser.wait_for("#pin-key")
+    status = browser.find("#pin-status")
+    for wrong, reason in (
+        ("garbage-key", "the verifier key is not name+keyid+key"),
+        ("log+0badc0de+AWXl5TmBvs+MQ1CPTuH7Y6jZtE8KTeHZzkCxM9X9RkYA", "id does not match"),
+    ):
+        field.clear()
+        field.send_keys(wrong)
+        browser.find("#pin-button").click()
+        browser.wait_until(
+            f"document.getElementById('pin-status').textContent.includes({reason!r})"
+        )
+        assert status.text.startswith("Refused:") and "nothing is pinned" in status.text
+        assert status.get_attribute("role") == "alert"
+        assert browser.js("return localStorage.getItem('auditmesh.vkey')") is None
+    browser.screenshot("overview-pin-refused", full=False)
+    served = (demo.data / "keys" / "log.vkey").read_text().strip()
+    field.clear()
+    field.send_keys(served)
+    browser.find("#pin-button").click()
+    browser.wait_until("document.getElementById('pin-status').textContent.includes('same key')")
+    assert browser.js("return localStorage.getItem('auditmesh.vkey')") == served
+    assert status.get_attribute("role") is None
+    # a wrong key keeps the pin there is, and says so
+    field.clear()
+    field.send_keys("garbage-key")
+    browser.find("#pin-button").click()
+    browser.wait_until(
+        "document.getElementById('pin-status').textContent.includes('pinned before stays')"
+    )
+    assert browser.js("return localStorage.getItem('auditmesh.vkey')") == served
+    # a bad key pinned before pins were checked is named as such on the overview
+    browser.js("localStorage.setItem('auditmesh.vkey', 'garbage-key')")
+    browser.open("#/overview")
+    browser.wait_until(
+        "document.getElementById('pin-status').textContent.includes('not a verifier key')"
+    )
+    browser.find("#unpin-button").click()
+    browser.wait_until("document.getElementById('pin-status').textContent.startsWith('Not pinned')")
+    assert browser.js("return localStorage.getItem('auditmesh.vkey')") is None
+
+
+def test_the_edge_query_and_time_helpers(browser: Browser) -> None:
+    """graphdata.js `edgeQuery` and dom.js `fmtRfc3339` as functions: the names of each kind
+    of graph node, and times that parse_time reads back to the same nanosecond."""
+    browser.open("#/overview")
+    times = [0, 1, -1, -500_000_000, 1_795_923_020_000_000_000, 1_795_923_020_459_057_024]
+    times += [random.Random(3339).randrange(-(2**62), 2**63 - 1) for _ in range(50)]
+    result = browser.driver.execute_async_script(
+        """
+        const [times, done] = arguments;
+        const modules = ["/console/static/dom.js", "/console/static/pages/graphdata.js"];
+        Promise.all(modules.map((m) => import(m)))
+          .then(([dom, graph]) => {
+            const edge = (sourceService, sourceNamespace, destService, destNamespace) =>
+              graph.edgeQuery({ sourceService, sourceNamespace, destService, destNamespace },
+                              1795923000000000000);
+            done(JSON.stringify({
+              times: times.map((t) => dom.fmtRfc3339(BigInt(t))),
+              edges: [
+                edge("unknown", null, "payments", "shop"),
+                edge("orders", "shop", "payments", "shop"),
+                edge("spiffe://cluster.local/ns/shop/sa/legacy", "shop", "payments", null),
+                edge("unknown", "shop", "unknown", null),
+                graph.edgeQuery({ sourceService: "a", destService: "b" }, null),
+              ],
+            }));
+          }, (e) => done(String(e)));
+        """,
+        [str(t) for t in times],
+    )
+    answer = json.loads(result)
+    for ns, text in zip(times, answer["times"], strict=True):
+        assert text == rfc3339(ns) and parse_time(text, 0) == ns, (ns, text)
+    since = "2026-11-29T03:30:00Z"
+    assert answer["edges"] == [
+        {"source": "unknown", "dest": "payments.shop", "calls": "once", "since": since},
+        {"source": "orders.shop", "dest": "payments.shop", "calls": "once", "since": since},
+        {
+            "source": "spiffe://cluster.local/ns/shop/sa/legacy",
+            "dest": "payments",
+            "calls": "once",
+            "since": since,
+        },
+        {"source": "unknown.shop", "dest": "unknown", "calls": "once", "since": since},
+        {"source": "a", "dest": "b", "calls": "once"},
+    ]
+
+
+ENVOY_OUTBOUND = {
+    "method": "POST", "path": "/charges", "protocol": "HTTP/1.1", "response_code": 200,
+    "response_flags": "-", "response_code_details": "via_upstream", "bytes_received": 11,
+    "bytes_sent": 21, "duration": 3, "upstream_service_time": "2", "user_agent": "curl/8",
+    "upstream_host": "10.244.1.9:8080", "upstream_local_address": "10.244.1.5:40000",
+    "downstream_local_address": "10.96.33.4:8080", "downstream_remote_address": "10.244.1.5:6",
+    "route_name": "default",
+}  # fmt: skip
+
+
+def test_an_edge_opens_exactly_the_calls_it_counts(
+    browser: Browser, server: Served, tmp_path: Path
+) -> None:
+    """Regression: with an Envoy outbound line (its caller unknown) the graph showed `unknown →
+    payments.shop  1`, and its "Open in event search" asked for dest=payments&direction=inbound:
+    the demo's orders and batch-report calls, and not that one. (Runs last: the lines put a
+    second namespace in the graph, so its names are qualified from here on.)"""
+    now = datetime.now(UTC)
+    lines = []
+    for n, host in enumerate(("payments.shop", "reviews.bookinfo")):
+        lines.append(
+            {
+                **ENVOY_OUTBOUND,
+                "start_time": now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                "authority": f"{host}.svc.cluster.local:8080",
+                "upstream_cluster": f"outbound|8080||{host}.svc.cluster.local",
+                "request_id": f"5d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d{n}",
+                "traceparent": f"00-{n + 1:032x}-{n + 1:016x}-01",
+            }
+        )
+    log = tmp_path / "access.log"
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    ingest = [sys.executable, "-m", "auditmesh", "ingest", "envoy", str(log), "--quiet"]
+    result = subprocess.run(
+        [*ingest, "--server", server.url], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    [reported] = api_events(server, {"trace": f"{1:032x}"})
+    browser.open("#/graph")
+    browser.wait_for("#edge-table tbody tr")
+    rows = {
+        tuple(cell.text for cell in row.find_elements(By.CSS_SELECTOR, "td")[:3]): row
+        for row in browser.find_all("#edge-table tbody tr")
+    }
+    assert ("unknown", "payments.shop", "1") in rows, sorted(rows)
+    rows[("unknown", "payments.shop", "1")].click()
+    browser.wait_for("#edge-events tbody tr")
+    link = str(browser.find("#edge-search").get_attribute("href"))
+    query = dict(
+        browser.js(
+            "return Object.fromEntries(new URLSearchParams(arguments[0]))", link.split("?")[1]
+        )
+    )
+    assert {k: query[k] for k in ("source", "dest", "calls")} == {
+        "source": "unknown",
+        "dest": "payments.shop",
+        "calls": "once",
+    }
+    assert parse_time(query["since"], 0) % 60_000_000_000 == 0  # the graph's whole minutes
+    [listed] = browser.find_all("#edge-events tbody tr")
+    assert reported["id"][:18] in listed.text and "outbound" in listed.text
+    browser.screenshot("graph-edge-unknown-caller")
+    browser.find("#edge-search").click()
+    browser.wait_until("document.body.dataset.page === 'events'")
+    browser.wait_settled()
+    assert [r.get_attribute("data-id") for r in browser.find_all("#results tbody tr")] == [
+        reported["id"]
+    ]
+    assert browser.find("#f-calls").get_attribute("value") == "once"
+    assert browser.find("#f-since").get_attribute("value") == query["since"]
+    fits_laptop(browser)
+    browser.screenshot("search-edge-unknown-caller")
+    # every edge: its link finds as many events as the edge counts calls
+    browser.open("#/graph")
+    browser.wait_for("#edge-table tbody tr")
+    edges = browser.find_all("#edge-table tbody tr")
+    assert len(edges) >= 9
+    for position in range(len(edges)):
+        row = browser.find_all("#edge-table tbody tr")[position]
+        source, dest, calls = (c.text for c in row.find_elements(By.CSS_SELECTOR, "td")[:3])
+        row.click()
+        browser.wait_until(
+            "(document.querySelector('#edge-detail h2') || {}).textContent === "
+            f"{source + ' → ' + dest!r} && (document.querySelector('#edge-events') || "
+            "document.getElementById('edge-detail').textContent.includes('No events'))"
+        )
+        href = str(browser.find("#edge-search").get_attribute("href"))
+        params = browser.js(
+            "return Object.fromEntries(new URLSearchParams(arguments[0]))", href.split("?")[1]
+        )
+        assert len(api_events(server, params)) == int(calls), (source, dest, params)

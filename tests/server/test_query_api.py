@@ -303,3 +303,32 @@ def test_the_server_answers_503_when_a_read_cannot_be_audited(tmp_path: Path) ->
     assert sent[0]["status"] == 503
     assert b"could not be audited" in sent[1]["body"]  # type: ignore[operator]
     assert all(b"secret" not in m.get("body", b"") for m in sent)  # type: ignore[operator]
+
+
+def test_an_edges_calls_over_http_and_through_the_cli(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the console's "Open in event search" asks: each edge's ends with calls=once over
+    the graph's window select as many events as the edge counts; the CLI's --url passes
+    --calls on."""
+    window = {"since": str(T0 + DAY), "until": str(T0 + DAY + 60 * 10**9)}
+    body = served.get("/v1/graph", **window).json()
+    assert body["edges"]
+    for edge in body["edges"]:
+        page = served.get(
+            "/v1/events", source=edge["source"], dest=edge["dest"], calls="once", limit=1000,
+            since=str(body["window"]["from_ns"]), until=str(body["window"]["to_ns"]),
+        )  # fmt: skip
+        assert page.status_code == 200, page.text
+        assert page.json()["count"] == edge["requests"], edge
+    both = served.get("/v1/events", source="frontend", dest="orders", limit=1000, **window)
+    assert both.json()["count"] == 6  # both reports of each of the 3 calls
+    assert served.get("/v1/events", calls="twice").status_code == 400
+    argv = ["query", "--source", "frontend", "--dest", "orders", "--calls", "once"]
+    argv += ["--since", window["since"], "--format", "json", "--token", served.token]
+    assert main([*argv, "--url", served.url]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert main([*argv[:-2], "--data", str(served.server.data_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == remote["events"]
+    assert remote["count"] == 3
+    assert {item["event"]["direction"] for item in remote["events"]} == {"inbound"}

@@ -6,11 +6,17 @@ turns it into one SELECT over the `events` table's indexed columns (store/sqlite
 The CLI and the HTTP API build a `Query` with `parse_params` (or directly) and share the rest.
 
 Filters are ANDed:
-    source, dest    a SPIFFE ID (`spiffe://…`) or a service name of the caller / the callee
-    service         a service name on either side (the caller or the callee)
+    source, dest    the caller / the callee: a SPIFFE ID (`spiffe://…`), a service name in any
+                    namespace, or a node of the service graph as it is printed: `service.namespace`
+                    (the service in that namespace, or a service of that whole name), and
+                    `unknown` (no identity and no service, or a service named so)
+    service         any of those on either side (the caller or the callee)
     path            an exact HTTP path, or a prefix ending in `*` (`/orders*`)
     status          an HTTP status (`404`) or a class (`5xx`)
     decision        allow | deny | audit;   kind, direction, trace_id: exact
+    calls           `once`: calls only (http, tcp), each once, as the service graph counts
+                    them (analysis/rollup.py): the callee's report, and the caller's only when no
+                    callee's report of that hop is stored
     since, until    event time, since inclusive, until exclusive (nanoseconds)
 
 Orders: `newest` (event time descending, ties by index), `oldest`, and `index` (ledger order,
@@ -22,7 +28,8 @@ and misses none (events reach the ledger in index order, not always in time orde
 Index use (checked by EXPLAIN QUERY PLAN in tests/analysis/test_query.py): every equality filter
 has an index `(column, time_ns)`, which also yields `newest`/`oldest` order without sorting;
 kinds other than http/tcp and deny/audit decisions have small partial indexes, so the query
-repeats the partial index's WHERE term; `service` runs as two index scans merged (UNION ALL).
+repeats the partial index's WHERE term; `service` runs as two index scans merged (UNION ALL),
+and so does a name of several readings (`payments.shop`, `unknown`): one scan per reading.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, get_args
 
 import msgspec
@@ -42,6 +49,8 @@ ORDERS: tuple[str, ...] = get_args(Order)
 KINDS = ("http", "tcp", "authn", "identity", "policy_change", "audit_read", "system")
 DECISIONS = ("allow", "deny", "audit")
 DIRECTIONS = ("inbound", "outbound")
+CALLS = ("once",)
+UNKNOWN = "unknown"  # the service graph's name of a party with no identity and no service
 CALL_KINDS = ("http", "tcp")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000  # per page of the HTTP API; the CLI pages through more
@@ -52,6 +61,9 @@ MIN_TRACE_PREFIX = 8  # the digits of a trace id the query table prints
 TRACE_OR_PREFIX = re.compile(rf"^[0-9a-f]{{{MIN_TRACE_PREFIX},32}}$")
 """A whole W3C trace id (Trace Context §3.2.2.3: 32 lowercase hex), or its first digits."""
 _DURATION = re.compile(r"^(\d+)([smhd])$")
+_FRACTION = re.compile(r"(?<=:\d\d)[.,](\d+)(?=[+-]\d\d:?\d\d$|$)")
+"""The fraction of a time's seconds (`…:07.5+00:00`); ISO 8601 allows a comma."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PARAMS = (
     "source",
@@ -63,6 +75,7 @@ PARAMS = (
     "trace",
     "kind",
     "direction",
+    "calls",
     "since",
     "until",
     "order",
@@ -99,6 +112,7 @@ class Query:
     until_ns: int | None = None
     order: Order = "newest"
     limit: int = DEFAULT_LIMIT
+    calls: str | None = None  # "once": each call once, as the service graph counts it
 
     def __post_init__(self) -> None:
         for name in ("source", "dest", "service"):
@@ -109,6 +123,7 @@ class Query:
             ("decision", self.decision, DECISIONS),
             ("kind", self.kind, KINDS),
             ("direction", self.direction, DIRECTIONS),
+            ("calls", self.calls, CALLS),
             ("order", self.order, ORDERS),
         ):
             if value is not None and value not in allowed:
@@ -129,8 +144,10 @@ class Query:
     def fingerprint(self) -> str:
         """What a cursor is bound to: the filters and the order. Not the page size, and not
         the time bounds, which a relative `--since 15m` moves between two pages."""
-        fields = replace(self, since_ns=None, until_ns=None, limit=DEFAULT_LIMIT)
-        return hashlib.sha256(repr(astuple(fields)).encode()).hexdigest()[:16]
+        fields = astuple(replace(self, since_ns=None, until_ns=None, limit=DEFAULT_LIMIT))
+        if self.calls is None:  # the cursors issued before `calls` existed stay valid
+            fields = fields[:-1]
+        return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +195,81 @@ def _status(text: str) -> tuple[int, int] | None:
     return None
 
 
-def _party(column_prefix: str, value: str) -> tuple[str, str]:
-    column = "_id" if _SPIFFE.match(value) else "_service"
-    return f"{column_prefix}{column} = ?", value
+Reading = tuple[str | None, str | None]
+"""One reading of a party filter: (service, namespace); service None means no identity and no
+service (the graph's `unknown`), namespace None any namespace."""
+
+
+def readings(value: str) -> list[Reading]:
+    """The parties a non-SPIFFE name selects, as the service graph names them (graph.py
+    `node_names`, rollup.py): `payments` a service in any namespace; `payments.shop` also the
+    service `payments` in the namespace `shop` (split at the last dot: a namespace is a DNS
+    label); `unknown` also a party with no identity and no service, `unknown.shop` such a
+    party in `shop`. Distinct services, so no event matches two readings."""
+    found: list[Reading] = [(value, None)]
+    if value == UNKNOWN:
+        found.append((None, None))
+    service, dot, namespace = value.rpartition(".")
+    if dot and service and namespace:
+        found.append((service, namespace))
+        if service == UNKNOWN:
+            found.append((None, namespace))
+    return found
+
+
+def _reading_sql(side: str, reading: Reading, *, total: bool = False) -> tuple[str, list[object]]:
+    """`side`'s party is this reading. `total`: written with IS, so that it is never NULL
+    (its NOT is then true where a column is NULL)."""
+    service, namespace = reading
+    eq = "IS" if total else "="
+    params: list[object] = []
+    if service is None:
+        text = f"{side}_service IS NULL AND {side}_id IS NULL"
+    else:
+        text = f"{side}_service {eq} ?"
+        params.append(service)
+    if namespace is not None:
+        text += f" AND {side}_ns {eq} ?"
+        params.append(namespace)
+    return text, params
+
+
+def _party_arms(side: str, value: str, *, total: bool = False) -> list[tuple[str, list[object]]]:
+    """The disjoint conditions under which `side`'s party is `value`, one per reading."""
+    if _SPIFFE.match(value):
+        return [(f"{side}_id {'IS' if total else '='} ?", [value])]
+    return [_reading_sql(side, reading, total=total) for reading in readings(value)]
+
+
+def _party(side: str, value: str, *, total: bool = False) -> tuple[str, list[object]]:
+    """`side`'s party is `value`, as one condition."""
+    arms = _party_arms(side, value, total=total)
+    if len(arms) == 1:
+        return arms[0]
+    return (
+        "(" + " OR ".join(f"({text})" for text, _ in arms) + ")",
+        [value for _, params in arms for value in params],
+    )
+
+
+def _service_arms(value: str) -> list[tuple[str, list[object]]]:
+    """`value` on either side: its readings as the caller, then as the callee where the caller
+    is not it (a service calling itself comes once)."""
+    caller, caller_params = _party("source", value, total=True)
+    arms = _party_arms("source", value)
+    for text, params in _party_arms("dest", value):
+        arms.append((f"{text} AND NOT ({caller})", [*params, *caller_params]))
+    return arms
+
+
+ONCE_PER_CALL = (
+    "kind IN ('http', 'tcp') AND NOT (direction = 'outbound' AND hop IS NOT NULL"
+    " AND trace_id IS NOT NULL AND EXISTS (SELECT 1 FROM events i"
+    " WHERE i.trace_id = events.trace_id AND i.hop = events.hop"
+    " AND i.direction = 'inbound' AND i.kind IN ('http', 'tcp')))"
+)
+"""`calls=once`: the events the service graph counts (rollup.py `fold` over the whole ledger):
+every call event but an outbound one whose hop an inbound event of the same trace reports."""
 
 
 def _prefix_end(prefix: str) -> str | None:
@@ -227,11 +316,30 @@ def range_clause(q: Query) -> tuple[str, list[object]] | None:
     return None
 
 
+def _arms(q: Query) -> tuple[list[tuple[str, list[object]]], frozenset[str]]:
+    """The disjoint conditions whose index scans, merged, give the query's rows, and which of
+    `service`, `source` and `dest` they take care of: `service` when given (its two sides),
+    else a source or destination of several readings. None (one scan) otherwise."""
+    if q.service is not None:
+        return _service_arms(q.service), frozenset({"service"})
+    # the callee first: a caller `unknown` reads as "no service", which many events share
+    for side, value in (("dest", q.dest), ("source", q.source)):
+        if value is not None:
+            arms = _party_arms(side, value)
+            if len(arms) > 1:
+                return arms, frozenset({side})
+    return [], frozenset()
+
+
 def _clauses(
-    q: Query, after: Cursor | None, range_index: bool = True
+    q: Query,
+    after: Cursor | None,
+    range_index: bool = True,
+    done: frozenset[str] = frozenset(),
 ) -> tuple[list[str], list[object]]:
-    """WHERE terms; with `range_index` False, a range filter is written so that no index
-    serves it (`+column`), leaving the planner the time-ordered scan."""
+    """WHERE terms but those of the filters in `done` (the arms'); with `range_index` False,
+    a range filter is written so that no index serves it (`+column`), leaving the planner the
+    time-ordered scan."""
     clauses: list[str] = []
     params: list[object] = []
 
@@ -239,10 +347,12 @@ def _clauses(
         clauses.append(clause)
         params.extend(values)
 
-    if q.source is not None:
-        add(*_party("source", q.source))
-    if q.dest is not None:
-        add(*_party("dest", q.dest))
+    if q.source is not None and "source" not in done:
+        text, values = _party("source", q.source)
+        add(text, *values)
+    if q.dest is not None and "dest" not in done:
+        text, values = _party("dest", q.dest)
+        add(text, *values)
     ranged = range_clause(q)
     if ranged is not None:
         text, values = ranged
@@ -266,6 +376,8 @@ def _clauses(
         add("trace_id >= ? AND trace_id < ?", *trace_range(q.trace_id))
     if q.direction is not None:
         add("direction = ?", q.direction)
+    if q.calls == "once":
+        add(ONCE_PER_CALL)
     if q.since_ns is not None:
         add("time_ns >= ?", q.since_ns)
     if q.until_ns is not None:
@@ -307,18 +419,21 @@ def sql(
     narrows the query or `range_index` is False (see `run`)."""
     if range_index is None:
         range_index = not has_equality(q)
-    clauses, params = _clauses(q, after, range_index)
+    arms, done = _arms(q)
+    clauses, params = _clauses(q, after, range_index, done)
     tail = f" ORDER BY {_ORDER_BY[q.order]} LIMIT ?"
     count = q.limit if limit is None else limit
-    if q.service is None:
+    if not arms:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return _SELECT + where + tail, [*params, count]
-    # Either side: two index scans merged in order; the second arm leaves out the rows the
-    # first has (a service calling itself), so no row comes twice.
-    first = " AND ".join(["source_service = ?", *clauses])
-    second = " AND ".join(["dest_service = ?", "source_service IS NOT ?", *clauses])
-    text = f"{_SELECT} WHERE {first} UNION ALL {_SELECT} WHERE {second}{tail}"
-    return text, [q.service, *params, q.service, q.service, *params, count]
+    # Either side, or several readings of a name: one index scan per arm, merged in order;
+    # the arms are disjoint (a service calling itself is left out of the callee's arms), so
+    # no row comes twice.
+    selects, values = [], []
+    for text, arm_params in arms:
+        selects.append(f"{_SELECT} WHERE {' AND '.join([text, *clauses])}")
+        values.extend([*arm_params, *params])
+    return " UNION ALL ".join(selects) + tail, [*values, count]
 
 
 def run(reader: SqlReader, q: Query, cursor: str | None = None) -> Page:
@@ -369,7 +484,8 @@ def duration_s(text: str) -> int | None:
 
 def parse_time(text: str, now_ns: int, name: str = "since") -> int:
     """Nanoseconds since the epoch, `now`, a duration before now (`15m`, `2h`, `7d`) or RFC
-    3339; within the 64-bit nanoseconds of event times (1677 to 2262)."""
+    3339, to the nanosecond (`…:00.123456789Z`, as event times are; digits beyond the ninth
+    are dropped); within the 64-bit nanoseconds of event times (1677 to 2262)."""
     text = text.strip()
     if text == "now":
         return now_ns
@@ -378,9 +494,15 @@ def parse_time(text: str, now_ns: int, name: str = "since") -> int:
     seconds_before = duration_s(text)
     if seconds_before is not None:
         return _in_range(text, now_ns - seconds_before * 1_000_000_000, name)
+    # RFC 3339 §5.6: "Z" may be written "z"
+    utc = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+    # datetime keeps microseconds: the fraction is read here, to the nanosecond
+    fraction = _FRACTION.search(utc)
+    fraction_ns = 0
+    if fraction is not None:
+        fraction_ns = int(fraction[1][:9].ljust(9, "0"))
+        utc = utc[: fraction.start()] + utc[fraction.end() :]
     try:
-        # RFC 3339 §5.6: "Z" may be written "z"
-        utc = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
         moment = datetime.fromisoformat(utc)
     except ValueError:
         raise QueryError(
@@ -389,10 +511,10 @@ def parse_time(text: str, now_ns: int, name: str = "since") -> int:
     if moment.tzinfo is None:
         raise QueryError(f"{name}: {text!r} needs a time zone, e.g. 2026-11-28T10:00:00Z")
     try:
-        seconds = int(moment.timestamp())
+        seconds = (moment - _EPOCH) // timedelta(seconds=1)  # whole: no fraction is left
     except (OverflowError, ValueError):  # 0001-01-01T00:00:00+14:00
         return _in_range(text, -(2**64), name)
-    return _in_range(text, seconds * 1_000_000_000 + moment.microsecond * 1000, name)
+    return _in_range(text, seconds * 1_000_000_000 + fraction_ns, name)
 
 
 def _in_range(text: str, ns: int, name: str) -> int:
@@ -483,6 +605,7 @@ def parse_params(
         trace_id=None if trace is None else trace.lower(),
         kind=params.get("kind"),
         direction=params.get("direction"),
+        calls=params.get("calls"),
         since_ns=None if since is None else parse_time(since, now_ns, "since"),
         until_ns=None if until is None else parse_time(until, now_ns, "until"),
         order=order,  # type: ignore[arg-type]  # checked against ORDERS above
@@ -504,6 +627,7 @@ def describe(q: Query) -> str:
         ("trace", q.trace_id),
         ("kind", q.kind),
         ("direction", q.direction),
+        ("calls", q.calls),
         ("since", q.since_ns),
         ("until", q.until_ns),
     ):

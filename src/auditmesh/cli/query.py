@@ -29,6 +29,7 @@ from rich.tree import Tree
 
 from auditmesh.analysis import graph, trace
 from auditmesh.analysis.query import (
+    CALLS,
     DECISIONS,
     KINDS,
     MAX_QUERY_LIMIT,
@@ -58,7 +59,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="find events: who called what, when, with which result",
         description=(
             "Events matching every filter given, newest first. --source/--dest take a SPIFFE "
-            "ID or a service name; --service matches either side."
+            "ID, a service name, or a name as `graph` prints it (service.namespace, unknown); "
+            "--service matches either side. With --calls once, the events `graph` counts: "
+            "each call once, the callee's report preferred."
         ),
     )
     add_filter_args(query)
@@ -93,7 +96,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the service graph: calls, errors, latency, mTLS, denials per edge",
         description=(
             "Edges source service → destination service, each call counted once (the inbound "
-            "side preferred), over whole minutes."
+            "side preferred), over whole minutes. `query --source CALLER --dest CALLEE --calls "
+            "once` with the names printed lists an edge's calls."
         ),
     )
     gr.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time (default: everything)")
@@ -111,9 +115,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def add_filter_args(parser: argparse.ArgumentParser) -> None:
     """The event filters, shared by `query` and `bundle create` (`query_of` reads them)."""
-    parser.add_argument("--source", help="caller: SPIFFE ID or service name")
-    parser.add_argument("--dest", help="callee: SPIFFE ID or service name")
-    parser.add_argument("--service", help="a service name on either side of the call")
+    parser.add_argument(
+        "--source",
+        help="caller: SPIFFE ID, service name, service.namespace, or unknown (no identity, "
+        "no service)",
+    )
+    parser.add_argument("--dest", help="callee: SPIFFE ID, service name or service.namespace")
+    parser.add_argument("--service", help="as --source and --dest, on either side of the call")
     parser.add_argument("--path", help="HTTP path, exact or a prefix ending in * (/orders*)")
     parser.add_argument("--status", help="HTTP status (404) or class (5xx)")
     parser.add_argument("--decision", choices=DECISIONS, help="authorization decision")
@@ -122,6 +130,12 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kind", choices=KINDS, help="event kind")
     parser.add_argument("--direction", choices=("inbound", "outbound"), help="reporting side")
+    parser.add_argument(
+        "--calls",
+        choices=CALLS,
+        help="once: calls only, each once as `graph` counts them (the callee's report, the "
+        "caller's when the callee sent none)",
+    )
     parser.add_argument("--since", help="at or after: 15m, 2h, 7d or an RFC 3339 time")
     parser.add_argument("--until", help="before: 15m, 2h, 7d or an RFC 3339 time")
 
@@ -195,6 +209,7 @@ def query_of(args: argparse.Namespace, order: Order | None = None) -> Query:
             trace_id=None if args.trace is None else args.trace.lower(),
             kind=args.kind,
             direction=args.direction,
+            calls=args.calls,
             since_ns=since,
             until_ns=until,
             order=order or args.order,
@@ -215,6 +230,7 @@ def _params(query: Query, limit: int, cursor: str | None) -> dict[str, str]:
         "trace": query.trace_id,
         "kind": query.kind,
         "direction": query.direction,
+        "calls": query.calls,
         "since": None if query.since_ns is None else str(query.since_ns),
         "until": None if query.until_ns is None else str(query.until_ns),
         "order": query.order,

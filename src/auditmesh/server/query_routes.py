@@ -1,10 +1,12 @@
 """The API's questions: event search, traces and the service graph (routes only).
 
     GET /v1/events?source=&dest=&service=&path=&status=&decision=&trace=&kind=&direction=
-                  &since=&until=&order=newest|oldest|index&limit=&cursor=
+                  &calls=once&since=&until=&order=newest|oldest|index&limit=&cursor=
         {"events": [{"index": N, "event": {...}}, ...], "count": n, "next": cursor | null}
-        Filters as in analysis/query.py; since/until take nanoseconds, a duration before now
-        (15m) or RFC 3339; limit 1..1000 (default 100); pass `next` back as `cursor`.
+        Filters as in analysis/query.py (source/dest/service also take the graph's names:
+        `payments.shop`, `unknown`; calls=once the calls an edge counts); since/until take
+        nanoseconds, a duration before now (15m) or RFC 3339; limit 1..1000 (default 100);
+        pass `next` back as `cursor`.
     GET /v1/traces/{trace_id}    the call tree (analysis/trace.py `to_json`), 404 if unknown;
         the id's first 8 or more digits do when only one trace id starts with them
     GET /v1/graph?since=&until=  the service graph (analysis/graph.py `to_json`)

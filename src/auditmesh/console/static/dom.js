@@ -53,6 +53,20 @@ export function fmtTime(ns) {
   );
 }
 
+/** RFC 3339 in UTC to the nanosecond, trailing zeros dropped (2026-11-29T04:12:00.5Z): what
+ * the API's since and until read back as the same nanosecond. */
+export function fmtRfc3339(ns) {
+  let seconds = BigInt(ns) / 1000000000n;
+  let rest = BigInt(ns) % 1000000000n;
+  if (rest < 0n) {
+    rest += 1000000000n;
+    seconds -= 1n;
+  }
+  const whole = new Date(Number(seconds) * 1000).toISOString().slice(0, 19);
+  const fraction = rest ? `.${String(rest).padStart(9, "0").replace(/0+$/, "")}` : "";
+  return `${whole}${fraction}Z`;
+}
+
 export function fmtDurationUs(us) {
   if (us === undefined || us === null) return "";
   if (us < 1000) return `${us} µs`;

@@ -19,8 +19,8 @@ import {
 
 // GET /v1/events parameters (analysis/query.py), as `auditmesh query` names its options.
 export const FILTERS = [
-  { name: "source", label: "Source (service or SPIFFE ID)", placeholder: "orders" },
-  { name: "dest", label: "Destination", placeholder: "payments" },
+  { name: "source", label: "Source (service or SPIFFE ID)", placeholder: "orders, orders.shop, unknown" },
+  { name: "dest", label: "Destination", placeholder: "payments or payments.shop" },
   { name: "service", label: "Service (either side)", placeholder: "catalog" },
   { name: "path", label: "Path (prefix*)", placeholder: "/orders/export*" },
   { name: "status", label: "Status", placeholder: "403 or 5xx" },
@@ -28,6 +28,8 @@ export const FILTERS = [
   { name: "trace", label: "Trace id", placeholder: "32 hex digits, or the first 8" },
   { name: "kind", label: "Kind", options: ["", "http", "tcp", "authn", "identity", "policy_change", "audit_read", "system"] },
   { name: "direction", label: "Side", options: ["", "inbound", "outbound"] },
+  // as the service graph counts calls: the callee's report, the caller's when the callee sent none
+  { name: "calls", label: "Each call", options: ["", "once"], texts: { "": "every report", once: "once, as the graph" } },
   { name: "since", label: "Since", placeholder: "15m, 24h or RFC 3339" },
   { name: "until", label: "Until", placeholder: "now" },
   { name: "order", label: "Order", options: ["", "newest", "oldest", "index"] },
@@ -62,7 +64,7 @@ function row(item) {
 function form(params) {
   const fields = FILTERS.map((f) => {
     const control = f.options
-      ? h("select", { id: `f-${f.name}`, name: f.name }, f.options.map((o) => h("option", { value: o, selected: params.get(f.name) === o }, o || (f.name === "order" ? "newest" : "any"))))
+      ? h("select", { id: `f-${f.name}`, name: f.name }, f.options.map((o) => h("option", { value: o, selected: params.get(f.name) === o }, f.texts?.[o] || o || (f.name === "order" ? "newest" : "any"))))
       : h("input", { id: `f-${f.name}`, name: f.name, placeholder: f.placeholder, value: params.get(f.name) || "" });
     return h("div", {}, h("label", { for: `f-${f.name}` }, f.label), control);
   });

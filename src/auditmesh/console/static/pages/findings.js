@@ -6,7 +6,7 @@
 // `auditmesh bundle verify` checks offline).
 
 import { download } from "../api.js";
-import { badge, errorPanel, eventLink, fmtDurationUs, fmtTime, h } from "../dom.js";
+import { badge, errorPanel, eventLink, fmtDurationUs, fmtRfc3339, fmtTime, h } from "../dom.js";
 import { kindOf, loadFindings, severityOf } from "./findingsdata.js";
 
 const WINDOWS = ["1h", "24h", "7d", "365d"];
@@ -28,8 +28,9 @@ const CALLEE_AT_FAULT = new Set(["error_burst", "latency_regression"]);
 /** The /v1/events filters that select the events behind a finding. */
 export function searchFor(finding) {
   const query = new URLSearchParams();
-  query.set("since", finding.window.start_ns);
-  query.set("until", String(BigInt(finding.window.end_ns) + 1n));
+  // times as the search form shows and takes them, to the nanosecond: the same events
+  query.set("since", fmtRfc3339(finding.window.start_ns));
+  query.set("until", fmtRfc3339(BigInt(finding.window.end_ns) + 1n));
   if (finding.kind === "failed_authentication") query.set("kind", "authn");
   else if (CALLEE_AT_FAULT.has(finding.kind)) {
     // the responsible party is the service that failed or slowed, seen by its own sidecar
@@ -75,7 +76,13 @@ function card(finding, position) {
   button.addEventListener("click", () => saveBundle(finding, button));
   return h(
     "article",
-    { class: `panel finding ${severity}`, "data-kind": finding.kind, id: `finding-${position}` },
+    {
+      class: `panel finding ${severity}`,
+      "data-kind": finding.kind,
+      "data-start-ns": finding.window.start_ns,
+      "data-end-ns": finding.window.end_ns,
+      id: `finding-${position}`,
+    },
     h(
       "div",
       { class: "row" },

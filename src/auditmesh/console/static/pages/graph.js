@@ -219,15 +219,17 @@ function edgeTable(graph, onSelect) {
   );
 }
 
-async function showEdge(panel, graph, edge, since) {
-  const query = edgeQuery(edge, since);
+async function showEdge(panel, graph, edge) {
+  const query = edgeQuery(edge, graph.fromNs);
   const search = new URLSearchParams(query);
   clear(panel).append(
     h("h2", {}, `${edge.source} → ${edge.dest}`),
     h("p", { class: "dim" }, edgeTitle(edge), "  ", h("a", { href: `#/events?${search}`, id: "edge-search" }, "Open in event search →")),
     h("p", { class: "dim" }, "Loading events…"),
   );
+  const shown = (panel.dataset.shown = String(Number(panel.dataset.shown || 0) + 1));
   const page = await api("/v1/events", { query: { ...query, limit: 50 } });
+  if (panel.dataset.shown !== shown) return; // another edge was chosen meanwhile: this list is stale
   const events = page.events || [];
   panel.lastChild.replaceWith(
     events.length
@@ -268,7 +270,7 @@ export async function renderGraph(main, params) {
   const select = (i) => {
     selected = i;
     for (const [j, el] of document.querySelectorAll("#graph-svg .edge").entries()) el.classList.toggle("selected", j === i);
-    showEdge(detail, graph, graph.edges[i], since).catch((error) => detail.append(errorPanel(error.message)));
+    showEdge(detail, graph, graph.edges[i]).catch((error) => detail.append(errorPanel(error.message)));
     detail.scrollIntoView({ block: "nearest" });
   };
   const windows = ["15m", "1h", "24h", "7d", "365d"];

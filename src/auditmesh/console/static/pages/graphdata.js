@@ -3,6 +3,7 @@
 // One place that knows the API's field names, shared by the overview and the graph view.
 
 import { api } from "../api.js";
+import { fmtRfc3339 } from "../dom.js";
 
 const UNKNOWN = "unknown"; // analysis/graph.py: a caller that proved no identity, named no service
 
@@ -17,7 +18,9 @@ function edgeOf(raw, seconds) {
     source: raw.source,
     dest: raw.dest,
     sourceService: raw.source_service,
+    sourceNamespace: raw.source_namespace,
     destService: raw.dest_service,
+    destNamespace: raw.dest_namespace,
     requests: num(raw.requests),
     // the API rounds rate_per_s to 3 decimals; over long windows count / seconds is exact
     rate: seconds > 0 ? num(raw.requests) / seconds : num(raw.rate_per_s),
@@ -33,7 +36,9 @@ function edgeOf(raw, seconds) {
   };
 }
 
-/** {nodes: [{name, title, inbound, external}], edges, seconds} for the window `since`. */
+/** {nodes: [{name, title, inbound, external}], edges, seconds, fromNs} for the window `since`;
+ * `fromNs` is where the graph's counting starts (whole minutes: before `since`; a multiple of
+ * 60 s in nanoseconds, which a JSON number holds exactly). */
 export async function loadGraph(since) {
   const raw = await api("/v1/graph", { query: { since } });
   const seconds = num(raw.window?.seconds);
@@ -44,13 +49,27 @@ export async function loadGraph(since) {
     inbound: num(n.inbound),
     external: n.service === UNKNOWN,
   }));
-  return { nodes, edges, seconds, raw };
+  return { nodes, edges, seconds, fromNs: raw.window?.from_ns ?? null, raw };
 }
 
-/** The /v1/events filters that select an edge's calls (as `auditmesh query` takes them). */
-export function edgeQuery(edge, since) {
-  const query = { since, direction: "inbound" }; // the graph counts each call once, as its callee saw it
-  if (edge.sourceService && edge.sourceService !== UNKNOWN) query.source = edge.sourceService;
-  if (edge.destService && edge.destService !== UNKNOWN) query.dest = edge.destService;
+/** One end of an edge as the query filters name it (analysis/query.py `readings`): always
+ * `service.namespace` when the namespace is known, even where the graph prints the bare service
+ * (one namespace in view), so that a service of the same name elsewhere is left out. */
+export function partyName(service, namespace) {
+  const name = service || UNKNOWN;
+  if (name.startsWith("spiffe://") || !namespace) return name; // a SPIFFE ID names its namespace
+  return `${name}.${namespace}`;
+}
+
+/** The /v1/events filters that select the events an edge counts (as `auditmesh query` takes
+ * them): its two ends, each call once as the graph counts it (`calls=once`: the callee's report,
+ * the caller's when the callee sent none), from `fromNs`, the start of the graph's window. */
+export function edgeQuery(edge, fromNs) {
+  const query = {
+    source: partyName(edge.sourceService, edge.sourceNamespace),
+    dest: partyName(edge.destService, edge.destNamespace),
+    calls: "once",
+  };
+  if (fromNs !== null && fromNs !== undefined) query.since = fmtRfc3339(fromNs);
   return query;
 }

@@ -7,7 +7,7 @@ import { api } from "../api.js";
 import { badge, clear, fmtAge, fmtPercent, fmtRate, h } from "../dom.js";
 import { findingTitle, loadFindings, severityOf } from "./findingsdata.js";
 import { loadGraph } from "./graphdata.js";
-import { pinKey, pinnedKey } from "./keys.js";
+import { pinKey, pinnedKey, pinnedKeyProblem } from "./keys.js";
 
 const WINDOWS = { "15m": 900, "1h": 3600, "24h": 86400 };
 
@@ -23,14 +23,30 @@ function tile(id, label, value, sub, kind) {
 
 function keyPanel(served) {
   const input = h("input", { id: "pin-key", size: 70, value: pinnedKey(), placeholder: "paste a verifier key: name+keyid+key" });
-  const status = h("span", { class: "dim small" });
-  const show = () => {
+  const status = h("span", { class: "dim small", id: "pin-status" });
+  const say = (text, problem) => {
+    status.textContent = text;
+    status.className = problem ? "small bad-text" : "dim small";
+    if (problem) status.setAttribute("role", "alert");
+    else status.removeAttribute("role");
+  };
+  const show = async () => {
     const pinned = pinnedKey();
-    status.textContent = pinned
-      ? pinned === served
-        ? "Pinned; the server serves the same key."
-        : "Pinned, and it differs from the key this server serves: proofs will fail unless the checkpoints are signed by the pinned key."
-      : "Not pinned: proofs are checked against the key this server serves.";
+    const problem = await pinnedKeyProblem();
+    if (problem) say(`The pinned key is not a verifier key: ${problem}. Pin the right one, or unpin.`, true);
+    else if (!pinned) say("Not pinned: proofs are checked against the key this server serves.");
+    else if (pinned === served) say("Pinned; the server serves the same key.");
+    else say("Pinned, and it differs from the key this server serves: proofs will fail unless the checkpoints are signed by the pinned key.");
+  };
+  const pin = async () => {
+    try {
+      await pinKey(input.value);
+    } catch (error) {
+      const kept = pinnedKey() ? "the key pinned before stays pinned" : "nothing is pinned";
+      say(`Refused: ${error.message}; ${kept}.`, true);
+      return;
+    }
+    await show();
   };
   show();
   return h(
@@ -43,8 +59,8 @@ function keyPanel(served) {
       "div",
       { class: "row" },
       input,
-      h("button", { type: "button", onclick: () => { pinKey(input.value); show(); } }, "Pin"),
-      h("button", { type: "button", class: "quiet", onclick: () => { pinKey(""); input.value = ""; show(); } }, "Unpin"),
+      h("button", { type: "button", id: "pin-button", onclick: pin }, "Pin"),
+      h("button", { type: "button", class: "quiet", id: "unpin-button", onclick: () => pinKey("").then(() => { input.value = ""; return show(); }) }, "Unpin"),
     ),
     status,
   );
