@@ -44,6 +44,8 @@ from typing import Any, Literal, Protocol, get_args
 
 import msgspec
 
+from auditmesh.durations import duration_s
+
 Order = Literal["newest", "oldest", "index"]
 ORDERS: tuple[str, ...] = get_args(Order)
 KINDS = ("http", "tcp", "authn", "identity", "policy_change", "audit_read", "system")
@@ -60,11 +62,10 @@ _STATUS_CLASS = re.compile(r"^([1-5])xx$")
 MIN_TRACE_PREFIX = 8  # the digits of a trace id the query table prints
 TRACE_OR_PREFIX = re.compile(rf"^[0-9a-f]{{{MIN_TRACE_PREFIX},32}}$")
 """A whole W3C trace id (Trace Context §3.2.2.3: 32 lowercase hex), or its first digits."""
-_DURATION = re.compile(r"^(\d+)([smhd])$")
 _FRACTION = re.compile(r"(?<=:\d\d)[.,](\d+)(?=[+-]\d\d:?\d\d$|$)")
 """The fraction of a time's seconds (`…:07.5+00:00`); ISO 8601 allows a comma."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_FULL_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # RFC 3339 §5.6 full-date
 PARAMS = (
     "source",
     "dest",
@@ -476,16 +477,11 @@ def _range_index(reader: SqlReader, q: Query) -> bool | None:
     return int(rows[0][0]) < RANGE_CAP
 
 
-def duration_s(text: str) -> int | None:
-    """Seconds in a duration like `30s`, `15m`, `2h` or `7d`; None when `text` is not one."""
-    match = _DURATION.match(text.strip())
-    return int(match[1]) * _UNITS[match[2]] if match else None
-
-
 def parse_time(text: str, now_ns: int, name: str = "since") -> int:
-    """Nanoseconds since the epoch, `now`, a duration before now (`15m`, `2h`, `7d`) or RFC
-    3339, to the nanosecond (`…:00.123456789Z`, as event times are; digits beyond the ninth
-    are dropped); within the 64-bit nanoseconds of event times (1677 to 2262)."""
+    """Nanoseconds since the epoch, `now`, a duration before now (`durations.duration_s`:
+    `15m`, `1h30m`, `2w`) or RFC 3339, to the nanosecond (`…:00.123456789Z`, as event times
+    are; digits beyond the ninth are dropped), or a date alone, its midnight UTC; within the
+    64-bit nanoseconds of event times (1677 to 2262)."""
     text = text.strip()
     if text == "now":
         return now_ns
@@ -494,8 +490,10 @@ def parse_time(text: str, now_ns: int, name: str = "since") -> int:
     seconds_before = duration_s(text)
     if seconds_before is not None:
         return _in_range(text, now_ns - seconds_before * 1_000_000_000, name)
-    # RFC 3339 §5.6: "Z" may be written "z"
+    # RFC 3339 §5.6: "Z" may be written "z"; a full-date alone is that day's start in UTC
     utc = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+    if _FULL_DATE.fullmatch(utc):
+        utc += "T00:00:00+00:00"
     # datetime keeps microseconds: the fraction is read here, to the nanosecond
     fraction = _FRACTION.search(utc)
     fraction_ns = 0
@@ -506,7 +504,8 @@ def parse_time(text: str, now_ns: int, name: str = "since") -> int:
         moment = datetime.fromisoformat(utc)
     except ValueError:
         raise QueryError(
-            f"{name}: {text!r} is neither a duration (15m) nor a time (2026-11-28T10:00:00Z)"
+            f"{name}: {text!r} is neither a duration (15m, 1h30m) nor a time "
+            "(2026-11-28T10:00:00Z, or the day 2026-11-28)"
         ) from None
     if moment.tzinfo is None:
         raise QueryError(f"{name}: {text!r} needs a time zone, e.g. 2026-11-28T10:00:00Z")

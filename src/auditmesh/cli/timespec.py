@@ -1,15 +1,16 @@
-"""Time arguments: `--since 15m` (a duration before now) or an RFC 3339 timestamp."""
+"""Time arguments: `--since 15m` (a duration before now), an RFC 3339 timestamp or a date."""
 
 from __future__ import annotations
 
-from auditmesh.analysis.query import QueryError, check_window, duration_s, parse_time
+from auditmesh.analysis.query import QueryError, check_window, parse_time
 from auditmesh.cli.main import UserError
+from auditmesh.durations import EXAMPLES, duration_s
 
 
 def parse_duration_s(text: str) -> int:
     seconds = duration_s(text)
     if seconds is None:
-        raise UserError(f"{text!r} is not a duration like 30s, 15m, 2h or 7d")
+        raise UserError(f"{text!r} is not a duration like {EXAMPLES}")
     return seconds
 
 

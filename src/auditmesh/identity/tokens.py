@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
+from auditmesh.durations import EXAMPLES, duration_s
 from auditmesh.fsutil import write_atomic
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
 
@@ -31,23 +31,21 @@ DEFAULT_TOKEN_TTL = timedelta(minutes=10)
 RETAIN_AFTER_EXPIRY = timedelta(days=7)  # used/expired records kept to explain a refusal
 STORE_VERSION = 1
 
-_DURATION_PART = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_ttl(text: str) -> timedelta:
-    """Parse a duration such as ``30s``, ``10m``, ``1h``, ``7d`` or ``1h30m``; must be > 0."""
-    stripped = text.strip()
-    parts = _DURATION_PART.findall(stripped)
-    if not stripped or "".join(n + u for n, u in parts) != stripped:
+    """A duration (`durations.duration_s`: ``30s``, ``10m``, ``1h30m``, ``7d``) over zero."""
+    seconds = duration_s(text)
+    if seconds is None:
         raise ValueError(
-            f"invalid duration {text!r}: use whole numbers with units s, m, h or d, "
-            "e.g. 30s, 10m, 1h, 1h30m"
+            f"invalid duration {text!r}: use whole numbers with units w, d, h, m or s, "
+            f"e.g. {EXAMPLES}"
         )
-    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise ValueError(f"invalid duration {text!r}: it must be longer than zero")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"invalid duration {text!r}: longer than any clock can count") from None
 
 
 def new_token() -> str:
