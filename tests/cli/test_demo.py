@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -70,6 +71,22 @@ def test_the_commands_to_try_next_can_be_pasted_whole(demo: tuple[Path, str]) ->
     ):
         done = subprocess.run(line.strip(), shell=True, env=shell, capture_output=True)
         assert done.returncode == 0, (line, done.stderr)
+
+
+def test_the_demos_graph_table_counts_what_auditmesh_graph_counts(
+    demo: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = demo
+    rows = re.findall(r"│ (\S+) +│ (\S+) +│ +(\d+) │ +(\d+) │ +(\d+) │", out)
+    shown = {(a, b): (int(calls), int(failed), int(denied)) for a, b, calls, failed, denied in rows}
+    assert ("unknown", "frontend") in shown  # the outside caller, named as the graph names it
+    capsys.readouterr()
+    assert main(["graph", "--data", str(data), "--format", "json"]) == 0
+    graph = json.loads(capsys.readouterr().out)
+    counted = {
+        (e["source"], e["dest"]): (e["requests"], e["errors"], e["denials"]) for e in graph["edges"]
+    }
+    assert shown == counted  # denials are not failures, in both
 
 
 def test_the_command_name_is_the_bare_name_only_where_path_finds_this_one(

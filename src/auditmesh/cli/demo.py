@@ -171,12 +171,15 @@ def _summary(console: Console, events: list[tuple[int, AuditEvent]]) -> None:
             authn += 1
         if event.direction != "inbound" or event.kind not in ("http", "tcp"):
             continue
-        source = (event.source.service if event.source else None) or "outside"
-        dest = (event.destination.service if event.destination else None) or "?"
+        # named and counted as `auditmesh graph` does (analysis/rollup.py): a caller with no
+        # name is "unknown", and a policy denial is counted as denied, not as failed
+        source = (event.source.service if event.source else None) or "unknown"
+        dest = (event.destination.service if event.destination else None) or "unknown"
         edge = (source, dest)
         edges[edge] += 1
-        errors[edge] += event.outcome == "failure"
-        denied[edge] += event.authz is not None and event.authz.decision == "deny"
+        was_denied = event.authz is not None and event.authz.decision == "deny"
+        errors[edge] += event.outcome == "failure" and not was_denied
+        denied[edge] += was_denied
         mtls[edge] += event.tls is not None and event.tls.mutual
     table = Table(title="3. Service graph, from the inbound sidecars' audit events")
     for column in ("caller", "callee", "calls", "failed", "denied", "mTLS"):
