@@ -17,6 +17,7 @@ from auditmesh.identity.spiffe import (
     SpiffeIdError,
     parse,
     parse_trust_domain,
+    short_name,
 )
 
 VALID: list[tuple[str, str, str]] = [
@@ -228,3 +229,23 @@ def test_arbitrary_text_after_the_scheme(rest: str) -> None:
         pass
     else:
         assert str(sid) == "spiffe://" + rest
+
+
+@pytest.mark.parametrize(
+    ("text", "short"),
+    [
+        ("spiffe://cluster.local/ns/shop/sa/orders", "orders.shop"),
+        ("spiffe://example.org/ns/a/sa/b", "b.a"),
+        ("spiffe://cluster.local/auditmesh/server", "spiffe://cluster.local/auditmesh/server"),
+        (
+            "spiffe://cluster.local/ns/shop/sa/orders/x",
+            "spiffe://cluster.local/ns/shop/sa/orders/x",
+        ),
+        ("spiffe://Bad/ns/a/sa/b", "spiffe://Bad/ns/a/sa/b"),
+        ("orders", "orders"),
+        ("10.0.0.1", "10.0.0.1"),
+    ],
+)
+def test_short_name_of_a_workload(text: str, short: str) -> None:
+    """The Kubernetes form as the service graph names its workload; anything else unchanged."""
+    assert short_name(text) == short

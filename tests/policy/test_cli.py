@@ -277,3 +277,21 @@ def test_eval_normalizes_the_path_as_the_sidecar_does(
         assert (code, json.loads(out)["policy"]) == (0, "prod/deny-admin"), sneaky
     code, _, err = decide("/%zz")
     assert code == 2 and "--request: request.path: malformed percent-encoding '%zz'" in err
+
+
+def test_eval_takes_the_principal_with_or_without_spiffe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Istio derives source.principal from the SPIFFE ID by dropping spiffe://; every other
+    # command prints the ID whole, so both forms name the same caller
+    deny_in_prod(
+        tmp_path, "deny-batch", 'from: [{source: {principals: ["cluster.local/ns/prod/sa/batch"]}}]'
+    )
+    for principal in ("spiffe://cluster.local/ns/prod/sa/batch", "cluster.local/ns/prod/sa/batch"):
+        request = {"source": {"principal": principal}, "destination": {"namespace": "prod"}}
+        argv = ("eval", "--policies", str(tmp_path), "--request", json.dumps(request))
+        code, out, _ = run(capsys, *argv)
+        assert (code, json.loads(out)["policy"]) == (0, "prod/deny-batch"), principal
+    with pytest.raises(SystemExit):
+        main(["policy", "eval", "--help"])
+    assert "source.principal with or without spiffe://" in " ".join(capsys.readouterr().out.split())

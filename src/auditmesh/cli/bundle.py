@@ -7,7 +7,7 @@ from pathlib import Path
 
 from auditmesh.analysis.query import ORDERS, Query, QueryError
 from auditmesh.analysis.query import run as run_query
-from auditmesh.cli import add_data_arg, verifier_key
+from auditmesh.cli import add_data_arg, verifier_key, writable_file, write_output
 from auditmesh.cli.main import UserError
 from auditmesh.cli.query import add_filter_args, query_of
 from auditmesh.datadir import Ledger, open_ledger
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_create(args: argparse.Namespace) -> int:
     query = query_of(args)
+    writable_file(args.output, "-o")
     try:
         ledger = open_ledger(args.data, create=False)
     except StoreError as exc:
@@ -79,7 +80,7 @@ def run_create(args: argparse.Namespace) -> int:
             bundle, size = evidence_bundle(ledger, selected)
         except EvidenceError as exc:
             raise UserError(str(exc)) from None
-        args.output.write_bytes(bundle)
+        write_output(args.output, bundle, "-o")
     finally:
         ledger.close()
     print(

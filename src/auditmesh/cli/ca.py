@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from auditmesh.cli import add_data_arg
+from auditmesh.cli import add_data_arg, output_dir, writable_file, write_output
 from auditmesh.cli.main import UserError
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, init_ca
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
@@ -93,6 +93,7 @@ def _ttl(text: str) -> timedelta:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    output_dir(args.data, "--data")
     try:
         ca = init_ca(args.data, args.trust_domain, now=_now(), force=args.force)
     except (CAError, SpiffeIdError) as exc:
@@ -118,6 +119,8 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_issue(args: argparse.Namespace) -> int:
+    if args.out is not None:  # before an SVID is signed for nothing
+        writable_file(args.out, "--out")
     ca = _load_ca(args.data)
     spiffe_id = _workload_id(args.id, ca)
     ttl = _ttl(args.ttl)
@@ -132,7 +135,7 @@ def _cmd_issue(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(cert_pem.decode())
     else:
-        args.out.write_bytes(cert_pem)
+        write_output(args.out, cert_pem, "--out")
     return 0
 
 

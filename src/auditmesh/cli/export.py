@@ -22,7 +22,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from auditmesh.cli import add_data_arg, progress_bar
+from auditmesh.cli import (
+    add_data_arg,
+    output_dir,
+    positive_float,
+    positive_int,
+    progress_bar,
+    writable_file,
+)
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
@@ -98,11 +105,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     otlp.add_argument(
         "--compression", choices=("none", "gzip"), default="none", help="request compression"
     )
-    otlp.add_argument("--batch", type=int, default=512, help="log records per export request")
-    otlp.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    otlp.add_argument(
+        "--batch", type=positive_int, default=512, help="log records per export request"
+    )
+    otlp.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per request")
     otlp.add_argument(
         "--attempts",
-        type=int,
+        type=positive_int,
         default=6,
         help="tries per batch on retryable failures, with exponential backoff (default 6); "
         "with --follow a batch that still fails is sent again after a pause (1 s, doubling "
@@ -115,7 +124,11 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
     add_data_arg(parser)
     parser.add_argument("--follow", action="store_true", help="keep polling for new events")
     parser.add_argument(
-        "--poll", type=float, default=1.0, metavar="SECONDS", help="poll interval with --follow"
+        "--poll",
+        type=positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="poll interval with --follow",
     )
     parser.add_argument(
         "--exit-when-idle",
@@ -179,9 +192,12 @@ def _progress(done: int, size: int, *, hidden: bool) -> Iterator[Callable[[int],
 
 
 def _resume(ledger: Ledger, path: Path | None, target: str) -> Cursor | None:
-    """The saved cursor, checked against this log; None to start from 0."""
+    """The saved cursor, checked against this log; None to start from 0. The file is checked
+    to be one the export can save to, before any event is exported."""
     if path is None:
         return None
+    output_dir(path.parent, "--cursor")
+    writable_file(path, "--cursor")
     try:
         cursor = load_cursor(path)
         if cursor is None:
@@ -193,6 +209,8 @@ def _resume(ledger: Ledger, path: Path | None, target: str) -> Cursor | None:
         check_cursor(cursor, origin=ledger.log.origin, target=target, leaf_at=leaf_at)
     except CursorError as exc:
         raise UserError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"--cursor: cannot read {path}: {exc.strerror or exc}") from None
     return cursor
 
 
@@ -203,7 +221,13 @@ def _save(
         return
     last_index, last_data = rows[-1]
     leaf = leaf_hash(last_data).hex()
-    save_cursor(path, Cursor(last_index + 1, ledger.log.origin, target, leaf, output_size))
+    try:
+        save_cursor(path, Cursor(last_index + 1, ledger.log.origin, target, leaf, output_size))
+    except OSError as exc:  # what the check before the export cannot see: a full disk
+        raise UserError(
+            f"--cursor: cannot save the position {last_index + 1} to {path}: "
+            f"{exc.strerror or exc}; the next run goes on from the one saved before"
+        ) from None
 
 
 def _decode(index: int, data: bytes) -> AuditEvent:
@@ -376,8 +400,6 @@ def _headers(pairs: list[str]) -> dict[str, str]:
 def run_otlp(args: argparse.Namespace) -> int:
     from auditmesh.export.otlp import ExportError, OtlpSender, PartlyRejected, log_records_request
 
-    if args.batch < 1:
-        raise UserError("--batch must be at least 1")
     headers = _headers(args.header)
     if args.cursor is None:
         cursor_path, target = otlp_cursor(args.data, args.protocol, args.endpoint)
@@ -397,7 +419,7 @@ def run_otlp(args: argparse.Namespace) -> int:
                 headers=headers,
                 timeout_s=args.timeout,
                 compression=args.compression,
-                attempts=max(1, args.attempts),
+                attempts=args.attempts,
             )
         except ValueError as exc:
             raise UserError(str(exc)) from None

@@ -11,23 +11,30 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import time
 import zipfile
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from auditmesh.analysis.findings import Finding, detect
-from auditmesh.cli import add_data_arg
+from auditmesh.cli import add_data_arg, output_dir, write_output
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, decode_event
 from auditmesh.evidence import evidence_bundle
+from auditmesh.identity.spiffe import short_name
 from auditmesh.store.base import EventFilter, StoreError
+
+SPIFFE_ID = re.compile(r"spiffe://[A-Za-z0-9._/-]+")  # as a finding's summary quotes one
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,6 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     now = time.time_ns()
     since, until = parse_window_ns(args.since, args.until, now)
+    if args.bundle is not None:  # before the work: a path that cannot hold the bundles
+        output_dir(args.bundle, "--bundle")
     try:
         ledger = open_ledger(args.data, create=False)
     except StoreError as exc:
@@ -68,21 +77,57 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([f.to_json() for f in findings], indent=2))
         return 0
-    table = Table(title=f"{len(findings)} finding(s) over {len(events)} events")
-    for column in ("severity", "kind", "responsible", "at", "window (UTC)", "evidence", "what"):
-        table.add_column(column, overflow="fold")
-    for f in findings:
-        table.add_row(
-            f.severity,
-            f.kind,
-            f.responsible,
-            f.destination,
-            f"{_clock(f.start_ns)}–{_clock(f.end_ns)}",
-            str(f.count),
-            f.summary,
-        )
-    Console().print(table)
+    Console().print(table(findings, len(events)))
     return 0
+
+
+def table(findings: list[Finding], events: int) -> Table:
+    """The findings as a table that fits a terminal of 80 columns: SPIFFE IDs as the short
+    names the service graph uses (`orders.shop`; --format json keeps them whole), and the
+    columns of short values never folded."""
+    names = _short_names(findings)
+
+    def shorten(text: str) -> str:
+        return SPIFFE_ID.sub(lambda match: names.get(match.group(), match.group()), text)
+
+    result = Table(
+        title=f"{len(findings)} finding(s) over {events} events",
+        caption="SPIFFE IDs as SERVICE-ACCOUNT.NAMESPACE; --format json has them whole"
+        if names
+        else None,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    result.add_column("finding", no_wrap=True)
+    result.add_column("responsible", overflow="fold", min_width=12)
+    result.add_column("UTC", no_wrap=True)
+    result.add_column("events", no_wrap=True, justify="right")
+    result.add_column("what", overflow="fold", ratio=1)
+    for f in findings:
+        start, end = _clock(f.start_ns), _clock(f.end_ns)
+        result.add_row(  # Text: what the events named is never read as rich markup
+            f"{f.kind}\n{f.severity}",
+            Text(f"{shorten(f.responsible)}\nat {shorten(f.destination)}"),
+            start if start == end else f"{start}–\n{end}",
+            str(f.count),
+            Text(shorten(f.summary)),
+        )
+    return result
+
+
+def _short_names(findings: list[Finding]) -> dict[str, str]:
+    """Each SPIFFE ID the findings name → its short name, unless two IDs share one (the same
+    workload of two trust domains): those stay whole."""
+    ids = {
+        i
+        for f in findings
+        for i in SPIFFE_ID.findall(f"{f.responsible} {f.destination} {f.summary}")
+    }
+    names = {spiffe_id: short_name(spiffe_id) for spiffe_id in ids}
+    uses = Counter(names.values())
+    return {i: name for i, name in names.items() if name != i and uses[name] == 1}
 
 
 def load(ledger: Ledger, since: int | None, until: int | None) -> list[tuple[int, AuditEvent]]:
@@ -107,7 +152,6 @@ def _bundles(ledger: Ledger, findings: list[Finding], directory: Path) -> None:
     latest = ledger.store.latest_checkpoint()
     if latest is None:
         raise UserError("the log has no checkpoint yet; run the server for a second")
-    directory.mkdir(parents=True, exist_ok=True)
     written = 0
     for number, finding in enumerate(findings, start=1):
         # events newer than the latest checkpoint have nothing to be proven against yet
@@ -121,7 +165,7 @@ def _bundles(ledger: Ledger, findings: list[Finding], directory: Path) -> None:
             continue
         bundle, _ = evidence_bundle(ledger, proven)
         path = directory / f"{number:02d}-{finding.kind}.zip"
-        path.write_bytes(_with_finding(bundle, finding, proven))
+        write_output(path, _with_finding(bundle, finding, proven), "--bundle")
         written += 1
     print(
         f"{written} evidence bundle(s) in {directory}/; an auditor checks each with: "

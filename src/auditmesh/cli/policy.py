@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from auditmesh.cli import add_data_arg
+from auditmesh.cli import add_data_arg, positive_int, writable_file, write_output
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
@@ -91,11 +91,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         '{"decision", "policy", "rule", "audit", "dry_run"}. Request JSON: {"source": '
         '{"principal", "namespace", "ip"}, "destination": {"namespace", "labels", "ip", '
         '"port"}, "request": {"method", "path", "host", "headers"}, "connection": {"sni"}}; '
-        "without a request object the call is a TCP connection.",
+        "without a request object the call is a TCP connection. source.principal is the "
+        "caller's SPIFFE ID as auditmesh prints it (spiffe://cluster.local/ns/NS/sa/SA) or "
+        "without its scheme, as Istio writes principals (cluster.local/ns/NS/sa/SA): Istio "
+        "derives source.principal from the SPIFFE ID by dropping spiffe://.",
     )
     evaluate.add_argument("--policies", required=True, metavar="PATH", help="policy file or dir")
     evaluate.add_argument(
-        "--request", required=True, metavar="JSON", help="request JSON, @FILE, or @- for stdin"
+        "--request",
+        required=True,
+        metavar="JSON",
+        help="request JSON, @FILE, or @- for stdin; source.principal with or without spiffe://",
     )
     _common(evaluate)
     add_data_arg(evaluate)  # its mesh CA gives the default --trust-domain
@@ -297,7 +303,7 @@ def _register_recorded(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     replay.add_argument(
         "--examples",
-        type=_count_arg,
+        type=positive_int,
         default=3,
         metavar="N",
         help="example event ids per group (default 3)",
@@ -328,7 +334,7 @@ def _register_recorded(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     generate.add_argument(
         "--max-paths",
-        type=_count_arg,
+        type=positive_int,
         default=DEFAULT_MAX_PATHS,
         metavar="N",
         help=f"more distinct paths than this under one directory become dir/* "
@@ -353,12 +359,6 @@ def _recorded_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", metavar="WHEN", help="end of the window (default: now)")
     add_data_arg(parser)
     parser.add_argument("--workloads", type=Path, metavar="FILE", help=WORKLOADS_HELP)
-
-
-def _count_arg(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,6 +535,8 @@ def _print_replay(report: ReplayReport, policies: PolicySet, path: str, window: 
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        writable_file(args.output, "-o")
     workloads = _read_workloads(args.workloads)
     window = _window(args)
     ledger = _open_ledger(args.data)
@@ -566,10 +568,7 @@ def run_generate(args: argparse.Namespace) -> int:
         with _stdout_may_close():
             sys.stdout.write(text)
         return 0
-    try:
-        args.output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"-o: cannot write {args.output}: {exc.strerror}") from None
+    write_output(args.output, text, "-o")
     print(
         f"wrote {policies} AuthorizationPolicies from {len(calls)} calls to {args.output}",
         file=sys.stderr,

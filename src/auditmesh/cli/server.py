@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auditmesh.cli import add_data_arg
+from auditmesh.cli import add_data_arg, output_dir, positive_float
 from auditmesh.cli.main import UserError
 from auditmesh.identity.tokens import parse_ttl
 from auditmesh.server.run import parse_listen, serve
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--origin", help="log origin for a new ledger (default: host name)")
     parser.add_argument(
         "--checkpoint-interval",
-        type=float,
+        type=positive_float,
         default=1.0,
         metavar="SECONDS",
         help="sign a checkpoint at most this often while the log grows (default 1)",
@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
         otlp_grpc = None if args.otlp_grpc == "off" else parse_listen(args.otlp_grpc or OTLP_GRPC)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if args.checkpoint_interval <= 0:
-        raise UserError("--checkpoint-interval must be a positive number of seconds")
+    output_dir(args.data, "--data")  # one the server can create and write, or a clear error
     try:
         serve(
             args.data,

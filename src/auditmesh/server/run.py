@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import open_ledger, writer_lock
-from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAPaths, MeshCA
+from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAPaths, MeshCA, init_command
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.workload import Credentials, SelfIssued
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
@@ -235,7 +235,8 @@ def serve(
             elif mesh_listen is not None:  # the default: say why sidecars cannot connect
                 print(
                     f"no mesh CA in {data_dir}: the sidecar listener (--mesh-listen) is off; "
-                    f"run `auditmesh ca init --data {data_dir}` and restart the server",
+                    f"run `{init_command(data_dir)}` (or your mesh's trust domain) and "
+                    "restart the server",
                     flush=True,
                 )
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
