@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -66,9 +67,18 @@ class IdentityAgent:
                 "no valid SVID in the data directory and no join token: mint one with "
                 "`auditmesh ca token --id spiffe://…` and put it in the sidecar config"
             )
+        self._check_writable()  # before the one-time token is spent on an SVID not kept
         key = new_private_key()
         body = await self._post("/v1/identity/join", {"token": join_token, "csr": _csr(key)}, None)
-        return self._accept(key, body)
+        try:
+            return self._accept(key, body)
+        except OSError as exc:
+            raise EnrollmentError(
+                f"the server issued this sidecar's SVID, but it could not be saved in "
+                f"{self._dir}: {exc.strerror or exc}. The join token is now used up: fix the "
+                "directory, mint a new token with `auditmesh ca token --id "
+                f"{body.get('spiffe_id', 'spiffe://…')}` and start again"
+            ) from None
 
     async def renew(self) -> Credentials:
         current = self.credentials
@@ -77,7 +87,12 @@ class IdentityAgent:
         body = await self._post("/v1/identity/renew", {"csr": _csr(key)}, current)
         if body["spiffe_id"] != str(current.spiffe_id):
             raise EnrollmentError(f"server renewed {body['spiffe_id']}, not {current.spiffe_id}")
-        return self._accept(key, body)
+        try:
+            return self._accept(key, body)
+        except OSError as exc:  # run_renewals retries; the current SVID is used meanwhile
+            raise EnrollmentError(
+                f"the renewed SVID could not be saved in {self._dir}: {exc.strerror or exc}"
+            ) from None
 
     async def run_renewals(self) -> None:
         """Renew forever at half-life with jitter; retries with backoff on failure."""
@@ -95,6 +110,19 @@ class IdentityAgent:
                 backoff = min(backoff * 2, 60.0)
 
     # -- internals -------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        """The identity directory exists (made 0700) and takes a file: else nothing is sent."""
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with tempfile.TemporaryFile(dir=self._dir):
+                pass
+        except OSError as exc:
+            reason = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+            raise EnrollmentError(
+                f"cannot keep an identity in {self._dir}: {reason or exc}; the join "
+                "token was not sent, so it can still be used once that is fixed"
+            ) from None
 
     def _renew_time(self, credentials: Credentials) -> datetime:
         return renew_at(credentials.not_before, credentials.not_after, self._rng)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import socket
 import ssl
 import time
@@ -69,12 +70,19 @@ class Sidecar:
         self.base_dir = base_dir
         self.policy: PolicyState | None = None
         self.data_dir = base_dir / config.data_dir
-        self.bundle = (base_dir / config.server.bundle).read_bytes()
+        self.bundle = read_bundle(base_dir / config.server.bundle)
         self._now_ns = now_ns
         self.agent = IdentityAgent(self.data_dir, config.server.url, self.bundle)
         self._token = config.server.join_token
         if config.server.join_token_file:
-            self._token = (base_dir / config.server.join_token_file).read_text().strip()
+            token_file = base_dir / config.server.join_token_file
+            try:
+                self._token = token_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not text"
+                raise ConfigError(
+                    f"server.join_token_file: cannot read {token_file}: {reason}"
+                ) from None
         self._server_ctx: dict[bool, ssl.SSLContext] = {}  # require client cert → context
         self._client_ctx: ssl.SSLContext | None = None
         self.emitter: Emitter | None = None
@@ -89,7 +97,19 @@ class Sidecar:
     # -- life cycle ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Whatever can fail is tried before the one-time join token is spent: the listen
+        # addresses are bound now (and listened on once the sidecar serves).
+        bound = bind_listeners(self.config)
+        try:
+            await self._serve(stop, bound)
+        finally:
+            for sockets in bound.values():
+                for sock in sockets:
+                    sock.close()
+
+    async def _serve(self, stop: asyncio.Event, bound: dict[str, list[socket.socket]]) -> None:
         credentials = await self.agent.start(self._token)
+        self._check_namespace(credentials.spiffe_id)
         self._use(credentials)
         self.agent.subscribe(self._rotate)
         audit = self.config.audit
@@ -108,9 +128,9 @@ class Sidecar:
             if self.config.policies is not None:
                 self._start_policies(Path(self.config.policies))
             if self.config.inbound is not None:
-                await self._listen_inbound(self.config.inbound)
+                await self._listen_inbound(self.config.inbound, bound[self.config.inbound.listen])
             for listen, targets in outbound_listeners(self.config.outbound).items():
-                await self._listen_outbound(listen, targets)
+                await self._listen_outbound(listen, targets, bound[listen])
             self.ready.set()
             await stop.wait()
         finally:
@@ -127,6 +147,20 @@ class Sidecar:
             for pool in self._pools:
                 pool.close()
             await self.emitter.close()
+
+    def _check_namespace(self, identity: SpiffeId) -> None:
+        """Istio derives both from the pod's namespace, so they never differ there: here a
+        mismatch would record one namespace beside an identity in another, and choose the
+        policies of the wrong one."""
+        namespace = self.config.workload.namespace
+        if identity.namespace is not None and identity.namespace != namespace:
+            raise ConfigError(
+                f"workload.namespace is {namespace}, but this sidecar's identity {identity} "
+                f"is in namespace {identity.namespace}: set workload.namespace: "
+                f"{identity.namespace} (or use a join token minted for the namespace meant). "
+                f"The identity is kept in {self.data_dir}: no new join token is needed to "
+                "start again with the namespace corrected"
+            )
 
     def _use(self, credentials: Credentials) -> None:
         self._server_ctx = {
@@ -260,8 +294,7 @@ class Sidecar:
         host, port = split_host_port(inbound.listen)
         return msgspec.structs.replace(self._local, ip=host, port=port)
 
-    async def _listen_inbound(self, inbound: Inbound) -> None:
-        host, port = split_host_port(inbound.listen)
+    async def _listen_inbound(self, inbound: Inbound, listeners: list[socket.socket]) -> None:
         app_host, app_port = split_host_port(inbound.app)
         limits = self.config.limits
 
@@ -283,11 +316,11 @@ class Sidecar:
             self.config.audit.body_digests,
         )
         proxy = HttpProxy(route, self._emit, now_ns=self._now_ns, calls=self._in_flight)
-        listener = socket.create_server((host, port), backlog=1024)
-        listener.setblocking(False)
-        self._accepting.append(
-            self._spawn(self._accept_loop(listener, inbound, proxy, connect_app))
-        )
+        for listener in listeners:
+            listener.listen(1024)
+            self._accepting.append(
+                self._spawn(self._accept_loop(listener, inbound, proxy, connect_app))
+            )
 
     async def _accept_loop(
         self,
@@ -383,10 +416,11 @@ class Sidecar:
 
     # -- outbound --------------------------------------------------------------------
 
-    async def _listen_outbound(self, listen: str, targets: list[Outbound]) -> None:
+    async def _listen_outbound(
+        self, listen: str, targets: list[Outbound], listeners: list[socket.socket]
+    ) -> None:
         """One local port: for one service, every request or connection goes to it; for
         several (HTTP), each request goes to the service its Host header names."""
-        host, port = split_host_port(listen)
         routes = [self._outbound_route(target) for target in targets]
         route, connect = routes[0]
         select = None
@@ -418,8 +452,9 @@ class Sidecar:
             x = self._tcp_exchange(self._now_ns(), "outbound", self._local, destination)
             await self._tcp(reader, writer, connect, x)
 
-        server = await asyncio.start_server(handle, host, port, limit=STREAM_LIMIT)
-        self._servers.append(server)
+        for listener in listeners:
+            server = await asyncio.start_server(handle, sock=listener, limit=STREAM_LIMIT)
+            self._servers.append(server)
 
     def _outbound_route(self, target: Outbound) -> tuple[Route, Callable[[], Awaitable[Upstream]]]:
         """The route to one upstream service, and how to open a connection to it: mTLS, and
@@ -523,6 +558,90 @@ class Sidecar:
             upstream.close()
         writer.close()
         self._emit(to_event(x, self._now_ns()))
+
+
+def read_bundle(path: Path) -> bytes:
+    """The CA bundle the server and peers are checked against; a file that is not one is a
+    config error naming it (ssl's own words name no file)."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"server.bundle: cannot read {path}: {exc.strerror}") from None
+    try:
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+        detail = re.sub(r" \(_ssl\.c:\d+\)$", "", str(exc.args[-1] if exc.args else exc))
+        if isinstance(exc, UnicodeDecodeError):
+            detail = "not a text file"
+        raise ConfigError(
+            f"server.bundle: {path} is not a PEM file of CA certificates ({detail}); "
+            "give the mesh CA's certificate, such as DATA/ca/ca.pem of the server"
+        ) from None
+    return pem
+
+
+def bind_listeners(config: SidecarConfig) -> dict[str, list[socket.socket]]:
+    """A bound socket (or one per address a host name has) for every `listen` address, not
+    yet listening: an address in use, one not on this host, a port that needs privileges
+    and two spellings of one address are found here, each naming its config key."""
+    keys: dict[str, list[str]] = {}
+    if config.inbound is not None:
+        keys[config.inbound.listen] = ["inbound.listen"]
+    for n, target in enumerate(config.outbound):
+        keys.setdefault(target.listen, []).append(f"outbound[{n}].listen")
+    bound: dict[str, list[socket.socket]] = {}
+    try:
+        for listen, where in keys.items():
+            try:
+                bound[listen] = _bind(*split_host_port(listen))
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ConfigError(
+                    f"{', '.join(where)}: cannot listen on {listen}: {reason}"
+                ) from None
+        seen: dict[tuple[int, str, int], str] = {}
+        for listen, sockets in bound.items():
+            for sock in sockets:
+                host, port = sock.getsockname()[:2]
+                for (family, other_host, other_port), other in seen.items():
+                    hosts = {host, other_host}
+                    same = len(hosts) == 1 or bool(hosts & {"0.0.0.0", "::"})  # a wildcard
+                    if other != listen and family == sock.family and port == other_port and same:
+                        raise ConfigError(
+                            f"{', '.join(keys[other])} ({other}) and {', '.join(keys[listen])} "
+                            f"({listen}) are the same address {host} port {port}: give each "
+                            "listener a port of its own"
+                        )
+                seen[(sock.family, host, port)] = listen
+    except BaseException:
+        for sockets in bound.values():
+            for sock in sockets:
+                sock.close()
+        raise
+    return bound
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Bind as asyncio.start_server does: every address of the host, SO_REUSEADDR, IPv6
+    sockets IPv6-only."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _require(context: ssl.SSLContext | None) -> ssl.SSLContext:
