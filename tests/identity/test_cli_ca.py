@@ -76,6 +76,8 @@ def test_token_prints_only_the_token_on_stdout(
         (["--id", "example.org/ns/a/sa/b"], "scheme is missing"),
         (["--id", ID, "--ttl", "10x"], "--ttl: invalid duration '10x'"),
         (["--id", ID, "--ttl", "0m"], "longer than zero"),
+        (["--id", ID, "--ttl", "1000d"], "a join token lives at most 30 days"),
+        (["--id", "spiffe://example.org/auditmesh/server"], "reserved for auditmesh's own"),
     ],
 )
 def test_token_errors(

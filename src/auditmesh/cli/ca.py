@@ -82,6 +82,11 @@ def _workload_id(text: str, ca: MeshCA) -> SpiffeId:
         )
     if not spiffe_id.path:
         raise UserError(f"{spiffe_id} names no workload; add a path such as /ns/NS/sa/SA")
+    if spiffe_id.reserved:
+        raise UserError(
+            f"{spiffe_id} is reserved for auditmesh's own components (paths under "
+            "/auditmesh/): name a workload, such as /ns/NS/sa/SA"
+        )
     return spiffe_id
 
 
@@ -110,7 +115,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
     now = _now()
     try:
         token = JoinTokens(args.data).mint(spiffe_id, now=now, ttl=ttl)
-    except TokenStoreError as exc:
+    except (TokenStoreError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(token)
     expires = (now + ttl).isoformat(timespec="seconds")

@@ -28,6 +28,7 @@ from auditmesh.fsutil import write_atomic
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
 
 DEFAULT_TOKEN_TTL = timedelta(minutes=10)
+MAX_TOKEN_TTL = timedelta(days=30)
 RETAIN_AFTER_EXPIRY = timedelta(days=7)  # used/expired records kept to explain a refusal
 STORE_VERSION = 1
 
@@ -155,6 +156,11 @@ class JoinTokens:
             )
         if ttl <= timedelta(0):
             raise ValueError("the token TTL must be longer than zero")
+        if ttl > MAX_TOKEN_TTL:
+            raise ValueError(
+                f"a join token lives at most {MAX_TOKEN_TTL.days} days ({ttl} asked): it is for "
+                "enrolling a workload soon, and anyone who copies it can enroll as that workload"
+            )
         token = make_token()
         record = TokenRecord(token_sha256(token), spiffe_id, now, now + ttl)
         with self._locked():
