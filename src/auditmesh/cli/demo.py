@@ -29,6 +29,7 @@ from auditmesh.datadir import open_ledger
 from auditmesh.demo.apps import RunClock
 from auditmesh.demo.run import DemoError, drive, load_events, prepare, settle, start_mesh
 from auditmesh.events import AuditEvent
+from auditmesh.identity.spiffe import short_name
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
 from auditmesh.ledger.tlogproof import TlogProof, verify_tlog_proof
@@ -203,8 +204,9 @@ def _findings(console: Console, events: list[tuple[int, AuditEvent]]) -> None:
     for column in ("kind", "responsible", "at", "what"):
         table.add_column(column, overflow="fold")
     for finding in found:
-        who = finding.responsible.removeprefix("spiffe://cluster.local/ns/shop/sa/")
-        table.add_row(finding.kind, who, finding.destination, finding.summary)
+        table.add_row(
+            finding.kind, short_name(finding.responsible), finding.destination, finding.summary
+        )
     console.print(table)
     console.print(
         "   Each names its events; `auditmesh findings --bundle DIR` exports the evidence.\n"
