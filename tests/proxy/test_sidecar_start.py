@@ -24,6 +24,8 @@ import yaml
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.tokens import JoinTokens
 from auditmesh.meshproc import address
+from auditmesh.proxy.config import load_config
+from auditmesh.proxy.sidecar import Sidecar
 from auditmesh.serverproc import free_port
 from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
 
@@ -205,6 +207,29 @@ def test_a_namespace_other_than_the_identitys_is_refused(mesh: Mesh, tmp_path: P
     config = config_of(mesh, tmp_path, None, inbound=inbound())
     config["workload"]["namespace"] = "prod"
     run = Run(tmp_path, config)
+    try:
+        run.ready()
+    finally:
+        run.stop()
+
+
+def test_without_a_namespace_the_workload_takes_its_identitys(mesh: Mesh, tmp_path: Path) -> None:
+    config = config_of(mesh, tmp_path, None, inbound=inbound())
+    del config["workload"]["namespace"]
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    sidecar = Sidecar(*load_config(path))
+    prod = SpiffeId.kubernetes("cluster.local", "prod", "billing")
+    assert sidecar._resolve_namespace(prod) == "prod"
+    assert sidecar._resolve_namespace(SpiffeId.from_segments("cluster.local", "vm", "a")) == (
+        "default"  # an ID of no namespace
+    )
+    config["workload"]["namespace"] = "prod"
+    path.write_text(yaml.safe_dump(config))
+    assert Sidecar(*load_config(path))._resolve_namespace(prod) == "prod"
+    billing = config_of(mesh, tmp_path / "run", token(mesh, prod), inbound=inbound())
+    del billing["workload"]["namespace"]
+    run = Run(tmp_path / "run", billing)  # starts: no namespace to disagree with
     try:
         run.ready()
     finally:

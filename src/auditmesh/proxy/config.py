@@ -43,7 +43,9 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 class Workload(_Strict, frozen=True):
     name: Annotated[str, Meta(min_length=1)]
-    namespace: Annotated[str, Meta(min_length=1)] = "default"
+    # None: the namespace of the sidecar's SPIFFE ID (`/ns/NS/...`), else "default"; given,
+    # it must be that namespace (sidecar.py `_resolve_namespace`)
+    namespace: Annotated[str, Meta(min_length=1)] | None = None
     labels: dict[str, str] = {}
 
 

@@ -67,6 +67,8 @@ class Sidecar:
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.config = config
+        # what the workload's namespace is, once its identity is known (`_resolve_namespace`)
+        self.namespace = config.workload.namespace or "default"
         self.base_dir = base_dir
         self.policy: PolicyState | None = None
         self.data_dir = base_dir / config.data_dir
@@ -109,7 +111,7 @@ class Sidecar:
 
     async def _serve(self, stop: asyncio.Event, bound: dict[str, list[socket.socket]]) -> None:
         credentials = await self.agent.start(self._token)
-        self._check_namespace(credentials.spiffe_id)
+        self.namespace = self._resolve_namespace(credentials.spiffe_id)
         self._use(credentials)
         self.agent.subscribe(self._rotate)
         audit = self.config.audit
@@ -148,11 +150,14 @@ class Sidecar:
                 pool.close()
             await self.emitter.close()
 
-    def _check_namespace(self, identity: SpiffeId) -> None:
-        """Istio derives both from the pod's namespace, so they never differ there: here a
+    def _resolve_namespace(self, identity: SpiffeId) -> str:
+        """The workload's namespace: the configured one, else the identity's, else "default".
+        Istio derives both from the pod's namespace, so they never differ there: here a
         mismatch would record one namespace beside an identity in another, and choose the
         policies of the wrong one."""
         namespace = self.config.workload.namespace
+        if namespace is None:
+            return identity.namespace or "default"
         if identity.namespace is not None and identity.namespace != namespace:
             raise ConfigError(
                 f"workload.namespace is {namespace}, but this sidecar's identity {identity} "
@@ -161,6 +166,7 @@ class Sidecar:
                 f"The identity is kept in {self.data_dir}: no new join token is needed to "
                 "start again with the namespace corrected"
             )
+        return namespace
 
     def _use(self, credentials: Credentials) -> None:
         self._server_ctx = {
@@ -194,7 +200,7 @@ class Sidecar:
         inbound = self.config.inbound
         self.policy = PolicyState(
             path if path.is_absolute() else self.base_dir / path,
-            self.config.workload.namespace,
+            self.namespace,
             self.config.workload.labels,
             port=None if inbound is None else split_host_port(inbound.listen)[1],
             trust_domain=self.identity.trust_domain,
@@ -251,7 +257,7 @@ class Sidecar:
     ) -> PolicyRequest:
         inbound = self.config.inbound
         return PolicyRequest.of(
-            destination_namespace=self.config.workload.namespace,
+            destination_namespace=self.namespace,
             destination_labels=self.config.workload.labels,
             source_principal=x.remote.identity,
             source_ip=x.remote.ip,
@@ -284,7 +290,7 @@ class Sidecar:
         return Peer(
             identity=None if self.identity is None else str(self.identity),
             service=workload.name,
-            namespace=workload.namespace,
+            namespace=self.namespace,
         )
 
     # -- inbound ---------------------------------------------------------------------
@@ -461,7 +467,7 @@ class Sidecar:
         the server's SVID checked against the configured identity (secure naming)."""
         up_host, up_port = split_host_port(target.upstream)
         expected = SpiffeId.parse(target.identity)
-        namespace = target.namespace or expected.namespace or self.config.workload.namespace
+        namespace = target.namespace or expected.namespace or self.namespace
         sni = f"{target.service}.{namespace}.svc.cluster.local"
         limits = self.config.limits
 
