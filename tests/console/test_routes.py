@@ -118,6 +118,10 @@ def test_policy_files_from_the_data_dir(client: tuple[AsgiClient, Ledger]) -> No
     (ledger.data_dir / "policies" / "shop.yaml").write_text(POLICIES)
     files = test_client.get("/console/api/policies").json()["files"]
     assert files == [{"name": "shop.yaml", "text": POLICIES}]
+    (ledger.data_dir / "policies" / "deny.bin").write_bytes(b"\x00")  # neither policy nor note
+    refused = test_client.get("/console/api/policies")
+    assert refused.status_code == 409
+    assert "deny.bin" in refused.json()["error"]
 
 
 def test_replay_reports_changes_and_is_audited(client: tuple[AsgiClient, Ledger]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from auditmesh.console.recorded import recorded
-from auditmesh.policy.documents import PolicyLoadError, yaml_files
+from auditmesh.policy.documents import PolicyLoadError, is_policy_file, yaml_files
 from auditmesh.policy.generate import Window, generate_policies
 from auditmesh.policy.model import PolicySet, load_policies
 from auditmesh.policy.replay import inbound_call
@@ -42,8 +42,8 @@ def _safe_name(name: str) -> str:
     parts = [p for p in path.parts if p not in ("", ".", "/")]
     if not parts or any(p == ".." or p.startswith(".") for p in parts):
         raise PolicyLoadError(f"{name!r}: not a usable file name")
-    if path.suffix not in (".yaml", ".yml"):
-        raise PolicyLoadError(f"{name}: policy files end in .yaml or .yml")
+    if not is_policy_file(path.name):
+        raise PolicyLoadError(f"{name}: policy files end in .yaml, .yml or .json")
     return "/".join(parts)
 
 

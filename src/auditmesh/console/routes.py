@@ -210,7 +210,10 @@ class Console:
     async def policy_files(self, request: Request) -> Response:
         if isinstance(reader := self._reader(request), Response):
             return reader
-        files = await run_in_threadpool(stored_sets, self.ledger.data_dir)
+        try:
+            files = await run_in_threadpool(stored_sets, self.ledger.data_dir)
+        except PolicyLoadError as exc:  # an unreadable or foreign entry: said, not a 500
+            return _error(409, f"the stored policy sets cannot be listed: {exc}")
         return JSONResponse({"files": [f.to_json() for f in files]})
 
     def _window(
