@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from auditmesh.collector import entry_of
 from auditmesh.datadir import Ledger, open_ledger
@@ -13,6 +14,11 @@ from auditmesh.events import AuditEvent
 from auditmesh.simulate import TrafficGenerator
 
 START_NS = 1_764_300_000_000_000_000
+
+# No test asserts a speed, and hypothesis's per-example deadline (200 ms) is one: on a busy
+# CI machine a file write and a policy load took 372 ms once and failed the run.
+settings.register_profile("auditmesh", deadline=None)
+settings.load_profile("auditmesh")
 
 
 def generate(count: int, seed: int = 7) -> list[AuditEvent]:
