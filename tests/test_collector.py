@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from concurrent.futures import Future
+from typing import Any
 
 import msgspec
 import pytest
@@ -20,6 +22,7 @@ from auditmesh.collector import (
 )
 from auditmesh.datadir import Ledger
 from auditmesh.events import canonical_bytes
+from auditmesh.ledger.log import Entry
 from auditmesh.ledger.verify import verify_log
 from auditmesh.store.base import StoreReader, event_key
 from tests.conftest import generate
@@ -120,7 +123,7 @@ def test_an_id_reused_for_other_content_refuses_its_batch_only(ledger: Ledger) -
         with pytest.raises(EventConflict, match="line 2: .*in the log already.*entry 0"):
             conflicting.result(timeout=5)
         other = msgspec.structs.replace(third, outcome="failure")
-        with pytest.raises(EventConflict, match="line 2: .*another event sent with it"):
+        with pytest.raises(EventConflict, match="line 2: .*an earlier event of the same batch"):
             collector.submit([third, other]).result(timeout=5)
         assert list(collector.submit([third]).result(timeout=5)) == [2]
     finally:
@@ -149,3 +152,95 @@ def test_a_receiver_can_leave_out_the_conflicting_entries_alone(ledger: Ledger) 
     finally:
         collector.stop()
     assert ledger.log.size == 4
+
+
+class _Gate:
+    """Holds the sequencer inside its next store write until `open()`: what it queues
+    meanwhile is taken as one group afterwards."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        write = ledger.store.write
+
+        def gated(*args: Any) -> None:
+            self.entered.set()
+            self._open.wait(10)
+            write(*args)
+
+        ledger.store.write = gated  # type: ignore[method-assign,assignment]
+
+    def open(self) -> None:
+        self._open.set()
+
+
+def test_a_caller_that_stops_waiting_never_stops_the_sequencer(ledger: Ledger) -> None:
+    """asyncio.wrap_future cancels the future of a caller that gives up (a timeout, a gRPC
+    deadline): the sequencer drops a job cancelled while queued, and skips a cancelled
+    checkpoint waiter, instead of dying on InvalidStateError with every later write hung."""
+    gate = _Gate(ledger)
+    collector = Collector(ledger.log, checkpoint_interval_ns=50_000_000)
+    collector.start()
+    try:
+        first = collector.submit(generate(2, seed=1))
+        assert gate.entered.wait(5)
+        given_up = collector.submit(generate(2, seed=2))
+        assert given_up.cancel()  # still queued: cancelled
+        waiter = collector.checkpoint_covering(2)
+        assert waiter.cancel()
+        gate.open()
+        assert list(first.result(timeout=5)) == [0, 1]
+        time.sleep(0.3)  # checkpoints signed meanwhile, the cancelled waiter skipped
+        assert list(collector.submit(generate(2, seed=3)).result(timeout=5)) == [2, 3]
+        assert collector.failure is None
+    finally:
+        collector.stop()
+    assert ledger.log.size == 4  # the cancelled batch was never stored
+
+
+def test_a_conflict_refuses_only_its_own_batch_when_batches_commit_together(
+    ledger: Ledger,
+) -> None:
+    stored, fresh, other = generate(3, seed=4)
+    collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    collector.start()
+    try:
+        collector.submit([stored]).result(timeout=5)
+        gate = _Gate(ledger)
+        blocker = collector.submit([other])
+        assert gate.entered.wait(5)
+        # grouped: A reuses the stored id; B's event shares its id with nothing stored
+        a = collector.submit([msgspec.structs.replace(stored, outcome="failure"), fresh])
+        b = collector.submit([msgspec.structs.replace(fresh, reporter="relay-b")])
+        gate.open()
+        blocker.result(timeout=5)
+        with pytest.raises(EventConflict, match="entry 0"):
+            a.result(timeout=5)
+        assert list(b.result(timeout=5)) == [2]  # B is stored: A's copy never was
+    finally:
+        collector.stop()
+
+
+def test_every_conflict_of_a_batch_is_named_at_once(ledger: Ledger) -> None:
+    events = generate(40, seed=6)
+    collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    collector.start()
+    calls = 0
+    submit = collector.submit_entries
+
+    def counted(entries: list[Entry]) -> Future[Indices]:
+        nonlocal calls
+        calls += 1
+        return submit(entries)
+
+    collector.submit_entries = counted  # type: ignore[method-assign]
+    try:
+        collector.submit(events[:20]).result(timeout=5)
+        changed = [msgspec.structs.replace(e, outcome="unknown") for e in events[:20]]
+        batch = [entry_of(e) for pair in zip(changed, events[20:], strict=True) for e in pair]
+        left_out = asyncio.run(collector.submit_leaving_out_conflicts(batch))
+        assert left_out == list(range(0, 40, 2))
+        assert calls == 3  # the first batch, the refused one, the rest: not one per conflict
+    finally:
+        collector.stop()
+    assert ledger.log.size == 40

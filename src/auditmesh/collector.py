@@ -41,8 +41,13 @@ def entry_of(event: AuditEvent) -> Entry:
 
 
 class EventConflict(EventError):
-    """An event reuses the id of another (stored, or earlier in its batch) with other
-    content: its batch was refused whole, nothing of it stored; `line` is its position."""
+    """Events reuse the id of others (stored, or earlier in their batch) with other content:
+    the batch was refused whole, nothing of it stored; `line` is the first one's position
+    (from 1), `lines` all of theirs."""
+
+    def __init__(self, message: str, *, lines: Sequence[int]) -> None:
+        super().__init__(message, line=lines[0])
+        self.lines = tuple(lines)
 
 
 class CollectorUnavailable(RuntimeError):
@@ -127,12 +132,14 @@ class Collector:
         success); returns the positions left out."""
         left_out: list[int] = []
         positions = list(range(len(entries)))
-        while positions:
+        while positions:  # twice at most: the conflicts of a batch are found all at once
             try:
                 await asyncio.wrap_future(self.submit_entries([entries[p] for p in positions]))
                 break
             except EventConflict as exc:
-                left_out.append(positions.pop((exc.line or 1) - 1))
+                refused = {positions[line - 1] for line in exc.lines}
+                left_out.extend(refused)
+                positions = [p for p in positions if p not in refused]
         return sorted(left_out)
 
     def checkpoint_covering(self, size: int) -> Future[StoredCheckpoint]:
@@ -149,6 +156,13 @@ class Collector:
     # -- the sequencer thread ------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._sequence()
+        except BaseException as exc:  # a defect: refuse what comes, never hang it silently
+            self.failure = exc
+            raise
+
+    def _sequence(self) -> None:
         last_checkpoint = self._monotonic_ns()
         stop = False
         while not stop:
@@ -168,17 +182,22 @@ class Collector:
             return jobs, False
         if first is None:
             return jobs, True
-        jobs.append(first)
-        count = len(first[0])
-        while count < MAX_GROUP_EVENTS:
+        count = 0
+        job: _Job | None = first
+        while job is not None:
+            # Running from here: a caller that stops waiting (asyncio.wrap_future cancels the
+            # future) can no longer cancel it, and a job cancelled before is dropped.
+            if job[1].set_running_or_notify_cancel():
+                jobs.append(job)
+                count += len(job[0])
+            if count >= MAX_GROUP_EVENTS:
+                break
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:
                 return jobs, True
-            jobs.append(job)
-            count += len(job[0])
         return jobs, False
 
     def _commit(self, jobs: list[_Job]) -> None:
@@ -186,8 +205,12 @@ class Collector:
         start = self.log.size
         try:
             indices = self.log.append(entries)
-        except ConflictingEntries as exc:  # refuse the batches holding them, commit the rest
-            self._commit(self._refuse_conflicts(jobs, exc.conflicts))
+        except ConflictingEntries as exc:
+            if len(jobs) > 1:  # one at a time: each then conflicts only with what is stored
+                for job in jobs:  # (an earlier job's included) or with itself
+                    self._commit([job])
+            else:
+                self._refuse(jobs[0], exc.conflicts)
             return
         except StoreUnavailable as exc:  # for now: these callers hear why, the next may pass
             failed = CommitFailed(f"{exc}; nothing of the batch was stored: send it again")
@@ -211,27 +234,19 @@ class Collector:
             offset += len(batch)
 
     @staticmethod
-    def _refuse_conflicts(jobs: list[_Job], conflicts: dict[int, int | None]) -> list[_Job]:
-        """Fail each job with an entry in `conflicts` (positions in the jobs' entries in
-        order), naming its first; return the others."""
-        kept: list[_Job] = []
-        begin = 0
-        for batch, future in jobs:
-            mine = sorted(p for p in conflicts if begin <= p < begin + len(batch))
-            begin += len(batch)
-            if not mine:
-                kept.append((batch, future))
-                continue
-            where = conflicts[mine[0]]
-            holder = "another event sent with it" if where is None else f"entry {where}"
-            future.set_exception(
-                EventConflict(
-                    "an event with this id is in the log already, with other content "
-                    f"({holder}): an event id names one event, send this one under a new id",
-                    line=mine[0] - (begin - len(batch)) + 1,
-                )
+    def _refuse(job: _Job, conflicts: dict[int, int | None]) -> None:
+        """Refuse one job for its `conflicts` (position → the stored entry's index, or None:
+        an earlier entry of the same job)."""
+        lines = sorted(conflicts)
+        where = conflicts[lines[0]]
+        holder = "an earlier event of the same batch" if where is None else f"entry {where}"
+        job[1].set_exception(
+            EventConflict(
+                "an event with this id is in the log already, with other content "
+                f"({holder}): an event id names one event, send this one under a new id",
+                lines=[position + 1 for position in lines],
             )
-        return kept
+        )
 
     def _notify(self, entries: list[Entry], indices: list[int], start: int) -> None:
         added: list[Entry] = []
@@ -259,5 +274,6 @@ class Collector:
             waiting = self._checkpoint_waiters
             self._checkpoint_waiters = [(s, f) for s, f in waiting if s > latest.size]
         for size, future in waiting:
-            if size <= latest.size:
+            # a waiter that gave up (cancelled) is skipped, not answered
+            if size <= latest.size and future.set_running_or_notify_cancel():
                 future.set_result(latest)
