@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import ssl
 import threading
 from collections.abc import Iterator
@@ -105,6 +106,26 @@ def test_a_token_an_older_auditmesh_minted_for_the_servers_id_gets_no_svid(
         )
     assert response.status_code == 400, response.text
     assert "reserved for auditmesh's own components" in response.json()["error"]
+
+
+def test_an_issuance_the_ledger_cannot_record_is_a_503_not_an_svid(mesh: Mesh) -> None:
+    """The ledger is locked past its busy timeout (10 s) while a sidecar joins: no SVID
+    leaves unrecorded, and the answer says the token is spent (was: a bare 500)."""
+    other = sqlite3.connect(mesh.data / "ledger.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with mesh.anonymous() as client:
+            response = client.post(
+                "/v1/identity/join",
+                json={"token": mesh.token(ORDERS), "csr": make_csr(new_private_key()).decode()},
+                timeout=30,
+            )
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert response.status_code == 503, response.text
+    assert "the join token is used up" in response.json()["error"]
+    join(mesh, ORDERS)  # the ledger takes records again: a new token joins
 
 
 def test_join_token_is_one_time(mesh: Mesh) -> None:

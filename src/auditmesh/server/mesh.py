@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from auditmesh.collector import Collector
+from auditmesh.collector import Collector, CollectorUnavailable
 from auditmesh.events import TLS, AuditEvent, Error, Peer, new_event_id
 from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, csr_public_key
@@ -139,6 +139,18 @@ class MeshApi:
         await self.collector.submit_async([event])  # durable before the answer goes out
 
     async def join(self, request: Request) -> Response:
+        try:
+            return await self._join(request)
+        except CollectorUnavailable as exc:  # a refusal that could not be recorded either
+            return _error(503, f"the request could not be recorded ({exc}); try again")
+
+    async def renew(self, request: Request) -> Response:
+        try:
+            return await self._renew(request)
+        except CollectorUnavailable as exc:
+            return _error(503, f"the request could not be recorded ({exc}); try again")
+
+    async def _join(self, request: Request) -> Response:
         client = request.client.host if request.client else None
         try:
             body = msgspec.json.decode(await read_limited(request, 64 * 1024), type=_JoinRequest)
@@ -160,10 +172,17 @@ class MeshApi:
         except (CAError, ValueError) as exc:
             await self._audit(str(spiffe_id), "join_csr_refused", failure=str(exc), client=client)
             return _error(400, f"CSR refused: {exc}")
-        await self._audit(str(spiffe_id), "svid_issued", cert_pem=cert, client=client)
+        try:
+            await self._audit(str(spiffe_id), "svid_issued", cert_pem=cert, client=client)
+        except CollectorUnavailable as exc:  # no SVID goes out that the ledger does not hold
+            return _error(
+                503,
+                f"the issuance could not be recorded ({exc}); the join token is used up: mint "
+                "another with `auditmesh ca token` and join again",
+            )
         return self._issued(spiffe_id, cert)
 
-    async def renew(self, request: Request) -> Response:
+    async def _renew(self, request: Request) -> Response:
         client = request.client.host if request.client else None
         peer = _peer(request)
         if isinstance(peer, Response):
@@ -182,7 +201,10 @@ class MeshApi:
         except (CAError, ValueError) as exc:
             await self._audit(str(peer), "renew_csr_refused", failure=str(exc), client=client)
             return _error(400, f"CSR refused: {exc}")
-        await self._audit(str(peer), "svid_renewed", cert_pem=cert, client=client)
+        try:
+            await self._audit(str(peer), "svid_renewed", cert_pem=cert, client=client)
+        except CollectorUnavailable as exc:
+            return _error(503, f"the renewal could not be recorded ({exc}); renew again")
         return self._issued(peer, cert)
 
     def _issued(self, spiffe_id: SpiffeId, cert: bytes) -> Response:
