@@ -186,6 +186,27 @@ def test_demo_never_replaces_a_servers_ledger(
         assert (server.data_dir / "keys" / "log.skey").exists()
 
 
+@pytest.mark.parametrize("mark", ["folder", "other words", "symlink"])
+def test_only_the_demos_own_mark_lets_it_replace_a_directory(tmp_path: Path, mark: str) -> None:
+    # a `demo/` folder on a case-insensitive file system answers to DEMO too
+    data = tmp_path / "project"
+    data.mkdir()
+    (data / "notes.yaml").write_text("keep me")
+    if mark == "folder":
+        (data / DEMO_MARK).mkdir()
+    elif mark == "other words":
+        (data / DEMO_MARK).write_text("my own file\n")
+    else:
+        made = tmp_path / "demo-data"
+        prepare(made)
+        (data / DEMO_MARK).symlink_to(made / DEMO_MARK)
+    with pytest.raises(DemoError, match="no demo made"):
+        prepare(data)
+    assert (data / "notes.yaml").read_text() == "keep me"
+    with pytest.raises(DemoError, match="is not a directory"):
+        prepare(data / "notes.yaml")
+
+
 def test_demo_replaces_its_own_directory_but_not_while_it_is_served(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

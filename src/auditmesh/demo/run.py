@@ -10,6 +10,7 @@ Layout of the demo's data directory (everything real, nothing simulated):
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import Counter
@@ -42,17 +43,23 @@ class Topology:
 
 
 DEMO_MARK = "DEMO"
-"""A file the demo puts in its data directory: only a directory holding it (or an earlier
-demo's proof) is one the next demo may replace."""
+"""A file the demo puts in its data directory: only a directory holding it (or all of an
+earlier demo's files) is one the next demo may replace."""
+_MARK_TEXT = (
+    "Made by `auditmesh demo`: the next demo run with this --data replaces the directory.\n"
+)
+_EARLIER_DEMO = ("ledger.db", "mesh", "policies", "denied-call.tlog-proof")
 
 
 def prepare(data: Path) -> None:
     """An empty `data` directory for a new run: a directory an earlier demo made is
     replaced; anything else, above all a ledger a server writes to, is left alone."""
-    if data.exists() and any(data.iterdir()):
-        made_by_demo = (data / DEMO_MARK).exists() or (data / "denied-call.tlog-proof").exists()
-        if not made_by_demo:
-            what = "a ledger" if (data / "ledger.db").exists() else "files"
+    if data.exists() and not data.is_dir():
+        raise DemoError(f"{data} is not a directory: pick another --data")
+    names = set(os.listdir(data)) if data.exists() else set()
+    if names:
+        if not _made_by_demo(data, names):
+            what = "a ledger" if "ledger.db" in names else "files"
             raise DemoError(
                 f"{data} holds {what} that no demo made; the demo starts from an empty "
                 "directory and would delete them: pick another --data"
@@ -64,9 +71,19 @@ def prepare(data: Path) -> None:
             raise DemoError(str(exc)) from None
         shutil.rmtree(data)
     data.mkdir(parents=True, exist_ok=True)
-    (data / DEMO_MARK).write_text(
-        "Made by `auditmesh demo`: the next demo run with this --data replaces the directory.\n"
-    )
+    (data / DEMO_MARK).write_text(_MARK_TEXT)
+
+
+def _made_by_demo(data: Path, names: set[str]) -> bool:
+    """The mark, a regular file named exactly so (not a `demo/` folder on a file system
+    that ignores case) holding the demo's words; or every file an earlier demo left."""
+    mark = data / DEMO_MARK
+    if DEMO_MARK in names and mark.is_file() and not mark.is_symlink():
+        try:
+            return mark.read_text() == _MARK_TEXT
+        except (OSError, UnicodeDecodeError):
+            return False
+    return names.issuperset(_EARLIER_DEMO)
 
 
 def start_mesh(data: Path, clock: RunClock) -> tuple[LocalMesh, Topology, list[RunningApp]]:
