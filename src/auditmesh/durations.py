@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 
 _UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# at most 12 digits a unit: enough for any span a clock counts, and no 5,000-digit integer
+_DURATION = re.compile(
+    r"(?:(\d{1,12})w)?(?:(\d{1,12})d)?(?:(\d{1,12})h)?(?:(\d{1,12})m)?(?:(\d{1,12})s)?"
+)
 EXAMPLES = "30s, 15m, 2h, 7d, 2w or 1h30m"
 
 

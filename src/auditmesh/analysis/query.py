@@ -485,8 +485,8 @@ def parse_time(text: str, now_ns: int, name: str = "since") -> int:
     text = text.strip()
     if text == "now":
         return now_ns
-    if text.isascii() and text.isdigit():
-        return _in_range(text, int(text), name)
+    if text.isascii() and text.isdigit():  # Unix ns; past 20 digits out of range anyway
+        return _in_range(text, int(text) if len(text) <= 20 else 2**64, name)
     seconds_before = duration_s(text)
     if seconds_before is not None:
         return _in_range(text, now_ns - seconds_before * 1_000_000_000, name)

@@ -29,6 +29,7 @@ from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
 
 DEFAULT_TOKEN_TTL = timedelta(minutes=10)
 MAX_TOKEN_TTL = timedelta(days=30)
+MAX_TTL_S = 100 * 366 * 86400  # any TTL: far past any certificate, short of datetime's end
 RETAIN_AFTER_EXPIRY = timedelta(days=7)  # used/expired records kept to explain a refusal
 STORE_VERSION = 1
 
@@ -43,10 +44,9 @@ def parse_ttl(text: str) -> timedelta:
         )
     if seconds <= 0:
         raise ValueError(f"invalid duration {text!r}: it must be longer than zero")
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        raise ValueError(f"invalid duration {text!r}: longer than any clock can count") from None
+    if seconds > MAX_TTL_S:  # datetime arithmetic (now + ttl) ends in the year 9999
+        raise ValueError(f"invalid duration {text!r}: longer than 100 years")
+    return timedelta(seconds=seconds)
 
 
 def new_token() -> str:
