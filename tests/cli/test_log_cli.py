@@ -244,6 +244,21 @@ def test_the_event_in_another_json_form_verifies_in_canonical_form(
         assert code == 0 and f"in {form} (in RFC 8785 canonical form) is entry 77" in out, out
 
 
+def test_an_event_file_that_names_a_member_twice_is_refused(
+    data: Path, tmp_path: Path, proven: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last of two `outcome`s wins in the parse, so the proof held while a reader of the
+    file saw the first: such a file does not say one event."""
+    proof, event = proven
+    value = json.loads(event.read_bytes())
+    other = "success" if value["outcome"] != "success" else "failure"
+    text = json.dumps(value)
+    twice = tmp_path / "twice.json"
+    twice.write_text(text[:1] + f'"outcome": "{other}", ' + text[1:])
+    code, out = verify_proof(proof, data / "keys/log.vkey", capsys, "--event", str(twice))
+    assert code == 2 and "names the member 'outcome' twice" in out, out
+
+
 def test_a_tampered_event_fails(
     data: Path, tmp_path: Path, proven: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

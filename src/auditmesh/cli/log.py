@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import shlex
 import sys
@@ -262,8 +263,31 @@ def _event_leaf(path: Path) -> _Leaf:
             unread = f"{path} holds no audit event ({error}), so its bytes were hashed as they are"
             return _Leaf(merkle.leaf_hash(raw), f"the bytes of {path}", unread)
     data = canonical_bytes(event)
+    if data != raw and (twice := _repeated_member(raw)) is not None:
+        # JSON parsers keep one of the two (RFC 8259 §4): what was proven is not what a
+        # reader of the file may see
+        raise UserError(
+            f"{path} names the member {twice!r} twice, so it does not say one event: give "
+            "the event's exact bytes (`auditmesh log prove --event-out FILE`)"
+        )
     form = "" if data == raw else " (in RFC 8785 canonical form)"
     return _Leaf(merkle.leaf_hash(data), f"the event {event.id} in {path}{form}")
+
+
+def _repeated_member(raw: bytes) -> str | None:
+    """The first member name an object of the JSON in `raw` repeats, if any."""
+    repeated: list[str] = []
+
+    def pairs(members: list[tuple[str, object]]) -> dict[str, object]:
+        names = [name for name, _ in members]
+        repeated.extend(name for i, name in enumerate(names) if name in names[:i])
+        return dict(members)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except ValueError:
+        return None
+    return repeated[0] if repeated else None
 
 
 def _event_member(raw: bytes) -> bytes | None:
