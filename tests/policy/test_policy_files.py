@@ -194,6 +194,13 @@ def test_notes_backups_and_hidden_entries_may_sit_beside_policies(tmp_path: Path
     assert keys(tmp_path) == ["shop/allow"]
 
 
+def test_a_hidden_file_named_like_a_policy_is_refused_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "allow.yaml").write_text(policy("allow", "ALLOW"))
+    (tmp_path / ".deny.yaml").write_text(policy("deny", "DENY"))  # was: never enforced
+    with pytest.raises(PolicyLoadError, match=r"\.deny\.yaml: a hidden file named like a policy"):
+        keys(tmp_path)
+
+
 def test_a_linked_directory_is_read_and_a_link_loop_refused(tmp_path: Path) -> None:
     (tmp_path / "team").mkdir()
     (tmp_path / "team" / "deny.yaml").write_text(policy("deny", "DENY"))

@@ -153,6 +153,13 @@ def _walk(root: Path, root_key: tuple[int, int]) -> list[Path]:
             ) from None
         for name in names:
             if name.startswith("."):
+                # hidden: version control, a ConfigMap's `..data`; but a hidden file named
+                # like a policy would be a policy nobody enforces, so it is refused
+                if is_policy_file(name) and not (directory / name).is_dir():
+                    raise PolicyLoadError(
+                        f"{directory / name}: a hidden file named like a policy is not read; "
+                        "rename it without the leading dot, or move it out of the directory"
+                    )
                 continue
             entry = directory / name
             try:
