@@ -118,16 +118,24 @@ def table(findings: list[Finding], events: int) -> Table:
 
 
 def _short_names(findings: list[Finding]) -> dict[str, str]:
-    """Each SPIFFE ID the findings name → its short name, unless two IDs share one (the same
-    workload of two trust domains): those stay whole."""
+    """Each SPIFFE ID the findings name → its short name, for the IDs of the trust domain
+    most of them are in: an ID of another trust domain stays whole (a foreign
+    `…/ns/shop/sa/orders` must not read as the local orders.shop), as do two IDs that would
+    share a short name."""
     ids = {
         i
         for f in findings
         for i in SPIFFE_ID.findall(f"{f.responsible} {f.destination} {f.summary}")
     }
-    names = {spiffe_id: short_name(spiffe_id) for spiffe_id in ids}
+    domains = Counter(_trust_domain(i) for i in ids)
+    home = domains.most_common(1)[0][0] if domains else None
+    names = {i: short_name(i) for i in ids if _trust_domain(i) == home}
     uses = Counter(names.values())
     return {i: name for i, name in names.items() if name != i and uses[name] == 1}
+
+
+def _trust_domain(spiffe_id: str) -> str:
+    return spiffe_id.removeprefix("spiffe://").partition("/")[0]
 
 
 def load(ledger: Ledger, since: int | None, until: int | None) -> list[tuple[int, AuditEvent]]:
