@@ -119,16 +119,17 @@ def table(findings: list[Finding], events: int) -> Table:
 
 def _short_names(findings: list[Finding]) -> dict[str, str]:
     """Each SPIFFE ID the findings name → its short name, for the IDs of the trust domain
-    most of them are in: an ID of another trust domain stays whole (a foreign
-    `…/ns/shop/sa/orders` must not read as the local orders.shop), as do two IDs that would
-    share a short name."""
+    most of them are in (strictly: a tie shortens none). An ID of another trust domain
+    stays whole (a foreign `…/ns/shop/sa/orders` must not read as the local orders.shop), as
+    do two IDs that would share a short name."""
     ids = {
         i
         for f in findings
         for i in SPIFFE_ID.findall(f"{f.responsible} {f.destination} {f.summary}")
     }
-    domains = Counter(_trust_domain(i) for i in ids)
-    home = domains.most_common(1)[0][0] if domains else None
+    # the home domain is the one most IDs are in; with a tie there is none (all stay whole)
+    top = Counter(_trust_domain(i) for i in ids).most_common(2)
+    home = top[0][0] if len(top) == 1 or (top and top[0][1] > top[1][1]) else None
     names = {i: short_name(i) for i in ids if _trust_domain(i) == home}
     uses = Counter(names.values())
     return {i: name for i, name in names.items() if name != i and uses[name] == 1}
