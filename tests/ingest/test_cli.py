@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -205,6 +205,14 @@ def test_json_and_linkerd_from_stdin(
     assert stored(server, first.id) == to_json_dict(first)
 
 
+def follow(log: Path, server: ServerProcess, *, idle: str, more: Sequence[str] = ()) -> list[str]:
+    """`ingest envoy LOG --follow` that stops after `idle` seconds without a new line."""
+    return [
+        "ingest", "envoy", str(log), "--server", server.url, "--follow",
+        "--exit-when-idle", idle, "--poll-interval", "0.05", *more,
+    ]  # fmt: skip
+
+
 def _follow(argv: list[str], results: list[int]) -> threading.Thread:
     thread = threading.Thread(target=lambda: results.append(main(argv)))
     thread.start()
@@ -215,8 +223,7 @@ def test_follow_resumes_after_restart_and_rotation(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log = tmp_path / "access.log"
-    argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
-    argv += ["--exit-when-idle", "0.8", "--poll-interval", "0.05", "--rotate-wait", "0.2"]
+    argv = follow(log, server, idle="0.8", more=["--rotate-wait", "0.2"])
     lines = [line.replace("2026-03-02", "2026-04-01") for line in TEXT_LINES]
     log.write_text("\n".join(lines[:4]) + "\n")
     before = ledger_size(server)
@@ -258,8 +265,7 @@ def test_follow_does_not_stop_idle_while_a_rotated_in_file_waits(
 ) -> None:
     # --exit-when-idle shorter than --rotate-wait: the new file's line is still read
     log = tmp_path / "access.log"
-    argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
-    argv += ["--exit-when-idle", "0.3", "--poll-interval", "0.05", "--rotate-wait", "1"]
+    argv = follow(log, server, idle="0.3", more=["--rotate-wait", "1"])
     lines = [line.replace("2026-03-02", "2026-06-01") for line in TEXT_LINES]
     log.write_text(lines[0] + "\n")
     before = ledger_size(server)
@@ -283,8 +289,7 @@ def test_follow_reads_a_file_rewritten_in_place_while_stopped_from_its_start(
     # copytruncate while the follower was stopped, and the writer went on past the stored
     # offset: the restart must not resume in the middle of the new lines.
     log = tmp_path / "access.log"
-    argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
-    argv += ["--exit-when-idle", "0.3", "--poll-interval", "0.05"]
+    argv = follow(log, server, idle="0.3")
     old = [line.replace("2026-03-02", "2026-07-01") for line in TEXT_LINES[:5]]
     new = [line.replace("2026-03-02", "2026-07-02") for line in reversed(TEXT_LINES)]
     log.write_text("\n".join(old) + "\n")
@@ -310,8 +315,7 @@ def test_an_unfinished_last_line_is_told_in_the_summary_and_read_once_ended(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log = tmp_path / "access.log"
-    argv = ["ingest", "envoy", str(log), "--server", server.url, "--follow"]
-    argv += ["--exit-when-idle", "0.3", "--poll-interval", "0.05"]
+    argv = follow(log, server, idle="0.3")
     lines = [line.replace("2026-03-02", "2026-05-01") for line in TEXT_LINES[:3]]
     log.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:50])  # no newline at the end
     assert main(argv) == 0

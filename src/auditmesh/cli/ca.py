@@ -83,10 +83,7 @@ def _workload_id(text: str, ca: MeshCA) -> SpiffeId:
     if not spiffe_id.path:
         raise UserError(f"{spiffe_id} names no workload; add a path such as /ns/NS/sa/SA")
     if spiffe_id.reserved:
-        raise UserError(
-            f"{spiffe_id} is reserved for auditmesh's own components (paths under "
-            "/auditmesh/): name a workload, such as /ns/NS/sa/SA"
-        )
+        raise UserError(f"{spiffe_id.reserved_refusal}; name a workload, such as /ns/NS/sa/SA")
     return spiffe_id
 
 

@@ -242,9 +242,8 @@ def _prove_denied(
     checkpoint = verify_tlog_proof(proof, leaf, Verifier.from_vkey(vkey))
     path = data / PROOF_FILE
     path.write_bytes(response.content)
-    (data / EVENT_FILE).write_bytes(
-        leaf
-    )  # the proof does not carry its event: the auditor needs it
+    # the proof does not carry its event: the auditor needs it beside the proof
+    (data / EVENT_FILE).write_bytes(leaf)
     src = denied.source.identity if denied.source else "?"
     http = denied.http
     what = f"{http.method} {http.path}" if http else denied.kind

@@ -292,10 +292,7 @@ class MeshCA:
             # X509-SVID §3.1: leaf SPIFFE IDs have a non-root path.
             raise CAError(f"{spiffe_id} has no path; a workload SVID needs one")
         if spiffe_id.reserved and not own:
-            raise CAError(
-                f"{spiffe_id} is reserved for auditmesh's own components (paths under "
-                "/auditmesh/); no workload is issued one"
-            )
+            raise CAError(spiffe_id.reserved_refusal)
         if ttl <= timedelta(0):
             raise CAError(f"the SVID TTL must be positive, not {ttl}")
         public_key = csr_public_key(csr_pem)

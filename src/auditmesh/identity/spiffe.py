@@ -156,6 +156,14 @@ class SpiffeId:
         server's)."""
         return self.segments[:1] == (RESERVED_SEGMENT,)
 
+    @property
+    def reserved_refusal(self) -> str:
+        """Why a reserved ID is refused, one wording for the CA, the tokens and the CLI."""
+        return (
+            f"{self} is reserved for auditmesh's own components (paths under "
+            f"/{RESERVED_SEGMENT}/): no workload is given one"
+        )
+
     @classmethod
     def kubernetes(cls, trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
         """The Kubernetes/Istio form ``spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT``."""

@@ -150,10 +150,7 @@ class JoinTokens:
         if not spiffe_id.path:
             raise ValueError(f"{spiffe_id} has no path; a join token must name a workload")
         if spiffe_id.reserved:
-            raise ValueError(
-                f"{spiffe_id} is reserved for auditmesh's own components (paths under "
-                "/auditmesh/); a join token must name a workload"
-            )
+            raise ValueError(spiffe_id.reserved_refusal)
         if ttl <= timedelta(0):
             raise ValueError("the token TTL must be longer than zero")
         if ttl > MAX_TOKEN_TTL:

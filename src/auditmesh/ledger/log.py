@@ -117,17 +117,24 @@ class Log:
         that said "stored" must hold what it was given."""
         with self._lock:
             known = self._storage.indices_of([e.key for e in entries]) if entries else {}
-            self._check_duplicates(entries, known)
+            stored = self._storage.data_of(list(known)) if known else {}  # no duplicate, no read
             fresh: list[Entry] = []
             indices: list[int] = []
+            conflicts: dict[int, int | None] = {}
             start = self._size
-            for entry in entries:
+            for position, entry in enumerate(entries):
                 index = known.get(entry.key)
                 if index is None:
                     index = start + len(fresh)
                     known[entry.key] = index
                     fresh.append(entry)
+                else:  # a duplicate: the stored entry's data, or an earlier fresh one's
+                    held = stored[entry.key] if index < start else fresh[index - start].data
+                    if entry.data != held:
+                        conflicts[position] = index if index < start else None
                 indices.append(index)
+            if conflicts:
+                raise ConflictingEntries(conflicts)
             if fresh:
                 leaf_hashes = [merkle.leaf_hash(e.data) for e in fresh]
                 updates = tiles.tiles_after_append(
@@ -136,19 +143,6 @@ class Log:
                 self._storage.write(start, fresh, updates)
                 self._size = start + len(fresh)
             return indices
-
-    def _check_duplicates(self, entries: Sequence[Entry], known: dict[bytes, int]) -> None:
-        stored = self._storage.data_of(list(known)) if known else {}
-        first: dict[bytes, bytes] = {}
-        conflicts: dict[int, int | None] = {}
-        for position, entry in enumerate(entries):
-            if entry.key in stored:
-                if stored[entry.key] != entry.data:
-                    conflicts[position] = known[entry.key]
-            elif first.setdefault(entry.key, entry.data) != entry.data:
-                conflicts[position] = None
-        if conflicts:
-            raise ConflictingEntries(conflicts)
 
     def hashes(self) -> merkle.HashSource:
         """Subtree hashes from the stored tiles; full tiles stay cached across calls."""
