@@ -8,11 +8,21 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from auditmesh.cli.main import main
 from auditmesh.identity.ca import MeshCA, init_ca
 from auditmesh.identity.svid import make_csr
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 TD = "example.org"
+CLI_ID = "spiffe://example.org/ns/payments/sa/api"
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """A data directory with a mesh CA, made by `auditmesh ca init` itself."""
+    path = tmp_path / "data"
+    assert main(["ca", "init", "--trust-domain", TD, "--data", str(path)]) == 0
+    return path
 
 
 @pytest.fixture

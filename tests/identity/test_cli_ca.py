@@ -14,15 +14,7 @@ from auditmesh.cli.main import main
 from auditmesh.identity.spiffe import parse
 from auditmesh.identity.svid import make_csr, verify_peer_svid
 from auditmesh.identity.tokens import JoinTokens, TokenError
-
-ID = "spiffe://example.org/ns/payments/sa/api"
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    path = tmp_path / "data"
-    assert main(["ca", "init", "--trust-domain", "example.org", "--data", str(path)]) == 0
-    return path
+from tests.identity.conftest import CLI_ID as ID
 
 
 def test_init_creates_the_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

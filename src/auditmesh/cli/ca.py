@@ -13,9 +13,12 @@ from pathlib import Path
 
 from auditmesh.cli import add_data_arg, output_dir, writable_file, write_output
 from auditmesh.cli.main import UserError
+from auditmesh.events import AuditEvent
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, init_ca
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
 from auditmesh.identity.tokens import DEFAULT_TOKEN_TTL, JoinTokens, TokenStoreError, parse_ttl
+from auditmesh.issuance import by_hand
+from auditmesh.pending import pending_dir, queue_event, take_now
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,9 +117,11 @@ def _cmd_token(args: argparse.Namespace) -> int:
         token = JoinTokens(args.data).mint(spiffe_id, now=now, ttl=ttl)
     except (TokenStoreError, ValueError) as exc:
         raise UserError(str(exc)) from exc
-    print(token)
     expires = (now + ttl).isoformat(timespec="seconds")
-    print(f"one-time join token for {spiffe_id}, expires {expires}", file=sys.stderr)
+    event = by_hand("join_token_minted", str(spiffe_id), labels={"identity.expires": expires})
+    recorded = _record(args.data, event)  # before the token goes out
+    print(token)
+    print(f"one-time join token for {spiffe_id}, expires {expires}; {recorded}", file=sys.stderr)
     return 0
 
 
@@ -134,11 +139,33 @@ def _cmd_issue(args: argparse.Namespace) -> int:
         cert_pem = ca.issue_svid(csr_pem, spiffe_id, ttl, now=_now())
     except CAError as exc:
         raise UserError(str(exc)) from exc
+    recorded = _record(
+        args.data, by_hand("svid_issued", str(spiffe_id), cert_pem=cert_pem, labels={})
+    )
     if args.out is None:
         sys.stdout.write(cert_pem.decode())
     else:
         write_output(args.out, cert_pem, "--out")
+    print(f"X.509-SVID for {spiffe_id} issued; {recorded}", file=sys.stderr)
     return 0
+
+
+def _record(data: Path, event: AuditEvent) -> str:
+    """Record a CA action as an audit event before its result goes out (pending.py): at once
+    when no server runs, else queued for the running server. Words for the operator."""
+    try:
+        queue_event(data, event)
+    except OSError as exc:  # nothing goes out unaudited
+        raise UserError(
+            f"cannot record this as an audit event ({exc}); nothing was handed out"
+        ) from exc
+    try:
+        taken = take_now(data)
+    except Exception as exc:  # noqa: BLE001 — queued on disk, where the server takes it
+        return f"audit event {event.id} queued in {pending_dir(data)}, not appended yet: {exc}"
+    if taken is None or event.id not in taken.indices:
+        return f"audit event {event.id} queued for the running server"
+    return f"audit event {event.id} recorded at ledger index {taken.indices[event.id]}"
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:

@@ -48,6 +48,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal, TypeAlias
 
+from auditmesh.fsutil import fsync_dir
+
 MAGIC = b"AMSPOOL1"
 _HEADER = struct.Struct(">II")
 RECORD_OVERHEAD = _HEADER.size
@@ -134,14 +136,6 @@ class _Segment:
     seq: int
     path: Path
     end: int  # bytes of intact data, magic included
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -244,7 +238,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         replacement.replace(segment.path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         segment.end = len(intact)
 
     # --- reading ---------------------------------------------------------------------
@@ -430,7 +424,7 @@ class Spool:
         self._tail.flush()
         if self.config.fsync:
             os.fsync(self._tail.fileno())
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self._segments.append(_Segment(seq, path, len(MAGIC)))
         self._normalise_cursor()
 
@@ -474,7 +468,7 @@ class Spool:
                 os.fsync(f.fileno())
         os.replace(tmp, self.directory / _STATE)
         if self.config.fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     @property
     def depth_records(self) -> int:

@@ -15,12 +15,10 @@ result in the ASGI scope's TLS extension; issuance and renewal are audited like 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from cryptography import x509
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -29,12 +27,13 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from auditmesh.collector import Collector, CollectorUnavailable
-from auditmesh.events import TLS, AuditEvent, Error, Peer, new_event_id
+from auditmesh.events import Peer
 from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, csr_public_key
 from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.identity.svid import PeerIdentityError, cert_sha256, verify_peer_svid
+from auditmesh.identity.svid import PeerIdentityError, verify_peer_svid
 from auditmesh.identity.tokens import JoinTokens, TokenError
+from auditmesh.issuance import identity_event
 from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER
 from auditmesh.server.app import _error, admit_batch
 from auditmesh.server.metrics import Metrics
@@ -115,26 +114,14 @@ class MeshApi:
         cert_pem: bytes | None = None,
         client: str | None = None,
     ) -> None:
-        tls = None
-        if cert_pem is not None:
-            cert = x509.load_pem_x509_certificate(cert_pem)
-            tls = TLS(
-                mutual=True,
-                peer_cert_sha256=cert_sha256(cert),
-                peer_not_after=int(cert.not_valid_after_utc.timestamp()),
-            )
-        event = AuditEvent(
-            id=new_event_id(),
-            time_ns=time.time_ns(),
+        event = identity_event(
             reporter=str(self.server_id),
-            kind="identity" if failure is None else "authn",
-            outcome="success" if failure is None else "failure",
-            source=Peer(identity=subject, ip=client),
+            action=action,
+            subject=subject,
             destination=Peer(identity=str(self.server_id), service="auditmesh-server"),
-            tls=tls,
-            error=None if failure is None else Error(type=action, message=failure),
-            labels={"identity.action": action},
-            attested=True,
+            failure=failure,
+            cert_pem=cert_pem,
+            client=client,
         )
         await self.collector.submit_async([event])  # durable before the answer goes out
 

@@ -28,6 +28,7 @@ from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAPaths, MeshCA, init_comman
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.workload import Credentials, SelfIssued
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
+from auditmesh.pending import PendingWatcher
 from auditmesh.server import api_auth
 from auditmesh.server.app import create_app
 from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
@@ -102,6 +103,10 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -210,6 +215,9 @@ def serve(
         ledger = open_ledger(data_dir, origin=origin)
         collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
         collector.start()
+        # events an operator's `auditmesh ca …` queued beside the running server
+        pending = PendingWatcher(data_dir, collector.submit, report=_say)
+        pending.start()
         otlp_server: OtlpGrpcServer | None = None
         metrics = Metrics(ledger.store, collector)  # one registry, fed by every listener
         try:
@@ -244,6 +252,7 @@ def serve(
         finally:
             if otlp_server is not None:  # in-flight Exports finish before the collector stops
                 otlp_server.stop()
+            pending.stop()
             collector.stop()
             ledger.close()
             print("auditmesh server: stopped; last checkpoint signed", flush=True)
