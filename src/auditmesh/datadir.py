@@ -6,6 +6,7 @@ Layout (everything a backup needs):
     DIR/keys/log.vkey     its verifier key, to hand to auditors
     DIR/keys/api.token    the API token for reads of events, mode 0600 (server/api_auth.py)
     DIR/ca/               the mesh CA and join tokens, when `auditmesh ca init` made one
+    DIR/pending/          audit events of `ca token`/`ca issue` not yet in the log (pending.py)
     DIR/rollup.db         per-minute graph summary: derived, safe to delete (analysis/rollup.py)
     DIR/server.lock       held by the one server (the sequencer) using the directory
 """
