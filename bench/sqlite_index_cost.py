@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1_000, help="rows per transaction")
     parser.add_argument("--page-size", type=int, default=4096, help="SQLite page size")
     parser.add_argument("--drop", default="", help="indexes to drop, comma-separated")
+    parser.add_argument("--cache-mib", type=int, help="PRAGMA cache_size (default SQLite's 2)")
     args = parser.parse_args()
     drop = [name for name in args.drop.split(",") if name]
     entries = [entry_of(e) for e in generate_events(20_000)]
@@ -75,6 +76,8 @@ def main() -> None:
     data = [e.data for e in entries]
     with tempfile.TemporaryDirectory(prefix="auditmesh-index-cost-") as work:
         db = _schema(Path(work) / "ledger.db", args.page_size, drop)
+        if args.cache_mib is not None:
+            db.execute(f"PRAGMA cache_size=-{args.cache_mib * 1024}")
         progress(f"inserting {args.base:,} base rows")
         db.execute("BEGIN")
         db.executemany(_INSERT, _rows(0, args.base, templates, data))
@@ -88,7 +91,8 @@ def main() -> None:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         db.close()
     print(
-        f"page size {args.page_size}, base {args.base:,} rows, dropped {drop or 'none'}: "
+        f"page size {args.page_size}, cache {args.cache_mib or 2} MiB, base {args.base:,} rows, "
+        f"dropped {drop or 'none'}: "
         f"{wall / args.events * 1e6:.1f} µs an event ({cpu / args.events * 1e6:.1f} µs CPU), "
         f"{args.events / wall:,.0f} events/s in transactions of {args.batch:,}"
     )
