@@ -3,11 +3,13 @@ stays, each failure is one `policy_change` failure event, and nothing raises to 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
 from auditmesh.events import Peer
+from auditmesh.policy.model import load_policies
 from auditmesh.policy.request import Request
 from auditmesh.proxy import enforce
 from auditmesh.proxy.enforce import PolicyState
@@ -101,3 +103,21 @@ def test_a_defect_while_compiling_is_a_refusal_too(
         event.error.message == "policy set refused, previous kept: unexpected RuntimeError: defect"
     )
     assert decision(state) == "allow"
+
+
+def test_the_hash_in_the_event_is_of_the_bytes_the_policies_were_parsed_from(
+    tmp_path: Path,
+) -> None:
+    """One read of each file: the `policy.hash` an auditor checks is of the very bytes that
+    were enforced (a second read for the hash could see a file changed in between)."""
+    (tmp_path / "pol").mkdir()
+    file = tmp_path / "pol" / "allow.yaml"
+    file.write_text(allow("cluster.local/ns/shop/sa/orders"))
+    state = state_of(tmp_path / "pol")
+    event = state.load()
+    expected = hashlib.sha256(b"allow.yaml\0" + file.read_bytes() + b"\0").hexdigest()
+    assert event.labels["policy.hash"] == expected
+    other = allow("cluster.local/ns/shop/sa/someone-else").encode()
+    policies = load_policies(tmp_path / "pol", contents={file: other})
+    [parsed] = policies.authorization
+    assert "someone-else" in repr(parsed) and "sa/orders" not in repr(parsed)

@@ -203,10 +203,11 @@ def _dangling(link: Path) -> str:
     return f"{link}: a symbolic link to {target}, which does not exist"
 
 
-def read_documents(file: Path) -> Iterator[tuple[Origin, object]]:
-    """Each non-empty YAML document of ``file`` with its origin; bad YAML names the line."""
+def read_documents(file: Path, data: bytes | None = None) -> Iterator[tuple[Origin, object]]:
+    """Each non-empty YAML document of ``file`` (or of ``data``, its bytes already read)
+    with its origin; bad YAML names the line."""
     try:
-        text = file.read_text(encoding="utf-8")
+        text = (file.read_bytes() if data is None else data).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyLoadError(f"{file}: cannot read: {exc}") from None
     if file.name.lower().endswith(".json"):

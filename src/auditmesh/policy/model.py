@@ -94,19 +94,22 @@ def load_policies(
     *,
     root_namespace: str = ROOT_NAMESPACE,
     default_namespace: str | None = None,
+    contents: Mapping[Path, bytes] | None = None,
 ) -> PolicySet:
     """Load every policy under ``path`` (a YAML file, or a directory searched recursively).
 
     ``default_namespace`` plays ``kubectl apply -n`` for documents without
-    ``metadata.namespace``; without it such a document is an error. Raises PolicyLoadError.
+    ``metadata.namespace``; without it such a document is an error. ``contents``: the files
+    of ``path`` (``yaml_files`` order) already read, so a caller that hashes the bytes parses
+    the very same ones. Raises PolicyLoadError.
     """
     authz: list[AuthorizationPolicy] = []
     peer: list[PeerAuthentication] = []
     skipped: list[Skipped] = []
     seen: dict[tuple[str, str], Origin] = {}
-    files = yaml_files(Path(path))
+    files = yaml_files(Path(path)) if contents is None else list(contents)
     for file in files:
-        for origin, document in read_documents(file):
+        for origin, document in read_documents(file, None if contents is None else contents[file]):
             for fields, obj in _objects(Fields(origin), document, ""):
                 item = _parse_object(fields, obj, default_namespace, root_namespace)
                 if isinstance(item, Skipped):

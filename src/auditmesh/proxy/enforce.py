@@ -58,11 +58,23 @@ def _snapshot(path: Path) -> Snapshot:
         return str(exc)
 
 
-def _digest(path: Path) -> str:
-    hasher = hashlib.sha256()
+def _read(path: Path) -> dict[Path, bytes]:
+    """Every policy file's bytes, read once: the set's hash and its policies come from the
+    same bytes, even when a file changes while it is loaded."""
+    contents = {}
     for file in yaml_files(path):
+        try:
+            contents[file] = file.read_bytes()
+        except OSError as exc:
+            raise PolicyLoadError(f"{file}: cannot read: {exc}") from None
+    return contents
+
+
+def _digest(path: Path, contents: Mapping[Path, bytes]) -> str:
+    hasher = hashlib.sha256()
+    for file, data in contents.items():
         hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        hasher.update(b"\0" + file.read_bytes() + b"\0")
+        hasher.update(b"\0" + data + b"\0")
     return hasher.hexdigest()
 
 
@@ -122,7 +134,8 @@ class PolicyState:
         try:
             if isinstance(snapshot, str):
                 raise PolicyLoadError(snapshot)
-            policies = load_policies(self.path)
+            contents = _read(self.path)
+            policies = load_policies(self.path, contents=contents)
             resolver = MtlsResolver(policies)
             decision = resolver.mode(self.namespace, self.labels, self.port)
             authorizer = PolicyEngine(policies, trust_domain=self.trust_domain).for_workload(
@@ -131,7 +144,7 @@ class PolicyState:
             new = Effective(
                 authorizer,
                 None if decision.level == "default" else decision.mode,
-                _digest(self.path),
+                _digest(self.path, contents),
                 _per_policy(policies),
             )
         except (PolicyLoadError, OSError) as exc:

@@ -225,8 +225,9 @@ class Sidecar:
         while True:
             await asyncio.sleep(self.config.policy_reload_s)
             try:
-                if state.changed():
-                    self._emit(state.load())
+                # file reads and YAML parsing off the event loop: requests go on meanwhile
+                if await asyncio.to_thread(state.changed):
+                    self._emit(await asyncio.to_thread(state.load))
                 last_error = None
             except Exception as exc:  # PolicyState reports its own failures; this is a defect
                 reason = f"policy watch: unexpected {type(exc).__name__}: {exc}"
