@@ -103,6 +103,7 @@ def test_counts_only_what_was_committed(ledger: Ledger, collector: Collector) ->
         assert found[key] == count
     assert found[("auditmesh_ledger_entries", ())] == 400
     assert found[("auditmesh_collector_failed", ())] == 0
+    assert not [name for name, _ in found if name.endswith("_created")]  # one series a count
     assert ("auditmesh_checkpoint_size", ()) not in found  # none signed yet
 
 

@@ -78,7 +78,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as MetricSource
@@ -89,6 +89,10 @@ from starlette.responses import Response
 from auditmesh.collector import Collector
 from auditmesh.ledger.log import Entry
 from auditmesh.store.base import Store
+
+# No `*_created` gauge beside each counter: a second series per label set that says only when
+# the server started (and the classic text format has no place for it; OpenMetrics does).
+disable_created_metrics()
 
 # Positions in `store.base.columns_of(event)` (an Entry's index columns): read from the
 # entry rather than decoding its JSON again, so counting costs next to nothing per event.
