@@ -92,7 +92,7 @@ from auditmesh.store.base import Store
 
 # No `*_created` gauge beside each counter: a second series per label set that says only when
 # the server started (and the classic text format has no place for it; OpenMetrics does).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 # Positions in `store.base.columns_of(event)` (an Entry's index columns): read from the
 # entry rather than decoding its JSON again, so counting costs next to nothing per event.
