@@ -18,7 +18,7 @@ from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, init_ca
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
 from auditmesh.identity.tokens import DEFAULT_TOKEN_TTL, JoinTokens, TokenStoreError, parse_ttl
 from auditmesh.issuance import by_hand
-from auditmesh.pending import pending_dir, queue_event, take_now
+from auditmesh.pending import NoLedgerYet, lock_holder, pending_dir, queue_event, take_or_wait
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,20 +152,39 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
 def _record(data: Path, event: AuditEvent) -> str:
     """Record a CA action as an audit event before its result goes out (pending.py): at once
-    when no server runs, else queued for the running server. Words for the operator."""
+    when no server runs, else queued for the running server, which takes it within a
+    second. Words for the operator."""
     try:
-        queue_event(data, event)
+        path = queue_event(data, event)
     except OSError as exc:  # nothing goes out unaudited
         raise UserError(
             f"cannot record this as an audit event ({exc}); nothing was handed out"
         ) from exc
     try:
-        taken = take_now(data)
+        index = take_or_wait(data, event.id)
+    except NoLedgerYet:
+        return (
+            f"audit event {event.id} queued in {path}: {data} has no log yet, and the first "
+            f"`auditmesh server --data {data}` appends it"
+        )
     except Exception as exc:  # noqa: BLE001 — queued on disk, where the server takes it
-        return f"audit event {event.id} queued in {pending_dir(data)}, not appended yet: {exc}"
-    if taken is None or event.id not in taken.indices:
-        return f"audit event {event.id} queued for the running server"
-    return f"audit event {event.id} recorded at ledger index {taken.indices[event.id]}"
+        return (
+            f"audit event {event.id} queued in {path}, but not appended: {exc}. It stays "
+            f"queued: a server on {data} takes it once it can, or the next `auditmesh ca "
+            "token` or `ca issue` when none runs"
+        )
+    if index is not None:
+        return f"audit event {event.id} recorded at ledger index {index}"
+    if not path.exists():  # set aside by the process holding the ledger
+        return (
+            f"audit event {event.id} was not appended but set aside in {pending_dir(data)}: "
+            f"see {path.name}.refused.why there"
+        )
+    return (
+        f"audit event {event.id} queued in {path}, not appended yet: the running server "
+        f"(pid {lock_holder(data)}) has not taken it; its output says why. It stays queued "
+        "until the server can append it"
+    )
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
