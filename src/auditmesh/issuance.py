@@ -8,7 +8,8 @@ the workload's SPIFFE ID as the source identity, and the action in label `identi
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 import socket
 import time
 
@@ -57,11 +58,14 @@ def identity_event(
 
 
 def operator() -> str:
-    """Who runs this command, as `user@host` (the CLI's reporter and operator label)."""
+    """Who runs this command, as `user@host` (the CLI's reporter and operator label): the
+    name of the process's real uid, not $USER or $LOGNAME (`getpass.getuser`), which anyone
+    can set to anyone else's name for one command."""
+    uid = os.getuid()
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a bare container)
-        user = "uid-unknown"
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no name for this uid (a bare container)
+        user = f"uid-{uid}"
     return f"{user}@{socket.gethostname() or 'localhost'}"
 
 

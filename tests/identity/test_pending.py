@@ -4,6 +4,8 @@ a folder others can write to. Real files, a real ledger and collector, a real se
 
 from __future__ import annotations
 
+import os
+import pwd
 import sqlite3
 import threading
 import time
@@ -259,3 +261,21 @@ def test_what_a_crash_left_half_written_is_neither_taken_nor_refused(tmp_path: P
         absorbed = absorb(data, collector.submit)
     assert absorbed.indices == {event.id: 0} and absorbed.refused == ()
     assert _queued(data) == [torn.name]
+
+
+def test_the_operator_is_the_user_the_command_runs_as_not_what_its_environment_says(
+    data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    open_ledger(data).close()
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.setenv(name, "someone-else")
+    assert main(["ca", "token", "--id", ID, "--data", str(data)]) == 0
+    ledger = open_ledger(data, create=False)
+    try:
+        [(_, stored)] = list(ledger.store.entries(0, ledger.log.size))
+    finally:
+        ledger.close()
+    event = decode_event(stored)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert event.labels["identity.operator"].split("@")[0] == user
+    assert event.reporter == f"auditmesh-ca-cli:{event.labels['identity.operator']}"
