@@ -279,3 +279,19 @@ def test_the_operator_is_the_user_the_command_runs_as_not_what_its_environment_s
     user = pwd.getpwuid(os.getuid()).pw_name
     assert event.labels["identity.operator"].split("@")[0] == user
     assert event.reporter == f"auditmesh-ca-cli:{event.labels['identity.operator']}"
+
+
+def test_a_command_whose_event_the_holder_does_not_take_says_where_it_waits(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The process holding the ledger takes nothing (a server that cannot commit): after a
+    few seconds the command says where the event waits, who holds the ledger, and what
+    takes it, and hands out what it made, since the event is durably queued."""
+    open_ledger(data).close()
+    with writer_lock(data):
+        assert main(["ca", "token", "--id", ID, "--data", str(data)]) == 0
+    out, err = capsys.readouterr()
+    [queued] = pending_dir(data).glob("*.json")
+    assert out.strip() and f"queued in {queued}, not appended yet" in err
+    assert f"the running server (pid {os.getpid()}) has not taken it" in err
+    assert "its output says why" in err and f"ca token`/`ca issue` on {data}" in err

@@ -170,8 +170,8 @@ def _record(data: Path, event: AuditEvent) -> str:
     except Exception as exc:  # noqa: BLE001 — queued on disk, where the server takes it
         return (
             f"audit event {event.id} queued in {path}, but not appended: {exc}. It stays "
-            f"queued: a server on {data} takes it once it can, or the next `auditmesh ca "
-            "token` or `ca issue` when none runs"
+            f"queued: a server on {data} appends it once it can, else the next `auditmesh ca "
+            "token`/`ca issue` when no server runs"
         )
     if index is not None:
         return f"audit event {event.id} recorded at ledger index {index}"
@@ -182,8 +182,9 @@ def _record(data: Path, event: AuditEvent) -> str:
         )
     return (
         f"audit event {event.id} queued in {path}, not appended yet: the running server "
-        f"(pid {lock_holder(data)}) has not taken it; its output says why. It stays queued "
-        "until the server can append it"
+        f"(pid {lock_holder(data)}) has not taken it; its output says why. It stays queued: "
+        "that server appends it once it can, else the next `auditmesh server` or `auditmesh "
+        f"ca token`/`ca issue` on {data}"
     )
 
 
