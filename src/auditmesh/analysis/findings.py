@@ -20,6 +20,7 @@ floor, so quiet edges and steady Poisson-like traffic do not alarm.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,8 @@ class Finding:
     source: str | None = None  # the caller's service (or address) when the finding is an edge's
     details: tuple[tuple[str, str], ...] = ()  # e.g. ("policy", "shop/payments-only-orders")
     evidence: tuple[int, ...] = ()  # ledger indices of the first `BUNDLE_CAP`, for a bundle
+    search: tuple[tuple[str, str], ...] = ()  # event-search filters every one of its events
+    #   meets (`_search`); with the window, the console's link to the evidence
 
     @property
     def ratio(self) -> float | None:
@@ -105,6 +108,7 @@ class Finding:
             "event_ids": list(self.event_ids),
             "indices": list(self.indices),
             "evidence_indices": list(self.evidence),
+            "search": dict(self.search),
             "summary": self.summary,
         }
 
@@ -287,7 +291,10 @@ def _qualify_shared_names(
     def qualified(peer: Peer | None) -> Peer | None:
         if peer is None or peer.service not in shared or not peer.namespace:
             return peer
-        return msgspec.structs.replace(peer, service=f"{peer.service}.{peer.namespace}")
+        # the namespace moves into the name: `_search` names the peer as the graph does
+        return msgspec.structs.replace(
+            peer, service=f"{peer.service}.{peer.namespace}", namespace=None
+        )
 
     def rename(event: AuditEvent) -> AuditEvent:
         return msgspec.structs.replace(
@@ -428,6 +435,7 @@ def _error_bursts(
                         ("callers", _tally(_caller_service(e) for _, e in failures)[:500]),
                     ),
                     evidence=evidence,
+                    search=_search(failures),
                 )
             )
     return found
@@ -490,6 +498,7 @@ def _volume(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findin
                         ("baseline_response_bytes_per_bucket", f"{base_bytes:.0f}"),
                     ),
                     evidence=evidence,
+                    search=_search(items),
                 )
             )
     return found
@@ -560,6 +569,7 @@ def _latency(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Findi
                     f"{service}: p95 of its own time {p95 / 1000:.1f} ms against "
                     f"{base_p95 / 1000:.1f} ms",
                     evidence=evidence,
+                    search=_search(items),
                 )
             )
     return found
@@ -642,9 +652,57 @@ def _new_edges(calls: Sequence[tuple[int, AuditEvent]], grid: _Grid) -> list[Fin
                     ("calls_due_before_at_this_rate", f"{would_have_seen:.1f}"),
                 ),
                 evidence=evidence,
+                search=_search(items),
             )
         )
     return found
+
+
+_SPIFFE = re.compile(r"^spiffe://[a-z0-9._-]+(/[^/?#]+)*$")  # as analysis/query.py reads one
+_SEARCHED = (  # filters of the event search that a finding's events may all share
+    ("kind", lambda e: e.kind),
+    ("direction", lambda e: e.direction),
+    ("decision", lambda e: e.authz.decision if e.authz else None),
+    ("status", lambda e: f"{e.http.status // 100}xx" if e.http and e.http.status else None),
+)
+
+
+def _party_names(peer: Peer | None) -> set[str]:
+    """The names by which the event search (analysis/query.py `readings`) selects this peer:
+    its SPIFFE ID; its service as the graph names it (`service.namespace`, or the service
+    alone when no namespace is known, or it is in the name already, `_qualify_shared_names`);
+    `unknown` for a peer with neither."""
+    if peer is None:
+        return {"unknown"}
+    names = set()
+    if peer.identity and _SPIFFE.match(peer.identity):
+        names.add(peer.identity)
+    if peer.service:
+        names.add(f"{peer.service}.{peer.namespace}" if peer.namespace else peer.service)
+    elif not peer.identity:
+        names.add("unknown")
+    return names
+
+
+def _search(items: Sequence[tuple[int, AuditEvent]]) -> tuple[tuple[str, str], ...]:
+    """Event-search filters (`GET /v1/events`, `auditmesh query`) that every one of the
+    finding's events meets: the caller and the callee when all share one (a SPIFFE ID
+    rather than a service), and the kind, direction, decision and status class they all
+    have. With the finding's window, they select its events and as few others as the search
+    can tell apart (no filter says "plaintext" or "not denied")."""
+    events = [e for _, e in items]
+    if not events:
+        return ()
+    found: list[tuple[str, str]] = []
+    for name, side in (("source", "source"), ("dest", "destination")):
+        common = set.intersection(*(_party_names(getattr(e, side)) for e in events))
+        if common:
+            found.append((name, min(common, key=lambda n: (not n.startswith("spiffe://"), n))))
+    for name, value in _SEARCHED:
+        values = {value(e) for e in events}
+        if len(values) == 1 and None not in values:
+            found.append((name, str(values.pop())))
+    return tuple(found)
 
 
 def _counted(
@@ -678,6 +736,7 @@ def _counted(
         source=source,
         details=details,
         evidence=evidence,
+        search=_search(items),
     )
 
 

@@ -18,32 +18,17 @@ function number(value, unit) {
   return Number.isInteger(value) ? value.toLocaleString("en") : value.toFixed(1);
 }
 
-function party(text) {
-  return text && text !== "unknown" && !/^\d+\.\d+\.\d+\.\d+/.test(text) ? text : null;
-}
-
-/** Findings whose `responsible` is the callee (analysis/findings.py); the others blame the caller. */
-const CALLEE_AT_FAULT = new Set(["error_burst", "latency_regression"]);
-
-/** The /v1/events filters that select the events behind a finding. */
+/** The /v1/events filters that select the events behind a finding: its window, and the filters
+ * the server found all of its events to share (analysis/findings.py `_search`: caller, callee,
+ * kind, direction, decision, status class). Not guessed from the finding's kind here: an error
+ * burst of TCP calls has no 5xx, a slow service's finding may name a flooder as responsible, and
+ * one service may answer under several identities. */
 export function searchFor(finding) {
   const query = new URLSearchParams();
   // times as the search form shows and takes them, to the nanosecond: the same events
   query.set("since", fmtRfc3339(finding.window.start_ns));
   query.set("until", fmtRfc3339(BigInt(finding.window.end_ns) + 1n));
-  if (finding.kind === "failed_authentication") query.set("kind", "authn");
-  else if (CALLEE_AT_FAULT.has(finding.kind)) {
-    // the responsible party is the service that failed or slowed, seen by its own sidecar
-    query.set("dest", party(finding.responsible) || finding.destination);
-    if (party(finding.source)) query.set("source", finding.source);
-    query.set("direction", "inbound");
-    if (finding.kind === "error_burst") query.set("status", "5xx");
-  } else {
-    if (party(finding.responsible)) query.set("source", finding.responsible);
-    if (party(finding.destination)) query.set("dest", finding.destination);
-    query.set("direction", "inbound");
-  }
-  if (finding.kind === "repeated_denials") query.set("decision", "deny");
+  for (const [name, value] of Object.entries(finding.search || {})) query.set(name, value);
   return query;
 }
 
