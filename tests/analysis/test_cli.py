@@ -229,3 +229,51 @@ def _help(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit):
         main([*command, "--help"])
     return " ".join(capsys.readouterr().out.split())
+
+
+def test_the_graph_prints_no_two_nodes_of_one_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: shop's orders → db and the calls of an orders → db that named no
+    namespace (one namespace in view, so no name was qualified) printed as two rows
+    `orders  db`, and `--format json` listed one node `db` with the calls of both."""
+    import msgspec
+
+    from auditmesh.events import Peer
+
+    events = []
+    for n in range(3):
+        parts, _, _ = hop("orders", "db", trace_id=f"{n + 1:032x}", parent=None, time_ns=T0 + n)
+        events += parts
+    for n in range(2):
+        parts, _, _ = hop("orders", "db", trace_id=f"{n + 9:032x}", parent=None, time_ns=T0 + n)
+        events += [
+            msgspec.structs.replace(
+                e, source=Peer(service="orders"), destination=Peer(service="db")
+            )
+            for e in parts
+        ]
+    path = tmp_path / "data"
+    ledger = open_ledger(path, origin="test/cli")
+    ledger.log.append([entry_of(e) for e in events])
+    ledger.close()
+    assert main(["graph", "--data", str(path), "--format", "json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert sorted((e["source"], e["dest"], e["requests"]) for e in body["edges"]) == [
+        ("orders", "db", 2),
+        ("orders.shop", "db.shop", 3),
+    ]
+    assert sorted((n["name"], n["inbound"]) for n in body["nodes"]) == [
+        ("db", 2),
+        ("db.shop", 3),
+        ("orders", 0),
+        ("orders.shop", 0),
+    ]
+    assert main(["graph", "--data", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"^ orders\.shop +db\.shop +3 ", table, re.M), table
+    assert re.search(r"^ orders +db +2 ", table, re.M), table
+    # the qualified names select their calls
+    argv = ["query", "--data", str(path), "--format", "json", "--calls", "once"]
+    assert main([*argv, "--source", "orders.shop", "--dest", "db.shop"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 3

@@ -306,3 +306,51 @@ def test_the_sql_fold_agrees_with_the_pure_specification(tmp_path: Path) -> None
             assert got == want, chunk
     finally:
         ledger.close()
+
+
+def test_two_nodes_never_share_a_name() -> None:
+    """Regression: names were unique only in the common case. With one namespace in view a
+    service of it and a service of that name in no namespace were both `db`, as were the
+    unknown callers of `shop` and of nowhere; with several namespaces a service named `a.b`
+    and the service `a` of the namespace `b` were both `a.b`; a SPIFFE ID reported in two
+    namespaces was two nodes of one name. Each table row, DOT node and JSON node then stood
+    for two nodes (JSON added up their calls under the one name)."""
+
+    def edge(source: str, source_ns: str, dest: str, dest_ns: str) -> graph.Edge:
+        return graph.Edge(source, source_ns, dest, dest_ns, 1, 0, 0, 1, 0, 0, 1, 1, 1, 0.0)
+
+    web = "spiffe://cluster.local/ns/shop/sa/web"
+    cases = {
+        "one namespace": (
+            [edge("web", "", "db", ""), edge("web", "shop", "db", "shop")],
+            {("", "web"): "web", ("shop", "web"): "web.shop", ("", "db"): "db"},
+        ),
+        "unknown callers": (
+            [edge("unknown", "", "api", "shop"), edge("unknown", "shop", "api", "shop")],
+            {("", "unknown"): "unknown", ("shop", "unknown"): "unknown.shop"},
+        ),
+        "a dotted service": (
+            [edge("a.b", "", "x", "c"), edge("a", "b", "x", "c")],
+            {("", "a.b"): "a.b (no namespace)", ("b", "a"): "a (namespace b)", ("c", "x"): "x.c"},
+        ),
+        "one SPIFFE ID in two namespaces": (
+            [edge(web, "shop", "api", "shop"), edge(web, "", "api", "shop")],
+            {("shop", web): f"{web} (namespace shop)", ("", web): f"{web} (no namespace)"},
+        ),
+    }
+    for case, (edges, expected) in cases.items():
+        result = graph.Graph(0, 60 * SECOND, tuple(edges))
+        names = graph.node_names(result)
+        assert len(set(names.values())) == len(names), (case, names)
+        assert {node: names[node] for node in expected} == expected, case
+        body = graph.to_json(result)
+        assert len(body["nodes"]) == len(names), case
+        assert sum(n["outbound"] for n in body["nodes"]) == len(edges)
+        assert all(n["outbound"] + n["inbound"] <= 2 for n in body["nodes"]), case
+        dot_nodes = [line for line in graph.to_dot(result).splitlines() if line.endswith('";')]
+        assert len(dot_nodes) == len(set(dot_nodes)) == len(names), case
+    # the common case keeps its short names
+    common = graph.node_names(
+        graph.Graph(0, 1, (edge("web", "shop", "db", "shop"), edge(web, "shop", "db", "shop")))
+    )
+    assert common == {("shop", "web"): "web", ("shop", "db"): "db", ("shop", web): web}

@@ -541,6 +541,78 @@ def test_pinning_a_key_checks_it_first(browser: Browser, demo: Demo) -> None:
     assert browser.js("return localStorage.getItem('auditmesh.vkey')") is None
 
 
+def test_each_findings_link_selects_its_events(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """findings.js `searchFor` on findings of every kind (tests/analysis/test_finding_search.py:
+    a TCP error burst, a latency regression blamed on a flooder, a service of two identities):
+    the search its link opens selects every event of the finding. Regression: the link was
+    guessed from the kind (`dest=RESPONSIBLE&direction=inbound`, `status=5xx`) and selected
+    none or half of them."""
+    from tests.analysis.test_finding_search import build, selected
+
+    path = tmp_path_factory.mktemp("findings-links") / "data"
+    findings = build(path)
+    browser.open("#/overview")
+    result = browser.driver.execute_async_script(
+        """
+        const [findings, done] = arguments;
+        import("/console/static/pages/findings.js").then(
+          (page) => done(JSON.stringify(findings.map(
+            (f) => Object.fromEntries(page.searchFor(f))))),
+          (e) => done(String(e)));
+        """,
+        [f.to_json() for f in findings],
+    )
+    searches = json.loads(result)
+    assert len(searches) == len(findings) >= 6
+    for finding, params in zip(findings, searches, strict=True):
+        assert parse_time(params.pop("since"), 0) == finding.start_ns
+        assert parse_time(params.pop("until"), 0) == finding.end_ns + 1
+        found = selected(path, finding, params)
+        assert found >= set(finding.evidence), (finding.kind, finding.destination, params)
+
+
+def test_node_pills_never_read_the_same(browser: Browser) -> None:
+    """graphdata.js `nodeLabels`: regression, every name longer than 22 characters was cut to
+    its first 21, so all SPIFFE IDs of a trust domain read `spiffe://cluster.loca…` and two
+    services of a long name in two namespaces read alike. Short names stay whole, a SPIFFE ID
+    keeps its end, and names that would still read alike are shown whole."""
+    browser.open("#/overview")
+    names = [
+        "orders",
+        "spiffe://cluster.local/ns/shop/sa/web",
+        "spiffe://cluster.local/ns/bank/sa/web",
+        "spiffe://cluster.local/ns/bank/sa/ledger",
+        "spiffe://other.example/ns/bank/sa/ledger",
+        "spiffe://east.example/ns/bank/sa/payments-api",
+        "spiffe://west.example/ns/bank/sa/payments-api",
+        "recommendation-service.shop",
+        "recommendation-service.bank",
+        "a-very-long-service-name-alone.shop",
+    ]
+    result = browser.driver.execute_async_script(
+        """
+        const [names, done] = arguments;
+        import("/console/static/pages/graphdata.js").then(
+          (graph) => done(JSON.stringify([...graph.nodeLabels(names)])),
+          (e) => done(String(e)));
+        """,
+        names,
+    )
+    labels = dict(json.loads(result))
+    assert len(set(labels.values())) == len(names), labels
+    assert labels["orders"] == "orders"
+    web = "spiffe://cluster.local/ns/shop/sa/web"
+    assert labels[web] == "…" + web[-21:]
+    assert labels["spiffe://cluster.local/ns/bank/sa/ledger"] == "…cal/ns/bank/sa/ledger"
+    for domain in ("east", "west"):  # two trust domains, one workload path: shown whole
+        name = f"spiffe://{domain}.example/ns/bank/sa/payments-api"
+        assert labels[name] == name
+    assert labels["recommendation-service.shop"] == "recommendation-service.shop"
+    assert labels["a-very-long-service-name-alone.shop"] == "a-very-long-service-n…"
+
+
 def test_the_edge_query_and_time_helpers(browser: Browser) -> None:
     """graphdata.js `edgeQuery` and dom.js `fmtRfc3339` as functions: the names of each kind
     of graph node, and times that parse_time reads back to the same nanosecond."""

@@ -149,14 +149,52 @@ def compute(rollup: Rollup, *, since_ns: int | None, until_ns: int | None, now_n
 def node_names(graph: Graph) -> dict[tuple[str, str], str]:
     """(namespace, service) → the name shown: the service, qualified as `service.namespace`
     only when the graph spans several namespaces. A caller known only by its SPIFFE ID is
-    shown as that ID, which names its namespace already (`…/ns/shop/sa/web`)."""
+    shown as that ID, which names its namespace already (`…/ns/shop/sa/web`).
+
+    Two nodes never share a name. Where the short names of several nodes are one (a service
+    in a namespace and one of that name in none, the unknown callers of two namespaces, a
+    service named `a.b` and the service `a` of the namespace `b`, one SPIFFE ID reported in
+    two namespaces), those nodes are qualified by their namespace (`db.shop`, `unknown.shop`),
+    and where that is not enough, named with it in words: `a.b (no namespace)`,
+    `spiffe://…/sa/web (namespace bank)`."""
     nodes = {(e.source_namespace, e.source) for e in graph.edges}
     nodes |= {(e.dest_namespace, e.dest) for e in graph.edges}
     qualify = len({ns for ns, _ in nodes if ns}) > 1
-    return {
-        (ns, svc): f"{svc}.{ns}" if qualify and ns and not svc.startswith("spiffe://") else svc
-        for ns, svc in nodes
-    }
+    names = {node: _short_name(node, qualify) for node in nodes}
+    for explicit in (False, True):
+        shared = _shared(names)
+        if not shared:
+            break
+        for node in shared:
+            names[node] = _explicit_name(node) if explicit else _qualified_name(node)
+    return names
+
+
+def _short_name(node: tuple[str, str], qualify: bool) -> str:
+    ns, svc = node
+    return f"{svc}.{ns}" if qualify and ns and not svc.startswith("spiffe://") else svc
+
+
+def _qualified_name(node: tuple[str, str]) -> str:
+    """`service.namespace` (as `auditmesh query` reads it); a SPIFFE ID or a node of no
+    namespace cannot say more this way."""
+    ns, svc = node
+    if svc.startswith("spiffe://"):
+        return _explicit_name(node)
+    return f"{svc}.{ns}" if ns else svc
+
+
+def _explicit_name(node: tuple[str, str]) -> str:
+    ns, svc = node
+    return f"{svc} (namespace {ns})" if ns else f"{svc} (no namespace)"
+
+
+def _shared(names: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+    """The nodes whose name another node has too."""
+    holders: dict[str, list[tuple[str, str]]] = {}
+    for node, name in names.items():
+        holders.setdefault(name, []).append(node)
+    return sorted(node for group in holders.values() if len(group) > 1 for node in group)
 
 
 def to_json(graph: Graph) -> dict[str, Any]:

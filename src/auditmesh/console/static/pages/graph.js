@@ -20,7 +20,7 @@ import {
   s,
   statusBadge,
 } from "../dom.js";
-import { edgeQuery, loadGraph } from "./graphdata.js";
+import { edgeQuery, loadGraph, nodeLabels } from "./graphdata.js";
 
 const WIDTH = 1200;
 const NODE_H = 36; // nodes are pills sized to their names
@@ -76,7 +76,7 @@ function curve(a, b, bend) {
 }
 
 function label(node) {
-  return node.name.length > 22 ? `${node.name.slice(0, 21)}…` : node.name;
+  return node.label || node.name;
 }
 
 function pill(node) {
@@ -261,6 +261,8 @@ async function showEdge(panel, graph, edge) {
 export async function renderGraph(main, params) {
   const since = params.get("since") || "24h";
   const graph = await loadGraph(since);
+  const labels = nodeLabels(graph.nodes.map((n) => n.name));
+  for (const node of graph.nodes) node.label = labels.get(node.name);
   const { positions } = await api("/console/api/layout", {
     method: "POST",
     body: { nodes: graph.nodes.map((n) => n.name), edges: graph.edges.map((e) => [e.source, e.dest]) },

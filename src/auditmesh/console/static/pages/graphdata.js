@@ -52,6 +52,22 @@ export async function loadGraph(since) {
   return { nodes, edges, seconds, fromNs: raw.window?.from_ns ?? null, raw };
 }
 
+const LABEL_MAX = 22; // characters a node's pill shows
+
+/** Name → the text its pill shows: the name, shortened to `LABEL_MAX` characters with an
+ * ellipsis (a SPIFFE ID keeps its end, `…/ns/shop/sa/web`, which tells workloads apart) unless
+ * another node's text would then read the same; such nodes show their whole names, which the
+ * server made unique (analysis/graph.py `node_names`). */
+export function nodeLabels(names) {
+  const short = (name) => {
+    if (name.length <= LABEL_MAX) return name;
+    return name.startsWith("spiffe://") ? `…${name.slice(-(LABEL_MAX - 1))}` : `${name.slice(0, LABEL_MAX - 1)}…`;
+  };
+  const uses = new Map();
+  for (const name of new Set(names)) uses.set(short(name), (uses.get(short(name)) || 0) + 1);
+  return new Map([...new Set(names)].map((name) => [name, uses.get(short(name)) > 1 ? name : short(name)]));
+}
+
 /** One end of an edge as the query filters name it (analysis/query.py `readings`): always
  * `service.namespace` when the namespace is known, even where the graph prints the bare service
  * (one namespace in view), so that a service of the same name elsewhere is left out. */
