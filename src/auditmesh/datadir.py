@@ -81,22 +81,25 @@ class DataDirBusy(ValueError):
     """Another server is the writer of this data directory."""
 
 
+LOCK_FILE = "server.lock"
+
+
 @contextmanager
-def writer_lock(data_dir: Path) -> Iterator[None]:
+def writer_lock(data_dir: Path, holder: str = "auditmesh server") -> Iterator[None]:
     """Hold DIR/server.lock for as long as this process appends to the log: the log has one
     sequencer, and a second one (a second server on the same directory) would only find its
     tree out of date at its first write. An advisory lock (flock), so the kernel drops it
-    when the process dies, however it dies."""
+    when the process dies, however it dies. The file names the holder (pid and `holder`),
+    for the message of whoever finds it taken."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / "server.lock"
+    path = data_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise DataDirBusy(
-                f"{data_dir} is in use by another auditmesh server (pid {holder}); stop it, "
+                f"{data_dir} is in use by {lock_holder(data_dir)}; stop it (or wait for it), "
                 "or give this one another --data directory"
             ) from None
         except OSError as exc:  # e.g. ENOLCK: a network file system without a lock manager
@@ -105,10 +108,22 @@ def writer_lock(data_dir: Path) -> Iterator[None]:
                 "file system (or one with working flock)"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {holder}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def lock_holder(data_dir: Path) -> str:
+    """Who holds (or last held) DIR/server.lock, in words: `auditmesh server (pid 12)`."""
+    try:
+        text = (Path(data_dir) / LOCK_FILE).read_text(errors="replace").strip()[:200]
+    except OSError:
+        text = ""
+    pid, _, holder = text.partition(" ")
+    if not pid:
+        return "another process (pid unknown)"
+    return f"{holder or 'an auditmesh server'} (pid {pid})"  # older lock files: the pid only
 
 
 def open_reader(data_dir: Path) -> StoreReader:

@@ -49,7 +49,6 @@ from auditmesh.store.sqlite import DB_NAME, SQLiteStore
 PENDING_DIR = "pending"
 SUFFIX = ".json"
 REFUSED_SUFFIX = ".refused"
-LOCK_FILE = "server.lock"  # datadir.writer_lock's file: its holder's pid
 Submit = Callable[[Sequence[AuditEvent]], "Future[Indices]"]
 
 
@@ -193,7 +192,7 @@ def take_now(data_dir: Path) -> Absorbed | None:
     given, and takes what is queued."""
     data_dir = Path(data_dir)
     try:
-        with writer_lock(data_dir):
+        with writer_lock(data_dir, "auditmesh ca (appending its audit event)"):
             if not (data_dir / DB_NAME).exists():
                 raise NoLedgerYet(f"{data_dir} has no log yet")
             ledger = open_ledger(data_dir)
@@ -208,14 +207,6 @@ def take_now(data_dir: Path) -> Absorbed | None:
                 ledger.close()
     except DataDirBusy:
         return None
-
-
-def lock_holder(data_dir: Path) -> str:
-    """The pid in DIR/server.lock: the process that holds (or last held) the ledger."""
-    try:
-        return (Path(data_dir) / LOCK_FILE).read_text(errors="replace").strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def take_or_wait(

@@ -217,6 +217,6 @@ def test_demo_replaces_its_own_directory_but_not_while_it_is_served(
     assert sorted(p.name for p in data.iterdir()) == [DEMO_MARK]
     (data / "old-run.txt").write_text("x")
     with writer_lock(data):  # an earlier demo still serving it
-        with pytest.raises(DemoError, match="in use by another auditmesh server"):
+        with pytest.raises(DemoError, match="in use by auditmesh server"):
             prepare(data)
     assert (data / "old-run.txt").exists()

@@ -293,5 +293,5 @@ def test_a_command_whose_event_the_holder_does_not_take_says_where_it_waits(
     out, err = capsys.readouterr()
     [queued] = pending_dir(data).glob("*.json")
     assert out.strip() and f"queued in {queued}, not appended yet" in err
-    assert f"the running server (pid {os.getpid()}) has not taken it" in err
+    assert f"auditmesh server (pid {os.getpid()}), which holds the ledger, has not taken it" in err
     assert "its output says why" in err and f"ca token`/`ca issue` on {data}" in err

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from auditmesh.datadir import DataDirBusy, open_ledger, writer_lock
+from auditmesh.datadir import DataDirBusy, lock_holder, open_ledger, writer_lock
 from auditmesh.events import encode_ndjson
 from auditmesh.serverproc import ServerProcess, free_port
 from tests.conftest import fill, generate
@@ -21,14 +21,16 @@ from tests.conftest import fill, generate
 
 def test_the_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     with writer_lock(tmp_path):
-        assert (tmp_path / "server.lock").read_text() == f"{os.getpid()}\n"
-        with pytest.raises(
-            DataDirBusy, match=rf"in use by another auditmesh server \(pid {os.getpid()}\)"
-        ):
+        assert (tmp_path / "server.lock").read_text() == f"{os.getpid()} auditmesh server\n"
+        with pytest.raises(DataDirBusy, match=rf"in use by auditmesh server \(pid {os.getpid()}\)"):
             with writer_lock(tmp_path):
                 pass
-    with writer_lock(tmp_path):  # free again once its holder let go
-        pass
+    with writer_lock(tmp_path, "auditmesh ca (appending its audit event)"):  # free again
+        with pytest.raises(DataDirBusy, match=r"in use by auditmesh ca \(appending its audit"):
+            with writer_lock(tmp_path):
+                pass
+    (tmp_path / "server.lock").write_text("4321\n")  # as a lock file of an older version
+    assert lock_holder(tmp_path) == "an auditmesh server (pid 4321)"
 
 
 def start_server(data: Path, port: int) -> subprocess.CompletedProcess[str]:
@@ -44,7 +46,7 @@ def test_a_second_server_on_the_same_data_is_refused(tmp_path: Path) -> None:
         second = start_server(tmp_path / "data", free_port())
         assert second.returncode == 2
         assert (
-            f"is in use by another auditmesh server (pid {first.proc.pid if first.proc else 0})"
+            f"is in use by auditmesh server (pid {first.proc.pid if first.proc else 0})"
             in second.stderr
         )
         answer = httpx.post(first.url + "/v1/events", content=encode_ndjson(generate(3)))

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from auditmesh.cli import add_data_arg, output_dir, writable_file, write_output
 from auditmesh.cli.main import UserError
+from auditmesh.datadir import lock_holder
 from auditmesh.events import AuditEvent
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, init_ca
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
 from auditmesh.identity.tokens import DEFAULT_TOKEN_TTL, JoinTokens, TokenStoreError, parse_ttl
 from auditmesh.issuance import by_hand
-from auditmesh.pending import NoLedgerYet, lock_holder, pending_dir, queue_event, take_or_wait
+from auditmesh.pending import NoLedgerYet, pending_dir, queue_event, take_or_wait
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -181,8 +182,8 @@ def _record(data: Path, event: AuditEvent) -> str:
             f"see {path.name}.refused.why there"
         )
     return (
-        f"audit event {event.id} queued in {path}, not appended yet: the running server "
-        f"(pid {lock_holder(data)}) has not taken it; its output says why. It stays queued: "
+        f"audit event {event.id} queued in {path}, not appended yet: {lock_holder(data)}, "
+        "which holds the ledger, has not taken it; its output says why. It stays queued: "
         "that server appends it once it can, else the next `auditmesh server` or `auditmesh "
         f"ca token`/`ca issue` on {data}"
     )

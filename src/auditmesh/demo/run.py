@@ -65,7 +65,8 @@ def prepare(data: Path) -> None:
                 "directory and would delete them: pick another --data"
             )
         try:
-            with writer_lock(data):  # a demo still serving (`make demo` in another terminal)
+            # a demo still serving (`make demo` in another terminal)
+            with writer_lock(data, "auditmesh demo (checking that no demo serves)"):
                 pass
         except DataDirBusy as exc:
             raise DemoError(str(exc)) from None
