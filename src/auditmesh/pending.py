@@ -265,7 +265,8 @@ class PendingWatcher:
     def stop(self) -> None:
         """Take what was queued since the last round, then end the thread."""
         self._stopped.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
 
     def _run(self) -> None:
         while True:

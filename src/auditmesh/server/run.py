@@ -217,10 +217,10 @@ def serve(
         collector.start()
         # events an operator's `auditmesh ca …` queued beside the running server
         pending = PendingWatcher(data_dir, collector.submit, report=_say)
-        pending.start()
         otlp_server: OtlpGrpcServer | None = None
-        metrics = Metrics(ledger.store, collector)  # one registry, fed by every listener
-        try:
+        try:  # whatever fails from here on, the collector signs its last checkpoint
+            pending.start()
+            metrics = Metrics(ledger.store, collector)  # one registry, fed by every listener
             otlp_server = _start_otlp_grpc(
                 collector, otlp_grpc, required=otlp_grpc_required, metrics=metrics
             )
@@ -252,7 +252,7 @@ def serve(
         finally:
             if otlp_server is not None:  # in-flight Exports finish before the collector stops
                 otlp_server.stop()
-            pending.stop()
+            pending.stop()  # a last round: what was queued meanwhile goes in now
             collector.stop()
             ledger.close()
             print("auditmesh server: stopped; last checkpoint signed", flush=True)
