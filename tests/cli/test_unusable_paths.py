@@ -201,6 +201,31 @@ def test_data_that_cannot_be_created(
     )
 
 
+# -- 5b. log prove -o and --event-out ---------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["-o", "--event-out"])
+def test_log_prove_into_a_missing_directory(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    # before this, the proof was made and the write then ended in a FileNotFoundError traceback
+    target = tmp_path / "missing" / "out"
+    argv = ["log", "prove", "--data", str(data), "7", option, str(target)]
+    assert error_of(argv, capsys) == (
+        f"{option}: cannot write {target}: {tmp_path / 'missing'} does not exist"
+    )
+
+
+def test_log_prove_event_out_onto_a_directory_writes_no_proof(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proof = tmp_path / "p.tlog-proof"
+    argv = ["log", "prove", "--data", str(data), "7", "-o", str(proof)]
+    argv += ["--event-out", str(tmp_path)]
+    assert error_of(argv, capsys) == f"--event-out: cannot write {tmp_path}: Is a directory"
+    assert not proof.exists()
+
+
 # -- 6. the hint to create the mesh CA ---------------------------------------------------
 
 

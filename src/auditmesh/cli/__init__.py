@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from auditmesh.cli.main import UserError
 
@@ -37,6 +38,19 @@ def verifier_key(value: str) -> str:
             f"{value!r} is not a verifier key (name+hash+base64) and cannot be read as a key "
             f"file: {exc.strerror}"
         ) from None
+
+
+def server_url(text: str) -> str:
+    """argparse `type=` for a running server's URL (`--url`, `ingest --server`): http or https
+    with a host, refused at parsing rather than retried (`127.0.0.1:7600` has no scheme)."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f", e.g. http://{text.strip()}" if "://" not in text and text.strip() else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a server URL: it needs http:// or https:// and a host{hint}, "
+            "as `auditmesh server` prints it"
+        )
+    return text.strip()
 
 
 def positive_int(text: str) -> int:

@@ -36,7 +36,7 @@ from typing import IO
 import httpx
 import msgspec
 
-from auditmesh.cli import progress_bar
+from auditmesh.cli import progress_bar, server_url
 from auditmesh.cli.main import UserError
 from auditmesh.events import AuditEvent, Error, encode_ndjson, new_event_id
 from auditmesh.ingest import envoy, linkerd
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE|-", help="the access-log file, or - for stdin")
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="server URL")
+    parser.add_argument("--server", type=server_url, default=DEFAULT_SERVER, help="server URL")
     parser.add_argument("--batch", type=int, default=500, help="events per request")
     parser.add_argument(
         "--rejects", type=Path, help="where refused lines go (default FILE.rejects)"

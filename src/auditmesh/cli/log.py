@@ -19,7 +19,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from auditmesh.cli import DEFAULT_DATA, add_data_arg, progress_bar, verifier_key
+from auditmesh.cli import (
+    DEFAULT_DATA,
+    add_data_arg,
+    progress_bar,
+    server_url,
+    verifier_key,
+    writable_file,
+    write_output,
+)
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog, ServerError
 from auditmesh.datadir import Ledger, open_ledger, open_reader
@@ -131,7 +139,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _add_source(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--data", type=Path, help="data directory (default ./auditmesh-data)")
-    group.add_argument("--url", help="a running server, e.g. http://127.0.0.1:7600")
+    group.add_argument(
+        "--url", type=server_url, help="a running server, e.g. http://127.0.0.1:7600"
+    )
 
 
 def _open(data: Path | None) -> Ledger:
@@ -183,6 +193,10 @@ def _index_of(ledger: Ledger, event: str) -> int:
 def run_prove(args: argparse.Namespace) -> int:
     if args.event_out is not None and args.event_out == args.output:
         raise UserError("give the proof (-o) and the event (--event-out) different files")
+    if args.output is not None:  # checked before the work, as bundle create's -o
+        writable_file(args.output, "-o")
+    if args.event_out is not None:
+        writable_file(args.event_out, "--event-out")
     ledger = _open(args.data)
     try:
         index = _index_of(ledger, args.event_id)
@@ -199,9 +213,9 @@ def run_prove(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     if args.event_out:
-        args.event_out.write_bytes(entry)
+        write_output(args.event_out, entry, "--event-out")
     if args.output:
-        args.output.write_bytes(text)
+        write_output(args.output, text, "-o")
         print(
             f"wrote the proof of index {index} at tree size {latest.size} to {args.output}"
             + (f", the event to {args.event_out}" if args.event_out else "")

@@ -40,7 +40,7 @@ from auditmesh.analysis.query import (
     run,
 )
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
-from auditmesh.cli import DEFAULT_DATA
+from auditmesh.cli import DEFAULT_DATA, server_url
 from auditmesh.cli.main import UserError
 from auditmesh.cli.timespec import parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
@@ -143,7 +143,9 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
 def _add_source(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--data", type=Path, help="data directory (default ./auditmesh-data)")
-    where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:7600")
+    where.add_argument(
+        "--url", type=server_url, help="a running server, e.g. http://127.0.0.1:7600"
+    )
     parser.add_argument("--token", help=f"API token for --url (default: ${TOKEN_ENV})")
 
 
@@ -195,7 +197,9 @@ def _get(client: httpx.Client, path: str, params: dict[str, str] | None = None) 
 def query_of(args: argparse.Namespace, order: Order | None = None) -> Query:
     """The Query of `add_filter_args`' arguments, `--limit` and `--order` (or `order`)."""
     now = time.time_ns()
-    if not 1 <= args.limit <= MAX_QUERY_LIMIT:
+    if args.limit < 1:
+        raise UserError(f"--limit: give at least 1, not {args.limit}")
+    if args.limit > MAX_QUERY_LIMIT:
         raise UserError(f"--limit: give a number from 1 to {MAX_QUERY_LIMIT:,}")
     since, until = parse_window_ns(args.since, args.until, now, open_ended=True)
     try:
@@ -216,7 +220,19 @@ def query_of(args: argparse.Namespace, order: Order | None = None) -> Query:
             limit=args.limit,
         )
     except QueryError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(_as_option(str(exc))) from None
+
+
+# Query's fields, as the options that set them are spelled (its errors name the field).
+_OPTION_OF = {"trace_id": "trace", "since_ns": "since", "until_ns": "until"}
+
+
+def _as_option(message: str) -> str:
+    """`status: '6xx' is not …` as the command line says it: `--status: '6xx' is not …`."""
+    field, sep, rest = message.partition(": ")
+    if not sep or not field.isidentifier():
+        return message
+    return f"--{_OPTION_OF.get(field, field)}: {rest}"
 
 
 def _params(query: Query, limit: int, cursor: str | None) -> dict[str, str]:
@@ -266,7 +282,7 @@ def _local_events(
         try:
             page = run(ledger.store, query, args.cursor)
         except QueryError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(_as_option(str(exc))) from None
     return page.rows, page.next
 
 

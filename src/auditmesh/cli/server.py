@@ -48,14 +48,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _address(text: str, flag: str, example: str) -> tuple[str, int]:
+    """HOST:PORT of `flag`; refused in words that name that flag (parse_listen's name --listen)."""
     try:
-        host, port = parse_listen(args.listen)
-        mesh = None if args.mesh_listen == "off" else parse_listen(args.mesh_listen)
+        return parse_listen(text)
+    except ValueError:
+        raise UserError(f"{flag} wants HOST:PORT, e.g. {example}, not {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    host, port = _address(args.listen, "--listen", "127.0.0.1:7600")
+    mesh = None
+    if args.mesh_listen != "off":
+        mesh = _address(args.mesh_listen, "--mesh-listen", "127.0.0.1:7443 (or off)")
+    otlp_grpc = None
+    if args.otlp_grpc != "off":
+        otlp_grpc = _address(args.otlp_grpc or OTLP_GRPC, "--otlp-grpc", f"{OTLP_GRPC} (or off)")
+    try:
         svid_ttl = parse_ttl(args.svid_ttl)
-        otlp_grpc = None if args.otlp_grpc == "off" else parse_listen(args.otlp_grpc or OTLP_GRPC)
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"--svid-ttl: {exc}") from None
     output_dir(args.data, "--data")  # one the server can create and write, or a clear error
     try:
         serve(

@@ -14,13 +14,13 @@ def parse_duration_s(text: str) -> int:
     return seconds
 
 
-def parse_time_ns(text: str, now_ns: int) -> int:
+def parse_time_ns(text: str, now_ns: int, flag: str = "--since") -> int:
     """A duration means that long before `now_ns`; otherwise an RFC 3339 timestamp (or Unix
-    nanoseconds): `analysis.query.parse_time`, its errors as the CLI's."""
+    nanoseconds): `analysis.query.parse_time`, its errors as the CLI's, naming `flag`."""
     try:
         return parse_time(text, now_ns, "time")
     except QueryError as exc:
-        raise UserError(str(exc).removeprefix("time: ")) from None
+        raise UserError(f"{flag}: {str(exc).removeprefix('time: ')}") from None
 
 
 def parse_window_ns(
@@ -29,8 +29,8 @@ def parse_window_ns(
     """`--since` and `--until` (either may be absent); an empty window is an error. Without
     --until the window ends now, unless `open_ended` (a query of events: a producer's clock
     may run ahead of this one, so a --since after now may still find some)."""
-    since_ns = None if since is None else parse_time_ns(since, now_ns)
-    until_ns = None if until is None else parse_time_ns(until, now_ns)
+    since_ns = None if since is None else parse_time_ns(since, now_ns, "--since")
+    until_ns = None if until is None else parse_time_ns(until, now_ns, "--until")
     try:
         if until_ns is not None:
             check_window(since_ns, until_ns)
