@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from auditmesh.cli.main import main
+from auditmesh.cli.query import _rate
 from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger
 from auditmesh.ledger.merkle import leaf_hash
@@ -277,3 +278,11 @@ def test_the_graph_prints_no_two_nodes_of_one_name(
     argv = ["query", "--data", str(path), "--format", "json", "--calls", "once"]
     assert main([*argv, "--source", "orders.shop", "--dest", "db.shop"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 3
+
+
+@pytest.mark.parametrize(
+    ("per_s", "shown"),
+    [(0.0, "0"), (6.97e-08, "<0.001"), (0.1667, "0.167"), (42.0, "42"), (12345.6, "12,346")],
+)
+def test_graph_rates_are_never_in_exponent_form(per_s: float, shown: str) -> None:
+    assert _rate(per_s) == shown

@@ -266,3 +266,14 @@ def test_a_cursor_named_after_the_address_as_typed_is_still_used(ledger: Ledger)
         assert main([*argv, "--cursor", str(legacy), "--batch", "5", "--attempts", "1"]) == 0
         assert main(argv) == 0  # finds the old file and its recorded target: sends nothing
         assert collector.accepted == list(range(20))
+
+
+def test_an_endpoint_without_a_scheme_is_refused_naming_the_option(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(ledger, generate(2))
+    data = str(ledger.data_dir)
+    assert main(["export", "otlp", "--endpoint", "127.0.0.1:4318", "--data", data]) == 2
+    err = capsys.readouterr().err
+    assert "--endpoint: '127.0.0.1:4318' is not an http:// or https:// URL" in err
+    assert "e.g. http://127.0.0.1:4318" in err

@@ -39,8 +39,10 @@ def test_init_twice_is_refused_unless_forced(
 
 
 def test_init_with_a_bad_trust_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["ca", "init", "--trust-domain", "Bad_Domain", "--data", str(tmp_path)]) == 2
+    data = tmp_path / "new"
+    assert main(["ca", "init", "--trust-domain", "Bad_Domain", "--data", str(data)]) == 2
     assert "lowercase" in capsys.readouterr().err
+    assert not data.exists()  # refused before the directory was made
 
 
 def test_token_prints_only_the_token_on_stdout(
@@ -108,7 +110,7 @@ def test_issue_and_bundle(data: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 def test_issue_errors(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.pem"
     assert main(["ca", "issue", "--id", ID, "--csr", str(missing), "--data", str(data)]) == 2
-    assert "cannot read the CSR" in capsys.readouterr().err
+    assert f"--csr: cannot read {missing}: No such file or directory" in capsys.readouterr().err
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a csr")
     assert main(["ca", "issue", "--id", ID, "--csr", str(garbage), "--data", str(data)]) == 2

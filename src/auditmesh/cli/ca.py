@@ -16,7 +16,7 @@ from auditmesh.cli.main import UserError
 from auditmesh.datadir import lock_holder
 from auditmesh.events import AuditEvent
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, init_ca
-from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse
+from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse, parse_trust_domain
 from auditmesh.identity.tokens import DEFAULT_TOKEN_TTL, JoinTokens, TokenStoreError, parse_ttl
 from auditmesh.issuance import by_hand
 from auditmesh.pending import NoLedgerYet, pending_dir, queue_event, take_or_wait
@@ -99,6 +99,10 @@ def _ttl(text: str) -> timedelta:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    try:  # before --data is made: a refused name leaves no empty directory behind
+        parse_trust_domain(args.trust_domain)
+    except SpiffeIdError as exc:
+        raise UserError(str(exc)) from exc
     output_dir(args.data, "--data")
     try:
         ca = init_ca(args.data, args.trust_domain, now=_now(), force=args.force)
@@ -135,7 +139,7 @@ def _cmd_issue(args: argparse.Namespace) -> int:
     try:
         csr_pem = args.csr.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read the CSR: {exc}") from exc
+        raise UserError(f"--csr: cannot read {args.csr}: {exc.strerror or exc}") from exc
     try:
         cert_pem = ca.issue_svid(csr_pem, spiffe_id, ttl, now=_now())
     except CAError as exc:

@@ -422,7 +422,7 @@ def run_otlp(args: argparse.Namespace) -> int:
                 attempts=args.attempts,
             )
         except ValueError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(f"--endpoint: {exc}") from None
         stack.callback(sender.close)
         advance = stack.enter_context(_progress(start, ledger.store.size(), hidden=args.follow))
         for rows in tail(

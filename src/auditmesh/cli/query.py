@@ -478,7 +478,7 @@ def _graph_table(result: graph.Graph) -> None:
             escape(names[(e.source_namespace, e.source)]),
             escape(names[(e.dest_namespace, e.dest)]),
             str(e.requests),
-            f"{e.rate_per_s:.3g}",
+            _rate(e.rate_per_s),
             errors,
             f"[bold red]{e.denied}[/]" if e.denied else "0",
             mtls,
@@ -492,6 +492,16 @@ def _graph_table(result: graph.Graph) -> None:
         f"{result.requests} calls; each counted once (the callee's report preferred); "
         "latency to two significant digits"
     )
+
+
+def _rate(per_s: float) -> str:
+    """Calls a second, never in exponent form (`.3g` wrote 6.97e-08 for one old call in a
+    long window, and 1.23e+04 for a busy edge)."""
+    if per_s >= 1000:
+        return f"{per_s:,.0f}"
+    if 0 < per_s < 0.001:
+        return "<0.001"
+    return f"{per_s:.3g}"
 
 
 def _bytes(count: int) -> str:

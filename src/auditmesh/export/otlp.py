@@ -352,7 +352,9 @@ def logs_url(endpoint: str) -> str:
     used as is (the spec's OTEL_EXPORTER_OTLP_ENDPOINT / ..._LOGS_ENDPOINT rules)."""
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{endpoint!r} is not an http:// or https:// URL")
+        raise ValueError(
+            f"{endpoint!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:4318)"
+        )
     if parts.path.rstrip("/").endswith(LOGS_PATH):
         return endpoint
     return endpoint.rstrip("/") + LOGS_PATH
