@@ -297,3 +297,28 @@ def test_bracketed_ipv6_addresses_listen_and_are_audited(mesh: Mesh, tmp_path: P
     finally:
         caller.stop()
         target.stop()
+
+
+def test_the_banner_shows_the_labels_policies_select_on(mesh: Mesh, tmp_path: Path) -> None:
+    """A policy's selector matches `workload.labels` only, none unless given: the start-up
+    lines say which, so a policy that never applies is not a mystery."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    identity = SpiffeId.kubernetes("cluster.local", "shop", "orders")
+    bare = Run(
+        tmp_path / "bare",
+        config_of(mesh, tmp_path / "bare", token(mesh, identity), policies=str(policies)),
+    )
+    try:
+        bare.ready()
+    finally:
+        bare.stop()
+    assert "for workload labels {} (none: only policies without a selector apply)" in bare.output
+    labelled = config_of(mesh, tmp_path / "app", token(mesh, identity), policies=str(policies))
+    labelled["workload"]["labels"] = {"version": "v1", "app": "orders"}
+    run = Run(tmp_path / "app", labelled)
+    try:
+        run.ready()
+    finally:
+        run.stop()
+    assert f"  policies {policies}, for workload labels {{app=orders, version=v1}}\n" in run.output

@@ -67,4 +67,11 @@ async def _main(sidecar: Sidecar) -> None:
             print(
                 f"  outbound {target.listen} -> {target.service} at {target.upstream}", flush=True
             )
+        if config.policies is not None:  # a policy's selector matches these labels only
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(config.workload.labels.items()))
+            print(
+                f"  policies {config.policies}, for workload labels {{{labels}}}"
+                + ("" if labels else " (none: only policies without a selector apply)"),
+                flush=True,
+            )
     await task
