@@ -331,7 +331,11 @@ class Emitter:
             if self._held or due == 0:
                 if due == 0:
                     self._take_batch()
-                await self._io(self._spool_held)
+                try:
+                    await self._io(self._spool_held)
+                except OSError as exc:  # disk full: held waits in memory, and draining
+                    self._last_error = f"{type(exc).__name__}: {exc}"  # the spool frees it
+
             if retry_in > 0:
                 await self._wait(retry_in if not due else min(retry_in, due))
                 return False

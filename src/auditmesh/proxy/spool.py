@@ -32,10 +32,16 @@ an append would pass the bound, `when_full` decides:
   than the bound, the oldest of the batch) are discarded to make room and counted under
   the reason "spool_full" in `dropped_pending`, which survives restarts until the
   emitter has reported it (`clear_dropped`).
+
+A write the disk refuses (ENOSPC, EIO) leaves the spool as it was: the tail segment is cut
+back to its last whole record, a segment that cannot be started is not used, a cursor
+that cannot be persisted does not retire the tail. `append` raises if it stored nothing,
+else returns how many records (a prefix) it stored; once the disk has room it goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -203,7 +209,7 @@ class Spool:
         self._normalise_cursor()
         self._depth_bytes = self._bytes_from_cursor()
         if self._segments:
-            self._tail = open(self._segments[-1].path, "r+b")
+            self._tail = open(self._segments[-1].path, "r+b", buffering=0)
             self._tail.seek(self._segments[-1].end)
 
     def _check_segment(self, segment: _Segment, start: int, *, last: bool) -> None:
@@ -233,10 +239,14 @@ class Spool:
         kept.append(data[run_start:pos])
         intact = b"".join(kept) if data else MAGIC
         replacement = segment.path.with_suffix(".tmp")
-        with open(replacement, "wb") as f:  # whole or not at all: write, fsync, rename
-            f.write(intact)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(replacement, "wb") as f:  # whole or not at all: write, fsync, rename
+                f.write(intact)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            replacement.unlink(missing_ok=True)
+            raise
         replacement.replace(segment.path)
         fsync_dir(self.directory)
         segment.end = len(intact)
@@ -318,12 +328,14 @@ class Spool:
         An empty spool keeps no segment: the cursor moves to the next sequence number
         and the next append starts a fresh segment there.
         """
+        cursor = self._cursor
         if self._depth_records == 0 and self._segments:
-            self._cursor = (self._segments[-1].seq + 1, len(MAGIC))
-            if self._tail is not None:
-                self._tail.close()
-                self._tail = None
-        self._write_state()
+            cursor = (self._segments[-1].seq + 1, len(MAGIC))
+        self._write_state(cursor)  # first: if it fails (ENOSPC) the tail stays usable
+        self._cursor = cursor
+        if self._segments and cursor[0] > self._segments[-1].seq and self._tail is not None:
+            self._tail.close()
+            self._tail = None
         seq = self._cursor[0]
         while self._segments and self._segments[0].seq < seq:
             self._segments.pop(0).path.unlink(missing_ok=True)
@@ -347,7 +359,8 @@ class Spool:
 
         `drop-oldest` always takes the batch (possibly evicting); `block` takes the longest
         prefix that fits. Raises `RecordTooLarge` (taking nothing) if one payload alone
-        exceeds `max_bytes`, and `ValueError` for an empty payload.
+        exceeds `max_bytes`, and `ValueError` for an empty payload. A disk error raises
+        `OSError` if nothing was stored; after a prefix was, the count says how much.
         """
         sizes = [record_size(r) for r in records]
         for record, size in zip(records, sizes, strict=True):
@@ -375,37 +388,50 @@ class Spool:
                 self._evicted += evicted + skipped
                 self._dropped[SPOOL_FULL] = self._dropped.get(SPOOL_FULL, 0) + evicted + skipped
                 self._commit_cursor()
-        if taken:
-            self._write(taken)
-        return len(taken) if self.config.when_full == "block" else len(records)
+        written = self._write(taken) if taken else 0
+        if self.config.when_full == "block":
+            return written
+        return written + len(records) - len(taken)  # the skipped count as taken (dropped)
 
-    def _write(self, records: list[bytes]) -> None:
-        chunk, count = bytearray(), 0
-        for record in records:
-            tail = self._segments[-1] if self._segments else None
-            if tail is None or (
-                tail.end + len(chunk) + record_size(record) > self.config.segment_bytes
-                and tail.end + len(chunk) > len(MAGIC)
-            ):
-                if chunk:
-                    self._flush_chunk(bytes(chunk), count, sync=False)  # _new_segment syncs
-                    chunk, count = bytearray(), 0
-                self._new_segment()
-            chunk += _encode(record)
-            count += 1
-        self._flush_chunk(bytes(chunk), count, sync=self.config.fsync)
+    def _write(self, records: list[bytes]) -> int:
+        """Append `records` segment by segment; return how many are stored. A write that
+        fails (ENOSPC) leaves nothing of its chunk: it raises if nothing was stored, else
+        the records of the chunks before it are stored, and their count is returned."""
+        chunk, count, written = bytearray(), 0, 0
+        try:
+            for record in records:
+                tail = self._segments[-1] if self._segments else None
+                if tail is None or (
+                    tail.end + len(chunk) + record_size(record) > self.config.segment_bytes
+                    and tail.end + len(chunk) > len(MAGIC)
+                ):
+                    if chunk:
+                        self._flush_chunk(bytes(chunk), count)
+                        written += count
+                        chunk, count = bytearray(), 0
+                    self._new_segment()
+                chunk += _encode(record)
+                count += 1
+            self._flush_chunk(bytes(chunk), count)
+        except OSError:
+            if not written:
+                raise
+            return written
+        return written + count
 
-    def _flush_chunk(self, chunk: bytes, count: int, *, sync: bool) -> None:
+    def _flush_chunk(self, chunk: bytes, count: int) -> None:
         assert self._tail is not None
         tail = self._segments[-1]
+        fd = self._tail.fileno()  # unbuffered: nothing of a failed write lingers in memory
         try:
-            self._tail.write(chunk)
-            self._tail.flush()
-            if sync:
-                os.fsync(self._tail.fileno())
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.config.fsync:
+                os.fsync(fd)
         except OSError:
-            self._tail.seek(tail.end)  # a failed write (ENOSPC) must not leave half a record
-            self._tail.truncate(tail.end)
+            os.ftruncate(fd, tail.end)  # a failed write (ENOSPC) must not leave half a record
+            os.lseek(fd, tail.end, os.SEEK_SET)
             raise
         tail.end += len(chunk)
         self._depth_bytes += len(chunk)
@@ -413,18 +439,23 @@ class Spool:
         self._appended += count
 
     def _new_segment(self) -> None:
+        """Start the next segment; if that fails (ENOSPC), the current tail stays the tail."""
         seq = self._segments[-1].seq + 1 if self._segments else self._cursor[0]
         path = self.directory / f"{seq:016d}.seg"
-        if self._tail is not None:
+        new = open(path, "w+b", buffering=0)
+        try:
+            if new.write(MAGIC) != len(MAGIC):
+                raise OSError(errno.ENOSPC, f"short write of {path}'s magic")
             if self.config.fsync:
-                os.fsync(self._tail.fileno())
-            self._tail.close()
-        self._tail = open(path, "w+b")
-        self._tail.write(MAGIC)
-        self._tail.flush()
-        if self.config.fsync:
-            os.fsync(self._tail.fileno())
-            fsync_dir(self.directory)
+                os.fsync(new.fileno())
+                fsync_dir(self.directory)
+        except OSError:
+            new.close()
+            path.unlink(missing_ok=True)
+            raise
+        if self._tail is not None:
+            self._tail.close()  # its records were fsynced by the _flush_chunk that wrote them
+        self._tail = new
         self._segments.append(_Segment(seq, path, len(MAGIC)))
         self._normalise_cursor()
 
@@ -457,15 +488,19 @@ class Spool:
         seq, off = self._cursor
         return sum(s.end - (off if s.seq == seq else len(MAGIC)) for s in self._segments)
 
-    def _write_state(self) -> None:
-        seq, off = self._cursor
+    def _write_state(self, cursor: tuple[int, int] | None = None) -> None:
+        seq, off = cursor or self._cursor
         body = {"segment": seq, "offset": off, "dropped": dict(sorted(self._dropped.items()))}
         tmp = self.directory / (_STATE + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(body).encode() + b"\n")
-            f.flush()
-            if self.config.fsync:
-                os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(json.dumps(body).encode() + b"\n")
+                f.flush()
+                if self.config.fsync:
+                    os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk keeps no half-written copy
+            raise
         os.replace(tmp, self.directory / _STATE)
         if self.config.fsync:
             fsync_dir(self.directory)
