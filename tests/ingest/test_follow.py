@@ -325,3 +325,51 @@ def test_stream_reads_a_pipe_until_it_closes() -> None:
         assert texts(lines) == [b"two"] and lines[0].end is None and stream.done
     finally:
         os.close(read_end)
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_file_rotated_while_stopped_is_finished_before_the_new_one(
+    tmp_path: Path, follow: bool
+) -> None:
+    # Stopped; meanwhile the writer added lines, and the file was rotated (renamed, a new
+    # one created). The lines after the stored position are in the rotated file: read
+    # them from there, then the new file from its start.
+    log, state = tmp_path / "access.log", tmp_path / "access.offset"
+    log.write_bytes(b"1\n2\n")
+    tail = Tail(log, follow=True)
+    read = drain(tail)
+    assert read[-1].end is not None
+    save_position(state, read[-1].end)
+    tail.close()
+    with open(log, "ab") as out:
+        out.write(b"3 written while stopped\n")
+    os.rename(log, tmp_path / "access.log.1")
+    log.write_bytes(b"new 1\n")
+    resumed = Tail(log, follow=follow, resume=load_position(state), rotate_wait_s=0)
+    lines = drain(resumed)
+    assert resumed.resumed
+    assert texts(lines) == [b"3 written while stopped", b"new 1"]
+    assert [line.number for line in lines] == [3, 1]
+    assert any("rotated" in note for note in resumed.notes)
+    resumed.close()
+    # Stopped again right after the rotated file's last line: only the new file is left.
+    end = lines[0].end
+    assert end is not None and end.inode == os.stat(tmp_path / "access.log.1").st_ino
+    again = Tail(log, follow=follow, resume=end, rotate_wait_s=0)
+    assert texts(drain(again)) == [b"new 1"]
+    again.close()
+
+
+def test_a_rotated_file_that_changed_while_stopped_is_not_resumed(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"1\n2\n")
+    tail = Tail(log, follow=True)
+    end = drain(tail)[-1].end
+    tail.close()
+    os.rename(log, tmp_path / "access.log.1")
+    (tmp_path / "access.log.1").write_bytes(b"x\n")  # same inode, other bytes
+    log.write_bytes(b"new 1\n")
+    resumed = Tail(log, follow=True, resume=end, rotate_wait_s=0)
+    assert not resumed.resumed and texts(drain(resumed)) == [b"new 1"]
+    assert "another file" in resumed.notes[0]
+    resumed.close()

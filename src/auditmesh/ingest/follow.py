@@ -14,6 +14,8 @@ what to do with each line; the parsers (`envoy`, `linkerd`) never see a file. Th
   stored position passes the same tests on resume: the same path and inode, not shorter
   than its offset, and the bytes before its offset still the ones read there
   (`Position.before`), else the file was truncated and refilled while no one followed it.
+  A position in a file rotated away while no one followed (renamed beside the path, a new
+  file created there) is resumed in that file, found by its inode, before the new one.
   Whenever a position is not applied the file is read from its beginning: the ledger
   dedups by event id, derived from the line text, so reading again is harmless.
 - `Stream`: a pipe or stdin, read until it closes; no positions, nothing to resume.
@@ -34,7 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from stat import S_ISREG
+from typing import BinaryIO, Protocol
 
 import msgspec
 
@@ -175,42 +178,75 @@ class Tail:
         self.resumed = False
         self._ready: deque[Line] = deque()
         self._done = False
-        self._file = open(self.path, "rb")
+        self._file: BinaryIO = open(self.path, "rb")
         stat = os.fstat(self._file.fileno())
         self._id = (stat.st_dev, stat.st_ino)
         self._splitter = LineSplitter()
+        self._next: BinaryIO | None = None  # the file at the path, after the rotated one
         if resume is not None:
             self._resume(resume, stat.st_size)
 
     def _resume(self, resume: Position, size: int) -> None:
-        """Start at `resume` if it is a position in this very file, as it was read."""
+        """Start at `resume` if it is a position in this very file, as it was read, or in
+        the file it was rotated to while no one followed (then this one comes next)."""
+        if resume.path == str(self.path) and (resume.device, resume.inode) != self._id:
+            if self._resume_rotated(resume):
+                return
         if resume.path != str(self.path) or (resume.device, resume.inode) != self._id:
             self.notes.append(
                 f"the stored position is for another file ({resume.path}, inode "
                 f"{resume.inode}); reading {self.path} from its beginning"
             )
             return
+        why = self._apply(resume, size)
+        if why is not None:
+            self.notes.append(f"{self.path} {why}; reading it from its beginning")
+
+    def _apply(self, resume: Position, size: int) -> str | None:
+        """Seek the open file to `resume`; else why it is not a position in it as read."""
         if resume.offset > size:
-            self.notes.append(
-                f"{self.path} is shorter than the stored position (truncated); "
-                "reading it from its beginning"
-            )
-            return
+            return "is shorter than the stored position (truncated)"
         # Truncated and written again past the offset while no one followed (copytruncate
         # with a busy writer): the size cannot tell, the bytes before the offset can.
         length = min(resume.offset, FINGERPRINT)
         there = os.pread(self._file.fileno(), length, resume.offset - length)
         expected = resume.fingerprint
         if expected and _fingerprint(there) != expected:
-            self.notes.append(
-                f"{self.path} was rewritten since the stored position (its {length} bytes "
-                f"before offset {resume.offset} differ); reading it from its beginning"
+            return (
+                f"was rewritten since the stored position (its {length} bytes "
+                f"before offset {resume.offset} differ)"
             )
-            return
         self._file.seek(resume.offset)
         self._splitter = LineSplitter(resume.offset, resume.line)
         self._recent = there  # so the positions read next have their whole fingerprint
         self.resumed = True
+        return None
+
+    def _resume_rotated(self, resume: Position) -> bool:
+        """Rotated while stopped (renamed, a new file created at the path): the lines
+        after `resume` are in the renamed file, found beside the path by its inode
+        (`access.log.1`). Read its rest first, then the file at the path from its start.
+        False when no such file is there, as it was read."""
+        found = _same_file(self.path.parent, resume.device, resume.inode)
+        if found is None:
+            return False
+        try:
+            old = open(found, "rb")
+        except OSError:
+            return False
+        stat = os.fstat(old.fileno())
+        current, current_id = self._file, self._id
+        self._file, self._id = old, (stat.st_dev, stat.st_ino)
+        if self._id != (resume.device, resume.inode) or self._apply(resume, stat.st_size):
+            old.close()
+            self._file, self._id = current, current_id
+            return False
+        self._next = current
+        self.notes.append(
+            f"{self.path} was rotated to {found} while stopped; reading the rest of it from "
+            f"the stored position, then {self.path} from its start"
+        )
+        return True
 
     @property
     def done(self) -> bool:
@@ -233,6 +269,8 @@ class Tail:
 
     def close(self) -> None:
         self._file.close()
+        if self._next is not None:
+            self._next.close()
 
     def read(self, max_lines: int) -> list[Line]:
         if self.follow and not self._ready:
@@ -244,6 +282,9 @@ class Tail:
                 self._recent = window[-FINGERPRINT:]
                 self._rotated_at = None  # the old file is still written to: wait again
                 self._queue(self._splitter.feed(data), window)
+                continue
+            if not self.follow and self._next is not None:
+                self._switch(self._next)  # the rotated file is read: now the one at the path
                 continue
             if not self.follow:
                 self._queue(self._splitter.finish(), self._recent)
@@ -284,19 +325,26 @@ class Tail:
             if now - self._rotated_at < self.rotate_wait_s:
                 return False
             self._rotated_at = None
-            self._queue(self._splitter.finish(), self._recent)
-            self._recent = b""
-            self._file.close()
-            self._file = open(self.path, "rb")
-            new = os.fstat(self._file.fileno())
-            self._id = (new.st_dev, new.st_ino)
-            self._splitter = LineSplitter()
+            self._switch(open(self.path, "rb"))
             self.notes.append(f"{self.path} was rotated; reading the new file from its start")
             return True
         if stat.st_size < self._file.tell():
             self._start_over()
             return True
         return False
+
+    def _switch(self, new: BinaryIO) -> None:
+        """Finish the file read so far, then read `new` from its start."""
+        self._queue(self._splitter.finish(), self._recent)
+        self._recent = b""
+        self._file.close()
+        if self._next is not None and self._next is not new:
+            self._next.close()
+        self._next = None
+        self._file = new
+        stat = os.fstat(new.fileno())
+        self._id = (stat.st_dev, stat.st_ino)
+        self._splitter = LineSplitter()
 
     def _check_rewritten(self) -> None:
         """Truncated and written again past our offset before we looked (copytruncate with
@@ -368,6 +416,24 @@ def save_position(state: Path, position: Position) -> None:
     del fields["bytes_before"]
     fields["before"] = position.fingerprint
     write_atomic(state, msgspec.json.encode(fields) + b"\n")
+
+
+def _same_file(directory: Path, device: int, inode: int) -> Path | None:
+    """The regular file in `directory` with this device and inode, if there is one."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.inode() != inode:
+                    continue
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.st_dev == device and S_ISREG(stat.st_mode):
+                    return Path(entry.path)
+    except OSError:
+        return None
+    return None
 
 
 def _fingerprint(data: bytes) -> str:
