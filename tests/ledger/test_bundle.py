@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tracemalloc
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -16,7 +18,10 @@ from auditmesh.cli.main import main
 from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger
 from auditmesh.events import AuditEvent
-from auditmesh.ledger.note import generate_key
+from auditmesh.evidence import evidence_bundle
+from auditmesh.ledger.bundle import verify_bundle
+from auditmesh.ledger.errors import VerificationError
+from auditmesh.ledger.note import Verifier, generate_key
 from tests.conftest import fill, generate
 
 
@@ -193,3 +198,142 @@ def test_bundle_create_says_why_nothing_was_selected(
     trace = next(e.trace.trace_id for e in events[10:] if e.trace is not None)
     assert main([*create, "--trace", trace]) == 2
     assert "none yet under a signed checkpoint" in capsys.readouterr().err
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _patch_central(blob: bytes, name: str, offset: int, value: bytes) -> bytes:
+    """Overwrite the field at `offset` of `name`'s central directory header (APPNOTE 4.3.12)."""
+    out = bytearray(blob)
+    at = out.find(b"PK\x01\x02")
+    while at >= 0:
+        length = int.from_bytes(out[at + 28 : at + 30], "little")
+        if out[at + 46 : at + 46 + length] == name.encode():
+            out[at + offset : at + offset + len(value)] = value
+        at = out.find(b"PK\x01\x02", at + 4)
+    return bytes(out)
+
+
+def _damaged(members: dict[str, bytes], how: str) -> bytes:
+    if how == "bad-crc":  # a byte of manifest.json changed, stored: its CRC-32 no longer holds
+        blob = _zip(members, zipfile.ZIP_STORED)
+        at = blob.index(b'"format"') + 2
+        return blob[:at] + bytes([blob[at] ^ 1]) + blob[at + 1 :]
+    if how == "encrypted":  # general purpose flag bit 0 (APPNOTE 4.4.4)
+        return _patch_central(_zip(members, zipfile.ZIP_STORED), "manifest.json", 8, b"\x01\x00")
+    if how == "unknown-method":  # compression method 99 (AE-x encryption)
+        return _patch_central(_zip(members, zipfile.ZIP_STORED), "manifest.json", 10, b"c\x00")
+    if how == "bad-deflate":  # the deflate stream of manifest.json is not one
+        blob = _zip(members)
+        at = blob.index(b"manifest.json") + len("manifest.json")
+        return blob[:at] + b"\xff\xff" + blob[at + 2 :]
+    if how == "version":  # version needed to extract 25.5 (APPNOTE 4.4.3)
+        return _patch_central(_zip(members), "manifest.json", 6, b"\xff\x00")
+    if how == "bad-offset":  # the end record places the central directory past itself
+        out = bytearray(_zip(members))
+        end = out.rindex(b"PK\x05\x06") + 16  # offset of the central directory
+        out[end : end + 4] = (int.from_bytes(out[end : end + 4], "little") + 9999).to_bytes(
+            4, "little"
+        )
+        return bytes(out)
+    if how == "bzip2":  # zipfile inflates bzip2 and LZMA members without bounding the output
+        return _zip(members, zipfile.ZIP_BZIP2)
+    if how == "lying-size":  # a small declared size before a 2 MiB stream: a zip bomb's shape
+        padded = {**members, "manifest.json": members["manifest.json"] + b" " * (1 << 21)}
+        size = len(members["manifest.json"]).to_bytes(4, "little")
+        return _patch_central(_zip(padded), "manifest.json", 24, size)
+    assert how == "no-vkey"
+    return _zip({name: data for name, data in members.items() if name != "log.vkey"})
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("bad-crc", "cannot be read"),
+        ("encrypted", "cannot be read"),
+        ("unknown-method", "compression method"),
+        ("bad-deflate", "cannot be read"),
+        ("version", "not an evidence bundle"),
+        ("bad-offset", "cannot be read"),
+        ("bzip2", "compression method"),
+        ("lying-size", "cannot be read"),
+        ("no-vkey", "the bundle lacks log.vkey"),
+    ],
+)
+def test_a_damaged_zip_is_refused_not_a_crash(
+    bundle: tuple[Path, str], capsys: pytest.CaptureFixture[str], how: str, message: str
+) -> None:
+    path, vkey = bundle
+    path.write_bytes(_damaged(_members(path), how))
+    code, out = verify(path, vkey, capsys)
+    assert code == 1 and "FAILED" in out and message in out, out
+
+
+def test_a_lying_member_size_does_not_inflate_past_it(bundle: tuple[Path, str]) -> None:
+    # 32 MiB of deflated spaces (about 32 KiB) behind a declared size of a few hundred bytes:
+    # zipfile's read() inflated all of it before comparing, whatever the size limit said.
+    path, vkey = bundle
+    members = _members(path)
+    padded = {**members, "manifest.json": members["manifest.json"] + b" " * (32 << 20)}
+    size = len(members["manifest.json"]).to_bytes(4, "little")
+    blob = _patch_central(_zip(padded), "manifest.json", 24, size)
+    del padded
+    tracemalloc.start()
+    try:
+        with pytest.raises(VerificationError, match="cannot be read"):
+            verify_bundle(blob, Verifier.from_vkey(vkey))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+
+
+def test_a_bundled_key_that_is_not_text_is_only_another_key(
+    bundle: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, vkey = bundle
+    path.write_bytes(_zip({**_members(path), "log.vkey": b"\xff\xfe"}))
+    code, out = verify(path, vkey, capsys)
+    assert code == 0 and "the key inside the bundle differs from --key" in out, out
+
+
+def test_the_origin_is_the_keys_not_the_manifests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The log's key (name test.auditmesh/log) also signed a log with another origin: `log
+    # verify` and `log verify-proof` refuse its checkpoints under that key (C2SP
+    # tlog-checkpoint: the origin is the expected log's), and so must bundle verify, whose
+    # manifest (unsigned, in the bundle) named the other origin as the one to expect.
+    first = open_ledger(tmp_path / "a", origin="test.auditmesh/log")
+    vkey = first.vkey
+    first.close()
+    (tmp_path / "b").mkdir()
+    shutil.copytree(tmp_path / "a" / "keys", tmp_path / "b" / "keys")
+    other = open_ledger(tmp_path / "b", origin="other.auditmesh/log")
+    fill(other, generate(20))
+    data, _ = evidence_bundle(other, [3])
+    other.close()
+    path = tmp_path / "other.zip"
+    path.write_bytes(data)
+    code, out = verify(path, vkey, capsys)
+    assert code == 1 and "FAILED" in out and "other.auditmesh/log" in out, out
+    # and a manifest naming another origin than its checkpoint is refused as such
+    ok = tmp_path / "ok.zip"
+    first = open_ledger(tmp_path / "a")
+    fill(first, generate(20))
+    ok.write_bytes(evidence_bundle(first, [3])[0])
+    first.close()
+    forge(ok, lambda m: m.__setitem__("origin", "x"), {})
+    code, out = verify(ok, vkey, capsys)
+    assert code == 1 and "manifest.json" in out and "'x'" in out, out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,17 @@ FORMAT = "auditmesh-bundle/v1"
 MEMBERS = ("README.md", "manifest.json", "checkpoint", "log.vkey")  # besides entries, proofs
 OPTIONAL_MEMBERS = ("finding.json",)  # `auditmesh findings --bundle`: what the entries show
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# What zipfile raises for a damaged archive: a bad CRC or header (BadZipFile), a broken
+# deflate stream (zlib.error), an encrypted member (RuntimeError), an unknown method or
+# version (NotImplementedError), an offset before the start (ValueError), a cut (EOFError).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+    EOFError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +121,7 @@ def verify_bundle(data: bytes, verifier: Verifier) -> BundleReport:
     """Check every entry's proof against the bundle's checkpoint under `verifier`."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+    except _ZIP_ERRORS as exc:  # e.g. a damaged central directory: a bad offset, a version
         raise VerificationError(f"not an evidence bundle (zip): {exc}") from None
     with archive:
         manifest = _manifest(_read(archive, "manifest.json"))
@@ -137,7 +149,9 @@ def verify_bundle(data: bytes, verifier: Verifier) -> BundleReport:
                     where=_proof_name(index),
                 )
             try:
-                checkpoint = verify_tlog_proof(proof, leaf, verifier, manifest.origin)
+                # The expected origin is the trusted key's name (C2SP tlog-checkpoint
+                # §"Signatures"), as `log verify-proof` expects, never the unsigned manifest's.
+                checkpoint = verify_tlog_proof(proof, leaf, verifier)
             except VerificationError as exc:
                 raise VerificationError(
                     f"entry does not verify: {exc}", where=f"entries/{index}.json"
@@ -145,13 +159,20 @@ def verify_bundle(data: bytes, verifier: Verifier) -> BundleReport:
             indices.append(index)
         if checkpoint is None:
             raise VerificationError("the bundle holds no entries")
+        if checkpoint.origin != manifest.origin:
+            raise VerificationError(
+                "manifest origin differs from the checkpoint",
+                expected=checkpoint.origin,
+                computed=manifest.origin,
+                where="manifest.json",
+            )
         if checkpoint.size != manifest.tree_size:
             raise VerificationError(
                 "manifest tree size differs from the checkpoint",
                 expected=checkpoint.size,
                 computed=manifest.tree_size,
             )
-        bundled_key = archive.read("log.vkey").decode().strip()
+        bundled_key = _read(archive, "log.vkey").decode(errors="replace").strip()
         return BundleReport(
             checkpoint.origin, checkpoint.size, tuple(indices), bundled_key == verifier.vkey
         )
@@ -197,7 +218,19 @@ def _read(archive: zipfile.ZipFile, name: str) -> bytes:
         raise VerificationError(f"the bundle lacks {name}") from None
     if info.file_size > MAX_MEMBER_BYTES:
         raise VerificationError(f"{name} is implausibly large ({info.file_size} bytes)")
-    return archive.read(info)
+    # Only what create_bundle writes: zipfile inflates bzip2 and LZMA without bounding the
+    # output, so a few kilobytes could claim a small size and fill the memory.
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise VerificationError(
+            f"{name} uses zip compression method {info.compress_type} (only stored or deflate)"
+        )
+    try:
+        with archive.open(info) as member:
+            # A bounded read inflates at most this much whatever the stream holds; past the
+            # declared size zipfile stops and checks the CRC-32 (APPNOTE 4.4.7), which fails.
+            return member.read(info.file_size + 1)
+    except _ZIP_ERRORS as exc:
+        raise VerificationError(f"{name} cannot be read from the zip: {exc}") from None
 
 
 def _manifest(raw: bytes) -> Manifest:
