@@ -91,8 +91,18 @@ def forge(path: Path, mutate: Callable[[dict[str, Any]], None], extra: dict[str,
         (lambda m: None, {"entries/99999.json": b"{}"}, "which its manifest does not list"),
         (lambda m: m["entries"][0].__setitem__("entry", "entries/x.json"), {}, "names"),
         (lambda m: None, {"README.md": b"trust me"}, "README.md more than once"),
+        # claims nothing checks, beside what is proven
+        (lambda m: m.__setitem__("approved_by", "the CISO"), {}, "approved_by"),
+        (lambda m: m["entries"][0].__setitem__("index_in_ticket", 7), {}, "index_in_ticket"),
     ],
-    ids=["listed-twice", "unlisted-entry", "renamed", "duplicate-member"],
+    ids=[
+        "listed-twice",
+        "unlisted-entry",
+        "renamed",
+        "duplicate-member",
+        "unknown-field",
+        "unknown-row-field",
+    ],
 )
 def test_a_bundle_holding_more_or_other_than_it_lists_fails(
     bundle: tuple[Path, str],

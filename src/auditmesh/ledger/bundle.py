@@ -53,13 +53,14 @@ class BundleEntry:
     proof: TlogProof
 
 
-class ManifestRow(msgspec.Struct, frozen=True):
+# Unknown fields are refused: verify would print OK over a manifest claim it never checked.
+class ManifestRow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     index: Annotated[int, msgspec.Meta(ge=0)]
     entry: str
     proof: str
 
 
-class Manifest(msgspec.Struct, frozen=True):
+class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     format: str
     origin: str
     tree_size: Annotated[int, msgspec.Meta(ge=0)]
