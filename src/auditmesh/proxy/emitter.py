@@ -34,6 +34,10 @@ Bounds (nothing here ever makes `emit` wait): the in-memory part holds at most
 Drops are remembered (in the spool's state file for spool drops, in memory for buffer
 drops) and, once the spool has room again, reported by one `system` event with the
 label `system.action=spool_dropped` and the counts, from the sidecar's own identity.
+When the notice is made, the buffer drops join the spool's; the spool forgets them only
+once the notice is durable (spooled, or acknowledged by the server), so a crash before
+that reports them again after the restart (a crash in the instant between spooling the
+notice and forgetting the counts reports them twice, never not at all).
 
 Every batch POST carries `x-auditmesh-spool-depth: N` (`SPOOL_DEPTH_HEADER`): the records
 that will still be in the spool once this batch is acknowledged (0 while the spool is
@@ -171,6 +175,9 @@ class Emitter:
         self._attempt = 0
         self._retry_at = 0.0
         self._unreported: Counter[str] = Counter()  # buffer drops not yet in a notice
+        # The notice in memory (its id and canonical bytes) and the spool drops it reports:
+        # the spool forgets them once it is durable (`_notice_durable`).
+        self._reporting: tuple[str, bytes, dict[str, int]] | None = None
         self._emitted = self._sent = self._spooled = self._dropped = 0
         self._rejected = self._notices = self._retries = 0
         self._last_error: str | None = None
@@ -187,7 +194,9 @@ class Emitter:
             self._unreported[BUFFER_FULL] += 1
             if not (self._drop_oldest and self._buffer):
                 return  # block: keep what we have, refuse the newest
-            self._buffer.popleft()
+            lost = self._buffer.popleft()
+            if self._reporting is not None and lost.id == self._reporting[0]:
+                self._reporting = None  # the drops it reported are still in the spool
         self._buffer.append(event)
         if len(self._buffer) == 1:
             self._first_at = self._clock()
@@ -456,19 +465,36 @@ class Emitter:
         await self._io(self._spool.ack, count)
 
     async def _consume_held(self, count: int) -> None:
+        reported = self._reported_in(self._held[:count])
         del self._held[:count]
+        if reported is not None:  # acknowledged by the server (or in rejected.ndjson)
+            await self._io(self._spool.clear_dropped, reported)
+
+    def _reported_in(self, records: list[bytes]) -> dict[str, int] | None:
+        """The counts the notice reports if it is among `records` (which are leaving
+        memory for somewhere durable); None if it is not."""
+        reporting = self._reporting
+        if reporting is None or reporting[1] not in records:
+            return None
+        self._reporting = None
+        return reporting[2]
 
     # --- drops ----------------------------------------------------------------------
 
     async def _report_drops(self) -> None:
         """Once there is room again, turn the drop counts into one `system` event."""
-        pending = self._spool.dropped_pending
-        counts = Counter(pending) + self._unreported
-        if not counts or self._held or len(self._buffer) >= self.config.max_buffer_events:
-            return
         spool = self._spool
+        if self._reporting is not None or not (spool.dropped_pending or self._unreported):
+            return  # one notice at a time
+        if self._held or len(self._buffer) >= self.config.max_buffer_events:
+            return
         if spool.depth_records and spool.free_bytes < spool.config.max_bytes // 4:
             return
+        if self._unreported:  # into the spool's counts: one place, forgotten when durable
+            moving = dict(self._unreported)
+            self._unreported.clear()
+            await self._io(self._note_dropped, moving)
+        counts = spool.dropped_pending
         total = sum(counts.values())
         labels = {"system.action": "spool_dropped", "spool.dropped": str(total)}
         labels.update({f"spool.dropped.{k}": str(v) for k, v in sorted(counts.items())})
@@ -476,9 +502,7 @@ class Emitter:
         notice = self._system_event(
             "spool_dropped", f"{total} audit events dropped: {detail}", labels
         )
-        self._unreported.clear()
-        if pending:
-            await self._io(spool.clear_dropped, pending)
+        self._reporting = (notice.id, canonical_bytes(notice), counts)
         self._buffer.append(notice)  # behind everything emitted before it
         if len(self._buffer) == 1:
             self._first_at = self._clock()
@@ -514,7 +538,10 @@ class Emitter:
                 (i for i, r in enumerate(self._held) if record_size(r) > limit), len(self._held)
             )
             taken = self._spool.append(self._held[:run])
+            reported = self._reported_in(self._held[:taken])
             del self._held[:taken]
+            if reported is not None:
+                self._spool.clear_dropped(reported)  # the notice is in the spool now
             self._spooled += taken
             if taken < run:
                 return  # block: the spool is full; the rest waits in memory
@@ -524,12 +551,17 @@ class Emitter:
         if self._held:
             lost = len(self._held)
             self._held.clear()
+            self._reporting = None  # the notice, if it was here: its counts stay pending
             self._dropped += lost
             self._spool.note_dropped(CLOSED_SPOOL_FULL, lost)
         if self._unreported:
             for reason, count in self._unreported.items():
                 self._spool.note_dropped(reason, count)  # reported after the next start
             self._unreported.clear()
+
+    def _note_dropped(self, counts: dict[str, int]) -> None:
+        for reason, count in counts.items():
+            self._spool.note_dropped(reason, count)
 
     def _write_rejected(self, record: bytes, status: int, reason: str) -> None:
         try:
