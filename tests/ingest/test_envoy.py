@@ -569,6 +569,9 @@ def test_parse_cluster(name: str | None, expected: tuple[object, ...]) -> None:
         ("10.0.0.1", ("10.0.0.1", None)),
         ("10.0.0.1:99999", ("10.0.0.1", None)),
         ("envoy://internal_client_address/", (None, None)),
+        # Istio's HBONE: the internal listener that tunnels, then the original destination
+        ("envoy://connect_originate/10.244.0.10:80", ("10.244.0.10", 80)),
+        ("envoy://connect_originate/[fd00::a]:8080", ("fd00::a", 8080)),
         ("reviews:9080", (None, None)),
         ("-", (None, None)),
         (None, (None, None)),
@@ -576,6 +579,21 @@ def test_parse_cluster(name: str | None, expected: tuple[object, ...]) -> None:
 )
 def test_split_address(text: str | None, expected: tuple[object, object]) -> None:
     assert split_address(text) == expected
+
+
+def test_hbone_upstream_host_names_the_destination() -> None:
+    # istio/istio#50321: with HBONE, %UPSTREAM_HOST% is Envoy's internal listener followed
+    # by the endpoint the request was tunnelled to.
+    line = (
+        '[2024-04-08T20:44:12.363Z] "GET / HTTP/1.1" 200 - via_upstream - "-" 0 1648 3 2 '
+        '"10.244.0.1" "curl/8.7.1" "66dc2115-b7f5-45eb-96c2-2a2b221559f7" "172.18.0.101" '
+        '"envoy://connect_originate/10.244.0.10:80" outbound|80||echo.default.svc.cluster.local '
+        "envoy://internal_client_address/ 10.244.0.7:8080 10.244.0.1:27113 - -"
+    )
+    event = to_event(parse_text_line(line), REPORTER)
+    assert event.destination is not None
+    assert (event.destination.ip, event.destination.port) == ("10.244.0.10", 80)
+    assert (event.destination.service, event.destination.namespace) == ("echo", "default")
 
 
 @pytest.mark.parametrize(
@@ -638,6 +656,21 @@ def test_rfc3339_offsets_and_leap_second() -> None:
     assert parse_rfc3339("2016-12-31T23:59:60Z") == parse_rfc3339("2016-12-31T23:59:59Z")
     with pytest.raises(ValueError, match="out of range"):
         parse_rfc3339("2262-01-01T00:00:00Z")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\uff12026-03-02T09:15:01Z",  # a FULLWIDTH DIGIT TWO
+        "2026-03-02T09:\u0661\u0665:01Z",  # ARABIC-INDIC digits
+        "2026-03-02T09:15:01.\u0661Z",
+        "2026-03-02T09:15:01+0\u0661:00",
+    ],
+)
+def test_rfc3339_digits_are_ascii(text: str) -> None:
+    # RFC 3339 §5.6: DIGIT is %x30-39 (RFC 5234 B.1); Python's \d and int() take any digit.
+    with pytest.raises(ValueError, match="not an RFC 3339 time"):
+        parse_rfc3339(text)
 
 
 def test_overlong_fields_are_cut_not_refused() -> None:

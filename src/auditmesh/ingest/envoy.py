@@ -162,7 +162,8 @@ _PLAIN_TEXT_LINE = re.compile(
 )
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))",
+    re.ASCII,  # RFC 5234 DIGIT is 0-9: no other script's digits, which int() would read
 )
 _SPIFFE = re.compile(r"spiffe://[a-z0-9._-]+(/[^/?#]+)*")  # events.SpiffeId
 _HEX = re.compile(r"[0-9a-f]+")
@@ -514,13 +515,17 @@ def line_event_id(time_ns: int, source: str, line: str) -> str:
 
 
 def split_address(text: str | None) -> tuple[str | None, int | None]:
-    """`10.0.0.1:8080`, `[fd00::1]:80`, `tcp://10.0.0.1:80` → (ip, port); anything else
-    (`-`, a pipe, `envoy://internal_client_address/`) → (None, None)."""
+    """`10.0.0.1:8080`, `[fd00::1]:80`, `tcp://10.0.0.1:80` → (ip, port); Istio's HBONE
+    `envoy://connect_originate/10.0.0.1:80` (an internal listener, then the address it
+    tunnels to) → that address; anything else (`-`, a pipe,
+    `envoy://internal_client_address/`) → (None, None)."""
     if not text:
         return None, None
     if "://" in text:
         scheme, _, text = text.partition("://")
-        if scheme not in ("tcp", "udp", "http", "https"):
+        if scheme == "envoy":
+            text = text.partition("/")[2]
+        elif scheme not in ("tcp", "udp", "http", "https"):
             return None, None
         text = text.rstrip("/")
     host, sep, port_text = text.rpartition(":")
