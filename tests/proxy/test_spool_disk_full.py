@@ -108,3 +108,24 @@ def test_an_acknowledgement_the_full_disk_refuses_does_not_break_appending(
         spool.ack(1)
     with Spool(directory, config) as reopened:
         assert numbers(reopened.peek(100)) == [6]
+
+
+def test_a_torn_tail_is_cut_off_on_a_full_disk(small_disk: Path) -> None:
+    """A sidecar killed mid-write on a full disk can still open its spool: cutting off a
+    torn tail needs no free space."""
+    directory = small_disk / "spool"
+    with Spool(directory) as spool:
+        spool.append(payloads(0, 5))
+    (segment,) = directory.glob("*.seg")
+    torn = payloads(5, 1)[0]
+    with open(segment, "ab") as f:
+        f.write(len(torn).to_bytes(4, "big") + b"\0\0\0\0" + torn[:50])
+    ballast = fill(small_disk)
+    with Spool(directory) as recovered:
+        assert numbers(recovered.peek(100)) == [0, 1, 2, 3, 4]
+        assert recovered.stats().truncated_bytes == 8 + 50
+        ballast.unlink()
+        recovered.append(payloads(5, 1))
+    with Spool(directory) as again:
+        assert numbers(again.peek(100)) == [0, 1, 2, 3, 4, 5]
+        assert again.stats().truncated_bytes == 0

@@ -236,6 +236,14 @@ class Spool:
             segment.end = len(data)
             return
         self._truncated += damaged
+        if data and len(kept) == 1 and run_start == len(data):
+            # Damage only at the end (a torn last write): cut it off in place, which
+            # needs no free space on a disk that may be full.
+            with open(segment.path, "r+b") as f:
+                f.truncate(len(kept[0]))
+                os.fsync(f.fileno())
+            segment.end = len(kept[0])
+            return
         kept.append(data[run_start:pos])
         intact = b"".join(kept) if data else MAGIC
         replacement = segment.path.with_suffix(".tmp")
