@@ -10,7 +10,10 @@ and verifies the server against the mesh CA over a keep-alive pool; the inbound 
 verifies a client certificate and writes a JSON access-log line per request. auditmesh: two
 `auditmesh sidecar` processes enrolled with join tokens, auditing on, and the audit server.
 The floor: two `bench.relay` processes, a bare uvloop TLS byte relay with the same certificates
-and no HTTP, policy or audit at all: what any CPython proxy pays in this topology.
+and no HTTP, policy or audit at all: what any CPython proxy pays in this topology. The floor of
+an auditing proxy: two `bench.audit_floor` processes, the relay plus request and response heads
+parsed (httptools) and one `AuditEvent` built and written per request, on transport callbacks:
+what any CPython design of the sidecar's data plane pays at least.
 
 For each system: requests/s and p50/p99 latency (wrk --latency), and CPU microseconds per
 request of each proxy (utime + stime from /proc/PID/stat, before and after the measured run,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import grp
 import json
 import os
@@ -74,7 +78,8 @@ APP_DNS = f"app.{NAMESPACE}.svc.cluster.local"  # the SNI the sidecar sends for 
 TARGET_RATIO = 1.5  # issue 3: sidecar CPU per request ≤ 1.5× nginx's
 PROXIES = ("outbound", "inbound")
 RELAY = "python relay"  # bench/relay.py: the floor of any CPython proxy in this topology
-SYSTEMS = ("nginx", "auditmesh", RELAY)
+AUDIT_FLOOR = "audit floor"  # bench/audit_floor.py: + HTTP heads parsed, an event per request
+SYSTEMS = ("nginx", "auditmesh", RELAY, AUDIT_FLOOR)
 # Longer than the sidecar's request timeout (60 s by default): a request stuck in a sidecar
 # still gets its event (an upstream_timeout failure) before the ledger is declared short.
 DRAIN_TIMEOUT_S = 75.0
@@ -520,33 +525,59 @@ def run_nginx(mesh: Mesh, load: Load) -> Result:
 
 def run_relay(mesh: Mesh, load: Load) -> Result:
     """The floor: `bench.relay`, a bare uvloop TLS byte relay, as both proxies (same certs)."""
+    return _run_floor(mesh, load, RELAY, "relay", [])
+
+
+def run_audit_floor(mesh: Mesh, load: Load) -> Result:
+    """The floor of an auditing proxy: `bench.audit_floor` (the relay, plus request and
+    response heads parsed and one audit event written per request) as both proxies; each
+    proxy's events are counted in its file afterwards."""
+    files = {role: mesh.work / f"audit-floor-{role}.ndjson" for role in PROXIES}
+    result = _run_floor(mesh, load, AUDIT_FLOOR, "audit_floor", files)
+    counted = {role: _count_events(path) for role, path in files.items()}
+    return dataclasses.replace(result, log_lines=counted)
+
+
+def _count_events(path: Path) -> int:
+    """Events of `/` requests (the load's path; not the readiness check's) in a floor's file."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return sum('"path":"/"' in line for line in f)
+
+
+def _run_floor(
+    mesh: Mesh, load: Load, system: str, module: str, files: dict[str, Path] | list[Path]
+) -> Result:
     out_port, in_port = free_port(), free_port()
     certs = mesh.certs
-    relay = [sys.executable, "-m", "bench.relay"]
+    command = [sys.executable, "-m", f"bench.{module}"]
+    if isinstance(files, dict):
+        events = {role: ["--events", str(path)] for role, path in files.items()}
+    else:
+        events = {role: [] for role in PROXIES}
     inbound_argv = [
-        *relay, "--listen", str(in_port), "--connect", f"127.0.0.1:{mesh.app_port}",
+        *command, "--listen", str(in_port), "--connect", f"127.0.0.1:{mesh.app_port}",
         "--server-cert", str(certs / "server.pem"), "--server-key", str(certs / "server-key.pem"),
-        "--client-ca", str(certs / "ca.pem"),
+        "--client-ca", str(certs / "ca.pem"), *events["inbound"],
     ]  # fmt: skip
     outbound_argv = [
-        *relay, "--listen", str(out_port), "--connect", f"127.0.0.1:{in_port}",
+        *command, "--listen", str(out_port), "--connect", f"127.0.0.1:{in_port}",
         "--client-cert", str(certs / "client.pem"), "--client-key", str(certs / "client-key.pem"),
-        "--server-ca", str(certs / "ca.pem"), "--sni", APP_DNS,
+        "--server-ca", str(certs / "ca.pem"), "--sni", APP_DNS, *events["outbound"],
     ]  # fmt: skip
     started: list[Child] = []
     try:
         for role, argv in (("inbound", inbound_argv), ("outbound", outbound_argv)):
-            started.append(Child(f"relay {role}", argv, mesh.work / f"relay-{role}.log"))
+            started.append(Child(f"{module} {role}", argv, mesh.work / f"{module}-{role}.log"))
         inbound, outbound = started
         wait_port(in_port, inbound)
         wait_port(out_port, outbound)
         wait_ok(f"http://127.0.0.1:{out_port}/check", started)
         roles = {"outbound": outbound.tree, "inbound": inbound.tree}
-        wrk, served, cpu = measure(mesh, RELAY, out_port, roles, load)
+        wrk, served, cpu = measure(mesh, system, out_port, roles, load)
     finally:
         for child in reversed(started):
             child.stop(signal.SIGTERM)
-    return Result(RELAY, wrk, served, cpu)
+    return Result(system, wrk, served, cpu)
 
 
 def _sidecar_config(mesh: Mesh, url: str, name: str, extra: dict[str, object]) -> Path:
@@ -752,7 +783,12 @@ def run(load: Load, systems: Sequence[str] = SYSTEMS, keep: bool = False) -> Rep
             write_nginx_certs(mesh.data, mesh.certs)
             mesh.app = start_nginx(nginx, "app", work, {"APP_PORT": str(mesh.app_port)})
             wait_port(mesh.app_port, mesh.app)
-            runners = {"nginx": run_nginx, "auditmesh": run_auditmesh, RELAY: run_relay}
+            runners = {
+                "nginx": run_nginx,
+                "auditmesh": run_auditmesh,
+                RELAY: run_relay,
+                AUDIT_FLOOR: run_audit_floor,
+            }
             for system in systems:
                 results[system] = runners[system](mesh, load)
     finally:
@@ -840,6 +876,19 @@ def render(report: Report) -> str:
         if ours is not None:
             out += f"; the sidecars cost {ours.us_per_request(*PROXIES) / floor:.2f}× the relay's"
         out += ".\n"
+    audited = report.results.get(AUDIT_FLOOR)
+    if audited is not None and nginx is not None:
+        cost = audited.us_per_request(*PROXIES)
+        written = ", ".join(f"{role} {n:,}" for role, n in audited.log_lines.items())
+        out += (
+            f"\nfloor of an auditing proxy (bench/audit_floor.py: the relay, plus request and "
+            f"response heads parsed and one audit event written per request, callbacks only): "
+            f"{cost / nginx.us_per_request(*PROXIES):.2f}× nginx's CPU per request (events "
+            f"written: {written}; the load's requests: {audited.wrk.requests:,})"
+        )
+        if ours is not None:
+            out += f"; the sidecars cost {ours.us_per_request(*PROXIES) / cost:.2f}× this floor"
+        out += ".\n"
     return out
 
 
@@ -920,18 +969,16 @@ def proxy_section(quick: bool) -> list[Figure]:
         ),
         Figure(section, "audit server CPU per request", ours.us_per_request("audit server"), "µs"),
     ]
-    relay = report.results.get(RELAY)
-    if relay is not None:
-        figures.append(
-            Figure(
-                section,
-                "bare Python TLS relay pair CPU per request (floor)",
-                relay.us_per_request(*PROXIES),
-                "µs",
-                "nginx",
-                both,
+    floors = (
+        (RELAY, "bare Python TLS relay pair CPU per request (floor)"),
+        (AUDIT_FLOOR, "auditing proxy floor pair CPU per request (HTTP heads + an event each)"),
+    )
+    for system, label in floors:
+        floor = report.results.get(system)
+        if floor is not None:
+            figures.append(
+                Figure(section, label, floor.us_per_request(*PROXIES), "µs", "nginx", both)
             )
-        )
     if ours.audit is not None:
         audit = ours.audit
         expected = "2 × requests the app served"

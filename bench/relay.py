@@ -17,18 +17,18 @@ import asyncio
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import uvloop
 
 
-class _Half(asyncio.Protocol):
+class Half(asyncio.Protocol):
     """One side of a relayed connection: what it receives is written to its peer."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.peer: _Half | None = None
+        self.peer: Half | None = None
         self.pending: list[bytes] = []  # received before the peer connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,19 +76,25 @@ def _tls(purpose: ssl._SSLMethod, cert: str | None, key: str, ca: str) -> ssl.SS
     return context
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def serve(
+    args: argparse.Namespace,
+    downstream_half: Callable[[], Half] = Half,
+    upstream_half: Callable[[], Half] = Half,
+) -> None:
+    """Relay every connection to `--listen` to `--connect` until SIGTERM; each side's
+    protocol from its factory (`bench.audit_floor` audits what goes through)."""
     loop = asyncio.get_running_loop()
     host, _, port = args.connect.rpartition(":")
     server_tls = _tls(ssl.PROTOCOL_TLS_SERVER, args.server_cert, args.server_key, args.client_ca)
     client_tls = _tls(ssl.PROTOCOL_TLS_CLIENT, args.client_cert, args.client_key, args.server_ca)
 
-    def accepted() -> _Half:
-        downstream = _Half()
+    def accepted() -> Half:
+        downstream = downstream_half()
 
         async def connect() -> None:
             try:
                 _, upstream = await loop.create_connection(
-                    _Half, host, int(port), ssl=client_tls, server_hostname=args.sni
+                    upstream_half, host, int(port), ssl=client_tls, server_hostname=args.sni
                 )
             except OSError:
                 if downstream.transport is not None:
@@ -110,16 +116,20 @@ async def _serve(args: argparse.Namespace) -> None:
         await stop.wait()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_relay_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", type=int, required=True, help="port on 127.0.0.1")
     parser.add_argument("--connect", required=True, help="HOST:PORT to relay to")
     for name in ("server-cert", "server-key", "client-ca", "client-cert", "client-key"):
         parser.add_argument(f"--{name}")
     parser.add_argument("--server-ca")
     parser.add_argument("--sni")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    add_relay_options(parser)
     args = parser.parse_args(argv)
-    uvloop.run(_serve(args))
+    uvloop.run(serve(args))
     return 0
 
 

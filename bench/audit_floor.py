@@ -1,0 +1,217 @@
+"""The floor of an auditing HTTP proxy in CPython, for `bench.proxy_bench`.
+
+`bench.relay` copies bytes and nothing else. This adds the least an auditing HTTP/1.1 proxy
+must do for every request, written the cheapest way CPython allows (callbacks on the
+transport, no coroutine, no stream): parse the request and response heads (httptools, C),
+count the body bytes, and at the end of each response build the request's `AuditEvent`
+(the real model: identities from the peer certificate, method, path, status, bytes, trace
+and request ids, duration) and write it as JSON, batched, to a file. What it leaves out and
+the sidecar does: header rewriting (traceparent, x-request-id, XFCC), hop-by-hop handling,
+limits, timeouts, policy, pooling, retries, and sending the events to the server over mTLS.
+So its CPU per request is a floor for any design of the sidecar's data plane: if this is
+above 1.5× nginx's, the target is out of reach of CPython; below it, a rewrite may reach it.
+
+    python -m bench.audit_floor --events FILE [bench.relay's options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import httptools
+import uvloop
+from cryptography import x509
+
+from auditmesh.events import (
+    HTTP,
+    TLS,
+    AuditEvent,
+    Peer,
+    Trace,
+    encode_ndjson,
+    new_event_id,
+    random_bytes,
+)
+from bench.relay import Half, add_relay_options, serve
+
+FLUSH_EVENTS = 256
+
+
+class Sink:
+    """Events as JSON lines, written in batches (the emitter batches too)."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._events: list[AuditEvent] = []
+
+    def add(self, event: AuditEvent) -> None:
+        self._events.append(event)
+        if len(self._events) >= FLUSH_EVENTS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._events:  # as the sidecar's emitter encodes a batch
+            os.write(self._fd, encode_ndjson(self._events))
+            self._events = []
+
+
+class _Call:
+    __slots__ = ("start_ns", "method", "path", "user_agent", "request_id", "traceparent", "sent")
+
+    def __init__(self) -> None:
+        self.start_ns = time.time_ns()
+        self.method = ""
+        self.path = b""
+        self.user_agent: bytes | None = None
+        self.request_id: bytes | None = None
+        self.traceparent: bytes | None = None
+        self.sent = 0
+
+
+class AuditedHalf(Half):
+    """The downstream side parses requests, its upstream peer parses responses; a finished
+    response makes its request's event."""
+
+    def __init__(self, sink: Sink, direction: str, *, downstream: bool) -> None:
+        super().__init__()
+        self.sink = sink
+        self.direction = direction
+        self.calls: deque[_Call] = deque()
+        self.current: _Call | None = None
+        self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+        if downstream:
+            self.parser = httptools.HttpRequestParser(self)
+        else:
+            self.parser = httptools.HttpResponseParser(self)
+        self.received = 0
+        self.local = Peer(service="app", namespace="bench")
+        self.remote = Peer()
+        self.tls: TLS | None = None
+
+    def connection_made(self, transport: object) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        assert self.transport is not None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+        if der:  # once a connection: who is on the other end
+            cert = x509.load_der_x509_certificate(der)
+            uri = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            self.remote = Peer(identity=uri.get_values_for_type(x509.UniformResourceIdentifier)[0])
+            self.tls = TLS(mutual=True, version=ssl_object.version())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        super().data_received(data)
+
+    # requests (downstream side)
+    def on_message_begin(self) -> None:
+        if isinstance(self.parser, httptools.HttpRequestParser):
+            self.current = _Call()
+        else:
+            self.received = 0
+
+    def on_url(self, url: bytes) -> None:
+        assert self.current is not None
+        self.current.path += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        call = self.current
+        if call is None or not isinstance(self.parser, httptools.HttpRequestParser):
+            return
+        lower = name.lower()
+        if lower == b"user-agent":
+            call.user_agent = value
+        elif lower == b"x-request-id":
+            call.request_id = value
+        elif lower == b"traceparent":
+            call.traceparent = value
+
+    def on_body(self, body: bytes) -> None:
+        if isinstance(self.parser, httptools.HttpRequestParser):
+            assert self.current is not None
+            self.current.sent += len(body)
+        else:
+            self.received += len(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        if isinstance(parser, httptools.HttpRequestParser):
+            assert self.current is not None
+            self.current.method = parser.get_method().decode()
+            self.calls.append(self.current)
+            self.current = None
+            return
+        downstream = self.peer
+        if not isinstance(downstream, AuditedHalf) or not downstream.calls:
+            return
+        downstream.audit(downstream.calls.popleft(), parser.get_status_code(), self.received)
+
+    def audit(self, call: _Call, status: int, received: int) -> None:
+        now = time.time_ns()
+        trace_id = None
+        if call.traceparent is not None and len(call.traceparent) == 55:
+            trace_id = call.traceparent[3:35].decode()
+        trace = Trace(trace_id=trace_id or random_bytes(16).hex(), span_id=random_bytes(8).hex())
+        inbound = self.direction == "inbound"
+        other = self if inbound or self.peer is None else self.peer  # who proved an identity
+        assert isinstance(other, AuditedHalf)
+        self.sink.add(
+            AuditEvent(
+                id=new_event_id(lambda: call.start_ns),
+                time_ns=call.start_ns,
+                duration_us=(now - call.start_ns) // 1000,
+                reporter="spiffe://cluster.local/ns/bench/sa/floor",
+                kind="http",
+                direction="inbound" if inbound else "outbound",
+                source=other.remote if inbound else self.local,
+                destination=self.local if inbound else other.remote,
+                tls=other.tls,
+                http=HTTP(
+                    method=call.method,
+                    path=call.path.decode("latin-1"),
+                    status=status,
+                    request_bytes=call.sent,
+                    response_bytes=received,
+                    protocol="HTTP/1.1",
+                    user_agent=None if call.user_agent is None else call.user_agent.decode(),
+                    request_id=None if call.request_id is None else call.request_id.decode(),
+                ),
+                trace=trace,
+                outcome="success" if status < 500 else "failure",
+                attested=True,
+            )
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    add_relay_options(parser)
+    parser.add_argument("--events", required=True, help="append the events' JSON lines here")
+    args = parser.parse_args(argv)
+    sink = Sink(args.events)
+    direction = "inbound" if args.server_cert else "outbound"
+    try:
+        uvloop.run(
+            serve(
+                args,
+                lambda: AuditedHalf(sink, direction, downstream=True),
+                lambda: AuditedHalf(sink, direction, downstream=False),
+            )
+        )
+    finally:
+        sink.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
