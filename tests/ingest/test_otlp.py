@@ -324,6 +324,14 @@ def test_partial_success_message_lists_distinct_reasons_and_counts_all() -> None
     assert mapped.error_message().endswith("; …")
 
 
+def test_an_all_zero_parent_span_id_is_a_root_span() -> None:
+    # An all-zero span id is the invalid one, which for a parent means none: the
+    # Collector's pdata takes it as the empty SpanID ("InvalidSpanID ... all zero bytes").
+    event = one(traces(span(STABLE_SERVER, parent_span_id=bytes(8))))
+    assert event.trace is not None
+    assert (event.trace.span_id, event.trace.parent_span_id) == (SPAN.hex(), None)
+
+
 def test_event_id_is_a_uuid7_fixed_by_trace_and_span_id() -> None:
     first = one(traces(span(STABLE_SERVER)))
     again = one(traces(span(STABLE_SERVER, name="renamed")))

@@ -572,8 +572,9 @@ _CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 
 
 def _hex_id(raw: bytes, size: int, what: str, *, required: bool) -> str | None:
-    # trace.proto: trace_id is 16 bytes and span_id 8, all-zero meaning invalid/absent.
-    if not raw and not required:
+    # trace.proto: trace_id is 16 bytes and span_id 8, all-zero meaning invalid/absent:
+    # a parent span id of zeros is a root span's, as an empty one.
+    if not required and not any(raw) and len(raw) in (0, size):
         return None
     if len(raw) != size or not any(raw):
         raise Unmappable(f"invalid {what} {raw.hex()[:64]!r} (want {size} non-zero bytes)")
