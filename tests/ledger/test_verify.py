@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import pickle
 import sqlite3
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -508,3 +509,41 @@ def test_indexes_are_checked_in_worker_processes(
     sql(data_dir, "UPDATE events SET kind = 'tcp' WHERE idx = 650")
     with pytest.raises(VerificationError, match="index 650 column kind"):
         check_indexes(data_dir, SIZE, jobs=2)
+
+
+class _SignedButEmpty:
+    """A log whose key signed a checkpoint of `size` entries and which holds none."""
+
+    def __init__(self, size: int, signer: Signer) -> None:
+        self._size = size
+        self._note = sign_checkpoint(Checkpoint(signer.name, size, bytes(32)), signer)
+
+    def size(self) -> int:  # a remote log's: its signed checkpoint's (client.RemoteLog)
+        return self._size
+
+    def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        return iter(())
+
+    def read_tile(self, level: int, index: int) -> bytes:
+        return b""
+
+    def checkpoint_notes(self) -> list[bytes]:
+        return [self._note]
+
+
+def test_a_huge_signed_size_is_refused_at_the_first_missing_entry() -> None:
+    # A log may sign any size up to 2**63-1 (C2SP tlog-checkpoint); verify planned every
+    # segment up front, a list of 2**49 for that one, and ran out of memory instead of
+    # saying that the entries are not there.
+    skey, vkey = generate_key("test.auditmesh/log", bytes(32))
+    signer, verifier = Signer.from_skey(skey), Verifier.from_vkey(vkey)
+    tracemalloc.start()
+    try:
+        with pytest.raises(VerificationError, match="an entry is missing"):
+            verify_log(_SignedButEmpty(1 << 18, signer), verifier, segment_bits=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # the plan of 2**18 one-entry segments took 50 MB
+    with pytest.raises(VerificationError, match="an entry is missing; at index 0"):
+        verify_log(_SignedButEmpty((1 << 63) - 1, signer), verifier)

@@ -111,8 +111,7 @@ def verify_log(
     if segment_bits is None:
         segment_bits = SEGMENT_BITS
     width = 1 << segment_bits
-    bounds = [(start, min(start + width, size)) for start in range(0, size, width)]
-    cuts = [sorted({c.size for c in checkpoints if start < c.size <= end}) for start, end in bounds]
+    plan = _plan(size, width, sorted({c.size for c in checkpoints}))
     tile_checker = _TileChecker(reader)
     # Nodes above the segments' roots: level `segment_bits` + the top builder's level.
     top = merkle.TreeBuilder(
@@ -123,7 +122,7 @@ def verify_log(
     by_size: dict[int, list[Checkpoint]] = {}  # two notes of one size must both match
     for checkpoint in checkpoints:
         by_size.setdefault(checkpoint.size, []).append(checkpoint)
-    for segment in _segments(reader, tile_checker, open_reader, jobs, bounds, cuts):
+    for segment in _segments(reader, tile_checker, open_reader, jobs, plan):
         before = top.compact_range  # the tree [0, segment.start), in perfect subtrees
         if segment.end - segment.start == width:  # a full segment: its root, one level up
             top.append(segment.compact[0])
@@ -139,22 +138,41 @@ def verify_log(
     return VerifyReport(size, len(checkpoints), checkpoints[-1] if checkpoints else None)
 
 
+def _plan(size: int, width: int, sizes: list[int]) -> Iterator[tuple[int, int, list[int]]]:
+    """The segments [start, end) of `width` entries, each with the (sorted) checkpoint
+    `sizes` that fall in (start, end]. Lazily: the size is the signed checkpoint's for a
+    remote log (C2SP tlog-checkpoint allows up to 2**63-1), and a list of its segments
+    would fill the memory before the first one showed the entries missing."""
+    at = 0
+    for start in range(0, size, width):
+        end = min(start + width, size)
+        cuts = []
+        while at < len(sizes) and sizes[at] <= end:
+            if sizes[at] > start:
+                cuts.append(sizes[at])
+            at += 1
+        yield start, end, cuts
+
+
 def _segments(
     reader: LogReader,
     checker: _TileChecker,
     open_reader: OpenReader | None,
     jobs: int,
-    bounds: list[tuple[int, int]],
-    cuts: list[list[int]],
+    plan: Iterator[tuple[int, int, list[int]]],
 ) -> Iterator[_Segment]:
-    if jobs <= 1 or open_reader is None or len(bounds) < 2:
-        for (start, end), at in zip(bounds, cuts, strict=True):
-            yield _verify_segment(reader, checker, start, end, at)
-        return
-    starts, ends = zip(*bounds, strict=True)
-    yield from map_in_workers(
-        jobs, _open_in_worker, open_reader, _segment_in_worker, starts, ends, cuts
-    )
+    if jobs > 1 and open_reader is not None:
+        # Worker processes re-open a local log, whose size is that of the entries it holds.
+        segments = list(plan)
+        if len(segments) >= 2:
+            starts, ends, cuts = zip(*segments, strict=True)
+            yield from map_in_workers(
+                jobs, _open_in_worker, open_reader, _segment_in_worker, starts, ends, cuts
+            )
+            return
+        plan = iter(segments)
+    for start, end, at in plan:
+        yield _verify_segment(reader, checker, start, end, at)
 
 
 _WORKER: tuple[LogReader, _TileChecker] | None = None  # one per worker process
@@ -208,7 +226,10 @@ def _check_contiguous(rows: list[tuple[int, bytes]], start: int, end: int) -> No
                 where=f"index {expected}",
             )
     raise VerificationError(
-        "an entry is missing", expected=end, computed=start + len(rows), where=f"index {end}"
+        "an entry is missing",
+        expected=end,
+        computed=start + len(rows),
+        where=f"index {start + len(rows)}",  # the first one missing: those before are there
     )
 
 
