@@ -148,13 +148,40 @@ def test_labels_shaped_like_istios_json_log_map_without_a_body() -> None:
     assert from_body == event
 
 
-@pytest.mark.parametrize("status", [200.5, True])
-def test_a_status_of_the_wrong_type_is_rejected_not_dropped(status: float) -> None:
+@pytest.mark.parametrize(
+    "status",
+    [
+        AnyValue(double_value=200.5),
+        AnyValue(bool_value=True),
+        # no JSON number: NaN and infinity would go into the line as null (unset)
+        AnyValue(double_value=float("nan")),
+        AnyValue(double_value=float("-inf")),
+        AnyValue(bytes_value=b"200"),
+        AnyValue(kvlist_value=KeyValueList(values=kvs({"code": 200}))),
+    ],
+    ids=["fraction", "bool", "nan", "infinity", "bytes", "kvlist"],
+)
+def test_a_status_of_the_wrong_type_is_rejected_not_dropped(status: AnyValue) -> None:
     labels = {k: v for k, v in json.loads(JSON_LINES[1]).items() if v is not None}
-    record = LogRecord(attributes=kvs(labels | {"response_code": status}))
+    attributes = [kv for kv in kvs(labels) if kv.key != "response_code"]
+    record = LogRecord(attributes=[*attributes, KeyValue(key="response_code", value=status)])
     mapped = otlp.map_logs(logs(record, service="orders"))
     assert (mapped.events, mapped.rejected) == ([], 1)
     assert "response_code: expected a string or an integer" in mapped.error_message()
+
+
+def test_values_of_any_type_under_other_keys_are_left_aside() -> None:
+    labels = {k: v for k, v in json.loads(JSON_LINES[1]).items() if v is not None}
+    odd = {
+        "ratio": AnyValue(double_value=float("nan")),
+        "blob": AnyValue(bytes_value=b"\x00"),
+        "nested": AnyValue(kvlist_value=KeyValueList(values=kvs({"a": 1}))),
+    }
+    extra = [KeyValue(key=key, value=value) for key, value in odd.items()]
+    record = LogRecord(attributes=kvs(labels) + extra)
+    (event,) = otlp.map_logs(logs(record, service="orders")).events
+    line = msgspec.json.encode(labels).decode()
+    assert event == envoy.to_event(envoy.parse_json_line(line), "ingest:otlp:orders")
 
 
 @pytest.mark.parametrize(

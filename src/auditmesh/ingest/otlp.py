@@ -51,6 +51,7 @@ import base64
 import functools
 import hashlib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -865,6 +866,8 @@ _ENVOY_EXTRA_KEYS = frozenset(envoy.OPTIONAL_JSON_KEYS)
 # Labels shaped like Istio's JSON access log (`labels` set to its field names and operators,
 # no TEXT body): recognised by these keys.
 _ENVOY_JSON_KEYS = frozenset(("response_code", "upstream_cluster", "method", "bytes_sent"))
+# The keys `envoy.parse_json_line` reads.
+_ENVOY_READ_KEYS = frozenset((*(key for key, _ in envoy.TEXT_FIELDS), *envoy.OPTIONAL_JSON_KEYS))
 _LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")  # events.LabelKey
 _MAX_LABELS = 32
 
@@ -920,10 +923,20 @@ def _is_label_key(key: str) -> bool:
 
 def _as_json_line(fields: Mapping[str, AnyValue]) -> str:
     """The record as the JSON access-log line Envoy would write; a value of the wrong type
-    (a double status, a bool) goes in as it is, for the line parser to refuse by name."""
+    (a double status, a bool) goes in as it is, for the line parser to refuse by name. A
+    value JSON cannot hold (bytes, a map; NaN and infinity, which would be null: unset) is
+    refused here under a key the parser reads, and left aside under any other."""
     document: dict[str, str | int | float | bool] = {}
     for key, value in fields.items():
         scalar = _scalar(value)
-        if scalar is not None and not isinstance(scalar, bytes):
-            document[key] = scalar
+        if isinstance(scalar, bytes) or value.WhichOneof("value") == "kvlist_value":
+            what = "bytes" if isinstance(scalar, bytes) else "a map"
+        elif isinstance(scalar, float) and not math.isfinite(scalar):
+            what = f"the number {scalar}"
+        else:
+            if scalar is not None:  # None: no value, or an empty array (unset)
+                document[key] = scalar
+            continue
+        if key in _ENVOY_READ_KEYS:
+            raise envoy.EnvoyLogError(f"{key}: expected a string or an integer, got {what}")
     return msgspec.json.encode(document).decode()
