@@ -37,6 +37,16 @@ from auditmesh.events import (
     new_event_id,
     random_bytes,
 )
+from auditmesh.proxy.http1 import Connection, Role, State
+from auditmesh.proxy.http1_events import (
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    ProtocolError,
+    Request,
+    Response,
+)
 from bench.relay import Half, add_relay_options, serve
 
 FLUSH_EVENTS = 256
@@ -81,6 +91,8 @@ class AuditedHalf(Half):
         super().__init__()
         self.sink = sink
         self.direction = direction
+        self.downstream = downstream
+        self.status = 0
         self.calls: deque[_Call] = deque()
         self.current: _Call | None = None
         self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser
@@ -193,19 +205,127 @@ class AuditedHalf(Half):
         )
 
 
+class CoreHalf(AuditedHalf):
+    """The same floor with auditmesh's own sans-IO HTTP/1.1 core (`proxy/http1.py`) in
+    place of httptools: each request and response is parsed into events and written out
+    again, as the sidecar does (`--parser core`). Its cost over `AuditedHalf` is what the
+    core adds; the rest of the sidecar's gap over this is its I/O layer and extra work."""
+
+    def __init__(self, sink: Sink, direction: str, *, downstream: bool) -> None:
+        super().__init__(sink, direction, downstream=downstream)
+        self.down = Connection(Role.SERVER)  # downstream half: requests in, responses out
+        self.up = Connection(Role.CLIENT)  # requests out, responses in
+
+    def data_received(self, data: bytes) -> None:
+        down = (
+            self
+            if self.peer is None or isinstance(self.parser, httptools.HttpRequestParser)
+            else self.peer
+        )
+        assert isinstance(down, CoreHalf)
+        if down is self:
+            self.down.receive_data(data)
+            self.drive_requests()
+        else:
+            down.up.receive_data(data)
+            down.drive_responses()
+
+    def _to_upstream(self, data: bytes) -> None:
+        other = self.peer
+        if other is None or other.transport is None:
+            self.pending.append(data)
+        else:
+            other.transport.write(data)
+
+    def drive_requests(self) -> None:
+        out = b""
+        while True:
+            try:
+                event = self.down.next_event()
+            except ProtocolError:
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if event is NEED_DATA or event is PAUSED:
+                break
+            if isinstance(event, Request):
+                call = _Call()
+                call.method = event.method.decode()
+                call.path = event.target
+                for name, value in event.headers:
+                    if name == b"user-agent":
+                        call.user_agent = value
+                    elif name == b"x-request-id":
+                        call.request_id = value
+                    elif name == b"traceparent":
+                        call.traceparent = value
+                self.calls.append(call)
+                out += self.up.send(Request(event.method, event.target, event.headers))
+            elif isinstance(event, Data):
+                self.calls[-1].sent += len(event.data)
+                out += self.up.send(event)
+            elif isinstance(event, EndOfMessage):
+                out += self.up.send(event)
+            else:  # ConnectionClosed
+                if self.transport is not None:
+                    self.transport.close()
+                break
+        if out:
+            self._to_upstream(out)
+
+    def drive_responses(self) -> None:
+        out = b""
+        while True:
+            event = self.up.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                break
+            if isinstance(event, Response):
+                self.status = event.status
+                self.received = 0
+                out += self.down.send(Response(event.status, event.headers, reason=event.reason))
+            elif isinstance(event, Data):
+                self.received += len(event.data)
+                out += self.down.send(event)
+            elif isinstance(event, EndOfMessage):
+                out += self.down.send(event)
+                self.audit(self.calls.popleft(), self.status, self.received)
+                if self.transport is not None and out:
+                    self.transport.write(out)
+                out = b""
+                if not (_reusable(self.up) and _reusable(self.down)):  # e.g. Connection: close
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                self.up.start_next_cycle()
+                self.down.start_next_cycle()
+                self.drive_requests()  # a pipelined request may wait in the buffer
+            else:
+                break
+        if out and self.transport is not None:
+            self.transport.write(out)
+
+
+def _reusable(connection: Connection) -> bool:
+    return all(state is State.DONE for state in connection.states.values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     add_relay_options(parser)
     parser.add_argument("--events", required=True, help="append the events' JSON lines here")
+    parser.add_argument(
+        "--parser", choices=("httptools", "core"), default="httptools", help="see CoreHalf"
+    )
     args = parser.parse_args(argv)
     sink = Sink(args.events)
     direction = "inbound" if args.server_cert else "outbound"
+    half = CoreHalf if args.parser == "core" else AuditedHalf
     try:
         uvloop.run(
             serve(
                 args,
-                lambda: AuditedHalf(sink, direction, downstream=True),
-                lambda: AuditedHalf(sink, direction, downstream=False),
+                lambda: half(sink, direction, downstream=True),
+                lambda: half(sink, direction, downstream=False),
             )
         )
     finally:

@@ -79,7 +79,8 @@ TARGET_RATIO = 1.5  # issue 3: sidecar CPU per request ≤ 1.5× nginx's
 PROXIES = ("outbound", "inbound")
 RELAY = "python relay"  # bench/relay.py: the floor of any CPython proxy in this topology
 AUDIT_FLOOR = "audit floor"  # bench/audit_floor.py: + HTTP heads parsed, an event per request
-SYSTEMS = ("nginx", "auditmesh", RELAY, AUDIT_FLOOR)
+CORE_FLOOR = "core floor"  # the same with auditmesh's sans-IO HTTP/1.1 core instead of httptools
+SYSTEMS = ("nginx", "auditmesh", RELAY, AUDIT_FLOOR, CORE_FLOOR)
 # Longer than the sidecar's request timeout (60 s by default): a request stuck in a sidecar
 # still gets its event (an upstream_timeout failure) before the ledger is declared short.
 DRAIN_TIMEOUT_S = 75.0
@@ -532,8 +533,17 @@ def run_audit_floor(mesh: Mesh, load: Load) -> Result:
     """The floor of an auditing proxy: `bench.audit_floor` (the relay, plus request and
     response heads parsed and one audit event written per request) as both proxies; each
     proxy's events are counted in its file afterwards."""
-    files = {role: mesh.work / f"audit-floor-{role}.ndjson" for role in PROXIES}
-    result = _run_floor(mesh, load, AUDIT_FLOOR, "audit_floor", files)
+    return _run_audit_floor(mesh, load, AUDIT_FLOOR, "httptools")
+
+
+def run_core_floor(mesh: Mesh, load: Load) -> Result:
+    """`bench.audit_floor --parser core`: what the sans-IO core costs over httptools."""
+    return _run_audit_floor(mesh, load, CORE_FLOOR, "core")
+
+
+def _run_audit_floor(mesh: Mesh, load: Load, system: str, parser: str) -> Result:
+    files = {role: mesh.work / f"audit-floor-{parser}-{role}.ndjson" for role in PROXIES}
+    result = _run_floor(mesh, load, system, "audit_floor", files, ["--parser", parser])
     counted = {role: _count_events(path) for role, path in files.items()}
     return dataclasses.replace(result, log_lines=counted)
 
@@ -545,11 +555,16 @@ def _count_events(path: Path) -> int:
 
 
 def _run_floor(
-    mesh: Mesh, load: Load, system: str, module: str, files: dict[str, Path] | list[Path]
+    mesh: Mesh,
+    load: Load,
+    system: str,
+    module: str,
+    files: dict[str, Path] | list[Path],
+    options: Sequence[str] = (),
 ) -> Result:
     out_port, in_port = free_port(), free_port()
     certs = mesh.certs
-    command = [sys.executable, "-m", f"bench.{module}"]
+    command = [sys.executable, "-m", f"bench.{module}", *options]
     if isinstance(files, dict):
         events = {role: ["--events", str(path)] for role, path in files.items()}
     else:
@@ -788,6 +803,7 @@ def run(load: Load, systems: Sequence[str] = SYSTEMS, keep: bool = False) -> Rep
                 "auditmesh": run_auditmesh,
                 RELAY: run_relay,
                 AUDIT_FLOOR: run_audit_floor,
+                CORE_FLOOR: run_core_floor,
             }
             for system in systems:
                 results[system] = runners[system](mesh, load)
@@ -876,15 +892,20 @@ def render(report: Report) -> str:
         if ours is not None:
             out += f"; the sidecars cost {ours.us_per_request(*PROXIES) / floor:.2f}× the relay's"
         out += ".\n"
-    audited = report.results.get(AUDIT_FLOOR)
-    if audited is not None and nginx is not None:
+    for system, what in (
+        (AUDIT_FLOOR, "httptools"),
+        (CORE_FLOOR, "auditmesh's sans-IO HTTP/1.1 core, as the sidecar parses"),
+    ):
+        audited = report.results.get(system)
+        if audited is None or nginx is None:
+            continue
         cost = audited.us_per_request(*PROXIES)
         written = ", ".join(f"{role} {n:,}" for role, n in audited.log_lines.items())
         out += (
-            f"\nfloor of an auditing proxy (bench/audit_floor.py: the relay, plus request and "
-            f"response heads parsed and one audit event written per request, callbacks only): "
-            f"{cost / nginx.us_per_request(*PROXIES):.2f}× nginx's CPU per request (events "
-            f"written: {written}; the load's requests: {audited.wrk.requests:,})"
+            f"\n{system}: an auditing proxy at its least (bench/audit_floor.py: the relay, plus "
+            f"request and response heads parsed with {what}, one audit event written per "
+            f"request, callbacks only): {cost / nginx.us_per_request(*PROXIES):.2f}× nginx's CPU "
+            f"per request (events written: {written}; requests: {audited.wrk.requests:,})"
         )
         if ours is not None:
             out += f"; the sidecars cost {ours.us_per_request(*PROXIES) / cost:.2f}× this floor"
@@ -971,7 +992,8 @@ def proxy_section(quick: bool) -> list[Figure]:
     ]
     floors = (
         (RELAY, "bare Python TLS relay pair CPU per request (floor)"),
-        (AUDIT_FLOOR, "auditing proxy floor pair CPU per request (HTTP heads + an event each)"),
+        (AUDIT_FLOOR, "auditing proxy floor pair CPU per request (httptools + an event each)"),
+        (CORE_FLOOR, "the same floor with the sidecar's sans-IO HTTP/1.1 core"),
     )
     for system, label in floors:
         floor = report.results.get(system)
