@@ -82,6 +82,15 @@ class _Call:
         self.traceparent: bytes | None = None
         self.sent = 0
 
+    def header(self, lowercase_name: bytes, value: bytes) -> None:
+        """Keep the request header fields the event records."""
+        if lowercase_name == b"user-agent":
+            self.user_agent = value
+        elif lowercase_name == b"x-request-id":
+            self.request_id = value
+        elif lowercase_name == b"traceparent":
+            self.traceparent = value
+
 
 class AuditedHalf(Half):
     """The downstream side parses requests, its upstream peer parses responses; a finished
@@ -140,13 +149,7 @@ class AuditedHalf(Half):
         call = self.current
         if call is None or not isinstance(self.parser, httptools.HttpRequestParser):
             return
-        lower = name.lower()
-        if lower == b"user-agent":
-            call.user_agent = value
-        elif lower == b"x-request-id":
-            call.request_id = value
-        elif lower == b"traceparent":
-            call.traceparent = value
+        call.header(name.lower(), value)
 
     def on_body(self, body: bytes) -> None:
         if isinstance(self.parser, httptools.HttpRequestParser):
@@ -252,13 +255,8 @@ class CoreHalf(AuditedHalf):
                 call = _Call()
                 call.method = event.method.decode()
                 call.path = event.target
-                for name, value in event.headers:
-                    if name == b"user-agent":
-                        call.user_agent = value
-                    elif name == b"x-request-id":
-                        call.request_id = value
-                    elif name == b"traceparent":
-                        call.traceparent = value
+                for name, value in event.headers:  # names come lowercased from the core
+                    call.header(name, value)
                 self.calls.append(call)
                 out += self.up.send(Request(event.method, event.target, event.headers))
             elif isinstance(event, Data):
