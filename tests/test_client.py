@@ -41,3 +41,13 @@ def test_an_answer_that_trickles_in_is_given_up(monkeypatch: pytest.MonkeyPatch)
     remote = RemoteLog("http://log.test", transport=serving(httpx.Response(200, content=slowly())))
     with pytest.raises(ServerError, match="no whole answer within 0.2 s"):
         remote.read_tile(0, 0)
+
+
+@pytest.mark.parametrize(
+    "answer", [b"<html>not a log</html>", b"example.org/log\nten\nroot\n\n", b"\xff\xfe"]
+)
+def test_an_address_that_serves_no_checkpoint_is_a_server_error(answer: bytes) -> None:
+    """Was a ValueError the CLI did not expect: `log verify --url` ended in a traceback."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=answer))
+    with pytest.raises(ServerError, match=r"http://web.test/log/checkpoint is not a C2SP check"):
+        RemoteLog("http://web.test/", transport=transport)

@@ -56,7 +56,14 @@ class RemoteLog:
         self._client = httpx.Client(base_url=base_url.rstrip("/"), transport=transport, timeout=30)
         self.checkpoint_note = _get(self._client, "/log/checkpoint", MAX_CHECKPOINT_BYTES)
         text = self.checkpoint_note.decode(errors="replace")
-        self.checkpoint = Checkpoint.parse(text.split("\n\n", 1)[0] + "\n")
+        try:
+            self.checkpoint = Checkpoint.parse(text.split("\n\n", 1)[0] + "\n")
+        except ValueError as exc:
+            self._client.close()
+            raise ServerError(
+                f"{base_url.rstrip('/')}/log/checkpoint is not a C2SP checkpoint ({exc}): is "
+                "this the address of an auditmesh server (or another tlog-tiles log)?"
+            ) from None
 
     def close(self) -> None:
         self._client.close()

@@ -157,7 +157,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             remote = RemoteLog(args.url)
         except ServerError as exc:
             raise UserError(str(exc)) from None
-        sys.stdout.write(remote.checkpoint_note.decode())
+        sys.stdout.write(remote.checkpoint_note.decode(errors="replace"))
         remote.close()
         return 0
     ledger = _open(args.data)
