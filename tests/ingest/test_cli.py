@@ -449,3 +449,10 @@ def test_json_lines_with_a_byte_that_is_not_utf8_are_taken(
         found = stored(server, event.id)
         assert found is not None
         assert cast(dict[str, object], found["http"])["user_agent"] == shown
+    # a backslash before the raw byte starts no JSON escape: the line is malformed, and
+    # reading the byte as \u00e9 would have made it `\\u00e9`, valid JSON with other content
+    broken = tmp_path / f"{mesh}-escape.log"
+    broken.write_bytes(line.encode().replace(agent.encode(), b"caf\\\xe9") + b"\n")
+    assert main(["ingest", mesh, str(broken), "--server", server.url]) == 1  # a line refused
+    counts = summary_numbers(capsys.readouterr().out)
+    assert (counts["taken"], counts["refused"]) == (0, 1)

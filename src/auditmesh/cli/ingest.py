@@ -174,12 +174,17 @@ def _text(data: bytes) -> str:
     except UnicodeDecodeError:
         pass
     if data.lstrip().startswith(b"{"):
+        if _ESCAPE_OF_A_RAW_BYTE.search(data):  # malformed JSON: U+FFFD keeps it so (refused)
+            return data.decode("utf-8", "replace")
         text = data.decode("utf-8", "surrogateescape")  # bytes 0x80-0xff as U+DC80-U+DCFF
         return _ESCAPED_BYTE.sub(lambda byte: f"\\u00{ord(byte[0]) - 0xDC00:02x}", text)
     return data.decode("utf-8", "backslashreplace")
 
 
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# A backslash (not itself escaped) right before a raw byte: no JSON escape starts so (RFC 8259
+# §7), and `\\u00e9` in its place would make the malformed line valid, with other content.
+_ESCAPE_OF_A_RAW_BYTE = re.compile(rb"(?<!\\)(?:\\\\)*\\[\x80-\xff]")
 
 
 # --- the pipeline --------------------------------------------------------------------------
