@@ -167,7 +167,9 @@ def test_cli_table_json_and_bundles(tmp_path: Path, capsys: pytest.CaptureFixtur
     capsys.readouterr()
     assert main(["bundle", "verify", str(bundle), "--key", vkey]) == 0
     # every failure of the burst is in it, not only the EVIDENCE_CAP listed
-    assert "OK: 30 event(s) proven" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OK: 30 event(s) proven" in out
+    assert "not checked: README.md, finding.json (explanations for the reader" in out
 
 
 def test_latency_regression_of_a_service_itself() -> None:

@@ -53,6 +53,7 @@ def test_bundle_verifies_offline(
     assert {"README.md", "manifest.json", "checkpoint", "log.vkey"} <= set(names)
     code, out = verify(path, vkey, capsys)
     assert code == 0 and "proven included" in out
+    assert "not checked: README.md (explanations for the reader" in out  # a lying README
 
 
 def rewrite(path: Path, change: dict[str, bytes]) -> None:

@@ -133,4 +133,9 @@ def run_verify(args: argparse.Namespace) -> int:
     )
     if not report.key_matches_bundled:
         print("note: the key inside the bundle differs from --key (the bundled one is ignored)")
+    if report.unverified:
+        print(
+            f"not checked: {', '.join(report.unverified)} (explanations for the reader; only "
+            "the entries, their proofs and the checkpoint are evidence)"
+        )
     return 0

@@ -73,6 +73,7 @@ class BundleReport:
     tree_size: int
     indices: tuple[int, ...]
     key_matches_bundled: bool
+    unverified: tuple[str, ...] = ()  # members present that no proof covers: words, no evidence
 
 
 README = """# auditmesh evidence bundle
@@ -174,8 +175,13 @@ def verify_bundle(data: bytes, verifier: Verifier) -> BundleReport:
                 computed=manifest.tree_size,
             )
         bundled_key = _read(archive, "log.vkey").decode(errors="replace").strip()
+        unverified = tuple(n for n in ("README.md", *OPTIONAL_MEMBERS) if n in archive.namelist())
         return BundleReport(
-            checkpoint.origin, checkpoint.size, tuple(indices), bundled_key == verifier.vkey
+            checkpoint.origin,
+            checkpoint.size,
+            tuple(indices),
+            bundled_key == verifier.vkey,
+            unverified,
         )
 
 
