@@ -189,6 +189,15 @@ def test_server_identity_and_request_id() -> None:
     assert "trace" not in event
 
 
+@pytest.mark.parametrize("zeros", ["0" * 32, "0" * 16])
+def test_an_all_zero_trace_id_is_absent(zeros: str) -> None:
+    # W3C Trace Context §3.2.2.3 (and B3): an all-zero trace id is invalid, it names no
+    # trace; nor is it the request's id (the proxy's fallback to x-request-id).
+    event = event_of(line(trace_id=zeros))
+    assert "trace" not in event
+    assert "request_id" not in event["http"]
+
+
 def test_no_status_is_unknown_outcome() -> None:
     assert event_of(line(status=...))["outcome"] == "unknown"
 

@@ -48,6 +48,7 @@ _LINKERD_IDENTITY = re.compile(
     r"\.serviceaccount\.identity\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.([a-z0-9._-]+)"
 )
 _SPIFFE = re.compile(r"spiffe://[a-z0-9._-]+(/[^/?#]+)*")
+_ZERO_TRACE_IDS = frozenset(("0" * 32, "0" * 16))  # 128-bit and B3 64-bit
 
 
 class LinkerdLogError(ValueError):
@@ -161,10 +162,13 @@ def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
     service, namespace = service_of(record.host)
     server_ip, server_port = split_address(record.host)  # a probe or a direct call by IP
     path = _path_of(record.uri)
-    trace = trace_of(None, record.trace_id)
+    # W3C Trace Context §3.2.2.3 (B3 alike): an all-zero trace id is invalid, so absent,
+    # and no request's id either.
+    trace_id = None if record.trace_id in _ZERO_TRACE_IDS else record.trace_id
+    trace = trace_of(None, trace_id)
     # The proxy takes trace_id from x-b3-traceid, else x-request-id, else x-amzn-trace-id:
     # a value that is not a trace id is the request's id.
-    request_id = clip(record.trace_id, MAX_REQUEST_ID) if trace is None else None
+    request_id = clip(trace_id, MAX_REQUEST_ID) if trace is None else None
     status = record.status
     failed = status is not None and status >= 500  # server side: OTel HTTP semantic conventions
     labels = {
