@@ -297,6 +297,12 @@ def test_spans_that_are_not_http_calls_are_skipped_not_rejected(skipped: Span) -
         (span({"http.method": "GET", "http.status_code": "teapot"}), "http.status_code"),
         (span({"http.method": "GET", "url.path": "/" + "a" * 5000}), "$.http.path"),
         (span({"http.method": "G" * 40}), "$.http.method"),
+        (span({"http.method": "GE T"}), "'GE T' is not an HTTP method"),
+        (span({"http.request.method": "GET\r\n"}), "is not an HTTP method"),
+        (
+            span({"http.request.method": "_OTHER", "http.request.method_original": "P(T"}),
+            "'P(T' is not an HTTP method",
+        ),
         (span({"http.method": "GET", "url.full": "http://[::1"}), "url.full is not a URL"),
     ],
 )

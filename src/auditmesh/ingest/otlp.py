@@ -569,6 +569,7 @@ def _validated(event: AuditEvent) -> AuditEvent:
 # --- (a) HTTP spans ---------------------------------------------------------------------
 
 _SERVER = Span.SpanKind.SPAN_KIND_SERVER
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 token (§9.1 method)
 _CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 
 
@@ -594,6 +595,8 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         return None
     if method == "_OTHER":  # semconv: the original is in http.request.method_original
         method = text(attrs, "http.request.method_original") or method
+    if not _TOKEN.fullmatch(method):  # its length is the model's to check (MAX_METHOD)
+        raise Unmappable(f"{method[:40]!r} is not an HTTP method (RFC 9110 §9.1: a token)")
     trace_id = _hex_id(span.trace_id, 16, "trace_id", required=True)
     span_id = _hex_id(span.span_id, 8, "span_id", required=True)
     parent = _hex_id(span.parent_span_id, 8, "parent_span_id", required=False)
