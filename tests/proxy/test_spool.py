@@ -170,13 +170,16 @@ def test_damage_mid_segment_loses_only_the_damaged_record(tmp_path: Path, damage
         assert not list(directory.glob("*.tmp"))
 
 
-def test_a_file_that_is_not_a_segment_is_refused(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_segment_is_set_aside_and_a_bad_state_refused(
+    tmp_path: Path,
+) -> None:
     directory = tmp_path / "spool"
     directory.mkdir()
     (directory / "0000000000000000.seg").write_bytes(b"NOTASPOOL" + bytes(20))
-    with pytest.raises(SpoolError, match="bad magic"):
-        Spool(directory)
-    (directory / "0000000000000000.seg").unlink()
+    with Spool(directory) as spool:  # a damaged magic must not keep the sidecar from starting
+        assert spool.peek(10) == []
+        assert spool.stats().truncated_bytes == 29 - len(MAGIC)
+    assert (directory / "0000000000000000.seg.damaged").read_bytes() == b"NOTASPOOL" + bytes(20)
     (directory / "state.json").write_text("{not json")
     with pytest.raises(SpoolError, match="not a spool state file"):
         Spool(directory)

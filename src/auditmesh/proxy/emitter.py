@@ -39,6 +39,12 @@ once the notice is durable (spooled, or acknowledged by the server), so a crash 
 that reports them again after the restart (a crash in the instant between spooling the
 notice and forgetting the counts reports them twice, never not at all).
 
+Damage to the spool (bytes cut out as torn or corrupt, segments set aside as
+`*.seg.damaged`, found when it is opened or while it is read) is reported the same way:
+one `system` event (`system.action=spool_damaged`, `spool.cut_bytes`, `spool.set_aside`
+naming the files), which the spool keeps pending in its state file until the event is
+durable.
+
 Every batch POST carries `x-auditmesh-spool-depth: N` (`SPOOL_DEPTH_HEADER`): the records
 that will still be in the spool once this batch is acknowledged (0 while the spool is
 empty). The server's mesh listener turns it into the `auditmesh_sidecar_spool_depth` gauge;
@@ -69,7 +75,7 @@ import httpx
 import msgspec
 
 from auditmesh.events import AuditEvent, Error, canonical_bytes, new_event_id
-from auditmesh.proxy.spool import Spool, SpoolConfig, record_size
+from auditmesh.proxy.spool import Spool, SpoolConfig, SpoolDamage, record_size
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -178,6 +184,8 @@ class Emitter:
         # The notice in memory (its id and canonical bytes) and the spool drops it reports:
         # the spool forgets them once it is durable (`_notice_durable`).
         self._reporting: tuple[str, bytes, dict[str, int]] | None = None
+        # The same for the notice of spool damage (`_report_damage`).
+        self._damage_notice: tuple[str, bytes, SpoolDamage] | None = None
         self._emitted = self._sent = self._spooled = self._dropped = 0
         self._rejected = self._notices = self._retries = 0
         self._last_error: str | None = None
@@ -197,6 +205,8 @@ class Emitter:
             lost = self._buffer.popleft()
             if self._reporting is not None and lost.id == self._reporting[0]:
                 self._reporting = None  # the drops it reported are still in the spool
+            if self._damage_notice is not None and lost.id == self._damage_notice[0]:
+                self._damage_notice = None  # so is the damage: it is reported again
         self._buffer.append(event)
         if len(self._buffer) == 1:
             self._first_at = self._clock()
@@ -212,15 +222,7 @@ class Emitter:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="auditmesh-emitter"
             )
-            cut = self._spool.stats().truncated_bytes
-            if cut:  # a torn or corrupt spool: the events in those bytes are lost, say so
-                message = (
-                    f"{cut} bytes of the on-disk spool were torn or corrupt and were cut out "
-                    "when it was opened (a crash mid-write, or damage): audit events in them "
-                    "are lost"
-                )
-                labels = {"system.action": "spool_damaged", "spool.cut_bytes": str(cut)}
-                self.emit(self._system_event("spool_damaged", message, labels))
+            self._report_damage()  # found when opening (or left unreported by a crash)
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -333,6 +335,7 @@ class Emitter:
 
     async def _step(self) -> bool:
         """One move of the pipeline; True when closing and everything is delivered."""
+        self._report_damage()  # found while reading the spool
         await self._report_drops()
         due = self._batch_due()
         retry_in = 0.0 if self._closing else self._retry_at - self._clock()
@@ -466,9 +469,12 @@ class Emitter:
 
     async def _consume_held(self, count: int) -> None:
         reported = self._reported_in(self._held[:count])
+        damage = self._damage_reported_in(self._held[:count])
         del self._held[:count]
         if reported is not None:  # acknowledged by the server (or in rejected.ndjson)
             await self._io(self._spool.clear_dropped, reported)
+        if damage is not None:
+            await self._io(self._spool.clear_damage, damage)
 
     def _reported_in(self, records: list[bytes]) -> dict[str, int] | None:
         """The counts the notice reports if it is among `records` (which are leaving
@@ -478,6 +484,14 @@ class Emitter:
             return None
         self._reporting = None
         return reporting[2]
+
+    def _damage_reported_in(self, records: list[bytes]) -> SpoolDamage | None:
+        """The same as `_reported_in`, for the notice of spool damage."""
+        notice = self._damage_notice
+        if notice is None or notice[1] not in records:
+            return None
+        self._damage_notice = None
+        return notice[2]
 
     # --- drops ----------------------------------------------------------------------
 
@@ -507,6 +521,31 @@ class Emitter:
         if len(self._buffer) == 1:
             self._first_at = self._clock()
         self._notices += 1
+
+    def _report_damage(self) -> None:
+        """Turn the spool's unreported damage into one `system` event (one at a time).
+
+        The spool keeps the damage in its state file until the event is durable (spooled,
+        or acknowledged by the server), so a crash before that reports it after the restart.
+        """
+        damage = self._spool.damage_pending
+        if damage is None or self._damage_notice is not None:
+            return
+        message = (
+            f"{damage.cut_bytes} bytes of the on-disk spool were torn or corrupt and were cut "
+            "out or set aside (a crash mid-write, or damage): audit events in them are lost"
+        )
+        labels = {"system.action": "spool_damaged", "spool.cut_bytes": str(damage.cut_bytes)}
+        if damage.set_aside:
+            where = ", ".join(str(self._spool.directory / name) for name in damage.set_aside)
+            message += f"; damaged segments set aside (kept, not delivered): {where}"
+            labels["spool.set_aside"] = where
+        notice = self._system_event("spool_damaged", message, labels)
+        self._damage_notice = (notice.id, canonical_bytes(notice), damage)
+        self._buffer.append(notice)  # behind everything emitted before it
+        if len(self._buffer) == 1:
+            self._first_at = self._clock()
+        self._wake.set()
 
     def _system_event(self, error: str, message: str, labels: dict[str, str]) -> AuditEvent:
         """A `system` event from the sidecar itself about its own audit trail."""
@@ -539,9 +578,12 @@ class Emitter:
             )
             taken = self._spool.append(self._held[:run])
             reported = self._reported_in(self._held[:taken])
+            damage = self._damage_reported_in(self._held[:taken])
             del self._held[:taken]
             if reported is not None:
                 self._spool.clear_dropped(reported)  # the notice is in the spool now
+            if damage is not None:
+                self._spool.clear_damage(damage)
             self._spooled += taken
             if taken < run:
                 return  # block: the spool is full; the rest waits in memory
@@ -552,6 +594,7 @@ class Emitter:
             lost = len(self._held)
             self._held.clear()
             self._reporting = None  # the notice, if it was here: its counts stay pending
+            self._damage_notice = None  # and so does the damage
             self._dropped += lost
             self._spool.note_dropped(CLOSED_SPOOL_FULL, lost)
         if self._unreported:

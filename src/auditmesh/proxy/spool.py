@@ -9,9 +9,12 @@ thread, so a `Spool` is used by one thread at a time (and by one process: `DIR/l
 Layout of DIR (the sidecar's data dir + `/spool`):
 
     DIR/<seq:016d>.seg  segments: the 8-byte magic b"AMSPOOL1", then records
-    DIR/state.json      {"segment": seq, "offset": bytes, "dropped": {reason: count}}:
-                        the read cursor (first un-acknowledged record) and the drops not
-                        yet reported; replaced atomically (write, fsync, rename, fsync dir)
+    DIR/<seq:016d>.seg.damaged  a segment set aside because its magic was damaged
+    DIR/state.json      {"segment": seq, "offset": bytes, "dropped": {reason: count},
+                         "damaged": {"cut_bytes": n, "set_aside": [name, ...]}}:
+                        the read cursor (first un-acknowledged record), and the drops and
+                        damage not yet reported; replaced atomically (write, fsync, rename,
+                        fsync dir)
     DIR/lock            flock(2) held while open
 
 A record is `u32 length ‖ u32 crc ‖ payload`, big-endian, where `payload` is the event's
@@ -20,7 +23,13 @@ and the payload, so a zero-filled tail never passes as a record. Opening the spo
 every un-acknowledged record. Damaged bytes (a write torn by kill -9 or power loss at the
 tail, or a bad sector anywhere) are cut out and never delivered; the intact records after
 them are found again by their CRC (a payload is a JSON object, so only places where the
-byte after a header is `{` are tried) and kept.
+byte after a header is `{` are tried) and kept. Damage that appears while the spool is
+open is met when a record is read, and cut out the same way there. A segment whose magic
+is damaged (or a `.seg` file that is no segment) is set aside, renamed `*.seg.damaged` and
+kept for the operator; its records are not delivered. What was cut out or set aside is
+noted in the state file before it is (`damage_pending`), and forgotten only once the
+emitter has reported it (`clear_damage`), so a crash cannot lose the report (a crash
+between noting and cutting reports those bytes twice, never not at all).
 
 Bound: `max_bytes` caps the un-acknowledged bytes (8-byte headers included); disk use
 can exceed it by the acknowledged head of the oldest segment (< `segment_bytes`). When
@@ -68,7 +77,17 @@ SPOOL_FULL = "spool_full"
 
 
 class SpoolError(Exception):
-    """The spool directory cannot be used: in use, not a spool, or corrupted after opening."""
+    """The spool directory cannot be used: in use by another process, or its state file is
+    not one."""
+
+
+class _Damaged(Exception):
+    """Bytes of `segment` from `pos` on are not what the spool checked (raised by `_records`;
+    the public operations repair and go on)."""
+
+    def __init__(self, segment: _Segment, pos: int) -> None:
+        super().__init__(f"{segment.path} changed under the spool at byte {pos}")
+        self.segment, self.pos = segment, pos
 
 
 class RecordTooLarge(ValueError):
@@ -99,8 +118,17 @@ class SpoolStats:
     segments: int
     appended: int  # records appended since open
     evicted: int  # records discarded by drop-oldest since open
-    truncated_bytes: int  # torn or corrupt bytes cut out when opening
+    truncated_bytes: int  # torn or corrupt bytes cut out or set aside since opening
     dropped_pending: tuple[tuple[str, int], ...]  # (reason, count) not yet reported
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolDamage:
+    """Damage not yet reported: un-acknowledged bytes lost (cut out, or in segments set
+    aside) and the names (in the spool directory) of the segments set aside."""
+
+    cut_bytes: int
+    set_aside: tuple[str, ...]
 
 
 def record_size(payload: bytes) -> int:
@@ -160,6 +188,9 @@ class Spool:
         self._segments: list[_Segment] = []
         self._cursor = (0, len(MAGIC))
         self._dropped: dict[str, int] = {}
+        self._damage_cut = 0  # damage not yet reported (persisted with the drops)
+        self._damage_aside: list[str] = []
+        self._durable_cursor = self._cursor  # the cursor in the state file
         self._depth_records = 0
         self._depth_bytes = 0
         self._appended = 0
@@ -183,6 +214,10 @@ class Spool:
                 state = json.loads(state_path.read_bytes())
                 self._cursor = (int(state["segment"]), int(state["offset"]))
                 self._dropped = {str(k): int(v) for k, v in state["dropped"].items() if int(v)}
+                damaged = state.get("damaged", {})  # absent in older state files
+                self._damage_cut = int(damaged.get("cut_bytes", 0))
+                self._damage_aside = [str(name) for name in damaged.get("set_aside", [])]
+                self._durable_cursor = self._cursor
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise SpoolError(f"{state_path} is not a spool state file: {exc}") from None
         found = sorted(
@@ -200,33 +235,48 @@ class Spool:
             cursor_off = len(MAGIC)  # its segment is gone: start at the next one
         if self._segments:
             cursor_seq = self._segments[0].seq
-        for number, segment in enumerate(self._segments):
-            start = cursor_off if number == 0 else len(MAGIC)
-            self._check_segment(segment, start, last=number == len(self._segments) - 1)
-        if self._segments:
-            cursor_off = min(cursor_off, self._segments[0].end)
         self._cursor = (cursor_seq, cursor_off)
+        for segment in list(self._segments):  # one set aside moves the cursor past it
+            start = self._cursor[1] if segment.seq == self._cursor[0] else len(MAGIC)
+            self._depth_records += self._check_segment(segment, start)
+        if self._segments:
+            self._cursor = (self._cursor[0], min(self._cursor[1], self._segments[0].end))
         self._normalise_cursor()
         self._depth_bytes = self._bytes_from_cursor()
+        self._open_tail()
+
+    def _open_tail(self) -> None:
+        """(Re)open the last segment for appending, at its end: after opening, and after a
+        repair replaced, cut or set aside a segment under the running spool."""
+        if self._tail is not None:
+            self._tail.close()
+            self._tail = None
         if self._segments:
             self._tail = open(self._segments[-1].path, "r+b", buffering=0)
             self._tail.seek(self._segments[-1].end)
 
-    def _check_segment(self, segment: _Segment, start: int, *, last: bool) -> None:
-        """Count the intact records from `start`; cut out torn or corrupt bytes."""
+    def _check_segment(self, segment: _Segment, start: int) -> int:
+        """Count the intact records from `start`; cut out torn or corrupt bytes. A segment
+        whose magic is damaged is set aside instead (and 0 returned)."""
         data = segment.path.read_bytes()
+        seq, off = self._cursor
+        first = off if seq == segment.seq else len(MAGIC)  # its first un-acknowledged byte
+        # A segment that shrank under the running spool lost what it held past its new end
+        # (`end` is 0 when opening).
+        damaged = max(0, segment.end - max(len(data), first))
         if MAGIC.startswith(data):
             data = b""  # created, but its magic never made it to disk
         elif data[: len(MAGIC)] != MAGIC:
-            raise SpoolError(f"{segment.path} is not a spool segment (bad magic)")
+            self._set_aside(segment, max(0, len(data) - first))  # all it holds is lost to us
+            return 0
         pos = min(max(start, len(MAGIC)), len(data)) if data else len(MAGIC)
         kept: list[bytes] = []  # the runs of intact bytes, magic and acknowledged head included
-        run_start = damaged = 0
+        run_start = records = 0
         while pos < len(data):
             size = _valid(data, pos, len(data))
             if size:
                 pos += size
-                self._depth_records += 1
+                records += 1
                 continue
             kept.append(data[run_start:pos])
             resume = _next_record(data, pos)
@@ -234,7 +284,8 @@ class Spool:
             pos = run_start = resume
         if data and not damaged:
             segment.end = len(data)
-            return
+            return records
+        self._note_damage(damaged)  # durable before the bytes are gone
         self._truncated += damaged
         if data and len(kept) == 1 and run_start == len(data):
             # Damage only at the end (a torn last write): cut it off in place, which
@@ -243,7 +294,7 @@ class Spool:
                 f.truncate(len(kept[0]))
                 os.fsync(f.fileno())
             segment.end = len(kept[0])
-            return
+            return records
         kept.append(data[run_start:pos])
         intact = b"".join(kept) if data else MAGIC
         replacement = segment.path.with_suffix(".tmp")
@@ -258,6 +309,57 @@ class Spool:
         replacement.replace(segment.path)
         fsync_dir(self.directory)
         segment.end = len(intact)
+        return records
+
+    def _set_aside(self, segment: _Segment, cut: int) -> None:
+        """Rename a segment whose magic is damaged to `*.seg.damaged` (never delete it: the
+        operator may want its bytes) and go on without it; `cut` is its un-acknowledged
+        bytes, reported as lost."""
+        aside, number = segment.path.with_name(segment.path.name + ".damaged"), 0
+        while aside.exists():  # an earlier one of the same name stays too
+            number += 1
+            aside = segment.path.with_name(f"{segment.path.name}.damaged.{number}")
+        self._note_damage(cut, aside.name)  # durable before the segment is gone
+        segment.path.rename(aside)
+        fsync_dir(self.directory)
+        self._truncated += cut
+        self._segments.remove(segment)
+        if self._cursor[0] == segment.seq:  # never reuse its number: the state file may
+            # still hold a cursor into it, which must not apply to a new segment
+            nxt = self._segments[0].seq if self._segments else segment.seq + 1
+            self._cursor = (nxt, len(MAGIC))
+
+    def _note_damage(self, cut: int, set_aside: str | None = None) -> None:
+        """Remember, durably if the disk lets us, damage to report."""
+        if not cut and set_aside is None:
+            return
+        self._damage_cut += cut
+        if set_aside is not None and set_aside not in self._damage_aside:
+            self._damage_aside.append(set_aside)
+        try:  # with the cursor on disk: the one in memory may be mid-way through _advance
+            self._write_state(self._durable_cursor)
+        except OSError:
+            pass  # a full disk: it goes to disk with the next state update
+
+    def _repair(self, damage: _Damaged) -> None:
+        """Bytes changed under the open spool (a bad sector, a stray write): cut them out
+        as opening would (or set the segment aside), then count the spool again, repairing
+        any further damage met on the way. Reading then goes on past the damage."""
+        while True:
+            if damage.segment in self._segments:
+                self._check_segment(damage.segment, damage.pos)
+                self._open_tail()  # the tail may have been replaced, cut or set aside
+                if self._segments and self._cursor[0] == self._segments[0].seq:
+                    self._cursor = (self._cursor[0], min(self._cursor[1], self._segments[0].end))
+                self._normalise_cursor()
+            try:
+                with closing(self._records()) as records:
+                    self._depth_records = sum(1 for _ in records)
+            except _Damaged as more:
+                damage = more
+                continue
+            self._depth_bytes = self._bytes_from_cursor()
+            return
 
     # --- reading ---------------------------------------------------------------------
 
@@ -284,7 +386,7 @@ class Spool:
                             yield segment.seq, pos, buf[at + RECORD_OVERHEAD : at + need]
                             at += need
                             continue
-                    raise SpoolError(f"{segment.path} changed under the spool at byte {pos}")
+                    raise _Damaged(segment, pos)
 
     def peek(self, max_records: int, max_bytes: int | None = None) -> list[bytes]:
         """The oldest un-acknowledged payloads, in order, without consuming them.
@@ -292,22 +394,32 @@ class Spool:
         At most `max_records`, and no more than `max_bytes` of payload unless the first
         record alone is larger (it is still returned, so the queue never stalls).
         """
-        out: list[bytes] = []
-        total = 0
-        with closing(self._records()) as records:
-            for _, _, payload in records:
-                if len(out) >= max_records:
-                    break
-                if out and max_bytes is not None and total + len(payload) > max_bytes:
-                    break
-                out.append(payload)
-                total += len(payload)
-        return out
+        while True:
+            out: list[bytes] = []
+            total = 0
+            try:
+                with closing(self._records()) as records:
+                    for _, _, payload in records:
+                        if len(out) >= max_records:
+                            break
+                        if out and max_bytes is not None and total + len(payload) > max_bytes:
+                            break
+                        out.append(payload)
+                        total += len(payload)
+            except _Damaged as damage:  # cut it out, then read again past it
+                self._repair(damage)
+                continue
+            return out
 
     # --- consuming -------------------------------------------------------------------
 
     def ack(self, count: int) -> None:
-        """The oldest `count` records are delivered: move the cursor past them, durably."""
+        """The oldest `count` records are delivered: move the cursor past them, durably.
+
+        If damage is met on the way (bytes changed since `peek` read them), only the
+        records before it are acknowledged: which of those `peek` returned are past the
+        damage cannot be known, so they are offered again rather than risk skipping one.
+        """
         if not 0 <= count <= self._depth_records:
             raise ValueError(f"cannot acknowledge {count} of {self._depth_records} records")
         if count:
@@ -318,15 +430,19 @@ class Spool:
         """Move the cursor (in memory) past `count` records, or past at least `need_bytes`;
         return (records, bytes) passed."""
         records = freed = 0
-        with closing(self._records()) as it:
-            for seq, end, payload in it:
-                if (count and records >= count) or (not count and freed >= need_bytes):
-                    break
-                self._cursor = (seq, end)
-                records += 1
-                freed += record_size(payload)
-        self._depth_records -= records
-        self._depth_bytes -= freed
+        try:
+            with closing(self._records()) as it:
+                for seq, end, payload in it:
+                    if (count and records >= count) or (not count and freed >= need_bytes):
+                        break
+                    self._cursor = (seq, end)
+                    records += 1
+                    freed += record_size(payload)
+        except _Damaged as damage:  # stop before it; the repair counts the spool again
+            self._repair(damage)
+        else:
+            self._depth_records -= records
+            self._depth_bytes -= freed
         self._normalise_cursor()
         return records, freed
 
@@ -391,7 +507,10 @@ class Spool:
             while sum(sizes[skipped:]) > self.config.max_bytes:
                 skipped += 1
             taken, need = taken[skipped:], sum(sizes[skipped:]) - free
-            evicted = self._advance(need_bytes=need)[0] if need > 0 else 0
+            evicted = 0
+            while need > 0:  # more than once only if damage stopped an eviction
+                evicted += self._advance(need_bytes=need)[0]
+                need = sum(sizes[skipped:]) - self.free_bytes
             if evicted + skipped:
                 self._evicted += evicted + skipped
                 self._dropped[SPOOL_FULL] = self._dropped.get(SPOOL_FULL, 0) + evicted + skipped
@@ -490,6 +609,21 @@ class Spool:
                 self._dropped.pop(reason, None)
         self._write_state()
 
+    # --- damage ----------------------------------------------------------------------
+
+    @property
+    def damage_pending(self) -> SpoolDamage | None:
+        """Damage (cut out, or set aside) not yet reported by a `system` event; None if none."""
+        if not self._damage_cut and not self._damage_aside:
+            return None
+        return SpoolDamage(self._damage_cut, tuple(self._damage_aside))
+
+    def clear_damage(self, reported: SpoolDamage) -> None:
+        """The damage in `reported` is now recorded in an event: forget it."""
+        self._damage_cut = max(0, self._damage_cut - reported.cut_bytes)
+        self._damage_aside = [n for n in self._damage_aside if n not in reported.set_aside]
+        self._write_state()
+
     # --- state -----------------------------------------------------------------------
 
     def _bytes_from_cursor(self) -> int:
@@ -498,7 +632,13 @@ class Spool:
 
     def _write_state(self, cursor: tuple[int, int] | None = None) -> None:
         seq, off = cursor or self._cursor
-        body = {"segment": seq, "offset": off, "dropped": dict(sorted(self._dropped.items()))}
+        damaged = {"cut_bytes": self._damage_cut, "set_aside": self._damage_aside}
+        body = {
+            "segment": seq,
+            "offset": off,
+            "dropped": dict(sorted(self._dropped.items())),
+            "damaged": damaged,
+        }
         tmp = self.directory / (_STATE + ".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -512,6 +652,7 @@ class Spool:
         os.replace(tmp, self.directory / _STATE)
         if self.config.fsync:
             fsync_dir(self.directory)
+        self._durable_cursor = (seq, off)
 
     @property
     def depth_records(self) -> int:

@@ -1,0 +1,192 @@
+"""A damaged spool does not stop the sidecar: a segment whose magic is damaged is set aside
+and the rest replayed, damage that appears while it runs is cut out and delivery goes on,
+and the `spool_damaged` report survives a kill -9 until the server has it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditmesh.events import AuditEvent, canonical_bytes
+from auditmesh.proxy.spool import MAGIC, RECORD_OVERHEAD, Spool, SpoolConfig
+from auditmesh.serverproc import ServerProcess, free_port
+from tests.proxy.test_emitter import (
+    SIDECAR,
+    closed,
+    emitter,
+    events,
+    ids,
+    ledger_events,
+    run,
+    server,
+    shared,
+    until,
+)
+
+__all__ = ["shared"]  # the fixture
+
+SPOOL = SpoolConfig(segment_bytes=4096, fsync=False)
+
+
+def record_offsets(segment: Path) -> list[int]:
+    """Where each record of a (sound) segment starts."""
+    data = segment.read_bytes()
+    pos, out = len(MAGIC), []
+    while pos < len(data):
+        out.append(pos)
+        pos += RECORD_OVERHEAD + int.from_bytes(data[pos : pos + 4], "big")
+    return out
+
+
+def flip(path: Path, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x04]))
+
+
+def spooled(sidecar: Path, stream: list[AuditEvent]) -> list[Path]:
+    """`stream` in the sidecar's spool, as an earlier run left it; returns its segments."""
+    with Spool(sidecar / "spool", SPOOL) as spool:
+        spool.append([canonical_bytes(e) for e in stream])
+    found = sorted((sidecar / "spool").glob("*.seg"))
+    assert len(found) >= 3
+    return found
+
+
+def run_from(logged: list[AuditEvent], first: str, count: int) -> list[AuditEvent]:
+    at = ids(logged).index(first)
+    return logged[at : at + count]
+
+
+def damage_notice(event: AuditEvent) -> dict[str, str]:
+    assert event.kind == "system" and event.reporter == SIDECAR
+    assert event.labels["system.action"] == "spool_damaged"
+    return event.labels
+
+
+@pytest.mark.integration
+def test_a_segment_with_a_damaged_magic_is_set_aside_and_the_rest_delivered(
+    tmp_path: Path, shared: ServerProcess
+) -> None:
+    stream = events(30, seed=31)
+    sidecar = tmp_path / "sidecar"
+    found = spooled(sidecar, stream)
+    first_count, first_size = len(record_offsets(found[0])), found[0].stat().st_size
+    flip(found[0], 2)  # the sidecar could not start at all
+
+    async def scenario() -> None:
+        em = emitter(shared.url, sidecar, spool=SPOOL)
+        assert em.stats().spool_depth_events == 30 - first_count
+        em.start()
+        assert await em.drain(10)
+        await closed(em)
+
+    run(scenario)
+    survivors = stream[first_count:]
+    logged = run_from(ledger_events(shared.data_dir), survivors[0].id, len(survivors) + 1)
+    assert ids(logged[:-1]) == ids(survivors)  # in order, each once
+    labels = damage_notice(logged[-1])
+    aside = found[0].with_name(found[0].name + ".damaged")
+    assert labels["spool.set_aside"] == str(aside)  # where the operator finds it
+    assert not found[0].exists() and aside.stat().st_size == first_size  # kept whole
+    assert int(labels["spool.cut_bytes"]) == first_size - len(MAGIC)
+    with Spool(sidecar / "spool", SPOOL) as spool:  # reported: nothing left to report
+        assert spool.damage_pending is None
+
+
+@pytest.mark.integration
+def test_damage_while_running_is_cut_out_and_delivery_goes_on(tmp_path: Path) -> None:
+    stream = events(30, seed=32)
+    sidecar = tmp_path / "sidecar"
+    found = spooled(sidecar, stream)
+    bad = record_offsets(found[0])[1]  # the second event
+    size = RECORD_OVERHEAD + len(canonical_bytes(stream[1]))
+    srv = server(tmp_path / "data", free_port())  # not started yet
+
+    async def scenario() -> None:
+        em = emitter(srv.url, sidecar, spool=SPOOL)
+        em.start()
+        await until(lambda: em.stats().retries >= 1)  # it read the spool, the server is away
+        flip(found[0], bad + RECORD_OVERHEAD + 10)  # a byte goes bad under the running sidecar
+        await asyncio.to_thread(srv.start)
+        assert await em.drain(15)
+        assert em.stats().spool_depth_events == 0
+        await closed(em)
+
+    try:
+        run(scenario)
+    finally:
+        assert srv.stop() == 0
+    logged = ledger_events(tmp_path / "data")
+    survivors = stream[:1] + stream[2:]
+    assert ids(logged[:-1]) == ids(survivors)  # the rest, in order, each once
+    assert damage_notice(logged[-1])["spool.cut_bytes"] == str(size)
+
+
+SLOW_SIDECAR = """
+import asyncio, sys
+from pathlib import Path
+import httpx
+from auditmesh.proxy.emitter import Emitter, EmitterConfig
+
+async def main() -> None:
+    client = httpx.AsyncClient(base_url=sys.argv[1])
+    emitter = Emitter(client, Path(sys.argv[2]), reporter=sys.argv[3],
+                      config=EmitterConfig(flush_interval_s=0.01, request_timeout_s=120))
+    emitter.start()
+    print("started", flush=True)
+    await asyncio.sleep(120)  # killed here: the damage report is in memory or in flight
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.integration
+def test_a_sidecar_killed_before_reporting_damage_reports_it_after_restart(
+    tmp_path: Path,
+) -> None:
+    sidecar = tmp_path / "sidecar"
+    (sidecar / "spool").mkdir(parents=True)
+    torn = canonical_bytes(events(1, seed=33)[0])
+    (sidecar / "spool" / "0000000000000000.seg").write_bytes(
+        MAGIC + len(torn).to_bytes(4, "big") + bytes(4) + torn[:40]  # kill -9 mid-write
+    )
+    with socket.socket() as silent:  # a server that takes the request and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        child = subprocess.Popen(
+            [sys.executable, "-c", SLOW_SIDECAR, url, str(sidecar), SIDECAR],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parents[2],
+        )
+        assert child.stdout is not None
+        try:
+            assert child.stdout.readline() == b"started\n"  # it cut the torn record out
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+    srv = server(tmp_path / "data").start()
+    try:
+
+        async def restarted() -> None:
+            em = emitter(srv.url, sidecar)
+            em.start()
+            assert await em.drain(15)
+            await closed(em)
+
+        run(restarted)
+    finally:
+        assert srv.stop() == 0
+    (notice,) = ledger_events(tmp_path / "data")
+    assert damage_notice(notice)["spool.cut_bytes"] == str(RECORD_OVERHEAD + 40)
