@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditmesh.events import AuditEvent, to_json_dict
+from auditmesh.events import MAX_EVENT_BYTES, AuditEvent, to_json_dict
 from auditmesh.ingest.envoy import (
     _PLAIN_TEXT_LINE,
     ISTIO_TEXT_FORMAT,
@@ -677,6 +677,23 @@ def test_overlong_fields_are_cut_not_refused() -> None:
     event = event_of(text_line(path="/" + "a" * 5000, user_agent="u" * 5000, request_id="r" * 300))
     assert len(event["http"]["path"]) == 4096 and len(event["http"]["user_agent"]) == 4096
     assert len(event["http"]["request_id"]) == 256
+
+
+def test_a_line_too_large_for_one_event_is_refused_with_the_reason() -> None:
+    # JSON writes a control character as \u0001, six bytes: clipped to the model's limits,
+    # such values still make an event over MAX_EVENT_BYTES, which the server would refuse.
+    c = "\x01"
+    line = text_line(
+        path="/" + c * 5000,
+        user_agent=c * 5000,
+        x_forwarded_for=c * 2000,
+        response_code_details=c * 2000,
+        upstream_cluster=c * 2000,
+        route_name=c * 2000,
+    )
+    with pytest.raises(EnvoyLogError, match="cannot make an audit event of this line: ") as error:
+        to_event(parse_line(line), REPORTER)
+    assert f"over the limit of {MAX_EVENT_BYTES} bytes" in str(error.value)
 
 
 def test_record_fields_can_be_supplied_by_otlp_attributes() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditmesh.events import to_json_dict
+from auditmesh.events import MAX_EVENT_BYTES, to_json_dict
 from auditmesh.ingest.linkerd import (
     LinkerdLogError,
     LinkerdRecord,
@@ -196,6 +196,22 @@ def test_an_all_zero_trace_id_is_absent(zeros: str) -> None:
     event = event_of(line(trace_id=zeros))
     assert "trace" not in event
     assert "request_id" not in event["http"]
+
+
+def test_a_line_too_large_for_one_event_is_refused_with_the_reason() -> None:
+    # JSON writes a control character as \u0001, six bytes: clipped to the model's limits,
+    # such values still make an event over MAX_EVENT_BYTES, which the server would refuse.
+    c = "\x01"
+    text = line(
+        uri="/" + c * 5000,
+        user_agent=c * 5000,
+        trace_id=c * 300,
+        host=c * 300,
+        **{"client.id": c * 2000, "server.id": c * 2000},
+    )
+    with pytest.raises(LinkerdLogError, match="cannot make an audit event of this line: ") as error:
+        to_event(parse_line(text), "ingest:linkerd:" + "a-long-source-name/" * 40)
+    assert f"over the limit of {MAX_EVENT_BYTES} bytes" in str(error.value)
 
 
 def test_no_status_is_unknown_outcome() -> None:

@@ -31,6 +31,7 @@ import msgspec
 
 from auditmesh.events import (
     HTTP,
+    MAX_EVENT_BYTES,
     MAX_NAME,
     MAX_REQUEST_ID,
     MAX_TEXT,
@@ -602,10 +603,18 @@ def validated(event: AuditEvent, error: type[ValueError]) -> AuditEvent:
     msgspec checks constraints on decoding only, so the event goes once through its wire
     form here: one bad line must be refused on its own, not make the server refuse a batch.
     """
+    data = canonical_bytes(event)
     try:
-        decode_event(canonical_bytes(event))
+        decode_event(data)
     except ValueError as exc:
         raise error(f"cannot make an audit event of this line: {exc}") from None
+    if len(data) > MAX_EVENT_BYTES:  # the size of a ledger entry (events.checked_size)
+        raise error(
+            f"cannot make an audit event of this line: its event would be {len(data)} bytes as "
+            f"JSON, over the limit of {MAX_EVENT_BYTES} bytes (one ledger entry) even with each "
+            "value clipped to its limit: the path, headers or details hold many control "
+            "characters, which JSON writes as 6 bytes each"
+        )
     return event
 
 
