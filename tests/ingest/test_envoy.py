@@ -673,10 +673,28 @@ def test_rfc3339_digits_are_ascii(text: str) -> None:
         parse_rfc3339(text)
 
 
-def test_overlong_fields_are_cut_not_refused() -> None:
-    event = event_of(text_line(path="/" + "a" * 5000, user_agent="u" * 5000, request_id="r" * 300))
+def test_overlong_fields_are_cut_and_named_not_refused() -> None:
+    # As the sidecar does (proxy/record.py): label auditmesh.clipped names what was cut.
+    event = event_of(
+        text_line(
+            path="/" + "a" * 5000,
+            user_agent="u" * 5000,
+            request_id="r" * 300,
+            authority="h" * 300,
+            x_forwarded_for="x" * 2000,
+            response_code_details="rbac_access_denied_" + "d" * 5000,
+        )
+    )
     assert len(event["http"]["path"]) == 4096 and len(event["http"]["user_agent"]) == 4096
     assert len(event["http"]["request_id"]) == 256
+    assert len(event["destination"]["host"]) == 253
+    assert len(event["error"]["message"]) == 4096
+    assert len(event["labels"]["envoy.x_forwarded_for"]) == 1024
+    assert event["labels"]["auditmesh.clipped"] == (
+        "error.message,envoy.response_code_details,envoy.x_forwarded_for,"
+        "destination.host,http.path,http.user_agent,http.request_id"
+    )
+    assert "auditmesh.clipped" not in event_of(text_line())["labels"]
 
 
 def test_a_line_too_large_for_one_event_is_refused_with_the_reason() -> None:

@@ -214,6 +214,27 @@ def test_a_line_too_large_for_one_event_is_refused_with_the_reason() -> None:
     assert f"over the limit of {MAX_EVENT_BYTES} bytes" in str(error.value)
 
 
+def test_overlong_fields_are_cut_and_named_not_refused() -> None:
+    # As the sidecar does (proxy/record.py): label auditmesh.clipped names what was cut.
+    event = event_of(
+        line(
+            uri="/" + "a" * 5000,
+            user_agent="u" * 5000,
+            trace_id="r" * 300,
+            host="h" * 300,
+            **{"client.id": "c" * 2000},
+        )
+    )
+    assert len(event["http"]["path"]) == 4096 and len(event["http"]["user_agent"]) == 4096
+    assert len(event["http"]["request_id"]) == 256
+    assert len(event["destination"]["host"]) == 253
+    assert len(event["labels"]["linkerd.client_id"]) == 1024
+    assert event["labels"]["auditmesh.clipped"] == (
+        "http.request_id,linkerd.client_id,destination.host,http.path,http.user_agent"
+    )
+    assert "auditmesh.clipped" not in event_of(line())["labels"]
+
+
 def test_no_status_is_unknown_outcome() -> None:
     assert event_of(line(status=...))["outcome"] == "unknown"
 

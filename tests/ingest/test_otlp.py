@@ -31,7 +31,19 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from auditmesh.events import HTTP, AuditEvent, Error, Peer, Trace, canonical_bytes, decode_event
+from auditmesh.events import (
+    HTTP,
+    MAX_LABEL,
+    MAX_NAME,
+    MAX_REQUEST_ID,
+    MAX_TEXT,
+    AuditEvent,
+    Error,
+    Peer,
+    Trace,
+    canonical_bytes,
+    decode_event,
+)
 from auditmesh.httpbody import BodyTooLarge
 from auditmesh.ingest import otlp
 from auditmesh.ingest.otlp_http import gunzip
@@ -295,7 +307,6 @@ def test_spans_that_are_not_http_calls_are_skipped_not_rejected(skipped: Span) -
         (span({"http.method": "GET"}, end_time_unix_nano=START - 1), "before start"),
         (span({"http.method": "GET", "http.status_code": 999}), "$.http.status"),
         (span({"http.method": "GET", "http.status_code": "teapot"}), "http.status_code"),
-        (span({"http.method": "GET", "url.path": "/" + "a" * 5000}), "$.http.path"),
         (span({"http.method": "G" * 40}), "$.http.method"),
         (span({"http.method": "GE T"}), "'GE T' is not an HTTP method"),
         (span({"http.request.method": "GET\r\n"}), "is not an HTTP method"),
@@ -320,6 +331,34 @@ def test_http_spans_that_cannot_be_mapped_are_rejected_with_a_reason(
     )
     assert response.partial_success.rejected_spans == 1
     assert response.partial_success.error_message == message
+
+
+def test_overlong_values_are_clipped_and_named_not_rejected() -> None:
+    # As the sidecar (proxy/record.py) and the Envoy and Linkerd adapters do: an over-long
+    # path or header must not leave the call unaudited.
+    attrs: dict[str, Attr] = {
+        **STABLE_SERVER,
+        "url.path": "/" + "a" * 5000,
+        "user_agent.original": "u" * 5000,
+        "http.request.header.x-request-id": ["r" * 300],
+        "http.route": "/" + "o" * 2000,
+        "server.address": "h" * 300,
+    }
+    failed = Status(code=Status.STATUS_CODE_ERROR, message="m" * 5000)
+    event = one(traces(span(attrs, status=failed), resource={"service.name": "s" * 300}))
+    assert event.http is not None and event.destination is not None and event.error is not None
+    assert event.http.path == ("/" + "a" * 5000)[:MAX_TEXT]
+    assert event.http.user_agent == "u" * MAX_TEXT
+    assert event.http.request_id == "r" * MAX_REQUEST_ID
+    assert event.destination.host == "h" * MAX_NAME
+    assert event.destination.service == "s" * MAX_NAME
+    assert event.error.message == "m" * MAX_TEXT
+    assert event.labels["http.route"] == ("/" + "o" * 2000)[:MAX_LABEL]
+    assert event.labels["auditmesh.clipped"] == (
+        "destination.service,destination.host,error.message,"
+        "http.path,http.user_agent,http.request_id,http.route"
+    )
+    assert "auditmesh.clipped" not in one(traces(span(STABLE_SERVER))).labels
 
 
 def test_partial_success_message_lists_distinct_reasons_and_counts_all() -> None:

@@ -92,6 +92,14 @@ def test_which_provider_labels_become_event_labels() -> None:
     assert from_provider == {"pod", "replicas", "captured"} | {f"extra{n:02d}" for n in range(29)}
 
 
+def test_overlong_provider_labels_are_cut_and_named_with_the_lines_values() -> None:
+    line = TEXT_LINES[0].replace('"GET /', '"GET /' + "a" * 5000, 1)
+    labels: dict[str, Attr] = {"pod": "p" * 2000, "namespace": "bookinfo"}
+    (event,) = otlp.map_logs(logs(envoy_record(line, labels))).events
+    assert event.labels["pod"] == "p" * 1024
+    assert event.labels["auditmesh.clipped"] == "pod,http.path"
+
+
 def test_peer_uri_sans_from_labels_give_identities_and_mtls() -> None:
     inbound = TEXT_LINES[1]  # inbound|9080|| reviews, called by productpage over mTLS
     labels: dict[str, Attr] = {

@@ -32,6 +32,7 @@ import msgspec
 from auditmesh.events import (
     HTTP,
     MAX_EVENT_BYTES,
+    MAX_LABEL,
     MAX_NAME,
     MAX_REQUEST_ID,
     MAX_TEXT,
@@ -139,7 +140,6 @@ RESPONSE_FLAGS: dict[str, tuple[str, str]] = {
 # Flags that say something happened on the way but not that the call failed.
 BENIGN_FLAGS = frozenset({"DI", "RFCF"})
 
-_MAX_LABEL = 1024  # events.LabelValue
 _MAX_COUNT = 2**53 - 1  # events.Count
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # RFC 9110 §5.6.2 token (a method)
 _FLAG = re.compile(r"[A-Z]{1,8}")
@@ -591,10 +591,40 @@ def trace_of(traceparent: str | None, trace_id: str | None = None) -> Trace | No
     return None
 
 
-def clip(text: str | None, limit: int) -> str | None:
-    """`text` cut to `limit` characters (None stays None): an over-long URL or header is
-    kept in part rather than losing the whole record."""
-    return None if text is None else text[:limit]
+CLIPPED_LABEL = "auditmesh.clipped"
+
+
+class Clipper:
+    """Cuts values to the model's limits and names the fields it cut, for label
+    `auditmesh.clipped` (`marked`), as the sidecar does (proxy/record.py `to_event`): an
+    over-long URL or header is kept in part, and said to be, rather than losing the whole
+    record. One per event."""
+
+    __slots__ = ("names",)
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, name: str, text: str | None, limit: int) -> str | None:
+        """`text` cut to `limit` characters (None stays None); `name`: the event's field."""
+        if text is None or len(text) <= limit:
+            return text
+        self.names.append(name)
+        return text[:limit]
+
+    def label(self, key: str, value: str) -> str:
+        """The value of label `key` cut to the model's limit; `key` names it when cut."""
+        if len(value) <= MAX_LABEL:
+            return value
+        self.names.append(key)
+        return value[:MAX_LABEL]
+
+    def marked(self, event: AuditEvent) -> AuditEvent:
+        """`event`, with label `auditmesh.clipped` naming the fields cut if any were."""
+        if not self.names:
+            return event
+        names = ",".join(self.names)[:MAX_LABEL]
+        return msgspec.structs.replace(event, labels=event.labels | {CLIPPED_LABEL: names})
 
 
 def validated(event: AuditEvent, error: type[ValueError]) -> AuditEvent:
@@ -653,10 +683,13 @@ def parse_cluster(name: str | None) -> Cluster:
     return Cluster()
 
 
-def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
+def to_event(record: AccessRecord, reporter: str, clip: Clipper | None = None) -> AuditEvent:
     """The audit event one access-log record reports (`attested=False`: a log line, not a
     call our sidecar saw). `reporter` names the source, e.g. `ingest:envoy:access.log`,
-    and seeds the event id together with the line."""
+    and seeds the event id together with the line. Over-long values are clipped and named
+    in label `auditmesh.clipped`; `clip` may come with names already (the OTLP receiver's
+    labels of the provider), which that label then names too."""
+    clip = Clipper() if clip is None else clip
     cluster = parse_cluster(record.upstream_cluster)
     inbound = cluster.direction == "inbound"
     source_ip, source_port = split_address(record.downstream_remote_address)
@@ -675,9 +708,9 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
     dest_service, dest_namespace = service_of(service_host)
     source_namespace = namespace_of(source_identity)
     is_http = record.method is not None or (record.protocol or "").startswith("HTTP")
-    outcome, error, authz = _outcome(record, cluster.direction, is_http)
+    outcome, error, authz = _outcome(record, cluster.direction, is_http, clip)
     labels = {
-        f"envoy.{key}": value[:_MAX_LABEL]
+        f"envoy.{key}": clip.label(f"envoy.{key}", value)
         for key, value in (
             ("response_flags", ",".join(record.response_flags)),
             ("response_code_details", record.response_code_details),
@@ -709,7 +742,7 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
             namespace=dest_namespace or namespace_of(dest_identity),
             ip=dest_ip,
             port=dest_port or cluster.port,
-            host=clip(record.authority, MAX_NAME) if is_http else None,
+            host=clip("destination.host", record.authority, MAX_NAME) if is_http else None,
         ),
         # Envoy logs a peer URI SAN only when that peer presented a certificate (mTLS).
         tls=TLS(mutual=True)
@@ -717,13 +750,13 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
         else None,
         http=HTTP(
             method=record.method,
-            path=clip(record.path, MAX_TEXT),
+            path=clip("http.path", record.path, MAX_TEXT),
             status=record.response_code or None,
             request_bytes=record.bytes_received,
             response_bytes=record.bytes_sent,
             protocol=record.protocol,
-            user_agent=clip(record.user_agent, MAX_TEXT),
-            request_id=clip(record.request_id, MAX_REQUEST_ID),
+            user_agent=clip("http.user_agent", record.user_agent, MAX_TEXT),
+            request_id=clip("http.request_id", record.request_id, MAX_REQUEST_ID),
         )
         if is_http
         else None,
@@ -735,6 +768,7 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
             sent_bytes=record.bytes_received or 0,
             received_bytes=record.bytes_sent or 0,
             end=clip(
+                "tcp.end",
                 record.connection_termination_details or ",".join(record.response_flags) or None,
                 64,
             ),
@@ -745,11 +779,11 @@ def to_event(record: AccessRecord, reporter: str) -> AuditEvent:
         labels=labels,
         attested=False,
     )
-    return validated(event, EnvoyLogError)
+    return validated(clip.marked(event), EnvoyLogError)
 
 
 def _outcome(
-    record: AccessRecord, direction: Direction | None, is_http: bool
+    record: AccessRecord, direction: Direction | None, is_http: bool, clip: Clipper
 ) -> tuple[Outcome, Error | None, Authz | None]:
     """Outcome, error and authorization decision, most specific first: an RBAC denial
     (Istio's response code details), then Envoy's response flags, then the status."""
@@ -759,13 +793,14 @@ def _outcome(
         authz = (
             Authz(
                 decision="deny",
-                policy=f"{match.group(1)}/{match.group(2)}"[:253],
+                policy=clip("authz.policy", f"{match.group(1)}/{match.group(2)}", MAX_NAME),
                 rule=int(match.group(3)),
             )
             if match
             else Authz(decision="deny")
         )
-        return "failure", Error(type="rbac_access_denied", message=details[:MAX_TEXT]), authz
+        message = clip("error.message", details, MAX_TEXT) or ""
+        return "failure", Error(type="rbac_access_denied", message=message), authz
     for flag in record.response_flags:
         if flag in BENIGN_FLAGS:
             continue

@@ -24,7 +24,7 @@ import msgspec
 
 from auditmesh.events import HTTP, MAX_NAME, MAX_REQUEST_ID, MAX_TEXT, TLS, AuditEvent, Error
 from auditmesh.ingest.envoy import (
-    clip,
+    Clipper,
     line_event_id,
     make_peer,
     namespace_of,
@@ -155,7 +155,9 @@ def identity_to_spiffe(name: str | None) -> str | None:
 
 def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
     """The audit event one access-log record reports (inbound, `attested=False`);
-    `reporter` names the source, e.g. `ingest:linkerd:proxy.log`, and seeds the event id."""
+    `reporter` names the source, e.g. `ingest:linkerd:proxy.log`, and seeds the event id.
+    Over-long values are clipped and named in label `auditmesh.clipped` (`envoy.Clipper`)."""
+    clip = Clipper()
     client_ip, client_port = split_address(record.client_addr)
     client_identity = identity_to_spiffe(record.client_id)
     server_identity = identity_to_spiffe(record.server_id)
@@ -168,11 +170,11 @@ def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
     trace = trace_of(None, trace_id)
     # The proxy takes trace_id from x-b3-traceid, else x-request-id, else x-amzn-trace-id:
     # a value that is not a trace id is the request's id.
-    request_id = clip(trace_id, MAX_REQUEST_ID) if trace is None else None
+    request_id = clip("http.request_id", trace_id, MAX_REQUEST_ID) if trace is None else None
     status = record.status
     failed = status is not None and status >= 500  # server side: OTel HTTP semantic conventions
     labels = {
-        key: value[:1024]
+        key: clip.label(key, value)
         for key, value in (
             ("linkerd.client_id", record.client_id),
             ("linkerd.server_id", record.server_id),
@@ -201,18 +203,18 @@ def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
             namespace=namespace or namespace_of(server_identity),
             ip=server_ip,
             port=server_port,
-            host=clip(record.host, MAX_NAME),
+            host=clip("destination.host", record.host, MAX_NAME),
         ),
         # client.id is set only when the client authenticated with its certificate (mTLS).
         tls=TLS(mutual=True) if record.client_id else None,
         http=HTTP(
             method=record.method,
-            path=clip(path, MAX_TEXT),
+            path=clip("http.path", path, MAX_TEXT),
             status=status,
             request_bytes=record.request_bytes,
             response_bytes=record.response_bytes,
             protocol=record.version,
-            user_agent=clip(record.user_agent, MAX_TEXT),
+            user_agent=clip("http.user_agent", record.user_agent, MAX_TEXT),
             request_id=request_id,
         ),
         trace=trace,
@@ -220,7 +222,7 @@ def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
         labels=labels,
         attested=False,
     )
-    return validated(event, LinkerdLogError)
+    return validated(clip.marked(event), LinkerdLogError)
 
 
 def _path_of(uri: str | None) -> str | None:

@@ -80,6 +80,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from auditmesh.collector import entry_of
 from auditmesh.events import (
     HTTP,
+    MAX_NAME,
+    MAX_REQUEST_ID,
+    MAX_TEXT,
     AuditEvent,
     Direction,
     Error,
@@ -559,7 +562,7 @@ def span_event_id(trace_id: bytes, span_id: bytes, start_time_unix_nano: int) ->
 
 def _validated(event: AuditEvent) -> AuditEvent:
     """msgspec checks field constraints on decode, not on construction: round-trip once so
-    an over-long path or an out-of-range status is a reject reason, not a bad leaf."""
+    an out-of-range status or an over-long method is a reject reason, not a bad leaf."""
     try:
         return decode_event(canonical_bytes(event))
     except EventError as exc:
@@ -597,6 +600,9 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         method = text(attrs, "http.request.method_original") or method
     if not _TOKEN.fullmatch(method):  # its length is the model's to check (MAX_METHOD)
         raise Unmappable(f"{method[:40]!r} is not an HTTP method (RFC 9110 §9.1: a token)")
+    # Over-long values are clipped and named in label auditmesh.clipped, as the sidecar and
+    # the log adapters do: an over-long header must not leave the call unaudited.
+    clip = envoy.Clipper()
     trace_id = _hex_id(span.trace_id, 16, "trace_id", required=True)
     span_id = _hex_id(span.span_id, 8, "span_id", required=True)
     parent = _hex_id(span.parent_span_id, 8, "parent_span_id", required=False)
@@ -619,7 +625,11 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
     if path is None and parts is not None:
         path = parts.path or "/"
     route = text(attrs, "http.route")
-    here = Peer(service=origin.service[:253], namespace=_short(origin.namespace))
+    side = "destination" if server else "source"  # the side this service is on
+    here = Peer(
+        service=clip(f"{side}.service", origin.service, MAX_NAME),
+        namespace=clip(f"{side}.namespace", origin.namespace, MAX_NAME),
+    )
     if server:
         # HTTP server span: server.* describe this service, client.* the caller.
         source = Peer(
@@ -631,7 +641,7 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         destination = Peer(
             service=here.service,
             namespace=here.namespace,
-            host=_short(host),
+            host=clip("destination.host", host or None, MAX_NAME),
             ip=_ip(text(attrs, "network.local.address", "net.sock.host.addr")),
             port=integer(attrs, "server.port", "net.host.port"),
         )
@@ -645,13 +655,13 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
             host = host or parts.hostname
             port = port if port is not None else _url_port(parts)
         destination = Peer(
-            service=_short(text(attrs, "peer.service")),
-            host=_short(host),
+            service=clip("destination.service", text(attrs, "peer.service"), MAX_NAME),
+            host=clip("destination.host", host or None, MAX_NAME),
             ip=_ip(text(attrs, "network.peer.address", "net.sock.peer.addr")) or _ip(host),
             port=port,
         )
         direction = "outbound"
-    outcome, error = _span_outcome(span.status, attrs, status, server=server)
+    outcome, error = _span_outcome(span.status, attrs, status, clip, server=server)
     event = AuditEvent(
         id=span_event_id(span.trace_id, span.span_id, start),
         time_ns=start,
@@ -664,26 +674,35 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         destination=_peer_or_none(destination),
         http=HTTP(
             method=method,
-            path=path,
+            path=clip("http.path", path, MAX_TEXT),
             status=status,
-            protocol=_protocol(attrs),
-            user_agent=text(attrs, "user_agent.original", "http.user_agent"),
+            protocol=clip("http.protocol", _protocol(attrs), 16),
+            user_agent=clip(
+                "http.user_agent", text(attrs, "user_agent.original", "http.user_agent"), MAX_TEXT
+            ),
             request_bytes=integer(attrs, "http.request.body.size", "http.request_content_length"),
             response_bytes=integer(
                 attrs, "http.response.body.size", "http.response_content_length"
             ),
-            request_id=text(attrs, "http.request.header.x-request-id"),
+            request_id=clip(
+                "http.request_id", text(attrs, "http.request.header.x-request-id"), MAX_REQUEST_ID
+            ),
         ),
         trace=Trace(trace_id=trace_id, span_id=span_id, parent_span_id=parent),
         error=error,
-        labels={"http.route": route} if route else {},
+        labels={"http.route": clip.label("http.route", route)} if route else {},
         attested=False,
     )
-    return _validated(event)
+    return _validated(clip.marked(event))
 
 
 def _span_outcome(
-    status: Status, attrs: Mapping[str, AnyValue], http_status: int | None, *, server: bool
+    status: Status,
+    attrs: Mapping[str, AnyValue],
+    http_status: int | None,
+    clip: envoy.Clipper,
+    *,
+    server: bool,
 ) -> tuple[Outcome, Error | None]:
     # HTTP semconv, "Status": a server span is an error for 5xx, a client span for 4xx and
     # 5xx; error.type names the class of error (the status code, an exception type, or
@@ -701,7 +720,8 @@ def _span_outcome(
     if not failed:
         return "success", None
     kind = error_type or (str(http_status) if http_status else "_OTHER")
-    return "failure", Error(type=kind[:128], message=status.message[:4096])
+    message = clip("error.message", status.message, MAX_TEXT) or ""
+    return "failure", Error(type=clip("error.type", kind, 128) or kind, message=message)
 
 
 def _protocol(attrs: Mapping[str, AnyValue]) -> str | None:
@@ -709,7 +729,7 @@ def _protocol(attrs: Mapping[str, AnyValue]) -> str | None:
     version = text(attrs, "network.protocol.version", "http.flavor")
     if version is None or (name is not None and name.lower() != "http"):
         return None
-    return f"HTTP/{version.removesuffix('.0') if version in ('2.0', '3.0') else version}"[:16]
+    return f"HTTP/{version.removesuffix('.0') if version in ('2.0', '3.0') else version}"
 
 
 def _path_only(target: str | None) -> str | None:
@@ -736,10 +756,6 @@ def _url_port(parts: Any) -> int | None:
     if port is not None:
         return int(port)
     return {"http": 80, "https": 443}.get(parts.scheme)
-
-
-def _short(value: str | None) -> str | None:
-    return value[:253] if value else None
 
 
 def _peer_or_none(peer: Peer) -> Peer | None:
@@ -880,10 +896,11 @@ def _envoy_event(
 ) -> AuditEvent | None:
     body = record.body
     labels: dict[str, str] = {}
+    clip = envoy.Clipper()  # the provider's labels, then the event's own values
     try:
         if body.WhichOneof("value") == "string_value" and _ENVOY_TEXT.match(body.string_value):
             access = envoy.parse_text_line(body.string_value)
-            extra, labels = _split_attributes(attrs)
+            extra, labels = _split_attributes(attrs, clip)
             if extra:
                 access = msgspec.structs.replace(access, **extra)
         else:
@@ -895,7 +912,7 @@ def _envoy_event(
             access = envoy.parse_json_line(_as_json_line(fields))
         if access.traceparent is None and access.trace_id is None and any(record.trace_id):
             access = msgspec.structs.replace(access, trace_id=record.trace_id.hex())
-        event = envoy.to_event(access, origin.reporter)
+        event = envoy.to_event(access, origin.reporter, clip)
     except envoy.EnvoyLogError as exc:
         raise Unmappable(f"Envoy access log: {exc}") from None
     if labels:  # valid by construction: label-key pattern checked, values clipped
@@ -903,7 +920,9 @@ def _envoy_event(
     return event
 
 
-def _split_attributes(attrs: Mapping[str, AnyValue]) -> tuple[dict[str, str], dict[str, str]]:
+def _split_attributes(
+    attrs: Mapping[str, AnyValue], clip: envoy.Clipper
+) -> tuple[dict[str, str], dict[str, str]]:
     """The provider's labels in one pass: those carrying fields the TEXT line lacks
     (`_ENVOY_EXTRA_KEYS`, non-empty), and the others (e.g. Istio's sample `pod`,
     `namespace`, `cluster`) as event labels: string values under valid label keys."""
@@ -915,7 +934,7 @@ def _split_attributes(attrs: Mapping[str, AnyValue]) -> tuple[dict[str, str], di
             if found:
                 extra[key] = found
         elif found and found != "-" and len(labels) < _MAX_LABELS and _is_label_key(key):
-            labels[key] = found[:1024]
+            labels[key] = clip.label(key, found)
     return extra, labels
 
 
