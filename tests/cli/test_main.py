@@ -65,7 +65,7 @@ def test_help_shows_the_defaults_that_say_something() -> None:
     assert "output format (default: table)" in query
     assert "which events come first (default: newest)" in query
     assert "at most this many (default 100)" in query  # said in its own words: not twice
-    assert "validity, e.g. 30m or 2h (default: 10m)" in " ".join(
+    assert "redeemed, at most 30d: e.g. 30m or 2h (default: 10m)" in " ".join(
         parsers["ca token"].format_help().split()
     )
     assert "file to write, or - for stdout (default: -)" in " ".join(

@@ -98,11 +98,13 @@ def test_ingest_server_without_scheme_is_refused_before_any_retry(
     # before this, ingest retried the scheme-less URL and then asked whether a server ran there
     log = tmp_path / "access.log"
     log.write_text("")
-    argv = ["ingest", "envoy", str(log), "--server", "localhost:7600", "--quiet"]
-    assert parse_error_of(argv, capsys).endswith(
-        "error: argument --server: 'localhost:7600' is not a server URL: it needs http:// or "
-        "https:// and a host, e.g. http://localhost:7600, as `auditmesh server` prints it"
-    )
+    for option in ("--url", "--server"):  # --server: its older spelling, still taken
+        argv = ["ingest", "envoy", str(log), option, "localhost:7600", "--quiet"]
+        assert parse_error_of(argv, capsys).endswith(
+            "error: argument --url/--server: 'localhost:7600' is not a server URL: it needs "
+            "http:// or https:// and a host, e.g. http://localhost:7600, as `auditmesh server` "
+            "prints it"
+        )
     assert not (tmp_path / "access.log.rejects").exists()
 
 

@@ -16,6 +16,7 @@ from auditmesh.collector import Collector
 from auditmesh.datadir import open_ledger
 from auditmesh.events import AuditEvent, Peer, canonical_bytes, decode_event, new_event_id
 from auditmesh.identity.svid import cert_sha256, make_csr
+from auditmesh.identity.tokens import JoinTokens
 from auditmesh.pending import absorb, pending_dir, queue_event
 from auditmesh.serverproc import ServerProcess
 from tests.identity.conftest import CLI_ID as ID
@@ -138,6 +139,40 @@ def test_nothing_is_handed_out_when_the_event_cannot_be_queued(
     out, err = capsys.readouterr()
     assert out == "" and "cannot record this as an audit event" in err
     assert "nothing was handed out" in err
+
+
+def test_a_token_whose_event_cannot_be_recorded_is_withdrawn(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # minted before the event is recorded: it stayed in the store, valid and unaudited
+    pending_dir(data).write_text("a file where the queue's folder goes")
+    capsys.readouterr()
+    assert main(["ca", "token", "--id", ID, "--data", str(data)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "cannot record this as an audit event" in err
+    assert "the token minted for it was withdrawn and cannot be redeemed" in err
+    assert JoinTokens(data).records() == []
+    pending_dir(data).unlink()  # once events can be recorded, tokens are minted again
+    assert main(["ca", "token", "--id", ID, "--data", str(data)]) == 0
+    assert [str(r.spiffe_id) for r in JoinTokens(data).records()] == [ID]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_issue_whose_certificate_cannot_be_written_says_the_issuance_was_recorded(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    open_ledger(data).close()
+    csr = tmp_path / "req.pem"
+    csr.write_bytes(make_csr(ec.generate_private_key(ec.SECP256R1())))
+    capsys.readouterr()
+    # /dev/full passes the check before the work, and every write to it fails (ENOSPC)
+    argv = ["ca", "issue", "--id", ID, "--csr", str(csr), "--out", "/dev/full"]
+    assert main([*argv, "--data", str(data)]) == 2
+    out, err = capsys.readouterr()
+    [event] = _stored(data)
+    assert out == "" and "--out: cannot write /dev/full" in err
+    assert f"audit event {event.id} recorded at ledger index 0" in err
+    assert "the issuance recorded" in err and "certificate was written nowhere" in err
 
 
 def test_the_event_is_canonical_json_on_disk(tmp_path: Path) -> None:

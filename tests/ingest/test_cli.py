@@ -161,6 +161,21 @@ def test_file_with_bad_lines_then_again(
     assert len((tmp_path / "mixed.log.rejects").read_bytes().splitlines()) == 3
 
 
+def test_url_names_the_server_as_in_every_other_command_and_server_still_does(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "by-url.log"
+    log.write_text("\n".join(TEXT_LINES[:2]) + "\n")
+    assert main(["ingest", "envoy", str(log), "--url", server.url, "--quiet"]) == 0
+    assert summary_numbers(capsys.readouterr().out)["taken"] == 2
+    for event_id in envoy_ids(TEXT_LINES[:2], "by-url.log"):
+        assert stored(server, event_id) is not None
+    # --server, its older spelling, names the same server
+    assert main(["ingest", "envoy", str(log), "--server", server.url, "--quiet"]) == 0
+    counts = summary_numbers(capsys.readouterr().out)
+    assert (counts["taken"], counts["present"]) == (0, 2)
+
+
 def test_lines_that_differ_in_a_byte_that_is_not_utf8_stay_two_events(
     server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

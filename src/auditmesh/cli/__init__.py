@@ -41,8 +41,9 @@ def verifier_key(value: str) -> str:
 
 
 def server_url(text: str) -> str:
-    """argparse `type=` for a running server's URL (`--url`, `ingest --server`): http or https
-    with a host, refused at parsing rather than retried (`127.0.0.1:7600` has no scheme)."""
+    """argparse `type=` for a running server's URL (`--url`, and `ingest --server`, its older
+    spelling): http or https with a host, refused at parsing rather than retried
+    (`127.0.0.1:7600` has no scheme)."""
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         hint = f", e.g. http://{text.strip()}" if "://" not in text and text.strip() else ""

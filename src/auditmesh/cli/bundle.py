@@ -45,8 +45,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     create.set_defaults(func=run_create)
 
-    verify = bundle_sub.add_parser("verify", help="check a bundle offline")
-    verify.add_argument("file", type=Path, metavar="FILE")
+    verify = bundle_sub.add_parser(
+        "verify",
+        help="check a bundle offline",
+        description=(
+            "Check an evidence bundle offline, without the server: its checkpoint must be "
+            "signed by --key, and each event in it must be proven included in the log at that "
+            "checkpoint. Exit 0 only when all of it holds; otherwise one line says what failed."
+        ),
+    )
+    verify.add_argument(
+        "file", type=Path, metavar="FILE", help="the bundle (.zip), as `bundle create` wrote it"
+    )
     verify.add_argument(
         "--key",
         required=True,

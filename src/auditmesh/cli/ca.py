@@ -17,7 +17,13 @@ from auditmesh.datadir import lock_holder
 from auditmesh.events import AuditEvent
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, init_ca
 from auditmesh.identity.spiffe import SpiffeId, SpiffeIdError, parse, parse_trust_domain
-from auditmesh.identity.tokens import DEFAULT_TOKEN_TTL, JoinTokens, TokenStoreError, parse_ttl
+from auditmesh.identity.tokens import (
+    DEFAULT_TOKEN_TTL,
+    MAX_TOKEN_TTL,
+    JoinTokens,
+    TokenStoreError,
+    parse_ttl,
+)
 from auditmesh.issuance import by_hand
 from auditmesh.pending import NoLedgerYet, pending_dir, queue_event, take_or_wait
 
@@ -27,30 +33,72 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     commands = parser.add_subparsers(title="ca commands", metavar="COMMAND", required=True)
 
     init = commands.add_parser("init", help="create the mesh CA (ECDSA P-256)")
-    init.add_argument("--trust-domain", required=True, help="e.g. cluster.local")
+    init.add_argument(
+        "--trust-domain",
+        required=True,
+        help="the trust domain of the SPIFFE IDs it issues (spiffe://TD/...), e.g. cluster.local",
+    )
     add_data_arg(init)
-    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA; every SVID it issued stops being trusted",
+    )
     init.set_defaults(func=_cmd_init)
 
-    token = commands.add_parser("token", help="mint a one-time join token for one SPIFFE ID")
-    token.add_argument("--id", required=True, help="spiffe://TD/ns/NAMESPACE/sa/ACCOUNT")
+    token = commands.add_parser(
+        "token",
+        help="mint a one-time join token for one SPIFFE ID",
+        description="Mint a join token and print it on stdout: a sidecar given it (server: "
+        "join_token in its YAML) receives its first SVID for --id from the server, once. The "
+        "minting is recorded as an audit event before the token is printed.",
+    )
     token.add_argument(
-        "--ttl", default=_show_duration(DEFAULT_TOKEN_TTL), help="validity, e.g. 30m or 2h"
+        "--id",
+        required=True,
+        help="the workload's SPIFFE ID, spiffe://TD/ns/NAMESPACE/sa/ACCOUNT in the CA's "
+        "trust domain",
+    )
+    token.add_argument(
+        "--ttl",
+        default=_show_duration(DEFAULT_TOKEN_TTL),
+        help=f"how long the token can be redeemed, at most {_show_duration(MAX_TOKEN_TTL)}: "
+        "e.g. 30m or 2h",
     )
     add_data_arg(token)
     token.set_defaults(func=_cmd_token)
 
-    issue = commands.add_parser("issue", help="sign an X.509-SVID for a CSR (PEM)")
-    issue.add_argument("--id", required=True, help="the SPIFFE ID to put in the SVID")
-    issue.add_argument("--csr", required=True, type=Path, help="PEM CSR file")
-    issue.add_argument(
-        "--ttl", default=_show_duration(DEFAULT_SVID_TTL), help="validity (default 24h)"
+    issue = commands.add_parser(
+        "issue",
+        help="sign an X.509-SVID for a CSR (PEM)",
+        description="Sign an X.509-SVID by hand for the key of a CSR (a sidecar gets its own "
+        "with a join token instead). The issuance is recorded as an audit event before the "
+        "certificate goes out.",
     )
-    issue.add_argument("--out", type=Path, help="write the certificate here (default stdout)")
+    issue.add_argument(
+        "--id", required=True, help="the SPIFFE ID to put in the SVID, in the CA's trust domain"
+    )
+    issue.add_argument(
+        "--csr",
+        required=True,
+        type=Path,
+        help="the workload's certificate signing request, a PEM file (its key stays with it)",
+    )
+    issue.add_argument(
+        "--ttl",
+        default=_show_duration(DEFAULT_SVID_TTL),
+        help="how long the SVID is valid, e.g. 12h or 7d",
+    )
+    issue.add_argument("--out", type=Path, help="write the certificate (PEM) here (default stdout)")
     add_data_arg(issue)
     issue.set_defaults(func=_cmd_issue)
 
-    bundle = commands.add_parser("bundle", help="print the trust bundle (PEM)")
+    bundle = commands.add_parser(
+        "bundle",
+        help="print the trust bundle (PEM)",
+        description="Print the mesh CA's root certificate (PEM) on stdout: what a peer "
+        "trusts to check the SVIDs this CA issues.",
+    )
     add_data_arg(bundle)
     bundle.set_defaults(func=_cmd_bundle)
 
@@ -118,16 +166,39 @@ def _cmd_token(args: argparse.Namespace) -> int:
     spiffe_id = _workload_id(args.id, ca)
     ttl = _ttl(args.ttl)
     now = _now()
+    # Mint, record, then print; a failure to record withdraws the token. Not record first: an
+    # event appended for a token the mint then fails to store (a damaged tokens.json) would
+    # tell auditors of a credential that never existed, and an appended event cannot be
+    # taken back, while a token record can. So no valid token outlives a failure to record
+    # its event, and no event names a token that was never minted. The store keeps only the
+    # token's digest and the token is printed only once recorded: should this process die
+    # between mint and record, no one holds the token (its record expires, then is pruned).
+    tokens = JoinTokens(args.data)
     try:
-        token = JoinTokens(args.data).mint(spiffe_id, now=now, ttl=ttl)
+        token = tokens.mint(spiffe_id, now=now, ttl=ttl)
     except (TokenStoreError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     expires = (now + ttl).isoformat(timespec="seconds")
     event = by_hand("join_token_minted", str(spiffe_id), labels={"identity.expires": expires})
-    recorded = _record(args.data, event)  # before the token goes out
+    try:
+        recorded = _record(args.data, event)  # before the token goes out
+    except UserError as exc:
+        raise UserError(f"{exc}; {_withdraw(tokens, token, expires)}") from exc
     print(token)
     print(f"one-time join token for {spiffe_id}, expires {expires}; {recorded}", file=sys.stderr)
     return 0
+
+
+def _withdraw(tokens: JoinTokens, token: str, expires: str) -> str:
+    """Withdraw a token minted but not handed out; words for the operator."""
+    try:
+        tokens.withdraw(token, _now())
+    except (TokenStoreError, OSError) as exc:
+        return (
+            f"the token minted for it could not be withdrawn from {tokens.path} ({exc}): it "
+            f"was never shown, so no one holds it, and it expires at {expires}"
+        )
+    return "the token minted for it was withdrawn and cannot be redeemed"
 
 
 def _cmd_issue(args: argparse.Namespace) -> int:
@@ -150,7 +221,14 @@ def _cmd_issue(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(cert_pem.decode())
     else:
-        write_output(args.out, cert_pem, "--out")
+        try:
+            write_output(args.out, cert_pem, "--out")
+        except UserError as exc:  # the SVID exists and its event is recorded: say so
+            raise UserError(
+                f"{exc}. The X.509-SVID for {spiffe_id} was issued, and the issuance "
+                f"recorded: {recorded}. Its certificate was written nowhere: fix --out and run "
+                "`auditmesh ca issue` again, which issues a new one (with an event of its own)"
+            ) from exc
     print(f"X.509-SVID for {spiffe_id} issued; {recorded}", file=sys.stderr)
     return 0
 

@@ -44,9 +44,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
     )
     parser.add_argument(
-        "--data", type=Path, default=Path("demo-data"), help="fresh data directory (replaced)"
+        "--data",
+        type=Path,
+        default=Path("demo-data"),
+        help="where the demo keeps its ledger, emptied at each run; a directory holding files "
+        "no demo made is refused, never emptied",
     )
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="seconds of traffic, at least 5"
+    )
     parser.add_argument(
         "--exit", action="store_true", help="stop at the end instead of serving until Ctrl-C"
     )

@@ -93,7 +93,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE|-", help="the access-log file, or - for stdin")
-    parser.add_argument("--server", type=server_url, default=DEFAULT_SERVER, help="server URL")
+    parser.add_argument(
+        "--url",
+        "--server",  # its first name, still taken: `--url` is what every other command says
+        dest="url",
+        metavar="URL",
+        type=server_url,
+        default=DEFAULT_SERVER,
+        help=f"the running server to send to (default {DEFAULT_SERVER}); --server URL is an "
+        "older spelling, still accepted",
+    )
     parser.add_argument("--batch", type=int, default=500, help="events per request")
     parser.add_argument(
         "--rejects", type=Path, help="where refused lines go (default FILE.rejects)"
@@ -346,7 +355,7 @@ class Sender:
             if deadline is not None and time.monotonic() + pause > deadline:
                 raise UserError(
                     f"cannot deliver a batch to {self.url} ({problem}); is `auditmesh server` "
-                    "running there (--server URL names another)? Lines before it were "
+                    "running there (--url URL names another)? Lines before it were "
                     "acknowledged: run again to continue (stored events are not duplicated)"
                 )
             print(f"auditmesh: {self.url}: {problem}; retrying in {pause:g} s", file=sys.stderr)
@@ -543,7 +552,7 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
             source, display = tail, args.file
         rejects = Rejects(rejects_path, append=isinstance(source, Tail) and source.resumed)
         stack.callback(rejects.close)
-        sender = Sender(args.server, retry_for=None if args.follow else args.retry_for)
+        sender = Sender(args.url, retry_for=None if args.follow else args.retry_for)
         stack.callback(sender.close)
         pipeline = Pipeline(
             converter(reporter),

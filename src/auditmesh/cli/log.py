@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the event's id (a UUID), or its index in the log (as `auditmesh query` shows it)",
     )
     add_data_arg(prove)
-    prove.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    prove.add_argument("-o", "--output", type=Path, help="write the proof here (default stdout)")
     prove.add_argument(
         "--event-out",
         type=Path,

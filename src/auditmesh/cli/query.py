@@ -120,7 +120,11 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
         help="caller: SPIFFE ID, service name, service.namespace, or unknown (no identity, "
         "no service)",
     )
-    parser.add_argument("--dest", help="callee: SPIFFE ID, service name or service.namespace")
+    parser.add_argument(
+        "--dest",
+        help="callee: SPIFFE ID, service name, service.namespace, or unknown (no identity, "
+        "no service)",
+    )
     parser.add_argument("--service", help="as --source and --dest, on either side of the call")
     parser.add_argument("--path", help="HTTP path, exact or a prefix ending in * (/orders*)")
     parser.add_argument("--status", help="HTTP status (404) or class (5xx)")

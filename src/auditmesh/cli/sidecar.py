@@ -23,7 +23,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "mTLS to the destination's sidecar, whose SPIFFE ID must match the config."
         ),
     )
-    parser.add_argument("--config", type=Path, required=True, help="sidecar YAML file")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the sidecar's YAML file: its workload, server, listener and upstreams "
+        "(README.md, 'The sidecar')",
+    )
     parser.set_defaults(func=run)
 
 

@@ -168,6 +168,20 @@ class JoinTokens:
             self._save(records, now)
         return token
 
+    def withdraw(self, token: str, now: datetime) -> bool:
+        """Remove ``token``'s record, so that it can never be redeemed: for a token minted but
+        not handed out (``auditmesh ca token`` when its audit event cannot be recorded).
+        False if the store holds no such token (never minted, or pruned)."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware (UTC)")
+        digest = token_sha256(token)
+        with self._locked():
+            records = self._load()
+            if records.pop(digest, None) is None:
+                return False
+            self._save(records, now)
+        return True
+
     def redeem(self, token: str, now: datetime) -> SpiffeId:
         """Consume ``token`` exactly once and return the ID it was minted for."""
         if now.tzinfo is None:
