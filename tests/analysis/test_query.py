@@ -680,3 +680,44 @@ def test_parse_time_keeps_nanoseconds() -> None:
     assert parse_time("1969-12-31T23:59:59.5Z", T0) == -500_000_000
     with pytest.raises(QueryError, match="time zone"):
         parse_time("2025-11-28T03:20:00.5", T0)
+
+
+def test_the_graphs_spelled_out_names_select_their_nodes_calls(tmp_path: Path) -> None:
+    """Where `service.namespace` cannot tell two nodes apart, the graph spells the namespace
+    out (`a (namespace b)`, `a.b (no namespace)`); those names, printed by `graph`, select
+    exactly each node's calls in `query` too (they matched nothing before)."""
+    web = "spiffe://cluster.local/ns/shop/sa/web"
+    traces = iter(f"{n:032x}" for n in range(1, 10**6))
+    events: list[AuditEvent] = []
+
+    def add(source: Peer, callee: str, n: int) -> None:
+        for _ in range(n):
+            parts, _, _ = hop("x", callee, trace_id=next(traces), parent=None, time_ns=T0)
+            events.extend(msgspec.structs.replace(e, source=source) for e in parts)
+
+    add(Peer(service="a.b"), "x", 1)  # a service named a.b, no namespace
+    add(Peer(service="a", namespace="b"), "x", 2)  # the service a of the namespace b
+    add(Peer(identity=web, namespace="shop"), "api", 3)  # one SPIFFE ID in two namespaces
+    add(Peer(identity=web), "api", 4)
+    ledger = open_ledger(tmp_path / "data", origin="test/spelled")
+    try:
+        ledger.log.append([entry_of(e) for e in events])
+        result = graph_of(ledger)
+        names = graph.node_names(result)
+        spelled = {name for name in names.values() if name.endswith(")")}
+        assert spelled == {
+            "a.b (no namespace)",
+            "a (namespace b)",
+            f"{web} (namespace shop)",
+            f"{web} (no namespace)",
+        }
+        for edge in result.edges:
+            source = names[(edge.source_namespace, edge.source)]
+            query = Query(source=source, calls="once", since_ns=result.from_ns, limit=100)
+            got = [i for i, _ in run(ledger.store, query).rows]
+            assert len(got) == edge.requests, (source, got)
+            assert {party_key(events[i].source) for i in got} == {
+                (edge.source_namespace, edge.source)
+            }
+    finally:
+        ledger.close()

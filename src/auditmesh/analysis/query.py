@@ -9,7 +9,8 @@ Filters are ANDed:
     source, dest    the caller / the callee: a SPIFFE ID (`spiffe://…`), a service name in any
                     namespace, or a node of the service graph as it is printed: `service.namespace`
                     (the service in that namespace, or a service of that whole name), and
-                    `unknown` (no identity and no service, or a service named so)
+                    `unknown` (no identity and no service, or a service named so), and the
+                    graph's spelled-out names, `a (namespace b)`, `a.b (no namespace)`
     service         any of those on either side (the caller or the callee)
     path            an exact HTTP path, or a prefix ending in `*` (`/orders*`)
     status          an HTTP status (`404`) or a class (`5xx`)
@@ -201,12 +202,27 @@ Reading = tuple[str | None, str | None]
 service (the graph's `unknown`), namespace None any namespace."""
 
 
+# graph.py `node_names` where `service.namespace` cannot tell two nodes apart: the namespace in
+# words, `NAME (namespace NS)` or `NAME (no namespace)`; NS "" below means no namespace.
+_SPELLED_OUT = re.compile(r"(.+) \((?:namespace ([^()\s]+)|no namespace)\)")
+
+
+def _spelled_out(value: str) -> tuple[str, str] | None:
+    m = _SPELLED_OUT.fullmatch(value)
+    return None if m is None else (m[1], m[2] or "")
+
+
 def readings(value: str) -> list[Reading]:
     """The parties a non-SPIFFE name selects, as the service graph names them (graph.py
     `node_names`, rollup.py): `payments` a service in any namespace; `payments.shop` also the
     service `payments` in the namespace `shop` (split at the last dot: a namespace is a DNS
     label); `unknown` also a party with no identity and no service, `unknown.shop` such a
-    party in `shop`. Distinct services, so no event matches two readings."""
+    party in `shop`; `a.b (no namespace)` and `a (namespace b)` exactly that service in that
+    namespace (or none). Distinct services, so no event matches two readings."""
+    spelled = _spelled_out(value)
+    if spelled is not None:
+        name, namespace = spelled
+        return [(name, namespace)] + ([(None, namespace)] if name == UNKNOWN else [])
     found: list[Reading] = [(value, None)]
     if value == UNKNOWN:
         found.append((None, None))
@@ -229,7 +245,9 @@ def _reading_sql(side: str, reading: Reading, *, total: bool = False) -> tuple[s
     else:
         text = f"{side}_service {eq} ?"
         params.append(service)
-    if namespace is not None:
+    if namespace == "":  # no namespace (the rollup's coalesce(ns, ''))
+        text += f" AND coalesce({side}_ns, '') = ''"
+    elif namespace is not None:
         text += f" AND {side}_ns {eq} ?"
         params.append(namespace)
     return text, params
@@ -237,6 +255,13 @@ def _reading_sql(side: str, reading: Reading, *, total: bool = False) -> tuple[s
 
 def _party_arms(side: str, value: str, *, total: bool = False) -> list[tuple[str, list[object]]]:
     """The disjoint conditions under which `side`'s party is `value`, one per reading."""
+    spelled = _spelled_out(value)
+    if spelled is not None and _SPIFFE.match(spelled[0]):  # a SPIFFE ID in a namespace or none
+        identity, namespace = spelled
+        eq = "IS" if total else "="
+        if namespace:
+            return [(f"{side}_id {eq} ? AND {side}_ns {eq} ?", [identity, namespace])]
+        return [(f"{side}_id {eq} ? AND coalesce({side}_ns, '') = ''", [identity])]
     if _SPIFFE.match(value):
         return [(f"{side}_id {'IS' if total else '='} ?", [value])]
     return [_reading_sql(side, reading, total=total) for reading in readings(value)]
