@@ -245,3 +245,13 @@ def test_ndjson_is_one_event_per_line() -> None:
     with pytest.raises(ev.EventError, match=r"line 1: .*truncated.* send a pretty-printed"):
         ev.decode_batch(pretty)
     assert ev.decode_batch(b"[" + pretty + b"]")[0].id == ev.decode_event(one).id
+
+
+def test_an_event_too_large_for_an_entry_says_what_to_shorten() -> None:
+    data = b"x" * (ev.MAX_EVENT_BYTES + 1)
+    assert ev.checked_size(data[:-1]) == data[:-1]
+    with pytest.raises(ev.EventError) as refused:
+        ev.checked_size(data, line=3)
+    message = str(refused.value)
+    assert message.startswith(f"line 3: the event is {ev.MAX_EVENT_BYTES + 1} bytes")
+    assert "shorter labels and values" in message and "control characters" in message

@@ -175,7 +175,8 @@ def checked_size(data: bytes, *, line: int | None = None) -> bytes:
     if len(data) > MAX_EVENT_BYTES:
         raise EventError(
             f"the event is {len(data)} bytes in canonical form; the limit is {MAX_EVENT_BYTES} "
-            "(a tlog-tiles entry): send fewer or shorter labels",
+            "(a tlog-tiles entry): send fewer or shorter labels and values (control "
+            "characters in a path or header take 6 bytes each as JSON escapes)",
             line=line,
         )
     return data
