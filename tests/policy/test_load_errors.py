@@ -367,3 +367,74 @@ def test_directory_is_searched_recursively_skipping_hidden(tmp_path: Path) -> No
     assert [p.origin.file for p in policies.authorization] == [
         str(tmp_path / "team" / "a" / "p.yml")
     ]
+
+
+PEER = HEAD.replace("AuthorizationPolicy", "PeerAuthentication")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            # PyYAML raised a bare ValueError (a traceback) for a date that is not one.
+            HEAD.replace("  name: p\n", "  name: p\n  creationTimestamp: 2020-13-45\n")
+            + "spec: {}\n",
+            "p.yaml: line 5, column 22: invalid YAML: not a valid date or time "
+            "(month must be in 1..12); quote it",
+        ),
+        (
+            "a: 0000-01-01\n",
+            "p.yaml: line 1, column 4: invalid YAML: not a valid date or time",
+        ),
+        (
+            # "²".isdigit() is True, int("²") raised ValueError.
+            PEER + "spec:\n  selector: {matchLabels: {app: a}}\n  portLevelMtls:\n"
+            "    '²': {mode: STRICT}\n",
+            "p.yaml: document 1: spec.portLevelMtls[²]: port must be a number in [1, 65535]",
+        ),
+        (
+            # int() refuses strings of more than 4300 digits with Python's own message.
+            HEAD
+            + "spec:\n  rules:\n  - to:\n    - operation:\n        ports: ['"
+            + "9" * 5000
+            + "']\n",
+            "p.yaml: document 1: spec.rules[0].to[0].operation.ports[0]: bad port '999",
+        ),
+        (
+            HEAD.replace("name: p", "name: ''") + "spec: {}\n",
+            "p.yaml: document 1: metadata.name: must not be empty",
+        ),
+        (
+            HEAD.replace("namespace: ns", "namespace: ''") + "spec: {}\n",
+            "p.yaml: document 1: metadata.namespace: must not be empty",
+        ),
+    ],
+    ids=["bad-date", "year-zero", "superscript-port", "huge-port", "empty-name", "empty-ns"],
+)
+def test_values_that_crashed_or_passed(
+    text: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = error_of(text, tmp_path, monkeypatch)
+    assert message.startswith(expected), message
+    assert "Exceeds the limit" not in message
+
+
+def test_huge_port_level_key_in_json(tmp_path: Path) -> None:
+    """A JSON key may be any length: int() must not see 5000 digits."""
+    doc = (
+        '{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",'
+        ' "metadata": {"name": "p", "namespace": "ns"},'
+        ' "spec": {"selector": {"matchLabels": {"app": "a"}},'
+        ' "portLevelMtls": {"' + "9" * 5000 + '": {"mode": "STRICT"}}}}'
+    )
+    (tmp_path / "p.json").write_text(doc)
+    with pytest.raises(PolicyLoadError, match="port must be a number in"):
+        load_policies(tmp_path / "p.json")
+
+
+def test_leading_zeros_in_a_port_still_read(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        HEAD + "spec:\n  rules:\n  - to:\n    - operation:\n        ports: ['0000000080']\n"
+    )
+    (policy,) = load_policies(tmp_path / "p.yaml").authorization
+    assert policy.rules[0].operations[0].ports == ("0000000080",)

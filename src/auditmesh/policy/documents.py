@@ -10,6 +10,7 @@ raise one error type, :class:`PolicyLoadError`, always naming the file and eithe
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import stat
@@ -67,6 +68,19 @@ class _Loader(_SafeLoader):
     def construct_document(self, node: yaml.nodes.Node) -> object:
         _refuse_aliases(node)
         return super().construct_document(node)
+
+    def construct_yaml_timestamp(self, node: yaml.nodes.ScalarNode) -> datetime.date:
+        """PyYAML raises a bare ValueError for a plain scalar shaped like a date that is not
+        one (``2020-13-45``): made a marked error, so the message names the line."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"not a valid date or time ({exc}); quote it", node.start_mark
+            ) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
 def _refuse_aliases(root: yaml.nodes.Node) -> None:

@@ -253,7 +253,8 @@ def ip_matcher(blocks: Iterable[str]) -> IPMatch:
 
 def parse_port(port: str) -> int:
     """A port as Istio writes it: a decimal string in [0, 65535] (Istio ``ValidatePorts``)."""
-    if not port.isascii() or not port.isdigit() or int(port) > 65535:
+    # Leading zeros are stripped before int(): Python refuses to convert over 4300 digits.
+    if not port.isascii() or not port.isdigit() or len(port.lstrip("0")) > 5 or int(port) > 65535:
         raise ValueError(f"bad port {port!r}: expected a decimal number in [0, 65535]")
     return int(port)
 

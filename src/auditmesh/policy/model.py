@@ -163,6 +163,10 @@ def _parse_object(
     if namespace is None:
         fields.fail("metadata.namespace", "required (or pass --namespace, like kubectl apply -n)")
     namespace = fields.string(namespace, "metadata.namespace")
+    for value, where in ((name, "metadata.name"), (namespace, "metadata.namespace")):
+        if not value:
+            # The Kubernetes API server refuses an object with an empty name or namespace.
+            fields.fail(where, "must not be empty")
     spec = fields.mapping({} if obj.get("spec") is None else obj["spec"], "spec")
     if kind == "AuthorizationPolicy":
         return _authorization_policy(fields, meta, namespace, name, spec)
@@ -248,7 +252,10 @@ def _peer_authentication(
         for port, value in raw_ports.items():
             where = f"spec.portLevelMtls[{port}]"
             text = str(port)
-            if not text.isdigit() or not 1 <= int(text) <= 65535:
+            # isascii: isdigit() is also true of "²", which int() refuses; the length check
+            # keeps int() from a string of over 4300 digits, which it refuses too.
+            digits = text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 5
+            if not digits or not 1 <= int(text) <= 65535:
                 fields.fail(where, "port must be a number in [1, 65535]")
             if any(int(text) == seen for seen, _ in ports):
                 fields.fail(where, "port given twice (as a number and as a string?)")
