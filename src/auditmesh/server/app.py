@@ -1,6 +1,7 @@
 """HTTP API of `auditmesh server`: routes only; the logic lives in the collector and ledger.
 
-POST /v1/events                    batch in (JSON array or NDJSON), answered after commit;
+POST /v1/events                    batch in (JSON array or NDJSON, uncompressed: 415 for a
+                                   Content-Encoding), answered after commit;
                                    no event may be attested (403): only sidecars, over the
                                    mesh listener (server/mesh.py), submit attested events
 GET  /v1/events/{id}               the event, its index and inclusion proof
@@ -29,7 +30,7 @@ from typing import Any, NamedTuple
 import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -63,8 +64,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _error(status: int, message: str, **extra: object) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(
+    status: int, message: str, _headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=_headers)
 
 
 def _not_the_callers(events: list[AuditEvent], reporter: str | None) -> Response | None:
@@ -97,10 +100,19 @@ async def admit_batch(
     """Decode a batch, refuse it whole if any event is invalid or not the caller's to
     submit (`_not_the_callers`: `reporter` is given on the mesh listener, None on the plain
     one), and answer with the indices once it is durable."""
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("identity", ""):
+        return _error(
+            415,  # RFC 9110 §15.5.16, with the codings accepted
+            f"Content-Encoding {coding!r} is not accepted here: send the batch uncompressed",
+            _headers={"accept-encoding": "identity"},
+        )
     try:
         body = await read_limited(request, max_bytes)
     except BodyTooLarge:
         return _error(413, f"batch larger than {max_bytes} bytes; split it")
+    except ClientDisconnect:  # the body was cut short: nothing to store, nobody to answer
+        return Response(status_code=400)
     try:
         # Decoding costs ~30 µs an event: off the event loop, so other requests go on.
         events = (
@@ -198,10 +210,10 @@ class Api:
     async def get_consistency(self, request: Request) -> Response:
         try:
             params = single_params(request.query_params.multi_items())
-            size1, size2 = int(params["from"]), int(params["to"])
+            size1, size2 = _size(params.get("from")), _size(params.get("to"))
         except QueryError as exc:
             return _error(400, str(exc))
-        except (KeyError, ValueError):
+        if size1 is None or size2 is None:
             return _error(400, "give tree sizes as integers: ?from=N&to=M")
         size = self.collector.log.size
         if not 0 <= size1 <= size2 <= size:
@@ -225,7 +237,7 @@ class Api:
         try:
             ref = tiles.parse_tile_path(path)
         except ValueError as exc:
-            return _error(400, f"bad tile path {path!r}: {exc}")
+            return _error(400, f"bad tile path: {exc}")  # exc names the path
         width = ref.width or tiles.TILE_WIDTH
         headers: dict[str, str] = {} if ref.is_partial else _IMMUTABLE
         if ref.is_entries:
@@ -240,6 +252,15 @@ class Api:
         if len(stored) < width * 32:
             return _error(404, f"{path} is beyond the end of the log")
         return Response(stored[: width * 32], headers=headers, media_type=_TILE)
+
+
+def _size(given: str | None) -> int | None:
+    """A tree size in plain decimal digits; int() alone would take "+1", " 1", "1_0", "١".
+    More than 19 digits is past any log (sizes are below 2^63): 2^63 stands for it, which
+    int() could not parse past 4300 digits."""
+    if given is None or not (given.isascii() and given.isdigit()):
+        return None
+    return int(given) if len(given) <= 19 else 1 << 63
 
 
 _TILE = "application/octet-stream"  # tlog-tiles: tiles and entry bundles MUST be served so

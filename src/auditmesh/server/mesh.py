@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -87,6 +87,10 @@ def _peer(request: Request) -> SpiffeId | Response:
     return peer
 
 
+# A body that is not the JSON asked for; or cut short (ClientDisconnect), answered to nobody
+_BAD_BODY = (BodyTooLarge, ClientDisconnect, msgspec.DecodeError, msgspec.ValidationError)
+
+
 class MeshApi:
     def __init__(
         self,
@@ -141,7 +145,7 @@ class MeshApi:
         client = request.client.host if request.client else None
         try:
             body = msgspec.json.decode(await read_limited(request, 64 * 1024), type=_JoinRequest)
-        except (BodyTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except _BAD_BODY as exc:
             return _error(400, f'send JSON {{"token": ..., "csr": PEM}}: {exc}')
         try:
             csr_public_key(body.csr.encode())  # before the token is used up: a bad CSR keeps it
@@ -181,7 +185,7 @@ class MeshApi:
             return peer
         try:
             body = msgspec.json.decode(await read_limited(request, 64 * 1024), type=_RenewRequest)
-        except (BodyTooLarge, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except _BAD_BODY as exc:
             return _error(400, f'send JSON {{"csr": PEM}}: {exc}')
         try:
             cert = self.ca.issue_svid(body.csr.encode(), peer, self.svid_ttl, now=datetime.now(UTC))
