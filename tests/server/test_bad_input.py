@@ -105,3 +105,46 @@ def test_a_join_body_cut_short_logs_no_traceback(tmp_path: Path) -> None:
         with mesh.anonymous() as client:
             assert client.get("/v1/identity/bundle").status_code == 200
     assert "Traceback" not in mesh.server.log_path.read_text()
+
+
+def _cut_short(server: ServerProcess, path: str, headers: str = "") -> None:
+    """A POST whose body stops 99 bytes before its Content-Length, then the client leaves."""
+    body = b'{"a": 1}'
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}"
+        f"Content-Length: {len(body) + 99}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(30)
+        while sock.recv(1024):  # whatever is answered, until the server closes
+            pass
+
+
+def test_otlp_and_console_bodies_cut_short_log_no_traceback(server: ServerProcess) -> None:
+    """As for /v1/events: the OTLP/HTTP receiver and the console's JSON posts logged a
+    ClientDisconnect traceback for a body the client never finished."""
+    token = server.auth["authorization"]
+    _cut_short(server, "/v1/logs")
+    _cut_short(server, "/v1/traces")
+    _cut_short(server, "/console/api/layout", f"Authorization: {token}\r\n")
+    httpx.get(server.url + "/log/checkpoint")  # the server still answers
+    assert "Traceback" not in server.log_path.read_text()
+
+
+def test_a_console_post_over_its_limit_is_refused_before_it_is_read(
+    server: ServerProcess,
+) -> None:
+    """Its declared length is enough: the console read the whole body first (200 MB posts held
+    in memory), and answered only once all of it had come."""
+    token = server.auth["authorization"]
+    head = (
+        "POST /console/api/layout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: {token}\r\nContent-Length: {200 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + b"{")  # the rest never comes
+        sock.settimeout(30)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -49,6 +49,7 @@ from auditmesh.console.layout import LayoutError, layout
 from auditmesh.console.recorded import RecordedError, recorded
 from auditmesh.datadir import Ledger
 from auditmesh.evidence import EvidenceError, evidence_bundle
+from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.identity.ca import mesh_trust_domain
 from auditmesh.policy.documents import PolicyLoadError
 from auditmesh.policy.engine import PolicyEngine
@@ -159,9 +160,12 @@ class Console:
         return None
 
     async def _json(self, request: Request, kind: type[Any]) -> Any:
-        body = await request.body()
-        if len(body) > MAX_JSON_BYTES:
+        try:  # read as far as the limit only: a 200 MB post is not held in memory first
+            body = await read_limited(request, MAX_JSON_BYTES)
+        except BodyTooLarge:
             return _error(413, f"body larger than {MAX_JSON_BYTES} bytes")
+        except ClientDisconnect:  # cut short: nobody to answer, nothing to log
+            return Response(status_code=400)
         try:
             return msgspec.json.decode(body, type=kind)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -32,7 +32,7 @@ from typing import TypeAlias
 from google.protobuf import any_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -182,6 +182,8 @@ class OtlpHttpReceiver:
                 )
             else:
                 mapped = decode_and_map(signal, body, encoding, gzipped, limit)
+        except ClientDisconnect:  # the body was cut short: nothing to map, nobody to answer
+            return Response(status_code=400), "invalid", 0
         except BodyTooLarge:
             response = _status_response(
                 413,
