@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from auditmesh.cli.main import main
+from auditmesh.events import AuditEvent, Peer, new_event_id
 from auditmesh.identity.ca import MeshCA, init_ca
 from auditmesh.identity.svid import make_csr
 
@@ -43,3 +44,17 @@ def workload_key() -> ec.EllipticCurvePrivateKey:
 @pytest.fixture
 def csr_pem(workload_key: ec.EllipticCurvePrivateKey) -> bytes:
     return make_csr(workload_key)
+
+
+def pending_event(n: int = 0, **labels: str) -> AuditEvent:
+    """A CA action's event, as `ca token`/`ca issue` queue them (pending.py)."""
+    return AuditEvent(
+        id=new_event_id(),
+        time_ns=1_700_000_000_000_000_000 + n,
+        reporter="test",
+        kind="identity",
+        outcome="success",
+        source=Peer(identity=CLI_ID),
+        destination=Peer(service="auditmesh-ca"),
+        labels=labels,
+    )

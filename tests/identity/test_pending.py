@@ -20,7 +20,7 @@ import pytest
 from auditmesh.cli.main import main
 from auditmesh.collector import Collector
 from auditmesh.datadir import Ledger, open_ledger, writer_lock
-from auditmesh.events import AuditEvent, Peer, canonical_bytes, decode_event, new_event_id
+from auditmesh.events import canonical_bytes, decode_event
 from auditmesh.pending import (
     PendingWatcher,
     UnsafePendingDir,
@@ -30,19 +30,7 @@ from auditmesh.pending import (
 )
 from auditmesh.serverproc import ServerProcess
 from tests.identity.conftest import CLI_ID as ID
-
-
-def _event(n: int = 0, **labels: str) -> AuditEvent:
-    return AuditEvent(
-        id=new_event_id(),
-        time_ns=1_700_000_000_000_000_000 + n,
-        reporter="test",
-        kind="identity",
-        outcome="success",
-        source=Peer(identity=ID),
-        destination=Peer(service="auditmesh-ca"),
-        labels=labels,
-    )
+from tests.identity.conftest import pending_event
 
 
 @contextmanager
@@ -75,7 +63,7 @@ def test_an_id_the_log_holds_for_another_event_is_set_aside_and_the_rest_goes(
     """EventConflict refuses a batch whole: one such file must not hold back the others
     forever, nor be lost. It is set aside like a file that is no event, saying why."""
     data = tmp_path / "data"
-    stored, later = _event(1), _event(2)
+    stored, later = pending_event(1), pending_event(2)
     other = msgspec.structs.replace(stored, outcome="failure")  # same id, other content
     said: list[str] = []
     with _collector(data) as (_, collector):
@@ -100,7 +88,7 @@ def test_an_id_the_log_holds_for_another_event_is_set_aside_and_the_rest_goes(
 def test_ca_token_is_recorded_though_an_older_queued_file_conflicts(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stored = _event(1)
+    stored = pending_event(1)
     with _collector(data) as (_, collector):
         collector.submit([stored]).result(timeout=10)
     queue_event(data, msgspec.structs.replace(stored, outcome="failure"))
@@ -112,7 +100,7 @@ def test_ca_token_is_recorded_though_an_older_queued_file_conflicts(
 
 def test_an_event_too_large_for_the_log_is_set_aside_and_the_rest_goes(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    big, small = _event(1, note="x" * 70_000), _event(2)
+    big, small = pending_event(1, note="x" * 70_000), pending_event(2)
     queue_event(data, big)
     queue_event(data, small)
     with _collector(data) as (_, collector):
@@ -141,7 +129,7 @@ def test_a_server_that_cannot_commit_keeps_the_files_and_says_so_once(tmp_path: 
     """CommitFailed (the database locked by another process past the busy timeout): the
     files stay, each round tries again, and the operator reads it once, then its end."""
     data = tmp_path / "data"
-    event = _event(1)
+    event = pending_event(1)
     said: list[str] = []
     with _collector(data) as (ledger, collector):
         ledger.store._writer.execute("PRAGMA busy_timeout=100")  # not 10 s, for the test
@@ -168,7 +156,7 @@ def test_what_is_queued_in_the_last_interval_is_taken_as_the_server_stops(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    first, last = _event(1), _event(2)
+    first, last = pending_event(1), pending_event(2)
     said: list[str] = []
     queue_event(data, first)
     with _collector(data) as (_, collector):
@@ -239,7 +227,7 @@ def test_a_queue_others_can_write_to_is_neither_filled_nor_taken(
     folder = pending_dir(data)
     folder.mkdir(mode=0o700)
     folder.chmod(0o777)
-    planted = _event(1)
+    planted = pending_event(1)
     (folder / f"{planted.id}.json").write_bytes(canonical_bytes(planted))
     capsys.readouterr()
     assert main(["ca", "token", "--id", ID, "--data", str(data)]) == 2
@@ -253,7 +241,7 @@ def test_a_queue_others_can_write_to_is_neither_filled_nor_taken(
 
 def test_what_a_crash_left_half_written_is_neither_taken_nor_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    event = _event(1)
+    event = pending_event(1)
     path = queue_event(data, event)
     torn = pending_dir(data) / f".{path.name}.0123456789ab.tmp"  # write_atomic, cut short
     torn.write_bytes(canonical_bytes(event)[:20])

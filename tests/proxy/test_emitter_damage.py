@@ -5,11 +5,6 @@ and the `spool_damaged` report survives a kill -9 until the server has it."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +12,7 @@ import pytest
 from auditmesh.events import AuditEvent, canonical_bytes
 from auditmesh.proxy.spool import MAGIC, RECORD_OVERHEAD, Spool, SpoolConfig
 from auditmesh.serverproc import ServerProcess, free_port
+from tests.proxy.killed_sidecar import deliver_after_restart, kill_while_reporting
 from tests.proxy.test_emitter import (
     SIDECAR,
     closed,
@@ -132,24 +128,6 @@ def test_damage_while_running_is_cut_out_and_delivery_goes_on(tmp_path: Path) ->
     assert damage_notice(logged[-1])["spool.cut_bytes"] == str(size)
 
 
-SLOW_SIDECAR = """
-import asyncio, sys
-from pathlib import Path
-import httpx
-from auditmesh.proxy.emitter import Emitter, EmitterConfig
-
-async def main() -> None:
-    client = httpx.AsyncClient(base_url=sys.argv[1])
-    emitter = Emitter(client, Path(sys.argv[2]), reporter=sys.argv[3],
-                      config=EmitterConfig(flush_interval_s=0.01, request_timeout_s=120))
-    emitter.start()
-    print("started", flush=True)
-    await asyncio.sleep(120)  # killed here: the damage report is in memory or in flight
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.integration
 def test_a_sidecar_killed_before_reporting_damage_reports_it_after_restart(
     tmp_path: Path,
@@ -160,33 +138,6 @@ def test_a_sidecar_killed_before_reporting_damage_reports_it_after_restart(
     (sidecar / "spool" / "0000000000000000.seg").write_bytes(
         MAGIC + len(torn).to_bytes(4, "big") + bytes(4) + torn[:40]  # kill -9 mid-write
     )
-    with socket.socket() as silent:  # a server that takes the request and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        child = subprocess.Popen(
-            [sys.executable, "-c", SLOW_SIDECAR, url, str(sidecar), SIDECAR],
-            stdout=subprocess.PIPE,
-            cwd=Path(__file__).parents[2],
-        )
-        assert child.stdout is not None
-        try:
-            assert child.stdout.readline() == b"started\n"  # it cut the torn record out
-        finally:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-            child.stdout.close()
-    srv = server(tmp_path / "data").start()
-    try:
-
-        async def restarted() -> None:
-            em = emitter(srv.url, sidecar)
-            em.start()
-            assert await em.drain(15)
-            await closed(em)
-
-        run(restarted)
-    finally:
-        assert srv.stop() == 0
-    (notice,) = ledger_events(tmp_path / "data")
+    kill_while_reporting(sidecar, "started")  # it cut the torn record out first
+    (notice,) = deliver_after_restart(sidecar, tmp_path / "data")
     assert damage_notice(notice)["spool.cut_bytes"] == str(RECORD_OVERHEAD + 40)
