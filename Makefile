@@ -3,16 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NATIVE := $(VENV)/.native
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit bench native clean
 
+# The editable install itself is pure Python; $(NATIVE) then compiles setup.py's NATIVE
+# modules in place with mypyc (again whenever a source changes; AUDITMESH_PURE=1 skips it).
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	AUDITMESH_PURE=1 $(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(NATIVE): $(STAMP) setup.py $(shell find src -name '*.py')
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $(NATIVE)
+
+native: $(NATIVE)
+
+demo: $(NATIVE)
 	$(BIN)/auditmesh demo
 
 lint: $(STAMP)
@@ -20,13 +29,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(NATIVE)
 	$(BIN)/pytest -q
 
 test: lint unit
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build
+	find src -name '*.so' -delete

@@ -613,6 +613,6 @@ def test_error_response_after_a_refused_request() -> None:
 def test_bytes_like_input_is_copied() -> None:
     conn = Connection(S)
     data = bytearray(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok")
-    conn.receive_data(data)  # type: ignore[arg-type]
+    conn.receive_data(data)
     data[:] = b"x" * len(data)
     assert drain(conn)[1] == Data(b"ok")

@@ -37,8 +37,9 @@ leniency enables request smuggling or response splitting: CRLF only (RFC 9112 §
 obs-fold (§5.2), no whitespace before the colon (§5.1), no Content-Length with
 Transfer-Encoding (§6.3), ``chunked`` as the only transfer coding, no Transfer-Encoding in
 HTTP/1.0 (§6.1). Measured (``python -m tests.proxy.bench_http1``): about 3.4x h11's request
-rate for a parse + serialise cycle; a bare httptools parse is still ~10x faster than our full
-cycle, the price of state, limits and serialisation in Python.
+rate for a parse + serialise cycle as Python, twice that again compiled by mypyc (setup.py):
+80k server and 100k client cycles a second against 40k and 50k; a bare httptools parse is
+still ~5x faster than our compiled full cycle.
 
 What the I/O layer must do (this module cannot): time out (header read, idle, body, waiting
 for 100 Continue — RFC 9110 §10.1.1 says a client must not wait indefinitely); stop reading on
@@ -491,19 +492,18 @@ class Connection:
 
     # --------------------------------------------------------------------------- receive
 
-    def receive_data(self, data: bytes) -> None:
-        """Add received bytes; ``b""`` means the peer closed its side (EOF)."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes (copied unless ``bytes``); ``b""`` means the peer closed (EOF)."""
         if not data:
             self._eof = True
             return
         if self._eof:
             raise LocalProtocolError(500, "receive_data() after EOF")
-        if type(data) is not bytes:
-            data = bytes(data)
+        chunk = data if type(data) is bytes else bytes(data)
         if self._pos == len(self._buf):
-            self._buf = data
+            self._buf = chunk
         else:
-            self._buf = self._buf[self._pos :] + data
+            self._buf = self._buf[self._pos :] + chunk
         self._pos = 0
 
     def next_event(self) -> Event | Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]:

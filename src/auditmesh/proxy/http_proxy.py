@@ -206,9 +206,9 @@ class HttpProxy:
                         await self._answer(down, writer, x)
                         self._emit(to_event(x, self._now_ns()))
                     return
-                except ProtocolError as exc:
+                except ProtocolError as refused:
                     x = self._exchange(waited_from, peer, local, caller)
-                    self._fail(x, "DPE", exc.reason, exc.status_hint)
+                    self._fail(x, "DPE", refused.reason, refused.status_hint)
                     await self._answer(down, writer, x)
                     self._emit(to_event(x, self._now_ns()))
                     return
@@ -405,8 +405,8 @@ class HttpProxy:
         which is then answered and recorded in `x`."""
         try:
             upstream = await pool.acquire(fresh=fresh)
-        except SecureNamingError as exc:
-            self._fail(x, "SNM", str(exc))
+        except SecureNamingError as mismatch:
+            self._fail(x, "SNM", str(mismatch))
         except (OSError, TimeoutError) as exc:
             self._fail(x, "UF", f"reset reason: connection failure ({exc or 'timeout'})")
         else:
@@ -462,8 +462,13 @@ class HttpProxy:
             return "close"
         clean = True
         if request_task is not None:
-            request_done = await asyncio.gather(request_task, return_exceptions=True)
-            clean = request_done[0] is True
+            # gather's result is a list at run time (typeshed: a tuple), so it is not kept
+            await asyncio.gather(request_task, return_exceptions=True)
+            clean = (
+                not request_task.cancelled()
+                and request_task.exception() is None
+                and request_task.result() is True
+            )
         # bytes after the response were not asked for: the connection cannot be trusted
         if (
             clean
@@ -542,9 +547,9 @@ class HttpProxy:
                         _write(writer, head)
                         head = b""
                     event = await _next_event(up, upstream.reader, None)
-            except _Closed as exc:
+            except _Closed as closed:
                 _write(writer, head)
-                return await self._upstream_lost(down, writer, up, x, str(exc), replay)
+                return await self._upstream_lost(down, writer, up, x, str(closed), replay)
             except ProtocolError as exc:
                 _write(writer, head)
                 if x.status is None and up.trailing_data == (b"", True):
