@@ -121,3 +121,25 @@ def test_the_hash_in_the_event_is_of_the_bytes_the_policies_were_parsed_from(
     policies = load_policies(tmp_path / "pol", contents={file: other})
     [parsed] = policies.authorization
     assert "someone-else" in repr(parsed) and "sa/orders" not in repr(parsed)
+
+
+def test_a_policy_naming_the_workload_by_app_but_not_selecting_it_is_reported(
+    tmp_path: Path,
+) -> None:
+    """`policy generate` selects `app: <service>`; a sidecar configured without labels is
+    selected by no such policy (Istio scopes by labels only): the event says which."""
+    (tmp_path / "vault.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: vault-observed, namespace: shop}\n"
+        "spec: {selector: {matchLabels: {app: vault}}, rules: [{}]}\n"
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: other, namespace: shop}\n"
+        "spec: {selector: {matchLabels: {app: payments}}, rules: [{}]}\n"
+    )
+    bare = state_of(tmp_path).load()
+    assert bare.labels["policy.not_selected"] == "AuthorizationPolicy shop/vault-observed"
+    labelled = PolicyState(
+        tmp_path, "shop", {"app": "vault"}, port=None, reporter=lambda: CALLER,
+        local=lambda: Peer(service="vault"),
+    ).load()  # fmt: skip
+    assert "policy.not_selected" not in labelled.labels

@@ -304,6 +304,11 @@ def test_the_banner_shows_the_labels_policies_select_on(mesh: Mesh, tmp_path: Pa
     lines say which, so a policy that never applies is not a mystery."""
     policies = tmp_path / "policies"
     policies.mkdir()
+    (policies / "generated.yaml").write_text(  # what `policy generate` writes for orders
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: orders-observed, namespace: shop}\n"
+        "spec: {selector: {matchLabels: {app: orders}}, rules: [{}]}\n"
+    )
     identity = SpiffeId.kubernetes("cluster.local", "shop", "orders")
     bare = Run(
         tmp_path / "bare",
@@ -314,6 +319,11 @@ def test_the_banner_shows_the_labels_policies_select_on(mesh: Mesh, tmp_path: Pa
     finally:
         bare.stop()
     assert "for workload labels {} (none: only policies without a selector apply)" in bare.output
+    assert (
+        "  warning: AuthorizationPolicy shop/orders-observed name this workload (app: orders) "
+        "but do not select it; give the sidecar `workload: {labels: {app: orders}}` if they "
+        "should apply\n"
+    ) in bare.output
     labelled = config_of(mesh, tmp_path / "app", token(mesh, identity), policies=str(policies))
     labelled["workload"]["labels"] = {"version": "v1", "app": "orders"}
     run = Run(tmp_path / "app", labelled)
@@ -322,3 +332,4 @@ def test_the_banner_shows_the_labels_policies_select_on(mesh: Mesh, tmp_path: Pa
     finally:
         run.stop()
     assert f"  policies {policies}, for workload labels {{app=orders, version=v1}}\n" in run.output
+    assert "warning" not in run.output

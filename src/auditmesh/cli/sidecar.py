@@ -80,4 +80,12 @@ async def _main(sidecar: Sidecar) -> None:
                 + ("" if labels else " (none: only policies without a selector apply)"),
                 flush=True,
             )
+            current = sidecar.policy.current if sidecar.policy is not None else None
+            if current is not None and current.unselected:
+                print(
+                    f"  warning: {', '.join(current.unselected)} name this workload "
+                    f"(app: {config.workload.name}) but do not select it; give the sidecar "
+                    f"`workload: {{labels: {{app: {config.workload.name}}}}}` if they should apply",
+                    flush=True,
+                )
     await task

@@ -28,6 +28,7 @@ from auditmesh.policy.model import (
     PeerAuthentication,
     PolicySet,
     load_policies,
+    selects,
 )
 from auditmesh.policy.peerauth import MtlsResolver
 from auditmesh.policy.request import Decision, Request
@@ -39,6 +40,26 @@ class Effective:
     mtls_mode: str | None  # None: no PeerAuthentication applies; the config decides
     digest: str  # SHA-256 over the policy files, in path order
     policies: Mapping[str, str]  # "Kind ns/name" -> digest of its parsed form
+    unselected: tuple[str, ...] = ()  # see `unselected`
+
+
+def unselected(
+    policies: PolicySet, namespace: str, labels: Mapping[str, str], name: str | None
+) -> tuple[str, ...]:
+    """The policies of the workload's namespace that name it by its ``app`` label (the
+    selector `policy generate` writes, ``app: <service>``) but do not select it, because the
+    workload's labels differ: most likely its config left out ``labels: {app: <name>}``.
+    Istio scopes by labels alone (WorkloadSelector), so these do not apply; people are told."""
+    if name is None:
+        return ()
+    return tuple(
+        f"{type(p).__name__} {p.key}"
+        for p in _every(policies)
+        if p.namespace == namespace
+        and p.selector is not None
+        and ("app", name) in p.selector
+        and not selects(p.selector, labels)
+    )
 
 
 Snapshot = tuple[tuple[str, int, int], ...] | str  # files (name, mtime, size), or why none
@@ -78,14 +99,14 @@ def _digest(path: Path, contents: Mapping[Path, bytes]) -> str:
     return hasher.hexdigest()
 
 
+def _every(policies: PolicySet) -> list[AuthorizationPolicy | PeerAuthentication]:
+    return [*policies.authorization, *policies.peer_authentication]
+
+
 def _per_policy(policies: PolicySet) -> dict[str, str]:
-    items: list[AuthorizationPolicy | PeerAuthentication] = [
-        *policies.authorization,
-        *policies.peer_authentication,
-    ]
     return {
         f"{type(p).__name__} {p.key}": hashlib.sha256(repr(p).encode()).hexdigest()[:16]
-        for p in items
+        for p in _every(policies)
     }
 
 
@@ -146,6 +167,7 @@ class PolicyState:
                 None if decision.level == "default" else decision.mode,
                 _digest(self.path, contents),
                 _per_policy(policies),
+                unselected(policies, self.namespace, self.labels, self._local().service),
             )
         except (PolicyLoadError, OSError) as exc:
             return self.refused(str(exc))
@@ -172,6 +194,8 @@ class PolicyState:
             labels["policy.count"] = str(len(effective.policies))
             if effective.mtls_mode is not None:
                 labels["policy.mtls_mode"] = effective.mtls_mode
+            if effective.unselected:
+                labels["policy.not_selected"] = ", ".join(effective.unselected)[:1024]
         return AuditEvent(
             id=new_event_id(lambda: now),
             time_ns=now,
