@@ -161,6 +161,11 @@ INVALID = [
         "spec.action: unknown action 'allow' (expected ALLOW, DENY or AUDIT)",
     ),
     (
+        "numeric-action",  # quoting would not help: the hint names the words
+        "  action: 1\n",
+        "spec.action: expected ALLOW, DENY or AUDIT, got number 1",
+    ),
+    (
         "label-as-number",
         "  selector:\n    matchLabels:\n      version: 2\n",
         'spec.selector.matchLabels[version]: expected a string, got number 2 (quote it: "2")',
@@ -401,6 +406,11 @@ PEER = HEAD.replace("AuthorizationPolicy", "PeerAuthentication")
             "p.yaml: document 1: spec.rules[0].to[0].operation.ports[0]: bad port '999",
         ),
         (
+            PEER + "spec:\n  mtls: {mode: true}\n",  # YAML 1.1: `on`, `yes` are booleans too
+            "p.yaml: document 1: spec.mtls.mode: expected STRICT, PERMISSIVE, DISABLE or UNSET, "
+            "got boolean true",
+        ),
+        (
             HEAD.replace("name: p", "name: ''") + "spec: {}\n",
             "p.yaml: document 1: metadata.name: must not be empty",
         ),
@@ -409,7 +419,15 @@ PEER = HEAD.replace("AuthorizationPolicy", "PeerAuthentication")
             "p.yaml: document 1: metadata.namespace: must not be empty",
         ),
     ],
-    ids=["bad-date", "year-zero", "superscript-port", "huge-port", "empty-name", "empty-ns"],
+    ids=[
+        "bad-date",
+        "year-zero",
+        "superscript-port",
+        "huge-port",
+        "boolean-mode",
+        "empty-name",
+        "empty-ns",
+    ],
 )
 def test_values_that_crashed_or_passed(
     text: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

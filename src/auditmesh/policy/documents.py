@@ -278,14 +278,16 @@ def _json_document(file: Path, text: str) -> object:
         raise PolicyLoadError(f"{file}: invalid JSON: nested too deeply") from None
 
 
-def describe(value: object) -> str:
-    """A value's YAML type, for error messages (with a quoting hint for scalars)."""
+def describe(value: object, *, quote_hint: bool = True) -> str:
+    """A value's YAML type, for error messages (with a quoting hint for scalars, unless the
+    field takes only certain words, where quoting would not help)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return f'boolean {str(value).lower()} (quote it: "{str(value).lower()}")'
+        word = str(value).lower()
+        return f'boolean {word} (quote it: "{word}")' if quote_hint else f"boolean {word}"
     if isinstance(value, int | float):
-        return f'number {value} (quote it: "{value}")'
+        return f'number {value} (quote it: "{value}")' if quote_hint else f"number {value}"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -331,6 +333,13 @@ class Fields:
     def string(self, value: object, path: str) -> str:
         if not isinstance(value, str):
             self.fail(path, f"expected a string, got {describe(value)}")
+        return value
+
+    def choice(self, value: object, path: str, words: str) -> str:
+        """A string meant to be one of `words` ("ALLOW, DENY or AUDIT"); the caller checks
+        which, this refuses other types without suggesting to quote them."""
+        if not isinstance(value, str):
+            self.fail(path, f"expected {words}, got {describe(value, quote_hint=False)}")
         return value
 
     def strings(self, value: object, path: str) -> tuple[str, ...]:

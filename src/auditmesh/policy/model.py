@@ -194,7 +194,7 @@ def _authorization_policy(
                 f'expected "true" or "false", got {text!r}',
             )
         dry_run = _GO_BOOLS[text]
-    action = fields.string(spec.get("action", "ALLOW"), "spec.action")
+    action = fields.choice(spec.get("action", "ALLOW"), "spec.action", "ALLOW, DENY or AUDIT")
     if action == "CUSTOM":
         fields.fail(
             "spec.action",
@@ -276,7 +276,9 @@ def _mtls_mode(fields: Fields, value: object, path: str) -> MtlsMode:
         return "UNSET"
     mtls = fields.mapping(value, path)
     fields.check_keys(mtls, path, ("mode",))
-    mode = fields.string(mtls.get("mode", "UNSET"), f"{path}.mode")
+    mode = fields.choice(
+        mtls.get("mode", "UNSET"), f"{path}.mode", "STRICT, PERMISSIVE, DISABLE or UNSET"
+    )
     if mode not in ("UNSET", "DISABLE", "PERMISSIVE", "STRICT"):
         fields.fail(
             f"{path}.mode", f"unknown mode {mode!r} (expected STRICT, PERMISSIVE, DISABLE or UNSET)"
