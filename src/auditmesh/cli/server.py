@@ -6,6 +6,7 @@ import argparse
 
 from auditmesh.cli import add_data_arg, output_dir, positive_float
 from auditmesh.cli.main import UserError
+from auditmesh.httpbody import BODY_TIMEOUT_S
 from auditmesh.identity.tokens import parse_ttl
 from auditmesh.server.run import parse_listen, serve
 from auditmesh.store.base import StoreError
@@ -45,6 +46,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="sign a checkpoint at most this often while the log grows (default 1)",
     )
+    parser.add_argument(
+        "--body-timeout",
+        type=positive_float,
+        default=BODY_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a request body (a batch, an OTLP/HTTP export, a join) must arrive whole within "
+        "SECONDS of its request head, or it is answered 408 and its connection closed, on "
+        f"both listeners (default {BODY_TIMEOUT_S:g})",
+    )
     parser.set_defaults(func=run)
 
 
@@ -80,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             svid_ttl=svid_ttl,
             otlp_grpc=otlp_grpc,
             otlp_grpc_required=args.otlp_grpc is not None,
+            body_timeout_s=args.body_timeout,
         )
     except (ValueError, StoreError) as exc:
         raise UserError(str(exc)) from None

@@ -12,8 +12,9 @@ Everything here follows the OTLP specification, section "OTLP/HTTP":
 - 200 with an Export*ServiceResponse in the request's encoding, answered only after the
   events are durable; `partial_success` counts and explains rejected records.
 - Failures carry a `google.rpc.Status` body ("Failures"): 400 for undecodable data
-  ("Bad Data", with a `BadRequest` detail), 503 with Retry-After when the collector is
-  shutting down (retryable, "OTLP/HTTP Throttling").
+  ("Bad Data", with a `BadRequest` detail), 408 for a body that did not arrive whole within
+  the server's deadline (`httpbody.BodyDeadline`, which closes the connection), 503 with
+  Retry-After when the collector is shutting down (retryable, "OTLP/HTTP Throttling").
 
 Metrics: an optional `ExportObserver` hears of every request once it is answered, with
 its signal, a result ("ok", "partial", "invalid", "too_large", "unsupported",
@@ -37,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from auditmesh.collector import Collector, CollectorUnavailable
-from auditmesh.httpbody import BodyTooLarge, read_limited
+from auditmesh.httpbody import BodyTimeout, BodyTooLarge, read_limited
 from auditmesh.ingest.otlp import (
     Encoding,
     MalformedRequest,
@@ -184,6 +185,9 @@ class OtlpHttpReceiver:
                 mapped = decode_and_map(signal, body, encoding, gzipped, limit)
         except ClientDisconnect:  # the body was cut short: nothing to map, nobody to answer
             return Response(status_code=400), "invalid", 0
+        except BodyTimeout as exc:  # the rest never came in time (httpbody.BodyDeadline)
+            response = _status_response(408, code_pb2.DEADLINE_EXCEEDED, str(exc), encoding)
+            return response, "invalid", 0
         except BodyTooLarge:
             response = _status_response(
                 413,

@@ -16,7 +16,8 @@ GET  /v1/events?…, /v1/traces/{id}, /v1/graph   questions (server/query_routes
 
 Reads of events (GET /v1/events…, /v1/traces/…, /v1/graph, /v1/proof/inclusion) need the API
 token or a mesh client certificate and are audited (server/api_auth.py, which says why the
-rest stays public).
+rest stays public). Every request body must arrive whole within the server's --body-timeout,
+else 408 and the connection is closed (httpbody.BodyDeadline).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from auditmesh.collector import Collector, CollectorUnavailable, EventConflict
 from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, EventError, decode_batch
-from auditmesh.httpbody import BodyTooLarge, read_limited
+from auditmesh.httpbody import BODY_TIMEOUT_S, BodyDeadline, BodyTooLarge, read_limited
 from auditmesh.ingest import otlp_http
 from auditmesh.ledger import tiles
 from auditmesh.ledger.tlogproof import TlogProof
@@ -267,7 +268,12 @@ _TILE = "application/octet-stream"  # tlog-tiles: tiles and entry bundles MUST b
 
 
 def create_app(
-    ledger: Ledger, collector: Collector, *, metrics: Metrics | None = None, **options: Any
+    ledger: Ledger,
+    collector: Collector,
+    *,
+    metrics: Metrics | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    **options: Any,
 ) -> Starlette:
     api = Api(ledger, collector, **options)
     # Its own registry (server/metrics.py); `serve` hands in the one the mesh listener and
@@ -295,4 +301,5 @@ def create_app(
     token = api_auth.load_or_create_token(ledger.data_dir)
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
     app.add_middleware(SameOriginWrites)
+    app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)  # outermost: every body, 408
     return app

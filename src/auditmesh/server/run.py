@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import open_ledger, writer_lock
+from auditmesh.httpbody import BODY_TIMEOUT_S, BodyDeadline
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAPaths, MeshCA, init_command
 from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.workload import Credentials, SelfIssued
@@ -155,9 +156,11 @@ def _mesh_server(
     reads: Sequence[BaseRoute] = (),
     *,
     metrics: Metrics | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> uvicorn.Server:
     """The mTLS listener for sidecars, with the server's own SVID from the mesh CA; `reads`
-    are the API's event reads, open here to mesh client certificates (server/api_auth.py)."""
+    are the API's event reads, open here to mesh client certificates (server/api_auth.py).
+    Join, renew and batch bodies have the same deadline as the plain listener's."""
     ca = MeshCA.load(data_dir)
     server_id = SpiffeId.audit_server(ca.trust_domain)
     own = SelfIssued(ca, server_id, SERVER_SVID_TTL, datetime.now(UTC))
@@ -166,6 +169,7 @@ def _mesh_server(
     app.router.routes.extend(reads)
     token = api_auth.load_or_create_token(data_dir)
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
+    app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)
     config = _config(app, host, port, http=peer_protocol(ca.trust_bundle()))
     config.load()
     config.ssl = own.context
@@ -207,6 +211,7 @@ def serve(
     svid_ttl: timedelta = DEFAULT_SVID_TTL,
     otlp_grpc: tuple[str, int] | None = None,
     otlp_grpc_required: bool = False,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> None:
     with writer_lock(data_dir):  # one sequencer per data directory
         _check_free(host, port, "--listen")
@@ -224,7 +229,7 @@ def serve(
             otlp_server = _start_otlp_grpc(
                 collector, otlp_grpc, required=otlp_grpc_required, metrics=metrics
             )
-            app = create_app(ledger, collector, metrics=metrics)
+            app = create_app(ledger, collector, metrics=metrics, body_timeout_s=body_timeout_s)
             servers: list[uvicorn.Server] = [_Server(_config(app, host, port))]
             print(
                 f"auditmesh server: http://{host}:{port}  data {data_dir}  "
@@ -237,7 +242,13 @@ def serve(
             if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
                 reads = app.state.read_routes
                 mesh = _mesh_server(
-                    data_dir, collector, *mesh_listen, svid_ttl, reads, metrics=metrics
+                    data_dir,
+                    collector,
+                    *mesh_listen,
+                    svid_ttl,
+                    reads,
+                    metrics=metrics,
+                    body_timeout_s=body_timeout_s,
                 )
                 servers.append(mesh)
             elif mesh_listen is not None:  # the default: say why sidecars cannot connect
