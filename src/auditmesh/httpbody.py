@@ -50,6 +50,11 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def media_type(request: Request) -> str:
+    """The request's Content-Type without parameters, lower case; "" when there is none."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
 class BodyDeadline:
     """ASGI middleware: a request's body must arrive whole within `timeout_s` of its head.
 

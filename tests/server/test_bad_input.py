@@ -70,6 +70,46 @@ def test_a_compressed_batch_is_refused_with_415_naming_the_coding(server: Server
     assert plain.status_code == 200, plain.text
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-protobuf", "multipart/form-data; boundary=x", "text/json"],
+)
+def test_a_batch_of_another_content_type_is_refused_with_415_naming_the_accepted(
+    server: ServerProcess, content_type: str
+) -> None:
+    event = canonical_bytes(generate(1, seed=803)[0])
+    before = _entries(server)
+    response = httpx.post(
+        server.url + "/v1/events", content=event, headers={"content-type": content_type}
+    )
+    assert response.status_code == 415  # RFC 9110 §15.5.16
+    error = response.json()["error"]
+    assert repr(content_type.split(";")[0]) in error
+    assert "application/json, application/x-ndjson" in error
+    assert response.headers["accept-post"] == "application/json, application/x-ndjson"
+    assert _entries(server) == before
+
+
+@pytest.mark.parametrize(
+    ("seed", "content_type"),
+    [
+        (804, None),  # as before types were checked: told apart by content
+        (805, "application/x-ndjson"),  # the sidecar's emitter, `auditmesh ingest`, bench
+        (806, "application/json"),
+        (807, "Application/JSON; charset=utf-8"),
+        (808, "application/x-www-form-urlencoded"),  # curl --data-binary, as README shows it
+    ],
+)
+def test_a_batch_is_taken_as_json_as_ndjson_untyped_and_as_curl_sends_it(
+    server: ServerProcess, seed: int, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    as_array = b"[" + b",".join(canonical_bytes(e) for e in generate(2, seed=seed)) + b"]"
+    response = httpx.post(server.url + "/v1/events", content=as_array, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["fresh_from"] == response.json()["indices"][0]  # stored now
+
+
 @pytest.mark.parametrize("given", ["+1", " 1", "1 ", "\u0661", "1_0", "0x1"])
 def test_consistency_sizes_are_plain_decimal_numbers(server: ServerProcess, given: str) -> None:
     """int() would take a sign, spaces, underscores and other scripts' digits (١)."""

@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from auditmesh.collector import Collector, CollectorUnavailable
-from auditmesh.httpbody import BodyTimeout, BodyTooLarge, read_limited
+from auditmesh.httpbody import BodyTimeout, BodyTooLarge, media_type, read_limited
 from auditmesh.ingest.otlp import (
     Encoding,
     MalformedRequest,
@@ -153,13 +153,13 @@ class OtlpHttpReceiver:
 
     async def _answer(self, signal: Signal, request: Request) -> tuple[Response, str, int]:
         """The response, the result for the metrics, and the records rejected."""
-        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        encoding = _MEDIA_TYPES.get(media_type)
+        given = media_type(request)
+        encoding = _MEDIA_TYPES.get(given)
         if encoding is None:
             response = _status_response(
                 415,
                 code_pb2.INVALID_ARGUMENT,
-                f"unsupported Content-Type {media_type or '(none)'!r}: OTLP/HTTP takes "
+                f"unsupported Content-Type {given or '(none)'!r}: OTLP/HTTP takes "
                 "application/x-protobuf or application/json",
                 "protobuf",
             )

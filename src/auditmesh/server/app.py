@@ -1,7 +1,8 @@
 """HTTP API of `auditmesh server`: routes only; the logic lives in the collector and ledger.
 
 POST /v1/events                    batch in (JSON array or NDJSON, uncompressed: 415 for a
-                                   Content-Encoding), answered after commit;
+                                   Content-Encoding or another Content-Type than
+                                   BATCH_MEDIA_TYPES), answered after commit;
                                    no event may be attested (403): only sidecars, over the
                                    mesh listener (server/mesh.py), submit attested events
 GET  /v1/events/{id}               the event, its index and inclusion proof
@@ -40,7 +41,7 @@ from auditmesh.collector import Collector, CollectorUnavailable, EventConflict
 from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, EventError, decode_batch
-from auditmesh.httpbody import BODY_TIMEOUT_S, BodyDeadline, BodyTooLarge, read_limited
+from auditmesh.httpbody import BODY_TIMEOUT_S, BodyDeadline, BodyTooLarge, media_type, read_limited
 from auditmesh.ingest import otlp_http
 from auditmesh.ledger import tiles
 from auditmesh.ledger.tlogproof import TlogProof
@@ -50,6 +51,11 @@ from auditmesh.server.origin import SameOriginWrites
 from auditmesh.store.base import StoredEvent
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
+# A batch's Content-Type (the sidecar, `auditmesh ingest` and bench send x-ndjson); the
+# body itself says whether it is an array or NDJSON. Also taken, as before types were
+# checked: none at all, and curl's default for --data-binary, which README's example sends.
+BATCH_MEDIA_TYPES = ("application/json", "application/x-ndjson")
+_ALSO_TAKEN = ("", "application/x-www-form-urlencoded")
 CHECKPOINT_WAIT_S = 10.0
 _IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 
@@ -101,6 +107,15 @@ async def admit_batch(
     """Decode a batch, refuse it whole if any event is invalid or not the caller's to
     submit (`_not_the_callers`: `reporter` is given on the mesh listener, None on the plain
     one), and answer with the indices once it is durable."""
+    given = media_type(request)
+    if given not in BATCH_MEDIA_TYPES and given not in _ALSO_TAKEN:
+        accepted = ", ".join(BATCH_MEDIA_TYPES)
+        return _error(
+            415,  # RFC 9110 §15.5.16; Accept-Post (W3C LDP §7.1) names the types taken
+            f"Content-Type {given!r} is not accepted here: send the batch as {accepted} "
+            "(a JSON array of events, or one event per line)",
+            _headers={"accept-post": accepted},
+        )
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("identity", ""):
         return _error(
