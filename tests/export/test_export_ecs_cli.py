@@ -16,7 +16,7 @@ import pytest
 from auditmesh.cli.export import tail
 from auditmesh.cli.main import main
 from auditmesh.datadir import Ledger, open_ledger
-from auditmesh.events import canonical_bytes
+from auditmesh.events import TLS, canonical_bytes
 from auditmesh.export.ecs import timestamp_text
 from auditmesh.ledger.merkle import leaf_hash
 from tests.conftest import fill, generate
@@ -245,3 +245,24 @@ def test_a_long_export_shows_progress_on_a_terminal_only(ledger: Ledger, tmp_pat
     on_pipe = _export_with_stderr_on(ledger, tmp_path / "b.ndjson", terminal=False)
     assert on_pipe == "exported 3000 events as ECS\n"  # a log file gets the summary alone
     assert (tmp_path / "a.ndjson").read_bytes() == (tmp_path / "b.ndjson").read_bytes()
+
+
+def test_a_certificate_expiry_past_year_9999_is_left_out_not_a_crash(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    # Any producer may send tls.peer_not_after up to 2^53 - 1 seconds (the event model's
+    # count); formatting it as a date raised ValueError, so every export stopped at that
+    # entry with a traceback, however often it was run again.
+    events = generate(3)
+    last_date = 253_402_300_799  # 9999-12-31T23:59:59Z
+    events[1] = msgspec.structs.replace(
+        events[1], tls=TLS(version="TLSv1.3", peer_not_after=2**53 - 1)
+    )
+    events[2] = msgspec.structs.replace(events[2], tls=TLS(peer_not_after=last_date))
+    fill(ledger, events)
+    out = tmp_path / "out.ndjson"
+    assert main(["export", "ecs", "--data", str(ledger.data_dir), "-o", str(out)]) == 0
+    docs = [flatten(doc) for doc in read_docs(out)]
+    assert [d["event.id"] for d in docs] == [e.id for e in events]
+    assert "tls.client.not_after" not in docs[1] and docs[1]["tls.version"] == "1.3"
+    assert docs[2]["tls.client.not_after"] == "9999-12-31T23:59:59.000Z"

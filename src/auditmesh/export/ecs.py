@@ -92,7 +92,16 @@ def _whole_seconds(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _seconds_text(unix_s: int) -> str:
+# 9999-12-31T23:59:59Z: RFC 3339 dates have four-digit years (and so has Python's datetime).
+_LAST_DATE_S = 253_402_300_799
+
+
+def _seconds_text(unix_s: int) -> str | None:
+    """Unix seconds as an ECS date; None past year 9999, which no date can write. A peer
+    certificate's notAfter is any count of seconds an event carries (up to 2^53 - 1): one
+    such event made every export stop at it with a traceback."""
+    if unix_s > _LAST_DATE_S:
+        return None
     return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
@@ -180,8 +189,9 @@ def _tls(event: AuditEvent, out: dict[str, Any]) -> None:
     if side is not None:
         if tls.peer_cert_sha256:  # ECS asks for uppercase hex fingerprints
             out[f"tls.{side}.hash.sha256"] = tls.peer_cert_sha256.upper()
-        if tls.peer_not_after is not None:
-            out[f"tls.{side}.not_after"] = _seconds_text(tls.peer_not_after)
+        not_after = None if tls.peer_not_after is None else _seconds_text(tls.peer_not_after)
+        if not_after is not None:
+            out[f"tls.{side}.not_after"] = not_after
 
 
 def _http(event: AuditEvent, out: dict[str, Any]) -> None:
