@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -91,6 +93,31 @@ def test_a_batch_torn_by_a_dead_run_is_cut_off_and_written_once(
     fill(ledger, events[100:])
     assert main([*argv, str(cursor)]) == 0
     assert [d["event"]["sequence"] for d in read_docs(out)] == list(range(150))
+
+
+@pytest.mark.integration
+def test_a_first_run_killed_before_saving_its_position_writes_nothing_twice(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    # The first run with --cursor is killed (SIGKILL, by strace, as it fsyncs the output)
+    # after its first batch reached the file and before any position was saved. The next
+    # run started from entry 0 again and appended that batch a second time.
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("needs strace to kill the export at a chosen system call")
+    fill(ledger, generate(1500))
+    out, cursor = tmp_path / "out.ndjson", tmp_path / "ecs.cursor"
+    argv = [sys.executable, "-m", "auditmesh", "export", "ecs", "--data", str(ledger.data_dir)]
+    argv += ["-o", str(out), "--cursor", str(cursor)]
+    kill_at_fsync = [strace, "-f", "-qq", "-o", os.devnull, "-P", str(out)]
+    kill_at_fsync += ["-e", "trace=fsync", "-e", "inject=fsync:signal=KILL"]
+    killed = subprocess.run([*kill_at_fsync, *argv], capture_output=True, text=True)
+    if "ptrace" in killed.stderr and not out.exists():
+        pytest.skip(f"strace cannot trace here: {killed.stderr.strip()}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr  # strace dies as its child did
+    assert [d["event"]["sequence"] for d in read_docs(out)] == list(range(1000))
+    assert main(argv[3:]) == 0  # the same export, run again
+    assert [d["event"]["sequence"] for d in read_docs(out)] == list(range(1500))
 
 
 @pytest.mark.integration

@@ -202,16 +202,21 @@ def _resume(ledger: Ledger, path: Path | None, target: str) -> Cursor | None:
         cursor = load_cursor(path)
         if cursor is None:
             return None
-        leaf_at = None
-        if cursor.next_index > 0:
-            rows = list(ledger.store.entries(cursor.next_index - 1, cursor.next_index))
-            leaf_at = leaf_hash(rows[0][1]).hex() if rows else None
+        leaf_at = _leaf_before(ledger, cursor.next_index)
         check_cursor(cursor, origin=ledger.log.origin, target=target, leaf_at=leaf_at)
     except CursorError as exc:
         raise UserError(f"{path}: {exc}") from None
     except OSError as exc:
         raise UserError(f"--cursor: cannot read {path}: {exc.strerror or exc}") from None
     return cursor
+
+
+def _leaf_before(ledger: Ledger, index: int) -> str | None:
+    """The hex leaf hash of entry `index - 1`: "" at 0, None when the log is shorter."""
+    if index == 0:
+        return ""
+    rows = list(ledger.store.entries(index - 1, index))
+    return leaf_hash(rows[0][1]).hex() if rows else None
 
 
 def _save(
@@ -221,11 +226,15 @@ def _save(
         return
     last_index, last_data = rows[-1]
     leaf = leaf_hash(last_data).hex()
+    _store(path, Cursor(last_index + 1, ledger.log.origin, target, leaf, output_size))
+
+
+def _store(path: Path, cursor: Cursor) -> None:
     try:
-        save_cursor(path, Cursor(last_index + 1, ledger.log.origin, target, leaf, output_size))
+        save_cursor(path, cursor)
     except OSError as exc:  # what the check before the export cannot see: a full disk
         raise UserError(
-            f"--cursor: cannot save the position {last_index + 1} to {path}: "
+            f"--cursor: cannot save the position {cursor.next_index} to {path}: "
             f"{exc.strerror or exc}; the next run goes on from the one saved before"
         ) from None
 
@@ -262,6 +271,11 @@ class _Output:
         if regular and resume_size is not None and os.fstat(stream.fileno()).st_size > resume_size:
             os.ftruncate(stream.fileno(), resume_size)  # what a run that died mid-batch left
         return cls(stream, regular=regular)
+
+    @property
+    def size(self) -> int | None:
+        """A regular file's length after the last whole batch; None for others."""
+        return self._committed
 
     def write_batch(self, data: bytes) -> int | None:
         """Write it all; a regular file's durable length after it (None for others)."""
@@ -315,6 +329,12 @@ def run_ecs(args: argparse.Namespace) -> int:
                 )
             )
         )
+        if args.cursor is not None and cursor is None and out.size is not None:
+            # The first run's position before it writes: one that dies after writing a
+            # batch, before saving the position past it, has its writing cut off by the
+            # next run instead of appended again.
+            leaf = _leaf_before(ledger, start) or ""
+            _store(args.cursor, Cursor(start, ledger.log.origin, target, leaf, out.size))
         written = 0
         on_screen = args.output == "-" and sys.stdout.isatty()  # no bar across the output
         advance = stack.enter_context(
