@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import resource
 import shutil
@@ -169,6 +170,20 @@ def test_cursor_of_another_log_is_refused(
     code = main([*common, "--data", str(tmp_path / "other")])
     assert code == 2
     assert "belongs to the log 'test.auditmesh/log'" in capsys.readouterr().err
+
+
+def test_a_cursor_file_that_is_not_text_is_refused_not_a_traceback(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # read_text() raised UnicodeDecodeError outside the check: a traceback for a cursor
+    # that was compressed, or a --cursor naming the wrong file.
+    fill(ledger, generate(5))
+    cursor = tmp_path / "ecs.cursor"
+    cursor.write_bytes(gzip.compress(b'{"format": 1, "next_index": 5}'))
+    argv = ["export", "ecs", "--data", str(ledger.data_dir), "-o", str(tmp_path / "o")]
+    assert main([*argv, "--cursor", str(cursor)]) == 2
+    assert f"{cursor} is not a cursor file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_ledger_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -62,11 +62,11 @@ def check_cursor(cursor: Cursor, *, origin: str, target: str, leaf_at: str | Non
 def load_cursor(path: Path) -> Cursor | None:
     """The saved cursor, or None when there is no file yet."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
-        raw = json.loads(text)
+        raw = json.loads(data)  # a file that is not UTF-8 text: UnicodeDecodeError, caught
         if raw.get("format") != FORMAT:
             raise CursorError(f"{path}: unknown cursor format {raw.get('format')!r}")
         cursor = Cursor(
