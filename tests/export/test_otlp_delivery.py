@@ -277,3 +277,32 @@ def test_an_endpoint_without_a_scheme_is_refused_naming_the_option(
     err = capsys.readouterr().err
     assert "--endpoint: '127.0.0.1:4318' is not an http:// or https:// URL" in err
     assert "e.g. http://127.0.0.1:4318" in err
+
+
+@pytest.mark.parametrize(
+    ("protocol", "header", "said"),
+    [
+        ("http", "Authorization=Bearer s\u00e9cret", "--header authorization: the value"),
+        ("http", "x-token=s3cret\r\nx-admin: 1", "--header x-token: the value"),
+        ("grpc", "X Tenant=s3cret", "--header 'x tenant': a name takes"),
+    ],
+)
+def test_a_header_that_cannot_be_sent_is_refused_before_sending(
+    ledger: Ledger,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    protocol: Literal["http", "grpc"],
+    header: str,
+    said: str,
+) -> None:
+    # A value that is not printable ASCII was a UnicodeEncodeError traceback (HTTP), a line
+    # break was retried as "cannot reach" (HTTP), a name with a space got gRPC INTERNAL
+    # "Invalid metadata" from the collector's side of the call.
+    fill(ledger, generate(3))
+    with FakeCollector(accept_all, protocol=protocol) as collector:
+        argv = ["export", "otlp", "--data", str(ledger.data_dir), "--protocol", protocol]
+        argv += ["--endpoint", collector.endpoint, "--cursor", str(tmp_path / "c")]
+        assert main([*argv, "--attempts", "1", "--header", header]) == 2
+        assert collector.requests == []
+    err = capsys.readouterr().err
+    assert said in err and "cr\u00e9t" not in err and "s3cret" not in err, err

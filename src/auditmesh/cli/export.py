@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import stat
 import sys
 import time
@@ -407,13 +408,30 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_HEADER_NAME = re.compile(r"[0-9a-z_.-]+")  # gRPC metadata keys, also RFC 9110 tokens
+
+
 def _headers(pairs: list[str]) -> dict[str, str]:
+    """--header KEY=VALUE pairs, checked before anything is sent: a value that is not
+    printable ASCII (`é`, a line break) was a UnicodeEncodeError traceback over HTTP, and
+    retried as "cannot reach" or refused as gRPC INTERNAL. The value is never echoed: it is
+    usually a token."""
     headers: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--header {pair!r}: expected KEY=VALUE")
-        headers[key.strip().lower()] = value.strip()
+        key, value = key.strip().lower(), value.strip()
+        if not _HEADER_NAME.fullmatch(key):
+            raise UserError(
+                f"--header {key!r}: a name takes letters, digits, '-', '_' and '.' only"
+            )
+        if not (value.isascii() and value.isprintable()):
+            raise UserError(
+                f"--header {key}: the value must be printable ASCII (HTTP header and gRPC "
+                "metadata values); encode other text, e.g. as base64"
+            )
+        headers[key] = value
     return headers
 
 
