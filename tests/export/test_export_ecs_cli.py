@@ -149,6 +149,19 @@ def test_export_to_a_device_is_written_not_fsynced(ledger: Ledger) -> None:
     assert main(["export", "ecs", "--data", str(ledger.data_dir), "-o", os.devnull]) == 0
 
 
+def test_an_empty_since_is_refused_not_read_as_no_since(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--since "$SINCE"` with SINCE unset exported the whole trail, as `query` refuses it.
+    fill(ledger, generate(5))
+    out = tmp_path / "o.ndjson"
+    assert (
+        main(["export", "ecs", "--data", str(ledger.data_dir), "--since", "", "-o", str(out)]) == 2
+    )
+    assert "--since: '' is neither a duration" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("since", ["100000000d", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"])
 def test_a_since_out_of_range_is_a_user_error(
     ledger: Ledger, since: str, capsys: pytest.CaptureFixture[str]

@@ -306,7 +306,7 @@ class _Output:
 
 
 def run_ecs(args: argparse.Namespace) -> int:
-    since_ns = parse_time_ns(args.since, time.time_ns()) if args.since else None
+    since_ns = parse_time_ns(args.since, time.time_ns()) if args.since is not None else None
     encoder = msgspec.json.Encoder()
     with ExitStack() as stack:
         ledger = _open(args.data)
