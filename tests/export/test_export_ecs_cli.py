@@ -49,6 +49,24 @@ def test_exports_every_event_in_ledger_order(ledger: Ledger, tmp_path: Path) -> 
         assert schema.problems(flatten(doc)) == []
 
 
+def test_http_byte_counts_are_body_sizes(ledger: Ledger, tmp_path: Path) -> None:
+    # An event's request_bytes/response_bytes count the body only (the sidecar adds up the
+    # body data it relays); ECS http.*.bytes is the total with the headers, so a Kibana
+    # sum of them counted no header byte. They are http.*.body.bytes.
+    events = [e for e in generate(20) if e.http is not None and e.http.response_bytes]
+    fill(ledger, events)
+    out = tmp_path / "audit.ndjson"
+    assert main(["export", "ecs", "--data", str(ledger.data_dir), "-o", str(out)]) == 0
+    for doc, event in zip(read_docs(out), events, strict=True):
+        assert event.http is not None
+        assert doc["http"]["response"] == {
+            "status_code": event.http.status,
+            "body": {"bytes": event.http.response_bytes},
+        }
+        assert doc["http"]["request"]["body"] == {"bytes": event.http.request_bytes}
+        assert "bytes" not in doc["http"]["request"]
+
+
 def test_since_selects_by_event_time(ledger: Ledger, tmp_path: Path) -> None:
     events = generate(200)
     fill(ledger, events)

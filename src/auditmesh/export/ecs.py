@@ -209,10 +209,12 @@ def _http(event: AuditEvent, out: dict[str, Any]) -> None:
             out["url.query"] = query
     if http.status is not None:
         out["http.response.status_code"] = http.status
+    # The event counts body bytes (the sidecar's relayed body, Envoy's %BYTES_RECEIVED%):
+    # ECS `http.*.body.bytes`; `http.*.bytes` is the total with the headers.
     if http.request_bytes is not None:
-        out["http.request.bytes"] = http.request_bytes
+        out["http.request.body.bytes"] = http.request_bytes
     if http.response_bytes is not None:
-        out["http.response.bytes"] = http.response_bytes
+        out["http.response.body.bytes"] = http.response_bytes
     if http.request_id:
         out["http.request.id"] = http.request_id
     if http.user_agent:
