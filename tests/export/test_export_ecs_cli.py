@@ -217,6 +217,31 @@ def test_a_cursor_file_that_is_not_text_is_refused_not_a_traceback(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("how", ["named", "symlink", "hard link"])
+def test_an_output_that_is_the_ledger_itself_is_refused_before_it_is_cut(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    # `-o DATA/ledger.db` opened the log's database for writing, which cut it to 0 bytes:
+    # a reader wiped the trail it exports (and the export then failed with a traceback).
+    fill(ledger, generate(20))
+    db = ledger.data_dir / "ledger.db"
+    size = db.stat().st_size
+    out = db if how == "named" else tmp_path / "audit.ndjson"
+    if how == "symlink":
+        out.symlink_to(db)
+    elif how == "hard link":
+        out.hardlink_to(db)
+    argv = ["export", "ecs", "--data", str(ledger.data_dir)]
+    assert main([*argv, "-o", str(out)]) == 2
+    assert f"is {db} of the data directory" in capsys.readouterr().err
+    assert db.stat().st_size == size and ledger.store.size() == 20
+    beside = ledger.data_dir / "export" / "audit.ndjson"  # exports' own folder: written
+    beside.parent.mkdir(exist_ok=True)
+    assert main([*argv, "-o", str(beside), "--cursor", str(beside.with_suffix(".cursor"))]) == 0
+    assert main([*argv, "-o", str(beside), "--cursor", str(beside.with_suffix(".cursor"))]) == 0
+    assert len(read_docs(beside)) == 20
+
+
 def test_missing_ledger_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "ecs", "--data", str(tmp_path / "nothing")]) == 2
     assert "no ledger" in capsys.readouterr().err

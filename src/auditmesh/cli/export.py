@@ -305,6 +305,27 @@ class _Output:
         self._stream.close()
 
 
+def _refuse_own_file(path: str, data: Path) -> None:
+    """Refuse an output that is one of the data directory's own files (however reached: a
+    symlink, a hard link): opening it to write cut it to nothing first, so `-o
+    DATA/ledger.db` wiped the log the export reads. DATA/export/ holds exports' files."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return  # a new file; or one that open() reports
+    for folder, subfolders, files in os.walk(data):
+        if Path(folder) == data:
+            subfolders[:] = [name for name in subfolders if name != "export"]
+        for name in files:
+            with suppress(OSError):
+                own = os.stat(os.path.join(folder, name))
+                if (own.st_dev, own.st_ino) == (target.st_dev, target.st_ino):
+                    raise UserError(
+                        f"-o {path} is {Path(folder) / name} of the data directory, which "
+                        "the export reads and never writes: choose another file"
+                    )
+
+
 def run_ecs(args: argparse.Namespace) -> int:
     since_ns = parse_time_ns(args.since, time.time_ns()) if args.since is not None else None
     encoder = msgspec.json.Encoder()
@@ -319,6 +340,8 @@ def run_ecs(args: argparse.Namespace) -> int:
             # filtered one by one, since ledger order is arrival order, not event time.
             first = ledger.store.find(EventFilter(since_ns=since_ns, limit=1))
             start = max(start, first[0].index if first else ledger.store.size())
+        if args.output != "-":
+            _refuse_own_file(args.output, ledger.data_dir)
         out = (
             _Output(sys.stdout.buffer)
             if args.output == "-"
