@@ -81,6 +81,45 @@ def test_missing_data_directory(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "no ledger at" in capsys.readouterr().err
 
 
+def test_verify_holds_the_log_to_a_checkpoint_kept_from_before(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ledger replaced with its checkpoints (same key: whoever holds the data directory
+    holds it) verifies on its own; against a checkpoint the auditor kept, it does not."""
+    assert main(["log", "checkpoint", "--data", str(data)]) == 0
+    seen = tmp_path / "seen.checkpoint"
+    seen.write_text(capsys.readouterr().out)
+    verify = ["log", "verify", "--quiet", "--trusted", str(seen), "--data"]
+
+    ledger = open_ledger(data)
+    fill(ledger, generate(310)[300:])  # the log grew since: still the same log
+    ledger.close()
+    assert main([*verify, str(data)]) == 0
+    assert "OK: 310 entries recomputed, 2 checkpoint(s) verified" in capsys.readouterr().out
+
+    def replaced(name: str, events: int, seed: int) -> Path:
+        other = tmp_path / name
+        other.mkdir()
+        (other / "keys").mkdir()
+        for key in (data / "keys").iterdir():
+            (other / "keys" / key.name).write_bytes(key.read_bytes())
+        forged = open_ledger(other, origin="test.auditmesh/log")
+        fill(forged, generate(events, seed=seed))
+        forged.close()
+        assert main(["log", "verify", "--quiet", "--data", str(other)]) == 0  # alone: passes
+        capsys.readouterr()
+        return other
+
+    assert main([*verify, str(replaced("shorter", 100, 7))]) == 1
+    assert "fewer entries than a checkpoint you trust" in capsys.readouterr().err
+    assert main([*verify, str(replaced("rewritten", 400, 8))]) == 1
+    err = capsys.readouterr().err
+    assert "the root of a checkpoint you trust differs" in err and "size 300" in err
+
+    assert main(["log", "verify", "--trusted", str(tmp_path / "none"), "--data", str(data)]) == 2
+    assert "--trusted" in capsys.readouterr().err
+
+
 def test_a_key_file_whose_path_has_a_plus_is_read(data: Path, tmp_path: Path) -> None:
     key_file = tmp_path / "log+copy.vkey"
     key_file.write_text((data / "keys" / "log.vkey").read_text())

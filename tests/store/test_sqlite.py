@@ -82,6 +82,22 @@ def test_missing_ledger_is_a_clear_error(tmp_path: Path) -> None:
         open_ledger(tmp_path / "nowhere", create=False)
 
 
+def test_an_emptied_ledger_file_is_refused_not_read_as_an_empty_log(tmp_path: Path) -> None:
+    """A 0-byte ledger.db opens as an empty SQLite database: readers took it as a log of 0
+    entries, which `log verify` passed ("OK: 0 entries"), and migrated it on the way."""
+    ledger = open_ledger(tmp_path, origin="test/log")
+    ledger.log.append([entry_of(e) for e in generate(10)])
+    ledger.close()
+    (tmp_path / "ledger.db").write_bytes(b"")
+    with pytest.raises(StoreError, match="holds no ledger: the database is empty or has none"):
+        open_ledger(tmp_path, create=False)
+    assert (tmp_path / "ledger.db").stat().st_size == 0  # read, never written
+    with sqlite3.connect(tmp_path / "ledger.db") as other:  # a database, but not a ledger
+        other.execute("CREATE TABLE notes (text)")
+    with pytest.raises(StoreError, match="holds no ledger: the database is empty or has none"):
+        open_ledger(tmp_path, create=False)
+
+
 def test_origin_cannot_change(tmp_path: Path) -> None:
     open_ledger(tmp_path, origin="test/one").close()
     with pytest.raises(ValueError, match="cannot be reopened"):

@@ -132,6 +132,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(a local ledger, in --jobs processes; it decodes every event, so it takes several "
         "times longer)",
     )
+    verify.add_argument(
+        "--trusted",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a checkpoint you saved before (`auditmesh log checkpoint > FILE`); the log must "
+        "still hold its entries with the same root, or it was emptied, cut or rewritten since "
+        "(repeatable)",
+    )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(func=run_verify)
 
@@ -379,6 +389,13 @@ def run_verify_proof(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_trusted(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"--trusted {path}: cannot read it: {exc.strerror or exc}") from None
+
+
 def run_verify(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     with ExitStack() as stack:
@@ -411,6 +428,7 @@ def run_verify(args: argparse.Namespace) -> int:
             verifier = Verifier.from_vkey(vkey.strip())
         except ValueError as exc:
             raise UserError(f"bad verifier key: {exc}") from None
+        trusted = [_read_trusted(path) for path in args.trusted]
         progress = progress_bar("verifying", enabled=not args.quiet)
         failure = None
         with progress:  # transient: a failure's message is not followed by a stale bar
@@ -422,6 +440,7 @@ def run_verify(args: argparse.Namespace) -> int:
                     jobs=jobs,
                     open_reader=open_again,
                     progress=lambda done, total: progress.update(task, completed=done, total=total),
+                    trusted=trusted,
                 )
             except WrongKey as exc:
                 failure = _wrong_key(exc, given=args.key is not None)
@@ -453,6 +472,7 @@ def run_verify(args: argparse.Namespace) -> int:
     verified = (
         f"OK: {report.size} entries recomputed, {report.checkpoints} checkpoint(s) verified "
         f"with {verifier.name}"
+        + (f" and {report.trusted} you trusted from before" if report.trusted else "")
     )
     # The Merkle log covers the canonical bytes only: say whether the columns queries select
     # by (derived from them, stored beside them) were checked too.

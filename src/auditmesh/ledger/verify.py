@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +44,7 @@ class VerifyReport:
     size: int
     checkpoints: int
     latest: Checkpoint | None
+    trusted: int = 0  # the auditor's own checkpoints from before, checked too
 
     @property
     def unsigned(self) -> int:
@@ -82,12 +83,20 @@ def verify_log(
     jobs: int = 1,
     open_reader: OpenReader | None = None,
     segment_bits: int | None = None,
+    trusted: Sequence[bytes] = (),
 ) -> VerifyReport:
     """Verify everything; with `jobs` > 1 and `open_reader`, segments run in that many
     worker processes (each opens the log with `open_reader`) and are combined in order, so
-    the first divergence reported is the same as with one process."""
+    the first divergence reported is the same as with one process.
+
+    `trusted`: checkpoint notes the auditor kept from before (``log checkpoint``, a bundle),
+    signed by the same key. The log must still hold each one's entries with the same root,
+    whatever it stores now: a log never rolls back (C2SP tlog-witness), and a ledger emptied
+    or replaced along with its own checkpoints is caught only against what was seen before."""
     checkpoints = _open_checkpoints(reader.checkpoint_notes(), verifier, origin)
     size = reader.size()
+    kept = _open_trusted(trusted, verifier, origin, size)
+    kept_ids = {id(k) for k in kept}
     if checkpoints and checkpoints[-1].size > size:
         raise VerificationError(
             "entries are missing: a signed checkpoint covers more entries than are stored",
@@ -105,13 +114,10 @@ def verify_log(
             computed=checkpoints[-1].size if checkpoints else "none",
             where="checkpoints",
         )
-    for checkpoint in checkpoints:
-        if checkpoint.size == 0:
-            _check_root(checkpoint, merkle.EMPTY_ROOT)
     if segment_bits is None:
         segment_bits = SEGMENT_BITS
     width = 1 << segment_bits
-    plan = _plan(size, width, sorted({c.size for c in checkpoints}))
+    plan = _plan(size, width, sorted({c.size for c in (*checkpoints, *kept)}))
     tile_checker = _TileChecker(reader)
     # Nodes above the segments' roots: level `segment_bits` + the top builder's level.
     top = merkle.TreeBuilder(
@@ -120,8 +126,11 @@ def verify_log(
         )
     )
     by_size: dict[int, list[Checkpoint]] = {}  # two notes of one size must both match
-    for checkpoint in checkpoints:
-        by_size.setdefault(checkpoint.size, []).append(checkpoint)
+    for checkpoint in (*checkpoints, *kept):
+        if checkpoint.size == 0:
+            _check_root(checkpoint, merkle.EMPTY_ROOT, trusted=id(checkpoint) in kept_ids)
+        else:
+            by_size.setdefault(checkpoint.size, []).append(checkpoint)
     for segment in _segments(reader, tile_checker, open_reader, jobs, plan):
         before = top.compact_range  # the tree [0, segment.start), in perfect subtrees
         if segment.end - segment.start == width:  # a full segment: its root, one level up
@@ -131,11 +140,12 @@ def verify_log(
             hashes = top.compact_range if cut == segment.start + width else before + local
             root = merkle.TreeBuilder.from_compact_range(cut, hashes).root()
             for checkpoint in by_size[cut]:
-                _check_root(checkpoint, root)
+                _check_root(checkpoint, root, trusted=id(checkpoint) in kept_ids)
         if progress is not None:
             progress(segment.end, size)
     tile_checker.check_edge(size)
-    return VerifyReport(size, len(checkpoints), checkpoints[-1] if checkpoints else None)
+    latest = checkpoints[-1] if checkpoints else None
+    return VerifyReport(size, len(checkpoints), latest, len(kept))
 
 
 def _plan(size: int, width: int, sizes: list[int]) -> Iterator[tuple[int, int, list[int]]]:
@@ -233,6 +243,29 @@ def _check_contiguous(rows: list[tuple[int, bytes]], start: int, end: int) -> No
     )
 
 
+def _open_trusted(
+    notes: Sequence[bytes], verifier: Verifier, origin: str | None, size: int
+) -> list[Checkpoint]:
+    """The auditor's kept checkpoints, each covering no more than the `size` stored."""
+    opened = []
+    for number, note in enumerate(notes, start=1):
+        where = f"trusted checkpoint #{number}"
+        try:
+            checkpoint = open_checkpoint(note, verifier, origin)
+        except (VerificationError, ValueError) as exc:
+            raise VerificationError(f"it does not verify: {exc}", where=where) from exc
+        if checkpoint.size > size:
+            raise VerificationError(
+                "the log holds fewer entries than a checkpoint you trust: entries were "
+                "removed, or the ledger was emptied or replaced",
+                expected=checkpoint.size,
+                computed=size,
+                where=where,
+            )
+        opened.append(checkpoint)
+    return opened
+
+
 def _open_checkpoints(
     notes: list[bytes], verifier: Verifier, origin: str | None
 ) -> list[Checkpoint]:
@@ -301,13 +334,16 @@ def _signed_by(note: bytes, verifier: Verifier) -> bool:
     return True
 
 
-def _check_root(checkpoint: Checkpoint, computed: bytes) -> None:
+def _check_root(checkpoint: Checkpoint, computed: bytes, *, trusted: bool = False) -> None:
     if checkpoint.root_hash != computed:
         raise VerificationError(
-            "the signed checkpoint's root differs from the tree rebuilt from the entries",
+            "the root of a checkpoint you trust differs from the tree rebuilt from the "
+            "entries: the ledger was rewritten or replaced since you saw it"
+            if trusted
+            else "the signed checkpoint's root differs from the tree rebuilt from the entries",
             expected=checkpoint.root_hash,
             computed=computed,
-            where=f"checkpoint at size {checkpoint.size}",
+            where=f"{'trusted ' if trusted else ''}checkpoint at size {checkpoint.size}",
         )
 
 

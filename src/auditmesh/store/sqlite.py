@@ -117,6 +117,12 @@ _INSERT_EVENT = (
 _EVENT_COLUMNS = "idx, CAST(id AS BLOB), CAST(data AS BLOB)"
 
 
+_EMPTY = (
+    "{path} holds no ledger: the database is empty or has none of a ledger's tables (every "
+    "ledger the server makes has them), so the file was emptied or replaced, or is not one"
+)
+
+
 class SQLiteStore:
     """`LogStorage` and event reads over one SQLite database file."""
 
@@ -127,10 +133,12 @@ class SQLiteStore:
                 f"no ledger at {self.path}: give the server's data directory with --data DIR "
                 "(`auditmesh server --data DIR` creates one)"
             )
+        if not create and self.path.stat().st_size == 0:
+            raise StoreError(_EMPTY.format(path=self.path))  # opening would write a header
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._writer = self._connect()
-        self._migrate()
+        self._migrate(create)
 
     # -- connections ---------------------------------------------------------------
 
@@ -151,11 +159,16 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
-    def _migrate(self) -> None:
+    def _migrate(self, create: bool) -> None:
         try:
             (version,) = self._writer.execute("PRAGMA user_version").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a readable ledger: {exc}") from exc
+        if version == 0 and not create:
+            # An emptied file opens as an empty database: read as a log of 0 entries, it would
+            # verify. Only the server, making a ledger, may find (and fill) one.
+            self.close()
+            raise StoreError(_EMPTY.format(path=self.path))
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema version {version}, newer than this auditmesh "
