@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	AUDITMESH_PURE=1 $(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# A module whose C did not change is not rebuilt: touch marks every one current.
 $(NATIVE): $(STAMP) setup.py $(shell find src -name '*.py')
 	$(BIN)/python setup.py --quiet build_ext --inplace
+	find src -name '*.so' -exec touch {} +
 	touch $(NATIVE)
 
 native: $(NATIVE)

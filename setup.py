@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
@@ -28,6 +29,7 @@ NATIVE = [
     "src/auditmesh/proxy/routing.py",
     "src/auditmesh/proxy/record.py",
     "src/auditmesh/proxy/http_proxy.py",
+    "src/auditmesh/proxy/pool.py",
 ]
 
 
@@ -50,4 +52,10 @@ elif _compiler() is None:
 else:
     from mypyc.build import mypycify
 
-    setup(ext_modules=mypycify(NATIVE, opt_level="3"))
+    extensions = mypycify(NATIVE, opt_level="3")
+    # The modules share one library named by a hash of the list: drop an older list's.
+    shared = {f"{e.name}." for e in extensions if e.name.endswith("__mypyc")}
+    for library in Path("src").glob("*__mypyc.*"):
+        if not any(library.name.startswith(name) for name in shared):
+            library.unlink()
+    setup(ext_modules=extensions)

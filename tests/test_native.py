@@ -48,6 +48,8 @@ def test_no_compiled_module_outlives_its_entry() -> None:
     for found in (ROOT / "src" / "auditmesh").rglob("*.so"):
         stem = str(found.relative_to(ROOT)).split(".", 1)[0]
         assert stem in listed, f"{found} is not in setup.py's NATIVE and shadows its .py: delete it"
+    libraries = sorted(path.name for path in (ROOT / "src").glob("*__mypyc.*"))
+    assert len(libraries) <= 1, f"shared libraries of several NATIVE lists: {libraries}"
 
 
 @pytest.mark.parametrize("source", NATIVE)

@@ -657,7 +657,7 @@ class HttpProxy:
 
 
 def up_of(upstream: Upstream) -> Connection:
-    assert isinstance(upstream.http, Connection)
+    assert upstream.http is not None, "an upstream in use has its exchange's connection"
     return upstream.http
 
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from auditmesh.proxy.accept import PeerTLS
+from auditmesh.proxy.http1 import Connection
 
 
 @dataclass(slots=True)
@@ -25,7 +26,7 @@ class Upstream:
     writer: asyncio.StreamWriter
     tls: PeerTLS | None = None  # the server's verified certificate; None for plaintext
     reused: bool = False
-    http: object = None  # the sans-IO connection state of the current exchange
+    http: Connection | None = None  # the sans-IO connection state of the current exchange
 
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
