@@ -24,6 +24,7 @@ from auditmesh.identity.workload import new_private_key
 from auditmesh.serverproc import ServerProcess
 from tests.conftest import generate
 from tests.server.meshserver import mesh_server
+from tests.server.rawhttp import parse_answer
 
 pytestmark = pytest.mark.integration
 
@@ -53,18 +54,6 @@ def _pieces(body: bytes, count: int) -> list[bytes]:
     return [body[i : i + step] for i in range(0, len(body), step)]
 
 
-def _parse(received: bytes) -> tuple[int, dict[str, str], bytes] | None:
-    """The status, headers and body of a whole answer with a Content-Length, else None."""
-    head, sep, body = received.partition(b"\r\n\r\n")
-    if not sep:
-        return None
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    if len(body) < int(headers["content-length"]):
-        return None
-    return int(status_line.split()[1]), headers, body
-
-
 def _post_in_pieces(
     sock: socket.socket, head: bytes, pieces: Sequence[bytes], gap_s: float
 ) -> Answer:
@@ -75,7 +64,7 @@ def _post_in_pieces(
     sock.settimeout(gap_s)
     left = list(pieces)
     received = b""
-    while (parsed := _parse(received)) is None:
+    while (parsed := parse_answer(received)) is None:
         assert time.monotonic() - start < 60, f"no whole answer within 60 s: {received!r}"
         try:
             data = sock.recv(65536)

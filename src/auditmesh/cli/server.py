@@ -8,6 +8,7 @@ from auditmesh.cli import add_data_arg, output_dir, positive_float
 from auditmesh.cli.main import UserError
 from auditmesh.httpbody import BODY_TIMEOUT_S
 from auditmesh.identity.tokens import parse_ttl
+from auditmesh.server.protocol import HEADER_TIMEOUT_S
 from auditmesh.server.run import parse_listen, serve
 from auditmesh.store.base import StoreError
 
@@ -53,7 +54,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="a request body (a batch, an OTLP/HTTP export, a join) must arrive whole within "
         "SECONDS of its request head, or it is answered 408 and its connection closed, on "
-        f"both listeners (default {BODY_TIMEOUT_S:g})",
+        f"both listeners (default {BODY_TIMEOUT_S:g}); the rest of a body the server "
+        "answered without reading it (401, 413, 415) has the same time, then its connection "
+        "is closed",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=positive_float,
+        default=HEADER_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a request head (request line and headers) must arrive whole within SECONDS of "
+        "a new connection, or of its first byte on a kept-alive one, or the connection is "
+        "closed, with a 408 answer if part of a head came, on both listeners "
+        f"(default {HEADER_TIMEOUT_S:g})",
     )
     parser.set_defaults(func=run)
 
@@ -90,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             svid_ttl=svid_ttl,
             otlp_grpc=otlp_grpc,
             otlp_grpc_required=args.otlp_grpc is not None,
+            header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
         )
     except (ValueError, StoreError) as exc:

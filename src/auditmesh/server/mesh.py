@@ -24,7 +24,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from auditmesh.collector import Collector, CollectorUnavailable
 from auditmesh.events import Peer
@@ -37,14 +36,16 @@ from auditmesh.issuance import identity_event
 from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER
 from auditmesh.server.app import _error, admit_batch
 from auditmesh.server.metrics import Metrics
+from auditmesh.server.protocol import DeadlineProtocol
 
 PEER_KEY = "auditmesh.peer"  # scope["extensions"]["tls"][PEER_KEY]: SpiffeId | PeerIdentityError
 
 
-def peer_protocol(bundle: bytes) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol, plus the ASGI TLS extension with the verified peer."""
+def peer_protocol(bundle: bytes) -> type[DeadlineProtocol]:
+    """The listeners' protocol (server/protocol.py), plus the ASGI TLS extension with the
+    verified peer."""
 
-    class PeerAwareProtocol(HttpToolsProtocol):
+    class PeerAwareProtocol(DeadlineProtocol):
         _peer: SpiffeId | PeerIdentityError | None = None
         _peer_der: bytes | None = None
 

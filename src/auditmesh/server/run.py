@@ -16,7 +16,6 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -34,6 +33,7 @@ from auditmesh.server import api_auth
 from auditmesh.server.app import create_app
 from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
 from auditmesh.server.metrics import Metrics
+from auditmesh.server.protocol import HEADER_TIMEOUT_S, DeadlineProtocol, with_deadlines
 
 SERVER_SVID_TTL = timedelta(days=7)  # the mesh listener's own, renewed at half-life
 CLOSE_NOTIFY_WAIT_S = 1.0  # on stop, how long a closed TLS connection may wait for its peer
@@ -136,15 +136,28 @@ def _check_free(host: str, port: int, flag: str) -> None:
         ) from None
 
 
-def _config(app: Starlette, host: str, port: int, **options: Any) -> uvicorn.Config:
-    settings: dict[str, Any] = {
-        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
-        "http": "httptools",
-        "lifespan": "off",
-        "log_level": "warning",
-        "access_log": False,
-    }
-    return uvicorn.Config(app, host=host, port=port, **(settings | options))
+def _config(
+    app: Starlette,
+    host: str,
+    port: int,
+    protocol: type[DeadlineProtocol],
+    header_timeout_s: float,
+    body_timeout_s: float,
+) -> uvicorn.Config:
+    """uvicorn's settings for a listener; `protocol` (httptools) gets the deadlines on request
+    heads and on bodies discarded after an early answer (server/protocol.py)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http=with_deadlines(
+            protocol, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s
+        ),
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def _mesh_server(
@@ -156,11 +169,13 @@ def _mesh_server(
     reads: Sequence[BaseRoute] = (),
     *,
     metrics: Metrics | None = None,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
     body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> uvicorn.Server:
     """The mTLS listener for sidecars, with the server's own SVID from the mesh CA; `reads`
     are the API's event reads, open here to mesh client certificates (server/api_auth.py).
-    Join, renew and batch bodies have the same deadline as the plain listener's."""
+    Request heads and join, renew and batch bodies have the same deadlines as the plain
+    listener's."""
     ca = MeshCA.load(data_dir)
     server_id = SpiffeId.audit_server(ca.trust_domain)
     own = SelfIssued(ca, server_id, SERVER_SVID_TTL, datetime.now(UTC))
@@ -170,7 +185,8 @@ def _mesh_server(
     token = api_auth.load_or_create_token(data_dir)
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
     app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)
-    config = _config(app, host, port, http=peer_protocol(ca.trust_bundle()))
+    protocol = peer_protocol(ca.trust_bundle())
+    config = _config(app, host, port, protocol, header_timeout_s, body_timeout_s)
     config.load()
     config.ssl = own.context
     print(f"auditmesh server: mesh mTLS https://{host}:{port} as {server_id}", flush=True)
@@ -211,6 +227,7 @@ def serve(
     svid_ttl: timedelta = DEFAULT_SVID_TTL,
     otlp_grpc: tuple[str, int] | None = None,
     otlp_grpc_required: bool = False,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
     body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> None:
     with writer_lock(data_dir):  # one sequencer per data directory
@@ -230,7 +247,8 @@ def serve(
                 collector, otlp_grpc, required=otlp_grpc_required, metrics=metrics
             )
             app = create_app(ledger, collector, metrics=metrics, body_timeout_s=body_timeout_s)
-            servers: list[uvicorn.Server] = [_Server(_config(app, host, port))]
+            config = _config(app, host, port, DeadlineProtocol, header_timeout_s, body_timeout_s)
+            servers: list[uvicorn.Server] = [_Server(config)]
             print(
                 f"auditmesh server: http://{host}:{port}  data {data_dir}  "
                 f"log {ledger.log.origin}  entries {ledger.log.size}\n"
@@ -248,6 +266,7 @@ def serve(
                     svid_ttl,
                     reads,
                     metrics=metrics,
+                    header_timeout_s=header_timeout_s,
                     body_timeout_s=body_timeout_s,
                 )
                 servers.append(mesh)
