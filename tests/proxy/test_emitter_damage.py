@@ -5,11 +5,14 @@ and the `spool_damaged` report survives a kill -9 until the server has it."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
+import httpx
 import pytest
 
-from auditmesh.events import AuditEvent, canonical_bytes
+from auditmesh.events import MAX_LABEL, AuditEvent, canonical_bytes
+from auditmesh.proxy.emitter import EmitterStats
 from auditmesh.proxy.spool import MAGIC, RECORD_OVERHEAD, Spool, SpoolConfig
 from auditmesh.serverproc import ServerProcess, free_port
 from tests.proxy.killed_sidecar import deliver_after_restart, kill_while_reporting
@@ -56,6 +59,19 @@ def spooled(sidecar: Path, stream: list[AuditEvent]) -> list[Path]:
     found = sorted((sidecar / "spool").glob("*.seg"))
     assert len(found) >= 3
     return found
+
+
+def deliver(url: str, sidecar: Path) -> EmitterStats:
+    """Start the sidecar's emitter, deliver all it holds, stop; its stats."""
+
+    async def scenario() -> EmitterStats:
+        em = emitter(url, sidecar, spool=SPOOL)
+        em.start()
+        assert await em.drain(10)
+        await closed(em)
+        return em.stats()
+
+    return asyncio.run(scenario())
 
 
 def run_from(logged: list[AuditEvent], first: str, count: int) -> list[AuditEvent]:
@@ -141,3 +157,53 @@ def test_a_sidecar_killed_before_reporting_damage_reports_it_after_restart(
     kill_while_reporting(sidecar, "started")  # it cut the torn record out first
     (notice,) = deliver_after_restart(sidecar, tmp_path / "data")
     assert damage_notice(notice)["spool.cut_bytes"] == str(RECORD_OVERHEAD + 40)
+
+
+@pytest.mark.integration
+def test_a_damaged_state_file_is_set_aside_and_every_event_delivered_once(
+    tmp_path: Path, shared: ServerProcess
+) -> None:
+    stream = events(30, seed=34)
+    sidecar = tmp_path / "sidecar"
+    spooled(sidecar, stream)
+    with Spool(sidecar / "spool", SPOOL) as spool:  # an earlier run delivered the first 10
+        response = httpx.post(
+            f"{shared.url}/v1/events",
+            content=b"\n".join(spool.peek(10)) + b"\n",
+            headers={"content-type": "application/x-ndjson"},
+        )
+        assert response.status_code == 200
+        spool.ack(10)
+    state = sidecar / "spool" / "state.json"
+    state.write_bytes(state.read_bytes()[:12])  # torn: the sidecar could not start at all
+    deliver(shared.url, sidecar)
+    everything = ledger_events(shared.data_dir)
+    assert len(set(ids(everything))) == len(everything)  # what was sent again is kept once
+    logged = run_from(everything, stream[0].id, len(stream) + 1)
+    assert ids(logged[:-1]) == ids(stream)  # nothing lost, in order
+    labels = damage_notice(logged[-1])
+    assert labels["spool.state_set_aside"] == str(state.with_name("state.json.damaged"))
+    assert labels["spool.cut_bytes"] == "0"
+    assert "spool.set_aside" not in labels
+    with Spool(sidecar / "spool", SPOOL) as spool:  # reported: nothing left to report
+        assert spool.damage_pending is None
+
+
+@pytest.mark.integration
+def test_a_report_naming_many_damaged_files_fits_in_an_event(
+    tmp_path: Path, shared: ServerProcess
+) -> None:
+    names = [f"{n:016d}.seg.damaged" for n in range(200)]
+    spool = tmp_path / "sidecar" / "spool"
+    spool.mkdir(parents=True)
+    (spool / "state.json").write_text(
+        '{"segment": 200, "offset": 8, "dropped": {}, '
+        f'"damaged": {{"cut_bytes": 9, "set_aside": {json.dumps(names)}}}}}'
+    )
+    assert deliver(shared.url, tmp_path / "sidecar").rejected == 0  # the server took it
+    labels = damage_notice(ledger_events(shared.data_dir)[-1])
+    assert len(labels["spool.set_aside"]) <= MAX_LABEL
+    first, *_, last = labels["spool.set_aside"].split(", ")
+    assert first == str(spool / names[0])
+    shown = labels["spool.set_aside"].count(".seg.damaged")
+    assert last.endswith(f"{names[shown - 1]} and {len(names) - shown} more")

@@ -40,10 +40,10 @@ that reports them again after the restart (a crash in the instant between spooli
 notice and forgetting the counts reports them twice, never not at all).
 
 Damage to the spool (bytes cut out as torn or corrupt, segments set aside as
-`*.seg.damaged`, found when it is opened or while it is read) is reported the same way:
-one `system` event (`system.action=spool_damaged`, `spool.cut_bytes`, `spool.set_aside`
-naming the files), which the spool keeps pending in its state file until the event is
-durable.
+`*.seg.damaged`, found when it is opened or while it is read; a damaged state file set
+aside) is reported the same way: one `system` event (`system.action=spool_damaged`,
+`spool.cut_bytes`, `spool.set_aside` and `spool.state_set_aside` naming the files), which
+the spool keeps pending in its state file until the event is durable.
 
 Every batch POST carries `x-auditmesh-spool-depth: N` (`SPOOL_DEPTH_HEADER`): the records
 that will still be in the spool once this batch is acknowledged (0 while the spool is
@@ -74,7 +74,14 @@ from typing import Literal, ParamSpec, TypeVar
 import httpx
 import msgspec
 
-from auditmesh.events import AuditEvent, Error, canonical_bytes, new_event_id
+from auditmesh.events import (
+    MAX_LABEL,
+    MAX_TEXT,
+    AuditEvent,
+    Error,
+    canonical_bytes,
+    new_event_id,
+)
 from auditmesh.proxy.spool import Spool, SpoolConfig, SpoolDamage, record_size
 
 P = ParamSpec("P")
@@ -531,21 +538,44 @@ class Emitter:
         damage = self._spool.damage_pending
         if damage is None or self._damage_notice is not None:
             return
-        message = (
-            f"{damage.cut_bytes} bytes of the on-disk spool were torn or corrupt and were cut "
-            "out or set aside (a crash mid-write, or damage): audit events in them are lost"
-        )
+        parts = []
+        if damage.cut_bytes or damage.set_aside or not damage.state_set_aside:
+            parts.append(
+                f"{damage.cut_bytes} bytes of the on-disk spool were torn or corrupt and were "
+                "cut out or set aside (a crash mid-write, or damage): audit events in them are "
+                "lost"
+            )
         labels = {"system.action": "spool_damaged", "spool.cut_bytes": str(damage.cut_bytes)}
         if damage.set_aside:
-            where = ", ".join(str(self._spool.directory / name) for name in damage.set_aside)
-            message += f"; damaged segments set aside (kept, not delivered): {where}"
+            where = self._paths(damage.set_aside)
+            parts.append(f"damaged segments set aside (kept, not delivered): {where}")
             labels["spool.set_aside"] = where
-        notice = self._system_event("spool_damaged", message, labels)
+        if damage.state_set_aside:
+            where = self._paths(damage.state_set_aside)
+            parts.append(
+                f"the spool's damaged state file was set aside (kept): {where}; delivery "
+                "started again at the oldest spooled event, so events the server already has "
+                "are sent again (it keeps each id once), and drops or damage that file held "
+                "unreported are unknown"
+            )
+            labels["spool.state_set_aside"] = where
+        notice = self._system_event("spool_damaged", "; ".join(parts)[:MAX_TEXT], labels)
         self._damage_notice = (notice.id, canonical_bytes(notice), damage)
         self._buffer.append(notice)  # behind everything emitted before it
         if len(self._buffer) == 1:
             self._first_at = self._clock()
         self._wake.set()
+
+    def _paths(self, names: tuple[str, ...]) -> str:
+        """The spool files `names`, as full paths, as many as a label value holds."""
+        shown = ""
+        for number, name in enumerate(names):
+            more = f" and {len(names) - number} more"
+            path = str(self._spool.directory / name)
+            if len(shown) + 2 + len(path) + len(more) > MAX_LABEL and number < len(names) - 1:
+                return (shown + more).lstrip()
+            shown += (", " if shown else "") + path
+        return shown[:MAX_LABEL]
 
     def _system_event(self, error: str, message: str, labels: dict[str, str]) -> AuditEvent:
         """A `system` event from the sidecar itself about its own audit trail."""

@@ -11,10 +11,12 @@ Layout of DIR (the sidecar's data dir + `/spool`):
     DIR/<seq:016d>.seg  segments: the 8-byte magic b"AMSPOOL1", then records
     DIR/<seq:016d>.seg.damaged  a segment set aside because its magic was damaged
     DIR/state.json      {"segment": seq, "offset": bytes, "dropped": {reason: count},
-                         "damaged": {"cut_bytes": n, "set_aside": [name, ...]}}:
+                         "damaged": {"cut_bytes": n, "set_aside": [name, ...],
+                                     "state_set_aside": [name, ...]}}:
                         the read cursor (first un-acknowledged record), and the drops and
                         damage not yet reported; replaced atomically (write, fsync, rename,
                         fsync dir)
+    DIR/state.json.damaged  a state file set aside because it could not be read as one
     DIR/lock            flock(2) held while open
 
 A record is `u32 length ‖ u32 crc ‖ payload`, big-endian, where `payload` is the event's
@@ -30,6 +32,15 @@ kept for the operator; its records are not delivered. What was cut out or set as
 noted in the state file before it is (`damage_pending`), and forgotten only once the
 emitter has reported it (`clear_damage`), so a crash cannot lose the report (a crash
 between noting and cutting reports those bytes twice, never not at all).
+
+A state file that is damaged (not JSON, fields of the wrong type, unreadable bytes) is set
+aside as `state.json.damaged` (kept for the operator) and reading starts again at the
+oldest segment's first record: nothing un-acknowledged is lost, and what the server
+already has is sent again, which it keeps once (by event id). The drops and damage it held
+unreported are unknown; the report of the damaged state file says so. A state file (or
+any spool file) this process may not read or write stops the spool with a `SpoolError`
+that names it and says what to do: its bytes are probably sound, and the cause (an owner
+or mode) is the operator's to fix.
 
 Bound: `max_bytes` caps the un-acknowledged bytes (8-byte headers included); disk use
 can exceed it by the acknowledged head of the oldest segment (< `segment_bytes`). When
@@ -54,6 +65,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Generator, Mapping, Sequence
@@ -71,14 +83,15 @@ RECORD_OVERHEAD = _HEADER.size
 _READ_CHUNK = 256 * 1024
 _STATE = "state.json"
 MiB = 1024 * 1024
+_STATE_LIMIT = MiB  # a state file is a few hundred bytes; a larger one is not one
 
 WhenFull: TypeAlias = Literal["block", "drop-oldest"]
 SPOOL_FULL = "spool_full"
 
 
 class SpoolError(Exception):
-    """The spool directory cannot be used: in use by another process, or its state file is
-    not one."""
+    """The spool directory cannot be used: in use by another process, or a file in it that
+    this process may not read or write (the message says which, and what to do)."""
 
 
 class _Damaged(Exception):
@@ -125,10 +138,101 @@ class SpoolStats:
 @dataclass(frozen=True, slots=True)
 class SpoolDamage:
     """Damage not yet reported: un-acknowledged bytes lost (cut out, or in segments set
-    aside) and the names (in the spool directory) of the segments set aside."""
+    aside), the names (in the spool directory) of the segments set aside, and of the state
+    files set aside (reading started again at the oldest record; drops and damage they held
+    unreported are unknown)."""
 
-    cut_bytes: int
-    set_aside: tuple[str, ...]
+    cut_bytes: int = 0
+    set_aside: tuple[str, ...] = ()
+    state_set_aside: tuple[str, ...] = ()
+
+    def plus(self, more: SpoolDamage) -> SpoolDamage:
+        return SpoolDamage(
+            self.cut_bytes + more.cut_bytes,
+            _union(self.set_aside, more.set_aside),
+            _union(self.state_set_aside, more.state_set_aside),
+        )
+
+    def minus(self, reported: SpoolDamage) -> SpoolDamage:
+        return SpoolDamage(
+            max(0, self.cut_bytes - reported.cut_bytes),
+            tuple(n for n in self.set_aside if n not in reported.set_aside),
+            tuple(n for n in self.state_set_aside if n not in reported.state_set_aside),
+        )
+
+
+def _union(names: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
+    return names + tuple(n for n in more if n not in names)
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    cursor: tuple[int, int]
+    dropped: dict[str, int]
+    damage: SpoolDamage
+
+
+def _parse_state(raw: bytes) -> _State:
+    """The fields of a state file; ValueError saying what is wrong if `raw` is not one."""
+    if len(raw) > _STATE_LIMIT:
+        raise ValueError(f"larger than {_STATE_LIMIT} bytes")
+    body = json.loads(raw)
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    dropped, damaged = body.get("dropped"), body.get("damaged", {})  # older: no "damaged"
+    if not isinstance(dropped, dict) or not isinstance(damaged, dict):
+        raise ValueError('"dropped" and "damaged" must be objects')
+    cursor = (_count(body, "segment"), _count(body, "offset"))
+    if cursor[1] < len(MAGIC):
+        raise ValueError(f"offset {cursor[1]} is inside the segment's magic")
+    return _State(
+        cursor,
+        {k: n for k in dropped if (n := _count(dropped, k))},
+        SpoolDamage(
+            _count(damaged, "cut_bytes", 0),
+            _names(damaged, "set_aside"),
+            _names(damaged, "state_set_aside"),
+        ),
+    )
+
+
+def _count(fields: dict[str, object], key: str, default: int | None = None) -> int:
+    value = fields.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key!r} is {value!r}, not a count")
+    return value
+
+
+def _names(fields: dict[str, object], key: str) -> tuple[str, ...]:
+    value = fields.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"{key!r} is {value!r}, not a list of file names")
+    return tuple(value)
+
+
+def _aside(path: Path) -> Path:
+    """A free name to set `path` aside under: `NAME.damaged`, else `NAME.damaged.N` (an
+    earlier one of the same name stays too)."""
+    aside, number = path.with_name(path.name + ".damaged"), 0
+    while aside.exists() or aside.is_symlink():
+        number += 1
+        aside = path.with_name(f"{path.name}.damaged.{number}")
+    return aside
+
+
+def _no_access(directory: Path, exc: PermissionError) -> str:
+    """One line for a spool file this process may not use: which, and what to do."""
+    name = exc.filename if exc.filename is not None else directory
+    try:
+        found = os.stat(name)
+        whose = f" (owner uid {found.st_uid}, mode {stat.S_IMODE(found.st_mode):03o})"
+    except OSError:
+        whose = ""
+    return (
+        f"permission denied on {name}{whose}; this process runs as uid {os.geteuid()}: "
+        f"give it read and write access to {directory} and every file in it (for example "
+        "with chown -R), then start it again"
+    )
 
 
 def record_size(payload: bytes) -> int:
@@ -178,8 +282,11 @@ class Spool:
     def __init__(self, directory: Path, config: SpoolConfig | None = None) -> None:
         self.directory = Path(directory)
         self.config = config or SpoolConfig()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.directory / "lock", "a+b")  # held until close
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.directory / "lock", "a+b")  # held until close
+        except PermissionError as exc:
+            raise SpoolError(_no_access(self.directory, exc)) from None
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -188,8 +295,7 @@ class Spool:
         self._segments: list[_Segment] = []
         self._cursor = (0, len(MAGIC))
         self._dropped: dict[str, int] = {}
-        self._damage_cut = 0  # damage not yet reported (persisted with the drops)
-        self._damage_aside: list[str] = []
+        self._damage = SpoolDamage()  # not yet reported (persisted with the drops)
         self._durable_cursor = self._cursor  # the cursor in the state file
         self._depth_records = 0
         self._depth_bytes = 0
@@ -199,6 +305,9 @@ class Spool:
         self._tail: BinaryIO | None = None
         try:
             self._recover()
+        except PermissionError as exc:
+            self.close()
+            raise SpoolError(_no_access(self.directory, exc)) from None
         except BaseException:
             self.close()
             raise
@@ -206,25 +315,14 @@ class Spool:
     # --- opening ---------------------------------------------------------------------
 
     def _recover(self) -> None:
-        state_path = self.directory / _STATE
         for stale in self.directory.glob("*.tmp"):  # a replacement a crash left unfinished
             stale.unlink()
-        if state_path.exists():
-            try:
-                state = json.loads(state_path.read_bytes())
-                self._cursor = (int(state["segment"]), int(state["offset"]))
-                self._dropped = {str(k): int(v) for k, v in state["dropped"].items() if int(v)}
-                damaged = state.get("damaged", {})  # absent in older state files
-                self._damage_cut = int(damaged.get("cut_bytes", 0))
-                self._damage_aside = [str(name) for name in damaged.get("set_aside", [])]
-                self._durable_cursor = self._cursor
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise SpoolError(f"{state_path} is not a spool state file: {exc}") from None
         found = sorted(
             (int(p.name[:-4]), p)
             for p in self.directory.glob("*.seg")
             if p.name[:-4].isdigit() and len(p.name) == 20
         )
+        self._load_state(found[0][0] if found else 0)
         cursor_seq, cursor_off = self._cursor
         for seq, path in found:
             if seq < cursor_seq:
@@ -244,6 +342,44 @@ class Spool:
         self._normalise_cursor()
         self._depth_bytes = self._bytes_from_cursor()
         self._open_tail()
+
+    def _load_state(self, oldest: int) -> None:
+        """Take the cursor and the unreported drops and damage from the state file. Without
+        one (a new spool) reading starts at the oldest segment, `oldest`; a damaged one is
+        set aside, noted as damage, and reading starts there too."""
+        path = self.directory / _STATE
+        self._cursor = self._durable_cursor = (oldest, len(MAGIC))
+        try:
+            with open(path, "rb") as f:
+                state = _parse_state(f.read(_STATE_LIMIT + 1))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            # Unreadable bytes (EIO) and a directory are damage; a PermissionError is not:
+            # the bytes may be sound, and the owner or mode is the operator's to fix.
+            if exc.errno not in (errno.EIO, errno.EISDIR):
+                raise
+        except (ValueError, RecursionError):  # not JSON (nested too deep), not our fields
+            pass
+        else:
+            self._cursor = self._durable_cursor = state.cursor
+            self._dropped, self._damage = state.dropped, state.damage
+            return
+        aside = _aside(path)
+        # A link, not a rename: state.json stays until the new state replaces it, so a
+        # crash in between finds it damaged again rather than losing the report.
+        try:
+            os.link(path, aside, follow_symlinks=False)
+        except OSError:  # a file system without hard links, or a directory
+            try:
+                path.rename(aside)
+            except OSError as exc:
+                raise SpoolError(
+                    f"{path} is not a spool state file and cannot be set aside "
+                    f"({exc.strerror}): move it out of {self.directory}, then start again"
+                ) from None
+        fsync_dir(self.directory)
+        self._note_damage(SpoolDamage(state_set_aside=(aside.name,)))  # replaces it
 
     def _open_tail(self) -> None:
         """(Re)open the last segment for appending, at its end: after opening, and after a
@@ -285,7 +421,7 @@ class Spool:
         if data and not damaged:
             segment.end = len(data)
             return records
-        self._note_damage(damaged)  # durable before the bytes are gone
+        self._note_damage(SpoolDamage(damaged))  # durable before the bytes are gone
         self._truncated += damaged
         if data and len(kept) == 1 and run_start == len(data):
             # Damage only at the end (a torn last write): cut it off in place, which
@@ -315,11 +451,8 @@ class Spool:
         """Rename a segment whose magic is damaged to `*.seg.damaged` (never delete it: the
         operator may want its bytes) and go on without it; `cut` is its un-acknowledged
         bytes, reported as lost."""
-        aside, number = segment.path.with_name(segment.path.name + ".damaged"), 0
-        while aside.exists():  # an earlier one of the same name stays too
-            number += 1
-            aside = segment.path.with_name(f"{segment.path.name}.damaged.{number}")
-        self._note_damage(cut, aside.name)  # durable before the segment is gone
+        aside = _aside(segment.path)
+        self._note_damage(SpoolDamage(cut, (aside.name,)))  # durable before it is gone
         segment.path.rename(aside)
         fsync_dir(self.directory)
         self._truncated += cut
@@ -329,13 +462,11 @@ class Spool:
             nxt = self._segments[0].seq if self._segments else segment.seq + 1
             self._cursor = (nxt, len(MAGIC))
 
-    def _note_damage(self, cut: int, set_aside: str | None = None) -> None:
+    def _note_damage(self, damage: SpoolDamage) -> None:
         """Remember, durably if the disk lets us, damage to report."""
-        if not cut and set_aside is None:
+        if damage == SpoolDamage():
             return
-        self._damage_cut += cut
-        if set_aside is not None and set_aside not in self._damage_aside:
-            self._damage_aside.append(set_aside)
+        self._damage = self._damage.plus(damage)
         try:  # with the cursor on disk: the one in memory may be mid-way through _advance
             self._write_state(self._durable_cursor)
         except OSError:
@@ -614,14 +745,11 @@ class Spool:
     @property
     def damage_pending(self) -> SpoolDamage | None:
         """Damage (cut out, or set aside) not yet reported by a `system` event; None if none."""
-        if not self._damage_cut and not self._damage_aside:
-            return None
-        return SpoolDamage(self._damage_cut, tuple(self._damage_aside))
+        return None if self._damage == SpoolDamage() else self._damage
 
     def clear_damage(self, reported: SpoolDamage) -> None:
         """The damage in `reported` is now recorded in an event: forget it."""
-        self._damage_cut = max(0, self._damage_cut - reported.cut_bytes)
-        self._damage_aside = [n for n in self._damage_aside if n not in reported.set_aside]
+        self._damage = self._damage.minus(reported)
         self._write_state()
 
     # --- state -----------------------------------------------------------------------
@@ -632,7 +760,12 @@ class Spool:
 
     def _write_state(self, cursor: tuple[int, int] | None = None) -> None:
         seq, off = cursor or self._cursor
-        damaged = {"cut_bytes": self._damage_cut, "set_aside": self._damage_aside}
+        damage = self._damage
+        damaged = {
+            "cut_bytes": damage.cut_bytes,
+            "set_aside": list(damage.set_aside),
+            "state_set_aside": list(damage.state_set_aside),
+        }
         body = {
             "segment": seq,
             "offset": off,
