@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,11 +124,18 @@ def tampered_server(tampered_data: Path) -> Iterator[Served]:
         yield Served(proc.url, _token(tampered_data))
 
 
-@pytest.fixture(scope="module")
-def browser(server: Served) -> Iterator[Browser]:
-    opened = Browser(server.url)
+@contextmanager
+def logged_in(served: Served) -> Iterator[Browser]:
+    """Chromium on `served`'s console, logged in with its token; closed at the end."""
+    opened = Browser(served.url)
     try:
-        opened.login(server.token)
+        opened.login(served.token)
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server: Served) -> Iterator[Browser]:
+    with logged_in(server) as opened:
+        yield opened

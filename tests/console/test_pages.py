@@ -720,7 +720,8 @@ def test_an_edge_opens_exactly_the_calls_it_counts(
     }
     assert parse_time(query["since"], 0) % 60_000_000_000 == 0  # the graph's whole minutes
     [listed] = browser.find_all("#edge-events tbody tr")
-    assert reported["id"][:18] in listed.text and "outbound" in listed.text
+    shown = f"{reported['id'][:8]}…{reported['id'][-6:]}"  # dom.js shortEventId
+    assert shown in listed.text and "outbound" in listed.text
     browser.screenshot("graph-edge-unknown-caller")
     browser.find("#edge-search").click()
     browser.wait_until("document.body.dataset.page === 'events'")

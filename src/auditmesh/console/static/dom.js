@@ -1,9 +1,22 @@
 // DOM building and formatting helpers for the console's views.
 //
 // Event data is attacker-controlled (paths, user agents, labels): it only ever enters the page
-// as text nodes or attribute values through h(), never as HTML.
+// as text nodes or attribute values through h(), never as HTML, and its invisible characters
+// are shown (`visible`).
 
 const SVG_NS = "http://www.w3.org/2000/svg";
+
+// Characters that change how the text around them reads without showing themselves: bidi
+// overrides, embeddings and isolates (a caller named "x\u202e" made "x → payments" read
+// "x stnemyap →"), zero-width characters (a second service that reads "payments") and the
+// C0 and C1 controls but tab and line breaks.
+const HIDDEN = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g;
+const NAMED = new Set(["title", "aria-label"]); // attributes that are shown, as text is
+
+/** Text with each hidden character written out as [U+202E], as it is in the event. */
+export function visible(text) {
+  return String(text).replace(HIDDEN, (c) => `[U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}]`);
+}
 
 function build(element, attrs, children) {
   for (const [key, value] of Object.entries(attrs || {})) {
@@ -13,12 +26,13 @@ function build(element, attrs, children) {
     } else if (key === "dataset") {
       Object.assign(element.dataset, value);
     } else {
-      element.setAttribute(key, value === true ? "" : String(value));
+      const text = value === true ? "" : String(value);
+      element.setAttribute(key, NAMED.has(key) ? visible(text) : text);
     }
   }
   for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
-    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    element.append(child instanceof Node ? child : document.createTextNode(visible(child)));
   }
   return element;
 }
@@ -121,9 +135,11 @@ export function badge(text, kind) {
 export function provenanceBadge(event) {
   const element = badge(event.attested ? "observed" : "reported", event.attested ? "good" : "warn");
   element.classList.add("provenance");
-  element.title = event.attested
-    ? `seen by the auditmesh sidecar ${event.reporter}`
-    : `reported by ${event.reporter}, not observed by an auditmesh sidecar`;
+  element.title = visible(
+    event.attested
+      ? `seen by the auditmesh sidecar ${event.reporter}`
+      : `reported by ${event.reporter}, not observed by an auditmesh sidecar`,
+  );
   return element;
 }
 
@@ -142,10 +158,18 @@ export function errorPanel(message) {
   return h("div", { class: "panel bad", role: "alert" }, message);
 }
 
+/** An event id short enough for a list: its first 8 digits and its last 6. Not its first 13
+ * characters: a UUIDv7 begins with its millisecond, so those read the same for every event
+ * of that millisecond. */
+export function shortEventId(id) {
+  return `${id.slice(0, 8)}…${id.slice(-6)}`;
+}
+
+/** A link to an event; shown as `text` (a short form), its whole id is the link's title. */
 export function eventLink(id, text) {
-  return h("a", { href: `#/event/${encodeURIComponent(id)}`, class: "mono" }, text || id);
+  return h("a", { href: `#/event/${encodeURIComponent(id)}`, class: "mono", title: id }, text || id);
 }
 
 export function traceLink(traceId, text) {
-  return h("a", { href: `#/trace/${encodeURIComponent(traceId)}`, class: "mono" }, text || traceId);
+  return h("a", { href: `#/trace/${encodeURIComponent(traceId)}`, class: "mono", title: traceId }, text || traceId);
 }

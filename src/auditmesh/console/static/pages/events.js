@@ -50,7 +50,7 @@ function row(item) {
     "tr",
     { "data-id": event.id },
     h("td", { class: "nowrap small" }, fmtTime(event.time_ns)),
-    h("td", {}, party(event.source), h("span", { class: "dim" }, " → "), party(event.destination)),
+    h("td", { class: "call" }, party(event.source), h("span", { class: "dim" }, " → "), party(event.destination)),
     h("td", { class: "path mono", title: what }, what),
     h("td", {}, statusBadge(event.http?.status)),
     h("td", {}, decisionBadge(event.authz?.decision)),

@@ -6,7 +6,7 @@
 // `auditmesh bundle verify` checks offline).
 
 import { download } from "../api.js";
-import { badge, errorPanel, eventLink, fmtDurationUs, fmtRfc3339, fmtTime, h } from "../dom.js";
+import { badge, errorPanel, eventLink, fmtDurationUs, fmtRfc3339, fmtTime, h, shortEventId } from "../dom.js";
 import { kindOf, loadFindings, severityOf } from "./findingsdata.js";
 
 const WINDOWS = ["1h", "24h", "7d", "365d"];
@@ -91,7 +91,7 @@ function card(finding, position) {
       "div",
       { class: "evidence-block" },
       h("span", { class: "dim small" }, "Evidence: "),
-      h("span", { class: "evidence" }, finding.event_ids.map((id) => eventLink(id, id.slice(0, 13) + "…")), more > 0 ? h("span", { class: "dim" }, `and ${more} more`) : ""),
+      h("span", { class: "evidence" }, finding.event_ids.map((id) => eventLink(id, shortEventId(id))), more > 0 ? h("span", { class: "dim" }, `and ${more} more`) : ""),
     ),
     h(
       "div",

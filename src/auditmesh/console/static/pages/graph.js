@@ -18,6 +18,7 @@ import {
   fmtTime,
   h,
   s,
+  shortEventId,
   statusBadge,
 } from "../dom.js";
 import { edgeQuery, loadGraph, nodeLabels } from "./graphdata.js";
@@ -131,7 +132,10 @@ function picture(graph, positions, onSelect) {
         role: "button",
         onclick: () => onSelect(i),
         onkeydown: (event) => {
-          if (event.key === "Enter" || event.key === " ") onSelect(i);
+          if (event.key === "Enter" || event.key === " ") {
+            event.preventDefault(); // a space scrolls the page otherwise
+            onSelect(i);
+          }
         },
       },
       s("title", {}, edgeTitle(e)),
@@ -203,7 +207,17 @@ function edgeTable(graph, onSelect) {
       graph.edges.map((e, i) =>
         h(
           "tr",
-          { class: "clickable", onclick: () => onSelect(i) },
+          {
+            class: "clickable",
+            tabindex: 0,
+            onclick: () => onSelect(i),
+            onkeydown: (event) => {
+              if (event.key === "Enter" || event.key === " ") {
+                event.preventDefault(); // a space scrolls the page otherwise
+                onSelect(i);
+              }
+            },
+          },
           h("td", {}, e.source),
           h("td", {}, e.dest),
           h("td", { class: "num" }, String(e.requests)),
@@ -245,7 +259,7 @@ async function showEdge(panel, graph, edge) {
                 "tr",
                 {},
                 h("td", { class: "nowrap small" }, fmtTime(event.time_ns)),
-                h("td", {}, eventLink(event.id, event.id.slice(0, 18) + "…")),
+                h("td", {}, eventLink(event.id, shortEventId(event.id))),
                 h("td", { class: "path mono" }, event.http ? `${event.http.method} ${event.http.path}` : event.kind),
                 h("td", {}, statusBadge(event.http?.status)),
                 h("td", {}, decisionBadge(event.authz?.decision)),

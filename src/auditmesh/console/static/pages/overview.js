@@ -6,7 +6,7 @@
 import { api } from "../api.js";
 import { badge, clear, fmtAge, fmtPercent, fmtRate, h } from "../dom.js";
 import { findingTitle, loadFindings, severityOf } from "./findingsdata.js";
-import { loadGraph } from "./graphdata.js";
+import { edgeQuery, loadGraph } from "./graphdata.js";
 import { pinKey, pinnedKey, pinnedKeyProblem } from "./keys.js";
 
 const WINDOWS = { "15m": 900, "1h": 3600, "24h": 86400 };
@@ -55,6 +55,7 @@ function keyPanel(served) {
     h("h2", {}, "Log verifier key"),
     h("p", { class: "small" }, "This server signs its checkpoints with ", h("code", { id: "served-key" }, served), "."),
     h("p", { class: "dim small" }, "Pin the key you got from elsewhere (your auditor, your deployment) and this browser checks every proof against it."),
+    h("label", { for: "pin-key" }, "Key to pin"),
     h(
       "div",
       { class: "row" },
@@ -83,7 +84,7 @@ function troubleTable(graph) {
         h(
           "tr",
           {},
-          h("td", {}, h("a", { href: "#/graph" }, `${e.source} → ${e.dest}`)),
+          h("td", {}, h("a", { href: `#/events?${new URLSearchParams(edgeQuery(e, graph.fromNs))}` }, `${e.source} → ${e.dest}`)),
           h("td", { class: "num" }, String(e.requests)),
           h("td", { class: "num" }, e.errorRate >= 0.05 ? badge(fmtPercent(e.errorRate), "bad") : fmtPercent(e.errorRate)),
           h("td", { class: "num" }, e.denials ? badge(String(e.denials), "bad") : "0"),

@@ -5,7 +5,7 @@
 // `auditmesh policy replay` (policy/replay.py). Read-only: nothing is enforced or stored.
 
 import { api } from "../api.js";
-import { badge, clear, errorPanel, eventLink, fmtTime, h } from "../dom.js";
+import { badge, clear, errorPanel, eventLink, fmtTime, h, shortEventId } from "../dom.js";
 
 function changeTable(title, changes, kind) {
   if (!changes.length) return h("p", { class: "dim" }, `${title}: none.`);
@@ -32,7 +32,7 @@ function changeTable(title, changes, kind) {
             h("td", {}, c.destination),
             h("td", { class: "reason" }, c.reason),
             h("td", { class: "num" }, badge(String(c.count), kind)),
-            h("td", { class: "evidence" }, c.examples.map((id) => eventLink(id, id.slice(0, 13) + "…"))),
+            h("td", { class: "evidence" }, c.examples.map((id) => eventLink(id, shortEventId(id)))),
           ),
         ),
       ),

@@ -47,7 +47,7 @@ function row(depth, call, start, total) {
     { "data-depth": depth },
     h(
       "td",
-      { class: "nowrap" },
+      { class: "call" },
       indent,
       depth ? h("span", { class: "dim" }, "└ ") : "",
       h("span", { title: call.source_identity || "" }, call.source),
