@@ -3,9 +3,9 @@
 Everything else about the package is in pyproject.toml. mypyc (part of mypy) turns the
 mypy-strict modules below into CPython extension modules with the same behaviour: the HTTP/1.1
 core runs twice as fast, the sidecar pair takes about 15 % less CPU a request
-(docs/benchmarks.md); the .py files stay the source
-of truth and are what runs when the build is skipped: ``AUDITMESH_PURE=1 pip install -e .``
-(also what is installed, with a warning, when no C compiler is found).
+(docs/benchmarks.md). The .py files stay the source of truth, and are what runs when the build
+is skipped: ``AUDITMESH_PURE=1 pip install -e .``, or, with a warning, when no C compiler is
+found.
 """
 
 from __future__ import annotations
