@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,31 @@ def deliver(url: str, sidecar: Path) -> EmitterStats:
     return asyncio.run(scenario())
 
 
+def deliver_damaged_while_running(
+    sidecar: Path, data: Path, damage: Callable[[], object]
+) -> list[AuditEvent]:
+    """Start the sidecar's emitter while the server on `data` is away; once it has read the
+    spool and failed to send, `damage` the spool under it, start the server, deliver all it
+    holds, stop; the ledger's events."""
+    srv = server(data, free_port())  # not started yet
+
+    async def scenario() -> None:
+        em = emitter(srv.url, sidecar, spool=SPOOL)
+        em.start()
+        await until(lambda: em.stats().retries >= 1)  # it read the spool, the server is away
+        damage()
+        await asyncio.to_thread(srv.start)
+        assert await em.drain(15)
+        assert em.stats().spool_depth_events == 0
+        await closed(em)
+
+    try:
+        run(scenario)
+    finally:
+        assert srv.stop() == 0
+    return ledger_events(data)
+
+
 def run_from(logged: list[AuditEvent], first: str, count: int) -> list[AuditEvent]:
     at = ids(logged).index(first)
     return logged[at : at + count]
@@ -122,23 +148,11 @@ def test_damage_while_running_is_cut_out_and_delivery_goes_on(tmp_path: Path) ->
     found = spooled(sidecar, stream)
     bad = record_offsets(found[0])[1]  # the second event
     size = RECORD_OVERHEAD + len(canonical_bytes(stream[1]))
-    srv = server(tmp_path / "data", free_port())  # not started yet
-
-    async def scenario() -> None:
-        em = emitter(srv.url, sidecar, spool=SPOOL)
-        em.start()
-        await until(lambda: em.stats().retries >= 1)  # it read the spool, the server is away
-        flip(found[0], bad + RECORD_OVERHEAD + 10)  # a byte goes bad under the running sidecar
-        await asyncio.to_thread(srv.start)
-        assert await em.drain(15)
-        assert em.stats().spool_depth_events == 0
-        await closed(em)
-
-    try:
-        run(scenario)
-    finally:
-        assert srv.stop() == 0
-    logged = ledger_events(tmp_path / "data")
+    logged = deliver_damaged_while_running(
+        sidecar,
+        tmp_path / "data",
+        lambda: flip(found[0], bad + RECORD_OVERHEAD + 10),  # a byte goes bad
+    )
     survivors = stream[:1] + stream[2:]
     assert ids(logged[:-1]) == ids(survivors)  # the rest, in order, each once
     assert damage_notice(logged[-1])["spool.cut_bytes"] == str(size)
@@ -207,3 +221,19 @@ def test_a_report_naming_many_damaged_files_fits_in_an_event(
     assert first == str(spool / names[0])
     shown = labels["spool.set_aside"].count(".seg.damaged")
     assert last.endswith(f"{names[shown - 1]} and {len(names) - shown} more")
+
+
+@pytest.mark.integration
+def test_a_segment_deleted_while_running_is_reported_and_delivery_goes_on(
+    tmp_path: Path,
+) -> None:
+    stream = events(30, seed=35)
+    sidecar = tmp_path / "sidecar"
+    found = spooled(sidecar, stream)
+    first, second = len(record_offsets(found[0])), len(record_offsets(found[1]))
+    # someone deletes a segment (before, the sidecar retried for ever)
+    logged = deliver_damaged_while_running(sidecar, tmp_path / "data", found[1].unlink)
+    assert ids(logged[:-1]) == ids(stream[:first] + stream[first + second :])
+    labels = damage_notice(logged[-1])
+    assert labels["spool.missing"] == str(found[1])
+    assert labels["spool.cut_bytes"] == "0"

@@ -41,9 +41,10 @@ notice and forgetting the counts reports them twice, never not at all).
 
 Damage to the spool (bytes cut out as torn or corrupt, segments set aside as
 `*.seg.damaged`, found when it is opened or while it is read; a damaged state file set
-aside) is reported the same way: one `system` event (`system.action=spool_damaged`,
-`spool.cut_bytes`, `spool.set_aside` and `spool.state_set_aside` naming the files), which
-the spool keeps pending in its state file until the event is durable.
+aside; segments deleted from outside) is reported the same way: one `system` event
+(`system.action=spool_damaged`, `spool.cut_bytes`, and `spool.set_aside`, `spool.missing`
+and `spool.state_set_aside` naming the files), which the spool keeps pending in its state
+file until the event is durable.
 
 Every batch POST carries `x-auditmesh-spool-depth: N` (`SPOOL_DEPTH_HEADER`): the records
 that will still be in the spool once this batch is acknowledged (0 while the spool is
@@ -539,7 +540,7 @@ class Emitter:
         if damage is None or self._damage_notice is not None:
             return
         parts = []
-        if damage.cut_bytes or damage.set_aside or not damage.state_set_aside:
+        if damage.cut_bytes or damage.set_aside or not (damage.missing or damage.state_set_aside):
             parts.append(
                 f"{damage.cut_bytes} bytes of the on-disk spool were torn or corrupt and were "
                 "cut out or set aside (a crash mid-write, or damage): audit events in them are "
@@ -550,6 +551,13 @@ class Emitter:
             where = self._paths(damage.set_aside)
             parts.append(f"damaged segments set aside (kept, not delivered): {where}")
             labels["spool.set_aside"] = where
+        if damage.missing:
+            where = self._paths(damage.missing)
+            parts.append(
+                f"spool segments were deleted by something other than the sidecar: {where}; "
+                "the audit events they held are lost (how many is unknown)"
+            )
+            labels["spool.missing"] = where
         if damage.state_set_aside:
             where = self._paths(damage.state_set_aside)
             parts.append(

@@ -12,7 +12,7 @@ Layout of DIR (the sidecar's data dir + `/spool`):
     DIR/<seq:016d>.seg.damaged  a segment set aside because its magic was damaged
     DIR/state.json      {"segment": seq, "offset": bytes, "dropped": {reason: count},
                          "damaged": {"cut_bytes": n, "set_aside": [name, ...],
-                                     "state_set_aside": [name, ...]}}:
+                                     "missing": [name, ...], "state_set_aside": [...]}}:
                         the read cursor (first un-acknowledged record), and the drops and
                         damage not yet reported; replaced atomically (write, fsync, rename,
                         fsync dir)
@@ -28,10 +28,17 @@ them are found again by their CRC (a payload is a JSON object, so only places wh
 byte after a header is `{` are tried) and kept. Damage that appears while the spool is
 open is met when a record is read, and cut out the same way there. A segment whose magic
 is damaged (or a `.seg` file that is no segment) is set aside, renamed `*.seg.damaged` and
-kept for the operator; its records are not delivered. What was cut out or set aside is
-noted in the state file before it is (`damage_pending`), and forgotten only once the
-emitter has reported it (`clear_damage`), so a crash cannot lose the report (a crash
-between noting and cutting reports those bytes twice, never not at all).
+kept for the operator; its records are not delivered. A segment deleted from outside the
+spool (noticed on opening, as a number missing from the run of segments, and while open,
+when it is read or appended to) is noted as missing, its records lost (how many is not
+known), and the spool goes on with the next one. What was cut out, set aside or found
+missing is noted in the state file before it is (`damage_pending`), and forgotten only
+once the emitter has reported it (`clear_damage`), so a crash cannot lose the report (a
+crash between noting and cutting reports those bytes twice, never not at all).
+
+Segments are numbered one after another; a number is skipped only where a segment was set
+aside or deleted, and the number of the segment the state file's cursor points into is
+never given to a new segment (its records would be skipped as acknowledged).
 
 A state file that is damaged (not JSON, fields of the wrong type, unreadable bytes) is set
 aside as `state.json.damaged` (kept for the operator) and reading starts again at the
@@ -138,18 +145,21 @@ class SpoolStats:
 @dataclass(frozen=True, slots=True)
 class SpoolDamage:
     """Damage not yet reported: un-acknowledged bytes lost (cut out, or in segments set
-    aside), the names (in the spool directory) of the segments set aside, and of the state
-    files set aside (reading started again at the oldest record; drops and damage they held
-    unreported are unknown)."""
+    aside); the names (in the spool directory) of the segments set aside; of the segments
+    deleted from outside the spool ("A.seg to B.seg" for a run), whose records are lost
+    (how many is unknown); and of the state files set aside (reading started again at the
+    oldest record; drops and damage they held unreported are unknown)."""
 
     cut_bytes: int = 0
     set_aside: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
     state_set_aside: tuple[str, ...] = ()
 
     def plus(self, more: SpoolDamage) -> SpoolDamage:
         return SpoolDamage(
             self.cut_bytes + more.cut_bytes,
             _union(self.set_aside, more.set_aside),
+            _union(self.missing, more.missing),
             _union(self.state_set_aside, more.state_set_aside),
         )
 
@@ -157,6 +167,7 @@ class SpoolDamage:
         return SpoolDamage(
             max(0, self.cut_bytes - reported.cut_bytes),
             tuple(n for n in self.set_aside if n not in reported.set_aside),
+            tuple(n for n in self.missing if n not in reported.missing),
             tuple(n for n in self.state_set_aside if n not in reported.state_set_aside),
         )
 
@@ -191,6 +202,7 @@ def _parse_state(raw: bytes) -> _State:
         SpoolDamage(
             _count(damaged, "cut_bytes", 0),
             _names(damaged, "set_aside"),
+            _names(damaged, "missing"),
             _names(damaged, "state_set_aside"),
         ),
     )
@@ -218,6 +230,27 @@ def _aside(path: Path) -> Path:
         number += 1
         aside = path.with_name(f"{path.name}.damaged.{number}")
     return aside
+
+
+def _missing_runs(
+    first: int, inside: bool, present: Sequence[int], set_aside: set[int]
+) -> list[tuple[int, int]]:
+    """The numbers of segments deleted from outside the spool, as runs (from, to). Numbers
+    run on from the cursor's segment, `first`: one below the highest present that is
+    neither present nor set aside was deleted; so was `first` if the cursor is `inside` it
+    (past its first record) and it is neither."""
+    last = max(present, default=first if inside else first - 1)
+    known = sorted({n for n in (*present, *set_aside) if first <= n <= last})
+    runs, expected = [], first
+    for number in [*known, last + 1]:
+        if number > expected:
+            runs.append((expected, number - 1))
+        expected = number + 1
+    return runs
+
+
+def _segment_name(seq: int) -> str:
+    return f"{seq:016d}.seg"
 
 
 def _no_access(directory: Path, exc: PermissionError) -> str:
@@ -329,11 +362,27 @@ class Spool:
                 path.unlink()  # fully acknowledged; a crash interrupted its deletion
                 continue
             self._segments.append(_Segment(seq, path, 0))
+        runs = _missing_runs(
+            cursor_seq,
+            cursor_off > len(MAGIC),
+            [segment.seq for segment in self._segments],
+            self._set_aside_numbers(),
+        )
         if not self._segments or self._segments[0].seq != cursor_seq:
-            cursor_off = len(MAGIC)  # its segment is gone: start at the next one
-        if self._segments:
-            cursor_seq = self._segments[0].seq
+            # Its segment is gone (set aside, or deleted): start at the next one. With none,
+            # a cursor inside it moves past its number, which a new segment must not reuse.
+            if self._segments:
+                cursor_seq = self._segments[0].seq
+            elif cursor_off > len(MAGIC):
+                cursor_seq += 1
+            cursor_off = len(MAGIC)
         self._cursor = (cursor_seq, cursor_off)
+        if runs:  # nothing lies between the state file's cursor and this one any more
+            self._durable_cursor = self._cursor
+            names = (
+                _segment_name(a) + ("" if a == b else f" to {_segment_name(b)}") for a, b in runs
+            )
+            self._note_damage(SpoolDamage(missing=tuple(names)))
         for segment in list(self._segments):  # one set aside moves the cursor past it
             start = self._cursor[1] if segment.seq == self._cursor[0] else len(MAGIC)
             self._depth_records += self._check_segment(segment, start)
@@ -381,20 +430,35 @@ class Spool:
         fsync_dir(self.directory)
         self._note_damage(SpoolDamage(state_set_aside=(aside.name,)))  # replaces it
 
+    def _set_aside_numbers(self) -> set[int]:
+        """The numbers of the segments set aside (`*.seg.damaged*`, or not yet reported)."""
+        names = [*(p.name for p in self.directory.glob("*.seg.damaged*")), *self._damage.set_aside]
+        return {int(n[:16]) for n in names if n[:16].isdigit() and n[16:28] == ".seg.damaged"}
+
     def _open_tail(self) -> None:
         """(Re)open the last segment for appending, at its end: after opening, and after a
-        repair replaced, cut or set aside a segment under the running spool."""
+        repair replaced, cut, set aside or lost a segment under the running spool."""
         if self._tail is not None:
             self._tail.close()
             self._tail = None
-        if self._segments:
-            self._tail = open(self._segments[-1].path, "r+b", buffering=0)
+        while self._segments:
+            try:
+                self._tail = open(self._segments[-1].path, "r+b", buffering=0)
+            except FileNotFoundError:
+                self._lose(self._segments[-1])
+                continue
             self._tail.seek(self._segments[-1].end)
+            return
 
     def _check_segment(self, segment: _Segment, start: int) -> int:
         """Count the intact records from `start`; cut out torn or corrupt bytes. A segment
-        whose magic is damaged is set aside instead (and 0 returned)."""
-        data = segment.path.read_bytes()
+        whose magic is damaged is set aside instead, and one deleted from outside the spool
+        is lost (0 returned for either)."""
+        try:
+            data = segment.path.read_bytes()
+        except FileNotFoundError:
+            self._lose(segment)
+            return 0
         seq, off = self._cursor
         first = off if seq == segment.seq else len(MAGIC)  # its first un-acknowledged byte
         # A segment that shrank under the running spool lost what it held past its new end
@@ -456,11 +520,22 @@ class Spool:
         segment.path.rename(aside)
         fsync_dir(self.directory)
         self._truncated += cut
+        self._forget(segment)
+
+    def _lose(self, segment: _Segment) -> None:
+        """`segment` was deleted from outside the spool: the records it held are lost (how
+        many is unknown). Note it, and go on without it."""
+        self._note_damage(SpoolDamage(missing=(segment.path.name,)))
+        self._forget(segment)
+
+    def _forget(self, segment: _Segment) -> None:
+        """Go on without `segment` (set aside, or lost). A cursor in it moves to the next
+        segment, or past its number: the state file may still hold a cursor into it, which
+        must not apply to a new segment."""
         self._segments.remove(segment)
-        if self._cursor[0] == segment.seq:  # never reuse its number: the state file may
-            # still hold a cursor into it, which must not apply to a new segment
-            nxt = self._segments[0].seq if self._segments else segment.seq + 1
-            self._cursor = (nxt, len(MAGIC))
+        if self._cursor[0] == segment.seq:
+            later = (s.seq for s in self._segments if s.seq > segment.seq)
+            self._cursor = (next(later, segment.seq + 1), len(MAGIC))
 
     def _note_damage(self, damage: SpoolDamage) -> None:
         """Remember, durably if the disk lets us, damage to report."""
@@ -501,7 +576,11 @@ class Spool:
             if segment.seq < cursor_seq:
                 continue
             pos = cursor_off if segment.seq == cursor_seq else len(MAGIC)
-            with open(segment.path, "rb") as f:
+            try:
+                f = open(segment.path, "rb")
+            except FileNotFoundError:  # deleted under the spool: the repair notes it
+                raise _Damaged(segment, pos) from None
+            with f:
                 f.seek(pos)
                 buf, at = b"", 0  # buf[at:] holds the file from `pos` on
                 while pos < segment.end:
@@ -655,6 +734,13 @@ class Spool:
         """Append `records` segment by segment; return how many are stored. A write that
         fails (ENOSPC) leaves nothing of its chunk: it raises if nothing was stored, else
         the records of the chunks before it are stored, and their count is returned."""
+        tail = self._segments[-1] if self._segments else None
+        if (
+            tail is not None
+            and self._tail is not None
+            and not os.fstat(self._tail.fileno()).st_nlink
+        ):
+            self._repair(_Damaged(tail, tail.end))  # deleted: what is written there is lost
         chunk, count, written = bytearray(), 0, 0
         try:
             for record in records:
@@ -764,6 +850,7 @@ class Spool:
         damaged = {
             "cut_bytes": damage.cut_bytes,
             "set_aside": list(damage.set_aside),
+            "missing": list(damage.missing),
             "state_set_aside": list(damage.state_set_aside),
         }
         body = {
