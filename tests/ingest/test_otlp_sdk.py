@@ -275,3 +275,40 @@ def test_envoy_access_log_records_over_grpc(server: ServerProcess) -> None:
     for line in (TEXT_LINES[0], TEXT_LINES[4]):
         event = expected(line, "ingest:otlp:istio-proxy", labels)
         assert fetch(server, event.id) == to_json_dict(event)
+
+
+def test_spans_with_no_response_or_a_broken_ok_response(server: ServerProcess) -> None:
+    """Envoy's tracer tags a request that got no response (the caller went away, a reset)
+    with http.status_code "0": the call is audited with no status, not rejected as an
+    invalid event. A failed span whose status is no error code (a 200 whose body broke off)
+    has error.type _OTHER, not "200"."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "istio-proxy"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests.otlp")
+    envoy_tags = {"http.method": "GET", "http.url": "http://orders:8080/orders/7"}
+    for name, tags, status in (
+        ("no response", {**envoy_tags, "http.status_code": "0"}, None),
+        ("no response, error", {**envoy_tags, "http.status_code": "0"}, "upstream reset"),
+        ("broken 200", {**envoy_tags, "http.status_code": "200"}, "stream reset"),
+    ):
+        with tracer.start_as_current_span(name, kind=SpanKind.SERVER, attributes=tags) as s:
+            if status is not None:
+                s.set_status(Status(StatusCode.ERROR, status))
+    provider.shutdown()
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    exporter: SpanExporter = HttpSpanExporter(endpoint=server.url + "/v1/traces")
+    assert exporter.export(list(spans.values())) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+
+    silent = fetch(server, span_id_of(spans["no response"]))
+    assert (silent["outcome"], silent["http"]) == (
+        "unknown",
+        {"method": "GET", "path": "/orders/7"},
+    )
+    reset = fetch(server, span_id_of(spans["no response, error"]))
+    assert reset["outcome"] == "failure"
+    assert reset["error"] == {"type": "_OTHER", "message": "upstream reset"}
+    broken = fetch(server, span_id_of(spans["broken 200"]))
+    assert (broken["outcome"], broken["http"]["status"]) == ("failure", 200)
+    assert broken["error"] == {"type": "_OTHER", "message": "stream reset"}

@@ -614,7 +614,9 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         raise Unmappable("start_time_unix_nano is beyond the year 2262")
     if end and end < start:  # 0: not given; the event then has no duration
         raise Unmappable("end_time_unix_nano is before start_time_unix_nano")
-    status = integer(attrs, "http.response.status_code", "http.status_code")
+    # Envoy's tracer writes http.status_code "0" when no response was sent (as its
+    # %RESPONSE_CODE%): no status, as `ingest.envoy` reads a 0 in an access log.
+    status = integer(attrs, "http.response.status_code", "http.status_code") or None
     server = span.kind == _SERVER
     url = text(attrs, "url.full", "http.url")
     try:
@@ -719,7 +721,9 @@ def _span_outcome(
         return "unknown", None
     if not failed:
         return "success", None
-    kind = error_type or (str(http_status) if http_status else "_OTHER")
+    # A status that is no error (a 200 whose body then broke off) is not the error's class.
+    errored = http_status is not None and http_status >= 400
+    kind = error_type or (str(http_status) if errored else "_OTHER")
     message = clip("error.message", status.message, MAX_TEXT) or ""
     return "failure", Error(type=clip("error.type", kind, 128) or kind, message=message)
 
