@@ -312,3 +312,36 @@ def test_spans_with_no_response_or_a_broken_ok_response(server: ServerProcess) -
     broken = fetch(server, span_id_of(spans["broken 200"]))
     assert (broken["outcome"], broken["http"]["status"]) == ("failure", 200)
     assert broken["error"] == {"type": "_OTHER", "message": "stream reset"}
+
+
+def test_a_server_span_behind_a_proxy_pairs_the_callers_ip_with_its_own_port(
+    server: ServerProcess,
+) -> None:
+    """A Java agent's server span behind a sidecar: client.address is the caller from
+    X-Forwarded-For (no client.port), network.peer.* the proxy's socket. The event's source
+    was the caller's IP with the proxy's ephemeral port, a peer that does not exist."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "ledger-api"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests.otlp")
+    request: dict[str, str | int] = {
+        "http.request.method": "GET",
+        "url.path": "/balance",
+        "http.response.status_code": 200,
+    }
+    behind_proxy = {"client.address": "203.0.113.9", "network.peer.address": "127.0.0.6"}
+    attributes: dict[str, str | int]
+    for name, attributes in (
+        ("via proxy", {**request, **behind_proxy, "network.peer.port": 40112}),
+        ("direct", {**request, "network.peer.address": "10.244.0.12", "network.peer.port": 51234}),
+    ):
+        with tracer.start_as_current_span(name, kind=SpanKind.SERVER, attributes=attributes):
+            pass
+    provider.shutdown()
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    exporter: SpanExporter = GrpcSpanExporter(endpoint=grpc_endpoint(server), insecure=True)
+    assert exporter.export(list(spans.values())) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert fetch(server, span_id_of(spans["via proxy"]))["source"] == {"ip": "203.0.113.9"}
+    direct = fetch(server, span_id_of(spans["direct"]))["source"]
+    assert direct == {"ip": "10.244.0.12", "port": 51234}

@@ -634,11 +634,7 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
     )
     if server:
         # HTTP server span: server.* describe this service, client.* the caller.
-        source = Peer(
-            ip=_ip(text(attrs, "client.address", "http.client_ip", "net.peer.ip"))
-            or _ip(text(attrs, "network.peer.address", "net.sock.peer.addr")),
-            port=integer(attrs, "client.port", "network.peer.port", "net.peer.port"),
-        )
+        source = _caller(attrs)
         host = text(attrs, "server.address", "net.host.name") or _host_of(text(attrs, "http.host"))
         destination = Peer(
             service=here.service,
@@ -696,6 +692,27 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         attested=False,
     )
     return _validated(clip.marked(event))
+
+
+# Where a server span names its caller, (address, port): the caller behind any proxy first
+# (client.*; http.client_ip, from X-Forwarded-For, has no port), then the socket's peer.
+_CALLER_KEYS = (
+    ("client.address", "client.port"),
+    ("http.client_ip", None),
+    ("net.peer.ip", "net.peer.port"),
+    ("network.peer.address", "network.peer.port"),
+    ("net.sock.peer.addr", "net.sock.peer.port"),
+)
+
+
+def _caller(attrs: Mapping[str, AnyValue]) -> Peer:
+    """The caller of a server span: its IP with the port of that same address, never the
+    IP of a client behind a proxy with the port the proxy connected from."""
+    for address, port in _CALLER_KEYS:
+        ip = _ip(text(attrs, address))
+        if ip is not None:
+            return Peer(ip=ip, port=None if port is None else integer(attrs, port))
+    return Peer(port=integer(attrs, "client.port", "network.peer.port", "net.peer.port"))
 
 
 def _span_outcome(
