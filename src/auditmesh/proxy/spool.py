@@ -8,7 +8,7 @@ thread, so a `Spool` is used by one thread at a time (and by one process: `DIR/l
 
 Layout of DIR (the sidecar's data dir + `/spool`):
 
-    DIR/<seq:016d>.seg  segments: the 8-byte magic b"AMSPOOL1", then records
+    DIR/<seq:016d>.seg  segments: the 8-byte magic, then records (`proxy/spool_format.py`)
     DIR/<seq:016d>.seg.damaged  a segment set aside because its magic was damaged
     DIR/state.json      {"segment": seq, "offset": bytes, "dropped": {reason: count},
                          "damaged": {"cut_bytes": n, "set_aside": [name, ...],
@@ -19,22 +19,19 @@ Layout of DIR (the sidecar's data dir + `/spool`):
     DIR/state.json.damaged  a state file set aside because it could not be read as one
     DIR/lock            flock(2) held while open
 
-A record is `u32 length ‖ u32 crc ‖ payload`, big-endian, where `payload` is the event's
-canonical bytes (RFC 8785, never empty) and `crc` is CRC-32 (zlib) of the 4 length bytes
-and the payload, so a zero-filled tail never passes as a record. Opening the spool checks
-every un-acknowledged record. Damaged bytes (a write torn by kill -9 or power loss at the
-tail, or a bad sector anywhere) are cut out and never delivered; the intact records after
-them are found again by their CRC (a payload is a JSON object, so only places where the
-byte after a header is `{` are tried) and kept. Damage that appears while the spool is
-open is met when a record is read, and cut out the same way there. A segment whose magic
-is damaged (or a `.seg` file that is no segment) is set aside, renamed `*.seg.damaged` and
-kept for the operator; its records are not delivered. A segment deleted from outside the
-spool (noticed on opening, as a number missing from the run of segments, and while open,
-when it is read or appended to) is noted as missing, its records lost (how many is not
-known), and the spool goes on with the next one. What was cut out, set aside or found
-missing is noted in the state file before it is (`damage_pending`), and forgotten only
-once the emitter has reported it (`clear_damage`), so a crash cannot lose the report (a
-crash between noting and cutting reports those bytes twice, never not at all).
+Opening the spool checks every un-acknowledged record by its CRC. Damaged bytes (a write
+torn by kill -9 or power loss at the tail, or a bad sector anywhere) are cut out and never
+delivered; the intact records after them are found again and kept (how:
+`proxy/spool_repair.py`). Damage that appears while the spool is open is met when a record
+is read, and cut out the same way there. A segment whose magic is damaged (or a `.seg`
+file that is no segment) is set aside, renamed `*.seg.damaged` and kept for the operator;
+its records are not delivered. A segment deleted from outside the spool (noticed on
+opening, as a number missing from the run of segments, and while open, when it is read or
+appended to) is noted as missing, its records lost (how many is not known), and the spool
+goes on with the next one. What was cut out, set aside or found missing is noted in the
+state file before it is (`damage_pending`), and forgotten only once the emitter has
+reported it (`clear_damage`), so a crash cannot lose the report (a crash between noting
+and cutting reports those bytes twice, never not at all).
 
 Segments are numbered one after another; a number is skipped only where a segment was set
 aside or deleted, and the number of the segment the state file's cursor points into is
@@ -73,8 +70,6 @@ import fcntl
 import json
 import os
 import stat
-import struct
-import zlib
 from collections.abc import Generator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -83,10 +78,40 @@ from types import TracebackType
 from typing import BinaryIO, Literal, TypeAlias
 
 from auditmesh.fsutil import fsync_dir
+from auditmesh.proxy.spool_format import (
+    HEADER,
+    MAGIC,
+    RECORD_OVERHEAD,
+    encode,
+    intact_size,
+    record_size,
+)
+from auditmesh.proxy.spool_repair import (
+    SpoolDamage,
+    aside_path,
+    cut_back,
+    missing_segments,
+    replace,
+    scan,
+    segment_name,
+    set_aside_numbers,
+)
 
-MAGIC = b"AMSPOOL1"
-_HEADER = struct.Struct(">II")
-RECORD_OVERHEAD = _HEADER.size
+__all__ = [  # the spool's public names, some of them defined in the two modules above
+    "MAGIC",
+    "RECORD_OVERHEAD",
+    "SPOOL_FULL",
+    "MiB",
+    "RecordTooLarge",
+    "Spool",
+    "SpoolConfig",
+    "SpoolDamage",
+    "SpoolError",
+    "SpoolStats",
+    "WhenFull",
+    "record_size",
+]
+
 _READ_CHUNK = 256 * 1024
 _STATE = "state.json"
 MiB = 1024 * 1024
@@ -143,40 +168,6 @@ class SpoolStats:
 
 
 @dataclass(frozen=True, slots=True)
-class SpoolDamage:
-    """Damage not yet reported: un-acknowledged bytes lost (cut out, or in segments set
-    aside); the names (in the spool directory) of the segments set aside; of the segments
-    deleted from outside the spool ("A.seg to B.seg" for a run), whose records are lost
-    (how many is unknown); and of the state files set aside (reading started again at the
-    oldest record; drops and damage they held unreported are unknown)."""
-
-    cut_bytes: int = 0
-    set_aside: tuple[str, ...] = ()
-    missing: tuple[str, ...] = ()
-    state_set_aside: tuple[str, ...] = ()
-
-    def plus(self, more: SpoolDamage) -> SpoolDamage:
-        return SpoolDamage(
-            self.cut_bytes + more.cut_bytes,
-            _union(self.set_aside, more.set_aside),
-            _union(self.missing, more.missing),
-            _union(self.state_set_aside, more.state_set_aside),
-        )
-
-    def minus(self, reported: SpoolDamage) -> SpoolDamage:
-        return SpoolDamage(
-            max(0, self.cut_bytes - reported.cut_bytes),
-            tuple(n for n in self.set_aside if n not in reported.set_aside),
-            tuple(n for n in self.missing if n not in reported.missing),
-            tuple(n for n in self.state_set_aside if n not in reported.state_set_aside),
-        )
-
-
-def _union(names: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
-    return names + tuple(n for n in more if n not in names)
-
-
-@dataclass(frozen=True, slots=True)
 class _State:
     cursor: tuple[int, int]
     dropped: dict[str, int]
@@ -222,37 +213,6 @@ def _names(fields: dict[str, object], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _aside(path: Path) -> Path:
-    """A free name to set `path` aside under: `NAME.damaged`, else `NAME.damaged.N` (an
-    earlier one of the same name stays too)."""
-    aside, number = path.with_name(path.name + ".damaged"), 0
-    while aside.exists() or aside.is_symlink():
-        number += 1
-        aside = path.with_name(f"{path.name}.damaged.{number}")
-    return aside
-
-
-def _missing_runs(
-    first: int, inside: bool, present: Sequence[int], set_aside: set[int]
-) -> list[tuple[int, int]]:
-    """The numbers of segments deleted from outside the spool, as runs (from, to). Numbers
-    run on from the cursor's segment, `first`: one below the highest present that is
-    neither present nor set aside was deleted; so was `first` if the cursor is `inside` it
-    (past its first record) and it is neither."""
-    last = max(present, default=first if inside else first - 1)
-    known = sorted({n for n in (*present, *set_aside) if first <= n <= last})
-    runs, expected = [], first
-    for number in [*known, last + 1]:
-        if number > expected:
-            runs.append((expected, number - 1))
-        expected = number + 1
-    return runs
-
-
-def _segment_name(seq: int) -> str:
-    return f"{seq:016d}.seg"
-
-
 def _no_access(directory: Path, exc: PermissionError) -> str:
     """One line for a spool file this process may not use: which, and what to do."""
     name = exc.filename if exc.filename is not None else directory
@@ -266,40 +226,6 @@ def _no_access(directory: Path, exc: PermissionError) -> str:
         f"give it read and write access to {directory} and every file in it (for example "
         "with chown -R), then start it again"
     )
-
-
-def record_size(payload: bytes) -> int:
-    """Bytes one record takes in the spool (and against `max_bytes`)."""
-    return RECORD_OVERHEAD + len(payload)
-
-
-def _encode(payload: bytes) -> bytes:
-    length = len(payload).to_bytes(4, "big")
-    crc = zlib.crc32(payload, zlib.crc32(length))
-    return length + crc.to_bytes(4, "big") + payload
-
-
-def _valid(data: bytes | memoryview, pos: int, limit: int) -> int:
-    """Size of the intact record at `pos` in `data[:limit]`, or 0 if it is torn or corrupt."""
-    if limit - pos < RECORD_OVERHEAD:
-        return 0
-    length, crc = (int(v) for v in _HEADER.unpack_from(data, pos))
-    end = pos + RECORD_OVERHEAD + length
-    if length == 0 or end > limit:
-        return 0
-    if zlib.crc32(data[pos + RECORD_OVERHEAD : end], zlib.crc32(data[pos : pos + 4])) != crc:
-        return 0
-    return RECORD_OVERHEAD + length
-
-
-def _next_record(data: bytes, pos: int) -> int:
-    """Where the first intact record after the damaged byte at `pos` starts (or the end)."""
-    brace = data.find(b"{", pos + 1 + RECORD_OVERHEAD)
-    while brace != -1:
-        if _valid(data, brace - RECORD_OVERHEAD, len(data)):
-            return brace - RECORD_OVERHEAD
-        brace = data.find(b"{", brace + 1)
-    return len(data)
 
 
 @dataclass(slots=True)
@@ -362,7 +288,7 @@ class Spool:
                 path.unlink()  # fully acknowledged; a crash interrupted its deletion
                 continue
             self._segments.append(_Segment(seq, path, 0))
-        runs = _missing_runs(
+        gone = missing_segments(
             cursor_seq,
             cursor_off > len(MAGIC),
             [segment.seq for segment in self._segments],
@@ -377,12 +303,9 @@ class Spool:
                 cursor_seq += 1
             cursor_off = len(MAGIC)
         self._cursor = (cursor_seq, cursor_off)
-        if runs:  # nothing lies between the state file's cursor and this one any more
+        if gone:  # nothing lies between the state file's cursor and this one any more
             self._durable_cursor = self._cursor
-            names = (
-                _segment_name(a) + ("" if a == b else f" to {_segment_name(b)}") for a, b in runs
-            )
-            self._note_damage(SpoolDamage(missing=tuple(names)))
+            self._note_damage(SpoolDamage(missing=gone))
         for segment in list(self._segments):  # one set aside moves the cursor past it
             start = self._cursor[1] if segment.seq == self._cursor[0] else len(MAGIC)
             self._depth_records += self._check_segment(segment, start)
@@ -414,7 +337,7 @@ class Spool:
             self._cursor = self._durable_cursor = state.cursor
             self._dropped, self._damage = state.dropped, state.damage
             return
-        aside = _aside(path)
+        aside = aside_path(path)
         # A link, not a rename: state.json stays until the new state replaces it, so a
         # crash in between finds it damaged again rather than losing the report.
         try:
@@ -432,8 +355,8 @@ class Spool:
 
     def _set_aside_numbers(self) -> set[int]:
         """The numbers of the segments set aside (`*.seg.damaged*`, or not yet reported)."""
-        names = [*(p.name for p in self.directory.glob("*.seg.damaged*")), *self._damage.set_aside]
-        return {int(n[:16]) for n in names if n[:16].isdigit() and n[16:28] == ".seg.damaged"}
+        on_disk = (p.name for p in self.directory.glob("*.seg.damaged*"))
+        return set_aside_numbers([*on_disk, *self._damage.set_aside])
 
     def _open_tail(self) -> None:
         """(Re)open the last segment for appending, at its end: after opening, and after a
@@ -455,67 +378,37 @@ class Spool:
         whose magic is damaged is set aside instead, and one deleted from outside the spool
         is lost (0 returned for either)."""
         try:
-            data = segment.path.read_bytes()
+            on_disk = segment.path.read_bytes()
         except FileNotFoundError:
             self._lose(segment)
             return 0
         seq, off = self._cursor
         first = off if seq == segment.seq else len(MAGIC)  # its first un-acknowledged byte
+        if not on_disk.startswith(MAGIC) and not MAGIC.startswith(on_disk):
+            self._set_aside(segment, max(0, len(on_disk) - first))  # all it holds is lost
+            return 0
+        # A magic cut short: the segment was created, but its magic never made it to disk.
+        data = on_disk if len(on_disk) >= len(MAGIC) else MAGIC
+        found = scan(data, max(start, len(MAGIC)))
         # A segment that shrank under the running spool lost what it held past its new end
         # (`end` is 0 when opening).
-        damaged = max(0, segment.end - max(len(data), first))
-        if MAGIC.startswith(data):
-            data = b""  # created, but its magic never made it to disk
-        elif data[: len(MAGIC)] != MAGIC:
-            self._set_aside(segment, max(0, len(data) - first))  # all it holds is lost to us
-            return 0
-        pos = min(max(start, len(MAGIC)), len(data)) if data else len(MAGIC)
-        kept: list[bytes] = []  # the runs of intact bytes, magic and acknowledged head included
-        run_start = records = 0
-        while pos < len(data):
-            size = _valid(data, pos, len(data))
-            if size:
-                pos += size
-                records += 1
-                continue
-            kept.append(data[run_start:pos])
-            resume = _next_record(data, pos)
-            damaged += resume - pos
-            pos = run_start = resume
-        if data and not damaged:
-            segment.end = len(data)
-            return records
-        self._note_damage(SpoolDamage(damaged))  # durable before the bytes are gone
-        self._truncated += damaged
-        if data and len(kept) == 1 and run_start == len(data):
-            # Damage only at the end (a torn last write): cut it off in place, which
-            # needs no free space on a disk that may be full.
-            with open(segment.path, "r+b") as f:
-                f.truncate(len(kept[0]))
-                os.fsync(f.fileno())
-            segment.end = len(kept[0])
-            return records
-        kept.append(data[run_start:pos])
-        intact = b"".join(kept) if data else MAGIC
-        replacement = segment.path.with_suffix(".tmp")
-        try:
-            with open(replacement, "wb") as f:  # whole or not at all: write, fsync, rename
-                f.write(intact)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError:
-            replacement.unlink(missing_ok=True)
-            raise
-        replacement.replace(segment.path)
-        fsync_dir(self.directory)
-        segment.end = len(intact)
-        return records
+        lost = found.cut + max(0, segment.end - max(len(on_disk), first))
+        if lost:
+            self._note_damage(SpoolDamage(lost))  # durable before the bytes are gone
+            self._truncated += lost
+        if found.intact != on_disk:
+            if on_disk.startswith(found.intact):  # damage only at the end: a torn last write
+                cut_back(segment.path, len(found.intact))
+            else:
+                replace(segment.path, found.intact)
+        segment.end = len(found.intact)
+        return found.records
 
     def _set_aside(self, segment: _Segment, cut: int) -> None:
         """Rename a segment whose magic is damaged to `*.seg.damaged` (never delete it: the
         operator may want its bytes) and go on without it; `cut` is its un-acknowledged
         bytes, reported as lost."""
-        aside = _aside(segment.path)
+        aside = aside_path(segment.path)
         self._note_damage(SpoolDamage(cut, (aside.name,)))  # durable before it is gone
         segment.path.rename(aside)
         fsync_dir(self.directory)
@@ -587,11 +480,11 @@ class Spool:
                     if len(buf) - at < RECORD_OVERHEAD:
                         buf, at = buf[at:] + f.read(_READ_CHUNK), 0
                     if len(buf) - at >= RECORD_OVERHEAD:
-                        need = RECORD_OVERHEAD + _HEADER.unpack_from(buf, at)[0]
+                        need = RECORD_OVERHEAD + HEADER.unpack_from(buf, at)[0]
                         if len(buf) - at < need:
                             buf, at = buf[at:] + f.read(max(_READ_CHUNK, need)), 0
                         limit = at + min(len(buf) - at, segment.end - pos)
-                        if _valid(buf, at, limit) == need:
+                        if intact_size(buf, at, limit) == need:
                             pos += need
                             yield segment.seq, pos, buf[at + RECORD_OVERHEAD : at + need]
                             at += need
@@ -754,7 +647,7 @@ class Spool:
                         written += count
                         chunk, count = bytearray(), 0
                     self._new_segment()
-                chunk += _encode(record)
+                chunk += encode(record)
                 count += 1
             self._flush_chunk(bytes(chunk), count)
         except OSError:
@@ -785,7 +678,7 @@ class Spool:
     def _new_segment(self) -> None:
         """Start the next segment; if that fails (ENOSPC), the current tail stays the tail."""
         seq = self._segments[-1].seq + 1 if self._segments else self._cursor[0]
-        path = self.directory / f"{seq:016d}.seg"
+        path = self.directory / segment_name(seq)
         new = open(path, "w+b", buffering=0)
         try:
             if new.write(MAGIC) != len(MAGIC):
