@@ -26,6 +26,7 @@ from auditmesh.identity.tokens import JoinTokens
 from auditmesh.meshproc import address
 from auditmesh.proxy.config import load_config
 from auditmesh.proxy.sidecar import Sidecar
+from auditmesh.proxy.spool import Spool
 from auditmesh.serverproc import free_port
 from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
 
@@ -120,6 +121,21 @@ def test_an_identity_directory_that_takes_no_file_is_refused_before_joining(
         "it can still be used once that is fixed\n"
     )
     (tmp_path / "data" / "identity").unlink()
+    starts(mesh, tmp_path, join, inbound=inbound())
+
+
+def test_a_spool_that_cannot_be_opened_is_refused_before_joining(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """The spool used to open after enrolling: a spool in use by another process (a
+    sidecar already running on this data_dir) spent the one-time token and had an SVID
+    issued (and audited) to a sidecar that then did not start."""
+    join = token(mesh, spiffe("orders"))
+    with Spool(tmp_path / "data" / "spool"):  # holds the spool's lock, as a sidecar would
+        output = Run(tmp_path, config_of(mesh, tmp_path, join, inbound=inbound())).refused()
+    assert output.startswith("auditmesh: error: ") and "spool" in output, output
+    assert "Traceback" not in output
+    assert not (tmp_path / "data" / "identity" / "svid.pem").exists()  # never enrolled
     starts(mesh, tmp_path, join, inbound=inbound())
 
 

@@ -161,6 +161,7 @@ class Emitter:
         reporter: str,
         config: EmitterConfig | None = None,
         spool_config: SpoolConfig | None = None,
+        spool: Spool | None = None,
         now_ns: Callable[[], int] = time.time_ns,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random_module.random,
@@ -169,7 +170,9 @@ class Emitter:
         self._client = client
         self.reporter = reporter
         self.config = config or EmitterConfig()
-        self._spool = Spool(Path(data_dir) / "spool", spool_config)  # recovers a crashed spool
+        # `spool`: opened by the caller (the sidecar, before it spends its join token); else
+        # opened here with `spool_config`. Either way this closes it. Opening recovers a crash.
+        self._spool = spool or Spool(Path(data_dir) / "spool", spool_config)
         self._drop_oldest = self._spool.config.when_full == "drop-oldest"
         self.rejected_path = Path(data_dir) / REJECTED_FILE
         self._now_ns, self._clock, self._rand, self._random_bytes = (

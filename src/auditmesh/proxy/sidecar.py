@@ -48,7 +48,7 @@ from auditmesh.proxy.http_proxy import HttpProxy, InFlight, Route, SecureNamingE
 from auditmesh.proxy.pool import Pool, Upstream
 from auditmesh.proxy.record import Exchange, peer_of, reached_at, to_event
 from auditmesh.proxy.routing import by_host, service_names
-from auditmesh.proxy.spool import SpoolConfig
+from auditmesh.proxy.spool import Spool, SpoolConfig
 from auditmesh.proxy.tcp import relay
 
 STREAM_LIMIT = 256 * 1024
@@ -100,16 +100,27 @@ class Sidecar:
 
     async def run(self, stop: asyncio.Event) -> None:
         # Whatever can fail is tried before the one-time join token is spent: the listen
-        # addresses are bound now (and listened on once the sidecar serves).
+        # addresses are bound now (and listened on once the sidecar serves), and the spool
+        # is opened (its directory locked, a crashed or damaged one recovered).
         bound = bind_listeners(self.config)
+        spool: Spool | None = None
         try:
-            await self._serve(stop, bound)
+            audit = self.config.audit
+            spool = Spool(
+                self.data_dir / "spool",
+                SpoolConfig(max_bytes=audit.spool_max_bytes, when_full=audit.spool_full),
+            )
+            await self._serve(stop, bound, spool)
         finally:
+            if spool is not None and self.emitter is None:  # else the emitter closed it
+                spool.close()
             for sockets in bound.values():
                 for sock in sockets:
                     sock.close()
 
-    async def _serve(self, stop: asyncio.Event, bound: dict[str, list[socket.socket]]) -> None:
+    async def _serve(
+        self, stop: asyncio.Event, bound: dict[str, list[socket.socket]], spool: Spool
+    ) -> None:
         credentials = await self.agent.start(self._token)
         self.namespace = self._resolve_namespace(credentials.spiffe_id)
         self._use(credentials)
@@ -122,7 +133,7 @@ class Sidecar:
             config=EmitterConfig(
                 max_batch_events=audit.batch_size, flush_interval_s=audit.flush_ms / 1000
             ),
-            spool_config=SpoolConfig(max_bytes=audit.spool_max_bytes, when_full=audit.spool_full),
+            spool=spool,
         )
         self.emitter.start()
         renewals = asyncio.ensure_future(self.agent.run_renewals())
