@@ -129,8 +129,15 @@ def test_server_url_type() -> None:
         (["--cursor", "abc"], "--cursor: not a cursor this server issued"),
         (["--since", "1x"], "--since: '1x' is neither a duration"),
         (["--until", "tomorrow"], "--until: 'tomorrow' is neither a duration"),
+        # a bare number is nanoseconds: `date +%s` output used to select from January 1970
+        (
+            ["--since", "1764300000"],
+            "--since: 1764300000 looks like Unix seconds, but a number here is Unix "
+            "nanoseconds (this one is in January 1970): write 1764300000000000000, or",
+        ),
+        (["--until", "1764300000000"], "--until: 1764300000000 looks like Unix milliseconds"),
     ],
-    ids=["status", "trace", "path", "limit", "cursor", "since", "until"],
+    ids=["status", "trace", "path", "limit", "cursor", "since", "until", "seconds", "millis"],
 )
 def test_query_names_the_option_it_refuses(
     data: Path, capsys: pytest.CaptureFixture[str], words: list[str], expected: str

@@ -14,9 +14,23 @@ def parse_duration_s(text: str) -> int:
     return seconds
 
 
+# A bare number is Unix nanoseconds; one of 10 or 13 digits is what `date +%s` (seconds) and
+# JavaScript's Date.now() (milliseconds) print, hours after 1970 as nanoseconds.
+_UNITS = {10: ("seconds", 10**9), 13: ("milliseconds", 10**6)}
+
+
 def parse_time_ns(text: str, now_ns: int, flag: str = "--since") -> int:
     """A duration means that long before `now_ns`; otherwise an RFC 3339 timestamp (or Unix
-    nanoseconds): `analysis.query.parse_time`, its errors as the CLI's, naming `flag`."""
+    nanoseconds): `analysis.query.parse_time`, its errors as the CLI's, naming `flag`. Unix
+    seconds or milliseconds given by mistake are refused, with the nanoseconds they mean."""
+    digits = text.strip()
+    if digits.isascii() and digits.isdigit() and len(digits) in _UNITS:
+        unit, scale = _UNITS[len(digits)]
+        raise UserError(
+            f"{flag}: {digits} looks like Unix {unit}, but a number here is Unix "
+            f"nanoseconds (this one is in January 1970): write {int(digits) * scale}, or an "
+            "RFC 3339 time such as 2026-11-28T10:00:00Z"
+        )
     try:
         return parse_time(text, now_ns, "time")
     except QueryError as exc:
