@@ -423,9 +423,11 @@ def _records(resources: Iterable[Any], scopes: str, items: str) -> Iterator[tupl
     """Each span or log record with its resource's origin: resource → scope → item, the
     same nesting in trace.proto and logs.proto under other field names."""
     for resource_items in resources:
-        origin = _Origin.of(resource_items.resource)
+        origin = None  # read at its first item: a request of empty resources costs nothing
         for scope_items in getattr(resource_items, scopes):
             for item in getattr(scope_items, items):
+                if origin is None:
+                    origin = _Origin.of(resource_items.resource)
                 yield item, origin
 
 
