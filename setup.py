@@ -39,7 +39,19 @@ def _compiler() -> str | None:
     return shutil.which(command[0]) if command else None
 
 
+def _drop_compiled(keep: list[str]) -> None:
+    """Delete the compiled modules in src/ that this build will not make again: one left
+    there shadows its .py, so a module taken out of NATIVE (whose shared library is gone, so
+    it no longer even imports) or a pure build (which would run the old compiled code) must
+    not find it."""
+    kept = {str(Path(source).with_suffix("")) for source in keep}
+    for found in Path("src", "auditmesh").rglob("*.so"):
+        if str(found).split(".", 1)[0] not in kept:
+            found.unlink()
+
+
 if os.environ.get("AUDITMESH_PURE") == "1":
+    _drop_compiled([])
     setup()
 elif _compiler() is None:
     print(
@@ -48,10 +60,12 @@ elif _compiler() is None:
         "to compile it (AUDITMESH_PURE=1 silences this)",
         file=sys.stderr,
     )
+    _drop_compiled([])
     setup()
 else:
     from mypyc.build import mypycify
 
+    _drop_compiled(NATIVE)
     extensions = mypycify(NATIVE, opt_level="3")
     # The modules share one library named by a hash of the list: drop an older list's.
     shared = {f"{e.name}." for e in extensions if e.name.endswith("__mypyc")}

@@ -12,6 +12,9 @@ import importlib
 import os
 import re
 import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,65 @@ def test_except_clauses_do_not_reuse_a_name_for_other_types(source: str) -> None
                 types.setdefault(node.name, set()).add(caught)
         reused = {name: sorted(caught) for name, caught in types.items() if len(caught) > 1}
         assert not reused, f"{source}:{function.lineno} {function.name}: {reused}"
+
+
+def _build_in_place(tree: Path, native: list[str], **env: str) -> None:
+    """setup.py, made to compile `native`, run as `make native` runs it, in a copy of src/."""
+    text = (ROOT / "setup.py").read_text("utf-8")
+    listed = "".join(f'    "{source}",\n' for source in native)
+    text = re.sub(r"NATIVE = \[\n.*?\]", f"NATIVE = [\n{listed}]", text, flags=re.DOTALL)
+    (tree / "setup.py").write_text(text, "utf-8")
+    subprocess.run(
+        [sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"],
+        cwd=tree,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+
+
+def _imports_from(tree: Path, module: str) -> str:
+    """Where `module` is imported from in a fresh interpreter that sees `tree`/src first."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module} as m; print(m.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(tree / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _copy_with_compiled_pool(tmp_path: Path) -> Path:
+    """A checkout whose src/ holds pool.py compiled, as an earlier `make native` left it."""
+    tree = tmp_path / "checkout"
+    shutil.copytree(ROOT / "src" / "auditmesh", tree / "src" / "auditmesh", ignore=_no_so)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    _build_in_place(tree, ["src/auditmesh/proxy/pool.py", "src/auditmesh/proxy/paths.py"])
+    assert _imports_from(tree, "auditmesh.proxy.pool").endswith(SUFFIX)
+    return tree
+
+
+def _no_so(directory: str, names: list[str]) -> list[str]:
+    return [name for name in names if name.endswith(".so") or name == "__pycache__"]
+
+
+SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(PURE, reason="AUDITMESH_PURE=1 or no C compiler: nothing is compiled")
+def test_a_module_taken_out_of_native_imports_as_python_again(tmp_path: Path) -> None:
+    tree = _copy_with_compiled_pool(tmp_path)
+    _build_in_place(tree, ["src/auditmesh/proxy/paths.py"])
+    assert _imports_from(tree, "auditmesh.proxy.pool").endswith("pool.py")
+    assert _imports_from(tree, "auditmesh.proxy.paths").endswith(SUFFIX)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(PURE, reason="AUDITMESH_PURE=1 or no C compiler: nothing is compiled")
+def test_a_pure_build_leaves_no_compiled_module_behind(tmp_path: Path) -> None:
+    tree = _copy_with_compiled_pool(tmp_path)
+    _build_in_place(tree, ["src/auditmesh/proxy/pool.py"], AUDITMESH_PURE="1")
+    assert _imports_from(tree, "auditmesh.proxy.pool").endswith("pool.py")
