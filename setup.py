@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import setup
@@ -34,9 +35,11 @@ NATIVE = [
 
 
 def _compiler() -> str | None:
-    """The C compiler setuptools will call (``$CC``, else ``cc``), if it is installed."""
+    """The C compiler setuptools will call (``$CC``, else ``cc``), if it is installed and
+    Python's headers are there to compile against (Debian: python3-dev)."""
     command = os.environ.get("CC", "cc").split()
-    return shutil.which(command[0]) if command else None
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    return shutil.which(command[0]) if command and headers.is_file() else None
 
 
 def _drop_compiled(keep: list[str]) -> None:
@@ -55,9 +58,10 @@ if os.environ.get("AUDITMESH_PURE") == "1":
     setup()
 elif _compiler() is None:
     print(
-        "auditmesh: no C compiler (cc, or $CC) found: installing pure Python, which works "
-        "the same but is slower on the sidecar's request path; install gcc and reinstall "
-        "to compile it (AUDITMESH_PURE=1 silences this)",
+        "auditmesh: no C compiler (cc, or $CC) or no Python.h found: installing pure Python, "
+        "which works the same but is slower on the sidecar's request path; install gcc and "
+        "the Python headers (python3-dev) and reinstall to compile it (AUDITMESH_PURE=1 "
+        "silences this)",
         file=sys.stderr,
     )
     _drop_compiled([])

@@ -22,7 +22,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = re.findall(r'"(src/auditmesh/[\w/]+\.py)"', (ROOT / "setup.py").read_text("utf-8"))
 CC = os.environ.get("CC", "cc").split()
-PURE = os.environ.get("AUDITMESH_PURE") == "1" or not CC or shutil.which(CC[0]) is None
+HEADERS = Path(sysconfig.get_paths()["include"], "Python.h")
+PURE = (  # as setup.py decides
+    os.environ.get("AUDITMESH_PURE") == "1"
+    or not CC
+    or shutil.which(CC[0]) is None
+    or not HEADERS.is_file()
+)
 
 
 def module_name(source: str) -> str:
