@@ -42,14 +42,14 @@ def _compiler() -> str | None:
     return shutil.which(command[0]) if command and headers.is_file() else None
 
 
-def _drop_compiled(keep: list[str]) -> None:
-    """Delete the compiled modules in src/ that this build will not make again: one left
-    there shadows its .py, so a module taken out of NATIVE (whose shared library is gone, so
-    it no longer even imports) or a pure build (which would run the old compiled code) must
-    not find it."""
-    kept = {str(Path(source).with_suffix("")) for source in keep}
-    for found in Path("src", "auditmesh").rglob("*.so"):
-        if str(found).split(".", 1)[0] not in kept:
+def _drop_compiled(remade: list[str]) -> None:
+    """Delete the compiled files in src/ that this build will not make again (`remade`: the
+    extensions' module names). A module left there shadows its .py, so one taken out of
+    NATIVE (whose shared library, named by a hash of the list, is gone, so it no longer even
+    imports) or a pure build (which would run the old compiled code) must not find it."""
+    kept = {name.replace(".", "/") for name in remade}
+    for found in Path("src").rglob("*.so"):
+        if str(found.relative_to("src")).split(".", 1)[0] not in kept:
             found.unlink()
 
 
@@ -69,11 +69,6 @@ elif _compiler() is None:
 else:
     from mypyc.build import mypycify
 
-    _drop_compiled(NATIVE)
-    extensions = mypycify(NATIVE, opt_level="3")
-    # The modules share one library named by a hash of the list: drop an older list's.
-    shared = {f"{e.name}." for e in extensions if e.name.endswith("__mypyc")}
-    for library in Path("src").glob("*__mypyc.*"):
-        if not any(library.name.startswith(name) for name in shared):
-            library.unlink()
+    extensions = mypycify(NATIVE, opt_level="3")  # C sources only: nothing in src/ yet
+    _drop_compiled([extension.name for extension in extensions])
     setup(ext_modules=extensions)

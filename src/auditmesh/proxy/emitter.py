@@ -150,6 +150,19 @@ class _Answer:
     line: int | None = None
 
 
+# What the spool_damaged notice says of each kind of file it names (`{where}`: the files).
+_SET_ASIDE = "damaged segments set aside (kept, not delivered): {where}"
+_MISSING = (
+    "spool segments were deleted by something other than the sidecar: {where}; the audit "
+    "events they held are lost (how many is unknown)"
+)
+_STATE_SET_ASIDE = (
+    "the spool's damaged state file was set aside (kept): {where}; delivery started again at "
+    "the oldest spooled event, so events the server already has are sent again (it keeps "
+    "each id once), and drops or damage that file held unreported are unknown"
+)
+
+
 class Emitter:
     """Delivers audit events to the server in order, exactly once in the ledger."""
 
@@ -550,26 +563,14 @@ class Emitter:
                 "lost"
             )
         labels = {"system.action": "spool_damaged", "spool.cut_bytes": str(damage.cut_bytes)}
-        if damage.set_aside:
-            where = self._paths(damage.set_aside)
-            parts.append(f"damaged segments set aside (kept, not delivered): {where}")
-            labels["spool.set_aside"] = where
-        if damage.missing:
-            where = self._paths(damage.missing)
-            parts.append(
-                f"spool segments were deleted by something other than the sidecar: {where}; "
-                "the audit events they held are lost (how many is unknown)"
-            )
-            labels["spool.missing"] = where
-        if damage.state_set_aside:
-            where = self._paths(damage.state_set_aside)
-            parts.append(
-                f"the spool's damaged state file was set aside (kept): {where}; delivery "
-                "started again at the oldest spooled event, so events the server already has "
-                "are sent again (it keeps each id once), and drops or damage that file held "
-                "unreported are unknown"
-            )
-            labels["spool.state_set_aside"] = where
+        for names, label, told in (
+            (damage.set_aside, "spool.set_aside", _SET_ASIDE),
+            (damage.missing, "spool.missing", _MISSING),
+            (damage.state_set_aside, "spool.state_set_aside", _STATE_SET_ASIDE),
+        ):
+            if names:
+                labels[label] = where = self._paths(names)
+                parts.append(told.format(where=where))
         notice = self._system_event("spool_damaged", "; ".join(parts)[:MAX_TEXT], labels)
         self._damage_notice = (notice.id, canonical_bytes(notice), damage)
         self._buffer.append(notice)  # behind everything emitted before it
