@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,40 @@ def test_a_ledger_from_before_interior_nodes_proves_grows_and_verifies(tmp_path:
         assert report.size == 700
     finally:
         ledger.close()
+
+
+def test_commits_are_checkpointed_off_the_writer_and_the_thread_ends_on_close(
+    tmp_path: Path,
+) -> None:
+    """The pages a commit put in the WAL reach ledger.db through the background checkpointer
+    (the writer's own autocheckpoint waits for 64 MiB of WAL, far more than this writes)."""
+    ledger = open_ledger(tmp_path, origin="test/log")
+    database = tmp_path / "ledger.db"
+    before = database.stat().st_size
+    events = generate(2_000)
+    for start in range(0, 2_000, 500):
+        ledger.log.append([entry_of(e) for e in events[start : start + 500]])
+    deadline = time.monotonic() + 10
+    while database.stat().st_size <= before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert database.stat().st_size > before, "no checkpoint copied the WAL into ledger.db"
+    assert "auditmesh-wal-checkpoint" in {t.name for t in threading.enumerate()}
+    ledger.log.checkpoint()
+    ledger.close()
+    assert "auditmesh-wal-checkpoint" not in {t.name for t in threading.enumerate()}
+    reopened = open_ledger(tmp_path, create=False)
+    try:
+        assert reopened.log.size == 2_000
+        assert verify_log(StoreReader(reopened.store), reopened.log.verifier).size == 2_000
+    finally:
+        reopened.close()
+
+
+def test_a_store_that_only_reads_starts_no_checkpointer(tmp_path: Path) -> None:
+    open_ledger(tmp_path, origin="test/log").close()
+    reader = open_ledger(tmp_path, create=False)
+    try:
+        assert reader.log.size == 0
+        assert "auditmesh-wal-checkpoint" not in {t.name for t in threading.enumerate()}
+    finally:
+        reader.close()

@@ -4,13 +4,17 @@ WAL mode with `synchronous=FULL`: a commit is on disk when `write` returns. One 
 connection (the sequencer's thread); each reading thread gets its own connection, so
 reads run alongside appends. The schema is versioned with `PRAGMA user_version` and
 upgraded by the ordered migrations below.
+
+Committed pages are copied from the WAL into the database file (a checkpoint) by a thread
+of their own (`WalCheckpointer`), not by the commit that filled the WAL, so an append does
+not wait for those writes and their fsync.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +103,10 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 DB_NAME = "ledger.db"
+# SQLite "Write-Ahead Logging" §3 (checkpointing): the writer checkpoints after a commit
+# only once the WAL passes this many pages (64 MiB of 4 KiB pages), a bound on its size
+# should the background checkpointer fall behind; SQLite's default is 1,000.
+WRITER_AUTOCHECKPOINT_PAGES = 16_384
 # Byte columns are read with CAST(… AS BLOB): a value someone rewrote as TEXT (the sqlite3
 # shell's replace() does) still comes back as its bytes, to be hashed and found wrong by
 # `log verify`, not as a str (or a UTF-8 decoding error) that breaks the reader.
@@ -138,6 +146,7 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._writer = self._connect()
+        self._checkpointer: WalCheckpointer | None = None  # started by the first write
         self._migrate(create)
 
     # -- connections ---------------------------------------------------------------
@@ -187,6 +196,9 @@ class SQLiteStore:
                 raise
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._writer.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -254,10 +266,14 @@ class SQLiteStore:
     def write(
         self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], StoredTile]
     ) -> None:
+        if self._checkpointer is None:
+            self._writer.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
+            self._checkpointer = WalCheckpointer(self._connect)
         try:
             self._write(start, entries, tile_updates)
         except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, I/O
             raise StoreUnavailable(f"the ledger could not commit ({self.path}): {exc}") from exc
+        self._checkpointer.kick()
 
     def _write(
         self, start: int, entries: Sequence[Entry], tile_updates: dict[tuple[int, int], StoredTile]
@@ -358,3 +374,49 @@ class SQLiteStore:
         sql += " ORDER BY idx LIMIT ?"
         rows = self._reader().execute(sql, (*params, where.limit)).fetchall()
         return [StoredEvent(int(i), bytes(k), bytes(d)) for i, k, d in rows]
+
+
+class WalCheckpointer:
+    """A thread that checkpoints the WAL after each commit it is told of, on a connection of
+    its own. PASSIVE (SQLite `wal_checkpoint`): it copies what it can without waiting for
+    readers or the writer, which goes on appending meanwhile; a checkpoint that cannot run
+    now is tried again after the next commit, and the writer's own autocheckpoint bounds
+    the WAL whatever happens here. Checkpoints never make a commit more or less durable:
+    the commit's fsync of the WAL did that."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._wake = threading.Event()
+        self._stopping = False
+        self.checkpoints = 0  # run so far
+        self._thread = threading.Thread(target=self._run, name="auditmesh-wal-checkpoint")
+        self._thread.daemon = True  # a process that never closes its store still exits
+        self._thread.start()
+
+    def kick(self) -> None:
+        """Frames were committed: checkpoint them when the thread is free."""
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except StoreError:  # the writer has the file open: it checkpoints alone
+            return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:  # e.g. disk full now: the next commit asks again
+                    continue
+                self.checkpoints += 1
+        finally:
+            conn.close()
