@@ -237,6 +237,23 @@ def test_a_gzip_bomb_is_413_after_decompression(client: Client) -> None:
     assert "after decompression" in response.json()["message"]
 
 
+def test_json_with_more_objects_than_a_request_may_hold_is_413(
+    client: Client, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each JSON object costs json_format microseconds of Python: a body of empty objects
+    is refused by counting, before anything is decoded."""
+    monkeypatch.setattr(otlp, "MAX_JSON_OBJECTS", 1_000)
+    body = b'{"resourceLogs":[' + b",".join([b"{}"] * 1_000) + b"]}"
+    response = client.post("/v1/logs", content=body, headers=JSON)
+    assert response.status_code == 413
+    status = response.json()
+    assert "1,001 JSON objects" in status["message"] and "1,000" in status["message"]
+    assert "smaller batches" in status["message"]
+    assert ledger.log.size == 0
+    fits = b'{"resourceLogs":[' + b",".join([b"{}"] * 998) + b"]}"
+    assert client.post("/v1/logs", content=fits, headers=JSON).status_code == 200
+
+
 @pytest.mark.parametrize(
     "content_type", ["text/plain", "application/protobuf", "application/grpc", ""]
 )

@@ -122,6 +122,11 @@ class MalformedRequest(ValueError):
     """The body is not a valid Export*ServiceRequest (OTLP/HTTP "Bad Data": 400)."""
 
 
+class TooManyObjects(ValueError):
+    """An OTLP/JSON body holds more JSON objects than one request may (OTLP/HTTP: 413, like
+    a body over the size limit: send smaller batches)."""
+
+
 class Unmappable(ValueError):
     """One record is audit data we cannot turn into a valid event; the reason says why."""
 
@@ -284,12 +289,26 @@ def _varint_bytes(value: int) -> bytes:
     return bytes(out)
 
 
+#: The most JSON objects one OTLP/JSON request may hold. json_format reads each in Python,
+#: 6 to 10 µs an object here, so a 20 MiB body of empty objects (`[{},{},…]`) cost some 40 s
+#: of CPU; this bounds a request to a few seconds. An exporter's batch of 8,192 spans (the
+#: OpenTelemetry Collector's default) of about 25 objects each holds some 200,000.
+MAX_JSON_OBJECTS = 500_000
+
+
 def _decode_json(
     signal: Signal, body: bytes
 ) -> tuple[ExportTraceServiceRequest | ExportLogsServiceRequest, dict[int, str]]:
     """The request, with the ids that are not hex left empty, and those records: position
     (from 1, in request order, as `map_request` counts) → why."""
     message = _new_request(signal)
+    # Counted before decoding, and at most an overcount: a brace inside a string counts too.
+    objects = body.count(b"{")
+    if objects > MAX_JSON_OBJECTS:
+        raise TooManyObjects(
+            f"the OTLP/JSON request holds up to {objects:,} JSON objects; one request may hold "
+            f"{MAX_JSON_OBJECTS:,}: send smaller batches (or use application/x-protobuf)"
+        )
     try:
         tree = msgspec.json.decode(body)
     except (msgspec.DecodeError, RecursionError) as exc:

@@ -44,6 +44,7 @@ from auditmesh.ingest.otlp import (
     MalformedRequest,
     Mapped,
     Signal,
+    TooManyObjects,
     encode_response,
     map_body,
 )
@@ -198,6 +199,9 @@ class OtlpHttpReceiver:
                 "send smaller batches",
                 encoding,
             )
+            return response, "too_large", 0
+        except TooManyObjects as exc:
+            response = _status_response(413, code_pb2.RESOURCE_EXHAUSTED, str(exc), encoding)
             return response, "too_large", 0
         except MalformedRequest as exc:
             response = _status_response(
