@@ -55,6 +55,12 @@ def open_ledger(data_dir: Path, *, origin: str | None = None, create: bool = Tru
     data_dir = Path(data_dir)
     store = SQLiteStore(data_dir, create=create)
     stored_origin = store.get_meta(ORIGIN_META)
+    if stored_origin is None and not create:  # a reader writes nothing, not even this
+        store.close()
+        raise StoreError(
+            f"{store.path} records no log origin: the server is creating it this moment (try "
+            "again), or the meta table was altered (restore the data directory from a backup)"
+        )
     if stored_origin is None:
         stored_origin = origin or default_origin()
         store.set_meta(ORIGIN_META, stored_origin)
