@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,25 @@ def test_a_store_that_only_reads_starts_no_checkpointer(tmp_path: Path) -> None:
         assert "auditmesh-wal-checkpoint" not in {t.name for t in threading.enumerate()}
     finally:
         reader.close()
+
+
+def test_a_store_dropped_without_close_ends_its_checkpointer(tmp_path: Path) -> None:
+    """A store that wrote and was then dropped unclosed is freed, as before the checkpointer:
+    its thread must not hold the store (and its connections and files) alive for good."""
+    ledger = open_ledger(tmp_path, origin="test/log")
+    ledger.log.append([entry_of(e) for e in generate(50)])
+    store = weakref.ref(ledger.store)
+    thread = next(t for t in threading.enumerate() if t.name == "auditmesh-wal-checkpoint")
+    del ledger
+    gc.collect()
+    thread.join(timeout=10)
+    leaked = store()
+    if leaked is not None:
+        leaked.close()
+    assert leaked is None, "the checkpointer thread keeps the unclosed store alive"
+    assert not thread.is_alive()
+    reopened = open_ledger(tmp_path, create=False)
+    try:
+        assert reopened.log.size == 50
+    finally:
+        reopened.close()

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,17 @@ _EMPTY = (
 )
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    return conn
+
+
 class SQLiteStore:
     """`LogStorage` and event reads over one SQLite database file."""
 
@@ -152,14 +164,7 @@ class SQLiteStore:
     # -- connections ---------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        return conn
+        return _connect(self.path)
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -268,7 +273,10 @@ class SQLiteStore:
     ) -> None:
         if self._checkpointer is None:
             self._writer.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
-            self._checkpointer = WalCheckpointer(self._connect)
+            self._checkpointer = WalCheckpointer(self.path)
+            # The thread holds the path, not the store: a store dropped unclosed is freed
+            # (its connections closed) as before, and this ends the thread and its own.
+            weakref.finalize(self, self._checkpointer.stop)
         try:
             self._write(start, entries, tile_updates)
         except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, I/O
@@ -384,8 +392,8 @@ class WalCheckpointer:
     the WAL whatever happens here. Checkpoints never make a commit more or less durable:
     the commit's fsync of the WAL did that."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._connect = connect
+    def __init__(self, path: Path) -> None:
+        self._path = path
         self._wake = threading.Event()
         self._stopping = False
         self.checkpoints = 0  # run so far
@@ -397,14 +405,19 @@ class WalCheckpointer:
         """Frames were committed: checkpoint them when the thread is free."""
         self._wake.set()
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Have the thread end, without waiting for it (a finalizer may run on any thread,
+        this one included)."""
         self._stopping = True
         self._wake.set()
+
+    def close(self) -> None:
+        self.stop()
         self._thread.join()
 
     def _run(self) -> None:
         try:
-            conn = self._connect()
+            conn = _connect(self._path)
         except StoreError:  # the writer has the file open: it checkpoints alone
             return
         try:
