@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gzip
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +19,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import Ledger
-from auditmesh.ingest import envoy, otlp
+from auditmesh.ingest import envoy, otlp, otlp_http
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
 from auditmesh.server.run import _start_otlp_grpc
 from tests.conftest import generate
@@ -177,3 +179,30 @@ def envoy_export_with_latin1_agent() -> tuple[bytes, list[str]]:
     )
     body = request.SerializeToString().replace(b"caf^ ~/1.0", b"caf\xe9 \xff/1.0")
     return body, [lines[0], marked.replace("~", "\\xff").replace("^", "\\xe9"), lines[2]]
+
+
+def test_a_large_message_is_mapped_off_the_receivers_loop(
+    collector: Collector, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mapping a large Export takes milliseconds of Python: done in a worker thread, the
+    receiver's event loop goes on serving other Exports; a small one is mapped in place."""
+    threads: list[str] = []
+    original = otlp.map_body
+
+    def recording(*args: Any) -> otlp.Mapped:
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(otlp_http, "map_body", recording)
+    big = logs(*map(otlp.audit_log_record, generate(400, seed=9))).SerializeToString()
+    small = logs(*map(otlp.audit_log_record, generate(3, seed=10))).SerializeToString()
+    assert len(small) < otlp_http.INLINE_BYTES < len(big)
+    server = OtlpGrpcServer(collector, "127.0.0.1", 0, max_message_bytes=4 * len(big)).start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            export(channel, LOGS, big)
+            export(channel, LOGS, small)
+    finally:
+        server.stop()
+    assert threads[0] != "auditmesh-otlp-grpc" and threads[1] == "auditmesh-otlp-grpc"
+    assert ledger.log.size == 403

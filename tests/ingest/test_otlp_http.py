@@ -146,7 +146,7 @@ def test_gzip_logs_are_inflated(client: Client, ledger: Ledger) -> None:
 def test_large_bodies_are_decoded_off_the_event_loop_alike(client: Client, ledger: Ledger) -> None:
     events = generate(400, seed=9)
     body = logs(*map(otlp.audit_log_record, events)).SerializeToString()
-    assert otlp_http._INLINE_BYTES < len(body) < LIMIT
+    assert otlp_http.INLINE_BYTES < len(body) < LIMIT
     for payload, coding in ((body, "identity"), (gzip.compress(body), "gzip")):
         headers = {**PROTOBUF, "Content-Encoding": coding}
         assert client.post("/v1/logs", content=payload, headers=headers).status_code == 200

@@ -8,6 +8,8 @@ rather than on uvicorn's loop. uvicorn runs uvloop, which grpc.aio does not supp
 loop; a separate loop also keeps a slow or stuck gRPC peer from stalling the HTTP API, and
 the collector is already thread-safe (`submit` returns a concurrent future, awaited here
 with `asyncio.wrap_future`). Each Export is answered only after its events are committed.
+A message over `otlp_http.INLINE_BYTES` is decoded and mapped in a worker thread, as
+OTLP/HTTP does, so the loop goes on serving other Exports meanwhile.
 
 OTLP spec, "OTLP/gRPC": messages over the limit (4 MiB, "typically enforce a default
 incoming message size limit of 4 MiB") are refused by gRPC itself with RESOURCE_EXHAUSTED,
@@ -32,14 +34,8 @@ import grpc
 import grpc.aio
 
 from auditmesh.collector import Collector, CollectorUnavailable
-from auditmesh.ingest.otlp import (
-    MalformedRequest,
-    Signal,
-    decode_request,
-    encode_response,
-    map_request,
-)
-from auditmesh.ingest.otlp_http import ExportObserver
+from auditmesh.ingest.otlp import MalformedRequest, Signal, encode_response
+from auditmesh.ingest.otlp_http import INLINE_BYTES, ExportObserver, decode_and_map
 
 DEFAULT_ADDRESS = ("127.0.0.1", 4317)  # OTLP spec, "OTLP/gRPC Default Port"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -65,7 +61,12 @@ def _export_handler(
 
     async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
-            mapped = map_request(decode_request(signal, request, "protobuf"))
+            if len(request) > INLINE_BYTES:  # milliseconds of Python: other Exports go on
+                mapped = await asyncio.to_thread(
+                    decode_and_map, signal, request, "protobuf", False, len(request)
+                )
+            else:
+                mapped = decode_and_map(signal, request, "protobuf", False, len(request))
         except MalformedRequest as exc:
             tell("invalid")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -51,8 +51,8 @@ from auditmesh.ingest.otlp import (
 
 #: OTLP spec, "OTLP/HTTP Request": "It is RECOMMENDED to use 20 MiB as the default limit."
 MAX_BODY_BYTES = 20 * 1024 * 1024
-# Decoding and mapping a large body takes milliseconds; do it off the event loop.
-_INLINE_BYTES = 256 * 1024
+# Decoding and mapping a larger body takes milliseconds: done off the event loop (also gRPC).
+INLINE_BYTES = 256 * 1024
 _GZIP_STEP = 4096
 
 _MEDIA_TYPES: dict[str, Encoding] = {
@@ -180,7 +180,7 @@ class OtlpHttpReceiver:
         try:
             body = await read_limited(request, limit)
             gzipped = coding in ("gzip", "x-gzip")
-            if len(body) > _INLINE_BYTES or (gzipped and len(body) > _INLINE_BYTES // 8):
+            if len(body) > INLINE_BYTES or (gzipped and len(body) > INLINE_BYTES // 8):
                 mapped = await run_in_threadpool(
                     decode_and_map, signal, body, encoding, gzipped, limit
                 )
