@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from auditmesh.cli import add_data_arg, output_dir, positive_float
+from auditmesh.cli import add_data_arg, output_dir, positive_float, positive_int
 from auditmesh.cli.main import UserError
 from auditmesh.httpbody import BODY_TIMEOUT_S
 from auditmesh.identity.tokens import parse_ttl
 from auditmesh.server.protocol import HEADER_TIMEOUT_S
-from auditmesh.server.run import parse_listen, serve
+from auditmesh.server.run import MAX_CONNECTIONS, parse_listen, serve
 from auditmesh.store.base import StoreError
 
 OTLP_GRPC = "127.0.0.1:4317"  # OTLP spec, "OTLP/gRPC Default Port"
@@ -68,6 +68,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "closed, with a 408 answer if part of a head came, on both listeners "
         f"(default {HEADER_TIMEOUT_S:g})",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        metavar="N",
+        help="connections each listener holds open at once, TLS handshakes included; one "
+        "past N is refused at once (503 with Connection: close on --listen, closed before "
+        "its handshake on --mesh-listen) while open ones are served (default "
+        f"{MAX_CONNECTIONS}, or less so that both listeners fit the open-file limit, "
+        "ulimit -n)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -105,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             otlp_grpc_required=args.otlp_grpc is not None,
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
+            max_connections=args.max_connections,
         )
     except (ValueError, StoreError) as exc:
         raise UserError(str(exc)) from None

@@ -15,19 +15,79 @@ and then (or nothing at all on a new connection) are closed here:
   the client can read the answer. That body must still be whole within `body_timeout_s` of
   its request head (as `httpbody.BodyDeadline` asks of a body the app reads), else the
   connection is closed.
+
+And a listener holds at most `max_connections` connections open at once (`ConnectionLimit`),
+so that a client opening connections faster than the deadlines close them cannot take all of
+the process's file descriptors. A connection takes its place as it is accepted (`admit`), so
+a TLS connection in its handshake holds one too (the handshake must end within
+`header_timeout_s`: server/run.py). One past the limit is answered 503 with
+`Connection: close` and closed as soon as it is a connection: at once on a plain listener,
+after its handshake on a TLS one (meanwhile it holds a file descriptor, for the handshake's
+time at most, but no place).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from auditmesh.httpbody import BODY_TIMEOUT_S
 
-HEADER_TIMEOUT_S = 10.0  # `auditmesh server --header-timeout`
+HEADER_TIMEOUT_S = 10.0  # `auditmesh server --header-timeout`, and the TLS handshake's
+HANDSHAKE_SLACK_S = 1.0  # past the handshake timeout, when a handshake is surely over
+REFUSAL_REPORT_S = 10.0  # a listener says it refused connections at most this often
+
+
+class Slot:
+    """One open connection's place under its listener's `ConnectionLimit`."""
+
+    def __init__(self, limit: ConnectionLimit) -> None:
+        self._limit: ConnectionLimit | None = limit
+
+    def release(self) -> None:
+        """Gives the place back (once, whoever of the connection's owners calls first)."""
+        if self._limit is not None:
+            self._limit.open -= 1
+            self._limit = None
+
+
+class ConnectionLimit:
+    """The connections one listener holds open, TLS handshakes included: at most `limit`
+    (`auditmesh server --max-connections`)."""
+
+    def __init__(
+        self, limit: int, *, report: Callable[[str], None] = lambda text: print(text, flush=True)
+    ) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0  # since the start
+        self._report = report
+        self._reported_at = -REFUSAL_REPORT_S
+        self._reported = 0  # `refused` when last reported
+
+    def take(self, *, last_try: bool = True) -> Slot | None:
+        """A place for a new connection, or None (then, on its `last_try`, a refusal is
+        counted, and reported now and then)."""
+        if self.open < self.limit:
+            self.open += 1
+            return Slot(self)
+        if not last_try:
+            return None
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._reported_at >= REFUSAL_REPORT_S:
+            self._report(
+                f"auditmesh server: refused {self.refused - self._reported} new connection(s): "
+                f"{self.limit} already open on this listener (--max-connections; raise it, "
+                "and the open-file limit, ulimit -n, if these are clients you want)"
+            )
+            self._reported_at, self._reported = now, self.refused
+        return None
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -36,6 +96,11 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     header_timeout_s = HEADER_TIMEOUT_S
     body_timeout_s = BODY_TIMEOUT_S
+    connection_limit: ConnectionLimit | None = None  # the listener's; None: no limit
+
+    slot: Slot | None = None  # this connection's place, taken at its acceptance (`admit`)
+    _made = False  # connection_made was called (a TLS connection: its handshake is over)
+    _handshake_timer: asyncio.TimerHandle | None = None
 
     _head_timer: asyncio.TimerHandle | None = None
     _discard_timer: asyncio.TimerHandle | None = None
@@ -43,13 +108,49 @@ class DeadlineProtocol(HttpToolsProtocol):
     _head_begun = False  # the parser has part of a request head
     _body_deadline = 0.0  # loop time by which the current request's body must be whole
 
+    def accepted(self, *, handshake: bool) -> None:
+        """Takes this connection's place as it is accepted (`admit`), before its TLS
+        handshake if it has one; without a place it is refused in connection_made, unless
+        one came free meanwhile. A handshake that fails or times out (at the header timeout)
+        never makes a connection, nor is it told to the protocol: the place of one not made
+        by then is given back."""
+        if self.connection_limit is None:
+            return
+        self.slot = self.connection_limit.take(last_try=not handshake)
+        if handshake and self.slot is not None:
+            self._handshake_timer = self.loop.call_later(
+                self.header_timeout_s + HANDSHAKE_SLACK_S, self._handshake_over
+            )
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._made = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        limit = self.connection_limit
+        if self.slot is None and limit is not None:
+            self.slot = limit.take()
+            if self.slot is None:
+                transport.write(self._refusal(limit))
+                transport.close()
+                return
         self._arm_head_timer()  # a connection that never sends a whole head is cut too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self._give_back()
         super().connection_lost(exc)
+
+    def _handshake_over(self) -> None:
+        self._handshake_timer = None
+        if not self._made:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
 
     def data_received(self, data: bytes) -> None:
         if self._between_messages:  # also blank lines, which begin no message
@@ -94,10 +195,10 @@ class DeadlineProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._discard_timer):
+        for timer in (self._head_timer, self._discard_timer, self._handshake_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._discard_timer = None
+        self._head_timer = self._discard_timer = self._handshake_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -120,22 +221,62 @@ class DeadlineProtocol(HttpToolsProtocol):
             "(the server's --header-timeout), so the request was not read: send it again "
             "on a new connection"
         )
-        body = json.dumps({"error": error, "timeout_s": self.header_timeout_s}).encode()
+        return self._closing_answer(408, {"error": error, "timeout_s": self.header_timeout_s})
+
+    def _refusal(self, limit: ConnectionLimit) -> bytes:
+        error = (
+            f"the server has {limit.limit} connections open on this listener, its limit "
+            "(the server's --max-connections), so this one was not served: try again later, "
+            "or have the server's operator raise --max-connections"
+        )
+        answer = {"error": error, "max_connections": limit.limit}
+        return self._closing_answer(503, answer, [(b"retry-after", b"1")])
+
+    def _closing_answer(
+        self, status: int, answer: dict[str, object], extra: Sequence[tuple[bytes, bytes]] = ()
+    ) -> bytes:
+        """A whole JSON answer with `Connection: close`, written outside of the app."""
+        body = json.dumps(answer).encode()
         headers = [
             *self.server_state.default_headers,
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
+            *extra,
         ]
-        lines = [STATUS_LINE[408], *(name + b": " + value + b"\r\n" for name, value in headers)]
+        lines = [STATUS_LINE[status], *(name + b": " + value + b"\r\n" for name, value in headers)]
         return b"".join([*lines, b"\r\n", body])
+
+
+def admit(make: Callable[[], DeadlineProtocol], *, tls: bool) -> Callable[[], DeadlineProtocol]:
+    """The protocol factory of a listener (for `loop.create_server`, which calls it as it
+    accepts a connection, before a TLS handshake): each connection takes its place under the
+    listener's limit then."""
+
+    def accept() -> DeadlineProtocol:
+        protocol = make()
+        protocol.accepted(handshake=tls)
+        return protocol
+
+    return accept
 
 
 P = TypeVar("P", bound=DeadlineProtocol)
 
 
-def with_deadlines(protocol: type[P], *, header_timeout_s: float, body_timeout_s: float) -> type[P]:
-    """A subclass of `protocol` with these deadlines (uvicorn makes one protocol object per
-    connection from a class, so the server's options are set on the class)."""
-    settings = {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s}
+def with_deadlines(
+    protocol: type[P],
+    *,
+    header_timeout_s: float,
+    body_timeout_s: float,
+    max_connections: int | None = None,
+) -> type[P]:
+    """A subclass of `protocol` with these deadlines and a `ConnectionLimit` of its own, for
+    one listener (uvicorn makes one protocol object per connection from a class, so the
+    server's options are set on the class)."""
+    settings = {
+        "header_timeout_s": header_timeout_s,
+        "body_timeout_s": body_timeout_s,
+        "connection_limit": None if max_connections is None else ConnectionLimit(max_connections),
+    }
     return cast(type[P], type(protocol.__name__, (protocol,), settings))

@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import errno
 import functools
+import logging
 import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import uvicorn
 from starlette.applications import Starlette
@@ -33,10 +35,12 @@ from auditmesh.server import api_auth
 from auditmesh.server.app import create_app
 from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
 from auditmesh.server.metrics import Metrics
-from auditmesh.server.protocol import HEADER_TIMEOUT_S, DeadlineProtocol, with_deadlines
+from auditmesh.server.protocol import HEADER_TIMEOUT_S, DeadlineProtocol, admit, with_deadlines
 
 SERVER_SVID_TTL = timedelta(days=7)  # the mesh listener's own, renewed at half-life
 CLOSE_NOTIFY_WAIT_S = 1.0  # on stop, how long a closed TLS connection may wait for its peer
+MAX_CONNECTIONS = 4096  # per listener (`--max-connections`), unless the open-file limit is lower
+FD_RESERVE = 256  # file descriptors left beside the listeners' connections (store, logs, gRPC)
 
 
 class _Server(uvicorn.Server):
@@ -46,6 +50,37 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup for a HOST:PORT listener, with two more things: the TLS
+        handshake must end within the header timeout (uvicorn leaves asyncio's 60 s), and
+        each connection takes its place under the listener's limit as it is accepted, before
+        its handshake (`admit`, server/protocol.py)."""
+        assert sockets is None  # serve() always binds HOST:PORT
+        await self.lifespan.startup()  # off (lifespan="off"): does nothing
+        config = self.config
+        protocol_class = cast(type[DeadlineProtocol], config.http_protocol_class)  # _config's
+
+        def make() -> DeadlineProtocol:
+            return protocol_class(
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                admit(make, tls=config.ssl is not None),
+                host=config.host,
+                port=config.port,
+                ssl=config.ssl,
+                ssl_handshake_timeout=protocol_class.header_timeout_s if config.ssl else None,
+                backlog=config.backlog,
+            )
+        except OSError as exc:  # as uvicorn: logged, then exit status 3
+            logging.getLogger("uvicorn.error").error(exc)
+            sys.exit(3)
+        self.servers = [server]
+        self.started = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # uvicorn closes idle connections, but a TLS close waits for the peer's close_notify
@@ -136,6 +171,41 @@ def _check_free(host: str, port: int, flag: str) -> None:
         ) from None
 
 
+def _open_files_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_limit(asked: int | None, listeners: int) -> int:
+    """Each listener's limit on open connections: `asked` (--max-connections), else
+    MAX_CONNECTIONS or less, so that the listeners' connections together leave FD_RESERVE
+    of the process's open-file limit; said when lowered, or when `asked` does not fit."""
+    files = _open_files_limit()
+    fits = None if files is None else max(1, (files - FD_RESERVE) // listeners)
+    if asked is None:
+        if fits is None or fits >= MAX_CONNECTIONS:
+            return MAX_CONNECTIONS
+        print(
+            f"auditmesh server: at most {fits} open connections per listener, not "
+            f"{MAX_CONNECTIONS}, for the open-file limit of {files} (ulimit -n); raise it "
+            "to serve more",
+            flush=True,
+        )
+        return fits
+    if fits is not None and asked > fits:
+        print(
+            f"auditmesh server: warning: --max-connections {asked} on {listeners} listener(s) "
+            f"does not fit the open-file limit of {files} (ulimit -n): past about {fits} "
+            "connections per listener the server may run out of file descriptors",
+            flush=True,
+        )
+    return asked
+
+
 def _config(
     app: Starlette,
     host: str,
@@ -143,16 +213,21 @@ def _config(
     protocol: type[DeadlineProtocol],
     header_timeout_s: float,
     body_timeout_s: float,
+    max_connections: int,
 ) -> uvicorn.Config:
     """uvicorn's settings for a listener; `protocol` (httptools) gets the deadlines on request
-    heads and on bodies discarded after an early answer (server/protocol.py)."""
+    heads and on bodies discarded after an early answer, and the listener's limit on open
+    connections (server/protocol.py)."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http=with_deadlines(
-            protocol, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s
+            protocol,
+            header_timeout_s=header_timeout_s,
+            body_timeout_s=body_timeout_s,
+            max_connections=max_connections,
         ),
         lifespan="off",
         log_level="warning",
@@ -171,6 +246,7 @@ def _mesh_server(
     metrics: Metrics | None = None,
     header_timeout_s: float = HEADER_TIMEOUT_S,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> uvicorn.Server:
     """The mTLS listener for sidecars, with the server's own SVID from the mesh CA; `reads`
     are the API's event reads, open here to mesh client certificates (server/api_auth.py).
@@ -186,7 +262,7 @@ def _mesh_server(
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
     app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)
     protocol = peer_protocol(ca.trust_bundle())
-    config = _config(app, host, port, protocol, header_timeout_s, body_timeout_s)
+    config = _config(app, host, port, protocol, header_timeout_s, body_timeout_s, max_connections)
     config.load()
     config.ssl = own.context
     print(f"auditmesh server: mesh mTLS https://{host}:{port} as {server_id}", flush=True)
@@ -229,11 +305,15 @@ def serve(
     otlp_grpc_required: bool = False,
     header_timeout_s: float = HEADER_TIMEOUT_S,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    max_connections: int | None = None,
 ) -> None:
     with writer_lock(data_dir):  # one sequencer per data directory
         _check_free(host, port, "--listen")
-        if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
+        mesh_on = mesh_listen is not None and CAPaths.under(data_dir).certificate.exists()
+        if mesh_on:
+            assert mesh_listen is not None
             _check_free(*mesh_listen, "--mesh-listen")
+        max_connections = connection_limit(max_connections, 2 if mesh_on else 1)
         ledger = open_ledger(data_dir, origin=origin)
         collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
         collector.start()
@@ -247,7 +327,9 @@ def serve(
                 collector, otlp_grpc, required=otlp_grpc_required, metrics=metrics
             )
             app = create_app(ledger, collector, metrics=metrics, body_timeout_s=body_timeout_s)
-            config = _config(app, host, port, DeadlineProtocol, header_timeout_s, body_timeout_s)
+            config = _config(
+                app, host, port, DeadlineProtocol, header_timeout_s, body_timeout_s, max_connections
+            )
             servers: list[uvicorn.Server] = [_Server(config)]
             print(
                 f"auditmesh server: http://{host}:{port}  data {data_dir}  "
@@ -257,7 +339,8 @@ def serve(
                 f"(in {data_dir / api_auth.TOKEN_FILE}; reads need it)",
                 flush=True,
             )
-            if mesh_listen is not None and CAPaths.under(data_dir).certificate.exists():
+            if mesh_on:
+                assert mesh_listen is not None
                 reads = app.state.read_routes
                 mesh = _mesh_server(
                     data_dir,
@@ -268,6 +351,7 @@ def serve(
                     metrics=metrics,
                     header_timeout_s=header_timeout_s,
                     body_timeout_s=body_timeout_s,
+                    max_connections=max_connections,
                 )
                 servers.append(mesh)
             elif mesh_listen is not None:  # the default: say why sidecars cannot connect

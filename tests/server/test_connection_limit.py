@@ -1,0 +1,185 @@
+"""The limit on open connections per listener (`--max-connections`, server/protocol.py) and
+the deadline on the mesh listener's TLS handshakes, against real server processes over raw
+sockets: past the limit a new connection is refused at once (503 with `Connection: close` on
+the plain listener, closed before its handshake on the mesh listener) while the open ones
+are still served; a closed connection, or a handshake given up, frees its place; a client
+that connects to the mesh listener and never sends its ClientHello is closed at the header
+timeout (asyncio's default handshake timeout was 60 s, outside of any limit)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from auditmesh.serverproc import ServerProcess
+from tests.server.meshserver import mesh_server
+from tests.server.rawhttp import parse_answer
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 3  # the servers' --max-connections in these tests
+METRICS = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+BUNDLE = b"GET /v1/identity/bundle HTTP/1.1\r\nHost: x\r\n\r\n"
+WAIT_S = 10.0  # how long a test waits for an answer, or for a place to be freed
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp("connection-limit") / "data"
+    extra = ["--max-connections", str(LIMIT), "--otlp-grpc", "off"]
+    with ServerProcess(data, extra=extra) as running:
+        yield running
+
+
+def _ask(sock: socket.socket, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Sends `request`, reads its whole answer (the connection may stay open)."""
+    sock.sendall(request)
+    sock.settimeout(WAIT_S)
+    received = b""
+    while (answer := parse_answer(received)) is None:
+        data = sock.recv(65536)
+        assert data, f"closed without a whole answer: {received!r}"
+        received += data
+    return answer
+
+
+def _read_to_close(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when it closed."""
+    start = time.monotonic()
+    sock.settimeout(WAIT_S)
+    received = b""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            break
+        except TimeoutError:  # still open after WAIT_S
+            return received, float("inf")
+        if not data:
+            break
+        received += data
+    return received, time.monotonic() - start
+
+
+def _eventually(attempt: Callable[[], bool]) -> float:
+    """Tries `attempt` every 50 ms until it succeeds; how long that took."""
+    start = time.monotonic()
+    while not attempt():
+        assert time.monotonic() - start < WAIT_S, "not within WAIT_S"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def _assert_refused(answer: tuple[int, dict[str, str], bytes]) -> None:
+    status, headers, body = answer
+    assert status == 503
+    assert headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert error["max_connections"] == LIMIT
+    assert "--max-connections" in error["error"]
+
+
+def test_past_the_limit_a_new_connection_gets_503_and_open_ones_are_served(
+    server: ServerProcess,
+) -> None:
+    with ExitStack() as stack:
+        first = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+        assert _ask(first, METRICS)[0] == 200  # kept alive
+        idle = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+            for _ in range(LIMIT - 1)
+        ]
+        time.sleep(0.2)  # all accepted
+        for _ in range(5):  # each refused at once, its request unread
+            with socket.create_connection(("127.0.0.1", server.port)) as extra:
+                extra.sendall(METRICS)
+                received, closed_after_s = _read_to_close(extra)
+            answer = parse_answer(received)
+            assert answer is not None, received
+            _assert_refused(answer)
+            assert closed_after_s < 2.0
+        assert _ask(first, METRICS)[0] == 200  # the open connections are still served
+        assert _ask(idle[0], METRICS)[0] == 200
+
+        for sock in idle:  # closing connections frees their places
+            sock.close()
+
+        def served() -> bool:
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                return _ask(sock, METRICS)[0] == 200
+
+        _eventually(served)
+        assert _ask(first, METRICS)[0] == 200
+    log = server.log_path.read_text()
+    assert "refused" in log and "--max-connections" in log  # the operator is told, too
+    assert "Traceback" not in log
+
+
+def _tls_context(bundle: bytes) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=bundle.decode())
+    context.check_hostname = False
+    return context
+
+
+def test_mesh_connections_count_from_their_acceptance_handshakes_included(
+    tmp_path: Path,
+) -> None:
+    """A TCP connection still in its TLS handshake holds a place: past the limit a new
+    connection is answered 503 after its handshake, while an open one is served; the places
+    of handshakes given up are free again once the handshake timeout has passed."""
+    header_timeout_s = 1.0
+    extra = ["--max-connections", str(LIMIT), "--header-timeout", f"{header_timeout_s:g}"]
+    with mesh_server(tmp_path / "data", extra) as mesh:
+        context = _tls_context(mesh.bundle())
+        address = ("127.0.0.1", int(mesh.mesh_url.rsplit(":", 1)[1]))
+        with ExitStack() as stack:
+            first = stack.enter_context(context.wrap_socket(socket.create_connection(address)))
+            assert _ask(first, BUNDLE)[0] == 200
+            handshaking = [
+                stack.enter_context(socket.create_connection(address)) for _ in range(LIMIT - 1)
+            ]
+            time.sleep(0.2)  # all accepted
+            with context.wrap_socket(socket.create_connection(address)) as extra_tls:
+                extra_tls.sendall(BUNDLE)
+                received, closed_after_s = _read_to_close(extra_tls)
+            answer = parse_answer(received)
+            assert answer is not None, received
+            _assert_refused(answer)
+            assert closed_after_s < 2.0
+            assert _ask(first, BUNDLE)[0] == 200  # open, kept alive
+
+            for sock in handshaking:  # given up before their ClientHello
+                sock.close()
+
+            def served() -> bool:
+                try:
+                    with context.wrap_socket(socket.create_connection(address)) as sock:
+                        return _ask(sock, BUNDLE)[0] == 200
+                except (ssl.SSLError, OSError, AssertionError):
+                    return False
+
+            _eventually(served)
+        assert "Traceback" not in mesh.server.log_path.read_text()
+
+
+def test_a_mesh_client_that_never_sends_its_client_hello_is_closed_at_the_header_timeout(
+    tmp_path: Path,
+) -> None:
+    header_timeout_s = 0.5
+    with mesh_server(tmp_path / "data", ["--header-timeout", f"{header_timeout_s:g}"]) as mesh:
+        address = ("127.0.0.1", int(mesh.mesh_url.rsplit(":", 1)[1]))
+        with socket.create_connection(address) as sock:
+            received, closed_after_s = _read_to_close(sock)
+        assert received == b""
+        assert header_timeout_s * 0.9 <= closed_after_s < header_timeout_s + 3.0
+        with _tls_context(mesh.bundle()).wrap_socket(socket.create_connection(address)) as sock:
+            assert _ask(sock, BUNDLE)[0] == 200  # a prompt handshake is unaffected
+        assert "Traceback" not in mesh.server.log_path.read_text()
