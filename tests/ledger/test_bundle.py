@@ -348,3 +348,18 @@ def test_the_origin_is_the_keys_not_the_manifests(
     forge(ok, lambda m: m.__setitem__("origin", "x"), {})
     code, out = verify(ok, vkey, capsys)
     assert code == 1 and "manifest.json" in out and "'x'" in out, out
+
+
+def test_a_manifest_naming_a_member_twice_is_refused(
+    bundle: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python's json keeps the last "origin", other parsers the first: a reader of the
+    # manifest could see another log than the one checked.
+    path, vkey = bundle
+    raw = zipfile.ZipFile(path).read("manifest.json")
+    assert verify(path, vkey, capsys)[0] == 0
+    manifest = json.loads(raw)
+    doubled = json.dumps(manifest)[:-1] + ', "origin": ' + json.dumps(manifest["origin"]) + "}"
+    rewrite(path, {"manifest.json": doubled.encode()})
+    code, out = verify(path, vkey, capsys)
+    assert code == 1 and "FAILED" in out and "names the member 'origin' twice" in out, out

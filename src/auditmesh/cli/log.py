@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import shlex
 import sys
@@ -32,6 +31,7 @@ from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog, ServerError
 from auditmesh.datadir import Ledger, open_ledger, open_reader
 from auditmesh.events import EventError, canonical_bytes, decode_event
+from auditmesh.jsonmembers import repeated_member
 from auditmesh.ledger import merkle
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import UntrustedNote, Verifier
@@ -287,7 +287,7 @@ def _event_leaf(path: Path) -> _Leaf:
             unread = f"{path} holds no audit event ({error}), so its bytes were hashed as they are"
             return _Leaf(merkle.leaf_hash(raw), f"the bytes of {path}", unread)
     data = canonical_bytes(event)
-    if data != raw and (twice := _repeated_member(raw)) is not None:
+    if data != raw and (twice := repeated_member(raw)) is not None:
         # JSON parsers keep one of the two (RFC 8259 §4): what was proven is not what a
         # reader of the file may see
         raise UserError(
@@ -296,22 +296,6 @@ def _event_leaf(path: Path) -> _Leaf:
         )
     form = "" if data == raw else " (in RFC 8785 canonical form)"
     return _Leaf(merkle.leaf_hash(data), f"the event {event.id} in {path}{form}")
-
-
-def _repeated_member(raw: bytes) -> str | None:
-    """The first member name an object of the JSON in `raw` repeats, if any."""
-    repeated: list[str] = []
-
-    def pairs(members: list[tuple[str, object]]) -> dict[str, object]:
-        names = [name for name, _ in members]
-        repeated.extend(name for i, name in enumerate(names) if name in names[:i])
-        return dict(members)
-
-    try:
-        json.loads(raw, object_pairs_hook=pairs)
-    except ValueError:
-        return None
-    return repeated[0] if repeated else None
 
 
 def _event_member(raw: bytes) -> bytes | None:

@@ -24,6 +24,7 @@ from typing import Annotated
 
 import msgspec
 
+from auditmesh.jsonmembers import repeated_member
 from auditmesh.ledger.checkpoint import Checkpoint
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import Verifier
@@ -248,5 +249,10 @@ def _manifest(raw: bytes) -> Manifest:
     if manifest.format != FORMAT:
         raise VerificationError(
             "manifest.json is not an auditmesh bundle", expected=FORMAT, computed=manifest.format
+        )
+    if (twice := repeated_member(raw)) is not None:  # which one counts is the parser's whim
+        raise VerificationError(
+            f"manifest.json names the member {twice!r} twice in one object, so it does not say "
+            "one thing: the bundle was not made by `auditmesh bundle create` as it is"
         )
     return manifest
