@@ -721,3 +721,13 @@ def test_the_graphs_spelled_out_names_select_their_nodes_calls(tmp_path: Path) -
             }
     finally:
         ledger.close()
+
+
+def test_the_unknown_parameter_error_does_not_grow_with_the_request() -> None:
+    made_up = {f"p{i:04d}" + "x" * 200: "1" for i in range(2_000)}
+    for parse in (lambda: parse_params(made_up, T0), lambda: parse_window(made_up, T0)):
+        with pytest.raises(QueryError) as refused:
+            parse()
+        message = str(refused.value)
+        assert "'p0000" in message and "and 1,995 more" in message
+        assert "p0005" not in message and len(message) < 600

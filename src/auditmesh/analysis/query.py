@@ -589,6 +589,13 @@ def single_params(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     return params
 
 
+def _some(names: list[str], shown: int = 5) -> str:
+    """The first few `names`, each cut to 40 characters, and how many more: an answer (and
+    a log line) that does not grow with what a request made up."""
+    listed = ", ".join(repr(name[:40]) for name in names[:shown])
+    return listed if len(names) <= shown else f"{listed} and {len(names) - shown:,} more"
+
+
 def parse_window(
     params: Mapping[str, str], now_ns: int, *, default_since: str | None = None
 ) -> tuple[int | None, int | None]:
@@ -596,7 +603,7 @@ def parse_window(
     console's findings and policies); other names, bad times and an empty window fail."""
     unknown = sorted(set(params) - {"since", "until"})
     if unknown:
-        raise QueryError(f"unknown parameter(s) {', '.join(unknown)}; use since, until")
+        raise QueryError(f"unknown parameter(s) {_some(unknown)}; use since, until")
     since_text, until_text = params.get("since", default_since), params.get("until")
     since = None if since_text is None else parse_time(since_text, now_ns, "since")
     until = None if until_text is None else parse_time(until_text, now_ns, "until")
@@ -610,7 +617,7 @@ def parse_params(
     """A `Query` and the cursor from URL parameters (`GET /v1/events?…`); unknown names fail."""
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
-        raise QueryError(f"unknown parameter(s) {', '.join(unknown)}; use {', '.join(PARAMS)}")
+        raise QueryError(f"unknown parameter(s) {_some(unknown)}; use {', '.join(PARAMS)}")
     limit_text = params.get("limit", str(DEFAULT_LIMIT))
     if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= max_limit:
         raise QueryError(f"limit: give a number from 1 to {max_limit}")
