@@ -18,10 +18,11 @@ import httpx
 import msgspec
 import pytest
 
+from auditmesh.cli.ingest import Pipeline, Rejects, Sender, Stored
 from auditmesh.cli.main import main
-from auditmesh.events import encode_ndjson, to_json_dict
+from auditmesh.events import AuditEvent, encode_ndjson, to_json_dict
 from auditmesh.ingest import envoy, linkerd
-from auditmesh.ingest.follow import load_position
+from auditmesh.ingest.follow import Line, Position, load_position
 from auditmesh.serverproc import ServerProcess, free_port
 from auditmesh.store.base import event_key
 from auditmesh.store.sqlite import SQLiteStore
@@ -471,3 +472,51 @@ def test_json_lines_with_a_byte_that_is_not_utf8_are_taken(
     assert main(["ingest", mesh, str(broken), "--server", server.url]) == 1  # a line refused
     counts = summary_numbers(capsys.readouterr().out)
     assert (counts["taken"], counts["refused"]) == (0, 1)
+
+
+def test_the_next_batch_is_read_while_the_last_one_is_sent(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The server's commit and the reading of the next lines overlap; a batch is answered
+    before the next one goes, and the stored position is one the server acknowledged."""
+    lines = [line.replace("2026-03-02", "2026-08-01") for line in TEXT_LINES]
+    next_batch_read = threading.Event()
+    seen_while_sending: list[bool] = []
+    sent: list[int] = []
+
+    class Watching(Sender):
+        def send(self, events: list[AuditEvent]) -> list[Stored | str]:
+            # the first batch waits for the reader to reach the second (up to 5 s)
+            seen_while_sending.append(next_batch_read.wait(5) if not sent else True)
+            sent.append(len(events))
+            return super().send(events)
+
+    def convert(text: str) -> AuditEvent:
+        if len(converted) == 2:
+            next_batch_read.set()
+        converted.append(text)
+        return envoy.to_event(envoy.parse_line(text), "ingest:envoy:pipelined.log")
+
+    converted: list[str] = []
+    state = tmp_path / "state.json"
+    sender = Watching(server.url, retry_for=10)
+    pipeline = Pipeline(
+        convert,
+        sender,
+        Rejects(tmp_path / "rejects", append=False),
+        display="pipelined.log",
+        batch=2,
+        state=state,
+        reporter="ingest:envoy:pipelined.log",
+    )
+    try:
+        for number, text in enumerate(lines[:5], start=1):
+            end = Position(str(tmp_path / "pipelined.log"), 1, 1, number * 100, number)
+            pipeline.take([Line(number, text.encode(), end)])
+        pipeline.flush()
+    finally:
+        sender.close()
+    assert seen_while_sending[0], "the second batch was not read while the first was sent"
+    assert sent == [2, 2, 1] and pipeline.counts.taken == 5 and pipeline.counts.batches == 3
+    stored = load_position(state)
+    assert stored is not None and stored.offset == 500

@@ -26,12 +26,14 @@ import argparse
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import httpx
 import msgspec
@@ -60,6 +62,9 @@ REPORT_TIMEOUT_S = 10.0
 REFUSED_LABEL = "ingest.refused"
 
 Convert = Callable[[str], AuditEvent]
+
+T = TypeVar("T")
+A = TypeVar("A")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -407,6 +412,14 @@ def _field(response: httpx.Response, name: str) -> object:
     return body.get(name) if isinstance(body, dict) else None
 
 
+def _resolve(answer: Future[T], call: Callable[[A], T], argument: A) -> None:
+    """`answer` gets what `call(argument)` returns, or what it raises (run in a thread)."""
+    try:
+        answer.set_result(call(argument))
+    except BaseException as exc:  # handed to whoever takes the answer
+        answer.set_exception(exc)
+
+
 class Pipeline:
     """Lines → events → batches → server, with rejects and the stored position."""
 
@@ -436,6 +449,10 @@ class Pipeline:
         self._pending: list[tuple[Line, AuditEvent]] = []
         self._consumed: Position | None = None  # end of the last line taken in hand
         self._saved: Position | None = None
+        # the batch being sent: the answer to come, its lines, and the position after them
+        self._in_flight: (
+            tuple[Future[list[Stored | str]], list[tuple[Line, AuditEvent]], Position | None] | None
+        ) = None
 
     def take(self, lines: list[Line]) -> None:
         for line in lines:
@@ -452,35 +469,60 @@ class Pipeline:
                     self._refuse(line.number, str(exc), text)
             self._consumed = line.end
             if len(self._pending) >= self.batch:
-                self.flush()
+                self.flush(wait=False)
 
-    def flush(self) -> None:
-        """Send what is pending; once the server has answered, store the position."""
+    def flush(self, *, wait: bool = True) -> None:
+        """Send what is pending; once the server has answered, store the position. Without
+        `wait`, the batch goes from a thread of its own while the next one is read and
+        converted (the server's commit and our parsing overlap): its answer is taken in by
+        the next flush, before that one's batch goes, so batches still go one at a time and
+        in order, and the position stored is always one the server has acknowledged."""
         if self._pending:
             pending, self._pending = self._pending, []
-            results = self.sender.send([event for _, event in pending])
-            self.counts.batches += 1
-            seen: set[int] = set()
-            for (line, _event), result in zip(pending, results, strict=True):
-                if isinstance(result, str):
-                    self._refuse(line.number, result, _text(line.data))
-                elif not result.new or result.index in seen:
-                    self.counts.duplicates += 1
-                else:
-                    self.counts.taken += 1
-                    seen.add(result.index)
-            self.counts.log_size = self.sender.known_size
+            self._collect()
+            answer: Future[list[Stored | str]] = Future()
+            events = [event for _, event in pending]
+            sending = threading.Thread(
+                target=_resolve, args=(answer, self.sender.send, events), daemon=True
+            )
+            self._in_flight = (answer, pending, self._consumed)
+            sending.start()
+        if wait:
+            self._collect()
+            self._save(self._consumed)
+
+    def _collect(self) -> None:
+        """Take in the answer to the batch in flight, if any (raises what its send raised)."""
+        if self._in_flight is None:
+            return
+        answer, pending, consumed = self._in_flight
+        self._in_flight = None
+        results = answer.result()
+        self.counts.batches += 1
+        seen: set[int] = set()
+        for (line, _event), result in zip(pending, results, strict=True):
+            if isinstance(result, str):
+                self._refuse(line.number, result, _text(line.data))
+            elif not result.new or result.index in seen:
+                self.counts.duplicates += 1
+            else:
+                self.counts.taken += 1
+                seen.add(result.index)
+        self.counts.log_size = self.sender.known_size
+        self._save(consumed)
+
+    def _save(self, consumed: Position | None) -> None:
         self.rejects.sync()
-        if self.state is not None and self._consumed not in (None, self._saved):
-            assert self._consumed is not None
+        if self.state is not None and consumed not in (None, self._saved):
+            assert consumed is not None
             try:
-                save_position(self.state, self._consumed)
+                save_position(self.state, consumed)
             except OSError as exc:
                 raise UserError(
                     f"cannot store the position in {self.state}: {exc.strerror or exc}; "
                     "choose another place with --state"
                 ) from None
-            self._saved = self._consumed
+            self._saved = consumed
 
     def report_refused(self, *, final: bool) -> None:
         """Tell the server about the lines refused since the last report (module docstring);
