@@ -102,12 +102,19 @@ def string_matcher(patterns: Iterable[str], *, ignore_case: bool = False) -> Str
 
 
 def in_trust_domain(principals: Iterable[str], trust_domain: str) -> tuple[str, ...]:
-    """Principals as a mesh of ``trust_domain`` reads them: ``cluster.local/…`` names the mesh's
-    own trust domain, whatever it is (Istio ``trustdomain.Bundle.ReplaceTrustDomainAliases``)."""
-    local = DEFAULT_TRUST_DOMAIN + "/"
-    return tuple(
-        trust_domain + p[len(local) - 1 :] if p.startswith(local) else p for p in principals
-    )
+    """Principals as a mesh of ``trust_domain`` reads them: ``cluster.local/ns/NS/sa/SA`` names
+    the mesh's own trust domain, whatever it is (Istio ``trustdomain.Bundle.
+    ReplaceTrustDomainAliases``). Only that shape, five ``/``-separated parts: any other
+    (``cluster.local/ns/NS/*``, ``cluster.local/*``) is kept as written, since Istio's
+    ``isTrustDomainBeingEnforced`` sees no trust domain in it."""
+    return tuple(_in_trust_domain(p, trust_domain) for p in principals)
+
+
+def _in_trust_domain(principal: str, trust_domain: str) -> str:
+    parts = principal.split("/")
+    if len(parts) != 5 or parts[0] != DEFAULT_TRUST_DOMAIN:
+        return principal
+    return "/".join([trust_domain, *parts[1:]])
 
 
 def namespace_regex(patterns: Iterable[str]) -> re.Pattern[str]:
