@@ -154,7 +154,7 @@ def requests(draw: st.DrawFn) -> Request:
         http=http,
         method=pick([None, "GET", "POST", "PUT"]) if http else None,
         path=pick([None, "/a", "/a/b", "/b/x", "/t/1", "/t/1/2", ""]) if http else None,
-        host=pick([None, "example.com", "api.example.com", "EXAMPLE.COM", "other"])
+        host=pick([None, "example.com", "api.example.com", "EXAMPLE.COM", "other", ""])
         if http
         else None,
         headers={"X-H": header} if http and header is not None else None,
@@ -184,6 +184,13 @@ def ref_strings(patterns: tuple[str, ...], value: str | None, ignore_case: bool 
         if ok:
             return True
     return False
+
+
+def ref_hosts(patterns: tuple[str, ...], value: str | None) -> bool:
+    """Case-insensitive; "*" is Envoy's present_match (Istio HostMatcher): an empty Host too."""
+    if "*" in patterns:
+        return value is not None
+    return ref_strings(patterns, value, True)
 
 
 def ref_ips(blocks: tuple[str, ...], value: Any) -> bool:
@@ -235,7 +242,7 @@ def ref_rule(rule: Rule, action: str, r: Request) -> bool:
 
     def operation_ok(o: Operation) -> bool:
         http_part = tcp or (
-            field(lambda p, v: ref_strings(p, v, True), o.hosts, o.not_hosts, r.host)
+            field(ref_hosts, o.hosts, o.not_hosts, r.host)
             and field(ref_strings, o.methods, o.not_methods, r.method)
             and field(ref_strings, o.paths, o.not_paths, r.path)
         )

@@ -52,3 +52,25 @@ def test_cluster_local_is_replaced_only_in_a_spiffe_shaped_principal(
     )
     request = Request.of(destination_namespace="prod", source_principal=principal)
     assert engine.evaluate(request).decision == expected
+
+
+@pytest.mark.parametrize(
+    ("action", "field", "host", "expected"),
+    [
+        ("DENY", "hosts", "", "deny"),  # `Host:` sent empty is a host header all the same
+        ("DENY", "hosts", "api.example", "deny"),
+        ("DENY", "notHosts", "", "allow"),
+        ("ALLOW", "hosts", "", "allow"),
+        ("ALLOW", "notHosts", "", "deny"),
+        ("ALLOW", "notHosts", None, "allow"),  # no Host at all (HTTP/1.0)
+    ],
+)
+def test_hosts_presence_is_envoys_present_match(
+    tmp_path: Path, action: str, field: str, host: str | None, expected: str
+) -> None:
+    # Istio pilot/pkg/security/authz/matcher/header.go, HostMatcher: `if v == "*"` the :authority
+    # matcher is Envoy's `present_match`, true for a header that is there, empty or not (RFC 9112
+    # §3.2 has a client send `Host:` with an empty value when the target has no authority).
+    engine = _engine(tmp_path, action, f'to: [{{operation: {{{field}: ["*"]}}}}]')
+    request = Request.of(destination_namespace="prod", http=True, method="GET", host=host)
+    assert engine.evaluate(request).decision == expected

@@ -156,7 +156,13 @@ class _Emitter:
         # String locals hold "" for an absent attribute (see _PROLOGUE): no valid pattern
         # matches "" (empty values are refused, templates start with "/"), so absent never
         # matches and its notX form always does, as for Envoy's missing header.
+        if split.presence and kind == "host":
+            # Istio HostMatcher: hosts "*" is Envoy's present_match, true for a Host header
+            # sent empty too; only its absence fails it (the "" of hl cannot tell the two).
+            return 0, "(r.host is not None)"
         if split.presence:
+            # Istio StringMatcher "*" is the regex ".+"; methods "*" is present_match, but a
+            # method is never empty.
             return 0, f'({var} != "")'
         if not (split.prefixes or split.suffixes or templates):
             return 0, f"({var} in {self.const(split.exact)})"
