@@ -193,6 +193,44 @@ def test_the_window_is_whole_minutes(ledger: Ledger) -> None:
     assert (everything.from_ns, everything.to_ns) == (T0, T0 + MINUTE_NS)
 
 
+def test_rates_are_over_the_span_that_had_traffic(ledger: Ledger) -> None:
+    """Regression: an hour's window holding a minute of traffic showed rates 60 times too low
+    (the calls over the whole window). `rate_per_s` stays the window's average; the active
+    rate divides by the minutes from the edge's first call to its last."""
+    late = hop(
+        "frontend", "catalog", trace_id=f"{999:032x}", parent=None,
+        time_ns=T0 + 3 * MINUTE_NS + 5 * SECOND, sides=("inbound",),
+    )[0]  # fmt: skip
+    ledger.log.append([entry_of(e) for e in [*hand_made(), *late]])
+    rollup = rollup_of(ledger)
+    hour = graph.compute(rollup, since_ns=T0, until_ns=T0 + 60 * MINUTE_NS, now_ns=0)
+    edges = {(e.source, e.dest): e for e in hour.edges}
+    denied = edges[("batch-report", "payments")]  # 4 calls, all in the first minute
+    assert denied.rate_per_s == pytest.approx(4 / 3600)
+    assert (denied.active_from_ns, denied.active_to_ns) == (T0, T0 + MINUTE_NS)
+    assert denied.active_seconds == 60 and denied.active_rate_per_s == pytest.approx(4 / 60)
+    catalog = edges[("frontend", "catalog")]  # minutes 0 and 3: the span holds the gap
+    assert (catalog.active_from_ns, catalog.active_to_ns) == (T0, T0 + 4 * MINUTE_NS)
+    assert catalog.active_rate_per_s == pytest.approx(11 / 240)
+    # a window still open: its last minute counts up to now
+    open_ = graph.compute(
+        rollup, since_ns=T0, until_ns=None, now_ns=T0 + 3 * MINUTE_NS + 30 * SECOND
+    )
+    catalog = next(e for e in open_.edges if e.dest == "catalog")
+    assert catalog.active_to_ns == T0 + 3 * MINUTE_NS + 30 * SECOND
+    assert catalog.active_rate_per_s == pytest.approx(11 / 210)
+    # the JSON says both, and reads back
+    hour_json = graph.to_json(hour)
+    [body] = [e for e in hour_json["edges"] if e["dest"] == "payments" and e["denials"]]
+    assert (body["rate_per_s"], body["active_rate_per_s"], body["active_seconds"]) == (
+        0.001,
+        0.067,
+        60,
+    )
+    spans = [(e.active_from_ns, e.active_to_ns) for e in hour.edges]
+    assert [(e.active_from_ns, e.active_to_ns) for e in graph.from_json(hour_json).edges] == spans
+
+
 DOT_EDGE = re.compile(
     r'^  "(?P<src>[^"]+)" -> "(?P<dst>[^"]+)" \[label="(?P<label>[^"]*)", '
     r'color="(?P<color>#[0-9a-f]{6})", penwidth=(?P<pen>[0-9.]+)'

@@ -29,9 +29,10 @@ from auditmesh.events import AuditEvent, encode_ndjson
 from auditmesh.ledger import merkle
 from auditmesh.ledger.bundle import verify_bundle
 from auditmesh.ledger.note import Verifier
+from auditmesh.serverproc import ServerProcess
 from tests.conftest import generate
 from tests.console.browser import Browser
-from tests.console.conftest import Demo, Served
+from tests.console.conftest import SERVER_FLAGS, Demo, Served, logged_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -116,6 +117,111 @@ def test_graph_shows_the_demo_edges(browser: Browser) -> None:
     assert rows and all("deny" in r.text or "/charges" in r.text for r in rows)
     assert "batch-report → payments" in browser.find("#edge-detail h2").text
     browser.screenshot("graph-edge-events")
+
+
+def shown_rate(text: str) -> float:
+    """Calls per second from dom.js `fmtRate`'s text (12/s, 7.5/min, 1.1/h, 2.0/day)."""
+    value, unit = text.split("/")
+    return float(value) / {"s": 1, "min": 60, "h": 3600, "day": 86400}[unit]
+
+
+def rates_in_table(browser: Browser, since: str) -> dict[tuple[str, str], tuple[int, float]]:
+    browser.open(f"#/graph?since={since}")
+    browser.wait_for("#edge-table tbody tr")
+    found = {}
+    for row in browser.find_all("#edge-table tbody tr"):
+        source, dest, calls, rate = (c.text for c in row.find_elements(By.CSS_SELECTOR, "td")[:4])
+        found[(source, dest)] = (int(calls), shown_rate(rate))
+    return found
+
+
+def test_graph_rates_are_over_the_minutes_with_traffic(browser: Browser, demo: Demo) -> None:
+    """Regression: the rate divided an edge's calls by the whole window, so the demo's few
+    seconds of traffic read 12.9/h in the 24h window (and 24 times more in the 1h one). The
+    rate is over the whole minutes from the edge's first call to its last, the same in any
+    window that holds them, and the page says so; the window's average is in each tooltip."""
+    times = [e.time_ns for _, e in demo.events if e.kind in ("http", "tcp")]
+    minute = 60_000_000_000
+    # every edge's calls fall within these whole minutes, so its rate is at least calls / span
+    span_s = (max(times) // minute + 1 - min(times) // minute) * 60
+    started = time.monotonic()
+    day = rates_in_table(browser, "24h")
+    assert len(day) >= 8
+    for edge, (calls, rate) in day.items():
+        assert rate >= calls / span_s * 0.95, (edge, calls, rate, span_s)
+    note = browser.find("#rate-help").text
+    assert "not the average over the whole window" in note and "the last 24h" in note
+    header = browser.find("#edge-table thead th:nth-child(4)")
+    assert header.text == "Rate while active" and "first call" in str(header.get_attribute("title"))
+    cell = browser.find("#edge-table tbody tr td.rate")
+    title = str(cell.get_attribute("title"))
+    assert title.startswith(f"{cell.text} while it had calls, ") and "UTC" in title, title
+    assert "averaged over the whole window" in title
+    browser.find("#edge-table tbody tr").click()
+    browser.wait_for("#edge-events tbody tr")
+    assert "while it had calls" in browser.find("#edge-detail p").text
+    busiest = max(calls for calls, _ in day.values())  # the first row: the list says it is not all
+    assert busiest > 50 and browser.find("#edge-more").text.startswith(
+        f"The latest 50 of its {busiest} calls"
+    )
+    assert "selected" in str(browser.find("#edge-table tbody tr").get_attribute("class"))
+    browser.screenshot("graph-rates")
+    # the same traffic, the same rates, whatever the window: each edge's span (calls / rate)
+    # is the same, but for the seconds that passed between two loads while a minute of its
+    # calls was still running (it counts up to now), and the 2 digits a rate is shown to
+    for since in ("1h", "7d"):
+        loaded = time.monotonic()
+        other = rates_in_table(browser, since)
+        passed = time.monotonic() - started + 1  # from before the last load to after this one
+        started = loaded
+        assert other.keys() == day.keys(), since
+        for edge, (calls, rate) in other.items():
+            before, now = day[edge][0] / day[edge][1], calls / rate
+            assert calls == day[edge][0] and 0.92 * before <= now <= 1.08 * before + passed, (
+                edge,
+                before,
+                now,
+            )
+        day = other
+
+
+def test_rates_read_in_a_unit_that_shows_them(browser: Browser) -> None:
+    """dom.js `fmtRate`: regression, one call in a day read "0.0/h", as if there were none."""
+    browser.open("#/overview")
+    cases = {12.94: "12.9/s", 0.5: "30.0/min", 1 / 600: "6.0/h", 1 / 86400: "1.0/day"}
+    cases |= {1e-9: "< 0.1/day", 0: "0/s"}
+    shown = browser.driver.execute_async_script(
+        """const [values, done] = arguments;
+        import("/console/static/dom.js").then((dom) => done(values.map(dom.fmtRate)));""",
+        list(cases),
+    )
+    assert shown == list(cases.values())
+
+
+def test_an_empty_graph_says_nothing_matched(chromium: None, tmp_path: Path) -> None:
+    """Regression: a window without calls showed "No calls recorded", then the edge panel
+    ("Click an edge…") and an empty edge table. Now one panel says nothing matched and offers
+    the longer windows; there is no picture, edge panel or table to click."""
+    data = tmp_path / "empty"
+    with (
+        ServerProcess(data, extra=SERVER_FLAGS) as proc,
+        logged_in(Served(proc.url, (data / "keys" / "api.token").read_text().strip())) as empty,
+    ):
+        empty.open("#/graph?since=15m")
+        assert empty.js("return document.body.dataset.state") == "ready"
+        panel = empty.find("#graph-empty")
+        assert "Nothing matched" in panel.text and "in the last 15m" in panel.text
+        wider = [a.text for a in empty.find_all("#graph-empty a.button")]
+        assert wider == ["1h", "24h", "7d", "1 year"]
+        for absent in ("#edge-detail", "#edge-table", "#graph-svg", ".legend"):
+            assert empty.find_all(absent) == [], absent
+        fits_laptop(empty)
+        empty.screenshot("graph-empty")
+        empty.find_all("#graph-empty a.button")[-1].click()  # the longest window: still empty
+        empty.wait_until("location.hash === '#/graph?since=365d'")
+        empty.wait_settled()
+        assert "Not in the longest window either" in empty.find("#graph-empty").text
+        assert empty.find_all("#edge-detail") == [] and empty.errors() == []
 
 
 def test_search_narrows_and_pages(browser: Browser, demo: Demo) -> None:

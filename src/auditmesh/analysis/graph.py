@@ -9,14 +9,21 @@ date, read the window's rows, build. `to_json` and `to_dot` render.
 
 Each call is counted once, preferring the inbound event when both sides reported it (rollup.py
 says exactly how). The window is whole minutes, the rollup's resolution: `since` rounds down
-to the start of its minute, `until` up to the end of its minute; the rate divides by the
+to the start of its minute, `until` up to the end of its minute; `rate_per_s` divides by the
 window's length (since → until or now; without `since`, the minutes that hold calls).
+
+An edge's traffic may fill only part of the window (an incident's two minutes in the last
+24 hours), and the window's average then reads as if the edge were nearly idle. So each edge
+also has its active span, `active_from_ns` → `active_to_ns`: from the start of the first minute
+holding one of its calls to the end of the last (cut at the window's end, `now` for a window
+still open), and `active_rate_per_s`, its calls over that span: the rate while it had traffic,
+to the rollup's resolution of whole minutes (a ten-second burst reads as its minute's rate).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +48,19 @@ class Edge:
     p95_us: int
     p99_us: int
     rate_per_s: float
+    active_from_ns: int = 0
+    active_to_ns: int = 0
+
+    @property
+    def active_seconds(self) -> float:
+        """The length of the span from the edge's first minute with calls to its last."""
+        return max(0, self.active_to_ns - self.active_from_ns) / 1e9
+
+    @property
+    def active_rate_per_s(self) -> float:
+        """Calls per second over the active span (0 when it is unknown)."""
+        seconds = self.active_seconds
+        return self.requests / seconds if seconds else 0.0
 
     @property
     def error_rate(self) -> float:
@@ -85,8 +105,30 @@ def percentile(histogram: list[tuple[int, int]], total: int, p: int) -> int:
     return histogram[-1][0]
 
 
-def build(rows: Iterable[RollupRow], from_ns: int | None, to_ns: int | None) -> Graph:
-    """The graph of rollup rows (per edge and latency bucket) over the window [from, to)."""
+Span = tuple[int, int]  # the first and last minute that hold calls of an edge
+
+
+def active_span(minutes: Span | None, from_ns: int | None, to_ns: int | None) -> Span:
+    """[from, to) in ns of an edge whose calls fall in `minutes`, within the window [from, to);
+    the window itself when the minutes are unknown (or (0, 0), which has no rate)."""
+    if minutes is None:
+        return (from_ns or 0, to_ns or 0)
+    start, end = minutes[0] * MINUTE_NS, (minutes[1] + 1) * MINUTE_NS
+    if from_ns is not None:
+        start = max(start, from_ns)
+    if to_ns is not None and start < to_ns < end:  # the minute still running: up to now
+        end = to_ns
+    return (start, end)
+
+
+def build(
+    rows: Iterable[RollupRow],
+    from_ns: int | None,
+    to_ns: int | None,
+    spans: Mapping[tuple[str, str, str, str], Span] | None = None,
+) -> Graph:
+    """The graph of rollup rows (per edge and latency bucket) over the window [from, to);
+    `spans` (`Rollup.spans`) gives each edge's active span, else it is the window."""
     sums: dict[tuple[str, str, str, str], list[int]] = {}
     latencies: dict[tuple[str, str, str, str], list[tuple[int, int]]] = {}
     for sns, src, dns, dst, latency, calls, failed, denied, mtls, req, resp in rows:
@@ -118,6 +160,7 @@ def build(rows: Iterable[RollupRow], from_ns: int | None, to_ns: int | None) -> 
                 p95,
                 p99,
                 calls / seconds if seconds else 0.0,
+                *active_span((spans or {}).get((sns, src, dns, dst)), from_ns, to_ns),
             )
         )
     edges.sort(key=lambda e: (-e.requests, e.source, e.dest))
@@ -140,7 +183,7 @@ def compute(rollup: Rollup, *, since_ns: int | None, until_ns: int | None, now_n
         to_ns = None if extent is None else (extent[1] + 1) * MINUTE_NS
         if end is not None and to_ns is not None:
             to_ns = min(to_ns, end * MINUTE_NS)
-    return build(rows, from_ns, to_ns)
+    return build(rows, from_ns, to_ns, rollup.spans(first, end))
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -216,6 +259,10 @@ def to_json(graph: Graph) -> dict[str, Any]:
                 "dest_namespace": e.dest_namespace or None,
                 "requests": e.requests,
                 "rate_per_s": round(e.rate_per_s, 3),
+                "active_from_ns": e.active_from_ns,
+                "active_to_ns": e.active_to_ns,
+                "active_seconds": e.active_seconds,
+                "active_rate_per_s": round(e.active_rate_per_s, 3),
                 "errors": e.failed,
                 "error_rate": round(e.error_rate, 4),
                 "denials": e.denied,
@@ -266,6 +313,8 @@ def from_json(body: dict[str, Any]) -> Graph:
             e["p95_us"],
             e["p99_us"],
             e["rate_per_s"],
+            e.get("active_from_ns", 0),
+            e.get("active_to_ns", 0),
         )
         for e in body["edges"]
     )

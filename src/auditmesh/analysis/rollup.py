@@ -268,6 +268,18 @@ def _add(deltas: dict[Key, list[int]], call: Call, sign: int) -> None:
 RollupRow = tuple[str, str, str, str, int, int, int, int, int, int, int]
 
 
+def _minutes(first_minute: int | None, end_minute: int | None) -> tuple[str, list[int]]:
+    """The WHERE clause (and its parameters) of the minutes [first, end); None: unbounded."""
+    clauses, params = [], []
+    if first_minute is not None:
+        clauses.append("minute >= ?")
+        params.append(first_minute)
+    if end_minute is not None:
+        clauses.append("minute < ?")
+        params.append(end_minute)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
 class Rollup:
     """DATA/rollup.db (or memory), kept in step with a ledger read through `reader`."""
 
@@ -391,14 +403,7 @@ class Rollup:
 
     def rows(self, first_minute: int | None, end_minute: int | None) -> list[RollupRow]:
         """Per edge and latency bucket, the sums over minutes in [first, end)."""
-        clauses, params = [], []
-        if first_minute is not None:
-            clauses.append("minute >= ?")
-            params.append(first_minute)
-        if end_minute is not None:
-            clauses.append("minute < ?")
-            params.append(end_minute)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _minutes(first_minute, end_minute)
         with self._lock:
             found = self._db.execute(
                 "SELECT source_ns, source, dest_ns, dest, latency_us, sum(calls), sum(failed),"
@@ -408,6 +413,23 @@ class Rollup:
                 params,
             ).fetchall()
         return [tuple(row) for row in found]
+
+    def spans(
+        self, first_minute: int | None, end_minute: int | None
+    ) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+        """Per edge (source ns, source, dest ns, dest), the first and last minute in
+        [first, end) that holds a call of it."""
+        where, params = _minutes(first_minute, end_minute)
+        with self._lock:
+            found = self._db.execute(
+                "SELECT source_ns, source, dest_ns, dest, min(minute), max(minute) FROM"
+                " (SELECT source_ns, source, dest_ns, dest, minute"
+                f" FROM edge_minutes{where}"
+                " GROUP BY source_ns, source, dest_ns, dest, minute HAVING sum(calls) > 0)"
+                " GROUP BY source_ns, source, dest_ns, dest",
+                params,
+            ).fetchall()
+        return {(a, b, c, d): (int(first), int(last)) for a, b, c, d, first, last in found}
 
     def extent(self) -> tuple[int, int] | None:
         """The first and last minute holding a call."""

@@ -106,10 +106,14 @@ export function fmtBytes(n) {
 
 export function fmtRate(perSecond) {
   if (perSecond === undefined || perSecond === null || Number.isNaN(perSecond)) return "—";
+  if (perSecond <= 0) return "0/s";
   if (perSecond >= 100) return `${Math.round(perSecond)}/s`;
   if (perSecond >= 1) return `${perSecond.toFixed(1)}/s`;
   if (perSecond * 60 >= 1) return `${(perSecond * 60).toFixed(1)}/min`;
-  return `${(perSecond * 3600).toFixed(1)}/h`;
+  if (perSecond * 3600 >= 1) return `${(perSecond * 3600).toFixed(1)}/h`;
+  // one call in a day read "0.0/h": a rate that is not zero never shows as zero
+  if (perSecond * 86400 >= 0.1) return `${(perSecond * 86400).toFixed(1)}/day`;
+  return "< 0.1/day";
 }
 
 export function fmtPercent(fraction) {

@@ -3,7 +3,8 @@
 // Edges come from GET /v1/graph?since= (the same figures as `auditmesh graph`); positions from
 // POST /console/api/layout (networkx, on the server). Colour: error rate; width: volume;
 // dashed: some calls were plaintext (no mTLS); a red disc: denied calls. Clicking an edge lists
-// its events through GET /v1/events (an audited read).
+// its events through GET /v1/events (an audited read). An edge's rate is over the minutes it had
+// traffic, not the whole window (graphdata.js); the page says so where rates are shown.
 
 import { api } from "../api.js";
 import {
@@ -12,6 +13,7 @@ import {
   decisionBadge,
   errorPanel,
   eventLink,
+  fmtAge,
   fmtBytes,
   fmtPercent,
   fmtRate,
@@ -24,6 +26,13 @@ import {
 import { edgeQuery, loadGraph, nodeLabels } from "./graphdata.js";
 
 const WIDTH = 1200;
+const WINDOWS = [
+  { since: "15m", label: "15m", seconds: 900 },
+  { since: "1h", label: "1h", seconds: 3600 },
+  { since: "24h", label: "24h", seconds: 86400 },
+  { since: "7d", label: "7d", seconds: 604800 },
+  { since: "365d", label: "1 year", seconds: 31536000 },
+];
 const NODE_H = 36; // nodes are pills sized to their names
 const BINS = [
   { max: 0.01, colour: "#2f9e6b", label: "< 1% errors", key: "ok" },
@@ -84,9 +93,31 @@ function pill(node) {
   return Math.max(84, label(node).length * 8.2 + 28);
 }
 
+/** A time to the minute in UTC (to the second when it is not a whole minute: "now"). */
+function fmtClock(ns) {
+  return fmtTime(ns).slice(11, 19).replace(/:00$/, "");
+}
+
+/** "2026-11-29 12:47–12:49 UTC": the span an edge had traffic. */
+function fmtSpan(fromNs, toNs) {
+  const from = fmtTime(fromNs);
+  const to = fmtTime(toNs);
+  const sameDay = from.slice(0, 10) === to.slice(0, 10);
+  return `${from.slice(0, 10)} ${fmtClock(fromNs)}–${sameDay ? "" : `${to.slice(0, 10)} `}${fmtClock(toNs)} UTC`;
+}
+
+/** What an edge's rate is: over its active span, and the window's average beside it. */
+function rateNote(e) {
+  if (!e.activeSeconds) return `${fmtRate(e.rate)} averaged over the window`;
+  return (
+    `${fmtRate(e.rate)} while it had calls, ${fmtSpan(e.activeFromNs, e.activeToNs)} ` +
+    `(${fmtAge(e.activeSeconds)}); ${fmtRate(e.windowRate)} averaged over the whole window`
+  );
+}
+
 function edgeTitle(e) {
   return (
-    `${e.source} → ${e.dest}: ${e.requests} calls (${fmtRate(e.rate)}), ` +
+    `${e.source} → ${e.dest}: ${e.requests} ${e.requests === 1 ? "call" : "calls"}, ${rateNote(e)}; ` +
     `${fmtPercent(e.errorRate)} errors, ${e.denials} denied, mTLS ${fmtPercent(e.mtlsShare)}` +
     (e.p95 !== undefined ? `, p95 ${e.p95} ms` : "")
   );
@@ -195,12 +226,16 @@ function legend() {
   );
 }
 
+const RATE_HELP =
+  "Calls per second while the edge had traffic: from the start of the minute of its first call " +
+  "in the window to the end of the minute of its last (or now), not the average over the whole window.";
+
 function edgeTable(graph, onSelect) {
-  const head = ["Caller", "Callee", "Calls", "Rate", "Errors", "Denied", "mTLS", "p50", "p95", "p99", "Bytes"];
+  const head = ["Caller", "Callee", "Calls", "Rate while active", "Errors", "Denied", "mTLS", "p50", "p95", "p99", "Bytes"];
   return h(
     "table",
     { id: "edge-table" },
-    h("thead", {}, h("tr", {}, head.map((t, i) => h("th", { class: i > 1 ? "num" : "" }, t)))),
+    h("thead", {}, h("tr", {}, head.map((t, i) => h("th", { class: i > 1 ? "num" : "", title: i === 3 ? RATE_HELP : null }, t)))),
     h(
       "tbody",
       {},
@@ -209,6 +244,7 @@ function edgeTable(graph, onSelect) {
           "tr",
           {
             class: "clickable",
+            "data-edge": i,
             tabindex: 0,
             onclick: () => onSelect(i),
             onkeydown: (event) => {
@@ -221,7 +257,7 @@ function edgeTable(graph, onSelect) {
           h("td", {}, e.source),
           h("td", {}, e.dest),
           h("td", { class: "num" }, String(e.requests)),
-          h("td", { class: "num" }, fmtRate(e.rate)),
+          h("td", { class: "num rate", title: rateNote(e) }, fmtRate(e.rate)),
           h("td", { class: "num" }, e.errorRate >= 0.05 ? badge(fmtPercent(e.errorRate), e.errorRate >= 0.2 ? "bad" : "warn") : fmtPercent(e.errorRate)),
           h("td", { class: "num" }, e.denials ? badge(String(e.denials), "bad") : "0"),
           h("td", { class: "num" }, e.mtlsShare < 1 ? badge(fmtPercent(e.mtlsShare), "warn") : fmtPercent(e.mtlsShare)),
@@ -270,11 +306,66 @@ async function showEdge(panel, graph, edge) {
         )
       : h("p", { class: "dim" }, "No events for this edge in the window."),
   );
+  if (page.next) {
+    panel.append(
+      h("p", { class: "dim small", id: "edge-more" }, `The latest ${events.length} of its ${edge.requests} calls; `, h("a", { href: `#/events?${search}` }, "event search lists them all"), "."),
+    );
+  }
+}
+
+/** "the last 24h (from 2026-11-28 12:49 UTC)": the window the figures count. */
+function windowName(since, graph) {
+  const from = graph.fromNs === null ? "" : ` (from ${fmtTime(graph.fromNs).slice(0, 16)} UTC)`;
+  return /^[0-9]+[a-z]+$/.test(since) ? `the last ${since}${from}` : `the window since ${since}${from}`;
+}
+
+function windowLink(w, current) {
+  return h("a", { href: `#/graph?since=${w.since}`, class: `button ${w.since === current ? "" : "quiet"}` }, w.label);
+}
+
+/** No calls in the window: say so, and how to see more, instead of an empty picture. */
+function emptyState(since, graph) {
+  const current = WINDOWS.find((w) => w.since === since);
+  const wider = WINDOWS.filter((w) => !current || w.seconds > current.seconds);
+  return h(
+    "div",
+    { class: "panel info empty", id: "graph-empty", role: "status" },
+    h("h2", {}, "Nothing matched"),
+    h("p", {}, `No calls were recorded in ${windowName(since, graph)}, so there is no graph and no edge to list.`),
+    wider.length
+      ? h("p", { class: "row" }, "Widen the window:", wider.map((w) => windowLink(w, since)))
+      : h("p", {}, "Not in the longest window either."),
+    h(
+      "p",
+      { class: "dim small" },
+      "If no window shows calls, none have reached this server's ledger yet: check that the sidecars (or ",
+      h("code", {}, "auditmesh ingest"),
+      ") send their events here; ",
+      h("a", { href: "#/events" }, "Events"),
+      " lists what the ledger holds.",
+    ),
+  );
+}
+
+function rateHelp(since, graph) {
+  return h("p", { class: "dim small", id: "rate-help" }, `Calls and figures over ${windowName(since, graph)}. "Rate while active": ${RATE_HELP} Hover a rate for both.`);
 }
 
 export async function renderGraph(main, params) {
   const since = params.get("since") || "24h";
   const graph = await loadGraph(since);
+  const header = h(
+    "div",
+    { class: "row" },
+    h("h1", {}, "Service graph"),
+    h("span", { class: "spacer" }),
+    h("span", { class: "dim" }, "Window:"),
+    WINDOWS.map((w) => windowLink(w, since)),
+  );
+  if (!graph.edges.length) {
+    main.append(header, emptyState(since, graph));
+    return;
+  }
   const labels = nodeLabels(graph.nodes.map((n) => n.name));
   for (const node of graph.nodes) node.label = labels.get(node.name);
   const { positions } = await api("/console/api/layout", {
@@ -282,28 +373,16 @@ export async function renderGraph(main, params) {
     body: { nodes: graph.nodes.map((n) => n.name), edges: graph.edges.map((e) => [e.source, e.dest]) },
   });
   const detail = h("div", { class: "panel", id: "edge-detail" }, h("p", { class: "dim" }, "Click an edge (or a row below) to list its events."));
-  let selected = -1;
   const select = (i) => {
-    selected = i;
     for (const [j, el] of document.querySelectorAll("#graph-svg .edge").entries()) el.classList.toggle("selected", j === i);
-    showEdge(detail, graph, graph.edges[i]).catch((error) => detail.append(errorPanel(error.message)));
+    for (const row of document.querySelectorAll("#edge-table tbody tr")) row.classList.toggle("selected", row.dataset.edge === String(i));
+    showEdge(detail, graph, graph.edges[i]).catch((error) => detail.lastChild.replaceWith(errorPanel(error.message)));
     detail.scrollIntoView({ block: "nearest" });
   };
-  const windows = ["15m", "1h", "24h", "7d", "365d"];
   main.append(
-    h(
-      "div",
-      { class: "row" },
-      h("h1", {}, "Service graph"),
-      h("span", { class: "spacer" }),
-      h("span", { class: "dim" }, "Window:"),
-      windows.map((w) => h("a", { href: `#/graph?since=${w}`, class: `button ${w === since ? "" : "quiet"}` }, w === "365d" ? "1 year" : w)),
-    ),
-    graph.edges.length
-      ? h("div", { class: "panel graph-wrap" }, picture(graph, positions, select), legend())
-      : h("div", { class: "panel info" }, `No calls recorded in the last ${since}.`),
+    header,
+    h("div", { class: "panel graph-wrap" }, picture(graph, positions, select), legend()),
     detail,
-    h("div", { class: "panel" }, h("h2", {}, "Edges"), edgeTable(graph, select)),
+    h("div", { class: "panel" }, h("h2", {}, "Edges"), rateHelp(since, graph), edgeTable(graph, select)),
   );
-  void selected;
 }

@@ -11,6 +11,10 @@ function num(value, fallback = 0) {
   return typeof value === "number" && Number.isFinite(value) ? value : fallback;
 }
 
+function rateOver(requests, seconds, rounded) {
+  return num(seconds) > 0 ? num(requests) / seconds : num(rounded);
+}
+
 function edgeOf(raw, seconds) {
   const us = (value) => (typeof value === "number" ? Math.round(value / 100) / 10 : undefined);
   return {
@@ -22,8 +26,15 @@ function edgeOf(raw, seconds) {
     destService: raw.dest_service,
     destNamespace: raw.dest_namespace,
     requests: num(raw.requests),
-    // the API rounds rate_per_s to 3 decimals; over long windows count / seconds is exact
-    rate: seconds > 0 ? num(raw.requests) / seconds : num(raw.rate_per_s),
+    // the API rounds its rates to 3 decimals; count / seconds is exact. `rate` is over the
+    // edge's active span (analysis/graph.py: the whole minutes from its first call to its
+    // last), so that two minutes of traffic in a 24h window read as what they were;
+    // `windowRate` is the average over the whole window.
+    rate: rateOver(raw.requests, raw.active_seconds, raw.active_rate_per_s),
+    windowRate: rateOver(raw.requests, seconds, raw.rate_per_s),
+    activeFromNs: raw.active_from_ns ?? null,
+    activeToNs: raw.active_to_ns ?? null,
+    activeSeconds: num(raw.active_seconds),
     errors: num(raw.errors),
     errorRate: num(raw.error_rate),
     denials: num(raw.denials),
@@ -36,7 +47,7 @@ function edgeOf(raw, seconds) {
   };
 }
 
-/** {nodes: [{name, title, inbound, external}], edges, seconds, fromNs} for the window `since`;
+/** {nodes: [{name, title, inbound, external}], edges, seconds, fromNs, toNs} for the window `since`;
  * `fromNs` is where the graph's counting starts (whole minutes: before `since`; a multiple of
  * 60 s in nanoseconds, which a JSON number holds exactly). */
 export async function loadGraph(since) {
@@ -49,7 +60,7 @@ export async function loadGraph(since) {
     inbound: num(n.inbound),
     external: n.service === UNKNOWN,
   }));
-  return { nodes, edges, seconds, fromNs: raw.window?.from_ns ?? null, raw };
+  return { nodes, edges, seconds, fromNs: raw.window?.from_ns ?? null, toNs: raw.window?.to_ns ?? null, raw };
 }
 
 const LABEL_MAX = 22; // characters a node's pill shows
