@@ -8,16 +8,21 @@ timeout (asyncio's default handshake timeout was 60 s, outside of any limit)."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import resource
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
 
+from auditmesh.server.run import FD_RESERVE, MAX_CONNECTIONS
 from auditmesh.serverproc import ServerProcess
 from tests.server.meshserver import mesh_server
 from tests.server.rawhttp import parse_answer
@@ -183,3 +188,125 @@ def test_a_mesh_client_that_never_sends_its_client_hello_is_closed_at_the_header
         with _tls_context(mesh.bundle()).wrap_socket(socket.create_connection(address)) as sock:
             assert _ask(sock, BUNDLE)[0] == 200  # a prompt handshake is unaffected
         assert "Traceback" not in mesh.server.log_path.read_text()
+
+
+UPGRADE = (
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_a_websocket_upgrade_offer_is_answered_as_http_and_its_place_comes_back(
+    tmp_path: Path,
+) -> None:
+    """uvicorn handed an upgrade offer's connection to its WebSocket protocol, whose close
+    never gave back the place: LIMIT offers (each answered 403, then closed) locked the
+    listener for good."""
+    extra = ["--max-connections", str(LIMIT), "--otlp-grpc", "off"]
+    with ServerProcess(tmp_path / "data", extra=extra) as server:
+        statuses = []
+        for _ in range(LIMIT + 1):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                statuses.append(_ask(sock, UPGRADE)[0])
+
+        def all_served() -> bool:
+            with ExitStack() as stack:
+                socks = [
+                    stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+                    for _ in range(LIMIT)
+                ]
+                return all(_ask(sock, METRICS)[0] == 200 for sock in socks)
+
+        _eventually(all_served)
+        assert statuses == [200] * (LIMIT + 1)  # the requests, the offers ignored (RFC 9110 §7.8)
+        assert "Traceback" not in server.log_path.read_text()
+
+
+def _raw_closed_after(tls: ssl.SSLSocket) -> float:
+    """How long until the server closes the TCP connection under `tls` (whose TLS close
+    this client never answers)."""
+    start = time.monotonic()
+    with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+        raw.settimeout(WAIT_S)
+        try:
+            while raw.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return float("inf")
+    return time.monotonic() - start
+
+
+def test_a_refused_mesh_connection_does_not_hold_its_descriptor_for_the_tls_close(
+    tmp_path: Path,
+) -> None:
+    """A refused TLS connection holds no place; the server's TLS close waited for the peer's
+    close_notify up to 30 s, so a client that never sent it held a descriptor that long."""
+    with mesh_server(tmp_path / "data", ["--max-connections", "1"]) as mesh:
+        context = _tls_context(mesh.bundle())
+        address = ("127.0.0.1", int(mesh.mesh_url.rsplit(":", 1)[1]))
+        with ExitStack() as stack:
+            first = stack.enter_context(context.wrap_socket(socket.create_connection(address)))
+            assert _ask(first, BUNDLE)[0] == 200
+            refused = stack.enter_context(context.wrap_socket(socket.create_connection(address)))
+            _assert_refused_with(1, _ask(refused, BUNDLE))
+            assert _raw_closed_after(refused) < 3.0
+            assert _ask(first, BUNDLE)[0] == 200
+        assert "Traceback" not in mesh.server.log_path.read_text()
+
+
+def _assert_refused_with(limit: int, answer: tuple[int, dict[str, str], bytes]) -> None:
+    status, headers, body = answer
+    assert status == 503 and headers["connection"] == "close"
+    assert json.loads(body)["max_connections"] == limit
+
+
+@contextmanager
+def _open_files_limited(monkeypatch: pytest.MonkeyPatch, soft: int, hard: int) -> Iterator[None]:
+    """Server processes started meanwhile get these open-file limits (ulimit -n)."""
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "Popen", functools.partial(subprocess.Popen, preexec_fn=limited))
+        yield
+
+
+def test_under_a_small_open_file_limit_a_listener_still_serves_several_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ulimit -n 256 (macOS's default), with no room to raise it, left one connection per
+    listener once 256 descriptors were kept for the rest: a second client got 503."""
+    with _open_files_limited(monkeypatch, 256, 256):
+        server = ServerProcess(tmp_path / "data", extra=["--otlp-grpc", "off"]).start()
+    try:
+        with ExitStack() as stack:
+            socks = [
+                stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+                for _ in range(8)
+            ]
+            assert [_ask(sock, METRICS)[0] for sock in socks] == [200] * 8
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_path.read_text()
+
+
+def test_a_small_soft_open_file_limit_is_raised_for_the_default_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + FD_RESERVE  # one listener's
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard open-file limit ({hard}) is below {wanted}")
+    with _open_files_limited(monkeypatch, 256, hard):
+        server = ServerProcess(tmp_path / "data", extra=["--otlp-grpc", "off"]).start()
+    try:
+        assert server.proc is not None
+        limits = (Path("/proc") / str(server.proc.pid) / "limits").read_text()
+        soft = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert int(soft.split()[3]) >= wanted
+    finally:
+        server.stop()
+    assert "open connections per listener" not in server.log_path.read_text()

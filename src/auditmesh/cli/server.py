@@ -73,10 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=positive_int,
         metavar="N",
         help="connections each listener holds open at once, TLS handshakes included; one "
-        "past N is refused at once (503 with Connection: close on --listen, closed before "
-        "its handshake on --mesh-listen) while open ones are served (default "
+        "past N is answered 503 with Connection: close (at once on --listen, after its "
+        "handshake on --mesh-listen) while open ones are served (default "
         f"{MAX_CONNECTIONS}, or less so that both listeners fit the open-file limit, "
-        "ulimit -n)",
+        "ulimit -n, which the server first raises as far as its hard limit allows)",
     )
     parser.set_defaults(func=run)
 

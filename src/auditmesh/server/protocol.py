@@ -41,6 +41,7 @@ from auditmesh.httpbody import BODY_TIMEOUT_S
 HEADER_TIMEOUT_S = 10.0  # `auditmesh server --header-timeout`, and the TLS handshake's
 HANDSHAKE_SLACK_S = 1.0  # past the handshake timeout, when a handshake is surely over
 REFUSAL_REPORT_S = 10.0  # a listener says it refused connections at most this often
+REFUSAL_LINGER_S = 1.0  # how long a refused connection may stay open for its TLS close
 
 
 class Slot:
@@ -101,6 +102,7 @@ class DeadlineProtocol(HttpToolsProtocol):
     slot: Slot | None = None  # this connection's place, taken at its acceptance (`admit`)
     _made = False  # connection_made was called (a TLS connection: its handshake is over)
     _handshake_timer: asyncio.TimerHandle | None = None
+    _refusal_timer: asyncio.TimerHandle | None = None
 
     _head_timer: asyncio.TimerHandle | None = None
     _discard_timer: asyncio.TimerHandle | None = None
@@ -134,6 +136,9 @@ class DeadlineProtocol(HttpToolsProtocol):
             if self.slot is None:
                 transport.write(self._refusal(limit))
                 transport.close()
+                # a TLS close waits up to 30 s for the peer's close_notify (RFC 8446 §6.1):
+                # a refused connection, which holds no place, must not hold its descriptor
+                self._refusal_timer = self.loop.call_later(REFUSAL_LINGER_S, transport.abort)
                 return
         self._arm_head_timer()  # a connection that never sends a whole head is cut too
 
@@ -151,6 +156,16 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self.slot is not None:
             self.slot.release()
             self.slot = None
+
+    def _should_upgrade_to_ws(self) -> bool:
+        """No WebSocket: the server has no WebSocket route, and uvicorn would hand the
+        connection to a protocol of its own, outside of these deadlines and without ever
+        giving back its place. An upgrade offer is answered as a plain request, which a
+        server may do (RFC 9110 §7.8)."""
+        return False
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # uvicorn's: "No supported WebSocket library", once per offer, for anyone
 
     def data_received(self, data: bytes) -> None:
         if self._between_messages:  # also blank lines, which begin no message
@@ -195,10 +210,12 @@ class DeadlineProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._discard_timer, self._handshake_timer):
+        timers = (self._head_timer, self._discard_timer, self._handshake_timer, self._refusal_timer)
+        for timer in timers:
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._discard_timer = self._handshake_timer = None
+        self._refusal_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None

@@ -171,21 +171,32 @@ def _check_free(host: str, port: int, flag: str) -> None:
         ) from None
 
 
-def _open_files_limit() -> int | None:
+def _open_files_limit(wanted: int) -> int | None:
+    """The process's open-file limit (ulimit -n), first raised towards `wanted` as far as its
+    hard limit allows (macOS starts processes at 256, many Linux shells at 1024); None when
+    unlimited or unknown (Windows)."""
     try:
         import resource
     except ImportError:  # Windows
         return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):  # macOS: at most OPEN_MAX
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return None if soft == resource.RLIM_INFINITY else soft
 
 
 def connection_limit(asked: int | None, listeners: int) -> int:
     """Each listener's limit on open connections: `asked` (--max-connections), else
     MAX_CONNECTIONS or less, so that the listeners' connections together leave FD_RESERVE
-    of the process's open-file limit; said when lowered, or when `asked` does not fit."""
-    files = _open_files_limit()
-    fits = None if files is None else max(1, (files - FD_RESERVE) // listeners)
+    (or, under a small open-file limit, half of that limit) of the open-file limit; said
+    when lowered, or when `asked` does not fit. The open-file limit is raised first, as far
+    as it may be."""
+    per_listener = MAX_CONNECTIONS if asked is None else asked
+    files = _open_files_limit(per_listener * listeners + FD_RESERVE)
+    fits = None if files is None else max(1, (files - min(FD_RESERVE, files // 2)) // listeners)
     if asked is None:
         if fits is None or fits >= MAX_CONNECTIONS:
             return MAX_CONNECTIONS
