@@ -414,3 +414,44 @@ def test_the_policy_watch_outlives_its_path_going_away_and_back(
     while (status := httpx.get(url).status_code) != 403 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert status == 403
+
+
+XFCC_PROBES = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: vault-xfcc, namespace: shop}
+spec:
+  selector: {matchLabels: {app: vault}}
+  action: DENY
+  rules:
+  - when:
+    - {key: "request.headers[x-forwarded-client-cert]", values: ["By=forged*"]}
+  - when:
+    - {key: "request.headers[x-probe]", values: ["xfcc"]}
+    - key: "request.headers[x-forwarded-client-cert]"
+      values: ["*URI=spiffe://cluster.local/ns/shop/sa/orders"]
+"""
+
+
+def test_policy_sees_the_client_certificate_header_the_app_gets(
+    setup: tuple[Mesh, dict[str, int], Path],
+) -> None:
+    # The inbound sidecar replaces any x-forwarded-client-cert with its own (Envoy's
+    # format, naming the caller's verified SPIFFE ID); a condition on that header must see
+    # that one, as Envoy's RBAC does, not one the caller wrote.
+    _, ports, policies = setup
+    (policies / "xfcc.yaml").write_text(XFCC_PROBES)
+    try:
+        url = f"http://127.0.0.1:{ports['orders_out']}/secrets/1"
+
+        def status(headers: dict[str, str]) -> int:
+            return httpx.get(url, headers=headers).status_code
+
+        deadline = time.monotonic() + 10
+        while status({"x-probe": "xfcc"}) != 403 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status({"x-probe": "xfcc"}) == 403  # the sidecar's header names orders
+        forged = "By=forged;URI=spiffe://cluster.local/ns/shop/sa/admin"
+        assert status({"x-forwarded-client-cert": forged}) == 200  # never reaches the app
+    finally:
+        (policies / "xfcc.yaml").unlink()

@@ -351,7 +351,10 @@ class HttpProxy:
                 return False
             route, x.remote = chosen, chosen.target
         if route.authorize is not None:
-            x.authz = route.authorize(request, x)
+            # the request as the app will get it (Envoy's RBAC runs after the connection
+            # manager set x-request-id and x-forwarded-client-cert): a condition on XFCC sees
+            # the sidecar's, never one the caller made up and the app would not see
+            x.authz = route.authorize(outgoing, x)
             if x.authz is not None and x.authz.decision == "deny":
                 self._fail(x, "RBAC", "RBAC: access denied")
                 await self._answer(down, writer, x)
