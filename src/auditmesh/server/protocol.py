@@ -24,6 +24,13 @@ a TLS connection in its handshake holds one too (the handshake must end within
 `Connection: close` and closed as soon as it is a connection: at once on a plain listener,
 after its handshake on a TLS one (meanwhile it holds a file descriptor, for the handshake's
 time at most, but no place).
+
+However the server closes a TLS connection (a refusal, a deadline above, uvicorn's keep-alive
+timeout, an answer with `Connection: close`, an error), the close sends what was written, then
+the server's close_notify, and waits at most `CLOSE_LINGER_S` for the client's (server/run.py
+passes it as the listener's `ssl_shutdown_timeout`) before the connection is aborted: RFC 8446
+§6.1 does not ask the server to wait for it, and uvloop's default, 30 s, let a client that
+never sends it hold the connection's descriptor, and its place under the limit, that long.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from auditmesh.httpbody import BODY_TIMEOUT_S
 HEADER_TIMEOUT_S = 10.0  # `auditmesh server --header-timeout`, and the TLS handshake's
 HANDSHAKE_SLACK_S = 1.0  # past the handshake timeout, when a handshake is surely over
 REFUSAL_REPORT_S = 10.0  # a listener says it refused connections at most this often
-REFUSAL_LINGER_S = 1.0  # how long a refused connection may stay open for its TLS close
+CLOSE_LINGER_S = 1.0  # how long a TLS connection the server closed may flush and wait for
+# the client's close_notify before it is aborted (the listener's ssl_shutdown_timeout)
 
 
 class Slot:
@@ -102,7 +110,6 @@ class DeadlineProtocol(HttpToolsProtocol):
     slot: Slot | None = None  # this connection's place, taken at its acceptance (`admit`)
     _made = False  # connection_made was called (a TLS connection: its handshake is over)
     _handshake_timer: asyncio.TimerHandle | None = None
-    _refusal_timer: asyncio.TimerHandle | None = None
 
     _head_timer: asyncio.TimerHandle | None = None
     _discard_timer: asyncio.TimerHandle | None = None
@@ -135,10 +142,7 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.slot = limit.take()
             if self.slot is None:
                 transport.write(self._refusal(limit))
-                transport.close()
-                # a TLS close waits up to 30 s for the peer's close_notify (RFC 8446 §6.1):
-                # a refused connection, which holds no place, must not hold its descriptor
-                self._refusal_timer = self.loop.call_later(REFUSAL_LINGER_S, transport.abort)
+                transport.close()  # a TLS one within CLOSE_LINGER_S
                 return
         self._arm_head_timer()  # a connection that never sends a whole head is cut too
 
@@ -210,12 +214,10 @@ class DeadlineProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
 
     def _cancel_timers(self) -> None:
-        timers = (self._head_timer, self._discard_timer, self._handshake_timer, self._refusal_timer)
-        for timer in timers:
+        for timer in (self._head_timer, self._discard_timer, self._handshake_timer):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._discard_timer = self._handshake_timer = None
-        self._refusal_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
