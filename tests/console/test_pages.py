@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -222,6 +223,158 @@ def test_an_empty_graph_says_nothing_matched(chromium: None, tmp_path: Path) -> 
         empty.wait_settled()
         assert "Not in the longest window either" in empty.find("#graph-empty").text
         assert empty.find_all("#edge-detail") == [] and empty.errors() == []
+
+
+def api_graph(server: Served, since: str) -> dict[str, Any]:
+    answer = httpx.get(
+        f"{server.url}/v1/graph",
+        params={"since": since},
+        headers={"authorization": f"Bearer {server.token}"},
+    )
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def test_denied_edges_stand_apart_from_errors(browser: Browser, server: Served) -> None:
+    """Regression: denials are not errors, so an edge whose every call was denied was drawn
+    green (0% errors) with only a small red disc, red as the errors' worst bin. An edge with
+    denials has a purple casing and an "N denied" pill, the legend says what they are, and the
+    picture, the table, the edge panel and the API agree on which edges and how many."""
+    browser.open("#/graph?since=24h")
+    browser.wait_for("#edge-table tbody tr")
+    browser.screenshot("graph-denials-picture", full=False)
+    api = {(e["source"], e["dest"]): e for e in api_graph(server, "24h")["edges"] if e["denials"]}
+    fully = api[("batch-report", "payments")]
+    assert fully["denials"] == fully["requests"] and fully["error_rate"] < 0.01  # all denied
+    drawn = browser.js(
+        """return [...document.querySelectorAll('#graph-svg .edge')].map((e) => ({
+            source: e.dataset.source, dest: e.dataset.dest, denied: e.classList.contains('denied'),
+            casing: e.querySelector('path.casing')?.getAttribute('stroke') || null,
+            line: e.querySelector('path.line').getAttribute('stroke')}))"""
+    )
+    cased = {(e["source"], e["dest"]): e["casing"] for e in drawn if e["denied"]}
+    assert cased.keys() == api.keys()
+    assert all(e["casing"] is None for e in drawn if not e["denied"])
+    error_colours = {e["line"] for e in drawn} | {"#c62828", "#e07b00", "#b59a12", "#2f9e6b"}
+    (denied_colour,) = set(cased.values())
+    assert denied_colour not in error_colours
+    pills = {
+        (p.get_attribute("data-source"), p.get_attribute("data-dest")): p.text
+        for p in browser.find_all("#graph-svg .denial")
+    }
+    assert pills == {edge: f"{e['denials']} denied" for edge, e in api.items()}
+    legend = browser.find("#legend-denied")
+    assert "denied by policy" in legend.text and "not counted as errors" in legend.text
+    legend_casing = browser.js(
+        "return document.querySelector('#legend-denied line').getAttribute('stroke')"
+    )
+    assert legend_casing == denied_colour
+    table = {}
+    for row in browser.find_all("#edge-table tbody tr"):
+        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "td")]
+        table[(cells[0], cells[1])] = (cells[5], "has-denials" in str(row.get_attribute("class")))
+    for edge, (shown, marked) in table.items():
+        expected = f"{api[edge]['denials']} denied" if edge in api else "0"
+        assert (shown, marked) == (expected, edge in api), edge
+    # the panel names the denials (not as errors) and lists them
+    rows = browser.find_all("#edge-table tbody tr")
+    ends = [tuple(c.text for c in r.find_elements(By.CSS_SELECTOR, "td")[:2]) for r in rows]
+    rows[ends.index(("batch-report", "payments"))].click()
+    note = browser.wait_for("#edge-denials")
+    count = fully["denials"]
+    assert f"{count} of {count} calls denied (100%) by policy" in note.text
+    assert "not counted as errors" in note.text
+    link = str(note.find_element(By.CSS_SELECTOR, "a").get_attribute("href"))
+    assert "decision=deny" in link and "source=batch-report" in link
+    browser.find("#edge-table tbody tr:not(.has-denials)").click()
+    browser.wait_until("!document.querySelector('#edge-denials')")
+    fits_laptop(browser)
+    browser.screenshot("graph-denials")
+
+
+def test_edge_rates_share_one_unit(browser: Browser) -> None:
+    """Regression: the Rate column read "7.0/s" in one row and "48.9/min" in the next, so rows
+    could not be compared. One unit per table, the one the largest rate reads best in; a small
+    rate in it is never shown as zero."""
+    browser.open("#/graph?since=24h")
+    browser.wait_for("#edge-table tbody tr")
+    cells = [c.text for c in browser.find_all("#edge-table tbody td.rate")]
+    units = {text.rsplit("/", 1)[1] for text in cells}
+    assert units == {"s"}, cells  # the demo's busiest edges run at several calls a second
+    assert "calls per s" in browser.find("#rate-help").text
+    shown = browser.driver.execute_async_script(
+        """const [cases, done] = arguments;
+        import("/console/static/dom.js").then((dom) => done(cases.map((rates) => {
+          const unit = dom.rateUnit(rates);
+          return rates.map((r) => dom.fmtRateIn(r, unit));
+        })));""",
+        [[5.2, 0.61, 1 / 60, 1e-5, 0], [0.8, 0.05], [1 / 1800, 1 / 86400], [1e-9], [150, 2]],
+    )
+    assert shown == [
+        ["5.2/s", "0.61/s", "0.017/s", "< 0.01/s", "0/s"],
+        ["48.0/min", "3.0/min"],
+        ["2.0/h", "0.042/h"],
+        ["< 0.01/day"],
+        ["150/s", "2.0/s"],
+    ]
+
+
+def test_a_bad_since_keeps_the_page_frame(browser: Browser) -> None:
+    """Regression: a window the server refuses (garbage, a time in the future) replaced the
+    whole page with the server's error: no header, no window buttons. The frame stays, the
+    error shows in place, and a window button leads back to a graph."""
+    future = datetime.fromtimestamp(time.time() + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for since, said in [
+        ("garbage", "neither a duration"),
+        (future, "is in the future"),
+        ("2999-01-01T00:00:00Z", "out of range"),
+    ]:
+        browser.open(f"#/graph?since={since}")
+        assert browser.find("h1").text == "Service graph", since
+        header = [a.text for a in browser.find_all(".view-graph > .row a.button")]
+        assert header == ["15m", "1h", "24h", "7d", "1 year"], since
+        panel = browser.find("#graph-bad-window")
+        assert panel.get_attribute("role") == "alert" and said in panel.text, panel.text
+        assert f"since={since}" in panel.text
+        assert browser.find_all("#graph-svg") == [] and browser.find_all("#edge-table") == []
+        assert browser.js("return document.body.dataset.state") == "ready"
+    fits_laptop(browser)
+    browser.screenshot("graph-bad-window")
+    browser.find_all("#graph-bad-window a.button")[2].click()  # 24h
+    browser.wait_until("location.hash === '#/graph?since=24h'")
+    browser.wait_for("#graph-svg")
+    # the server's 400s are the errors this test expects in the browser console
+    browser.console_messages()
+    expected = [e for e in browser.logs if "400 (Bad Request)" in str(e["message"])]
+    assert len(expected) == 3
+    browser.logs[:] = [e for e in browser.logs if e not in expected]
+
+
+def test_overview_rates_say_what_they_average(browser: Browser, server: Served) -> None:
+    """The overview's calls tile read "14.0/min on average": over the whole hour, though the
+    demo's calls took a minute or two, while the graph page gives each edge's rate over the
+    minutes it had calls. The tile names both: the average over the whole window, and the rate
+    while there were calls (the graph page's way, over all edges)."""
+    browser.open("#/overview")
+    body = api_graph(server, "1h")
+    requests = sum(e["requests"] for e in body["edges"])
+    first = min(e["active_from_ns"] for e in body["edges"])
+    last = max(e["active_to_ns"] for e in body["edges"])
+    sub = browser.find("#tile-requests .sub").text
+    average = re.search(r"^(\S+) averaged over the whole last 1h$", sub, re.M)
+    active = re.search(r"^(\S+) while there were calls \(", sub, re.M)
+    assert average and active, sub
+    assert shown_rate(average[1]) == pytest.approx(requests / body["window"]["seconds"], rel=0.05)
+    # the span may end at "now" (a minute still running): it can only have grown since the
+    # page loaded, by the seconds between the two reads
+    span_s = (last - first) / 1e9
+    assert requests / span_s * 0.95 <= shown_rate(active[1]) <= requests / (span_s - 30) * 1.05
+    edges = {(e["source"], e["dest"]) for e in body["edges"] if e["denials"]}
+    assert browser.find("#tile-denials .sub").text.endswith(
+        f"of calls, on {len(edges)} {'edge' if len(edges) == 1 else 'edges'}"
+    )
+    assert "/h" not in browser.find("#tile-denials .sub").text  # a window's count, not a rate
 
 
 def test_search_narrows_and_pages(browser: Browser, demo: Demo) -> None:

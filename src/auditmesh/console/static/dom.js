@@ -116,6 +116,32 @@ export function fmtRate(perSecond) {
   return "< 0.1/day";
 }
 
+const RATE_UNITS = [
+  { name: "s", per: 1 },
+  { name: "min", per: 60 },
+  { name: "h", per: 3600 },
+  { name: "day", per: 86400 },
+];
+
+/** The unit `fmtRate` would show the largest of `rates` in (per second): a table shows all its
+ * rates in it, so rows compare at a glance ("7.0/s" beside "0.81/s", not beside "48.9/min"). */
+export function rateUnit(rates) {
+  const largest = Math.max(0, ...rates.filter((r) => Number.isFinite(r)));
+  return RATE_UNITS.find((u) => largest * u.per >= 1) || RATE_UNITS[RATE_UNITS.length - 1];
+}
+
+/** A rate (per second) in `unit` (`rateUnit`): as `fmtRate` above 1, two significant digits
+ * below, and never a non-zero rate as zero ("< 0.01/s"). */
+export function fmtRateIn(perSecond, unit) {
+  if (perSecond === undefined || perSecond === null || Number.isNaN(perSecond)) return "—";
+  if (perSecond <= 0) return `0/${unit.name}`;
+  const value = perSecond * unit.per;
+  if (value >= 100) return `${Math.round(value)}/${unit.name}`;
+  if (value >= 0.995) return `${value.toFixed(1)}/${unit.name}`;
+  if (value >= 0.01) return `${value.toPrecision(2)}/${unit.name}`;
+  return `< 0.01/${unit.name}`;
+}
+
 export function fmtPercent(fraction) {
   if (fraction === undefined || fraction === null) return "—";
   const p = fraction * 100;

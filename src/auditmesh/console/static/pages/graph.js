@@ -2,7 +2,9 @@
 //
 // Edges come from GET /v1/graph?since= (the same figures as `auditmesh graph`); positions from
 // POST /console/api/layout (networkx, on the server). Colour: error rate; width: volume;
-// dashed: some calls were plaintext (no mTLS); a red disc: denied calls. Clicking an edge lists
+// dashed: some calls were plaintext (no mTLS); a purple casing and a "N denied" pill: calls the
+// policy denied, which are not errors (a fully denied edge has 0% errors) but are what an audit
+// looks for, so they never hide behind a green line. Clicking an edge lists
 // its events through GET /v1/events (an audited read). An edge's rate is over the minutes it had
 // traffic, not the whole window (graphdata.js); the page says so where rates are shown.
 
@@ -17,8 +19,10 @@ import {
   fmtBytes,
   fmtPercent,
   fmtRate,
+  fmtRateIn,
   fmtTime,
   h,
+  rateUnit,
   s,
   shortEventId,
   statusBadge,
@@ -40,6 +44,8 @@ const BINS = [
   { max: 0.2, colour: "#e07b00", label: "5–20%", key: "mid" },
   { max: Infinity, colour: "#c62828", label: "≥ 20%", key: "high" },
 ];
+
+const DENIED = "#6b2fa3"; // console.css --denied: no error bin's colour
 
 function bin(errorRate) {
   return BINS.find((b) => errorRate < b.max) || BINS[BINS.length - 1];
@@ -106,19 +112,26 @@ function fmtSpan(fromNs, toNs) {
   return `${from.slice(0, 10)} ${fmtClock(fromNs)}–${sameDay ? "" : `${to.slice(0, 10)} `}${fmtClock(toNs)} UTC`;
 }
 
-/** What an edge's rate is: over its active span, and the window's average beside it. */
-function rateNote(e) {
-  if (!e.activeSeconds) return `${fmtRate(e.rate)} averaged over the window`;
+/** What an edge's rate is: over its active span (in `unit`, the table's, else its own), and
+ * the window's average beside it. */
+function rateNote(e, unit) {
+  const rate = unit ? fmtRateIn(e.rate, unit) : fmtRate(e.rate);
+  if (!e.activeSeconds) return `${rate} averaged over the window`;
   return (
-    `${fmtRate(e.rate)} while it had calls, ${fmtSpan(e.activeFromNs, e.activeToNs)} ` +
+    `${rate} while it had calls, ${fmtSpan(e.activeFromNs, e.activeToNs)} ` +
     `(${fmtAge(e.activeSeconds)}); ${fmtRate(e.windowRate)} averaged over the whole window`
   );
+}
+
+/** "34 of 34 calls denied (100%)", "0 denied". */
+function deniedText(e) {
+  return e.denials ? `${e.denials} of ${e.requests} ${e.requests === 1 ? "call" : "calls"} denied (${fmtPercent(e.denials / e.requests)})` : "0 denied";
 }
 
 function edgeTitle(e) {
   return (
     `${e.source} → ${e.dest}: ${e.requests} ${e.requests === 1 ? "call" : "calls"}, ${rateNote(e)}; ` +
-    `${fmtPercent(e.errorRate)} errors, ${e.denials} denied, mTLS ${fmtPercent(e.mtlsShare)}` +
+    `${fmtPercent(e.errorRate)} errors, ${deniedText(e)}, mTLS ${fmtPercent(e.mtlsShare)}` +
     (e.p95 !== undefined ? `, p95 ${e.p95} ms` : "")
   );
 }
@@ -154,7 +167,7 @@ function picture(graph, positions, onSelect) {
     const group = s(
       "g",
       {
-        class: `edge${e.plaintext ? " plaintext" : ""}`,
+        class: `edge${e.plaintext ? " plaintext" : ""}${e.denials ? " denied" : ""}`,
         "data-source": e.source,
         "data-dest": e.dest,
         "data-denials": e.denials,
@@ -170,6 +183,8 @@ function picture(graph, positions, onSelect) {
         },
       },
       s("title", {}, edgeTitle(e)),
+      e.denials ? s("path", { class: "casing", d, stroke: DENIED, "stroke-width": (width + 10).toFixed(1) }) : null,
+      e.denials ? s("path", { class: "casing-gap", d, "stroke-width": (width + 4).toFixed(1) }) : null,
       s("path", {
         class: "line",
         d,
@@ -187,10 +202,9 @@ function picture(graph, positions, onSelect) {
       badgeLayer.append(
         s(
           "g",
-          { class: "denial", "data-source": e.source, "data-dest": e.dest, transform: `translate(${mid.x.toFixed(1)} ${(mid.y + 12).toFixed(1)})`, onclick: () => onSelect(i) },
-          s("title", {}, `${e.denials} denied calls ${e.source} → ${e.dest}`),
-          s("circle", { r: 12 }),
-          s("text", { "text-anchor": "middle", dy: "4" }, String(e.denials)),
+          { class: "denial", "data-source": e.source, "data-dest": e.dest, transform: `translate(${mid.x.toFixed(1)} ${(mid.y + 14).toFixed(1)})`, onclick: () => onSelect(i) },
+          s("title", {}, `${e.source} → ${e.dest}: ${deniedText(e)} by policy`),
+          deniedPill(`${e.denials} denied`),
         ),
       );
     }
@@ -214,6 +228,15 @@ function picture(graph, positions, onSelect) {
   return svg;
 }
 
+/** The purple "34 denied" pill of the picture (and the legend), centred on (0, 0). */
+function deniedPill(text) {
+  const width = text.length * 6.6 + 14;
+  return [
+    s("rect", { x: (-width / 2).toFixed(1), y: -10, width: width.toFixed(1), height: 20, rx: 10, fill: DENIED }),
+    s("text", { "text-anchor": "middle", dy: "4" }, text),
+  ];
+}
+
 function legend() {
   const line = (attrs) => s("svg", { width: 36, height: 10 }, s("line", { x1: 2, y1: 5, x2: 34, y2: 5, ...attrs }));
   return h(
@@ -222,7 +245,13 @@ function legend() {
     BINS.map((b) => h("span", {}, line({ stroke: b.colour, "stroke-width": 4 }), ` ${b.label}`)),
     h("span", {}, line({ stroke: "#5d6b78", "stroke-width": 2 }), "/", line({ stroke: "#5d6b78", "stroke-width": 8 }), " volume"),
     h("span", {}, line({ stroke: "#5d6b78", "stroke-width": 3, "stroke-dasharray": "9 6" }), " plaintext calls"),
-    h("span", {}, s("svg", { width: 22, height: 22 }, s("circle", { cx: 11, cy: 11, r: 10, fill: "#b42318" }), s("text", { x: 11, y: 15, "text-anchor": "middle", fill: "#fff", "font-size": 11, "font-weight": 700 }, "n")), " denied calls"),
+    h(
+      "span",
+      { id: "legend-denied" },
+      s("svg", { width: 36, height: 14 }, s("line", { x1: 2, y1: 7, x2: 34, y2: 7, stroke: DENIED, "stroke-width": 12 }), s("line", { x1: 2, y1: 7, x2: 34, y2: 7, stroke: "#fbfcfd", "stroke-width": 8 }), s("line", { x1: 2, y1: 7, x2: 34, y2: 7, stroke: "#5d6b78", "stroke-width": 4 })),
+      s("svg", { width: 64, height: 22, class: "graph-pill" }, s("g", { class: "denial", transform: "translate(32 11)" }, deniedPill("n denied"))),
+      " calls denied by policy (not counted as errors)",
+    ),
   );
 }
 
@@ -230,7 +259,7 @@ const RATE_HELP =
   "Calls per second while the edge had traffic: from the start of the minute of its first call " +
   "in the window to the end of the minute of its last (or now), not the average over the whole window.";
 
-function edgeTable(graph, onSelect) {
+function edgeTable(graph, unit, onSelect) {
   const head = ["Caller", "Callee", "Calls", "Rate while active", "Errors", "Denied", "mTLS", "p50", "p95", "p99", "Bytes"];
   return h(
     "table",
@@ -243,8 +272,9 @@ function edgeTable(graph, onSelect) {
         h(
           "tr",
           {
-            class: "clickable",
+            class: `clickable${e.denials ? " has-denials" : ""}`,
             "data-edge": i,
+            "data-denials": e.denials,
             tabindex: 0,
             onclick: () => onSelect(i),
             onkeydown: (event) => {
@@ -257,9 +287,9 @@ function edgeTable(graph, onSelect) {
           h("td", {}, e.source),
           h("td", {}, e.dest),
           h("td", { class: "num" }, String(e.requests)),
-          h("td", { class: "num rate", title: rateNote(e) }, fmtRate(e.rate)),
+          h("td", { class: "num rate", title: rateNote(e, unit) }, fmtRateIn(e.rate, unit)),
           h("td", { class: "num" }, e.errorRate >= 0.05 ? badge(fmtPercent(e.errorRate), e.errorRate >= 0.2 ? "bad" : "warn") : fmtPercent(e.errorRate)),
-          h("td", { class: "num" }, e.denials ? badge(String(e.denials), "bad") : "0"),
+          h("td", { class: "num denied-count", title: deniedText(e) }, e.denials ? badge(`${e.denials} denied`, "denied") : "0"),
           h("td", { class: "num" }, e.mtlsShare < 1 ? badge(fmtPercent(e.mtlsShare), "warn") : fmtPercent(e.mtlsShare)),
           ["p50", "p95", "p99"].map((k) => h("td", { class: "num" }, e[k] === undefined ? "—" : `${e[k]} ms`)),
           h("td", { class: "num" }, fmtBytes(e.bytes)),
@@ -269,11 +299,25 @@ function edgeTable(graph, onSelect) {
   );
 }
 
+/** The edge panel's line on its denials, with a search for just those; none: nothing. */
+function denialNote(edge, query) {
+  if (!edge.denials) return null;
+  const search = new URLSearchParams({ ...query, decision: "deny" });
+  return h(
+    "p",
+    { class: "denied-note", id: "edge-denials" },
+    badge(`${edge.denials} denied`, "denied"),
+    ` ${deniedText(edge)} by policy; denials are not counted as errors. `,
+    h("a", { href: `#/events?${search}` }, "List the denied calls →"),
+  );
+}
+
 async function showEdge(panel, graph, edge) {
   const query = edgeQuery(edge, graph.fromNs);
   const search = new URLSearchParams(query);
   clear(panel).append(
     h("h2", {}, `${edge.source} → ${edge.dest}`),
+    denialNote(edge, query) || "", // Element.append would write null as "null"
     h("p", { class: "dim" }, edgeTitle(edge), "  ", h("a", { href: `#/events?${search}`, id: "edge-search" }, "Open in event search →")),
     h("p", { class: "dim" }, "Loading events…"),
   );
@@ -347,13 +391,29 @@ function emptyState(since, graph) {
   );
 }
 
-function rateHelp(since, graph) {
-  return h("p", { class: "dim small", id: "rate-help" }, `Calls and figures over ${windowName(since, graph)}. "Rate while active": ${RATE_HELP} Hover a rate for both.`);
+function rateHelp(since, graph, unit) {
+  return h(
+    "p",
+    { class: "dim small", id: "rate-help" },
+    `Calls and figures over ${windowName(since, graph)}. "Rate while active": ${RATE_HELP} ` +
+      `All rates are in calls per ${unit.name}, so rows compare. Hover a rate for both.`,
+  );
+}
+
+/** The server refused the window (since=garbage, a time in the future): say why, in place,
+ * under the page's own header and its window buttons. */
+function badWindow(since, message) {
+  return h(
+    "div",
+    { class: "panel bad", id: "graph-bad-window", role: "alert" },
+    h("h2", {}, "This window cannot be shown"),
+    h("p", {}, `The address asks for since=${since}, which the server refused: ${message}`),
+    h("p", { class: "row" }, "Pick a window:", WINDOWS.map((w) => windowLink(w, since))),
+  );
 }
 
 export async function renderGraph(main, params) {
   const since = params.get("since") || "24h";
-  const graph = await loadGraph(since);
   const header = h(
     "div",
     { class: "row" },
@@ -362,8 +422,17 @@ export async function renderGraph(main, params) {
     h("span", { class: "dim" }, "Window:"),
     WINDOWS.map((w) => windowLink(w, since)),
   );
+  main.append(header); // the frame stays whatever the server answers
+  let graph;
+  try {
+    graph = await loadGraph(since);
+  } catch (error) {
+    if (error.status !== 400) throw error;
+    main.append(badWindow(since, error.message));
+    return;
+  }
   if (!graph.edges.length) {
-    main.append(header, emptyState(since, graph));
+    main.append(emptyState(since, graph));
     return;
   }
   const labels = nodeLabels(graph.nodes.map((n) => n.name));
@@ -379,10 +448,10 @@ export async function renderGraph(main, params) {
     showEdge(detail, graph, graph.edges[i]).catch((error) => detail.lastChild.replaceWith(errorPanel(error.message)));
     detail.scrollIntoView({ block: "nearest" });
   };
+  const unit = rateUnit(graph.edges.map((e) => e.rate)); // one unit for the whole table
   main.append(
-    header,
     h("div", { class: "panel graph-wrap" }, picture(graph, positions, select), legend()),
     detail,
-    h("div", { class: "panel" }, h("h2", {}, "Edges"), rateHelp(since, graph), edgeTable(graph, select)),
+    h("div", { class: "panel" }, h("h2", {}, "Edges"), rateHelp(since, graph, unit), edgeTable(graph, unit, select)),
   );
 }

@@ -4,7 +4,7 @@
 // GET /v1/graph (calls and denials in the window) and GET /v1/findings (open findings).
 
 import { api } from "../api.js";
-import { badge, clear, fmtAge, fmtPercent, fmtRate, h } from "../dom.js";
+import { badge, clear, fmtAge, fmtPercent, fmtRate, fmtTime, h } from "../dom.js";
 import { findingTitle, loadFindings, severityOf } from "./findingsdata.js";
 import { edgeQuery, loadGraph } from "./graphdata.js";
 import { pinKey, pinnedKey, pinnedKeyProblem } from "./keys.js";
@@ -67,6 +67,34 @@ function keyPanel(served) {
   );
 }
 
+/** The span any edge had calls in (the graph page's "while active", over all edges): from
+ * the start of the first minute with a call to the end of the last; null without calls. */
+function activeSpan(graph) {
+  const active = graph.edges.filter((e) => e.activeSeconds > 0);
+  if (!active.length) return null;
+  const from = Math.min(...active.map((e) => e.activeFromNs));
+  const to = Math.max(...active.map((e) => e.activeToNs));
+  return { from, to, seconds: (to - from) / 1e9 };
+}
+
+/** The calls tile's rates, each named: the average over the whole window, and the rate while
+ * there were calls, as the graph page gives an edge's (its "Rate while active"). */
+function callRates(requests, graph, window) {
+  const average = `${fmtRate(requests / (graph.seconds || WINDOWS[window]))} averaged over the whole last ${window}`;
+  const span = activeSpan(graph);
+  if (!span || !requests) return average;
+  const from = fmtTime(span.from).slice(11, 16);
+  return [
+    average,
+    h("br"),
+    h(
+      "span",
+      { id: "calls-active-rate", title: `All calls over the minutes from the first call in the window (${from} UTC) to the end of the last; the service graph gives each edge's rate the same way.` },
+      `${fmtRate(requests / span.seconds)} while there were calls (${fmtAge(span.seconds)} from ${from} UTC)`,
+    ),
+  ];
+}
+
 function troubleTable(graph) {
   const troubled = graph.edges
     .filter((e) => e.errorRate >= 0.01 || e.denials > 0 || e.plaintext)
@@ -87,7 +115,7 @@ function troubleTable(graph) {
           h("td", {}, h("a", { href: `#/events?${new URLSearchParams(edgeQuery(e, graph.fromNs))}` }, `${e.source} → ${e.dest}`)),
           h("td", { class: "num" }, String(e.requests)),
           h("td", { class: "num" }, e.errorRate >= 0.05 ? badge(fmtPercent(e.errorRate), "bad") : fmtPercent(e.errorRate)),
-          h("td", { class: "num" }, e.denials ? badge(String(e.denials), "bad") : "0"),
+          h("td", { class: "num" }, e.denials ? badge(`${e.denials} denied`, "denied") : "0"),
           h("td", { class: "num" }, e.plaintext ? badge(fmtPercent(e.mtlsShare), "warn") : "100%"),
         ),
       ),
@@ -95,9 +123,15 @@ function troubleTable(graph) {
   );
 }
 
+/** "3.8% of calls, on 1 edge": a count over the window is its rate already; how widely the
+ * denials spread says more. */
+function deniedShare(graph, requests, denials) {
+  const edges = graph.edges.filter((e) => e.denials > 0).length;
+  return `${fmtPercent(requests ? denials / requests : 0)} of calls${edges ? `, on ${edges} ${edges === 1 ? "edge" : "edges"}` : ""}`;
+}
+
 export async function renderOverview(main, params) {
   const window = WINDOWS[params.get("since")] ? params.get("since") : "1h";
-  const seconds = WINDOWS[window];
   // findings are the slowest and least essential figure: the rest shows even if they fail
   const [ledger, graph, findings] = await Promise.all([
     api("/console/api/overview"),
@@ -121,8 +155,8 @@ export async function renderOverview(main, params) {
     h(
       "div",
       { class: "tiles" },
-      tile("tile-requests", `Calls, last ${window}`, requests.toLocaleString("en"), `${fmtRate(requests / seconds)} on average`),
-      tile("tile-denials", `Denied, last ${window}`, denials.toLocaleString("en"), `${fmtRate(denials / seconds)}; ${fmtPercent(requests ? denials / requests : 0)} of calls`, denials ? "bad" : "good"),
+      tile("tile-requests", `Calls, last ${window}`, requests.toLocaleString("en"), callRates(requests, graph, window)),
+      tile("tile-denials", `Denied, last ${window}`, denials.toLocaleString("en"), deniedShare(graph, requests, denials), denials ? "bad" : "good"),
       findings.error
         ? tile("tile-findings", "Open findings, last 24h", "?", `could not be computed: ${findings.error.message}`, "warn")
         : tile("tile-findings", "Open findings, last 24h", String(open.length), open.length ? `${open.filter((f) => severityOf(f) === "high").length} high` : "nothing to look at", open.length ? "warn" : "good"),
