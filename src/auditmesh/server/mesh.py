@@ -8,8 +8,12 @@
                                header `x-auditmesh-spool-depth` (the sidecar's spool backlog,
                                proxy/emitter.py) sets the metrics' spool-depth gauge
 
-The peer's SVID is checked once per connection by `PeerAwareProtocol`, which puts the
-result in the ASGI scope's TLS extension; issuance and renewal are audited like any call.
+The peer's SVID is checked when the connection is made by `PeerAwareProtocol`, which puts
+the result in the ASGI scope's TLS extension, and again at a request that comes after the SVID
+(or the CA that signed it) expired: X509-SVID §5.1 asks for RFC 5280 path validation, whose
+§6.1.3 (a)(2) wants the validity period to include the current time, so a keep-alive
+connection opened with a current SVID does not keep authenticating it (nor renewing it) once
+it expired. Issuance and renewal are audited like any call.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from cryptography import x509
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -30,7 +35,7 @@ from auditmesh.events import Peer
 from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, csr_public_key
 from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.identity.svid import PeerIdentityError, verify_peer_svid
+from auditmesh.identity.svid import PeerIdentityError, load_certificates, verify_peer_svid
 from auditmesh.identity.tokens import JoinTokens, TokenError
 from auditmesh.issuance import identity_event
 from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER
@@ -45,9 +50,12 @@ def peer_protocol(bundle: bytes) -> type[DeadlineProtocol]:
     """The listeners' protocol (server/protocol.py), plus the ASGI TLS extension with the
     verified peer."""
 
+    anchors = load_certificates(bundle)
+
     class PeerAwareProtocol(DeadlineProtocol):
         _peer: SpiffeId | PeerIdentityError | None = None
         _peer_der: bytes | None = None
+        _peer_until: datetime | None = None  # when the verified peer's SVID or its CA expires
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -55,13 +63,26 @@ def peer_protocol(bundle: bytes) -> type[DeadlineProtocol]:
             der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
             if der:
                 self._peer_der = der
-                try:
-                    self._peer = verify_peer_svid(der, bundle, datetime.now(UTC))
-                except PeerIdentityError as exc:
-                    self._peer = exc
+                self._verify_peer(der)
+
+        def _verify_peer(self, der: bytes) -> None:
+            try:
+                self._peer = verify_peer_svid(der, bundle, datetime.now(UTC))
+            except PeerIdentityError as exc:
+                self._peer = exc
+                return
+            leaf = x509.load_der_x509_certificate(der)
+            issuers = [a for a in anchors if a.subject == leaf.issuer]
+            self._peer_until = min(c.not_valid_after_utc for c in [leaf, *issuers])
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            until, der = self._peer_until, self._peer_der
+            if until is not None and der is not None and datetime.now(UTC) > until:
+                # RFC 5280 §6.1.3 (a)(2): valid at the time of this request, not only at the
+                # handshake; checked again in full, so the refusal says why (expired).
+                self._peer_until = None
+                self._verify_peer(der)
             extensions: dict[str, Any] = {"tls": {PEER_KEY: self._peer, "peer_der": self._peer_der}}
             self.scope["extensions"] = extensions
 
