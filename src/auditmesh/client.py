@@ -21,7 +21,10 @@ class ServerError(Exception):
 
 
 # What a server may send, at most: a verifier must not be exhausted by one that lies.
-MAX_CHECKPOINT_BYTES = 64 * 1024
+# C2SP signed-note §"Format": a verifier "MUST accept at least up to 16 signatures", and
+# "post-quantum signatures can be up to nearly 5kB" (6.7 kB of base64 each); note.py takes
+# up to 100 signature lines, as Go's note.Open. 1 MiB holds 100 of those and the text.
+MAX_CHECKPOINT_BYTES = 1024 * 1024
 MAX_TILE_BYTES = tiles.TILE_WIDTH * 32
 MAX_BUNDLE_BYTES = tiles.TILE_WIDTH * (2 + 0xFFFF)  # 256 entries of 16-bit length
 REQUEST_DEADLINE_S = 120.0  # a whole response, however slowly it trickles in
