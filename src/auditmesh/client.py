@@ -19,6 +19,10 @@ from auditmesh.ledger.checkpoint import Checkpoint
 class ServerError(Exception):
     """The server answered with an error or could not be reached."""
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of an error answer, None if there was none
+
 
 # What a server may send, at most: a verifier must not be exhausted by one that lies.
 # C2SP signed-note §"Format": a verifier "MUST accept at least up to 16 signatures", and
@@ -48,8 +52,24 @@ def _get(client: httpx.Client, path: str, limit: int) -> bytes:
         raise ServerError(f"cannot reach {client.base_url}: {exc}") from exc
     if response.status_code != 200:
         text = bytes(body).decode(errors="replace").strip()
-        raise ServerError(f"GET {path}: {response.status_code} {text[:500]}")
+        raise ServerError(
+            f"GET {path}: {response.status_code} {text[:500]}", status=response.status_code
+        )
     return bytes(body)
+
+
+def _get_partial(client: httpx.Client, partial: str, full: str, limit: int) -> bytes:
+    """GET the partial tile or bundle `partial`, or if it is gone (404), the full one `full`
+    it has become. tlog-tiles §"Partial Tiles": logs "MAY delete any partial tile once the
+    corresponding full tile is either available", and clients "MAY fetch the full tile ... as
+    a fallback in case the partial tile is not available anymore". The caller takes the first
+    W hashes or entries, which are the partial tile's: a full tile extends it."""
+    try:
+        return _get(client, partial, limit)
+    except ServerError as exc:
+        if exc.status != 404:
+            raise
+        return _get(client, full, limit)
 
 
 class RemoteLog:
@@ -83,8 +103,9 @@ class RemoteLog:
         if index < full:
             return _get(self._client, "/log/" + tiles.tile_path(level, index), MAX_TILE_BYTES)
         if index == full and partial:
-            path = tiles.tile_path(level, index, partial)
-            return _get(self._client, "/log/" + path, MAX_TILE_BYTES)
+            path, whole = tiles.tile_path(level, index, partial), tiles.tile_path(level, index)
+            data = _get_partial(self._client, "/log/" + path, "/log/" + whole, MAX_TILE_BYTES)
+            return data[: partial * 32]
         return b""
 
     def entries(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
@@ -93,9 +114,15 @@ class RemoteLog:
         for bundle in range(first, (end + tiles.TILE_WIDTH - 1) // tiles.TILE_WIDTH):
             base = bundle * tiles.TILE_WIDTH
             width = min(tiles.TILE_WIDTH, self.checkpoint.size - base)
-            path = tiles.entries_path(bundle, None if width == tiles.TILE_WIDTH else width)
-            bundle_data = _get(self._client, "/log/" + path, MAX_BUNDLE_BYTES)
-            for offset, data in enumerate(tiles.decode_entry_bundle(bundle_data)):
+            if width == tiles.TILE_WIDTH:
+                path = "/log/" + tiles.entries_path(bundle)
+                bundle_data = _get(self._client, path, MAX_BUNDLE_BYTES)
+            else:
+                partial, whole = tiles.entries_path(bundle, width), tiles.entries_path(bundle)
+                bundle_data = _get_partial(
+                    self._client, "/log/" + partial, "/log/" + whole, MAX_BUNDLE_BYTES
+                )
+            for offset, data in enumerate(tiles.decode_entry_bundle(bundle_data)[:width]):
                 index = base + offset
                 if start <= index < end:
                     yield index, data

@@ -56,8 +56,9 @@ class SpecLog:
             return httpx.Response(200, content=self.note)
         ref = tiles.parse_tile_path(path.removeprefix("/log/"))
         # tlog-tiles §"Partial Tiles": "Logs ... MAY delete any partial tile once the
-        # corresponding full tile is either available" (and an older partial is then gone too).
-        if ref.is_partial and not self.keep_old_partials and ref.width != self._current_width(ref):
+        # corresponding full tile is either available".
+        full = self._current_width(ref) == tiles.TILE_WIDTH
+        if ref.is_partial and not self.keep_old_partials and full:
             return httpx.Response(404)
         data = self._tile(ref)
         return httpx.Response(404) if data is None else httpx.Response(200, content=data)
