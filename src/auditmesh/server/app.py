@@ -255,7 +255,11 @@ class Api:
         except ValueError as exc:
             return _error(400, f"bad tile path: {exc}")  # exc names the path
         width = ref.width or tiles.TILE_WIDTH
-        headers: dict[str, str] = {} if ref.is_partial else _IMMUTABLE
+        # tlog-tiles §"Merkle Tree", §"Log entries": "This endpoint is immutable, so its
+        # caching headers SHOULD be long-lived". A partial tile too: its path names its
+        # width, and the log only appends, so tile/0/001.p/44 is the same 44 hashes for ever.
+        # Only the 200s say so: what is 404 now is served once the log has grown.
+        headers = _IMMUTABLE
         if ref.is_entries:
             start = ref.index * tiles.TILE_WIDTH
             rows = await run_in_threadpool(
