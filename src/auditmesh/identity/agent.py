@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from auditmesh.fsutil import write_atomic
 from auditmesh.identity.server_tls import Clock, server_client, utcnow
-from auditmesh.identity.svid import PeerIdentityError, make_csr, renew_at, verify_peer_svid
+from auditmesh.identity.spiffe import SpiffeId
+from auditmesh.identity.svid import (
+    PeerIdentityError,
+    load_certificates,
+    make_csr,
+    renew_at,
+    verify_peer_svid,
+)
 from auditmesh.identity.workload import Credentials, key_to_pem, new_private_key
 
 
@@ -88,7 +95,7 @@ class IdentityAgent:
         if body["spiffe_id"] != str(current.spiffe_id):
             raise EnrollmentError(f"server renewed {body['spiffe_id']}, not {current.spiffe_id}")
         try:
-            return self._accept(key, body)
+            return self._accept(key, body, current.spiffe_id)
         except OSError as exc:  # run_renewals retries; the current SVID is used meanwhile
             raise EnrollmentError(
                 f"the renewed SVID could not be saved in {self._dir}: {exc.strerror or exc}"
@@ -127,9 +134,33 @@ class IdentityAgent:
     def _renew_time(self, credentials: Credentials) -> datetime:
         return renew_at(credentials.not_before, credentials.not_after, self._rng)
 
-    def _accept(self, key: ec.EllipticCurvePrivateKey, body: dict[str, str]) -> Credentials:
+    def _accept(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        body: dict[str, str],
+        expected: SpiffeId | None = None,
+    ) -> Credentials:
+        """Keep the SVID the server answered with, once it is one for this workload: valid
+        against the bundle, for the key this agent generated (SPIFFE-ID §3.2: the private key
+        is retained by the entity the SVID is issued to) and, on renewal, for the identity
+        renewed. Raises :class:`EnrollmentError` before anything is saved."""
         cert_pem = body["certificate"].encode()
-        spiffe_id = verify_peer_svid(cert_pem, self._bundle, self._clock())
+        try:
+            spiffe_id = verify_peer_svid(cert_pem, self._bundle, self._clock())
+            certified = load_certificates(cert_pem)[0].public_key()
+        except (PeerIdentityError, ValueError) as exc:
+            raise EnrollmentError(
+                f"the server answered with an SVID that is refused: {exc}"
+            ) from None
+        if certified != key.public_key():
+            raise EnrollmentError(
+                f"the server answered with an SVID for {spiffe_id} that certifies another key "
+                "than the one this sidecar generated and sent in its CSR; it is not kept"
+            )
+        if expected is not None and spiffe_id != expected:
+            raise EnrollmentError(
+                f"the server renewed {expected} with an SVID for {spiffe_id}; it is not kept"
+            )
         credentials = Credentials(spiffe_id, key_to_pem(key), cert_pem, self._bundle)
         self._save(credentials)
         self._set(credentials)
