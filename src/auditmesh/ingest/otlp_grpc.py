@@ -14,7 +14,8 @@ OTLP/HTTP does, so the loop goes on serving other Exports meanwhile.
 OTLP spec, "OTLP/gRPC": messages over the limit (4 MiB, "typically enforce a default
 incoming message size limit of 4 MiB") are refused by gRPC itself with RESOURCE_EXHAUSTED,
 also when they only grow that large once decompressed; a message that does not decode is
-INVALID_ARGUMENT (not retryable, "Failures"); a collector that is shutting down answers
+INVALID_ARGUMENT (not retryable, "Failures"); a collector that is shutting down, or whose
+storage failed (also for the Export that found it failing: `otlp_http.commit`), answers
 UNAVAILABLE (retryable). Partial success is reported as in OTLP/HTTP. The handlers take the
 raw bytes (no generated servicer) so that decoding errors are ours to name.
 
@@ -35,7 +36,7 @@ import grpc.aio
 
 from auditmesh.collector import Collector, CollectorUnavailable
 from auditmesh.ingest.otlp import MalformedRequest, Signal, encode_response
-from auditmesh.ingest.otlp_http import INLINE_BYTES, ExportObserver, decode_and_map
+from auditmesh.ingest.otlp_http import INLINE_BYTES, ExportObserver, commit, decode_and_map
 
 DEFAULT_ADDRESS = ("127.0.0.1", 4317)  # OTLP spec, "OTLP/gRPC Default Port"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -72,7 +73,7 @@ def _export_handler(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if mapped.events:
             try:
-                mapped.leave_out(await collector.submit_leaving_out_conflicts(mapped.entries))
+                await commit(collector, mapped)
             except CollectorUnavailable as exc:
                 tell("unavailable")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry later")

@@ -14,7 +14,8 @@ Everything here follows the OTLP specification, section "OTLP/HTTP":
 - Failures carry a `google.rpc.Status` body ("Failures"): 400 for undecodable data
   ("Bad Data", with a `BadRequest` detail), 408 for a body that did not arrive whole within
   the server's deadline (`httpbody.BodyDeadline`, which closes the connection), 503 with
-  Retry-After when the collector is shutting down (retryable, "OTLP/HTTP Throttling").
+  Retry-After when the collector is shutting down or its storage failed, also for the
+  batch that found it failing (retryable, "OTLP/HTTP Throttling"; `commit`).
 
 Metrics: an optional `ExportObserver` hears of every request once it is answered, with
 its signal, a result ("ok", "partial", "invalid", "too_large", "unsupported",
@@ -37,7 +38,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from auditmesh.collector import Collector, CollectorUnavailable
+from auditmesh.collector import Collector, CollectorStopped, CollectorUnavailable
 from auditmesh.httpbody import BodyTimeout, BodyTooLarge, media_type, read_limited
 from auditmesh.ingest.otlp import (
     Encoding,
@@ -137,6 +138,25 @@ def decode_and_map(
     return map_body(signal, body, encoding)
 
 
+async def commit(collector: Collector, mapped: Mapped) -> None:
+    """Commit the mapped events but those whose ids the log holds with other content (each
+    then a rejected record). `CollectorUnavailable` when nothing was stored, also when this
+    very batch found the storage broken: the collector then stops and answers every later
+    batch `CollectorStopped`, and this one is owed the same retryable answer (OTLP spec,
+    "Failures": not-retryable codes are for data that cannot be processed, and a client
+    MUST drop the data it gets one for; a broken store is not the data's fault)."""
+    try:
+        mapped.leave_out(await collector.submit_leaving_out_conflicts(mapped.entries))
+    except CollectorUnavailable:
+        raise
+    except Exception as exc:
+        if exc is not collector.failure:
+            raise  # a defect of ours, not of the store
+        raise CollectorStopped(
+            f"the collector takes no more events: its storage failed: {exc}"
+        ) from exc
+
+
 @dataclass(frozen=True, slots=True)
 class OtlpHttpReceiver:
     collector: Collector
@@ -210,7 +230,7 @@ class OtlpHttpReceiver:
             return response, "invalid", 0
         if mapped.events:
             try:
-                mapped.leave_out(await self.collector.submit_leaving_out_conflicts(mapped.entries))
+                await commit(self.collector, mapped)
             except CollectorUnavailable as exc:
                 response = _status_response(
                     503,
