@@ -767,8 +767,9 @@ def _span_outcome(
 
 
 def _protocol(attrs: Mapping[str, AnyValue]) -> str | None:
-    name = text(attrs, "network.protocol.name")
-    version = text(attrs, "network.protocol.version", "http.flavor")
+    # semconv v1.21+ network.protocol.*, v1.20 net.protocol.* (renamed), before: http.flavor
+    name = text(attrs, "network.protocol.name", "net.protocol.name")
+    version = text(attrs, "network.protocol.version", "net.protocol.version", "http.flavor")
     if version is None or (name is not None and name.lower() != "http"):
         return None
     return f"HTTP/{version.removesuffix('.0') if version in ('2.0', '3.0') else version}"
