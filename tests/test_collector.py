@@ -244,3 +244,22 @@ def test_every_conflict_of_a_batch_is_named_at_once(ledger: Ledger) -> None:
     finally:
         collector.stop()
     assert ledger.log.size == 40
+
+
+def test_a_new_log_signs_its_first_checkpoint_as_the_collector_starts(ledger: Ledger) -> None:
+    """C2SP tlog-tiles: the checkpoint endpoint MUST be served; a new log had none to serve
+    until its first interval ended (here the interval is 1,000 s)."""
+    collector = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    assert ledger.log.latest_checkpoint() is None
+    collector.start()
+    try:
+        first = collector.checkpoint_covering(0).result(timeout=10)
+        assert first.size == 0
+        assert ledger.log.open_checkpoint(first.note).size == 0
+        collector.submit(generate(3)).result()
+        assert ledger.log.latest_checkpoint() == first  # the interval still rules after it
+    finally:
+        collector.stop()
+    last = ledger.log.latest_checkpoint()
+    assert last is not None and last.size == 3
+    assert verify_log(StoreReader(ledger.store), ledger.log.verifier).size == 3

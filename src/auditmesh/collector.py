@@ -4,7 +4,8 @@ Producers (the HTTP API, ingest adapters, the server's own audit records) call `
 from any thread or `submit_async` from the event loop. One sequencer thread drains the
 queue, appends everything waiting in one durable transaction (group commit), then
 resolves each caller's future with its indices. The same thread signs a checkpoint at
-most every `checkpoint_interval_ns` while the log grows, and once more on `stop`.
+most every `checkpoint_interval_ns` while the log grows, and once more on `stop`; a log
+with none signs its first as the thread starts.
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ class Collector:
             raise
 
     def _sequence(self) -> None:
+        if self.log.latest_checkpoint() is None:
+            # C2SP tlog-tiles: the checkpoint endpoint MUST be served; a new log signs one at
+            # once (of size 0, or of what an unsigned log holds), not after its first interval
+            self._checkpoint()
         last_checkpoint = self._monotonic_ns()
         stop = False
         while not stop:
