@@ -329,7 +329,15 @@ def _show(raw: bytes, limit: int = 60) -> str:
 class _Fields:
     """What framing and connection management need from a header section (one pass)."""
 
-    __slots__ = ("content_length", "chunked", "connection", "hosts", "upgrade", "expect_100")
+    __slots__ = (
+        "content_length",
+        "chunked",
+        "connection",
+        "hosts",
+        "upgrade",
+        "expect_100",
+        "collapsed",
+    )
 
     def __init__(self, headers: Headers, *, remote: bool) -> None:
         cl: list[bytes] | None = None
@@ -365,6 +373,9 @@ class _Fields:
                 raise err(status, f"Transfer-Encoding {te} does not end in one chunked (§6.3)")
             self.chunked = True
         self.content_length: int | None = None
+        # True when several identical values were collapsed: the section must then carry them
+        # as one field before it is framed or forwarded (RFC 9110 §8.6).
+        self.collapsed = False
         if cl is not None:
             # RFC 9110 §8.6 / RFC 9112 §6.3 rule 5: 1*DIGIT; identical duplicates (as lines or a
             # list) may be collapsed, differing ones are an error.
@@ -378,6 +389,18 @@ class _Fields:
             if not value.isdigit() or len(value) > 18:
                 raise err(status, f"invalid Content-Length {_show(value)} (RFC 9110 §8.6)")
             self.content_length = int(value)
+            self.collapsed = True
+
+
+def _one_content_length(headers: Headers, f: _Fields) -> Headers:
+    """RFC 9110 §8.6: a recipient of ``Content-Length: 42, 42`` (or of 42 on several lines)
+    "MUST either reject the message as invalid or replace the duplicated field values with a
+    single valid Content-Length field containing that decimal value prior to determining the
+    message body length or forwarding the message": a proxy must not pass on what a stricter
+    next hop may refuse or read differently."""
+    if not f.collapsed:
+        return headers
+    return set_header(headers, b"content-length", b"%d" % (f.content_length or 0))
 
 
 class Connection:
@@ -639,6 +662,7 @@ class Connection:
             raise RemoteProtocolError(505, f"HTTP version {major.decode()}.{minor.decode()}")
         _check_target(method, target)
         f = _Fields(headers, remote=True)
+        headers = _one_content_length(headers, f)
         http10 = minor == b"0"
         # RFC 9112 §3.2: exactly one valid Host in HTTP/1.1 (at most one in 1.0), else 400.
         if len(f.hosts) > 1 or (not f.hosts and not http10):
@@ -677,8 +701,8 @@ class Connection:
             self._sm.fire(_S, InformationalResponse, _Switch.UPGRADE if status == 101 else None)
             self._waiting_100 = False
             return info
-        event = Response(status, headers, version, reason or b"")
         f = _Fields(headers, remote=True)
+        event = Response(status, _one_content_length(headers, f), version, reason or b"")
         method = self._request_method
         switch = None
         keep = b"close" not in f.connection and (minor != b"0" or b"keep-alive" in f.connection)
