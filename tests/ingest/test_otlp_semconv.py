@@ -3,6 +3,9 @@ older (OpenTelemetry semantic conventions, HTTP spans; each test names the versi
 
 from __future__ import annotations
 
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
 from tests.ingest.test_otlp import Attr, one, span, traces
 
 
@@ -17,3 +20,53 @@ def test_semconv_1_20_protocol_names_give_the_protocol() -> None:
     assert event.http is not None and event.http.protocol == "HTTP/2"
     event = one(traces(span({**old, "net.protocol.version": "1.1"})))
     assert event.http is not None and event.http.protocol == "HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        # v1.20 and before: `net.host.port` is "Conditionally Required: If not default (80
+        # for http scheme, 443 for https)", and `http.scheme` is required on server spans.
+        {
+            "http.method": "GET",
+            "http.target": "/a",
+            "http.scheme": "https",
+            "net.host.name": "orders.shop",
+            "http.status_code": 200,
+        },
+        # v1.21/v1.22: `server.port` likewise "If not default", `url.scheme` required; in
+        # the stable conventions the port of a Host header without one is the scheme's.
+        {
+            "http.request.method": "GET",
+            "url.path": "/a",
+            "url.scheme": "https",
+            "server.address": "orders.shop",
+            "http.response.status_code": 200,
+        },
+    ],
+    ids=["v1.20", "v1.21"],
+)
+def test_a_server_spans_port_defaults_from_its_scheme(attrs: dict[str, Attr]) -> None:
+    event = one(traces(span(attrs, kind=Span.SPAN_KIND_SERVER)))
+    assert event.destination is not None
+    assert (event.destination.host, event.destination.port) == ("orders.shop", 443)
+
+
+def test_a_server_span_without_a_host_gets_no_guessed_port() -> None:
+    # Without server.address (Host) the span does not say which authority was asked for:
+    # the application may listen on any port, so none is made up from the scheme.
+    event = one(traces(span({"http.request.method": "GET", "url.scheme": "https"})))
+    assert event.destination is not None and event.destination.port is None
+
+
+def test_a_port_in_the_host_header_is_the_port() -> None:
+    # Before v1.18 `http.host` carried the Host header as sent, port included.
+    attrs: dict[str, Attr] = {
+        "http.method": "GET",
+        "http.target": "/a",
+        "http.scheme": "https",
+        "http.host": "orders.shop:8443",
+    }
+    event = one(traces(span(attrs)))
+    assert event.destination is not None
+    assert (event.destination.host, event.destination.port) == ("orders.shop", 8443)

@@ -656,13 +656,23 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
     if server:
         # HTTP server span: server.* describe this service, client.* the caller.
         source = _caller(attrs)
-        host = text(attrs, "server.address", "net.host.name") or _host_of(text(attrs, "http.host"))
+        authority = text(attrs, "http.host")  # before v1.18: the Host header as sent
+        host = text(attrs, "server.address", "net.host.name") or _host_of(authority)
+        port = integer(attrs, "server.port", "net.host.port")
+        if port is None and authority is not None:
+            port = _port_of(authority)
+        if port is None and host:
+            # semconv: server.port (net.host.port before v1.21) is set only when not the
+            # scheme's default ("If not default (80 for http scheme, 443 for https)"; in the
+            # stable conventions, that of a Host header that names none): the scheme's then.
+            scheme = text(attrs, "url.scheme", "http.scheme")
+            port = _DEFAULT_PORTS.get(scheme.lower()) if scheme else None
         destination = Peer(
             service=here.service,
             namespace=here.namespace,
             host=clip("destination.host", host or None, MAX_NAME),
             ip=_ip(text(attrs, "network.local.address", "net.sock.host.addr")),
-            port=integer(attrs, "server.port", "net.host.port"),
+            port=port,
         )
         direction: Direction = "inbound"
     else:
@@ -791,6 +801,18 @@ def _host_of(authority: str | None) -> str | None:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
+def _port_of(authority: str) -> int | None:
+    """The port an authority (`host:port`, `[v6]:port`) names; None when it names none."""
+    if authority.startswith("["):
+        port = authority.partition("]")[2].removeprefix(":")
+    else:
+        port = authority.rpartition(":")[2] if authority.count(":") == 1 else ""
+    return int(port) if port.isascii() and port.isdigit() and int(port) < 65536 else None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def _url_port(parts: Any) -> int | None:
     try:
         port = parts.port
@@ -798,7 +820,7 @@ def _url_port(parts: Any) -> int | None:
         raise Unmappable("url.full has an invalid port") from None
     if port is not None:
         return int(port)
-    return {"http": 80, "https": 443}.get(parts.scheme)
+    return _DEFAULT_PORTS.get(parts.scheme)
 
 
 def _peer_or_none(peer: Peer) -> Peer | None:
