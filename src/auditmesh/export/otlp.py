@@ -25,9 +25,9 @@ Sending follows the OTLP specification: OTLP/HTTP posts binary protobuf to `<end
 on full success. A partial success that rejected records (`PartlyRejected`) is never sent
 again (OTLP "Partial Success": the client MUST NOT retry it), so it counts as answered, and
 the caller says which entries it held. The retryable failures (HTTP 429/502/503/504, gRPC
-UNAVAILABLE and friends, "Retryable Response Codes") are retried with exponential backoff,
-honouring Retry-After and, over gRPC, the server's RetryInfo (which also makes
-RESOURCE_EXHAUSTED retryable).
+UNAVAILABLE and friends, "Retryable Response Codes") are retried with exponential backoff
+with a random jitter ("OTLP/HTTP Connection"), honouring Retry-After and, over gRPC, the
+server's RetryInfo (which also makes RESOURCE_EXHAUSTED retryable).
 An HTTP 413 (a proxy's smaller body limit) makes the sender send the batch in smaller
 requests, and remember the limit for later batches.
 """
@@ -35,6 +35,7 @@ requests, and remember the limit for later batches.
 from __future__ import annotations
 
 import gzip
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -327,6 +328,7 @@ class PartlyRejected(ExportError):
         self.reason = reason
 
 
+_JITTER = 0.5  # each backoff step is its nominal delay times 0.5 to 1.5 (as the Collector's)
 _RETRYABLE_HTTP = {429, 502, 503, 504}  # OTLP/HTTP "Retryable Response Codes"
 _RETRYABLE_GRPC = {  # OTLP/gRPC "Failures": retryable status codes
     grpc.StatusCode.CANCELLED,
@@ -451,7 +453,11 @@ class OtlpSender:
                     raise ExportError(
                         f"{retry.message} (gave up after {attempt} attempts)", retryable=True
                     ) from None
-                self._sleep(retry.after if retry.after is not None else delay)
+                # OTLP/HTTP Connection: "The interval between retries must have a random
+                # jitter" (exporters cut off by one outage must not all come back at once);
+                # a server's Retry-After or RetryInfo is waited as given.
+                jittered = delay * random.uniform(1 - _JITTER, 1 + _JITTER)
+                self._sleep(retry.after if retry.after is not None else jittered)
                 delay = min(delay * 2, 30.0)
 
     def _send_once(self, request: ExportLogsServiceRequest, count: int) -> None:
