@@ -207,3 +207,21 @@ def test_duplicated_content_length_in_a_response_reaches_the_caller_as_one(
     assert head.startswith(b"HTTP/1.1 200 "), answer
     lines = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
     assert lines == [b"content-length: 2"] and body == b"ok", answer
+
+
+def test_a_body_keeps_its_framing_when_connection_names_content_length(
+    mesh: Mesh, port: int, app: RecordingApp
+) -> None:
+    """RFC 9110 §7.6.1: the sidecar removes the fields Connection names, Content-Length too;
+    it must then frame the body it forwards itself (RFC 9112 §6.3), so the app gets the
+    content that the audit event counts, not a request without content."""
+    answer = exchange(
+        port,
+        b"POST /upload HTTP/1.1\r\nhost: payments\r\nx-request-id: conn-cl\r\n"
+        b"connection: content-length, close\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    [(_, body)] = app.requests_with(b"conn-cl")
+    assert body == b"hello"
+    event = event_of(mesh, "conn-cl")
+    assert event["http"]["request_bytes"] == 5

@@ -287,8 +287,14 @@ class HttpProxy:
     def _upstream_request(self, request: Request, x: Exchange) -> Request:
         fields = request.headers
         kept = h.strip_hop_by_hop(fields)
+        # re-declare the framing: RFC 9110 §7.6.1 removes a Content-Length that Connection
+        # names too, and the body still goes (the parser allows one of the two, RFC 9112 §6.3)
         if b"chunked" in h.header_tokens(fields, b"transfer-encoding"):
-            kept = (*kept, (b"transfer-encoding", b"chunked"))  # re-declare the framing
+            kept = (*kept, (b"transfer-encoding", b"chunked"))
+        else:
+            length = h.get_header(fields, b"content-length")  # one value (http1 collapses)
+            if length is not None and h.get_header(kept, b"content-length") is None:
+                kept = (*kept, (b"content-length", length))
         if request.http_version == b"1.1" and b"websocket" in h.header_tokens(fields, b"upgrade"):
             # RFC 9110 §7.8: the proxy forwards the upgrade offer; WebSocket's only, as Istio
             # configures Envoy: after an h2c upgrade, requests would pass unseen by policy
