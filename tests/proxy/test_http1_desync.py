@@ -225,3 +225,31 @@ def test_a_body_keeps_its_framing_when_connection_names_content_length(
     assert body == b"hello"
     event = event_of(mesh, "conn-cl")
     assert event["http"]["request_bytes"] == 5
+
+
+def test_the_app_gets_the_host_policy_saw_when_connection_names_host(
+    port: int, app: RecordingApp
+) -> None:
+    """RFC 9110 §7.6.1 removes a Host named in Connection, but a forwarded HTTP/1.1 request
+    needs one (RFC 9112 §3.2): the one policy and routing used. The sidecar answered
+    nothing and the app got no request."""
+    answer = exchange(
+        port,
+        b"GET /h HTTP/1.1\r\nhost: payments\r\nx-request-id: conn-host\r\n"
+        b"connection: host, close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    [(head, _)] = app.requests_with(b"conn-host")
+    assert field_lines(head, b"host") == [b"host: payments"], head
+
+
+def test_an_http10_request_without_host_is_forwarded_with_an_empty_host(
+    port: int, app: RecordingApp
+) -> None:
+    """HTTP/1.0 needs no Host (RFC 9112 §3.2 requires it of HTTP/1.1), but the sidecar
+    forwards HTTP/1.1, where a target URI without authority is sent with an empty Host
+    (RFC 9112 §3.2: "a client MUST send a Host header field with an empty field value")."""
+    answer = exchange(port, b"GET /h10 HTTP/1.0\r\nx-request-id: h10-no-host\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    [(head, _)] = app.requests_with(b"h10-no-host")
+    assert field_lines(head, b"host") == [b"host: "], head

@@ -299,6 +299,11 @@ class HttpProxy:
             # RFC 9110 §7.8: the proxy forwards the upgrade offer; WebSocket's only, as Istio
             # configures Envoy: after an h2c upgrade, requests would pass unseen by policy
             kept = (*kept, (b"connection", b"upgrade"), (b"upgrade", b"websocket"))
+        if h.get_header(kept, b"host") is None:
+            # RFC 9112 §3.2: an HTTP/1.1 request has one Host, the authority policy and the
+            # event saw, empty when there is none (HTTP/1.0); RFC 9110 §7.6.1 removed a Host
+            # that Connection names
+            kept = (*kept, (b"host", (x.host or "").encode("latin-1")))
         span = continue_or_start(_text(h.get_header(fields, b"traceparent")), _random_hex)
         x.trace_id, x.span_id, x.parent_span_id = span.trace_id, span.span_id, span.parent_span_id
         kept = h.set_header(kept, b"traceparent", span.traceparent.encode())
