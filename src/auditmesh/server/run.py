@@ -44,7 +44,6 @@ from auditmesh.server.protocol import (
 )
 
 SERVER_SVID_TTL = timedelta(days=7)  # the mesh listener's own, renewed at half-life
-CLOSE_NOTIFY_WAIT_S = 1.0  # on stop, how long a closed TLS connection may wait for its peer
 MAX_CONNECTIONS = 4096  # per listener (`--max-connections`), unless the open-file limit is lower
 FD_RESERVE = 256  # file descriptors left beside the listeners' connections (store, logs, gRPC)
 
@@ -60,7 +59,8 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's startup for a HOST:PORT listener, with three more things: the TLS
         handshake must end within the header timeout (uvicorn leaves asyncio's 60 s), a TLS
-        connection the server closes is aborted if its close has not ended within
+        connection the server closes (at a stop too, an idle pooled one such as a sidecar
+        emitter's, which never reads the close) is aborted if its close has not ended within
         CLOSE_LINGER_S (uvloop's default, 30 s, waits that long for a client's close_notify,
         holding the descriptor and the connection's place), and each connection takes its
         place under the listener's limit as it is accepted, before its handshake (`admit`,
@@ -91,24 +91,6 @@ class _Server(uvicorn.Server):
             sys.exit(3)
         self.servers = [server]
         self.started = True
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn closes idle connections, but a TLS close waits for the peer's close_notify
-        # (RFC 8446 §6.1) up to 30 s, and an idle pooled client (a sidecar's emitter) never
-        # reads it: cut those once they have sent everything, while requests finish.
-        cutter = asyncio.ensure_future(self._cut_closed_connections())
-        try:
-            await super().shutdown(sockets)
-        finally:
-            cutter.cancel()
-
-    async def _cut_closed_connections(self) -> None:
-        while True:
-            await asyncio.sleep(CLOSE_NOTIFY_WAIT_S)
-            for connection in list(self.server_state.connections):
-                transport = getattr(connection, "transport", None)  # uvloop's: no asyncio type
-                if transport and transport.is_closing() and not transport.get_write_buffer_size():
-                    transport.abort()
 
 
 class _MeshServer(_Server):
