@@ -8,6 +8,7 @@ timeout (asyncio's default handshake timeout was 60 s, outside of any limit)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -21,7 +22,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.server import ServerState
 
+from auditmesh.server.protocol import ConnectionLimit, DeadlineProtocol, admit, with_deadlines
 from auditmesh.server.run import FD_RESERVE, MAX_CONNECTIONS
 from auditmesh.serverproc import ServerProcess
 from tests.server.meshserver import mesh_server
@@ -310,3 +315,45 @@ def test_a_small_soft_open_file_limit_is_raised_for_the_default_limit(
     finally:
         server.stop()
     assert "open connections per listener" not in server.log_path.read_text()
+
+
+def test_a_refused_plain_connection_is_counted_once() -> None:
+    """The operator's report says how many connections were refused: a plain one was
+    counted at its acceptance and again as it was made, so every report after the first
+    said twice the number."""
+    reports: list[str] = []
+
+    async def refuse_two() -> int:
+        config = uvicorn.Config(Starlette(), lifespan="off", log_level="warning")
+        config.load()
+        protocol = with_deadlines(
+            DeadlineProtocol, header_timeout_s=WAIT_S, body_timeout_s=WAIT_S, max_connections=1
+        )
+        limit = protocol.connection_limit = ConnectionLimit(1, report=reports.append)
+        state = ServerState()
+
+        def make() -> DeadlineProtocol:
+            return protocol(config=config, server_state=state, app_state={})
+
+        listener = await asyncio.get_running_loop().create_server(
+            admit(make, tls=False), "127.0.0.1", 0
+        )
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(METRICS)
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 404")  # it holds
+            for _ in range(2):  # the only place
+                extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", port)
+                assert (await extra_reader.read()).startswith(b"HTTP/1.1 503")
+                extra_writer.close()
+                await extra_writer.wait_closed()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            listener.close()
+            await listener.wait_closed()
+        return limit.refused
+
+    assert asyncio.run(refuse_two()) == 2
+    assert len(reports) == 1 and "refused 1 new connection(s)" in reports[0]

@@ -119,13 +119,13 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def accepted(self, *, handshake: bool) -> None:
         """Takes this connection's place as it is accepted (`admit`), before its TLS
-        handshake if it has one; without a place it is refused in connection_made, unless
-        one came free meanwhile. A handshake that fails or times out (at the header timeout)
-        never makes a connection, nor is it told to the protocol: the place of one not made
-        by then is given back."""
+        handshake if it has one; without a place it is refused (and counted as refused) in
+        connection_made, unless one came free meanwhile. A handshake that fails or times out
+        (at the header timeout) never makes a connection, nor is it told to the protocol:
+        the place of one not made by then is given back."""
         if self.connection_limit is None:
             return
-        self.slot = self.connection_limit.take(last_try=not handshake)
+        self.slot = self.connection_limit.take(last_try=False)
         if handshake and self.slot is not None:
             self._handshake_timer = self.loop.call_later(
                 self.header_timeout_s + HANDSHAKE_SLACK_S, self._handshake_over
