@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -263,3 +263,48 @@ def test_a_new_log_signs_its_first_checkpoint_as_the_collector_starts(ledger: Le
     last = ledger.log.latest_checkpoint()
     assert last is not None and last.size == 3
     assert verify_log(StoreReader(ledger.store), ledger.log.verifier).size == 3
+
+
+def test_a_checkpoint_signed_while_a_waiter_registers_still_answers_it(ledger: Ledger) -> None:
+    """checkpoint_covering read the latest checkpoint, then registered its waiter: a
+    checkpoint signed in between (its waiters already answered) left that waiter for the
+    next one, here 1,000 s away."""
+    waiters_passed = threading.Event()
+    looked: list[bool] = []
+
+    class Log:  # the ledger's log; the waiter's first look is held until the signing is over
+        def __getattr__(self, name: str) -> Any:
+            return getattr(ledger.log, name)
+
+        def latest_checkpoint(self) -> Any:
+            latest = ledger.log.latest_checkpoint()
+            if threading.current_thread().name == "waiter" and not looked:
+                looked.append(True)
+                assert waiters_passed.wait(10)
+            return latest
+
+    class Lock:  # the collector's waiters lock, telling when the sequencer let go of it
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            self._lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self._lock.release()
+            if threading.current_thread().name == "auditmesh-sequencer":
+                waiters_passed.set()
+
+    collector = Collector(cast(Any, Log()), checkpoint_interval_ns=10**12)
+    collector._waiters_lock = cast(Any, Lock())
+    asked: list[Future[Any]] = []
+    waiter = threading.Thread(
+        target=lambda: asked.append(collector.checkpoint_covering(0)), name="waiter"
+    )
+    waiter.start()  # reads no checkpoint yet, and waits
+    collector.start()  # signs the first one
+    try:
+        waiter.join(10)
+        assert asked[0].result(timeout=5).size == 0
+    finally:
+        collector.stop()

@@ -151,6 +151,12 @@ class Collector:
             future.set_result(latest)
             return future
         with self._waiters_lock:
+            # again under the lock: a checkpoint signed since the look above has answered
+            # its waiters already (`_checkpoint` reads the latest, then takes the lock)
+            latest = self.log.latest_checkpoint()
+            if latest is not None and latest.size >= size:
+                future.set_result(latest)
+                return future
             self._checkpoint_waiters.append((size, future))
         return future
 
