@@ -1,8 +1,8 @@
 """The limit on open connections per listener (`--max-connections`, server/protocol.py) and
 the deadline on the mesh listener's TLS handshakes, against real server processes over raw
-sockets: past the limit a new connection is refused at once (503 with `Connection: close` on
-the plain listener, closed before its handshake on the mesh listener) while the open ones
-are still served; a closed connection, or a handshake given up, frees its place; a client
+sockets: past the limit a new connection is refused (503 with `Connection: close`, at once on
+the plain listener, after its handshake on the mesh listener) while the open ones are
+still served; a closed connection, or a handshake given up, frees its place; a client
 that connects to the mesh listener and never sends its ClientHello is closed at the header
 timeout (asyncio's default handshake timeout was 60 s, outside of any limit)."""
 
