@@ -70,3 +70,35 @@ def test_a_port_in_the_host_header_is_the_port() -> None:
     event = one(traces(span(attrs)))
     assert event.destination is not None
     assert (event.destination.host, event.destination.port) == ("orders.shop", 8443)
+
+
+def test_a_server_span_identified_by_its_url_names_host_and_port() -> None:
+    # Before v1.18 a server span carried one of four sets of attributes: "http.url", or
+    # http.scheme, http.host, http.target, or http.scheme, http.server_name, net.host.port,
+    # http.target, or http.scheme, net.host.name, net.host.port, http.target. The first
+    # set (http.url alone) names the authority the caller asked for too.
+    attrs: dict[str, Attr] = {
+        "http.method": "GET",
+        "http.url": "https://orders.shop:8443/a?b=1",
+        "http.status_code": 200,
+    }
+    event = one(traces(span(attrs)))
+    assert event.destination is not None and event.http is not None
+    assert (event.destination.host, event.destination.port) == ("orders.shop", 8443)
+    assert event.http.path == "/a"
+    event = one(traces(span({**attrs, "http.url": "http://orders.shop/a"})))
+    assert event.destination is not None
+    assert (event.destination.host, event.destination.port) == ("orders.shop", 80)
+
+
+def test_a_server_span_identified_by_its_server_name_names_the_host() -> None:
+    attrs: dict[str, Attr] = {
+        "http.method": "GET",
+        "http.target": "/a",
+        "http.scheme": "http",
+        "http.server_name": "orders.shop",
+        "net.host.port": 8080,
+    }
+    event = one(traces(span(attrs)))
+    assert event.destination is not None
+    assert (event.destination.host, event.destination.port) == ("orders.shop", 8080)

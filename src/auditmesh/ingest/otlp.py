@@ -656,11 +656,20 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
     if server:
         # HTTP server span: server.* describe this service, client.* the caller.
         source = _caller(attrs)
-        authority = text(attrs, "http.host")  # before v1.18: the Host header as sent
-        host = text(attrs, "server.address", "net.host.name") or _host_of(authority)
+        # Before v1.18 one of four sets named the server: http.host (the Host header as
+        # sent), http.server_name, net.host.name (each with http.scheme), or http.url alone.
+        authority = text(attrs, "http.host")
+        host = (
+            text(attrs, "server.address", "net.host.name")
+            or _host_of(authority)
+            or text(attrs, "http.server_name")
+        )
         port = integer(attrs, "server.port", "net.host.port")
         if port is None and authority is not None:
             port = _port_of(authority)
+        if parts is not None and (host is None or port is None):
+            host = host or parts.hostname
+            port = port if port is not None else _url_port(parts)
         if port is None and host:
             # semconv: server.port (net.host.port before v1.21) is set only when not the
             # scheme's default ("If not default (80 for http scheme, 443 for https)"; in the
