@@ -143,6 +143,7 @@ def test_commits_are_checkpointed_off_the_writer_and_the_thread_ends_on_close(
 ) -> None:
     """The pages a commit put in the WAL reach ledger.db through the background checkpointer
     (the writer's own autocheckpoint waits for 64 MiB of WAL, far more than this writes)."""
+    threads_before = set(threading.enumerate())
     ledger = open_ledger(tmp_path, origin="test/log")
     database = tmp_path / "ledger.db"
     before = database.stat().st_size
@@ -153,10 +154,10 @@ def test_commits_are_checkpointed_off_the_writer_and_the_thread_ends_on_close(
     while database.stat().st_size <= before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert database.stat().st_size > before, "no checkpoint copied the WAL into ledger.db"
-    assert "auditmesh-wal-checkpoint" in {t.name for t in threading.enumerate()}
+    [checkpointer] = _checkpointers(set(threading.enumerate()) - threads_before)
     ledger.log.checkpoint()
     ledger.close()
-    assert "auditmesh-wal-checkpoint" not in {t.name for t in threading.enumerate()}
+    assert not checkpointer.is_alive()
     reopened = open_ledger(tmp_path, create=False)
     try:
         assert reopened.log.size == 2_000
@@ -165,12 +166,17 @@ def test_commits_are_checkpointed_off_the_writer_and_the_thread_ends_on_close(
         reopened.close()
 
 
+def _checkpointers(threads: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threads if t.name == "auditmesh-wal-checkpoint"]
+
+
 def test_a_store_that_only_reads_starts_no_checkpointer(tmp_path: Path) -> None:
     open_ledger(tmp_path, origin="test/log").close()
+    threads_before = set(threading.enumerate())
     reader = open_ledger(tmp_path, create=False)
     try:
         assert reader.log.size == 0
-        assert "auditmesh-wal-checkpoint" not in {t.name for t in threading.enumerate()}
+        assert not _checkpointers(set(threading.enumerate()) - threads_before)
     finally:
         reader.close()
 
@@ -178,10 +184,11 @@ def test_a_store_that_only_reads_starts_no_checkpointer(tmp_path: Path) -> None:
 def test_a_store_dropped_without_close_ends_its_checkpointer(tmp_path: Path) -> None:
     """A store that wrote and was then dropped unclosed is freed, as before the checkpointer:
     its thread must not hold the store (and its connections and files) alive for good."""
+    threads_before = set(threading.enumerate())
     ledger = open_ledger(tmp_path, origin="test/log")
     ledger.log.append([entry_of(e) for e in generate(50)])
     store = weakref.ref(ledger.store)
-    thread = next(t for t in threading.enumerate() if t.name == "auditmesh-wal-checkpoint")
+    [thread] = _checkpointers(set(threading.enumerate()) - threads_before)
     del ledger
     gc.collect()
     thread.join(timeout=10)

@@ -137,9 +137,9 @@ _EMPTY = (
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")  # first: the next statement may wait for a lock
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot open {path}: {exc}") from exc
     return conn
@@ -420,7 +420,7 @@ class WalCheckpointer:
     def _run(self) -> None:
         try:
             conn = _connect(self._path)
-        except StoreError:  # the writer has the file open: it checkpoints alone
+        except StoreError:  # not even opened: the writer's own autocheckpoint does the work
             return
         try:
             while True:
