@@ -253,3 +253,20 @@ def test_an_http10_request_without_host_is_forwarded_with_an_empty_host(
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     [(head, _)] = app.requests_with(b"h10-no-host")
     assert field_lines(head, b"host") == [b"host: "], head
+
+
+def test_upgrade_not_named_in_connection_is_not_offered_to_the_app(
+    port: int, app: RecordingApp
+) -> None:
+    """RFC 9110 §7.8: a sender of Upgrade MUST also send the "upgrade" connection option;
+    an Upgrade field without it was not offered to this hop (and Upgrade is hop-by-hop,
+    §7.6.1), so the sidecar must not turn it into an upgrade offer to the app."""
+    answer = exchange(
+        port,
+        b"GET /plain HTTP/1.1\r\nhost: payments\r\nx-request-id: bare-upgrade\r\n"
+        b"upgrade: websocket\r\nconnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    [(head, _)] = app.requests_with(b"bare-upgrade")
+    assert field_lines(head, b"upgrade") == [], head
+    assert field_lines(head, b"connection") == [], head

@@ -295,9 +295,15 @@ class HttpProxy:
             length = h.get_header(fields, b"content-length")  # one value (http1 collapses)
             if length is not None and h.get_header(kept, b"content-length") is None:
                 kept = (*kept, (b"content-length", length))
-        if request.http_version == b"1.1" and b"websocket" in h.header_tokens(fields, b"upgrade"):
+        if (
+            request.http_version == b"1.1"
+            and b"websocket" in h.header_tokens(fields, b"upgrade")
+            and b"upgrade" in h.header_tokens(fields, b"connection")
+        ):
             # RFC 9110 §7.8: the proxy forwards the upgrade offer; WebSocket's only, as Istio
-            # configures Envoy: after an h2c upgrade, requests would pass unseen by policy
+            # configures Envoy: after an h2c upgrade, requests would pass unseen by policy.
+            # An offer needs the "upgrade" connection option: an Upgrade field without it
+            # was not meant for this hop (and the core would refuse to relay the app's 101)
             kept = (*kept, (b"connection", b"upgrade"), (b"upgrade", b"websocket"))
         if h.get_header(kept, b"host") is None:
             # RFC 9112 §3.2: an HTTP/1.1 request has one Host, the authority policy and the
