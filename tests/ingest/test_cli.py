@@ -520,3 +520,43 @@ def test_the_next_batch_is_read_while_the_last_one_is_sent(
     assert sent == [2, 2, 1] and pipeline.counts.taken == 5 and pipeline.counts.batches == 3
     stored = load_position(state)
     assert stored is not None and stored.offset == 500
+
+
+def test_after_an_interrupt_the_batch_in_flight_is_taken_in_or_left_alone(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """^C while a batch is on its way: its answer, if it comes in time, counts and stores
+    its position; while it has not come, nothing else uses the sender (the refused-lines
+    report waits), and the next run sends the batch again."""
+    lines = [line.replace("2026-03-02", "2026-08-02") for line in TEXT_LINES[:3]]
+    release = threading.Event()
+
+    class Held(Sender):
+        def send(self, events: list[AuditEvent]) -> list[Stored | str]:
+            release.wait(10)
+            return super().send(events)
+
+    state = tmp_path / "state.json"
+    sender = Held(server.url, retry_for=10)
+    pipeline = Pipeline(
+        lambda text: envoy.to_event(envoy.parse_line(text), "ingest:envoy:held.log"),
+        sender,
+        Rejects(tmp_path / "rejects", append=False),
+        display="held.log",
+        batch=2,
+        state=state,
+        reporter="ingest:envoy:held.log",
+    )
+    try:
+        for number, text in enumerate(lines, start=1):
+            end = Position(str(tmp_path / "held.log"), 1, 1, number * 100, number)
+            pipeline.take([Line(number, text.encode(), end)])  # the third waits unsent
+        assert not pipeline.settle(0.2) and pipeline.counts.taken == 0
+        assert load_position(state) is None
+        release.set()
+        assert pipeline.settle(10) and pipeline.counts.taken == 2
+    finally:
+        release.set()
+        sender.close()
+    stored = load_position(state)
+    assert stored is not None and stored.offset == 200

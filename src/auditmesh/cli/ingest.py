@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -491,6 +491,22 @@ class Pipeline:
             self._collect()
             self._save(self._consumed)
 
+    def settle(self, timeout_s: float) -> bool:
+        """After an interrupt: take in the batch in flight if its answer comes within
+        `timeout_s` (its lines then count, and its position is stored); False when it is
+        still being sent or its send failed (the next run sends it again: the ledger keeps
+        each event once), so nothing else may use the sender meanwhile."""
+        if self._in_flight is None:
+            return True
+        done, _ = wait([self._in_flight[0]], timeout=timeout_s)
+        if not done:
+            return False
+        try:
+            self._collect()
+        except UserError:
+            return False
+        return True
+
     def _collect(self) -> None:
         """Take in the answer to the batch in flight, if any (raises what its send raised)."""
         if self._in_flight is None:
@@ -614,7 +630,8 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
             failure = exc
         if failure is None:  # the server is reachable: one try, never blocks an exit for long
             try:
-                pipeline.report_refused(final=True)
+                if pipeline.settle(REPORT_TIMEOUT_S):  # no batch still on its way after ^C
+                    pipeline.report_refused(final=True)
             except KeyboardInterrupt:
                 interrupted = True
     counts = pipeline.counts
