@@ -102,3 +102,30 @@ def test_a_server_span_identified_by_its_server_name_names_the_host() -> None:
     event = one(traces(span(attrs)))
     assert event.destination is not None
     assert (event.destination.host, event.destination.port) == ("orders.shop", 8080)
+
+
+def test_semconv_1_17_socket_addresses_name_the_ips() -> None:
+    # Up to v1.17 the socket's addresses were `net.peer.ip` ("Remote address of the peer")
+    # and `net.host.ip` ("Like net.peer.ip but for the host IP"); v1.18 renamed them
+    # net.sock.peer.addr / net.sock.host.addr, v1.21 network.peer/local.address. On a
+    # client span the peer is the server called; on a server span the host is this one.
+    client: dict[str, Attr] = {
+        "http.method": "GET",
+        "http.url": "https://orders.shop/a",
+        "net.peer.name": "orders.shop",
+        "net.peer.ip": "10.0.0.7",
+        "http.status_code": 200,
+    }
+    event = one(traces(span(client, kind=Span.SPAN_KIND_CLIENT)))
+    assert event.destination is not None
+    assert (event.destination.host, event.destination.ip) == ("orders.shop", "10.0.0.7")
+    server: dict[str, Attr] = {
+        "http.method": "GET",
+        "http.target": "/a",
+        "net.peer.ip": "10.0.0.8",
+        "net.host.ip": "10.0.0.2",
+        "http.status_code": 200,
+    }
+    event = one(traces(span(server)))
+    assert event.source is not None and event.source.ip == "10.0.0.8"
+    assert event.destination is not None and event.destination.ip == "10.0.0.2"

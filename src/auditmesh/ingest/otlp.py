@@ -680,7 +680,7 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
             service=here.service,
             namespace=here.namespace,
             host=clip("destination.host", host or None, MAX_NAME),
-            ip=_ip(text(attrs, "network.local.address", "net.sock.host.addr")),
+            ip=_ip(text(attrs, "network.local.address", "net.sock.host.addr", "net.host.ip")),
             port=port,
         )
         direction: Direction = "inbound"
@@ -695,7 +695,10 @@ def span_event(span: Span, origin: _Origin) -> AuditEvent | None:
         destination = Peer(
             service=clip("destination.service", text(attrs, "peer.service"), MAX_NAME),
             host=clip("destination.host", host or None, MAX_NAME),
-            ip=_ip(text(attrs, "network.peer.address", "net.sock.peer.addr")) or _ip(host),
+            # the socket's peer: network.peer.address (v1.21+), net.sock.peer.addr (v1.18
+            # to v1.20), net.peer.ip (before); else server.address when it is an IP
+            ip=_ip(text(attrs, "network.peer.address", "net.sock.peer.addr", "net.peer.ip"))
+            or _ip(host),
             port=port,
         )
         direction = "outbound"
