@@ -235,7 +235,8 @@ def test_an_output_that_is_the_ledger_itself_is_refused_before_it_is_cut(
     argv = ["export", "ecs", "--data", str(ledger.data_dir)]
     assert main([*argv, "-o", str(out)]) == 2
     assert f"is {db} of the data directory" in capsys.readouterr().err
-    assert db.stat().st_size == size and ledger.store.size() == 20
+    # not cut (the WAL checkpointer may still be copying pages in: it only grows)
+    assert db.stat().st_size >= size and ledger.store.size() == 20
     beside = ledger.data_dir / "export" / "audit.ndjson"  # exports' own folder: written
     beside.parent.mkdir(exist_ok=True)
     assert main([*argv, "-o", str(beside), "--cursor", str(beside.with_suffix(".cursor"))]) == 0
