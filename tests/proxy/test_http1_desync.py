@@ -270,3 +270,14 @@ def test_upgrade_not_named_in_connection_is_not_offered_to_the_app(
     [(head, _)] = app.requests_with(b"bare-upgrade")
     assert field_lines(head, b"upgrade") == [], head
     assert field_lines(head, b"connection") == [], head
+
+
+def test_interim_responses_lose_their_hop_by_hop_fields(port: int) -> None:
+    """RFC 9110 §7.6.1: an intermediary removes the fields a message's Connection names, and
+    Connection itself, before forwarding it; a 1xx (RFC 9110 §15.2) is forwarded too."""
+    answer = exchange(port, b"GET /interim HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n")
+    interim, _, final = answer.partition(b"\r\n\r\n")
+    assert interim.startswith(b"HTTP/1.1 103 "), answer
+    assert b"link: </x.css>; rel=preload" in interim
+    assert b"x-hop" not in interim.lower(), interim
+    assert final.startswith(b"HTTP/1.1 200 "), answer

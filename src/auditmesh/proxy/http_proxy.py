@@ -587,7 +587,7 @@ class HttpProxy:
             try:
                 if isinstance(event, InformationalResponse):
                     replay = False  # relayed downstream: this attempt has answered
-                    _write(writer, down.send(event))
+                    _write(writer, down.send(_interim(event)))
                     if event.status == 101:
                         x.status = 101
                         await writer.drain()
@@ -674,6 +674,17 @@ class HttpProxy:
         if result.end == "reset":  # as in TCP mode: a reset is not a clean end
             x.flag, x.detail = "UR", "connection reset"
         upstream.close()
+
+
+def _interim(event: InformationalResponse) -> InformationalResponse:
+    """A 1xx as forwarded: without its hop-by-hop fields (RFC 9110 §7.6.1), but a 101 keeps
+    the protocol it switches to (RFC 9110 §7.8: Upgrade, with the "upgrade" option)."""
+    fields = h.strip_hop_by_hop(event.headers)
+    if event.status == 101:
+        protocols = h.get_header(event.headers, b"upgrade")
+        if protocols is not None:
+            fields = (*fields, (b"connection", b"upgrade"), (b"upgrade", protocols))
+    return InformationalResponse(event.status, fields)
 
 
 def up_of(upstream: Upstream) -> Connection:
