@@ -103,6 +103,11 @@ class RecordingApp:
         path = request_line.split(b" ")[1]
         if path == b"/dup-length":
             return b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"
+        if path == b"/trailer-hop":
+            return (
+                b"HTTP/1.1 200 OK\r\nconnection: x-hop\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"2\r\nok\r\n0\r\nx-hop: secret\r\nx-kept: yes\r\n\r\n"
+            )
         if path == b"/interim":
             return (
                 b"HTTP/1.1 103 Early Hints\r\nlink: </x.css>; rel=preload\r\n"
@@ -281,3 +286,29 @@ def test_interim_responses_lose_their_hop_by_hop_fields(port: int) -> None:
     assert b"link: </x.css>; rel=preload" in interim
     assert b"x-hop" not in interim.lower(), interim
     assert final.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_trailer_fields_named_in_connection_are_not_forwarded(port: int, app: RecordingApp) -> None:
+    """RFC 9110 §7.6.1: "remove any header or trailer field(s) from the message with the same
+    name as the connection-option"."""
+    answer = exchange(
+        port,
+        b"POST /t HTTP/1.1\r\nhost: payments\r\nx-request-id: hop-trailer\r\n"
+        b"connection: x-hop, close\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nx-hop: secret\r\nx-kept: yes\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    [(head, body)] = app.requests_with(b"hop-trailer")
+    assert body == b"hello"
+    assert b"trailer x-kept: yes" in head
+    assert not [line for line in head if b"x-hop" in line.lower()], head
+
+
+def test_response_trailer_fields_named_in_connection_are_not_forwarded(port: int) -> None:
+    """RFC 9110 §7.6.1, the same rule for the trailers of a response the sidecar forwards."""
+    answer = exchange(
+        port, b"GET /trailer-hop HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b"\r\n\r\n") and b"x-kept: yes\r\n" in answer, answer
+    assert b"x-hop" not in answer.lower(), answer

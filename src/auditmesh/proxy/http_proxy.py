@@ -386,11 +386,12 @@ class HttpProxy:
         if upstream is None:
             return False
         replay = replayable and upstream.reused
+        hop = h.hop_by_hop(request.headers)  # not forwarded as trailers either
         try:
             async with asyncio.timeout(route.limits.request_timeout_s):
                 while True:
                     outcome = await self._relay(
-                        route.pool, down, reader, writer, upstream, outgoing, x, body, replay
+                        route.pool, down, reader, writer, upstream, outgoing, x, body, replay, hop
                     )
                     if outcome != "retry":
                         break
@@ -447,19 +448,21 @@ class HttpProxy:
         x: Exchange,
         first: object,
         replay: bool,
+        hop: frozenset[bytes],
     ) -> str:
         """Relay one request/response, the request body from `first` (the event after the
         head) on; "keep" (reusable), "close", "switched" (101), or, only when `replay`,
-        "retry": the connection was lost before any response byte and nothing was answered."""
+        "retry": the connection was lost before any response byte and nothing was answered.
+        `hop`: the request's hop-by-hop field names, kept out of its trailers."""
         up = Connection(Role.CLIENT, limits=self._wire)
         upstream.http = up
         request_task: asyncio.Future[bool] | None = None
         if isinstance(first, EndOfMessage):  # no body (most requests): no task needed
-            upstream.writer.write(up.send(outgoing) + up.send(first))
+            upstream.writer.write(up.send(outgoing) + up.send(_end(first, hop)))
         else:
             upstream.writer.write(up.send(outgoing))
             request_task = asyncio.ensure_future(
-                self._pump_request(down, reader, up, upstream, x, first)
+                self._pump_request(down, reader, up, upstream, x, first, hop)
             )
         try:
             outcome = await self._pump_response(down, writer, up, upstream, x, replay)
@@ -510,6 +513,7 @@ class HttpProxy:
         upstream: Upstream,
         x: Exchange,
         event: object,
+        hop: frozenset[bytes],
     ) -> bool:
         """Downstream body → upstream, from `event` on. True when the whole request went."""
         while True:
@@ -534,7 +538,7 @@ class HttpProxy:
                 upstream.writer.write(up.send(event))
                 await upstream.writer.drain()
             elif isinstance(event, EndOfMessage):
-                upstream.writer.write(up.send(event))
+                upstream.writer.write(up.send(_end(event, hop)))
                 await upstream.writer.drain()
                 return True
             elif isinstance(event, ConnectionClosed):
@@ -559,6 +563,7 @@ class HttpProxy:
         The response head is held back while the body that follows it is already parsed, so
         a small response leaves in one write (one TLS record, one send) rather than two."""
         head = b""
+        hop = h.HOP_BY_HOP  # the response's, once its head is here
         while True:
             try:
                 event: object = up.next_event()
@@ -594,6 +599,7 @@ class HttpProxy:
                         return "switched"
                 elif isinstance(event, Response):
                     x.status = event.status
+                    hop = h.hop_by_hop(event.headers)
                     response = Response(
                         event.status, h.strip_hop_by_hop(event.headers), reason=event.reason
                     )
@@ -608,7 +614,7 @@ class HttpProxy:
                 elif isinstance(event, EndOfMessage):
                     if event.trailers and down.their_http_version != b"1.1":
                         event = EndOfMessage()  # an HTTP/1.0 client has no framing for them
-                    _write(writer, head + down.send(event))
+                    _write(writer, head + down.send(_end(event, hop)))
                     await writer.drain()
                     return "done"
             except (ConnectionError, OSError):
@@ -674,6 +680,14 @@ class HttpProxy:
         if result.end == "reset":  # as in TCP mode: a reset is not a clean end
             x.flag, x.detail = "UR", "connection reset"
         upstream.close()
+
+
+def _end(event: EndOfMessage, hop: frozenset[bytes]) -> EndOfMessage:
+    """The end of a message as forwarded: RFC 9110 §7.6.1 removes "any header or trailer
+    field(s)" a Connection option names (and the fixed hop-by-hop ones) before forwarding."""
+    if not event.trailers:
+        return event
+    return EndOfMessage(h.remove_headers(event.trailers, hop))
 
 
 def _interim(event: InformationalResponse) -> InformationalResponse:
