@@ -492,9 +492,13 @@ class HttpProxy:
                 and request_task.exception() is None
                 and request_task.result() is True
             )
-        # bytes after the response were not asked for: the connection cannot be trusted
+        # bytes after the response were not asked for: the connection cannot be trusted. Nor
+        # after HEAD: content that a broken app sends with its answer (RFC 9110 §9.3.2 says
+        # there is none, RFC 9112 §6.3 rule 1 ends the response at its head) may still be on
+        # its way and would be read as the next caller's response
         if (
             clean
+            and outgoing.method != b"HEAD"
             and up.keep_alive
             and up.states[Role.SERVER] is State.DONE
             and not up.trailing_data[0]
