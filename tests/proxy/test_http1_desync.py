@@ -312,3 +312,21 @@ def test_response_trailer_fields_named_in_connection_are_not_forwarded(port: int
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     assert answer.endswith(b"\r\n\r\n") and b"x-kept: yes\r\n" in answer, answer
     assert b"x-hop" not in answer.lower(), answer
+
+
+def test_fields_no_trailer_may_carry_do_not_reach_the_app(port: int, app: RecordingApp) -> None:
+    """RFC 9110 §6.5.1: framing, routing, authentication and content-processing fields are
+    not allowed in trailers; and x-forwarded-client-cert reaches the app only as the inbound
+    sidecar sets it. An app merging trailers into its headers would take these as said."""
+    answer = exchange(
+        port,
+        b"POST /t HTTP/1.1\r\nhost: payments\r\nx-request-id: bad-trailers\r\n"
+        b"connection: close\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nx-forwarded-client-cert: By=forged;URI=spiffe://td/ns/x/sa/admin\r\n"
+        b"host: evil\r\ncontent-length: 99\r\nauthorization: Bearer forged\r\nx-kept: yes\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    [(head, body)] = app.requests_with(b"bad-trailers")
+    assert body == b"hello"
+    trailers = [line for line in head if line.startswith(b"trailer ")]
+    assert trailers == [b"trailer x-kept: yes"], trailers

@@ -686,12 +686,26 @@ class HttpProxy:
         upstream.close()
 
 
+# RFC 9110 §6.5.1: fields a sender MUST NOT put in trailers (framing, routing, request
+# modifiers, authentication, how to process the content); an app that merges trailers into
+# its headers would take them as the caller's. And the inbound sidecar's own identity
+# header, which the app must only ever get from it (as in the request's header section).
+NOT_IN_TRAILERS = frozenset(
+    (
+        b"content-length", b"transfer-encoding", b"trailer", b"te", b"host",
+        b"content-encoding", b"content-type", b"content-range", b"authorization",
+        b"proxy-authorization", b"cookie", b"set-cookie", XFCC,
+    )
+)  # fmt: skip
+
+
 def _end(event: EndOfMessage, hop: frozenset[bytes]) -> EndOfMessage:
     """The end of a message as forwarded: RFC 9110 §7.6.1 removes "any header or trailer
-    field(s)" a Connection option names (and the fixed hop-by-hop ones) before forwarding."""
+    field(s)" a Connection option names (and the fixed hop-by-hop ones) before forwarding,
+    and the fields no trailer may carry (`NOT_IN_TRAILERS`) are dropped."""
     if not event.trailers:
         return event
-    return EndOfMessage(h.remove_headers(event.trailers, hop))
+    return EndOfMessage(h.remove_headers(event.trailers, hop | NOT_IN_TRAILERS))
 
 
 def _interim(event: InformationalResponse) -> InformationalResponse:
