@@ -22,7 +22,9 @@ Reads of events need credentials; writes and the public tree do not:
         server/app.py). Sidecars submit over the mesh listener, where each event's reporter
         must be the caller's SPIFFE ID, and only there may events be attested.
 
-Every read that answers 200 appends one `audit_read` event through the collector before the
+Every read that answers 200 (or another answer drawn from the stored events, which the route
+marks with `set_read_count`: a trace prefix's 400 naming the trace ids it begins, its 404)
+appends one `audit_read` event through the collector before the
 answer leaves: who (`read.who`: `token:<id>` — a hash prefix, never the token — or the peer's
 SPIFFE ID), what (`http.path`: the route with its filters; `read.route`), and how many
 (`read.count`: events returned; for the graph, calls summarised). If the record cannot be
@@ -175,8 +177,9 @@ def read_event(
     now_ns: int,
     reporter: str = SERVER,
     method: str = "GET",
+    status: int = 200,
 ) -> AuditEvent:
-    """The `audit_read` record of one answered read."""
+    """The `audit_read` record of one answered read (`status`: its answer's)."""
     if len(target) > _MAX_PATH:
         target = target[: _MAX_PATH - 1] + "…"
     return AuditEvent(
@@ -192,7 +195,7 @@ def read_event(
         ),
         destination=Peer(service=SERVER),
         tls=TLS(mutual=True) if reader.via == "mtls" else None,
-        http=HTTP(method=method, path=target, status=200),
+        http=HTTP(method=method, path=target, status=status),
         labels={
             "read.who": reader.who,
             "read.via": reader.via,
@@ -267,7 +270,11 @@ class ApiAuth:
             nonlocal refused
             if refused:
                 return
-            if message["type"] == "http.response.start" and message["status"] == 200:
+            # A 200, or another answer the route says came from the stored events (an
+            # ambiguous trace prefix names trace ids; a missing one says which do not exist).
+            if message["type"] == "http.response.start" and (
+                message["status"] == 200 or COUNT_KEY in state
+            ):
                 query = scope.get("query_string", b"").decode("latin-1")
                 target = scope["path"] + (f"?{query}" if query else "")
                 client = scope.get("client")
@@ -280,6 +287,7 @@ class ApiAuth:
                     now_ns=self.now_ns(),
                     reporter=self.reporter,
                     method=scope["method"],
+                    status=int(message["status"]),
                 )
                 try:
                     await self.collector.submit_async([event])
@@ -293,5 +301,7 @@ class ApiAuth:
 
 
 def set_read_count(scope: Scope, count: int) -> None:
-    """What a read route returned: events (or calls summarised), for the audit record."""
+    """What a read route returned: events (or calls summarised), for the audit record. A
+    route that calls it has read the stored events, and its answer is recorded whatever its
+    status."""
     scope.setdefault("state", {})[COUNT_KEY] = count

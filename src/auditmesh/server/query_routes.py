@@ -30,7 +30,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from auditmesh.analysis import graph, trace
-from auditmesh.analysis.query import QueryError, parse_params, parse_window, run, single_params
+from auditmesh.analysis.query import (
+    TRACE_OR_PREFIX,
+    QueryError,
+    parse_params,
+    parse_window,
+    run,
+    single_params,
+)
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
 from auditmesh.collector import Collector
 from auditmesh.datadir import Ledger
@@ -108,11 +115,18 @@ class QueryApi:
 
     async def trace(self, request: Request) -> Response:
         given = request.path_params["trace_id"]
+        # A well-formed id or prefix is looked up in the store: even its 400 (a prefix more
+        # than one trace id begins with, which names them) and its 404 tell what is stored,
+        # so they are reads and are audited (api_auth records a route that set a count).
+        looked_up = TRACE_OR_PREFIX.fullmatch(given.strip().lower()) is not None
         try:
             body = await run_in_threadpool(trace.trace_json, self.store, given)
         except trace.TraceIdError as exc:
+            if looked_up:
+                set_read_count(request.scope, 0)
             return _error(400, str(exc))
         if body is None:
+            set_read_count(request.scope, 0)
             return _error(404, trace.not_found(given))
         set_read_count(request.scope, body["events"])
         return JSONResponse(body)
