@@ -25,14 +25,6 @@ from tests.ingest.test_otlp_http import JSON, PROTOBUF, Client
 
 
 @pytest.fixture
-def collector(ledger: Ledger) -> Iterator[Collector]:
-    running = Collector(ledger.log, checkpoint_interval_ns=10**12)
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
 def client(collector: Collector) -> Iterator[Client]:
     app = Starlette(routes=otlp_http.routes(collector))
     with asyncio.Runner() as runner:

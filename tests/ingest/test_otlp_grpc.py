@@ -34,14 +34,6 @@ LIMIT = 64 * 1024
 
 
 @pytest.fixture
-def collector(ledger: Ledger) -> Iterator[Collector]:
-    running = Collector(ledger.log, checkpoint_interval_ns=10**12)
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
 def receiver(collector: Collector) -> Iterator[OtlpGrpcServer]:
     server = OtlpGrpcServer(collector, "127.0.0.1", 0, max_message_bytes=LIMIT).start()
     yield server

@@ -44,14 +44,6 @@ JSON = {"Content-Type": "application/json"}
 LIMIT = 1024 * 1024
 
 
-@pytest.fixture
-def collector(ledger: Ledger) -> Iterator[Collector]:
-    running = Collector(ledger.log, checkpoint_interval_ns=10**12)
-    running.start()
-    yield running
-    running.stop()
-
-
 class Client:
     """httpx over its ASGI transport (the transport seam: the real app, no socket), driven
     from synchronous tests on one event loop."""

@@ -134,11 +134,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 @pytest.fixture(scope="module")
 def port(mesh: Mesh, app: RecordingApp) -> int:
-    """payments' inbound sidecar, plaintext (mtls DISABLE) so a test writes raw bytes to it."""
+    return plaintext_inbound(mesh, app.port)
+
+
+def plaintext_inbound(mesh: Mesh, app_port: int) -> int:
+    """payments' inbound sidecar, plaintext (mtls DISABLE) so a test writes raw bytes to it;
+    its port once it accepts."""
     port = free_port()
     mesh.sidecar(
         "payments",
-        {"inbound": {"listen": address(port), "app": address(app.port), "mtls": "DISABLE"}},
+        {"inbound": {"listen": address(port), "app": address(app_port), "mtls": "DISABLE"}},
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from auditmesh.meshproc import address
-from auditmesh.serverproc import free_port
 from tests.proxy.loopback import Listener
-from tests.proxy.mesh_fixture import Mesh, mesh_context
+from tests.proxy.mesh_fixture import mesh_context
+from tests.proxy.test_http1_desync import plaintext_inbound
 
 pytestmark = pytest.mark.integration
 
@@ -51,24 +50,8 @@ def serve(conn: socket.socket) -> None:
 def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     app = Listener(serve)
     for mesh in mesh_context(tmp_path_factory.mktemp("head")):
-        yield start(mesh, app.port)
+        yield plaintext_inbound(mesh, app.port)
     app.close()
-
-
-def start(mesh: Mesh, app_port: int) -> int:
-    port = free_port()
-    mesh.sidecar(
-        "payments",
-        {"inbound": {"listen": address(port), "app": address(app_port), "mtls": "DISABLE"}},
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return port
 
 
 def call(port: int, raw: bytes) -> bytes:

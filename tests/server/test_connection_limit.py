@@ -227,7 +227,7 @@ def test_a_websocket_upgrade_offer_is_answered_as_http_and_its_place_comes_back(
         assert "Traceback" not in server.log_path.read_text()
 
 
-def _raw_closed_after(tls: ssl.SSLSocket) -> float:
+def raw_closed_after(tls: ssl.SSLSocket) -> float:
     """How long until the server closes the TCP connection under `tls` (whose TLS close
     this client never answers)."""
     start = time.monotonic()
@@ -256,7 +256,7 @@ def test_a_refused_mesh_connection_does_not_hold_its_descriptor_for_the_tls_clos
             assert _ask(first, BUNDLE)[0] == 200
             refused = stack.enter_context(context.wrap_socket(socket.create_connection(address)))
             _assert_refused_with(1, _ask(refused, BUNDLE))
-            assert _raw_closed_after(refused) < 3.0
+            assert raw_closed_after(refused) < 3.0
             assert _ask(first, BUNDLE)[0] == 200
         assert "Traceback" not in mesh.server.log_path.read_text()
 

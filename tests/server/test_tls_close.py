@@ -8,7 +8,6 @@ arrive, and a client that closes properly is unaffected."""
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from tests.server.meshserver import mesh_server
 from tests.server.rawhttp import parse_answer
+from tests.server.test_connection_limit import raw_closed_after
 from tests.server.test_mesh import Mesh
 
 pytestmark = pytest.mark.integration
@@ -74,21 +74,6 @@ def _tls_closed(sock: ssl.SSLSocket) -> None:
     assert sock.recv(65536) == b""
 
 
-def _tcp_closed_after(sock: ssl.SSLSocket) -> float:
-    """How long until the server closes the TCP connection under `sock` (its descriptor)."""
-    start = time.monotonic()
-    with socket.socket(fileno=os.dup(sock.fileno())) as raw:
-        raw.settimeout(WAIT_S)
-        try:
-            while raw.recv(65536):
-                pass
-        except ConnectionResetError:
-            pass
-        except TimeoutError:
-            return float("inf")
-    return time.monotonic() - start
-
-
 def _assert_place_free(mesh: Mesh) -> None:
     """The only place on the listener is free: a new client is served, not refused."""
     with _connect(mesh) as sock:
@@ -103,7 +88,7 @@ def test_a_head_cut_at_its_deadline_frees_the_descriptor_and_the_place(mesh: Mes
         assert _read_answer(sock)[0] == 408
         assert HEADER_TIMEOUT_S * 0.9 <= time.monotonic() - start < HEADER_TIMEOUT_S + 2.0
         _tls_closed(sock)
-        assert _tcp_closed_after(sock) < CLOSED_WITHIN_S
+        assert raw_closed_after(sock) < CLOSED_WITHIN_S
         _assert_place_free(mesh)
 
 
@@ -112,7 +97,7 @@ def test_a_discarded_body_cut_at_its_deadline_frees_the_descriptor(mesh: Mesh) -
         sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
         assert _read_answer(sock)[0] == 401
         _tls_closed(sock)  # at the body deadline
-        assert _tcp_closed_after(sock) < CLOSED_WITHIN_S
+        assert raw_closed_after(sock) < CLOSED_WITHIN_S
         _assert_place_free(mesh)
 
 
@@ -123,7 +108,7 @@ def test_an_idle_kept_alive_connection_closed_frees_the_descriptor(mesh: Mesh) -
         start = time.monotonic()
         _tls_closed(sock)  # uvicorn's keep-alive timeout
         assert KEEP_ALIVE_S * 0.9 <= time.monotonic() - start < KEEP_ALIVE_S + 2.0
-        assert _tcp_closed_after(sock) < CLOSED_WITHIN_S
+        assert raw_closed_after(sock) < CLOSED_WITHIN_S
         _assert_place_free(mesh)
 
 
@@ -137,7 +122,7 @@ def test_an_answer_with_connection_close_arrives_and_frees_the_descriptor(mesh: 
         assert status == 200 and headers["connection"] == "close"
         assert body == mesh.bundle()
         _tls_closed(sock)
-        assert _tcp_closed_after(sock) < CLOSED_WITHIN_S
+        assert raw_closed_after(sock) < CLOSED_WITHIN_S
         _assert_place_free(mesh)
 
 
