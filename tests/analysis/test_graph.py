@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -191,6 +194,60 @@ def test_the_window_is_whole_minutes(ledger: Ledger) -> None:
     assert after.edges == ()
     everything = graph.compute(rollup, since_ns=None, until_ns=None, now_ns=0)
     assert (everything.from_ns, everything.to_ns) == (T0, T0 + MINUTE_NS)
+
+
+class HookAfterRows:
+    """A rollup's SQLite connection that runs `hook` once, before the first statement after
+    the one reading the graph's rows (its `sum(failed)`): between the rows and the rest."""
+
+    def __init__(self, db: sqlite3.Connection, hook: Callable[[], object]) -> None:
+        self._db = db
+        self._hook: Callable[[], object] | None = hook
+        self._rows_read = False
+
+    def execute(self, sql: str, *params: Any) -> sqlite3.Cursor:
+        if self._rows_read and self._hook is not None:
+            hook, self._hook = self._hook, None
+            hook()
+        cursor = self._db.execute(sql, *params)
+        self._rows_read |= "sum(failed)" in sql
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_the_graph_reads_one_state_of_the_rollup(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: `compute` read the rows, then the spans and the extent, each on its own;
+    a catch-up committed between them (the server's keeper, or another process's on the same
+    DATA/rollup.db) gave an edge its old calls with its new span, so a wrong active rate."""
+    ledger.log.append([entry_of(e) for e in hand_made()])
+    path = tmp_path / ROLLUP_DB
+    rollup = rollup_of(ledger, path)
+    before = graph.compute(rollup, since_ns=None, until_ns=None, now_ns=0)
+    late, _, _ = hop(
+        "frontend", "catalog", trace_id=f"{998:032x}", parent=None,
+        time_ns=T0 + 10 * MINUTE_NS, sides=("inbound",),
+    )  # fmt: skip
+    other = rollup_of(ledger, path)  # another reader of the file, catching up on its own
+
+    def append_and_catch_up() -> None:
+        ledger.log.append([entry_of(e) for e in late])
+        assert other.catch_up() == 1
+
+    monkeypatch.setattr(rollup, "_db", HookAfterRows(rollup._db, append_and_catch_up))
+    during = graph.compute(rollup, since_ns=None, until_ns=None, now_ns=0)
+    assert during == before  # the state the read began in, all of it
+    after = graph.compute(rollup, since_ns=None, until_ns=None, now_ns=0)
+    catalog = next(e for e in after.edges if e.dest == "catalog")
+    assert (catalog.requests, catalog.active_to_ns, after.to_ns) == (
+        11,
+        T0 + 11 * MINUTE_NS,
+        T0 + 11 * MINUTE_NS,
+    )
+    other.close()
 
 
 def test_rates_are_over_the_span_that_had_traffic(ledger: Ledger) -> None:

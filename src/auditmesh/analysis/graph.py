@@ -128,7 +128,7 @@ def build(
     spans: Mapping[tuple[str, str, str, str], Span] | None = None,
 ) -> Graph:
     """The graph of rollup rows (per edge and latency bucket) over the window [from, to);
-    `spans` (`Rollup.spans`) gives each edge's active span, else it is the window."""
+    `spans` (`Rollup.read`) gives each edge's active span, else it is the window."""
     sums: dict[tuple[str, str, str, str], list[int]] = {}
     latencies: dict[tuple[str, str, str, str], list[tuple[int, int]]] = {}
     for sns, src, dns, dst, latency, calls, failed, denied, mtls, req, resp in rows:
@@ -168,22 +168,23 @@ def build(
 
 
 def compute(rollup: Rollup, *, since_ns: int | None, until_ns: int | None, now_ns: int) -> Graph:
-    """I/O: catch the rollup up with the ledger, then build the graph of the window."""
+    """I/O: catch the rollup up with the ledger, then build the graph of the window from one
+    state of the rollup (its rows, spans and extent read together)."""
     rollup.catch_up()
     first = None if since_ns is None else since_ns // MINUTE_NS
     end = None if until_ns is None else -(-until_ns // MINUTE_NS)
-    rows = rollup.rows(first, end)
+    snapshot = rollup.read(first, end)
     if since_ns is not None:
         from_ns: int | None = first * MINUTE_NS if first is not None else None
         # the rollup counts whole minutes: the window shown (and rates) is the one counted
         to_ns: int | None = end * MINUTE_NS if end is not None else now_ns
     else:
-        extent = rollup.extent()
+        extent = snapshot.extent
         from_ns = None if extent is None else extent[0] * MINUTE_NS
         to_ns = None if extent is None else (extent[1] + 1) * MINUTE_NS
         if end is not None and to_ns is not None:
             to_ns = min(to_ns, end * MINUTE_NS)
-    return build(rows, from_ns, to_ns, rollup.spans(first, end))
+    return build(snapshot.rows, from_ns, to_ns, snapshot.spans)
 
 
 # -- rendering ---------------------------------------------------------------------------

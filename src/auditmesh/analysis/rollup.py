@@ -266,6 +266,16 @@ def _add(deltas: dict[Key, list[int]], call: Call, sign: int) -> None:
 
 
 RollupRow = tuple[str, str, str, str, int, int, int, int, int, int, int]
+EdgeKey = tuple[str, str, str, str]  # source ns, source, dest ns, dest
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the graph reads of the rollup, from one state of it (`Rollup.read`)."""
+
+    rows: list[RollupRow]  # per edge and latency bucket, the sums over the minutes
+    spans: dict[EdgeKey, tuple[int, int]]  # per edge, its first and last minute with calls
+    extent: tuple[int, int] | None  # the first and last minute holding a call, of all
 
 
 def _minutes(first_minute: int | None, end_minute: int | None) -> tuple[str, list[int]]:
@@ -401,40 +411,37 @@ class Rollup:
 
     # -- reading ---------------------------------------------------------------------
 
-    def rows(self, first_minute: int | None, end_minute: int | None) -> list[RollupRow]:
-        """Per edge and latency bucket, the sums over minutes in [first, end)."""
+    def read(self, first_minute: int | None, end_minute: int | None) -> Snapshot:
+        """Rows, spans and extent of the minutes [first, end), all of one state of the rollup:
+        one read transaction (another process's catch-up may commit meanwhile) under the lock
+        (this one's may not run between the reads)."""
         where, params = _minutes(first_minute, end_minute)
         with self._lock:
-            found = self._db.execute(
-                "SELECT source_ns, source, dest_ns, dest, latency_us, sum(calls), sum(failed),"
-                " sum(denied), sum(mtls), sum(request_bytes), sum(response_bytes)"
-                f" FROM edge_minutes{where}"
-                " GROUP BY source_ns, source, dest_ns, dest, latency_us HAVING sum(calls) > 0",
-                params,
-            ).fetchall()
-        return [tuple(row) for row in found]
-
-    def spans(
-        self, first_minute: int | None, end_minute: int | None
-    ) -> dict[tuple[str, str, str, str], tuple[int, int]]:
-        """Per edge (source ns, source, dest ns, dest), the first and last minute in
-        [first, end) that holds a call of it."""
-        where, params = _minutes(first_minute, end_minute)
-        with self._lock:
-            found = self._db.execute(
-                "SELECT source_ns, source, dest_ns, dest, min(minute), max(minute) FROM"
-                " (SELECT source_ns, source, dest_ns, dest, minute"
-                f" FROM edge_minutes{where}"
-                " GROUP BY source_ns, source, dest_ns, dest, minute HAVING sum(calls) > 0)"
-                " GROUP BY source_ns, source, dest_ns, dest",
-                params,
-            ).fetchall()
-        return {(a, b, c, d): (int(first), int(last)) for a, b, c, d, first, last in found}
-
-    def extent(self) -> tuple[int, int] | None:
-        """The first and last minute holding a call."""
-        with self._lock:
-            first, last = self._db.execute(
-                "SELECT min(minute), max(minute) FROM edge_minutes WHERE calls > 0"
-            ).fetchone()
-        return None if first is None else (int(first), int(last))
+            self._db.execute("BEGIN")
+            try:
+                rows = self._db.execute(
+                    "SELECT source_ns, source, dest_ns, dest, latency_us, sum(calls),"
+                    " sum(failed), sum(denied), sum(mtls), sum(request_bytes),"
+                    f" sum(response_bytes) FROM edge_minutes{where}"
+                    " GROUP BY source_ns, source, dest_ns, dest, latency_us"
+                    " HAVING sum(calls) > 0",
+                    params,
+                ).fetchall()
+                spans = self._db.execute(
+                    "SELECT source_ns, source, dest_ns, dest, min(minute), max(minute) FROM"
+                    " (SELECT source_ns, source, dest_ns, dest, minute"
+                    f" FROM edge_minutes{where}"
+                    " GROUP BY source_ns, source, dest_ns, dest, minute HAVING sum(calls) > 0)"
+                    " GROUP BY source_ns, source, dest_ns, dest",
+                    params,
+                ).fetchall()
+                first, last = self._db.execute(
+                    "SELECT min(minute), max(minute) FROM edge_minutes WHERE calls > 0"
+                ).fetchone()
+            finally:
+                self._db.execute("COMMIT")
+        return Snapshot(
+            [tuple(row) for row in rows],
+            {(a, b, c, d): (int(lo), int(hi)) for a, b, c, d, lo, hi in spans},
+            None if first is None else (int(first), int(last)),
+        )
