@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from auditmesh.analysis import graph
+from auditmesh.analysis.rollup import MINUTE_NS
 from auditmesh.cli.main import main
-from auditmesh.cli.query import _rate
 from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger
 from auditmesh.ledger.merkle import leaf_hash
 from tests.analysis.calls import T0, hop
-from tests.analysis.test_graph import hand_made
+from tests.analysis.test_graph import SECOND, hand_made
 from tests.analysis.test_query import mixed
 from tests.analysis.test_trace import TRACE, checkout
 from tests.conftest import generate
@@ -281,8 +282,58 @@ def test_the_graph_prints_no_two_nodes_of_one_name(
 
 
 @pytest.mark.parametrize(
-    ("per_s", "shown"),
-    [(0.0, "0"), (6.97e-08, "<0.001"), (0.1667, "0.167"), (42.0, "42"), (12345.6, "12,346")],
+    ("rates", "shown"),
+    [  # the console's cases (tests/console/test_pages.py, dom.js rateUnit and fmtRateIn)
+        ([5.2, 0.61, 1 / 60, 1e-5, 0], ["5.2/s", "0.61/s", "0.017/s", "< 0.01/s", "0/s"]),
+        ([0.8, 0.05], ["48.0/min", "3.0/min"]),
+        ([1 / 1800, 1 / 86400], ["2.0/h", "0.042/h"]),
+        ([1e-9], ["< 0.01/day"]),
+        ([150, 2], ["150/s", "2.0/s"]),
+        ([12345.6, 6.97e-08], ["12346/s", "< 0.01/s"]),  # never in exponent form
+    ],
 )
-def test_graph_rates_are_never_in_exponent_form(per_s: float, shown: str) -> None:
-    assert _rate(per_s) == shown
+def test_a_tables_rates_share_the_unit_its_largest_reads_best_in(
+    rates: list[float], shown: list[str]
+) -> None:
+    unit = graph.rate_unit(rates)
+    assert [graph.format_rate_in(rate, unit) for rate in rates] == shown
+
+
+def test_the_graph_shows_rates_while_active_in_one_unit_and_marks_denials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: the table and the DOT picture divided an edge's calls by the whole window
+    (4 denied calls in one minute of an hour read 0.00111/s), and DOT drew denials in the
+    red of the worst error bin. Now, as in the console: the rate while the edge had calls,
+    one unit for all rows, denied edges cased in the denial colour with "N denied"."""
+    late, _, _ = hop(
+        "frontend", "catalog", trace_id=f"{999:032x}", parent=None,
+        time_ns=T0 + 3 * MINUTE_NS + 5 * SECOND, sides=("inbound",),
+    )  # fmt: skip
+    ledger = open_ledger(tmp_path / "data", origin="test/active")
+    ledger.log.append([entry_of(e) for e in [*hand_made(), *late]])
+    ledger.close()
+
+    def iso(ns: int) -> str:
+        return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat()
+
+    argv = ["graph", "--data", str(tmp_path / "data")]
+    argv += ["--since", iso(T0), "--until", iso(T0 + 60 * MINUTE_NS)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    # over its minutes: 4 calls in 1 min, 11 in 4 (minutes 0 to 3), 3 and 1 in 1
+    for row in (
+        r"batch-report +payments +4 +4\.0/min +0\.0% +4 denied ",
+        r"frontend +catalog +11 +2\.8/min +18\.2% +0 ",
+        r"frontend +orders +3 +3\.0/min ",
+        r"orders +payments +1 +1\.0/min ",
+    ):
+        assert re.search(rf"^ {row}", table, re.M), (row, table)
+    assert "rate while active" in table and "not the window's average" in table
+    assert main([*argv, "--format", "dot"]) == 0
+    dot = capsys.readouterr().out
+    denied = next(line for line in dot.splitlines() if '"batch-report" ->' in line)
+    assert "4 req, 4.0/min while active" in denied and "\\n4 denied" in denied
+    assert 'color="#6b2fa3:#2f9e6b:#6b2fa3"' in denied and 'fontcolor="#6b2fa3"' in denied
+    catalog = next(line for line in dot.splitlines() if '"frontend" -> "catalog"' in line)
+    assert "11 req, 2.8/min while active" in catalog and "denied" not in catalog

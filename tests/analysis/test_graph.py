@@ -290,9 +290,9 @@ def test_rates_are_over_the_span_that_had_traffic(ledger: Ledger) -> None:
 
 DOT_EDGE = re.compile(
     r'^  "(?P<src>[^"]+)" -> "(?P<dst>[^"]+)" \[label="(?P<label>[^"]*)", '
-    r'color="(?P<color>#[0-9a-f]{6})", penwidth=(?P<pen>[0-9.]+)'
-    r"(?P<dashed>, style=dashed)?"
-    r'(?P<red>, fontcolor="#c62828")?\];$'
+    r'color="(?P<casing>#6b2fa3:)?(?P<color>#[0-9a-f]{6})(?(casing):#6b2fa3)", '
+    r"penwidth=(?P<pen>[0-9.]+)(?P<dashed>, style=dashed)?"
+    r'(?P<denied>, fontcolor="#6b2fa3")?\];$'
 )
 
 
@@ -309,15 +309,16 @@ def test_dot_output_has_the_documented_structure(ledger: Ledger) -> None:
         if match:
             edges[(match["src"], match["dst"])] = match
         else:
-            assert re.match(r'^  ("[^"]+"|rankdir=LR|node \[.*\]|edge \[.*\]);$', line), line
+            assert re.match(r'^  ("[^"]+"|rankdir=LR|(graph|node|edge) \[.*\]);$', line), line
     assert len(edges) == 4
     catalog = edges[("frontend", "catalog")]
-    assert catalog["dashed"] and not catalog["red"]  # one plaintext call
+    assert catalog["dashed"] and not catalog["denied"] and not catalog["casing"]  # plaintext
     assert catalog["color"] == graph.error_colour(0.2) == "#c62828"
-    assert "10 req" in catalog["label"] and "p95 1.2 ms" in catalog["label"]
+    assert "10 req, 10.0/min while active" in catalog["label"] and "p95 1.2 ms" in catalog["label"]
     denied = edges[("batch-report", "payments")]
-    assert denied["red"] and "4 denied" in denied["label"] and not denied["dashed"]
-    assert denied["color"] == "#2f9e6b"  # denials are not errors
+    assert denied["denied"] and "4 denied" in denied["label"] and not denied["dashed"]
+    assert denied["casing"] and denied["color"] == "#2f9e6b"  # denials are not errors
+    assert graph.DENIAL_COLOUR not in {colour for _, colour in graph.ERROR_COLOURS}
     pens = {key: float(m["pen"]) for key, m in edges.items()}
     assert pens[("frontend", "catalog")] == 5.0 == max(pens.values())
     assert pens[("orders", "payments")] < pens[("frontend", "orders")]

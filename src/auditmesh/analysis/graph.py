@@ -5,7 +5,9 @@ one `Edge` per (source service → destination service): requests and rate, fail
 error rate (failures other than policy denials), denials, the share of mutual-TLS calls, request
 and response bytes, and p50/p95/p99 latency (`duration_us`, nearest rank, truncated to two
 significant digits by the rollup's buckets). `compute` is the I/O edge: bring the rollup up to
-date, read the window's rows, build. `to_json` and `to_dot` render.
+date, read the window's rows, build. `to_json` and `to_dot` render; `rate_unit` and
+`format_rate_in` give the rates of one table (the CLI's, the DOT picture's) one unit, by the
+console's rule (static/dom.js).
 
 Each call is counted once, preferring the inbound event when both sides reported it (rollup.py
 says exactly how). The window is whole minutes, the rollup's resolution: `since` rounds down
@@ -18,6 +20,7 @@ also has its active span, `active_from_ns` → `active_to_ns`: from the start of
 holding one of its calls to the end of the last (cut at the window's end, `now` for a window
 still open), and `active_rate_per_s`, its calls over that span: the rate while it had traffic,
 to the rollup's resolution of whole minutes (a ten-second burst reads as its minute's rate).
+That is the rate the console, the CLI's table and the DOT picture show.
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ class Edge:
 
     @property
     def active_rate_per_s(self) -> float:
-        """Calls per second over the active span (0 when it is unknown)."""
+        """Calls per second over the active span; the window's average when the span is
+        unknown (the JSON of a server from before active spans)."""
         seconds = self.active_seconds
-        return self.requests / seconds if seconds else 0.0
+        return self.requests / seconds if seconds else self.rate_per_s
 
     @property
     def error_rate(self) -> float:
@@ -325,11 +329,44 @@ def from_json(body: dict[str, Any]) -> Graph:
 
 # Error-rate bins, as the web console draws them: (upper bound, colour).
 ERROR_COLOURS = ((0.01, "#2f9e6b"), (0.05, "#b59a12"), (0.2, "#e07b00"), (math.inf, "#c62828"))
-DENIAL_COLOUR = "#c62828"
+# Denied calls, as the console marks them (console.css --denied): no error bin's colour, since
+# denials are not errors (a wholly denied edge has 0% errors).
+DENIAL_COLOUR = "#6b2fa3"
 
 
 def error_colour(error_rate: float) -> str:
     return next(colour for bound, colour in ERROR_COLOURS if error_rate < bound)
+
+
+@dataclass(frozen=True, slots=True)
+class RateUnit:
+    name: str
+    per: int  # seconds in the unit
+
+
+RATE_UNITS = (RateUnit("s", 1), RateUnit("min", 60), RateUnit("h", 3600), RateUnit("day", 86400))
+
+
+def rate_unit(rates: Iterable[float]) -> RateUnit:
+    """The unit the largest of `rates` (per second) reads at least 1 in: one table shows all
+    its rates in it (the console's rule, static/dom.js `rateUnit`)."""
+    largest = max((r for r in rates if math.isfinite(r)), default=0.0)
+    return next((u for u in RATE_UNITS if largest * u.per >= 1), RATE_UNITS[-1])
+
+
+def format_rate_in(per_s: float, unit: RateUnit) -> str:
+    """A rate in `unit`: whole above 100, one decimal above 1, two significant digits below,
+    never in exponent form and never a non-zero rate as zero (static/dom.js `fmtRateIn`)."""
+    if per_s <= 0:
+        return f"0/{unit.name}"
+    value = per_s * unit.per
+    if value >= 100:
+        return f"{math.floor(value + 0.5)}/{unit.name}"
+    if value >= 0.995:
+        return f"{value:.1f}/{unit.name}"
+    if value >= 0.01:
+        return f"{value:#.2g}/{unit.name}"
+    return f"< 0.01/{unit.name}"
 
 
 def _quote(text: str) -> str:
@@ -344,14 +381,24 @@ def format_duration(us: int) -> str:
     return f"{us} µs"
 
 
+# What the DOT picture's rates are, said under it.
+RATE_NOTE = (
+    "rates while active: an edge's calls over the minutes from its first call to its last, "
+    "not the window's average; denied calls are not errors"
+)
+
+
 def to_dot(graph: Graph) -> str:
     """Graphviz DOT: colour by error rate, pen width by volume, dashed when some calls were
-    plaintext, the label in red with the count when calls were denied."""
+    plaintext; an edge with denied calls is cased in the denial colour, its label in that
+    colour with the count. Rates are over each edge's active span, in one unit."""
     names = node_names(graph)
     most = max((e.requests for e in graph.edges), default=1)
+    unit = rate_unit(e.active_rate_per_s for e in graph.edges)
     lines = [
         "digraph auditmesh {",
         "  rankdir=LR;",
+        f'  graph [label={_quote(RATE_NOTE)}, fontname="Helvetica", fontsize=10];',
         '  node [shape=box, style="rounded", fontname="Helvetica"];',
         '  edge [fontname="Helvetica", fontsize=10];',
     ]
@@ -360,11 +407,14 @@ def to_dot(graph: Graph) -> str:
     for e in graph.edges:
         source, dest = names[(e.source_namespace, e.source)], names[(e.dest_namespace, e.dest)]
         label = (
-            f"{e.requests} req, {e.rate_per_s:.3g}/s\\n"
+            f"{e.requests} req, {format_rate_in(e.active_rate_per_s, unit)} while active\\n"
             f"err {100 * e.error_rate:.1f}%, p95 {format_duration(e.p95_us)}"
         )
+        colour = error_colour(e.error_rate)
+        if e.denied:  # a casing: the error colour between two lines of the denial colour
+            colour = f"{DENIAL_COLOUR}:{colour}:{DENIAL_COLOUR}"
         attributes = [
-            f'color="{error_colour(e.error_rate)}"',
+            f'color="{colour}"',
             f"penwidth={1 + 4 * math.log1p(e.requests) / math.log1p(most):.2f}",
         ]
         if e.plaintext:

@@ -457,6 +457,19 @@ def run_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+GRAPH_COLUMNS = (
+    "calls",
+    "rate while active",
+    "errors",
+    "denied",
+    "mTLS",
+    "p50",
+    "p95",
+    "p99",
+    "bytes",
+)
+
+
 def _graph_table(result: graph.Graph) -> None:
     console = _console()
     if not result.edges:
@@ -469,8 +482,9 @@ def _graph_table(result: graph.Graph) -> None:
     table = Table(title=f"service graph{window}", box=None, header_style="bold")
     table.add_column("caller")
     table.add_column("callee")
-    for column in ("calls", "rate/s", "errors", "denied", "mTLS", "p50", "p95", "p99", "bytes"):
+    for column in GRAPH_COLUMNS:
         table.add_column(column, justify="right")
+    unit = graph.rate_unit(e.active_rate_per_s for e in result.edges)  # one for the table
     for e in result.edges:
         errors = f"{100 * e.error_rate:.1f}%"
         if e.error_rate >= 0.05:
@@ -482,9 +496,9 @@ def _graph_table(result: graph.Graph) -> None:
             escape(names[(e.source_namespace, e.source)]),
             escape(names[(e.dest_namespace, e.dest)]),
             str(e.requests),
-            _rate(e.rate_per_s),
+            graph.format_rate_in(e.active_rate_per_s, unit),
             errors,
-            f"[bold red]{e.denied}[/]" if e.denied else "0",
+            f"[bold magenta]{e.denied} denied[/]" if e.denied else "0",
             mtls,
             graph.format_duration(e.p50_us),
             graph.format_duration(e.p95_us),
@@ -496,16 +510,7 @@ def _graph_table(result: graph.Graph) -> None:
         f"{result.requests} calls; each counted once (the callee's report preferred); "
         "latency to two significant digits"
     )
-
-
-def _rate(per_s: float) -> str:
-    """Calls a second, never in exponent form (`.3g` wrote 6.97e-08 for one old call in a
-    long window, and 1.23e+04 for a busy edge)."""
-    if per_s >= 1000:
-        return f"{per_s:,.0f}"
-    if 0 < per_s < 0.001:
-        return "<0.001"
-    return f"{per_s:.3g}"
+    console.print(escape(graph.RATE_NOTE))
 
 
 def _bytes(count: int) -> str:
