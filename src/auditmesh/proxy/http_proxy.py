@@ -493,12 +493,11 @@ class HttpProxy:
                 and request_task.result() is True
             )
         # bytes after the response were not asked for: the connection cannot be trusted. Nor
-        # after HEAD: content that a broken app sends with its answer (RFC 9110 §9.3.2 says
-        # there is none, RFC 9112 §6.3 rule 1 ends the response at its head) may still be on
-        # its way and would be read as the next caller's response
+        # when content a broken app sent after a head that ends its response may still be on
+        # its way (`_content_may_follow`): it would be read as the next caller's response
         if (
             clean
-            and outgoing.method != b"HEAD"
+            and not upstream.content_may_follow
             and up.keep_alive
             and up.states[Role.SERVER] is State.DONE
             and not up.trailing_data[0]
@@ -603,6 +602,7 @@ class HttpProxy:
                         return "switched"
                 elif isinstance(event, Response):
                     x.status = event.status
+                    upstream.content_may_follow = _content_may_follow(up.request_method, event)
                     hop = h.hop_by_hop(event.headers)
                     response = Response(
                         event.status, h.strip_hop_by_hop(event.headers), reason=event.reason
@@ -717,6 +717,21 @@ def _interim(event: InformationalResponse) -> InformationalResponse:
         if protocols is not None:
             fields = (*fields, (b"connection", b"upgrade"), (b"upgrade", protocols))
     return InformationalResponse(event.status, fields)
+
+
+def _content_may_follow(method: bytes | None, response: Response) -> bool:
+    """RFC 9112 §6.3 rule 1: a response to HEAD, a 204 or a 304 ends at its header section
+    whatever its framing fields say, so content a broken app sends anyway arrives after it.
+    After HEAD the fields describe a GET's content (RFC 9110 §9.3.2), so always; after a 204
+    or 304 when they announce content (RFC 9110 §8.6 forbids it in a 204, allows a 304 the
+    200's Content-Length): without them, the connection is pooled as after any response."""
+    if method == b"HEAD":
+        return True
+    if response.status != 204 and response.status != 304:
+        return False
+    fields = response.headers
+    length = h.get_header(fields, b"content-length")
+    return h.get_header(fields, b"transfer-encoding") is not None or length not in (None, b"0")
 
 
 def up_of(upstream: Upstream) -> Connection:

@@ -27,6 +27,7 @@ class Upstream:
     tls: PeerTLS | None = None  # the server's verified certificate; None for plaintext
     reused: bool = False
     http: Connection | None = None  # the sans-IO connection state of the current exchange
+    content_may_follow: bool = False  # after the last response's head (http_proxy): not reused
 
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
