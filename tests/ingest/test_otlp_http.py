@@ -263,7 +263,21 @@ def test_unsupported_content_encoding_is_415(client: Client) -> None:
 
 
 def test_only_post_is_routed(client: Client) -> None:
-    assert client.get("/v1/traces").status_code == 405
+    response = client.get("/v1/traces")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert "not an OTLP export" in status_of(response.content).message
+
+
+def test_a_defect_of_ours_is_500_with_a_status(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> otlp.Mapped:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(otlp_http, "map_body", broken)
+    response = client.post("/v1/logs", content=b"{}", headers=JSON)
+    assert response.status_code == 500
+    assert "failed to process this export" in response.json()["message"]
 
 
 @settings(

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from google.rpc import status_pb2
 
 from auditmesh.cli.main import main
 from auditmesh.client import RemoteLog
@@ -233,7 +234,11 @@ def test_a_write_a_foreign_web_page_makes_a_browser_send_is_refused(
                 headers={"origin": origin, "content-type": "text/plain"},
             )
             assert forged.status_code == 403, (path, forged.text)
-            assert "only this server's own pages" in forged.json()["error"]
+            if path == "/v1/logs":  # OTLP: a google.rpc.Status, protobuf for text/plain
+                error = status_pb2.Status.FromString(forged.content).message
+            else:
+                error = forged.json()["error"]
+            assert "only this server's own pages" in error
     own = httpx.post(server.url + "/v1/events", content=body, headers={"origin": server.url})
     assert own.status_code == 200
     assert own.json()["indices"][0] >= own.json()["fresh_from"]  # no forged post stored it

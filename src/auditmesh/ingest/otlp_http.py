@@ -11,13 +11,22 @@ Everything here follows the OTLP specification, section "OTLP/HTTP":
   default): 413 when over, also for a gzip bomb, which is never inflated past the limit.
 - 200 with an Export*ServiceResponse in the request's encoding, answered only after the
   events are durable; `partial_success` counts and explains rejected records.
-- Failures carry a `google.rpc.Status` body ("Failures"): 400 for undecodable data
-  ("Bad Data", with a `BadRequest` detail), 408 for a body that did not arrive whole within
-  the server's deadline (`httpbody.BodyDeadline`, which closes the connection), 503 with
-  Retry-After when the collector is shutting down or its storage failed, also for the
-  batch that found it failing (retryable, "OTLP/HTTP Throttling"; `commit`).
+- Every 4xx and 5xx answer on these paths carries a `google.rpc.Status` body in the
+  request's encoding ("Failures": "The response body for all HTTP 4xx and HTTP 5xx
+  responses MUST be a Protobuf-encoded Status"; protobuf when the request named neither):
+  400 for undecodable data ("Bad Data", with a `BadRequest` detail), 405 with `Allow: POST`
+  for another method, 500 for a defect of ours, 503 with Retry-After when the collector is
+  shutting down or its storage failed, also for the batch that found it failing (retryable,
+  "OTLP/HTTP Throttling"; `commit`). `status_answer` is for the layers in front of the
+  routes (the origin check, server/app.py). The other two default paths, /v1/metrics and
+  /v1development/profiles, answer 404 with a Status saying this receiver does not take them.
+- A body that did not arrive whole within the server's deadline (`httpbody.BodyDeadline`,
+  which closes the connection) is answered 503 with Retry-After, not 408: only 429, 502,
+  503 and 504 are retryable ("Retryable Response Codes": "All other 4xx or 5xx response
+  status codes MUST NOT be retried"), and a batch that came too slowly is not bad data; an
+  OTel SDK given 408 drops it.
 
-Metrics: an optional `ExportObserver` hears of every request once it is answered, with
+Metrics: an optional `ExportObserver` hears of every POST once it is answered, with
 its signal, a result ("ok", "partial", "invalid", "too_large", "unsupported",
 "unavailable") and the number of rejected records; `server/app.py` binds it to
 `Metrics.count_otlp` (ingest imports no server code). Accepted records are counted from
@@ -26,8 +35,9 @@ the ledger's commits instead (`server/metrics.py`), so a retried export is count
 
 from __future__ import annotations
 
+import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -36,7 +46,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
+from starlette.types import Receive, Scope, Send
 
 from auditmesh.collector import Collector, CollectorStopped, CollectorUnavailable
 from auditmesh.httpbody import BodyTimeout, BodyTooLarge, media_type, read_limited
@@ -64,6 +75,13 @@ _CONTENT_TYPES: dict[Encoding, str] = {
     "protobuf": "application/x-protobuf",
     "json": "application/json",
 }
+#: OTLP spec, "OTLP/HTTP Request": the default paths served here, and those of the signals
+#: this receiver does not take (answered 404 with a Status).
+PATHS: dict[str, Signal] = {"/v1/traces": "traces", "/v1/logs": "logs"}
+_NOT_TAKEN = {"/v1/metrics": "metrics", "/v1development/profiles": "profiles"}
+RETRY_AFTER = {"Retry-After": "5"}  # seconds, on each retryable answer ("OTLP/HTTP Throttling")
+
+_log = logging.getLogger(__name__)
 
 
 #: Told of each answered Export request: (signal, result, rejected records).
@@ -100,7 +118,7 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-def _status_response(
+def status_response(
     http_status: int,
     code: int,
     message: str,
@@ -127,6 +145,23 @@ def _status_response(
     return Response(
         body, status_code=http_status, media_type=_CONTENT_TYPES[encoding], headers=headers
     )
+
+
+def _error_encoding(request: Request) -> Encoding:
+    """An error answer's encoding: the request's ("OTLP/HTTP Response": the same
+    Content-Type as it received), protobuf when it named neither."""
+    return _MEDIA_TYPES.get(media_type(request), "protobuf")
+
+
+def is_otlp_path(path: str) -> bool:
+    """Whether an error answer on `path` must be a Status (`status_answer`)."""
+    return path in PATHS or path in _NOT_TAKEN
+
+
+def status_answer(scope: Scope, http_status: int, code: int, message: str) -> Response:
+    """An error answer on an OTLP path from a layer in front of the routes (server/app.py:
+    the origin check), in the request's encoding."""
+    return status_response(http_status, code, message, _error_encoding(Request(scope)))
 
 
 def decode_and_map(
@@ -170,7 +205,21 @@ class OtlpHttpReceiver:
         return await self._export("logs", request)
 
     async def _export(self, signal: Signal, request: Request) -> Response:
-        response, result, rejected = await self._answer(signal, request)
+        if request.method != "POST":  # not an export, not counted
+            return status_response(
+                405,
+                code_pb2.UNIMPLEMENTED,
+                f"{request.method} {request.url.path} is not an OTLP export: OTLP/HTTP sends "
+                "each export with POST",
+                _error_encoding(request),
+                headers={"Allow": "POST"},
+            )
+        try:
+            response, result, rejected = await self._answer(signal, request)
+        except Exception:  # a defect of ours: still a Status ("Failures")
+            _log.exception("OTLP/HTTP export to %s failed", request.url.path)
+            message = "the server failed to process this export (its log says why)"
+            return status_response(500, code_pb2.INTERNAL, message, _error_encoding(request))
         self.observe(signal, result, rejected)
         return response
 
@@ -179,7 +228,7 @@ class OtlpHttpReceiver:
         given = media_type(request)
         encoding = _MEDIA_TYPES.get(given)
         if encoding is None:
-            response = _status_response(
+            response = status_response(
                 415,
                 code_pb2.INVALID_ARGUMENT,
                 f"unsupported Content-Type {given or '(none)'!r}: OTLP/HTTP takes "
@@ -189,7 +238,7 @@ class OtlpHttpReceiver:
             return response, "unsupported", 0
         coding = request.headers.get("content-encoding", "identity").strip().lower()
         if coding not in ("identity", "", "gzip", "x-gzip"):
-            response = _status_response(
+            response = status_response(
                 415,
                 code_pb2.INVALID_ARGUMENT,
                 f"unsupported Content-Encoding {coding!r}: send gzip or no compression",
@@ -209,10 +258,13 @@ class OtlpHttpReceiver:
         except ClientDisconnect:  # the body was cut short: nothing to map, nobody to answer
             return Response(status_code=400), "invalid", 0
         except BodyTimeout as exc:  # the rest never came in time (httpbody.BodyDeadline)
-            response = _status_response(408, code_pb2.DEADLINE_EXCEEDED, str(exc), encoding)
+            # 503, retryable ("Retryable Response Codes"): a slow link is not bad data
+            response = status_response(
+                503, code_pb2.DEADLINE_EXCEEDED, str(exc), encoding, headers=RETRY_AFTER
+            )
             return response, "invalid", 0
         except BodyTooLarge:
-            response = _status_response(
+            response = status_response(
                 413,
                 code_pb2.RESOURCE_EXHAUSTED,
                 f"request body larger than {limit} bytes (after decompression); "
@@ -221,10 +273,10 @@ class OtlpHttpReceiver:
             )
             return response, "too_large", 0
         except TooManyObjects as exc:
-            response = _status_response(413, code_pb2.RESOURCE_EXHAUSTED, str(exc), encoding)
+            response = status_response(413, code_pb2.RESOURCE_EXHAUSTED, str(exc), encoding)
             return response, "too_large", 0
         except MalformedRequest as exc:
-            response = _status_response(
+            response = status_response(
                 400, code_pb2.INVALID_ARGUMENT, str(exc), encoding, bad_request=True
             )
             return response, "invalid", 0
@@ -232,12 +284,8 @@ class OtlpHttpReceiver:
             try:
                 await commit(self.collector, mapped)
             except CollectorUnavailable as exc:
-                response = _status_response(
-                    503,
-                    code_pb2.UNAVAILABLE,
-                    f"{exc}; retry later",
-                    encoding,
-                    headers={"Retry-After": "5"},
+                response = status_response(
+                    503, code_pb2.UNAVAILABLE, f"{exc}; retry later", encoding, headers=RETRY_AFTER
                 )
                 return response, "unavailable", 0
         response = Response(
@@ -246,15 +294,38 @@ class OtlpHttpReceiver:
         return response, "partial" if mapped.rejected else "ok", mapped.rejected
 
 
+class _EveryMethod:
+    """An endpoint as an ASGI app, so that Starlette routes every method to it rather than
+    answer another one 405 in plain text itself."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self._app = request_response(endpoint)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def _not_taken(signal: str) -> Callable[[Request], Awaitable[Response]]:
+    async def answer(request: Request) -> Response:
+        message = (
+            f"this server takes OTLP traces (/v1/traces) and logs (/v1/logs), not {signal}: "
+            f"send {signal} to another backend, or turn their export off"
+        )
+        return status_response(404, code_pb2.UNIMPLEMENTED, message, _error_encoding(request))
+
+    return answer
+
+
 def routes(
     collector: Collector,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     observe: ExportObserver | None = None,
 ) -> list[Route]:
-    """The OTLP/HTTP default paths (OTLP spec, "OTLP/HTTP Request")."""
+    """The OTLP/HTTP default paths (OTLP spec, "OTLP/HTTP Request"), every method."""
     receiver = OtlpHttpReceiver(collector, max_body_bytes, observe or _ignore)
     return [
-        Route("/v1/traces", receiver.traces, methods=["POST"]),
-        Route("/v1/logs", receiver.logs, methods=["POST"]),
+        Route("/v1/traces", _EveryMethod(receiver.traces)),
+        Route("/v1/logs", _EveryMethod(receiver.logs)),
+        *(Route(path, _EveryMethod(_not_taken(signal))) for path, signal in _NOT_TAKEN.items()),
     ]

@@ -12,7 +12,8 @@ GET  /log/checkpoint               C2SP tlog-tiles, read-only
 GET  /log/tile/<L>/<N>[.p/<W>]     hash tiles
 GET  /log/tile/entries/<N>[.p/<W>] entry bundles
 GET  /metrics                      Prometheus metrics (server/metrics.py)
-POST /v1/traces, /v1/logs          OTLP/HTTP receiver (ingest/otlp_http.py)
+POST /v1/traces, /v1/logs          OTLP/HTTP receiver (ingest/otlp_http.py); every error
+                                   answer there is a google.rpc.Status, the origin check's too
 GET  /v1/events?…, /v1/traces/{id}, /v1/graph   questions (server/query_routes.py)
 
 Reads of events (GET /v1/events…, /v1/traces/…, /v1/graph, /v1/proof/inclusion) need the API
@@ -30,11 +31,13 @@ import uuid
 from typing import Any, NamedTuple
 
 import msgspec
+from google.rpc import code_pb2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from auditmesh.analysis.query import QueryError, single_params
 from auditmesh.collector import Collector, CollectorUnavailable, EventConflict
@@ -47,7 +50,7 @@ from auditmesh.ledger import tiles
 from auditmesh.ledger.tlogproof import TlogProof
 from auditmesh.server import api_auth, query_routes
 from auditmesh.server.metrics import Metrics
-from auditmesh.server.origin import SameOriginWrites
+from auditmesh.server.origin import SameOriginWrites, json_refusal
 from auditmesh.store.base import StoredEvent
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
@@ -286,6 +289,14 @@ def _size(given: str | None) -> int | None:
 _TILE = "application/octet-stream"  # tlog-tiles: tiles and entry bundles MUST be served so
 
 
+def _origin_refusal(scope: Scope, message: str) -> Response:
+    """The origin check's 403: a google.rpc.Status on the OTLP paths (OTLP spec, "Failures":
+    every 4xx and 5xx answer carries one), a JSON error elsewhere."""
+    if otlp_http.is_otlp_path(scope["path"]):
+        return otlp_http.status_answer(scope, 403, code_pb2.PERMISSION_DENIED, message)
+    return json_refusal(scope, message)
+
+
 def create_app(
     ledger: Ledger,
     collector: Collector,
@@ -319,6 +330,6 @@ def create_app(
     app.state.read_routes = reads
     token = api_auth.load_or_create_token(ledger.data_dir)
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
-    app.add_middleware(SameOriginWrites)
+    app.add_middleware(SameOriginWrites, refusal=_origin_refusal)
     app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)  # outermost: every body, 408
     return app
