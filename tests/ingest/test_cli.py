@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import cast
 
@@ -407,6 +408,136 @@ def test_a_line_whose_event_id_the_log_holds_with_other_content_is_refused_alone
     ]
     assert rejected["line"] == 2 and "with other content" in rejected["reason"]
     assert code == 1  # lines were refused
+
+
+def rejected_lines(path: Path) -> list[int]:
+    return [json.loads(record)["line"] for record in path.read_text().splitlines()]
+
+
+def test_rejects_are_in_line_order_when_the_server_refuses_a_line_of_the_batch_in_flight(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: a line the server refused was written when its batch's answer came, after
+    the unparsable lines read while the batch was on its way (lines 3, 2, 6)."""
+    lines = [line.replace("2026-03-02", "2026-09-01") for line in TEXT_LINES[:4]]
+    earlier = envoy.to_event(envoy.parse_line(lines[1]), "ingest:envoy:ordered.log")
+    other = msgspec.structs.replace(earlier, labels={**earlier.labels, "mapped.by": "v0"})
+    assert httpx.post(server.url + "/v1/events", content=encode_ndjson([other])).status_code == 200
+    log = tmp_path / "ordered.log"
+    log.write_text("\n".join([*lines[:2], "garbage 3", *lines[2:], "garbage 6"]) + "\n")
+    code = main(["ingest", "envoy", str(log), "--server", server.url, "--batch", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1 and summary_numbers(out)["refused"] == 3, out
+    assert rejected_lines(tmp_path / "ordered.log.rejects") == [2, 3, 6]
+    said = [line.split(": ")[0] for line in err.splitlines() if line.startswith(str(log))]
+    assert said == [f"{log}:2", f"{log}:3", f"{log}:6"]
+
+
+class HoldingProxy(ThreadingHTTPServer):
+    """An HTTP proxy in front of a server that never answers its `hold`-th POST /v1/events
+    (`holding` is set when it comes): a batch the server has not answered yet."""
+
+    def __init__(self, target: str, hold: int) -> None:
+        self.target = target
+        self.hold = hold
+        self.posts = 0
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        super().__init__(("127.0.0.1", 0), _Forward)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def stop(self) -> None:
+        self.release.set()
+        self.shutdown()
+        self.server_close()
+
+
+class _Forward(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self._forward(b"")
+
+    def do_POST(self) -> None:
+        proxy = cast(HoldingProxy, self.server)
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.path == "/v1/events":
+            proxy.posts += 1  # one client, one request at a time
+            if proxy.posts == proxy.hold:
+                proxy.holding.set()
+                proxy.release.wait(30)
+                self.close_connection = True
+                return
+        self._forward(body)
+
+    def _forward(self, body: bytes) -> None:
+        proxy = cast(HoldingProxy, self.server)
+        headers = {"content-type": self.headers.get("content-type", "application/x-ndjson")}
+        answer = httpx.request(
+            self.command, proxy.target + self.path, content=body, headers=headers
+        )
+        self.send_response(answer.status_code)
+        self.send_header("content-type", answer.headers.get("content-type", "text/plain"))
+        self.send_header("content-length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_rejects_are_written_once_across_a_kill_and_a_resume(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: an unparsable line read while the batch before it was on its way went
+    to the rejects file with that batch's position, before its own batch was answered; killed
+    then (SIGKILL), the resumed run read it again and wrote it a second time."""
+    good = [line.replace("2026-03-02", "2026-09-02") for line in TEXT_LINES[:7]]
+    log = tmp_path / "killed.log"
+    log.write_text("\n".join([*good[:2], "garbage 3", *good[2:6], "garbage 8", good[6]]) + "\n")
+    proxy = HoldingProxy(server.url, hold=2)  # batches of 2: lines 1-2 answered, 3-5 held
+    command = [sys.executable, "-m", "auditmesh", "ingest", "envoy", str(log), "--follow"]
+    command += ["--server", proxy.url, "--poll-interval", "0.02", "--batch", "2"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert proxy.holding.wait(20), "the second batch never came"
+        position = load_position(tmp_path / "killed.log.offset")
+        assert position is not None and position.line == 2
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.wait(10)
+        proxy.stop()
+    resume = ["ingest", "envoy", str(log), "--follow", "--server", server.url, "--batch", "2"]
+    assert main([*resume, "--exit-when-idle", "0.3", "--poll-interval", "0.05"]) == 1
+    counts = summary_numbers(capsys.readouterr().out)
+    assert (counts["lines"], counts["taken"], counts["refused"]) == (7, 5, 2)
+    assert rejected_lines(tmp_path / "killed.log.rejects") == [3, 8]
+    for event_id in envoy_ids(good, "killed.log"):
+        assert stored(server, event_id) is not None
+
+
+def test_a_resumed_run_drops_rejects_written_past_the_stored_position(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kill between writing a batch's rejects and storing its position leaves rejects of
+    lines the next run reads again (imitated here: a record and half of one added after a
+    run). The resumed run cuts the file back to the size stored with the position first."""
+    good = [line.replace("2026-03-02", "2026-09-03") for line in TEXT_LINES[:4]]
+    log = tmp_path / "cut.log"
+    log.write_text("\n".join([good[0], "garbage 2", good[1]]) + "\n")
+    argv = follow(log, server, idle="0.3")
+    assert main(argv) == 1
+    rejects = tmp_path / "cut.log.rejects"
+    assert rejected_lines(rejects) == [2]
+    with open(log, "a") as writer:
+        writer.write("\n".join([good[2], "garbage 5", good[3]]) + "\n")
+    with open(rejects, "ab") as writer:  # what the killed run wrote for lines 4 to 6
+        writer.write(b'{"line":5,"reason":"the line does not start","text":"garbage 5"}\n{"li')
+    assert main(argv) == 1
+    assert summary_numbers(capsys.readouterr().out)["lines"] == 3  # resumed after line 3
+    assert rejected_lines(rejects) == [2, 5]
 
 
 def test_unreachable_server_and_unwritable_rejects(

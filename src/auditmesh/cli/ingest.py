@@ -2,12 +2,19 @@
 
 Lines come from `ingest.follow` (a file, a growing file, or stdin), become events through
 the pure adapters (`ingest.envoy`, `ingest.linkerd`), and go to `POST /v1/events` in
-batches. A line that does not parse is reported on stderr, written to the rejects file
-(NDJSON: line number, reason, text) and skipped; the rest goes on. With `--follow` the
-position after the last line of each acknowledged batch is stored, so a restart resumes
-there: nothing acknowledged is read twice, nothing unacknowledged is lost, and what is
-sent twice anyway (a crash between the answer and the store) is deduplicated by the
+batches. A line that does not parse, or that the server refuses, is reported on stderr,
+written to the rejects file (NDJSON: line number, reason, text) and skipped; the rest goes on.
+With `--follow` the position after the last line of each acknowledged batch is stored, so a
+restart resumes there: nothing acknowledged is read twice, nothing unacknowledged is lost, and
+what is sent twice anyway (a crash between the answer and the store) is deduplicated by the
 server, because event ids are derived from the lines.
+
+The rejects file is in line order and has each refused line once, across restarts: a batch's
+refused lines (its unparsable lines and the ones the server refused) are written when its
+answer is in, in the order they were read, just before its position is stored, and the state
+file keeps the rejects file's size with the position. A resumed run first cuts the rejects
+file back to that size: what lies past it was written for lines it reads again (a kill between
+writing the rejects and storing the position).
 
 Refused lines are also reported to the server, so they show in its metrics
 (`auditmesh_ingest_rejected_total{adapter}`, server/metrics.py) and leave an audit trace:
@@ -49,7 +56,9 @@ from auditmesh.ingest.follow import (
     Position,
     Stream,
     Tail,
+    Written,
     load_position,
+    load_written,
     save_position,
 )
 
@@ -217,17 +226,31 @@ class Counts:
 
 class Rejects:
     """The rejects file, NDJSON `{"line": N, "reason": "...", "text": "..."}` per line;
-    created on the first refused line, appended to when reading resumes."""
+    created on the first refused line, appended to when reading resumes, after cutting it
+    back to `committed`, its state when the position resumed from was stored."""
 
-    def __init__(self, path: Path, *, append: bool) -> None:
+    def __init__(self, path: Path, *, append: bool, committed: Written | None = None) -> None:
         self.path = path
         self._out: IO[bytes] | None = None
         self._append = append
-        if not append:
-            try:  # a fresh read: old rejects describe another run
+        try:
+            if not append:  # a fresh read: old rejects describe another run
                 path.unlink(missing_ok=True)
-            except OSError as exc:
-                raise self._unwritable(exc) from None
+            elif committed is not None:
+                self._cut_back(committed)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+
+    def _cut_back(self, committed: Written) -> None:
+        """Drop what was written past `committed`: rejects of lines after the stored position."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        here = (stat.st_dev, stat.st_ino)
+        same = committed.inode == 0 or here == (committed.device, committed.inode)
+        if committed.path == str(self.path.absolute()) and same and stat.st_size > committed.size:
+            os.truncate(self.path, committed.size)
 
     def write(self, number: int, reason: str, text: str) -> None:
         if self._out is None:
@@ -242,6 +265,15 @@ class Rejects:
         if self._out is not None:
             self._out.flush()
             os.fsync(self._out.fileno())
+
+    def written(self) -> Written:
+        """The file as it stands (after `sync`), to store with a position."""
+        path = str(self.path.absolute())
+        try:
+            stat = os.fstat(self._out.fileno()) if self._out else os.stat(self.path)
+        except FileNotFoundError:
+            return Written(path, 0, 0, 0)
+        return Written(path, stat.st_dev, stat.st_ino, stat.st_size)
 
     def close(self) -> None:
         if self._out is not None:
@@ -420,6 +452,29 @@ def _resolve(answer: Future[T], call: Callable[[A], T], argument: A) -> None:
         answer.set_exception(exc)
 
 
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """A line refused before sending, and why."""
+
+    reason: str
+    text: str
+
+
+# A line taken in hand: its event to send, or why it is refused.
+Entry = tuple[Line, AuditEvent | Unparsed]
+MAX_HELD_REJECTS = 8 << 20  # bytes of refused lines' text held for one batch at most
+
+
+@dataclass(slots=True)
+class Batch:
+    """Lines read since the batch before, to commit together: the answer to their events
+    (already there when they have none), the lines in reading order, the position after."""
+
+    answer: Future[list[Stored | str]]
+    entries: list[Entry]
+    consumed: Position | None
+
+
 class Pipeline:
     """Lines → events → batches → server, with rejects and the stored position."""
 
@@ -446,47 +501,58 @@ class Pipeline:
         self._clock = clock
         self._unreported: Refused | None = None  # refused lines the server has not heard of
         self._reported_at = clock()
-        self._pending: list[tuple[Line, AuditEvent]] = []
+        self._entries: list[Entry] = []  # read since the last batch was cut
+        self._events = 0  # events among them
+        self._held = 0  # bytes of refused lines' text among them
         self._consumed: Position | None = None  # end of the last line taken in hand
         self._saved: Position | None = None
-        # the batch being sent: the answer to come, its lines, and the position after them
-        self._in_flight: (
-            tuple[Future[list[Stored | str]], list[tuple[Line, AuditEvent]], Position | None] | None
-        ) = None
+        self._in_flight: Batch | None = None  # the batch being sent
 
     def take(self, lines: list[Line]) -> None:
         for line in lines:
             self.counts.lines += 1
             text = _text(line.data)
             if line.too_long:
-                self._refuse(line.number, "line longer than 1 MiB (cut here)", text[:4096])
+                self._hold(line, Unparsed("line longer than 1 MiB (cut here)", text[:4096]))
             elif not text.strip():
                 self.counts.blank += 1
             else:
                 try:
-                    self._pending.append((line, self.convert(text)))
+                    event = self.convert(text)
                 except ValueError as exc:
-                    self._refuse(line.number, str(exc), text)
+                    self._hold(line, Unparsed(str(exc), text))
+                else:
+                    self._entries.append((line, event))
+                    self._events += 1
             self._consumed = line.end
-            if len(self._pending) >= self.batch:
+            if self._events >= self.batch or self._held >= MAX_HELD_REJECTS:
                 self.flush(wait=False)
 
+    def _hold(self, line: Line, refused: Unparsed) -> None:
+        """A refused line waits for its batch: written when that batch is committed."""
+        self._entries.append((line, refused))
+        self._held += len(refused.text)
+
     def flush(self, *, wait: bool = True) -> None:
-        """Send what is pending; once the server has answered, store the position. Without
-        `wait`, the batch goes from a thread of its own while the next one is read and
-        converted (the server's commit and our parsing overlap): its answer is taken in by
-        the next flush, before that one's batch goes, so batches still go one at a time and
-        in order, and the position stored is always one the server has acknowledged."""
-        if self._pending:
-            pending, self._pending = self._pending, []
+        """Send what is pending; once the server has answered, write the batch's refused
+        lines and store the position. Without `wait`, the batch goes from a thread of its own
+        while the next one is read and converted (the server's commit and our parsing
+        overlap): its answer is taken in by the next flush, before that one's batch goes, so
+        batches still go one at a time and in order, and the position stored is always one
+        the server has acknowledged."""
+        if self._entries:
+            entries, self._entries = self._entries, []
+            self._events = self._held = 0
             self._collect()
             answer: Future[list[Stored | str]] = Future()
-            events = [event for _, event in pending]
-            sending = threading.Thread(
-                target=_resolve, args=(answer, self.sender.send, events), daemon=True
-            )
-            self._in_flight = (answer, pending, self._consumed)
-            sending.start()
+            events = [item for _, item in entries if isinstance(item, AuditEvent)]
+            self._in_flight = Batch(answer, entries, self._consumed)
+            if events:
+                threading.Thread(
+                    target=_resolve, args=(answer, self.sender.send, events), daemon=True
+                ).start()
+            else:
+                answer.set_result([])
         if wait:
             self._collect()
             self._save(self._consumed)
@@ -498,7 +564,7 @@ class Pipeline:
         each event once), so nothing else may use the sender meanwhile."""
         if self._in_flight is None:
             return True
-        done, _ = wait([self._in_flight[0]], timeout=timeout_s)
+        done, _ = wait([self._in_flight.answer], timeout=timeout_s)
         if not done:
             return False
         try:
@@ -508,15 +574,20 @@ class Pipeline:
         return True
 
     def _collect(self) -> None:
-        """Take in the answer to the batch in flight, if any (raises what its send raised)."""
+        """Take in the answer to the batch in flight, if any (raises what its send raised);
+        then write its refused lines, in reading order, and store its position."""
         if self._in_flight is None:
             return
-        answer, pending, consumed = self._in_flight
-        self._in_flight = None
-        results = answer.result()
-        self.counts.batches += 1
+        batch, self._in_flight = self._in_flight, None
+        results = iter(batch.answer.result())
         seen: set[int] = set()
-        for (line, _event), result in zip(pending, results, strict=True):
+        sent = False
+        for line, item in batch.entries:
+            if isinstance(item, Unparsed):
+                self._refuse(line.number, item.reason, item.text)
+                continue
+            sent = True
+            result = next(results)
             if isinstance(result, str):
                 self._refuse(line.number, result, _text(line.data))
             elif not result.new or result.index in seen:
@@ -524,15 +595,17 @@ class Pipeline:
             else:
                 self.counts.taken += 1
                 seen.add(result.index)
+        if sent:
+            self.counts.batches += 1
         self.counts.log_size = self.sender.known_size
-        self._save(consumed)
+        self._save(batch.consumed)
 
     def _save(self, consumed: Position | None) -> None:
         self.rejects.sync()
         if self.state is not None and consumed not in (None, self._saved):
             assert consumed is not None
             try:
-                save_position(self.state, consumed)
+                save_position(self.state, consumed, self.rejects.written())
             except OSError as exc:
                 raise UserError(
                     f"cannot store the position in {self.state}: {exc.strerror or exc}; "
@@ -589,6 +662,7 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
         state = args.state or rejects_path.with_name(
             rejects_path.name.removesuffix(".rejects") + ".offset"
         )
+    committed: Written | None = None  # the rejects file when the position was stored
     interrupted = False
     failure: UserError | None = None
     with ExitStack() as stack:
@@ -597,6 +671,7 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
             source, display = Stream(sys.stdin.buffer.fileno()), "stdin"
         else:
             resume = load_position(state) if state else None
+            committed = load_written(state) if state else None
             try:
                 tail = Tail(
                     Path(args.file),
@@ -608,7 +683,8 @@ def _run(args: argparse.Namespace, mesh: str, converter: Callable[[str], Convert
                 raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
             stack.callback(tail.close)
             source, display = tail, args.file
-        rejects = Rejects(rejects_path, append=isinstance(source, Tail) and source.resumed)
+        resumed = isinstance(source, Tail) and source.resumed
+        rejects = Rejects(rejects_path, append=resumed, committed=committed)
         stack.callback(rejects.close)
         sender = Sender(args.url, retry_for=None if args.follow else args.retry_for)
         stack.callback(sender.close)

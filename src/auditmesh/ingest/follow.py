@@ -23,7 +23,9 @@ what to do with each line; the parsers (`envoy`, `linkerd`) never see a file. Th
 `save_position` / `load_position` keep the resume point in a small JSON state file,
 replaced atomically (write, fsync, rename, fsync the directory), keyed by the file's path
 and inode: a position recorded for another file is not applied. A state file of an older
-auditmesh has no fingerprint; its position is applied on path, inode and size alone.
+auditmesh has no fingerprint; its position is applied on path, inode and size alone. With the
+position goes how far a file written along with the reading had got (`Written`, the rejects
+file; `load_written`), so a resumed run can drop what was written for lines after it.
 """
 
 from __future__ import annotations
@@ -75,6 +77,23 @@ class Position:
         if self.before or not self.bytes_before:
             return self.before
         return _fingerprint(self.bytes_before)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A file written along with the reading (the rejects file) as it stood when a position
+    was stored: its path, device and inode (0 and 0: it did not exist) and size. Past `size`
+    lies what was written for lines after the position, which a resumed run reads again."""
+
+    path: str
+    device: int
+    inode: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    written: Written | None = None  # None: a state file of an older auditmesh
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,12 +428,22 @@ def load_position(state: Path) -> Position | None:
         return None
 
 
-def save_position(state: Path, position: Position) -> None:
+def load_written(state: Path) -> Written | None:
+    """The `Written` stored with the position, or None when there is none."""
+    try:
+        return msgspec.json.decode(state.read_bytes(), type=_Stored).written
+    except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def save_position(state: Path, position: Position, written: Written | None = None) -> None:
     """Replace the state file atomically: a crash leaves the old position or the new one.
     It keeps the fingerprint, never the log's bytes themselves (the file is 0644)."""
-    fields = asdict(position)
+    fields: dict[str, object] = asdict(position)
     del fields["bytes_before"]
     fields["before"] = position.fingerprint
+    if written is not None:
+        fields["written"] = asdict(written)
     write_atomic(state, msgspec.json.encode(fields) + b"\n")
 
 
