@@ -97,7 +97,7 @@ def test_body_digests_cover_what_was_relayed_and_nothing_for_no_body() -> None:
 def test_a_callers_long_spiffe_segment_still_gives_a_valid_event() -> None:
     # Regression: the mesh CA mints such an ID, and every call of that workload went unaudited.
     caller = SpiffeId.parse(f"spiffe://cluster.local/ns/shop/sa/{'a' * 300}")
-    tls = PeerTLS(caller, "TLSv1.3", "0" * 64, 1_800_000_000)
+    tls = PeerTLS(caller, "TLSv1.3", "0" * 64, 1_800_000_000, 1_800_000_000 * 10**9, b"")
     x = exchange(direction="inbound", remote=peer_of(tls, ("10.0.0.9", 41000)), status=200)
     event = to_event(x, START)
     assert decode_event(canonical_bytes(event)) == event

@@ -3,12 +3,14 @@
 The listener owns its socket so it can peek at the first byte (PERMISSIVE: a TLS record
 starts with 0x16, RFC 8446 §5.1) before choosing TLS or plaintext, and so a failed
 handshake is an exception here — an `authn` audit event — instead of a line in asyncio's
-log. After the handshake the peer's X.509-SVID is checked (exactly one URI SAN, …).
+log. After the handshake the peer's X.509-SVID is checked (exactly one URI SAN, …), and
+again at a request after it or its CA expired (`PeerTLS.valid_until_ns`, `recheck`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from auditmesh.identity.svid import (
     PeerIdentityError,
     PresentedCertificate,
     cert_sha256,
+    load_certificates,
     verify_peer_svid,
 )
 from auditmesh.identity.workload import sni_of
@@ -39,18 +42,35 @@ class PeerTLS:
     version: str
     cert_sha256: str
     not_after: int  # Unix seconds
+    # RFC 5280 §6.1.3 (a)(2): the SVID's path validates while it and the CA that signed it
+    # are valid; the earlier notAfter in Unix ns, compared with the clock at each request
+    valid_until_ns: int
+    der: bytes  # the certificate, checked again in full after `valid_until_ns` (`recheck`)
     sni: str | None = None  # inbound: the server name the caller asked for
 
     @classmethod
-    def verified(cls, spiffe_id: SpiffeId, ssl_object: ssl.SSLObject, der: bytes) -> PeerTLS:
+    def verified(
+        cls, spiffe_id: SpiffeId, ssl_object: ssl.SSLObject, der: bytes, bundle: bytes
+    ) -> PeerTLS:
         cert = x509.load_der_x509_certificate(der)
+        not_after = int(cert.not_valid_after_utc.timestamp())
+        issuers = [a.not_valid_after_utc for a in anchors(bundle) if a.subject == cert.issuer]
+        until = min([not_after, *(int(t.timestamp()) for t in issuers)])
         return cls(
             spiffe_id,
             ssl_object.version() or "",
             cert_sha256(der),
-            int(cert.not_valid_after_utc.timestamp()),
+            not_after,
+            until * 1_000_000_000,
+            der,
             sni_of(ssl_object),
         )
+
+
+@functools.lru_cache(maxsize=4)
+def anchors(bundle: bytes) -> tuple[x509.Certificate, ...]:
+    """The bundle's CA certificates, parsed once per bundle."""
+    return tuple(load_certificates(bundle))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +179,31 @@ async def accept(
             version=ssl_object.version(),
         )
     try:
-        spiffe_id = verify_peer_svid(der, bundle, datetime.now(UTC))
-    except PeerIdentityError as exc:
+        spiffe_id = _verify(der, bundle, datetime.now(UTC), ssl_object.version())
+    except HandshakeRefused:
         writer.close()
+        raise
+    return Accepted(reader, writer, PeerTLS.verified(spiffe_id, ssl_object, der, bundle), remote)
+
+
+def _verify(der: bytes, bundle: bytes, now: datetime, version: str | None) -> SpiffeId:
+    try:
+        return verify_peer_svid(der, anchors(bundle), now)
+    except PeerIdentityError as exc:
         raise HandshakeRefused(
-            exc.reason, str(exc), presented=exc.presented, version=ssl_object.version()
+            exc.reason, str(exc), presented=exc.presented, version=version
         ) from None
-    return Accepted(reader, writer, PeerTLS.verified(spiffe_id, ssl_object, der), remote)
+
+
+def recheck(peer: PeerTLS, bundle: bytes, now_ns: int) -> HandshakeRefused | None:
+    """At a request on a kept-alive connection after `peer.valid_until_ns`: the refusal a
+    handshake would get now (RFC 5280 §6.1.3 (a)(2)), or None when the certificate is valid
+    (the clock went back)."""
+    try:
+        _verify(peer.der, bundle, datetime.fromtimestamp(now_ns / 1e9, UTC), peer.version)
+    except HandshakeRefused as refused:
+        return refused
+    return None
 
 
 def _reason(exc: ssl.SSLError) -> str:

@@ -51,6 +51,9 @@ CHUNK = 64 * 1024
 # RFC 9110 §9.2.2: methods whose intended effect is the same however often they are sent
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 Authorize = Callable[[Request, Exchange], Authz | None]
+Expired = Callable[[PeerTLS, tuple[str, int], int], AuditEvent | None]
+"""The refusal (an `authn` event) of a request at Unix ns on a connection whose caller's
+certificate or its CA expired since the handshake, or None when it is valid after all."""
 
 
 _NOT_PROXIED = (
@@ -159,13 +162,15 @@ class HttpProxy:
         select: SelectRoute | None = None,
         now_ns: Callable[[], int] = time.time_ns,
         calls: InFlight | None = None,
+        expired: Expired | None = None,
     ) -> None:
         """`route` serves every request; with `select`, it is the listener's own (direction,
         limits, the peer named before a request is read) and each request goes where
         `select(host)` says. `calls` counts the requests in progress (a stopping sidecar
-        lets them finish)."""
+        lets them finish). `expired` refuses a request whose caller's certificate expired."""
         self.route = route
         self._select = select
+        self._expired = expired
         self._emit = emit
         self._now_ns = now_ns
         self._calls = calls if calls is not None else InFlight()
@@ -217,7 +222,15 @@ class HttpProxy:
                 if not isinstance(event, Request):
                     return  # ConnectionClosed, or PAUSED after an earlier switch
                 # the call starts when its request arrives, not when the idle wait began
-                x = self._exchange(self._now_ns(), peer, local, caller)
+                start_ns = self._now_ns()
+                if peer is not None and start_ns > peer.valid_until_ns and self._expired:
+                    # RFC 5280 §6.1.3 (a)(2): the caller's SVID is valid at each request, not
+                    # only at the handshake; refused as the handshake would be now
+                    refusal = self._expired(peer, remote, start_ns)
+                    if refusal is not None:
+                        self._emit(refusal)
+                        return
+                x = self._exchange(start_ns, peer, local, caller)
                 try:
                     with self._calls:
                         keep = await self._one(down, reader, writer, event, x)

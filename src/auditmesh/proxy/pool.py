@@ -4,7 +4,8 @@ A pooled connection is a pair of asyncio streams plus what its handshake establi
 server's verified certificate, for mTLS). An idle connection the peer has closed is
 discarded on acquire: EOF already read, transport closing, or — what the event loop may not
 have seen yet — its socket readable while idle (a FIN, a reset, a TLS close_notify, or bytes
-nobody asked for). The pool keeps at most `size` idle connections. A peer can still close
+nobody asked for); so is one whose SVID, the server's or the sidecar's own, expired meanwhile
+(`Upstream.until_ns`). The pool keeps at most `size` idle connections. A peer can still close
 in the instant after acquire; the proxy retries what is safe to retry (see `http_proxy`).
 """
 
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import select
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from auditmesh.proxy.accept import PeerTLS
 from auditmesh.proxy.http1 import Connection
+
+NO_EXPIRY_NS = 2**63 - 1  # plaintext: no certificate to expire
 
 
 @dataclass(slots=True)
@@ -28,6 +32,7 @@ class Upstream:
     reused: bool = False
     http: Connection | None = None  # the sans-IO connection state of the current exchange
     content_may_follow: bool = False  # after the last response's head (http_proxy): not reused
+    until_ns: int = NO_EXPIRY_NS  # not reused after (Unix ns): when an SVID of it expires
 
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
@@ -54,18 +59,28 @@ Connect = Callable[[], Awaitable[Upstream]]
 
 
 class Pool:
-    def __init__(self, connect: Connect, *, size: int, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        size: int,
+        connect_timeout_s: float,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
         self._connect = connect
         self._size = size
         self._timeout = connect_timeout_s
+        self._now_ns = now_ns
         self._idle: deque[Upstream] = deque()
 
     async def acquire(self, *, fresh: bool = False) -> Upstream:
         """An idle live connection, or a new one (raises TimeoutError / OSError); with
-        `fresh`, always a new one."""
+        `fresh`, always a new one. An idle connection past its `until_ns` is dropped: RFC 5280
+        §6.1.3 (a)(2) wants its SVIDs valid now, and a new handshake's checks decide."""
+        now_ns = self._now_ns()
         while self._idle and not fresh:
             upstream = self._idle.pop()
-            if upstream.usable() and not upstream.readable():
+            if upstream.usable() and now_ns <= upstream.until_ns and not upstream.readable():
                 upstream.reused = True
                 return upstream
             upstream.close()

@@ -6,7 +6,9 @@ service, or to one port several HTTP services share (routed by Host, proxy/routi
 the sidecar originates mTLS and checks that the server's SPIFFE ID is the one
 configured for that service (secure naming). Every request (HTTP) or connection (TCP),
 and every refused handshake, is an audit event handed to the emitter. A rotated SVID is
-used for new connections only; open ones keep theirs.
+used for new connections only; open ones keep theirs until it expires (RFC 5280 §6.1.3
+(a)(2)): then a request there is refused like a handshake with it, and a pooled upstream
+connection is dialled again, as when the peer's SVID expired.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from auditmesh.identity.spiffe import SpiffeId
 from auditmesh.identity.svid import PeerIdentityError, PresentedCertificate, verify_peer_svid
 from auditmesh.identity.workload import Credentials
 from auditmesh.policy.request import Request as PolicyRequest
-from auditmesh.proxy.accept import HandshakeRefused, NothingSent, PeerTLS, accept
+from auditmesh.proxy.accept import HandshakeRefused, NothingSent, PeerTLS, accept, recheck
 from auditmesh.proxy.config import (
     ConfigError,
     Inbound,
@@ -87,6 +89,7 @@ class Sidecar:
                 ) from None
         self._server_ctx: dict[bool, ssl.SSLContext] = {}  # require client cert → context
         self._client_ctx: ssl.SSLContext | None = None
+        self._client_until_ns = 0  # when the SVID that context presents expires (Unix ns)
         self.emitter: Emitter | None = None
         self.identity: SpiffeId | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -188,6 +191,7 @@ class Sidecar:
             for required in (True, False)
         }
         self._client_ctx = credentials.client_context()
+        self._client_until_ns = int(credentials.not_after.timestamp()) * 1_000_000_000
         self.identity = credentials.spiffe_id
 
     def _mode(self, inbound: Inbound) -> str:
@@ -320,8 +324,7 @@ class Sidecar:
             reader, writer = await asyncio.open_connection(app_host, app_port, limit=STREAM_LIMIT)
             return Upstream(reader, writer)
 
-        pool = Pool(connect_app, size=limits.pool_size, connect_timeout_s=limits.connect_timeout_s)
-        self._pools.append(pool)
+        pool = self._pool(connect_app)
         app = Peer(service=self.config.workload.name, ip=app_host, port=app_port)
         route = Route(
             "inbound",
@@ -333,7 +336,9 @@ class Sidecar:
             self._authorize_http,
             self.config.audit.body_digests,
         )
-        proxy = HttpProxy(route, self._emit, now_ns=self._now_ns, calls=self._in_flight)
+        proxy = HttpProxy(
+            route, self._emit, now_ns=self._now_ns, calls=self._in_flight, expired=self._expired
+        )
         for listener in listeners:
             listener.listen(1024)
             self._accepting.append(
@@ -403,6 +408,10 @@ class Sidecar:
             self._emit(to_event(x, self._now_ns()))
             return
         await self._tcp(accepted.reader, accepted.writer, connect_app, x)
+
+    def _expired(self, peer: PeerTLS, remote: tuple[str, int], now_ns: int) -> AuditEvent | None:
+        refused = recheck(peer, self.bundle, now_ns)
+        return None if refused is None else self._authn_failure(now_ns, remote, refused)
 
     def _authn_failure(
         self, start_ns: int, remote: tuple[str, int], exc: HandshakeRefused
@@ -484,12 +493,9 @@ class Sidecar:
         limits = self.config.limits
 
         async def connect() -> Upstream:
+            context, own_until_ns = _require(self._client_ctx), self._client_until_ns
             reader, writer = await asyncio.open_connection(
-                up_host,
-                up_port,
-                ssl=_require(self._client_ctx),
-                server_hostname=sni,
-                limit=STREAM_LIMIT,
+                up_host, up_port, ssl=context, server_hostname=sni, limit=STREAM_LIMIT
             )
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True)
@@ -498,10 +504,12 @@ class Sidecar:
             except PeerIdentityError as exc:
                 writer.close()
                 raise SecureNamingError(f"{target.service}: {exc}") from None
-            return Upstream(reader, writer, PeerTLS.verified(server, ssl_object, der))
+            tls = PeerTLS.verified(server, ssl_object, der, self.bundle)
+            # reused while both SVIDs are valid: the inbound sidecar refuses a request on a
+            # connection whose client SVID expired (RFC 5280 §6.1.3 (a)(2))
+            return Upstream(reader, writer, tls, until_ns=min(tls.valid_until_ns, own_until_ns))
 
-        pool = Pool(connect, size=limits.pool_size, connect_timeout_s=limits.connect_timeout_s)
-        self._pools.append(pool)
+        pool = self._pool(connect)
         destination = Peer(
             identity=target.identity,
             service=target.service,
@@ -520,6 +528,17 @@ class Sidecar:
             body_digests=self.config.audit.body_digests,
         )
         return route, connect
+
+    def _pool(self, connect: Callable[[], Awaitable[Upstream]]) -> Pool:
+        limits = self.config.limits
+        pool = Pool(
+            connect,
+            size=limits.pool_size,
+            connect_timeout_s=limits.connect_timeout_s,
+            now_ns=self._now_ns,
+        )
+        self._pools.append(pool)
+        return pool
 
     # -- TCP mode --------------------------------------------------------------------
 
