@@ -180,6 +180,34 @@ def test_mesh_connections_count_from_their_acceptance_handshakes_included(
         assert "Traceback" not in mesh.server.log_path.read_text()
 
 
+def test_a_failed_mesh_handshake_gives_back_its_place_at_once(tmp_path: Path) -> None:
+    """A handshake that fails (plain HTTP sent to the TLS port, a client that refuses the
+    server's certificate) gives back its place as it fails: LIMIT of them held the listener
+    for the header timeout plus a second, refusing every client with 503 meanwhile."""
+    header_timeout_s = 5.0
+    extra = ["--max-connections", str(LIMIT), "--header-timeout", f"{header_timeout_s:g}"]
+    with mesh_server(tmp_path / "data", extra) as mesh:
+        context = _tls_context(mesh.bundle())
+        address = ("127.0.0.1", int(mesh.mesh_url.rsplit(":", 1)[1]))
+        untrusting = ssl.create_default_context()  # the system's CAs, not the mesh's
+        start = time.monotonic()
+        for attempt in range(2 * LIMIT):
+            with socket.create_connection(address) as sock:
+                if attempt % 2:
+                    with pytest.raises(ssl.SSLCertVerificationError):
+                        untrusting.wrap_socket(sock, server_hostname="localhost")
+                else:
+                    sock.sendall(BUNDLE)  # plain HTTP: no ClientHello
+                    assert _read_to_close(sock)[1] < 2.0  # the server ends it
+        time.sleep(0.2)  # the server has read the last client's alert and close
+        for _ in range(LIMIT):  # each place is free well before the header timeout
+            with context.wrap_socket(socket.create_connection(address)) as sock:
+                assert _ask(sock, BUNDLE)[0] == 200
+        assert time.monotonic() - start < header_timeout_s
+        log = mesh.server.log_path.read_text()
+        assert "Traceback" not in log and "refused" not in log
+
+
 def test_a_mesh_client_that_never_sends_its_client_hello_is_closed_at_the_header_timeout(
     tmp_path: Path,
 ) -> None:
@@ -336,7 +364,7 @@ def test_a_refused_plain_connection_is_counted_once() -> None:
             return protocol(config=config, server_state=state, app_state={})
 
         listener = await asyncio.get_running_loop().create_server(
-            admit(make, tls=False), "127.0.0.1", 0
+            admit(make, tls=None), "127.0.0.1", 0
         )
         port = listener.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

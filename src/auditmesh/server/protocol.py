@@ -19,25 +19,30 @@ and then (or nothing at all on a new connection) are closed here:
 And a listener holds at most `max_connections` connections open at once (`ConnectionLimit`),
 so that a client opening connections faster than the deadlines close them cannot take all of
 the process's file descriptors. A connection takes its place as it is accepted (`admit`), so
-a TLS connection in its handshake holds one too (the handshake must end within
-`header_timeout_s`: server/run.py). One past the limit is answered 503 with
-`Connection: close` and closed as soon as it is a connection: at once on a plain listener,
-after its handshake on a TLS one (meanwhile it holds a file descriptor, for the handshake's
-time at most, but no place).
+a TLS connection in its handshake holds one too. The TLS layer is put in front of each
+connection by `admit` itself, not by the listener (whose layer never tells the protocol of a
+handshake that failed, so the place stayed taken until the handshake timeout had surely
+passed): the handshake must end within `header_timeout_s`, and one that fails, times out or
+is cut off gives its place back as it ends (`handshake_over`). One past the limit is answered
+503 with `Connection: close` and closed as soon as it is a connection: at once on a plain
+listener, after its handshake on a TLS one (meanwhile it holds a file descriptor, for the
+handshake's time at most, but no place).
 
 However the server closes a TLS connection (a refusal, a deadline above, uvicorn's keep-alive
 timeout, an answer with `Connection: close`, an error), the close sends what was written, then
-the server's close_notify, and waits at most `CLOSE_LINGER_S` for the client's (server/run.py
-passes it as the listener's `ssl_shutdown_timeout`) before the connection is aborted: RFC 8446
-§6.1 does not ask the server to wait for it, and uvloop's default, 30 s, let a client that
-never sends it hold the connection's descriptor, and its place under the limit, that long.
+the server's close_notify, and waits at most `CLOSE_LINGER_S` for the client's (the TLS
+layer's `ssl_shutdown_timeout`) before the connection is aborted: RFC 8446 §6.1 does not ask
+the server to wait for it, and uvloop's default, 30 s, let a client that never sends it hold
+the connection's descriptor, and its place under the limit, that long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
+from asyncio import sslproto
 from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
@@ -46,10 +51,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from auditmesh.httpbody import BODY_TIMEOUT_S
 
 HEADER_TIMEOUT_S = 10.0  # `auditmesh server --header-timeout`, and the TLS handshake's
-HANDSHAKE_SLACK_S = 1.0  # past the handshake timeout, when a handshake is surely over
 REFUSAL_REPORT_S = 10.0  # a listener says it refused connections at most this often
 CLOSE_LINGER_S = 1.0  # how long a TLS connection the server closed may flush and wait for
-# the client's close_notify before it is aborted (the listener's ssl_shutdown_timeout)
+# the client's close_notify before it is aborted (the TLS layer's ssl_shutdown_timeout)
 
 
 class Slot:
@@ -109,7 +113,6 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     slot: Slot | None = None  # this connection's place, taken at its acceptance (`admit`)
     _made = False  # connection_made was called (a TLS connection: its handshake is over)
-    _handshake_timer: asyncio.TimerHandle | None = None
 
     _head_timer: asyncio.TimerHandle | None = None
     _discard_timer: asyncio.TimerHandle | None = None
@@ -117,26 +120,25 @@ class DeadlineProtocol(HttpToolsProtocol):
     _head_begun = False  # the parser has part of a request head
     _body_deadline = 0.0  # loop time by which the current request's body must be whole
 
-    def accepted(self, *, handshake: bool) -> None:
+    def accepted(self) -> None:
         """Takes this connection's place as it is accepted (`admit`), before its TLS
         handshake if it has one; without a place it is refused (and counted as refused) in
-        connection_made, unless one came free meanwhile. A handshake that fails or times out
-        (at the header timeout) never makes a connection, nor is it told to the protocol:
-        the place of one not made by then is given back."""
-        if self.connection_limit is None:
-            return
-        self.slot = self.connection_limit.take(last_try=False)
-        if handshake and self.slot is not None:
-            self._handshake_timer = self.loop.call_later(
-                self.header_timeout_s + HANDSHAKE_SLACK_S, self._handshake_over
-            )
+        connection_made, unless one came free meanwhile."""
+        if self.connection_limit is not None:
+            self.slot = self.connection_limit.take(last_try=False)
+
+    def handshake_over(self, handshake: asyncio.Future[None]) -> None:
+        """The TLS layer's handshake ended (`admit`): made, connection_made was called
+        first; else it failed, timed out or was cut off, made no connection and is never
+        told to the protocol, so its place is given back now."""
+        if not handshake.cancelled():
+            handshake.exception()  # the client's failure, not the server's: not logged
+        if not self._made:
+            self._give_back()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._made = True
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
         limit = self.connection_limit
         if self.slot is None and limit is not None:
             self.slot = limit.take()
@@ -150,11 +152,6 @@ class DeadlineProtocol(HttpToolsProtocol):
         self._cancel_timers()
         self._give_back()
         super().connection_lost(exc)
-
-    def _handshake_over(self) -> None:
-        self._handshake_timer = None
-        if not self._made:
-            self._give_back()
 
     def _give_back(self) -> None:
         if self.slot is not None:
@@ -214,10 +211,10 @@ class DeadlineProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._discard_timer, self._handshake_timer):
+        for timer in (self._head_timer, self._discard_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._discard_timer = self._handshake_timer = None
+        self._head_timer = self._discard_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -267,15 +264,33 @@ class DeadlineProtocol(HttpToolsProtocol):
         return b"".join([*lines, b"\r\n", body])
 
 
-def admit(make: Callable[[], DeadlineProtocol], *, tls: bool) -> Callable[[], DeadlineProtocol]:
+def admit(
+    make: Callable[[], DeadlineProtocol], *, tls: ssl.SSLContext | None
+) -> Callable[[], asyncio.BaseProtocol]:
     """The protocol factory of a listener (for `loop.create_server`, which calls it as it
-    accepts a connection, before a TLS handshake): each connection takes its place under the
-    listener's limit then."""
+    accepts a connection; without its `ssl`): each connection takes its place then, and with
+    `tls` gets its TLS layer here, asyncio.sslproto.SSLProtocol (what asyncio's loops put in
+    front of a TLS connection, ported from uvloop's; not exported by asyncio, but the same
+    signature since Python 3.11), whose handshake, bounded by the header timeout, tells the
+    protocol how it ended (`handshake_over`)."""
 
-    def accept() -> DeadlineProtocol:
+    def accept() -> asyncio.BaseProtocol:
         protocol = make()
-        protocol.accepted(handshake=tls)
-        return protocol
+        protocol.accepted()
+        if tls is None:
+            return protocol
+        handshake: asyncio.Future[None] = protocol.loop.create_future()
+        handshake.add_done_callback(protocol.handshake_over)
+        return sslproto.SSLProtocol(
+            protocol.loop,
+            protocol,
+            tls,
+            handshake,
+            server_side=True,
+            # seconds, for loop.call_later: a float (typeshed says int)
+            ssl_handshake_timeout=protocol.header_timeout_s,  # type: ignore[arg-type]
+            ssl_shutdown_timeout=CLOSE_LINGER_S,
+        )
 
     return accept
 

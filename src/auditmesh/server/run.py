@@ -35,13 +35,7 @@ from auditmesh.server import api_auth
 from auditmesh.server.app import create_app
 from auditmesh.server.mesh import MeshApi, create_mesh_app, peer_protocol
 from auditmesh.server.metrics import Metrics
-from auditmesh.server.protocol import (
-    CLOSE_LINGER_S,
-    HEADER_TIMEOUT_S,
-    DeadlineProtocol,
-    admit,
-    with_deadlines,
-)
+from auditmesh.server.protocol import HEADER_TIMEOUT_S, DeadlineProtocol, admit, with_deadlines
 
 SERVER_SVID_TTL = timedelta(days=7)  # the mesh listener's own, renewed at half-life
 MAX_CONNECTIONS = 4096  # per listener (`--max-connections`), unless the open-file limit is lower
@@ -57,14 +51,15 @@ class _Server(uvicorn.Server):
         yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's startup for a HOST:PORT listener, with three more things: the TLS
-        handshake must end within the header timeout (uvicorn leaves asyncio's 60 s), a TLS
-        connection the server closes (at a stop too, an idle pooled one such as a sidecar
-        emitter's, which never reads the close) is aborted if its close has not ended within
-        CLOSE_LINGER_S (uvloop's default, 30 s, waits that long for a client's close_notify,
-        holding the descriptor and the connection's place), and each connection takes its
-        place under the listener's limit as it is accepted, before its handshake (`admit`,
-        server/protocol.py)."""
+        """uvicorn's startup for a HOST:PORT listener, with the TLS layer put in front of
+        each connection by its protocol factory rather than by the listener (`admit`,
+        server/protocol.py): each connection takes its place under the listener's limit as
+        it is accepted, before its handshake, and gives it back as soon as the handshake
+        fails; the handshake must end within the header timeout (uvicorn leaves asyncio's
+        60 s), and a TLS connection the server closes (at a stop too, an idle pooled one such
+        as a sidecar emitter's, which never reads the close) is aborted if its close has not
+        ended within CLOSE_LINGER_S (uvloop's default, 30 s, waits that long for a client's
+        close_notify, holding the descriptor and the connection's place)."""
         assert sockets is None  # serve() always binds HOST:PORT
         await self.lifespan.startup()  # off (lifespan="off"): does nothing
         config = self.config
@@ -78,12 +73,9 @@ class _Server(uvicorn.Server):
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                admit(make, tls=config.ssl is not None),
+                admit(make, tls=config.ssl),
                 host=config.host,
                 port=config.port,
-                ssl=config.ssl,
-                ssl_handshake_timeout=protocol_class.header_timeout_s if config.ssl else None,
-                ssl_shutdown_timeout=CLOSE_LINGER_S if config.ssl else None,
                 backlog=config.backlog,
             )
         except OSError as exc:  # as uvicorn: logged, then exit status 3
