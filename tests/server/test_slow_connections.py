@@ -1,9 +1,11 @@
 """The connection deadlines (`--header-timeout`, and `--body-timeout` on a body answered
-before it was read; server/protocol.py) against real server processes over raw sockets:
-a request head trickled past its deadline gets 408 and its connection closed; so is a new
-connection that sends nothing, or only blank lines; a body still trickling in after its
-early answer (413) has its connection closed; slow heads whole within the deadline, and a
-body that follows its early answer promptly, keep their kept-alive connection."""
+before it was read and on answers the client does not read; server/protocol.py) against
+real server processes over raw sockets: a request head trickled past its deadline gets 408
+and its connection closed; so is a new connection that sends nothing, or only blank lines;
+a body still trickling in after its early answer (413) has its connection closed; a client
+that stops reading its answers is cut off; slow heads whole within the deadline, a body
+that follows its early answer promptly, and a slow but steady reader keep their
+connection."""
 
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
+from auditmesh.events import encode_ndjson
 from auditmesh.serverproc import ServerProcess
+from tests.conftest import generate
 from tests.server.meshserver import mesh_server
 from tests.server.rawhttp import parse_answer
 
@@ -230,3 +235,78 @@ def test_the_mesh_listener_has_the_same_deadlines(tmp_path: Path) -> None:
         with connect() as sock:
             assert _exchange(sock, [bundle[:10], bundle[10:30], bundle[30:]])[0] == 200
     _assert_no_traceback(mesh.server)
+
+
+ANSWERS = 8  # pipelined answers of about 1 MB each: more than loopback's socket buffers hold
+
+
+@pytest.fixture(scope="module")
+def one_place(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with one place per listener, and 1,000 events for answers of about 1 MB."""
+    data = tmp_path_factory.mktemp("slow-readers") / "data"
+    extra = [*DEADLINES, "--max-connections", "1", "--otlp-grpc", "off"]
+    with ServerProcess(data, extra=extra) as running:
+        body = encode_ndjson(generate(1000, seed=31))
+        headers = {"content-type": "application/x-ndjson"}
+        assert httpx.post(running.url + "/v1/events", content=body, headers=headers).is_success
+        yield running
+    _assert_no_traceback(running)
+
+
+def _large_answers(server: ServerProcess) -> bytes:
+    token = server.auth["authorization"]
+    one = f"GET /v1/events?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n"
+    return ANSWERS * one.encode()
+
+
+def _reader(server: ServerProcess) -> socket.socket:
+    """A connection as over a network, not loopback: Ethernet's segment size and a 64 KiB
+    receive buffer (with loopback's 64 KiB segments the server's kernel took megabytes)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def _place_free(server: ServerProcess) -> bool:
+    """Whether a new client is served on the listener's only place (not refused)."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        status, _ = _exchange(sock, [METRICS])
+    assert status in (200, 503)
+    return status == 200
+
+
+def test_a_client_that_stops_reading_its_answers_is_cut_off(one_place: ServerProcess) -> None:
+    """The answers wait in the server's write buffer for a client that never reads: past
+    --body-timeout without any of it read, the connection is aborted and its place free.
+    Closing it waited for the buffer to drain, for ever, holding the place."""
+    with _reader(one_place) as sock:
+        sock.sendall(_large_answers(one_place))
+        start = time.monotonic()
+        time.sleep(0.5)
+        assert not _place_free(one_place)  # held while its answers are written
+        while not _place_free(one_place):
+            assert time.monotonic() - start < BODY_TIMEOUT_S + 15, "still held"
+            time.sleep(0.2)
+        assert time.monotonic() - start >= BODY_TIMEOUT_S * 0.9
+        sock.settimeout(LIMIT_S)
+        with pytest.raises(ConnectionResetError):  # aborted: what it had not read is gone
+            while sock.recv(65536):
+                pass
+
+
+def test_a_slow_but_steady_reader_gets_all_its_answers(one_place: ServerProcess) -> None:
+    """Reading goes on, slower than the answers come: each --body-timeout some of the
+    buffer went, so the connection is kept for as long as that takes."""
+    with _reader(one_place) as sock:
+        sock.sendall(_large_answers(one_place))
+        sock.settimeout(LIMIT_S)
+        start = time.monotonic()
+        received = bytearray()
+        while received.count(b"HTTP/1.1 200 OK") < ANSWERS or not received.endswith(b"}"):
+            data = sock.recv(32768)
+            assert data, "closed before the last answer"
+            received += data
+            time.sleep(0.02)  # about 1.5 MB/s at most
+        assert time.monotonic() - start > BODY_TIMEOUT_S  # longer than one deadline

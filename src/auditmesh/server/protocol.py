@@ -16,6 +16,12 @@ and then (or nothing at all on a new connection) are closed here:
   its request head (as `httpbody.BodyDeadline` asks of a body the app reads), else the
   connection is closed.
 
+And one way of holding it by reading nothing: answers the client does not read wait in the
+transport's write buffer, an answer in parts waits for it to drain, and closing the
+connection waits for that too, without any limit. So while bytes wait there, some of them
+must go within each `body_timeout_s` (the buffer shrinks, or drains below its low-water
+mark), else the connection is aborted (`_watch_writes`; nginx's send_timeout is alike).
+
 And a listener holds at most `max_connections` connections open at once (`ConnectionLimit`),
 so that a client opening connections faster than the deadlines close them cannot take all of
 the process's file descriptors. A connection takes its place as it is accepted (`admit`), so
@@ -39,14 +45,22 @@ the connection's descriptor, and its place under the limit, that long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import ssl
+import struct
 import time
 from asyncio import sslproto
 from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from auditmesh.httpbody import BODY_TIMEOUT_S
 
@@ -116,6 +130,10 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _discard_timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
+    _write_waiting = 0  # bytes in the write buffer when _write_timer was armed
+    _write_drained = False  # the buffer fell below its low-water mark since then
+    _running: RequestResponseCycle | None = None  # the request being answered
     _between_messages = True  # the parser waits for (or reads) a request head
     _head_begun = False  # the parser has part of a request head
     _body_deadline = 0.0  # loop time by which the current request's body must be whole
@@ -157,6 +175,47 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self.slot is not None:
             self.slot.release()
             self.slot = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_writes()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._write_drained = True
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def _watch_writes(self) -> None:
+        """Arms the write deadline while bytes wait in the transport for the client."""
+        if self._write_timer is not None or self.transport is None:
+            return
+        waiting = self.transport.get_write_buffer_size()
+        if waiting:
+            self._write_waiting, self._write_drained = waiting, False
+            self._write_timer = self.loop.call_later(self.body_timeout_s, self._write_timed_out)
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        waiting = self.transport.get_write_buffer_size()
+        if waiting and waiting >= self._write_waiting and not self._write_drained:
+            self._abort()  # nothing read for body_timeout_s: give up what waits
+        else:
+            self._watch_writes()  # some went: the next stretch
+
+    def _abort(self) -> None:
+        """Ends the connection now: a reset, so that the kernel drops what it holds for
+        the client too (a plain close would go on sending it)."""
+        for cycle in (self._running, self.cycle):  # a pipelined request's too
+            if cycle is not None:  # its sends go nowhere (uvloop raises on a closed one)
+                cycle.disconnected = True
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _should_upgrade_to_ws(self) -> bool:
         """No WebSocket: the server has no WebSocket route, and uvicorn would hand the
@@ -202,6 +261,7 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._watch_writes()  # an answer the client has not read yet, closing or not
         answered_early = not self._between_messages and self.cycle.response_complete
         if answered_early and not self.transport.is_closing():
             self._discard_timer = self.loop.call_at(self._body_deadline, self._discard_timed_out)
@@ -211,10 +271,10 @@ class DeadlineProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._discard_timer):
+        for timer in (self._head_timer, self._discard_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._discard_timer = None
+        self._head_timer = self._discard_timer = self._write_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -226,10 +286,16 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self._head_begun:
             self.transport.write(self._timeout_response())
         self.transport.close()
+        self._watch_writes()  # answers still unread hold the close
 
     def _discard_timed_out(self) -> None:
         self._discard_timer = None
         self.transport.close()  # the request was answered already
+        self._watch_writes()
+
+    def send_400_response(self, msg: str) -> None:
+        super().send_400_response(msg)  # uvicorn's, for a request it cannot parse: closes
+        self._watch_writes()
 
     def _timeout_response(self) -> bytes:
         error = (
