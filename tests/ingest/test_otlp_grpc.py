@@ -1,13 +1,16 @@
 """ingest.otlp_grpc: the OTLP/gRPC receiver over a real socket with a real grpc client,
-in process over a real ledger: Export answers, status codes, limits, start and stop."""
+in process over a real ledger: Export answers, status codes, limits, start and stop; and in
+a real server process, its share of --max-connections and --header-timeout."""
 
 from __future__ import annotations
 
 import gzip
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import grpc
@@ -22,6 +25,7 @@ from auditmesh.datadir import Ledger
 from auditmesh.ingest import envoy, otlp, otlp_http
 from auditmesh.ingest.otlp_grpc import OtlpGrpcError, OtlpGrpcServer
 from auditmesh.server.run import _start_otlp_grpc
+from auditmesh.serverproc import ServerProcess, free_port
 from tests.conftest import generate
 from tests.ingest.test_otlp import SPAN, STABLE_SERVER, START, TRACE, logs, span, traces
 from tests.ingest.test_otlp_envoy import TEXT_LINES
@@ -198,3 +202,80 @@ def test_a_large_message_is_mapped_off_the_receivers_loop(
         server.stop()
     assert threads[0] != "auditmesh-otlp-grpc" and threads[1] == "auditmesh-otlp-grpc"
     assert ledger.log.size == 403
+
+
+CAP = 2  # the server's --max-connections in the tests below
+HANDSHAKE_S = 1.0  # and its --header-timeout
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    """A server process whose OTLP/gRPC receiver has CAP places; its gRPC address."""
+    data = tmp_path_factory.mktemp("otlp-grpc-cap") / "data"
+    address = f"127.0.0.1:{free_port()}"
+    extra = [
+        *("--otlp-grpc", address, "--mesh-listen", "off"),
+        *("--max-connections", str(CAP), "--header-timeout", f"{HANDSHAKE_S:g}"),
+    ]
+    with ServerProcess(data, extra=extra) as running:
+        yield running, address
+    assert "Traceback" not in running.log_path.read_text()
+
+
+def _own_channel(address: str) -> grpc.Channel:
+    """A channel with a connection of its own (channels in one process share them)."""
+    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def _exports(address: str) -> bool:
+    """Whether a new connection's Export is answered (False: refused, UNAVAILABLE)."""
+    body = traces(span(STABLE_SERVER)).SerializeToString()
+    with _own_channel(address) as channel:
+        try:
+            export(channel, TRACES, body)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc  # retryable (OTLP/gRPC)
+            return False
+    return True
+
+
+def _soon(address: str, within_s: float) -> float:
+    """How long until a new connection's Export is answered (at most `within_s`)."""
+    start = time.monotonic()
+    while not _exports(address):
+        assert time.monotonic() - start < within_s, "no place came free"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def test_the_receiver_holds_at_most_max_connections(
+    capped: tuple[ServerProcess, str],
+) -> None:
+    """CAP clients with open channels hold every place: one more connection is closed at
+    once (UNAVAILABLE, which OTLP clients retry) while theirs are served; a closed channel
+    frees its place. The receiver had no limit at all."""
+    _, address = capped
+    body = traces(span(STABLE_SERVER)).SerializeToString()
+    with ExitStack() as stack:
+        channels = [stack.enter_context(_own_channel(address)) for _ in range(CAP)]
+        for channel in channels:
+            export(channel, TRACES, body)  # connected, and kept
+        assert not _exports(address)
+        export(channels[0], TRACES, body)  # the open ones are still served
+        channels.pop().close()
+        _soon(address, 5.0)
+
+
+def test_a_connection_that_never_speaks_http2_is_closed_at_the_header_timeout(
+    capped: tuple[ServerProcess, str],
+) -> None:
+    """TCP connections that never send the HTTP/2 preface held their places (gRPC's own
+    handshake timeout is 120 s): they are closed at --header-timeout."""
+    _, address = capped
+    host, port = address.rsplit(":", 1)
+    with ExitStack() as stack:
+        for _ in range(CAP):
+            stack.enter_context(socket.create_connection((host, int(port))))
+        time.sleep(0.2)  # accepted
+        assert not _exports(address)
+        assert _soon(address, HANDSHAKE_S + 5.0) >= HANDSHAKE_S * 0.5

@@ -19,6 +19,16 @@ storage failed (also for the Export that found it failing: `otlp_http.commit`), 
 UNAVAILABLE (retryable). Partial success is reported as in OTLP/HTTP. The handlers take the
 raw bytes (no generated servicer) so that decoding errors are ours to name.
 
+Connections: at most `max_connections` open at once (`auditmesh server --max-connections`,
+gRPC core's `grpc.max_allowed_incoming_connections`): one more is closed as it is accepted,
+which its client sees as UNAVAILABLE (retryable, "OTLP/gRPC Response"); a closed one frees
+its place. A connection must send its HTTP/2 preface and SETTINGS within
+`handshake_timeout_s` (`--header-timeout`; gRPC's `grpc.server_handshake_timeout_ms`,
+120 s by default), else it is closed. Not bounded in time: a connection that did, and then
+sends no RPC, keeps its place until its client closes it (the cap bounds how many can);
+RPCs per connection follow gRPC's default. Refused connections are not counted or reported:
+gRPC core keeps that to itself.
+
 Metrics: `observe` (an `otlp_http.ExportObserver`, bound by `server/run.py` to
 `Metrics.count_otlp`) hears of each Export with its result ("ok", "partial", "invalid",
 "unavailable") and rejected records, on this receiver's thread. Messages gRPC refuses for
@@ -94,9 +104,13 @@ class OtlpGrpcServer:
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         observe: ExportObserver | None = None,
+        max_connections: int | None = None,
+        handshake_timeout_s: float | None = None,
     ) -> None:
         self.collector = collector
         self.observe = observe
+        self.max_connections = max_connections  # None: gRPC's default, no limit
+        self.handshake_timeout_s = handshake_timeout_s  # None: gRPC's default, 120 s
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
@@ -142,13 +156,17 @@ class OtlpGrpcServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if self.max_connections is not None:
+            options.append(("grpc.max_allowed_incoming_connections", self.max_connections))
+        if self.handshake_timeout_s is not None:
+            timeout_ms = max(1, round(self.handshake_timeout_s * 1000))
+            options.append(("grpc.server_handshake_timeout_ms", timeout_ms))
+        server = grpc.aio.server(options=options)
         for signal, service in _SERVICES.items():
             handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
                 _export_handler(self.collector, signal, self.observe)

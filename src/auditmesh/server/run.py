@@ -39,7 +39,7 @@ from auditmesh.server.protocol import HEADER_TIMEOUT_S, DeadlineProtocol, admit,
 
 SERVER_SVID_TTL = timedelta(days=7)  # the mesh listener's own, renewed at half-life
 MAX_CONNECTIONS = 4096  # per listener (`--max-connections`), unless the open-file limit is lower
-FD_RESERVE = 256  # file descriptors left beside the listeners' connections (store, logs, gRPC)
+FD_RESERVE = 256  # file descriptors left beside the listeners' connections (store, logs)
 
 
 class _Server(uvicorn.Server):
@@ -270,14 +270,24 @@ def _start_otlp_grpc(
     *,
     required: bool,
     metrics: Metrics | None = None,
+    max_connections: int | None = None,
+    header_timeout_s: float | None = None,
 ) -> OtlpGrpcServer | None:
-    """The OTLP/gRPC receiver (issue 5, ingest/otlp_grpc.py) on its own thread. When the
-    address was not asked for explicitly, a busy port is a warning, not a failed start."""
+    """The OTLP/gRPC receiver (issue 5, ingest/otlp_grpc.py) on its own thread, a listener
+    with its own `max_connections` and its HTTP/2 handshake bounded by `header_timeout_s`.
+    When the address was not asked for explicitly, a busy port is a warning, not a failed
+    start."""
     if listen is None:
         return None
     try:
         observe = None if metrics is None else functools.partial(metrics.count_otlp, "grpc")
-        server = OtlpGrpcServer(collector, *listen, observe=observe).start()
+        server = OtlpGrpcServer(
+            collector,
+            *listen,
+            observe=observe,
+            max_connections=max_connections,
+            handshake_timeout_s=header_timeout_s,
+        ).start()
     except OtlpGrpcError as exc:
         if required:
             raise ValueError(f"{exc} (choose --otlp-grpc HOST:PORT or off)") from None
@@ -308,7 +318,8 @@ def serve(
         if mesh_on:
             assert mesh_listen is not None
             _check_free(*mesh_listen, "--mesh-listen")
-        max_connections = connection_limit(max_connections, 2 if mesh_on else 1)
+        listeners = 1 + int(mesh_on) + int(otlp_grpc is not None)  # each has --max-connections
+        max_connections = connection_limit(max_connections, listeners)
         ledger = open_ledger(data_dir, origin=origin)
         collector = Collector(ledger.log, checkpoint_interval_ns=int(checkpoint_interval_s * 1e9))
         collector.start()
@@ -319,7 +330,12 @@ def serve(
             pending.start()
             metrics = Metrics(ledger.store, collector)  # one registry, fed by every listener
             otlp_server = _start_otlp_grpc(
-                collector, otlp_grpc, required=otlp_grpc_required, metrics=metrics
+                collector,
+                otlp_grpc,
+                required=otlp_grpc_required,
+                metrics=metrics,
+                max_connections=max_connections,
+                header_timeout_s=header_timeout_s,
             )
             app = create_app(ledger, collector, metrics=metrics, body_timeout_s=body_timeout_s)
             config = _config(
