@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=BODY_TIMEOUT_S,
         metavar="SECONDS",
         help="a request body (a batch, an OTLP/HTTP export, a join) must arrive whole within "
-        "SECONDS of its request head, or it is answered 408 and its connection closed, on "
+        "SECONDS of its request head, or it is answered 408 (an OTLP/HTTP export: 503 with "
+        "Retry-After, which OTel SDKs retry) and its connection closed, on "
         f"both listeners (default {BODY_TIMEOUT_S:g}); the rest of a body the server "
         "answered without reading it (401, 413, 415) has the same time, then its connection "
         "is closed",
