@@ -22,6 +22,7 @@ from auditmesh.identity.svid import (
     describe_certificate,
     make_csr,
     renew_at,
+    valid_until,
     verify_peer_svid,
 )
 
@@ -186,6 +187,19 @@ def test_validity_edges(env: Env) -> None:
     with pytest.raises(PeerIdentityError) as info:
         verify_peer_svid(cert, bundle, cert.not_valid_after_utc + timedelta(seconds=1))
     assert info.value.reason == "expired"
+
+
+def test_valid_until_is_the_earlier_of_the_svids_and_its_cas_not_after(env: Env) -> None:
+    """RFC 5280 §6.1.3 (a)(2): the SVID's path validates while both are valid."""
+    uris = (str(CLIENT),)
+    ca_end = env.ca_cert.not_valid_after_utc
+    day = forge_leaf(env.ca_cert, env.ca_key, now=NOW, uris=uris)
+    outliving = forge_leaf(
+        env.ca_cert, env.ca_key, now=NOW, uris=uris, not_after=ca_end + timedelta(days=1)
+    )
+    assert valid_until(day, [env.ca_cert]) == day.not_valid_after_utc
+    assert valid_until(outliving, [env.ca_cert]) == ca_end
+    assert valid_until(outliving, []) == outliving.not_valid_after_utc  # no CA of it known
 
 
 def test_unparseable_certificate(env: Env) -> None:

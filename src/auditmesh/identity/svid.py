@@ -242,6 +242,14 @@ def verify_peer_svid(
     return peer_id
 
 
+def valid_until(leaf: x509.Certificate, anchors: Sequence[x509.Certificate]) -> datetime:
+    """The moment an SVID stops being valid: the earlier of its notAfter and that of the CA
+    in the trust bundle that signed it (found by subject). X509-SVID §5.1 asks for RFC 5280
+    path validation, whose §6.1.3 (a)(2) wants both valid at the current time."""
+    issuers = [a.not_valid_after_utc for a in anchors if a.subject == leaf.issuer]
+    return min([leaf.not_valid_after_utc, *issuers])
+
+
 def bundle_trust_domain(trust_bundle: bytes) -> str | None:
     """The trust domain the bundle's CA names in its own URI SAN (X509-SVID §3.2), if any."""
     for anchor in load_certificates(trust_bundle):

@@ -25,6 +25,7 @@ from auditmesh.identity.svid import (
     PresentedCertificate,
     cert_sha256,
     load_certificates,
+    valid_until,
     verify_peer_svid,
 )
 from auditmesh.identity.workload import sni_of
@@ -53,15 +54,13 @@ class PeerTLS:
         cls, spiffe_id: SpiffeId, ssl_object: ssl.SSLObject, der: bytes, bundle: bytes
     ) -> PeerTLS:
         cert = x509.load_der_x509_certificate(der)
-        not_after = int(cert.not_valid_after_utc.timestamp())
-        issuers = [a.not_valid_after_utc for a in anchors(bundle) if a.subject == cert.issuer]
-        until = min([not_after, *(int(t.timestamp()) for t in issuers)])
+        until = valid_until(cert, anchors(bundle))
         return cls(
             spiffe_id,
             ssl_object.version() or "",
             cert_sha256(der),
-            not_after,
-            until * 1_000_000_000,
+            int(cert.not_valid_after_utc.timestamp()),
+            int(until.timestamp()) * 1_000_000_000,
             der,
             sni_of(ssl_object),
         )

@@ -35,7 +35,12 @@ from auditmesh.events import Peer
 from auditmesh.httpbody import BodyTooLarge, read_limited
 from auditmesh.identity.ca import DEFAULT_SVID_TTL, CAError, MeshCA, csr_public_key
 from auditmesh.identity.spiffe import SpiffeId
-from auditmesh.identity.svid import PeerIdentityError, load_certificates, verify_peer_svid
+from auditmesh.identity.svid import (
+    PeerIdentityError,
+    load_certificates,
+    valid_until,
+    verify_peer_svid,
+)
 from auditmesh.identity.tokens import JoinTokens, TokenError
 from auditmesh.issuance import identity_event
 from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER
@@ -71,9 +76,7 @@ def peer_protocol(bundle: bytes) -> type[DeadlineProtocol]:
             except PeerIdentityError as exc:
                 self._peer = exc
                 return
-            leaf = x509.load_der_x509_certificate(der)
-            issuers = [a for a in anchors if a.subject == leaf.issuer]
-            self._peer_until = min(c.not_valid_after_utc for c in [leaf, *issuers])
+            self._peer_until = valid_until(x509.load_der_x509_certificate(der), anchors)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
