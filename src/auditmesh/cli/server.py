@@ -75,8 +75,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="connections each listener holds open at once, TLS handshakes included; one "
         "past N is answered 503 with Connection: close (at once on --listen, after its "
-        "handshake on --mesh-listen) while open ones are served (default "
-        f"{MAX_CONNECTIONS}, or less so that both listeners fit the open-file limit, "
+        "handshake on --mesh-listen; the OTLP/gRPC receiver closes it at accept, which "
+        "OTLP clients retry) while open ones are served (default "
+        f"{MAX_CONNECTIONS}, or less so that every listener fits the open-file limit, "
         "ulimit -n, which the server first raises as far as its hard limit allows)",
     )
     parser.set_defaults(func=run)
