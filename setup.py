@@ -1,9 +1,10 @@
-"""Build hook: the request path's modules compiled to C extensions with mypyc.
+"""Build hook: the hot paths' modules compiled to C extensions with mypyc.
 
 Everything else about the package is in pyproject.toml. mypyc (part of mypy) turns the
 mypy-strict modules below into CPython extension modules with the same behaviour: the HTTP/1.1
-core runs twice as fast, the sidecar pair takes about 15 % less CPU a request
-(docs/benchmarks.md). The .py files stay the source of truth, and are what runs when the build
+core runs twice as fast, the sidecar pair takes about 15 % less CPU a request, an Envoy
+access-log record maps to its event about 25 % faster and an event to its ECS document about
+20 % (docs/benchmarks.md). The .py files stay the source of truth, and are what runs when the build
 is skipped: ``AUDITMESH_PURE=1 pip install -e .``, or, with a warning, when no C compiler is
 found.
 """
@@ -18,8 +19,9 @@ from pathlib import Path
 
 from setuptools import setup
 
-# One concept per line: the modules every proxied request goes through, and none that it
-# does not (start-up, configuration and the CLI gain nothing from being compiled).
+# The modules every proxied request goes through, then those every ingested access-log record
+# and every exported ECS document goes through; none that they do not (start-up,
+# configuration and the CLI gain nothing from being compiled).
 NATIVE = [
     "src/auditmesh/proxy/http1.py",
     "src/auditmesh/proxy/http1_events.py",
@@ -31,6 +33,8 @@ NATIVE = [
     "src/auditmesh/proxy/record.py",
     "src/auditmesh/proxy/http_proxy.py",
     "src/auditmesh/proxy/pool.py",
+    "src/auditmesh/ingest/envoy.py",
+    "src/auditmesh/export/ecs.py",
 ]
 
 
