@@ -199,14 +199,20 @@ def open_websocket(port: int, request_id: str) -> tuple[socket.socket, bytes]:
     """A WebSocket upgrade to payments through the outbound listener on `port`: the open
     socket and what came back, the response head and any bytes after it."""
     ws = socket.create_connection(("127.0.0.1", port), timeout=10)
-    ws.sendall(
+    return ws, upgrade(ws, request_id)
+
+
+def upgrade(conn: socket.socket, request_id: str) -> bytes:
+    """Ask for a WebSocket upgrade to the app's /ws (it echoes) on `conn`: what came back,
+    the response head and any bytes after it."""
+    conn.sendall(
         b"GET /ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\n"
         b"Upgrade: websocket\r\nx-request-id: " + request_id.encode() + b"\r\n\r\n"
     )
     received = b""
     while b"\r\n\r\n" not in received:
-        received += ws.recv(1000)
-    return ws, received
+        received += conn.recv(1000)
+    return received
 
 
 def mesh_context(root: Path, server_args: Sequence[str] = ()) -> Iterator[Mesh]:

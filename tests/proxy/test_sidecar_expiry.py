@@ -3,17 +3,22 @@ X509-SVID §5.1 asks for RFC 5280 path validation, whose §6.1.3 (a)(2) wants th
 period (the SVID's, and the CA's that signed it) to include the current time. Inbound, a
 request on a connection whose caller's SVID or CA has expired since is refused like such a
 handshake (an `authn` failure) and the connection closed; outbound, a pooled connection is
-not reused once the server's SVID, or the sidecar's own, has expired: it dials again."""
+not reused once the server's SVID, or the sidecar's own, has expired: it dials again. A
+connection relayed as bytes (TCP mode, a WebSocket after 101) has no request to check: it is
+closed as that moment passes, and its event says why."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +32,15 @@ from auditmesh.identity.workload import Credentials, key_to_pem, self_issue
 from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
 from tests.identity.forge import forge_leaf, load_ca_cert, load_ca_key
-from tests.proxy.mesh_fixture import TD, AppHandler, Mesh, events_of, mesh_context, spiffe
+from tests.proxy.mesh_fixture import (
+    TD,
+    AppHandler,
+    Mesh,
+    events_of,
+    mesh_context,
+    spiffe,
+    upgrade,
+)
 from tests.proxy.test_sidecar import tls_to
 from tests.proxy.test_sidecar_upstream import read_response
 
@@ -51,31 +64,51 @@ def request(path: str, request_id: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nhost: x\r\nx-request-id: {request_id}\r\n\r\n".encode()
 
 
-def closed(conn: ssl.SSLSocket) -> bool:
+def closed(conn: socket.socket) -> bool:
+    """The sidecar closed `conn`; False when nothing came within its timeout."""
     try:
         return conn.recv(4096) == b""
     except (ssl.SSLError, ConnectionError):
         return True
+    except TimeoutError:
+        return False
 
 
-@pytest.mark.parametrize("expiring", ["svid", "ca"])
-def test_a_request_after_the_callers_svid_or_ca_expired_is_refused(
-    mesh: Mesh, tmp_path: Path, expiring: str
-) -> None:
-    """Regression: the second request, sent on the connection after the caller's SVID (or
-    the second CA of the bundle that signed it) expired, reached the app."""
+@dataclass(frozen=True)
+class ShortLived:
+    """An inbound sidecar (STRICT) and a caller's SVID that, or whose CA, expires soon."""
+
+    port: int  # the sidecar's
+    leaf: x509.Certificate
+    until: datetime  # when the SVID or its CA expires
+    files: tuple[Path, Path]  # the SVID's and its key's
+
+    def event(self, mesh: Mesh) -> dict[str, Any]:
+        """The one event that names this SVID with an error."""
+        fingerprint = self.leaf.fingerprint(hashes.SHA256()).hex()
+        [event] = mesh.wait_events(
+            lambda e: "error" in e and e.get("tls", {}).get("peer_cert_sha256") == fingerprint
+        )
+        return event
+
+
+def short_lived_caller(
+    mesh: Mesh, tmp_path: Path, name: str, expiring: str, inbound: dict[str, str]
+) -> ShortLived:
+    """`name`'s inbound sidecar (`inbound`: its app, protocol) trusting a second CA that
+    expires in 8 s; `expiring` "svid": an SVID of the mesh CA for 3 s, "ca": a day's SVID of
+    that CA."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_until = datetime.now(UTC) + timedelta(seconds=8)  # the sidecar starts meanwhile
     other_ca = build_root(TD, ca_key, now=ca_until - CA_VALIDITY)
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(mesh.local.bundle_path.read_bytes() + other_ca.public_bytes(PEM))
-    name, port = f"pay-{expiring}", free_port()
+    port = free_port()
     token = JoinTokens(mesh.data).mint(spiffe(name), now=datetime.now(UTC))
-    app = address(mesh.start_app(name))
     mesh.sidecar(
         name,
         {
-            "inbound": {"listen": address(port), "app": app, "mtls": "STRICT"},
+            "inbound": {"listen": address(port), "mtls": "STRICT", **inbound},
             "server": {"url": mesh.mesh_url, "bundle": str(bundle), "join_token": token},
         },
     )
@@ -92,30 +125,89 @@ def test_a_request_after_the_callers_svid_or_ca_expired_is_refused(
     cert, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_bytes(leaf.public_bytes(PEM))
     key_file.write_bytes(key_to_pem(key))
-    with tls_to(mesh, port, (cert, key_file)) as conn:
+    return ShortLived(port, leaf, until, (cert, key_file))
+
+
+@pytest.mark.parametrize("expiring", ["svid", "ca"])
+def test_a_request_after_the_callers_svid_or_ca_expired_is_refused(
+    mesh: Mesh, tmp_path: Path, expiring: str
+) -> None:
+    """Regression: the second request, sent on the connection after the caller's SVID (or
+    the second CA of the bundle that signed it) expired, reached the app."""
+    name = f"pay-{expiring}"
+    caller = short_lived_caller(mesh, tmp_path, name, expiring, {"app": app_of(mesh, name)})
+    with tls_to(mesh, caller.port, caller.files) as conn:
         conn.sendall(request("/before", f"{name}-before"))
         assert read_response(conn).startswith(b"HTTP/1.1 200 ")
-        wait_past(until)
+        wait_past(caller.until)
         conn.sendall(request("/after", f"{name}-after"))
         assert closed(conn), "answered on a connection whose caller's certificate expired"
-    fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
-    [event] = mesh.wait_events(
-        lambda e: e["kind"] == "authn" and e.get("tls", {}).get("peer_cert_sha256") == fingerprint
-    )
+    event = caller.event(mesh)
+    assert event["kind"] == "authn"
     assert event["outcome"] == "failure" and event["reporter"] == str(spiffe(name))
     reason, words = {
         "svid": ("expired", "expired at"),
         "ca": ("untrusted", "not valid at validation time"),
     }[expiring]
     assert event["error"]["type"] == reason and words in event["error"]["message"]
-    assert event["tls"]["peer_not_after"] == int(leaf.not_valid_after_utc.timestamp())
+    assert event["tls"]["peer_not_after"] == int(caller.leaf.not_valid_after_utc.timestamp())
     assert [e["http"]["path"] for e in events_of(mesh, name, 1)] == ["/before"]
+
+
+def app_of(mesh: Mesh, name: str) -> str:
+    """A new app for `name` (it echoes on /ws after 101): its address."""
+    return address(mesh.start_app(name))
+
+
+def tunnel(conn: socket.socket, request_id: str) -> None:
+    """A WebSocket to the app over `conn` (HTTP, or TCP mode: the bytes are the same), and a
+    ping it echoes."""
+    received = upgrade(conn, request_id)
+    assert received.startswith(b"HTTP/1.1 101 "), received
+    conn.sendall(b"ping")
+    while b"echo:ping" not in received:
+        chunk = conn.recv(1000)
+        assert chunk, f"closed after {received!r}"
+        received += chunk
+
+
+def assert_cut(event: dict[str, Any], protocol: str, end: str, words: str) -> None:
+    """`event` is a relay's (TCP mode, or a WebSocket after 101) that the sidecar cut."""
+    if protocol == "tcp":
+        assert event["kind"] == "tcp" and event["tcp"]["end"] == end
+    else:
+        assert event["http"]["status"] == 101 and event["labels"]["upgrade"] == "websocket"
+    assert event["outcome"] == "failure" and event["error"]["type"] == end
+    assert words in event["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "expiring"), [("tcp", "svid"), ("tcp", "ca"), ("websocket", "svid")]
+)
+def test_an_inbound_relay_is_cut_when_the_callers_svid_or_ca_expires(
+    mesh: Mesh, tmp_path: Path, protocol: str, expiring: str
+) -> None:
+    """Regression: TCP mode and a tunnel after 101 went on relaying after the caller's SVID
+    (or its CA) expired; there is no request there to refuse."""
+    name = f"relay-{protocol}-{expiring}"
+    inbound = {"app": app_of(mesh, name), "protocol": "tcp" if protocol == "tcp" else "http"}
+    caller = short_lived_caller(mesh, tmp_path, name, expiring, inbound)
+    with tls_to(mesh, caller.port, caller.files) as conn:
+        tunnel(conn, name)
+        wait_past(caller.until)
+        assert closed(conn), "relayed on after the caller's certificate expired"
+    words = {"svid": "the caller's SVID expired at", "ca": "the CA that signed the caller's"}
+    event = caller.event(mesh)
+    assert event["reporter"] == str(spiffe(name)) and event["direction"] == "inbound"
+    assert_cut(event, protocol, "peer_certificate_expired", words[expiring])
 
 
 class ClientCertHandler(AppHandler):
     def do_GET(self) -> None:
         """Answers with the notAfter (Unix seconds) of the client certificate of its
-        connection."""
+        connection; /ws as AppHandler."""
+        if self.path == "/ws":
+            return super().do_GET()
         assert isinstance(self.connection, ssl.SSLSocket)
         der = self.connection.getpeercert(binary_form=True)
         assert der is not None
@@ -161,7 +253,7 @@ def tls_app(mesh: Mesh, tmp_path: Path) -> Iterator[TlsApp]:
     app.close()
 
 
-def outbound_to(mesh: Mesh, caller: str, app: TlsApp) -> int:
+def outbound_to(mesh: Mesh, caller: str, app: TlsApp, protocol: str = "http") -> int:
     """`caller`'s sidecar with an outbound listener for catalog at `app`: its port."""
     port = free_port()
     target = {
@@ -169,6 +261,7 @@ def outbound_to(mesh: Mesh, caller: str, app: TlsApp) -> int:
         "listen": address(port),
         "upstream": address(app.port),
         "identity": str(spiffe("catalog")),
+        "protocol": "tcp" if protocol == "tcp" else "http",
     }
     mesh.sidecar(caller, {"outbound": [target]})
     return port
@@ -215,3 +308,61 @@ def test_a_pooled_connection_is_not_reused_after_the_sidecars_own_svid_expired(
             app.close()
     assert first.status_code == 200 and second.status_code == 200
     assert int(second.text) >= asked, "the client certificate of the connection had expired"
+
+
+def relay_events(mesh: Mesh, caller: str) -> list[dict[str, Any]]:
+    """The outbound events of `caller`'s sidecar that have an error."""
+    return mesh.wait_events(
+        lambda e: (
+            e["reporter"] == str(spiffe(caller)) and e["direction"] == "outbound" and "error" in e
+        )
+    )
+
+
+def plain_to(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "websocket"])
+def test_an_outbound_relay_is_cut_when_the_servers_svid_expires(
+    mesh: Mesh, tls_app: TlsApp, protocol: str
+) -> None:
+    """Regression: TCP mode and a tunnel after 101 went on relaying to an upstream whose
+    SVID had expired."""
+    name = f"out-{protocol}"
+    port = outbound_to(mesh, name, tls_app, protocol)
+    short = tls_app.present(timedelta(seconds=3))
+    with plain_to(port) as conn:
+        tunnel(conn, name)
+        wait_past(short.not_valid_after_utc)
+        assert closed(conn), "relayed on after the upstream's certificate expired"
+    [event] = relay_events(mesh, name)
+    assert_cut(event, protocol, "peer_certificate_expired", "the upstream's SVID expired at")
+    assert event["tls"]["peer_cert_sha256"] == short.fingerprint(hashes.SHA256()).hex()
+
+
+def test_a_relay_is_cut_when_the_sidecars_own_svid_expires(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The client SVID this sidecar presented on a relayed connection expires (it renewed
+    since, for new connections): an inbound sidecar would cut the connection, so it does too.
+    Regression: TCP mode and a tunnel went on with the expired client SVID."""
+    protocols = ("tcp", "websocket")
+    for mesh in mesh_context(tmp_path_factory.mktemp("own-relay"), ["--svid-ttl", "4s"]):
+        app = TlsApp(mesh, "catalog", tmp_path)  # its own SVID lasts a day
+        try:
+            ports = {p: outbound_to(mesh, f"own-{p}", app, p) for p in protocols}
+            conns = {p: plain_to(port) for p, port in ports.items()}
+            for protocol, conn in conns.items():
+                tunnel(conn, f"own-{protocol}")
+            # every SVID issued to either sidecar before this has expired after 4 s
+            wait_past(datetime.now(UTC) + timedelta(seconds=4))
+            cut = {p: closed(conn) for p, conn in conns.items()}
+            for conn in conns.values():
+                conn.close()
+            assert cut == {"tcp": True, "websocket": True}
+            for protocol in protocols:
+                [event] = relay_events(mesh, f"own-{protocol}")
+                assert_cut(event, protocol, "local_certificate_expired", "own SVID")
+        finally:
+            app.close()

@@ -39,7 +39,7 @@ from auditmesh.proxy.http1_events import (
 )
 from auditmesh.proxy.http1_events import Limits as WireLimits
 from auditmesh.proxy.paths import PathError, normalize
-from auditmesh.proxy.pool import Pool, Upstream
+from auditmesh.proxy.pool import Pool, Upstream, relay_expiry
 from auditmesh.proxy.record import FLAGS, BodyDigests, Exchange, peer_of, reached_at, to_event
 from auditmesh.proxy.routing import origin_form
 from auditmesh.proxy.tcp import relay
@@ -669,7 +669,8 @@ class HttpProxy:
         upstream: Upstream,
         x: Exchange,
     ) -> None:
-        """After 101: raw bytes both ways until both sides are done (one audit event)."""
+        """After 101: raw bytes both ways until both sides are done (one audit event), or
+        until an SVID of either connection, or its CA, expires (RFC 5280 §6.1.3 (a)(2))."""
         down_rest, _ = down.trailing_data
         up_rest, _ = up.trailing_data
         if down_rest:
@@ -685,17 +686,16 @@ class HttpProxy:
                 already_sent=x.request_bytes + len(down_rest),
                 already_received=x.response_bytes + len(up_rest),
                 tally=tally,
+                expiry=relay_expiry(x.tls, upstream),
+                now_ns=self._now_ns,
             )
         except asyncio.CancelledError:  # the sidecar stopped: the event keeps the bytes so far
             x.request_bytes, x.response_bytes = tally
             x.labels["upgrade"] = "websocket"
             upstream.close()
             raise
-        x.request_bytes, x.response_bytes = result.sent_bytes, result.received_bytes
+        x.relayed(result)  # as in TCP mode: a reset, or a cut at an expiry, is a failure
         x.labels["upgrade"] = "websocket"
-        x.end = result.end
-        if result.end == "reset":  # as in TCP mode: a reset is not a clean end
-            x.flag, x.detail = "UR", "connection reset"
         upstream.close()
 
 

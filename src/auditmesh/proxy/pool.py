@@ -7,6 +7,7 @@ have seen yet — its socket readable while idle (a FIN, a reset, a TLS close_no
 nobody asked for); so is one whose SVID, the server's or the sidecar's own, expired meanwhile
 (`Upstream.until_ns`). The pool keeps at most `size` idle connections. A peer can still close
 in the instant after acquire; the proxy retries what is safe to retry (see `http_proxy`).
+A connection relayed as bytes (TCP mode, a tunnel) is cut when an SVID expires: `relay_expiry`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from auditmesh.proxy.accept import PeerTLS
 from auditmesh.proxy.http1 import Connection
+from auditmesh.proxy.tcp import LOCAL_CERTIFICATE_EXPIRED, PEER_CERTIFICATE_EXPIRED, Expiry
 
 NO_EXPIRY_NS = 2**63 - 1  # plaintext: no certificate to expire
 
@@ -56,6 +59,39 @@ class Upstream:
 
 
 Connect = Callable[[], Awaitable[Upstream]]
+
+
+def relay_expiry(caller: PeerTLS | None, upstream: Upstream) -> Expiry | None:
+    """When a byte relay between `caller` and `upstream` is cut (RFC 5280 §6.1.3 (a)(2)): as
+    the first SVID it was authenticated with expires, or the CA that signed it; the caller's
+    (inbound), the upstream server's or this sidecar's own (outbound). None in plaintext."""
+    if caller is not None and caller.valid_until_ns <= upstream.until_ns:
+        return Expiry(
+            caller.valid_until_ns, PEER_CERTIFICATE_EXPIRED, _expired("the caller's", caller)
+        )
+    server = upstream.tls
+    if server is not None and server.valid_until_ns <= upstream.until_ns:
+        return Expiry(
+            server.valid_until_ns, PEER_CERTIFICATE_EXPIRED, _expired("the upstream's", server)
+        )
+    if upstream.until_ns == NO_EXPIRY_NS:
+        return None
+    at = _iso(upstream.until_ns)
+    return Expiry(
+        upstream.until_ns,
+        LOCAL_CERTIFICATE_EXPIRED,
+        f"this sidecar's own SVID on the connection expired at {at}",
+    )
+
+
+def _expired(whose: str, tls: PeerTLS) -> str:
+    if tls.valid_until_ns // 1_000_000_000 == tls.not_after:
+        return f"{whose} SVID expired at {_iso(tls.valid_until_ns)}"
+    return f"the CA that signed {whose} SVID expired at {_iso(tls.valid_until_ns)}"
+
+
+def _iso(unix_ns: int) -> str:
+    return datetime.fromtimestamp(unix_ns // 1_000_000_000, UTC).isoformat()
 
 
 class Pool:

@@ -27,6 +27,7 @@ from auditmesh.events import (
     Trace,
 )
 from auditmesh.proxy.accept import PeerTLS
+from auditmesh.proxy.tcp import LOCAL_CERTIFICATE_EXPIRED, PEER_CERTIFICATE_EXPIRED, RelayResult
 
 # Envoy response flag → (error.type, default status the proxy answers with)
 FLAGS: dict[str, tuple[str, int]] = {
@@ -42,6 +43,9 @@ FLAGS: dict[str, tuple[str, int]] = {
     "RBAC": ("rbac_access_denied", 403),
     "SNM": ("secure_naming_mismatch", 503),
 }
+# A relay the sidecar cut when an SVID expired (RFC 5280 §6.1.3 (a)(2)): no Envoy flag names
+# it; its end (tcp.end) is the event's error.type, also for a tunnel after 101
+EXPIRED_ENDS = frozenset((PEER_CERTIFICATE_EXPIRED, LOCAL_CERTIFICATE_EXPIRED))
 
 
 def reached_at(local: Peer, sockname: object) -> Peer:
@@ -120,7 +124,7 @@ class Exchange:
     parent_span_id: str | None = None
     flag: str | None = None
     detail: str = ""
-    end: str | None = None  # tcp: how the connection ended
+    end: str | None = None  # tcp, and a tunnel after 101: how the connection ended
     authz: Authz | None = None
     labels: dict[str, str] = field(default_factory=dict)
     digests: BodyDigests | None = None  # when the route keeps body digests
@@ -132,6 +136,16 @@ class Exchange:
         self.upstream_tls = server
         if server is not None and self.direction == "outbound":
             self.remote = msgspec.structs.replace(self.remote, identity=str(server.spiffe_id))
+
+    def relayed(self, result: RelayResult) -> None:
+        """How a byte relay (TCP mode, a tunnel after 101) went: bytes each way, its end; a
+        reset is Envoy's UR, a cut at an expiry says whose certificate expired."""
+        self.request_bytes, self.response_bytes = result.sent_bytes, result.received_bytes
+        self.end = result.end
+        if result.end == "reset":
+            self.flag, self.detail = "UR", "connection reset"
+        elif result.detail:
+            self.detail = result.detail
 
 
 def to_event(x: Exchange, end_ns: int) -> AuditEvent:
@@ -150,12 +164,11 @@ def to_event(x: Exchange, end_ns: int) -> AuditEvent:
     host = clip("destination.host", destination.host, MAX_NAME)  # a Host no route serves
     if host is not destination.host:
         destination = msgspec.structs.replace(destination, host=host)
-    failed = x.flag is not None or (x.status is not None and x.status >= 500)
+    failure = FLAGS[x.flag][0] if x.flag is not None else x.end if x.end in EXPIRED_ENDS else None
+    failed = failure is not None or (x.status is not None and x.status >= 500)
     error = None
-    if x.flag is not None:
-        error = Error(
-            type=FLAGS[x.flag][0], message=clip("error.message", x.detail, MAX_TEXT) or ""
-        )
+    if failure is not None:
+        error = Error(type=failure, message=clip("error.message", x.detail, MAX_TEXT) or "")
     elif x.status is not None and x.status >= 500:
         error = Error(type="upstream_error", message=f"HTTP {x.status}")
     tls = None

@@ -7,8 +7,9 @@ the sidecar originates mTLS and checks that the server's SPIFFE ID is the one
 configured for that service (secure naming). Every request (HTTP) or connection (TCP),
 and every refused handshake, is an audit event handed to the emitter. A rotated SVID is
 used for new connections only; open ones keep theirs until it expires (RFC 5280 §6.1.3
-(a)(2)): then a request there is refused like a handshake with it, and a pooled upstream
-connection is dialled again, as when the peer's SVID expired.
+(a)(2)): then a request there is refused like a handshake with it, a pooled upstream
+connection is dialled again, and a byte relay (TCP, a tunnel) is cut, as when the peer's
+SVID expired.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from auditmesh.proxy.emitter import Emitter, EmitterConfig
 from auditmesh.proxy.enforce import PolicyState
 from auditmesh.proxy.http1_events import Request
 from auditmesh.proxy.http_proxy import HttpProxy, InFlight, Route, SecureNamingError
-from auditmesh.proxy.pool import Pool, Upstream
+from auditmesh.proxy.pool import Pool, Upstream, relay_expiry
 from auditmesh.proxy.record import Exchange, peer_of, reached_at, to_event
 from auditmesh.proxy.routing import by_host, service_names
 from auditmesh.proxy.spool import Spool, SpoolConfig
@@ -577,6 +578,8 @@ class Sidecar:
                         (upstream.reader, upstream.writer),
                         idle_timeout_s=self.config.limits.idle_timeout_s,
                         tally=tally,
+                        expiry=relay_expiry(x.tls, upstream),
+                        now_ns=self._now_ns,
                     )
             except asyncio.CancelledError:  # the sidecar stopped with the connection open
                 x.flag, x.detail, x.end = "DC", "the sidecar stopped", "sidecar_stopped"
@@ -585,13 +588,7 @@ class Sidecar:
                 writer.close()
                 self._emit(to_event(x, self._now_ns()))
                 raise
-            x.request_bytes, x.response_bytes, x.end = (
-                result.sent_bytes,
-                result.received_bytes,
-                result.end,
-            )
-            if result.end == "reset":
-                x.flag, x.detail = "UR", "connection reset"
+            x.relayed(result)
             upstream.close()
         writer.close()
         self._emit(to_event(x, self._now_ns()))
