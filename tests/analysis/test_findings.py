@@ -450,6 +450,21 @@ def test_failures_the_callers_caused_are_not_the_services() -> None:
     assert [f for f in detect(indexed(events)) if f.kind == "error_burst"] == []
 
 
+def test_an_expired_certificate_is_blamed_on_whose_it_was() -> None:
+    # 40 relays at catalog's inbound sidecar cut as an SVID expired (proxy/tcp.py): the
+    # caller's (`peer_…`) is not catalog's failure; catalog's own (`local_…`) is.
+    def cut(reason: str) -> list[AuditEvent]:
+        rng = random.Random(11)
+        return [
+            call(60 + i * 0.05, "frontend", "catalog", error=reason, rng=rng) for i in range(40)
+        ]
+
+    callers = detect(indexed(steady() + cut("peer_certificate_expired")))
+    assert [f for f in callers if f.kind == "error_burst"] == []
+    own = detect(indexed(steady() + cut("local_certificate_expired")))
+    assert {f.destination for f in own if f.kind == "error_burst"} == {"catalog"}
+
+
 def test_an_outage_of_a_quiet_service_is_found() -> None:
     # payments takes a call every 30 s: no bucket ever holds 5 failures, the outage does.
     rng = random.Random(10)

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import msgspec
 
-from auditmesh.events import AuditEvent, Peer
+from auditmesh.events import AuditEvent, Error, Peer
 
 BASELINE_SHARE = 0.25  # the earliest quarter of the range is what "normal" means
 BUCKETS = 20  # the range is cut into about this many buckets…
@@ -158,9 +158,20 @@ CALLER_CAUSED = frozenset(
 )
 
 
+# A relay the inbound sidecar cut as the caller's SVID expired (proxy/tcp.py); its own SVID
+# expiring (`local_certificate_expired`) is the callee's failure.
+CALLER_CERTIFICATE_EXPIRED = "peer_certificate_expired"
+
+
+def _caller_caused(error: Error, direction: str | None) -> bool:
+    return error.type in CALLER_CAUSED or (
+        error.type == CALLER_CERTIFICATE_EXPIRED and direction == "inbound"
+    )
+
+
 def _failed(event: AuditEvent) -> bool:
     """The callee failed the call: not a denial, not the caller's own doing."""
-    if _denied(event) or (event.error is not None and event.error.type in CALLER_CAUSED):
+    if _denied(event) or (event.error is not None and _caller_caused(event.error, event.direction)):
         return False
     status = event.http.status if event.http else None
     return event.outcome == "failure" or (status is not None and status >= 500)
