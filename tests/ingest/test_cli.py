@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import cast
@@ -19,11 +20,12 @@ import httpx
 import msgspec
 import pytest
 
+import auditmesh.cli.ingest as cli_ingest
 from auditmesh.cli.ingest import Pipeline, Rejects, Sender, Stored
 from auditmesh.cli.main import main
 from auditmesh.events import AuditEvent, encode_ndjson, to_json_dict
 from auditmesh.ingest import envoy, linkerd
-from auditmesh.ingest.follow import Line, Position, load_position
+from auditmesh.ingest.follow import Line, Position, Tail, load_position
 from auditmesh.serverproc import ServerProcess, free_port
 from auditmesh.store.base import event_key
 from auditmesh.store.sqlite import SQLiteStore
@@ -236,25 +238,53 @@ def _follow(argv: list[str], results: list[int]) -> threading.Thread:
     return thread
 
 
+def after_reads(monkeypatch: pytest.MonkeyPatch, *steps: Callable[[], None]) -> None:
+    """Run `steps[i]` inside the follower just after its i-th read that returns lines, so
+    each change to the file comes while the follower has just had a line and cannot be
+    idle, however slow the machine. (Sleeps in the test raced --exit-when-idle: under load
+    the follower stopped before the test wrote.)"""
+    pending = deque(steps)
+
+    class Stepped(Tail):
+        def read(self, max_lines: int) -> list[Line]:
+            lines = super().read(max_lines)
+            if lines and pending:
+                pending.popleft()()
+            return lines
+
+    monkeypatch.setattr(cli_ingest, "Tail", Stepped)
+
+
+def rotate(log: Path, first_line: str) -> None:
+    """Rotation: the file renamed beside the path, a new file created under the path."""
+    os.rename(log, log.with_name(log.name + ".1"))
+    log.write_text(first_line + "\n")
+
+
+def append(log: Path, text: str) -> None:
+    with open(log, "a") as writer:
+        writer.write(text)
+
+
 def test_follow_resumes_after_restart_and_rotation(
-    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: ServerProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     log = tmp_path / "access.log"
     argv = follow(log, server, idle="0.8", more=["--rotate-wait", "0.2"])
     lines = [line.replace("2026-03-02", "2026-04-01") for line in TEXT_LINES]
     log.write_text("\n".join(lines[:4]) + "\n")
     before = ledger_size(server)
+    after_reads(
+        monkeypatch,
+        lambda: append(log, lines[4] + "\n" + lines[5][:40]),  # half a line: waits for its end
+        lambda: append(log, lines[5][40:] + "\n"),
+        lambda: rotate(log, lines[6]),
+    )
     results: list[int] = []
     thread = _follow(argv, results)
-    time.sleep(0.3)
-    with open(log, "a") as writer:
-        writer.write(lines[4] + "\n" + lines[5][:40])  # half a line: waits for its end
-    time.sleep(0.3)
-    with open(log, "a") as writer:
-        writer.write(lines[5][40:] + "\n")
-    time.sleep(0.2)
-    os.rename(log, tmp_path / "access.log.1")  # rotation: a new file under the same name
-    log.write_text(lines[6] + "\n")
     thread.join(30)
     assert results == [0]
     out, err = capsys.readouterr()
@@ -265,8 +295,7 @@ def test_follow_resumes_after_restart_and_rotation(
     assert position.offset == log.stat().st_size and position.line == 1
 
     # Restart: only what was appended since is read and sent.
-    with open(log, "a") as writer:
-        writer.write("\n".join(lines[7:]) + "\n")
+    append(log, "\n".join(lines[7:]) + "\n")
     thread = _follow(argv, results)
     thread.join(30)
     out, _ = capsys.readouterr()
@@ -278,21 +307,19 @@ def test_follow_resumes_after_restart_and_rotation(
 
 
 def test_follow_does_not_stop_idle_while_a_rotated_in_file_waits(
-    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: ServerProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # --exit-when-idle shorter than --rotate-wait: the new file's line is still read
     log = tmp_path / "access.log"
     argv = follow(log, server, idle="0.3", more=["--rotate-wait", "1"])
     lines = [line.replace("2026-03-02", "2026-06-01") for line in TEXT_LINES]
     log.write_text(lines[0] + "\n")
-    before = ledger_size(server)
+    after_reads(monkeypatch, lambda: rotate(log, lines[1]))  # once the first line is read
     results: list[int] = []
     thread = _follow(argv, results)
-    deadline = time.monotonic() + 10
-    while ledger_size(server) == before and time.monotonic() < deadline:
-        time.sleep(0.02)  # until the first line is in: then the file is rotated
-    os.rename(log, tmp_path / "access.log.1")
-    log.write_text(lines[1] + "\n")
     thread.join(30)
     assert results == [0]
     out, err = capsys.readouterr()
