@@ -156,18 +156,13 @@ def plaintext_inbound(mesh: Mesh, app_port: int) -> int:
 
 
 def exchange(port: int, raw: bytes) -> bytes:
-    """Write `raw` as is and read until the sidecar closes or goes quiet."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+    """Write `raw` as is and read until the sidecar closes: every request here asks it to
+    (`connection: close`, or HTTP/1.0). No quiet-time cut-off, which took a sidecar stalled
+    on a loaded machine for one that had said all; the timeout is only a safety net."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
         conn.sendall(raw)
-        conn.settimeout(1.5)
         answer = b""
-        while True:
-            try:
-                chunk = conn.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
+        while chunk := conn.recv(65536):
             answer += chunk
     return answer
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.proxy.loopback import Listener
 from tests.proxy.mesh_fixture import mesh_context
-from tests.proxy.test_http1_desync import plaintext_inbound
+from tests.proxy.test_http1_desync import exchange, plaintext_inbound
 
 pytestmark = pytest.mark.integration
 
@@ -64,24 +64,15 @@ def port(tmp_path_factory: pytest.TempPathFactory, app: Listener) -> Iterator[in
         yield plaintext_inbound(mesh, app.port)
 
 
-def call(port: int, raw: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(raw)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    return answer
-
-
 def test_content_after_a_head_response_is_not_the_next_callers_response(port: int) -> None:
-    head = call(port, b"HEAD /a HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n")
+    head = exchange(port, b"HEAD /a HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n"), head
-    answer = call(port, b"GET /victim HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n")
+    answer = exchange(port, b"GET /victim HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n")
     assert answer.endswith(b"ok /victim"), answer
 
 
 def get(port: int, path: bytes) -> bytes:
-    return call(port, b"GET %s HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n" % path)
+    return exchange(port, b"GET %s HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n" % path)
 
 
 @pytest.mark.parametrize("status", [b"204", b"304"])
