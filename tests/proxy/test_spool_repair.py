@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from auditmesh.proxy.spool_format import MAGIC, encode
-from auditmesh.proxy.spool_repair import aside_path, missing_segments, scan, set_aside_numbers
+from auditmesh.proxy.spool_repair import (
+    aside_path,
+    crc_ending_at,
+    missing_segments,
+    scan,
+    set_aside_numbers,
+)
 
 RECORDS = [encode(b'{"n": %d}' % n) for n in range(4)]
 SEGMENT = MAGIC + b"".join(RECORDS)
@@ -34,6 +40,20 @@ def test_the_acknowledged_head_is_kept_unchecked() -> None:
     head = MAGIC + b"not records, acknowledged"
     found = scan(head + RECORDS[3] + b"torn", len(head))
     assert (found.records, found.cut, found.intact) == (1, 4, head + RECORDS[3])
+
+
+def test_the_record_a_cursor_follows_is_known_by_its_crc() -> None:
+    crcs = [int.from_bytes(record[4:8], "big") for record in RECORDS]
+    ends = [len(MAGIC) + sum(map(len, RECORDS[: n + 1])) for n in range(4)]
+    assert [crc_ending_at(SEGMENT, end) for end in ends] == crcs
+    assert crc_ending_at(SEGMENT) == crcs[3]  # the last record's
+    assert crc_ending_at(SEGMENT, ends[1] - 3) is None  # inside a record
+    assert crc_ending_at(SEGMENT, len(SEGMENT) + 1) is None  # past the end
+    assert crc_ending_at(MAGIC) is None  # no record
+    flipped = bytearray(SEGMENT)
+    flipped[ends[0] + 10] ^= 1  # record 1: the records after it are still found
+    assert crc_ending_at(bytes(flipped), ends[1]) is None
+    assert crc_ending_at(bytes(flipped), ends[2]) == crcs[2]
 
 
 def test_missing_segments_are_the_gaps_no_segment_set_aside_explains() -> None:

@@ -41,6 +41,8 @@ DAMAGED_STATES = {
     "cut_bytes_null": (
         b'{"segment": 1, "offset": 48, "dropped": {}, "damaged": {"cut_bytes": null}}'
     ),
+    "last_a_string": b'{"segment": 1, "offset": 48, "last": "7", "dropped": {}}',
+    "last_negative": b'{"segment": 1, "offset": 48, "last": -7, "dropped": {}}',
     "nested_too_deep": b"[" * 100_000,
 }
 

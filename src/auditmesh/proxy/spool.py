@@ -10,12 +10,14 @@ Layout of DIR (the sidecar's data dir + `/spool`):
 
     DIR/<seq:016d>.seg  segments: the 8-byte magic, then records (`proxy/spool_format.py`)
     DIR/<seq:016d>.seg.damaged  a segment set aside because its magic was damaged
-    DIR/state.json      {"segment": seq, "offset": bytes, "dropped": {reason: count},
+    DIR/state.json      {"segment": seq, "offset": bytes, "last": crc,
+                         "dropped": {reason: count},
                          "damaged": {"cut_bytes": n, "set_aside": [name, ...],
                                      "missing": [name, ...], "state_set_aside": [...]}}:
-                        the read cursor (first un-acknowledged record), and the drops and
-                        damage not yet reported; replaced atomically (write, fsync, rename,
-                        fsync dir)
+                        the read cursor (first un-acknowledged record), the CRC of the
+                        record just before it (the last acknowledged, null if none), and
+                        the drops and damage not yet reported; replaced atomically (write,
+                        fsync, rename, fsync dir)
     DIR/state.json.damaged  a state file set aside because it could not be read as one
     DIR/lock            flock(2) held while open
 
@@ -40,7 +42,15 @@ never given to a new segment (its records would be skipped as acknowledged).
 A state file that is damaged (not JSON, fields of the wrong type, unreadable bytes) is set
 aside as `state.json.damaged` (kept for the operator) and reading starts again at the
 oldest segment's first record: nothing un-acknowledged is lost, and what the server
-already has is sent again, which it keeps once (by event id). The drops and damage it held
+already has is sent again, which it keeps once (by event id). So is one whose cursor the
+segments do not bear out, since records before a wrong cursor may never have been
+delivered: the cursor may skip records (segments before its own, the head of its own) only
+where the record ending at it has the CRC the state file names (for a cursor at the start
+of a segment: the last record of the segment before, left by a crash before its deletion);
+a cursor inside a record, past its segment's end, past records of another spool, or in a
+segment that is gone while segments before it are not, is not applied. A state file of an
+older auditmesh names no CRC: its cursor is applied where it ends a record (and leftover
+segments before it are taken as acknowledged, as they were). The drops and damage it held
 unreported are unknown; the report of the damaged state file says so. A state file (or
 any spool file) this process may not read or write stops the spool with a `SpoolError`
 that names it and says what to do: its bytes are probably sound, and the cause (an owner
@@ -89,6 +99,7 @@ from auditmesh.proxy.spool_format import (
 from auditmesh.proxy.spool_repair import (
     SpoolDamage,
     aside_path,
+    crc_ending_at,
     cut_back,
     missing_segments,
     replace,
@@ -170,6 +181,8 @@ class SpoolStats:
 @dataclass(frozen=True, slots=True)
 class _State:
     cursor: tuple[int, int]
+    last: int | None  # the CRC of the record before the cursor (None: no record)
+    named: bool  # False for an older state file, which names no record
     dropped: dict[str, int]
     damage: SpoolDamage
 
@@ -187,8 +200,11 @@ def _parse_state(raw: bytes) -> _State:
     cursor = (_count(body, "segment"), _count(body, "offset"))
     if cursor[1] < len(MAGIC):
         raise ValueError(f"offset {cursor[1]} is inside the segment's magic")
+    last = None if body.get("last") is None else _count(body, "last")
     return _State(
         cursor,
+        last,
+        "last" in body,
         {k: n for k in dropped if (n := _count(dropped, k))},
         SpoolDamage(
             _count(damaged, "cut_bytes", 0),
@@ -253,9 +269,10 @@ class Spool:
             raise SpoolError(f"{self.directory} is in use by another process") from None
         self._segments: list[_Segment] = []
         self._cursor = (0, len(MAGIC))
+        self._last: int | None = None  # the CRC of the record before the cursor, if any
         self._dropped: dict[str, int] = {}
         self._damage = SpoolDamage()  # not yet reported (persisted with the drops)
-        self._durable_cursor = self._cursor  # the cursor in the state file
+        self._durable: tuple[tuple[int, int], int | None] = (self._cursor, self._last)  # on disk
         self._depth_records = 0
         self._depth_bytes = 0
         self._appended = 0
@@ -281,7 +298,7 @@ class Spool:
             for p in self.directory.glob("*.seg")
             if p.name[:-4].isdigit() and len(p.name) == 20
         )
-        self._load_state(found[0][0] if found else 0)
+        self._load_state(found[0][0] if found else 0, dict(found))
         cursor_seq, cursor_off = self._cursor
         for seq, path in found:
             if seq < cursor_seq:
@@ -304,7 +321,7 @@ class Spool:
             cursor_off = len(MAGIC)
         self._cursor = (cursor_seq, cursor_off)
         if gone:  # nothing lies between the state file's cursor and this one any more
-            self._durable_cursor = self._cursor
+            self._durable = (self._cursor, self._last)
             self._note_damage(SpoolDamage(missing=gone))
         for segment in list(self._segments):  # one set aside moves the cursor past it
             start = self._cursor[1] if segment.seq == self._cursor[0] else len(MAGIC)
@@ -315,12 +332,14 @@ class Spool:
         self._depth_bytes = self._bytes_from_cursor()
         self._open_tail()
 
-    def _load_state(self, oldest: int) -> None:
+    def _load_state(self, oldest: int, found: dict[int, Path]) -> None:
         """Take the cursor and the unreported drops and damage from the state file. Without
-        one (a new spool) reading starts at the oldest segment, `oldest`; a damaged one is
-        set aside, noted as damage, and reading starts there too."""
+        one (a new spool) reading starts at the oldest segment, `oldest`; a damaged one, or
+        one whose cursor the segments `found` do not bear out, is set aside, noted as
+        damage, and reading starts there too."""
         path = self.directory / _STATE
-        self._cursor = self._durable_cursor = (oldest, len(MAGIC))
+        self._cursor, self._last = (oldest, len(MAGIC)), None
+        self._durable = (self._cursor, self._last)
         try:
             with open(path, "rb") as f:
                 state = _parse_state(f.read(_STATE_LIMIT + 1))
@@ -334,9 +353,12 @@ class Spool:
         except (ValueError, RecursionError):  # not JSON (nested too deep), not our fields
             pass
         else:
-            self._cursor = self._durable_cursor = state.cursor
-            self._dropped, self._damage = state.dropped, state.damage
-            return
+            last = self._borne_out(state, found)
+            if last is not False:
+                self._cursor, self._last = state.cursor, last
+                self._durable = (self._cursor, self._last)
+                self._dropped, self._damage = state.dropped, state.damage
+                return
         aside = aside_path(path)
         # A link, not a rename: state.json stays until the new state replaces it, so a
         # crash in between finds it damaged again rather than losing the report.
@@ -352,6 +374,26 @@ class Spool:
                 ) from None
         fsync_dir(self.directory)
         self._note_damage(SpoolDamage(state_set_aside=(aside.name,)))  # replaces it
+
+    def _borne_out(self, state: _State, found: dict[int, Path]) -> int | None | Literal[False]:
+        """The CRC of the record before the state file's cursor, as the segments `found`
+        hold it (None: no record there), or False if they do not bear the cursor out (the
+        module docstring says when)."""
+        seq, off = state.cursor
+        before = any(n < seq for n in found)  # acknowledged, if the cursor is right
+        if off == len(MAGIC) and not before:
+            return state.last  # nothing before it to skip
+        if seq not in found:
+            if off > len(MAGIC):  # its segment is gone (noted as missing, or set aside)
+                return False if before else state.last
+            if seq - 1 not in found:
+                return False
+        path = found[seq] if off > len(MAGIC) else found[seq - 1]
+        with open(path, "rb") as f:
+            crc = crc_ending_at(f.read(), off if off > len(MAGIC) else None)
+        if crc is None or (state.named and crc != state.last):
+            return False
+        return crc
 
     def _set_aside_numbers(self) -> set[int]:
         """The numbers of the segments set aside (`*.seg.damaged*`, or not yet reported)."""
@@ -436,7 +478,7 @@ class Spool:
             return
         self._damage = self._damage.plus(damage)
         try:  # with the cursor on disk: the one in memory may be mid-way through _advance
-            self._write_state(self._durable_cursor)
+            self._write_state(*self._durable)
         except OSError:
             pass  # a full disk: it goes to disk with the next state update
 
@@ -462,8 +504,8 @@ class Spool:
 
     # --- reading ---------------------------------------------------------------------
 
-    def _records(self) -> Generator[tuple[int, int, bytes], None, None]:
-        """(segment seq, offset just past the record, payload) from the cursor on."""
+    def _records(self) -> Generator[tuple[int, int, bytes, int], None, None]:
+        """(segment seq, offset just past the record, payload, CRC) from the cursor on."""
         cursor_seq, cursor_off = self._cursor
         for segment in self._segments:
             if segment.seq < cursor_seq:
@@ -480,13 +522,14 @@ class Spool:
                     if len(buf) - at < RECORD_OVERHEAD:
                         buf, at = buf[at:] + f.read(_READ_CHUNK), 0
                     if len(buf) - at >= RECORD_OVERHEAD:
-                        need = RECORD_OVERHEAD + HEADER.unpack_from(buf, at)[0]
+                        length, crc = HEADER.unpack_from(buf, at)
+                        need = RECORD_OVERHEAD + length
                         if len(buf) - at < need:
                             buf, at = buf[at:] + f.read(max(_READ_CHUNK, need)), 0
                         limit = at + min(len(buf) - at, segment.end - pos)
                         if intact_size(buf, at, limit) == need:
                             pos += need
-                            yield segment.seq, pos, buf[at + RECORD_OVERHEAD : at + need]
+                            yield segment.seq, pos, buf[at + RECORD_OVERHEAD : at + need], crc
                             at += need
                             continue
                     raise _Damaged(segment, pos)
@@ -502,7 +545,7 @@ class Spool:
             total = 0
             try:
                 with closing(self._records()) as records:
-                    for _, _, payload in records:
+                    for _, _, payload, _ in records:
                         if len(out) >= max_records:
                             break
                         if out and max_bytes is not None and total + len(payload) > max_bytes:
@@ -535,10 +578,10 @@ class Spool:
         records = freed = 0
         try:
             with closing(self._records()) as it:
-                for seq, end, payload in it:
+                for seq, end, payload, crc in it:
                     if (count and records >= count) or (not count and freed >= need_bytes):
                         break
-                    self._cursor = (seq, end)
+                    self._cursor, self._last = (seq, end), crc
                     records += 1
                     freed += record_size(payload)
         except _Damaged as damage:  # stop before it; the repair counts the spool again
@@ -558,7 +601,7 @@ class Spool:
         cursor = self._cursor
         if self._depth_records == 0 and self._segments:
             cursor = (self._segments[-1].seq + 1, len(MAGIC))
-        self._write_state(cursor)  # first: if it fails (ENOSPC) the tail stays usable
+        self._write_state(cursor, self._last)  # first: if it fails (ENOSPC) the tail stays usable
         self._cursor = cursor
         if self._segments and cursor[0] > self._segments[-1].seq and self._tail is not None:
             self._tail.close()
@@ -707,7 +750,7 @@ class Spool:
         """Remember, durably, that `count` events were lost for `reason` outside the spool."""
         if count > 0:
             self._dropped[reason] = self._dropped.get(reason, 0) + count
-            self._write_state()
+            self._write_state(self._cursor, self._last)
 
     def clear_dropped(self, reported: Mapping[str, int]) -> None:
         """The drops in `reported` are now recorded in an event: forget them."""
@@ -717,7 +760,7 @@ class Spool:
                 self._dropped[reason] = left
             else:
                 self._dropped.pop(reason, None)
-        self._write_state()
+        self._write_state(self._cursor, self._last)
 
     # --- damage ----------------------------------------------------------------------
 
@@ -729,7 +772,7 @@ class Spool:
     def clear_damage(self, reported: SpoolDamage) -> None:
         """The damage in `reported` is now recorded in an event: forget it."""
         self._damage = self._damage.minus(reported)
-        self._write_state()
+        self._write_state(self._cursor, self._last)
 
     # --- state -----------------------------------------------------------------------
 
@@ -737,8 +780,8 @@ class Spool:
         seq, off = self._cursor
         return sum(s.end - (off if s.seq == seq else len(MAGIC)) for s in self._segments)
 
-    def _write_state(self, cursor: tuple[int, int] | None = None) -> None:
-        seq, off = cursor or self._cursor
+    def _write_state(self, cursor: tuple[int, int], last: int | None) -> None:
+        seq, off = cursor
         damage = self._damage
         damaged = {
             "cut_bytes": damage.cut_bytes,
@@ -749,6 +792,7 @@ class Spool:
         body = {
             "segment": seq,
             "offset": off,
+            "last": last,
             "dropped": dict(sorted(self._dropped.items())),
             "damaged": damaged,
         }
@@ -765,7 +809,7 @@ class Spool:
         os.replace(tmp, self.directory / _STATE)
         if self.config.fsync:
             fsync_dir(self.directory)
-        self._durable_cursor = (seq, off)
+        self._durable = ((seq, off), last)
 
     @property
     def depth_records(self) -> int:

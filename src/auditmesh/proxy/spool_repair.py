@@ -15,17 +15,19 @@ looks for a free name).
   deleted: the operator may want its bytes.
 - Segments are numbered one after another, so a number missing from the run, that no
   segment set aside explains, was deleted from outside the spool.
+- A cursor the state file holds must be the end of the record it names by its CRC
+  (`crc_ending_at`): else it is not the spool's own.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from auditmesh.fsutil import write_atomic
-from auditmesh.proxy.spool_format import RECORD_OVERHEAD, intact_size
+from auditmesh.proxy.spool_format import HEADER, MAGIC, RECORD_OVERHEAD, intact_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +81,47 @@ def scan(data: bytes, start: int) -> Scan:
     """Check the records of a segment's bytes from `start` (a record boundary, past the
     magic) on; the bytes before `start` (acknowledged) are kept as they are."""
     runs: list[bytes] = []  # the runs of intact bytes
-    pos, run_start, records, cut = start, 0, 0, 0
+    run_start, end, records, cut = 0, start, 0, 0
+    for pos, size in intact_records(data, start):
+        if pos > end:  # damaged bytes before this record
+            runs.append(data[run_start:end])
+            cut += pos - end
+            run_start = pos
+        end = pos + size
+        records += 1
+    if end < len(data):  # damaged bytes at the end
+        runs.append(data[run_start:end])
+        cut += len(data) - end
+        run_start = len(data)
+    runs.append(data[run_start:])
+    return Scan(records, cut, b"".join(runs))  # no copy when it is all one run
+
+
+def intact_records(data: bytes, start: int) -> Iterator[tuple[int, int]]:
+    """(offset, size) of each intact record of a segment's bytes from `start` (a record
+    boundary, past the magic) on, past damaged bytes too."""
+    pos = start
     while pos < len(data):
         size = intact_size(data, pos, len(data))
         if size:
+            yield pos, size
             pos += size
-            records += 1
-            continue
-        runs.append(data[run_start:pos])
-        run_start = next_intact(data, pos)
-        cut += run_start - pos
-        pos = run_start
-    runs.append(data[run_start:])
-    return Scan(records, cut, b"".join(runs))  # no copy when it is all one run
+        else:
+            pos = next_intact(data, pos)
+
+
+def crc_ending_at(data: bytes, end: int | None = None) -> int | None:
+    """The CRC of the intact record of a segment's bytes that ends at `end` (a cursor), or
+    of the last intact record when `end` is None; None where there is no such record (then
+    `end` is no record boundary in `data`)."""
+    found = None
+    for pos, size in intact_records(data, len(MAGIC)):
+        if end is not None and pos + size > end:
+            break
+        found = (pos, size)
+    if found is None or (end is not None and sum(found) != end):
+        return None
+    return int(HEADER.unpack_from(data, found[0])[1])
 
 
 def next_intact(data: bytes, pos: int) -> int:
