@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditmesh import events as ev
+from tests.event_id_spellings import NOT_EVENT_IDS, SPELLINGS, form_told
 
 text = st.text(max_size=40)
 short = st.text(min_size=1, max_size=30)
@@ -255,3 +256,13 @@ def test_an_event_too_large_for_an_entry_says_what_to_shorten() -> None:
     message = str(refused.value)
     assert message.startswith(f"line 3: the event is {ev.MAX_EVENT_BYTES + 1} bytes")
     assert "shorter labels and values" in message and "control characters" in message
+
+
+def test_each_spelling_of_an_event_id_gives_its_canonical_form() -> None:
+    event_id = ev.new_event_id()
+    for name, spell in SPELLINGS.items():
+        assert ev.parse_event_id(spell(event_id)) == event_id, name
+    for name, spell in NOT_EVENT_IDS.items():
+        with pytest.raises(ValueError) as refused:
+            ev.parse_event_id(spell(event_id))
+        assert form_told(str(refused.value)), name

@@ -41,9 +41,8 @@ Count = Annotated[int, Meta(ge=0, le=2**53 - 1)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Status = Annotated[int, Meta(ge=100, le=599)]
 # RFC 9562 §5.7: UUIDv7 in its canonical lowercase text form.
-EventId = Annotated[
-    str, Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-]
+EVENT_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+EventId = Annotated[str, Meta(pattern=EVENT_ID_PATTERN)]
 SpiffeId = Annotated[str, Meta(pattern=r"^spiffe://[a-z0-9._-]+(/[^/?#]+)*$", max_length=2048)]
 Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 # W3C Trace Context §3.2.2.3–4: lowercase hex, 16 and 8 bytes.
@@ -330,6 +329,40 @@ def new_event_id(
 ) -> str:
     """A fresh UUIDv7 (RFC 9562 §5.7): 48-bit Unix ms, version 7, variant 0b10, random."""
     return event_id_at(now_ns(), random_bytes(10))
+
+
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+EVENT_ID_FORM = (
+    "a UUIDv7 as 8-4-4-4-12 hex digits, e.g. 0190a5d3-ac96-774b-bcce-b302099a8057 (any "
+    "case; also as 32 hex digits, in {braces} or after urn:uuid:)"
+)
+
+
+def parse_event_id(text: str) -> str:
+    """The canonical event id (lowercase 8-4-4-4-12) that `text`, as a user gave it, names.
+
+    RFC 9562 §4: UUID hex digits are case-insensitive on input. Also taken: surrounding
+    whitespace, the 32 digits without hyphens, Microsoft's {braces} and the RFC 9562 §4
+    `urn:uuid:` prefix (case-insensitive, RFC 8141 §3.1). Anything else, and a UUID of
+    another version than 7, raises ValueError saying which form to give."""
+    body = text.strip(" \t\r\n")
+    if body[:9].lower() == "urn:uuid:":
+        body = body[9:]
+    elif body[:1] == "{" and body[-1:] == "}":
+        body = body[1:-1]
+    if len(body) == 32:
+        body = f"{body[:8]}-{body[8:12]}-{body[12:16]}-{body[16:20]}-{body[20:]}"
+    event_id = body.lower()
+    shown = repr(text if len(text) <= 80 else text[:77] + "...")
+    if not _UUID.fullmatch(event_id):
+        raise ValueError(f"{shown} is not an event id: give {EVENT_ID_FORM}")
+    if not _EVENT_ID.fullmatch(event_id):
+        raise ValueError(
+            f"{shown} is a UUID but not an event id: event ids are version 7 UUIDs (RFC 9562 "
+            "§5.7), with 7 as the 13th hex digit and 8, 9, a or b as the 17th"
+        )
+    return event_id
 
 
 def event_id_at(time_ns: int, entropy: bytes) -> str:

@@ -17,6 +17,7 @@ from auditmesh.ledger import merkle
 from auditmesh.ledger.note import Verifier, generate_key
 from auditmesh.ledger.tlogproof import TlogProof, verify_tlog_proof
 from tests.conftest import fill, generate
+from tests.event_id_spellings import NOT_EVENT_IDS, SPELLINGS, form_told
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_prove_writes_a_tlog_proof_that_verifies(data: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["log", "prove", "nope"], "'nope' is neither an event id (a UUID) nor an index"),
+        (["log", "prove", "nope"], "'nope' is not an event id: give a UUIDv7 as 8-4-4-4-12"),
         (["log", "prove", "01890a5d-ac96-774b-bcce-b302099a8057"], "no event"),
         (["log", "prove", "300"], "no entry 300: the log in"),
     ],
@@ -55,6 +56,30 @@ def test_prove_errors(
 ) -> None:
     assert main([*argv, "--data", str(data)]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_prove_takes_another_spelling_of_the_event_id(
+    data: Path, tmp_path: Path, spelling: str
+) -> None:
+    """The spellings GET /v1/events/{id} takes (events.parse_event_id). Regression: an
+    uppercase urn:uuid: prefix and surrounding whitespace were refused."""
+    out = tmp_path / "e.tlog-proof"
+    given = SPELLINGS[spelling](generate(300)[77].id)
+    assert main(["log", "prove", given, "--data", str(data), "-o", str(out)]) == 0
+    assert TlogProof.parse(out.read_bytes()).index == 77
+
+
+@pytest.mark.parametrize("text", NOT_EVENT_IDS)
+def test_prove_says_which_form_to_give_for_text_that_is_no_event_id(
+    data: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: some of these found an event, others were 'no event ...' (as if the
+    event did not exist), and none said which form to give."""
+    given = NOT_EVENT_IDS[text](generate(300)[77].id)
+    assert main(["log", "prove", given, "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert form_told(err) and "or the event's index in the log" in err, err
 
 
 def test_prove_takes_the_index_query_shows(data: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -23,6 +24,7 @@ from auditmesh.ledger.tlogproof import TlogProof, verify_tlog_proof
 from auditmesh.ledger.verify import verify_log
 from auditmesh.serverproc import ServerProcess
 from tests.conftest import generate
+from tests.event_id_spellings import NOT_EVENT_IDS, SPELLINGS, form_told
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +146,42 @@ def test_unknown_and_malformed_ids(server: ServerProcess) -> None:
     )
     assert missing.status_code == 404 and "no event" in missing.json()["error"]
     assert httpx.get(server.url + "/v1/proof/inclusion", headers=auth(server)).status_code == 400
+
+
+def lookups(server: ServerProcess, text: str) -> list[httpx.Response]:
+    """GET /v1/events/{text} and GET /v1/proof/inclusion?id={text}."""
+    return [
+        httpx.get(f"{server.url}/v1/events/{quote(text, safe='')}", headers=auth(server)),
+        httpx.get(server.url + "/v1/proof/inclusion", params={"id": text}, headers=auth(server)),
+    ]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_another_spelling_of_an_event_id_finds_the_event(
+    server: ServerProcess, stored: list[bytes], spelling: str
+) -> None:
+    """Regression: with an uppercase urn:uuid: prefix or surrounding whitespace, the id of a
+    stored event was answered 400 'not an event id'."""
+    event_id = msgspec.json.decode(stored[42])["id"]
+    event, proof = lookups(server, SPELLINGS[spelling](event_id))
+    assert event.status_code == 200, event.text
+    assert event.json()["index"] == 42 and event.json()["event"]["id"] == event_id
+    assert proof.status_code == 200, proof.text
+    assert TlogProof.parse(proof.content).index == 42
+
+
+@pytest.mark.parametrize("text", NOT_EVENT_IDS)
+def test_text_that_is_no_event_id_gets_a_400_saying_which_form_to_give(
+    server: ServerProcess, stored: list[bytes], text: str
+) -> None:
+    """Regression: a digit replaced by an underscore, or a UUID of another version than 7,
+    was answered 404 'no event with id' (no such event can exist); Arabic-Indic digits, a
+    sign, misplaced hyphens or {urn:uuid:...} found the event; no 400 said which form to
+    give."""
+    given = NOT_EVENT_IDS[text](msgspec.json.decode(stored[42])["id"])
+    for answer in lookups(server, given):
+        assert answer.status_code == 400, answer.text
+        assert form_told(answer.json()["error"]), answer.text
 
 
 def test_consistency_proof(server: ServerProcess, stored: list[bytes]) -> None:

@@ -8,7 +8,6 @@ import functools
 import os
 import shlex
 import sys
-import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +29,14 @@ from auditmesh.cli import (
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog, ServerError
 from auditmesh.datadir import Ledger, open_ledger, open_reader
-from auditmesh.events import EventError, canonical_bytes, decode_event
+from auditmesh.events import EventError, canonical_bytes, decode_event, parse_event_id
 from auditmesh.jsonmembers import repeated_member
 from auditmesh.ledger import merkle
 from auditmesh.ledger.errors import VerificationError
 from auditmesh.ledger.note import UntrustedNote, Verifier
 from auditmesh.ledger.tlogproof import ProofMismatch, TlogProof, verify_tlog_proof_hash
 from auditmesh.ledger.verify import LogReader, OpenReader, WrongKey, verify_log
-from auditmesh.store.base import StoreError, StoreReader
+from auditmesh.store.base import StoreError, StoreReader, event_key
 from auditmesh.store.indexcheck import check_indexes
 
 
@@ -182,22 +181,25 @@ def run_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _index_of(ledger: Ledger, event: str) -> int:
-    """The log index of EVENT: an event id, or an index as `auditmesh query` shows it."""
-    if event.isascii() and event.isdigit():
-        index = int(event)
-        if index >= ledger.log.size:
-            raise UserError(f"no entry {index}: the log in {ledger.data_dir} has {ledger.log.size}")
-        return index
+    """The log index of EVENT: an event id (in any form `parse_event_id` takes, as the API
+    does), or an index as `auditmesh query` shows it."""
+    number = event.strip()
     try:
-        key = uuid.UUID(event).bytes
-    except ValueError:
-        raise UserError(
-            f"{event!r} is neither an event id (a UUID) nor an index in the log"
-        ) from None
-    stored = ledger.store.event_by_id(key)
-    if stored is None:
-        raise UserError(f"no event {event} in {ledger.data_dir}")
-    return stored.index
+        event_id = parse_event_id(event)
+    except ValueError as exc:
+        if not (number.isascii() and number.isdigit()):
+            raise UserError(
+                f"{exc}; or the event's index in the log, as `auditmesh query` shows it"
+            ) from None
+    else:
+        stored = ledger.store.event_by_id(event_key(event_id))
+        if stored is None:
+            raise UserError(f"no event {event_id} in {ledger.data_dir}")
+        return stored.index
+    index = int(number)
+    if index >= ledger.log.size:
+        raise UserError(f"no entry {index}: the log in {ledger.data_dir} has {ledger.log.size}")
+    return index
 
 
 def run_prove(args: argparse.Namespace) -> int:

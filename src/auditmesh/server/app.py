@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import uuid
 from typing import Any, NamedTuple
 
 import msgspec
@@ -43,7 +42,13 @@ from auditmesh.analysis.query import QueryError, single_params
 from auditmesh.collector import Collector, CollectorUnavailable, EventConflict
 from auditmesh.console.routes import routes as console_routes
 from auditmesh.datadir import Ledger
-from auditmesh.events import AuditEvent, EventError, decode_batch
+from auditmesh.events import (
+    EVENT_ID_FORM,
+    AuditEvent,
+    EventError,
+    decode_batch,
+    parse_event_id,
+)
 from auditmesh.httpbody import BODY_TIMEOUT_S, BodyDeadline, BodyTooLarge, media_type, read_limited
 from auditmesh.ingest import otlp_http
 from auditmesh.ledger import tiles
@@ -51,7 +56,7 @@ from auditmesh.ledger.tlogproof import TlogProof
 from auditmesh.server import api_auth, query_routes
 from auditmesh.server.metrics import Metrics
 from auditmesh.server.origin import SameOriginWrites, json_refusal
-from auditmesh.store.base import StoredEvent
+from auditmesh.store.base import StoredEvent, event_key
 
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 # A batch's Content-Type (the sidecar, `auditmesh ingest` and bench send x-ndjson); the
@@ -174,14 +179,14 @@ class Api:
 
     async def _stored(self, request: Request, raw_id: str | None) -> StoredEvent | Response:
         if not raw_id:
-            return _error(400, "give the event id (a UUID)")
+            return _error(400, f"give the event id: {EVENT_ID_FORM}")
         try:
-            key = uuid.UUID(raw_id).bytes
-        except ValueError:
-            return _error(400, f"{raw_id!r} is not an event id (a UUID)")
-        stored = await run_in_threadpool(self.store.event_by_id, key)
+            event_id = parse_event_id(raw_id)
+        except ValueError as exc:  # a 400 saying which form to give, never a 404
+            return _error(400, str(exc))
+        stored = await run_in_threadpool(self.store.event_by_id, event_key(event_id))
         if stored is None:
-            return _error(404, f"no event with id {raw_id}")
+            return _error(404, f"no event with id {event_id}")
         return stored
 
     async def _proven(self, request: Request, raw_id: str | None) -> _Proven | Response:
