@@ -80,3 +80,18 @@ def test_a_prefix_probe_for_trace_ids_is_audited(served: Served) -> None:
     reads = served.audit_reads()
     paths = [r["http"]["path"] for r in reads[before + 1 :]]  # type: ignore[index]
     assert paths == ["/v1/traces/ffffffff"]
+
+
+@pytest.mark.parametrize("route", ["/v1/events/{id}", "/v1/proof/inclusion?id={id}"])
+def test_an_event_id_probe_is_audited(served: Served, route: str) -> None:
+    """A 404 for an event id tells that no such event is stored, where another answer would
+    tell it is: probing ids must leave records too."""
+    absent = "0190f000-0000-7000-8000-000000000000"
+    before = len(served.audit_reads())
+    path = route.format(id=absent)
+    missing = httpx.get(
+        served.server.url + path, headers={"authorization": f"Bearer {served.token}"}, timeout=30
+    )
+    assert missing.status_code == 404, missing.text
+    recorded = served.audit_reads()[before + 1 :]
+    assert [(r["http"]["path"], r["http"]["status"]) for r in recorded] == [(path, 404)]  # type: ignore[index]

@@ -23,7 +23,8 @@ Reads of events need credentials; writes and the public tree do not:
         must be the caller's SPIFFE ID, and only there may events be attested.
 
 Every read that answers 200 (or another answer drawn from the stored events, which the route
-marks with `set_read_count`: a trace prefix's 400 naming the trace ids it begins, its 404)
+marks with `set_read_count`: a trace prefix's 400 naming the trace ids it begins, its 404,
+an event lookup's 404 and its 503 while no checkpoint covers the event)
 appends one `audit_read` event through the collector before the
 answer leaves: who (`read.who`: `token:<id>` — a hash prefix, never the token — or the peer's
 SPIFFE ID), what (`http.path`: the route with its filters; `read.route`), and how many

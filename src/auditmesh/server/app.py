@@ -185,7 +185,8 @@ class Api:
         except ValueError as exc:  # a 400 saying which form to give, never a 404
             return _error(400, str(exc))
         stored = await run_in_threadpool(self.store.event_by_id, event_key(event_id))
-        if stored is None:
+        if stored is None:  # says which ids are not stored: audited as a read (api_auth.py)
+            api_auth.set_read_count(request.scope, 0)
             return _error(404, f"no event with id {event_id}")
         return stored
 
@@ -198,7 +199,8 @@ class Api:
         future = self.collector.checkpoint_covering(stored.index + 1)
         try:
             cp = await asyncio.wait_for(asyncio.wrap_future(future), CHECKPOINT_WAIT_S)
-        except TimeoutError:
+        except TimeoutError:  # says the id is stored: audited as a read, as the 404
+            api_auth.set_read_count(request.scope, 0)
             every = self.collector.checkpoint_interval_s
             return _error(
                 503,
