@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from auditmesh.collector import entry_of
+from auditmesh.collector import Collector, entry_of
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent
 from auditmesh.simulate import TrafficGenerator
@@ -38,3 +38,12 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
     opened = open_ledger(tmp_path / "data", origin="test.auditmesh/log")
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def collector(ledger: Ledger) -> Iterator[Collector]:
+    """A running collector over the test's ledger; no checkpoint interval ends in a test."""
+    running = Collector(ledger.log, checkpoint_interval_ns=10**12)
+    running.start()
+    yield running
+    running.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -57,14 +56,6 @@ def expected_requests(events: list[AuditEvent]) -> Counter[tuple[tuple[str, str]
         }
         tally[tuple(sorted(labels.items()))] += 1
     return tally
-
-
-@pytest.fixture
-def collector(ledger: Ledger) -> Iterator[Collector]:
-    running = Collector(ledger.log, checkpoint_interval_ns=10**12)
-    running.start()
-    yield running
-    running.stop()
 
 
 def test_column_positions_match_the_store(ledger: Ledger) -> None:

@@ -80,14 +80,6 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 # --- the commit observer, in process --------------------------------------------------------
 
 
-@pytest.fixture
-def collector(ledger: Ledger) -> Iterator[Collector]:
-    running = Collector(ledger.log, checkpoint_interval_ns=10**12)
-    running.start()
-    yield running
-    running.stop()
-
-
 def test_adapter_and_refused_count_parsing() -> None:
     assert ingest_adapter("ingest:envoy:access.log") == "envoy"
     assert ingest_adapter("ingest:linkerd:") == "linkerd"
