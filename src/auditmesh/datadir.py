@@ -50,10 +50,13 @@ def default_origin() -> str:
     return f"auditmesh.local/{host}"
 
 
-def open_ledger(data_dir: Path, *, origin: str | None = None, create: bool = True) -> Ledger:
-    """Open (or, with `create`, initialise) the ledger in `data_dir`."""
+def open_ledger(
+    data_dir: Path, *, origin: str | None = None, create: bool = True, scan: bool = False
+) -> Ledger:
+    """Open (or, with `create`, initialise) the ledger in `data_dir`; `scan`: to read all of
+    it (`SQLiteStore`'s)."""
     data_dir = Path(data_dir)
-    store = SQLiteStore(data_dir, create=create)
+    store = SQLiteStore(data_dir, create=create, scan=scan)
     stored_origin = store.get_meta(ORIGIN_META)
     if stored_origin is None and not create:  # a reader writes nothing, not even this
         store.close()
@@ -135,7 +138,7 @@ def lock_holder(data_dir: Path) -> str:
 def open_reader(data_dir: Path) -> StoreReader:
     """The ledger in `data_dir`, read-only, for a verify worker process (a partial of this
     is the picklable `open_reader` of `ledger.verify.verify_log`)."""
-    return StoreReader(SQLiteStore(Path(data_dir), create=False))
+    return StoreReader(SQLiteStore(Path(data_dir), create=False, scan=True))
 
 
 def _keys(

@@ -402,7 +402,7 @@ def run_verify(args: argparse.Namespace) -> int:
             vkey = args.key
         else:
             try:
-                ledger = open_ledger(args.data or DEFAULT_DATA, create=False)
+                ledger = open_ledger(args.data or DEFAULT_DATA, create=False, scan=True)
             except StoreError as exc:
                 _failed(console, f"cannot read the log: {exc}")
                 return 1

@@ -25,6 +25,7 @@ from auditmesh.ledger.note import UntrustedNote, Verifier, open_note
 from auditmesh.workers import map_in_workers
 
 HASH = 32
+_LEAF_PREFIXED = hashlib.sha256(merkle.LEAF_PREFIX)  # RFC 9162 §2.1.1: SHA-256(0x00 || d)
 
 
 class LogReader(Protocol):
@@ -207,8 +208,14 @@ def _verify_segment(
     completes against the tiles and interior nodes (indices offset by the aligned start)."""
     rows = list(reader.entries(start, end))
     _check_contiguous(rows, start, end)
-    sha256, prefix = hashlib.sha256, merkle.LEAF_PREFIX  # merkle.leaf_hash, inlined: hot
-    hashes = [sha256(prefix + data).digest() for _, data in rows]
+    # merkle.leaf_hash, inlined (hot): a copy of a hash that has taken the prefix saves
+    # concatenating 0x00 with every entry, about a fifth of the leaf's time.
+    hashes: list[bytes] = []
+    add, prefixed = hashes.append, _LEAF_PREFIXED.copy
+    for _, data in rows:
+        leaf = prefixed()
+        leaf.update(data)
+        add(leaf.digest())
     checker.check_run(0, start, hashes)
     builder = merkle.TreeBuilder(
         on_run=lambda level, first, run: checker.check_run(level, first + (start >> level), run)
