@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from auditmesh.identity.ca import MeshCA, init_ca
+from auditmesh.identity.ca import MeshCA, build_root, init_ca
 from auditmesh.identity.spiffe import parse
 from auditmesh.identity.svid import (
     PeerIdentityError,
@@ -200,6 +201,34 @@ def test_valid_until_is_the_earlier_of_the_svids_and_its_cas_not_after(env: Env)
     assert valid_until(day, [env.ca_cert]) == day.not_valid_after_utc
     assert valid_until(outliving, [env.ca_cert]) == ca_end
     assert valid_until(outliving, []) == outliving.not_valid_after_utc  # no CA of it known
+
+
+def test_valid_until_takes_the_ca_that_signed_the_svid_not_its_namesake(env: Env) -> None:
+    """During a CA rotation the old and new root share a subject; RFC 5280 §6.1.3 (a)(2)
+    is about the one whose key signed the SVID."""
+
+    def randbytes(n: int) -> bytes:  # the same subject serialNumber attribute, both roots
+        return b"\x01" * n if n == 8 else secrets.token_bytes(n)
+
+    old_key, new_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    old = build_root(TD, old_key, now=NOW - timedelta(days=365), randbytes=randbytes)
+    new = build_root(TD, new_key, now=NOW, randbytes=randbytes)
+    assert old.subject == new.subject
+    assert old.not_valid_after_utc < new.not_valid_after_utc
+    far = new.not_valid_after_utc + timedelta(days=1)
+    uris = (str(CLIENT),)
+    by_new = forge_leaf(new, new_key, now=NOW, uris=uris, not_after=far)
+    by_old = forge_leaf(old, old_key, now=NOW, uris=uris, not_after=far)
+    by_neither = forge_leaf(new, ec.generate_private_key(ec.SECP256R1()), now=NOW, uris=uris)
+
+    for bundle in ([old, new], [new, old]):
+        assert valid_until(by_new, bundle) == new.not_valid_after_utc
+        assert valid_until(by_old, bundle) == old.not_valid_after_utc
+        # signed by no CA of the bundle: its own notAfter (path validation refuses it)
+        assert valid_until(by_neither, bundle) == by_neither.not_valid_after_utc
 
 
 def test_unparseable_certificate(env: Env) -> None:

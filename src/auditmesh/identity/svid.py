@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
@@ -244,10 +245,26 @@ def verify_peer_svid(
 
 def valid_until(leaf: x509.Certificate, anchors: Sequence[x509.Certificate]) -> datetime:
     """The moment an SVID stops being valid: the earlier of its notAfter and that of the CA
-    in the trust bundle that signed it (found by subject). X509-SVID §5.1 asks for RFC 5280
-    path validation, whose §6.1.3 (a)(2) wants both valid at the current time."""
-    issuers = [a.not_valid_after_utc for a in anchors if a.subject == leaf.issuer]
-    return min([leaf.not_valid_after_utc, *issuers])
+    in the trust bundle that signed it. X509-SVID §5.1 asks for RFC 5280 path validation,
+    whose §6.1.3 (a)(2) wants both valid at the current time.
+
+    The signer is found by subject, and among several CAs of that name (a CA rotation keeps
+    the name) by the key that verifies the leaf's signature; with none of them, the leaf's
+    own notAfter. A sole namesake is taken unchecked: callers validated the path first, and
+    that spares a signature check per handshake."""
+    namesakes = [a for a in anchors if a.subject == leaf.issuer]
+    if len(namesakes) > 1:
+        namesakes = [a for a in namesakes if _signed_by(leaf, a)]
+    return min([leaf.not_valid_after_utc, *(a.not_valid_after_utc for a in namesakes)])
+
+
+def _signed_by(leaf: x509.Certificate, anchor: x509.Certificate) -> bool:
+    """Whether ``anchor``'s key made ``leaf``'s signature (RFC 5280 §6.1.3 (a)(1))."""
+    try:
+        leaf.verify_directly_issued_by(anchor)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def bundle_trust_domain(trust_bundle: bytes) -> str | None:
