@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
 R = TypeVar("R")
@@ -16,12 +16,65 @@ def map_in_workers(
     opened_with: object,
     work: Callable[..., R],
     *arguments: Iterable[Any],
+    here: Callable[..., R] | None = None,
 ) -> Iterator[R]:
     """`work(*args)` for each tuple of `arguments`, in `jobs` processes that each first ran
     `open_in_worker(opened_with)` (e.g. to open the ledger once); results in input order.
-    Spawned, not forked: no SQLite handle crosses a fork."""
+    Spawned, not forked: no SQLite handle crosses a fork.
+
+    With `here` (the same work on this process's own resources), this process is one of the
+    `jobs`: while the others start (an interpreter and its imports each, a few tenths of a
+    second) and after, it runs the tasks none of them has taken yet, from the last one back."""
+    tasks = list(zip(*arguments, strict=True))
     spawn = multiprocessing.get_context("spawn")
+    workers = jobs - 1 if here is not None else jobs
     with ProcessPoolExecutor(
-        jobs, mp_context=spawn, initializer=open_in_worker, initargs=(opened_with,)
+        workers, mp_context=spawn, initializer=open_in_worker, initargs=(opened_with,)
     ) as pool:
-        yield from pool.map(work, *arguments)
+        futures = [pool.submit(work, *task) for task in tasks]
+        try:
+            if here is None:
+                for future in futures:
+                    yield future.result()
+            else:
+                yield from _shared(futures, tasks, here)
+        finally:
+            for future in futures:  # stopped early: what no worker has started, never runs
+                future.cancel()
+
+
+def _shared(
+    futures: Sequence[Future[R]], tasks: Sequence[tuple[Any, ...]], here: Callable[..., R]
+) -> Iterator[R]:
+    """Results in order, this process taking queued tasks from the back (a cancelled future
+    is one no worker had started) until it meets the workers or a task of its own fails."""
+    done_here: dict[int, Callable[[], R]] = {}
+    at, last = 0, len(tasks)
+    while last > at and futures[last - 1].cancel():
+        last -= 1
+        done_here[last] = outcome = _outcome(here, tasks[last])
+        while at < last and futures[at].done():
+            yield futures[at].result()
+            at += 1
+        if isinstance(outcome, _Raise):
+            break  # raised in order below, once the tasks before it are done
+    for index in range(at, len(tasks)):
+        yield done_here[index]() if index in done_here else futures[index].result()
+
+
+class _Raise:
+    """A task's exception, raised when its result's turn comes."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __call__(self) -> Any:
+        raise self.exc
+
+
+def _outcome(here: Callable[..., R], task: tuple[Any, ...]) -> Callable[[], R]:
+    try:
+        value = here(*task)
+    except Exception as exc:  # e.g. VerificationError: an earlier task's must come first
+        return _Raise(exc)
+    return lambda: value

@@ -215,7 +215,7 @@ def test_verify_help_says_what_jobs_is_for_and_its_default(
     with pytest.raises(SystemExit):
         main(["log", "verify", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps at the console's width
-    assert "--jobs N worker processes, for a ledger read with --data only (default: one" in out
+    assert "--jobs N processes, this one included, for a ledger read with --data only" in out
 
 
 # --- log verify-proof ------------------------------------------------------------------------

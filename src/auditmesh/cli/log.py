@@ -121,8 +121,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="worker processes, for a ledger read with --data only (default: one per CPU it "
-        f"may use, {len(os.sched_getaffinity(0))} here); a --url log is verified in one",
+        help="processes, this one included, for a ledger read with --data only (default: one "
+        f"per CPU it may use, {len(os.sched_getaffinity(0))} here); a --url log is verified in one",
     )
     verify.add_argument(
         "--indexes",

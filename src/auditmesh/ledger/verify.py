@@ -12,6 +12,7 @@ signed) value and the computed one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -87,7 +88,8 @@ def verify_log(
     trusted: Sequence[bytes] = (),
 ) -> VerifyReport:
     """Verify everything; with `jobs` > 1 and `open_reader`, segments run in that many
-    worker processes (each opens the log with `open_reader`) and are combined in order, so
+    processes (this one and workers that each open the log with `open_reader`) and are
+    combined in order, so
     the first divergence reported is the same as with one process.
 
     `trusted`: checkpoint notes the auditor kept from before (``log checkpoint``, a bundle),
@@ -178,7 +180,14 @@ def _segments(
         if len(segments) >= 2:
             starts, ends, cuts = zip(*segments, strict=True)
             yield from map_in_workers(
-                jobs, _open_in_worker, open_reader, _segment_in_worker, starts, ends, cuts
+                jobs,
+                _open_in_worker,
+                open_reader,
+                _segment_in_worker,
+                starts,
+                ends,
+                cuts,
+                here=functools.partial(_verify_segment, reader, checker),
             )
             return
         plan = iter(segments)

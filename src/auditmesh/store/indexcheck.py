@@ -30,8 +30,9 @@ def check_indexes(
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Check entries [0, size) of the ledger in `data_dir` in segments, in `jobs` spawned
-    worker processes when more than one; the first divergence in index order is raised."""
+    """Check entries [0, size) of the ledger in `data_dir` in segments, in `jobs` processes
+    (this one and spawned workers) when more than one; the first divergence in index order
+    is raised."""
     bounds = [(start, min(start + SEGMENT, size)) for start in range(0, size, SEGMENT)]
     checked = 0
     for count in _segments(data_dir, bounds, jobs):
@@ -51,7 +52,19 @@ def _segments(data_dir: Path, bounds: list[tuple[int, int]], jobs: int) -> Itera
             store.close()
         return
     starts, ends = zip(*bounds, strict=True)
-    yield from map_in_workers(jobs, _open_in_worker, data_dir, _segment_in_worker, starts, ends)
+    store = SQLiteStore(data_dir, create=False)
+    try:
+        yield from map_in_workers(
+            jobs,
+            _open_in_worker,
+            data_dir,
+            _segment_in_worker,
+            starts,
+            ends,
+            here=lambda start, end: check_index_rows(store.indexed_rows(start, end)),
+        )
+    finally:
+        store.close()
 
 
 _STORE: SQLiteStore | None = None  # one per worker process

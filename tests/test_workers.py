@@ -1,0 +1,53 @@
+"""`workers.map_in_workers`: results in input order from spawned workers, and from this process
+too when it takes part (`here`)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from auditmesh.workers import map_in_workers
+
+FAILING = {3, 40}
+
+
+def _opened(_: object) -> None:
+    pass
+
+
+def _task(number: int) -> tuple[int, int]:
+    """Long enough (10 ms) that this process cannot finish every task before a worker has
+    started."""
+    time.sleep(0.01)
+    if number in FAILING:
+        raise ValueError(number)
+    return number, os.getpid()
+
+
+def test_results_in_order_from_workers_alone() -> None:
+    results = list(map_in_workers(2, _opened, None, _task, [0, 1, 2]))
+    assert [n for n, _ in results] == [0, 1, 2]
+    assert os.getpid() not in {pid for _, pid in results}
+
+
+def test_this_process_takes_part_and_order_holds() -> None:
+    """With `here`, this process runs the tasks no worker has started, from the back, and the
+    one worker the queue's head; every task runs once and comes back in order."""
+    numbers = [n for n in range(60) if n not in FAILING]
+    results = list(map_in_workers(2, _opened, None, _task, numbers, here=_task))
+    assert [n for n, _ in results] == numbers
+    pids = {pid for _, pid in results}
+    assert os.getpid() in pids and len(pids) == 2  # a spawned worker did some too
+    assert {pid for n, pid in results if n >= 50} == {os.getpid()}  # the tail ran here
+
+
+def test_the_first_failure_in_order_is_raised() -> None:
+    """Task 40 fails in this process before task 3 fails in the worker: 3's error is the one
+    raised, after the results before it, as with one process."""
+    seen: list[int] = []
+    with pytest.raises(ValueError, match="^3$"):
+        for number, _ in map_in_workers(2, _opened, None, _task, range(60), here=_task):
+            seen.append(number)
+    assert seen == [0, 1, 2]
