@@ -52,10 +52,9 @@ import ssl
 import struct
 import time
 from asyncio import sslproto
-from collections.abc import Callable, Sequence
-from typing import TypeVar, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeAlias, TypeVar, cast
 
-from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -68,6 +67,9 @@ HEADER_TIMEOUT_S = 10.0  # `auditmesh server --header-timeout`, and the TLS hand
 REFUSAL_REPORT_S = 10.0  # a listener says it refused connections at most this often
 CLOSE_LINGER_S = 1.0  # how long a TLS connection the server closed may flush and wait for
 # the client's close_notify before it is aborted (the TLS layer's ssl_shutdown_timeout)
+# The ASGI 3 app uvicorn hands to `_start_asgi_task`: its own name for the type,
+# ASGI3Application, is in the private uvicorn._types; any async callable is accepted here.
+AsgiApp: TypeAlias = Callable[..., Awaitable[None]]
 
 
 class Slot:
@@ -184,7 +186,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         super().resume_writing()
         self._write_drained = True
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: AsgiApp) -> None:
         self._running = cycle
         super()._start_asgi_task(cycle, app)
 
