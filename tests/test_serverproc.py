@@ -1,9 +1,15 @@
-"""`free_port`: ports a child binds a moment later, never ones the kernel may give away."""
+"""`free_port`: ports a child binds a moment later, never ones the kernel may give away.
+`ServerProcess.start`: ends as soon as the server answers or exits."""
 
 from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +46,37 @@ def test_no_room_below_the_range_falls_back_to_the_kernel(
     port = serverproc.free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_a_server_that_exits_at_start_is_reported_at_once_with_its_output(
+    tmp_path: Path,
+) -> None:
+    server = serverproc.ServerProcess(tmp_path / "data", extra=["--no-such-option"])
+    server.log_path.write_text("an earlier run's output\n")  # the log is appended to
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as raised:
+        server.start(timeout_s=600)
+    assert time.monotonic() - started < 60  # its exit ended the wait, not the bound
+    message = str(raised.value)
+    assert "server exited with code 2 before it answered" in message
+    assert "unrecognized arguments: --no-such-option" in message  # argparse, on stderr
+    assert str(server.log_path) in message and "an earlier run" not in message
+
+
+def test_a_live_server_that_never_answers_is_killed_at_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = subprocess.Popen
+
+    def silent(_: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        kwargs["stdout"].write(b"loading\n")  # what it said before it went quiet
+        return real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", silent)
+    server = serverproc.ServerProcess(tmp_path / "data")
+    with pytest.raises(RuntimeError) as raised:
+        server.start(timeout_s=1.0)
+    message = str(raised.value)
+    assert f"server did not answer at {server.url} within 1.0 s" in message
+    assert str(server.log_path) in message and "loading" in message
+    assert server.proc is None  # killed, not left running

@@ -18,6 +18,11 @@ import httpx
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()
 
+# How long a live server may take to answer before `start` gives up. Start returns as soon
+# as the server answers (or raises as soon as it exits), so only a stuck server waits this
+# long; 20 s was too short on a loaded 2-vCPU CI runner.
+START_TIMEOUT_S = 120.0
+
 
 def free_port() -> int:
     """A loopback TCP port nobody listens on, for a child to bind a moment later.
@@ -75,23 +80,51 @@ class ServerProcess:
         token = (self.data_dir / "keys" / "api.token").read_text().strip()
         return {"authorization": f"Bearer {token}"}
 
-    def start(self, timeout_s: float = 20.0) -> ServerProcess:
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
+        """Start the server; return as soon as it answers HTTP.
+
+        If the process exits first, this raises at once with its exit code and output. A
+        process that is alive but has not answered within `timeout_s` is killed: that bound
+        is generous because a server starting on a loaded machine is slow, not broken, and
+        waiting costs nothing once it answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "auditmesh", "server", "--data", str(self.data_dir)]
         command += ["--listen", f"127.0.0.1:{self.port}", *self.extra]
         with open(self.log_path, "ab") as log:
+            logged_from = log.tell()  # the log is appended to: earlier runs' output is not ours
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+        while True:
             try:
-                httpx.get(self.url + "/log/checkpoint", timeout=1.0)
+                code = self.proc.wait(0.05)  # a pause that ends as soon as the process does
+            except subprocess.TimeoutExpired:
+                pass
+            else:
+                output = self._output(logged_from)
+                raise RuntimeError(f"server exited with code {code} before it answered; {output}")
+            if self._answers():
                 return self
-            except httpx.TransportError:
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"server did not answer within {timeout_s} s")
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"server did not answer at {self.url} within {timeout_s} s (it was alive, "
+                    f"now killed; a loaded machine may need a longer timeout_s); "
+                    f"{self._output(logged_from)}"
+                )
+
+    def _answers(self) -> bool:
+        try:
+            httpx.get(self.url + "/log/checkpoint", timeout=1.0)
+        except httpx.TransportError:  # not listening yet, or too busy to answer in time
+            return False
+        return True
+
+    def _output(self, start: int) -> str:
+        """The end of what this run wrote to its log, with the log's path, for an error."""
+        with open(self.log_path, "rb") as log:
+            log.seek(start)
+            text = log.read().decode(errors="replace")
+        return f"its output ({self.log_path}) ends:\n{text[-2000:]}"
 
     def stop(self, timeout_s: float = 20.0) -> int:
         if self.proc is None:
