@@ -51,3 +51,8 @@ def test_the_first_failure_in_order_is_raised() -> None:
         for number, _ in map_in_workers(2, _opened, None, _task, range(60), here=_task):
             seen.append(number)
     assert seen == [0, 1, 2]
+
+
+def test_one_job_with_here_runs_everything_here() -> None:
+    results = list(map_in_workers(1, _opened, None, _task, [0, 1, 2], here=_task))
+    assert results == [(0, os.getpid()), (1, os.getpid()), (2, os.getpid())]

@@ -26,6 +26,10 @@ def map_in_workers(
     `jobs`: while the others start (an interpreter and its imports each, a few tenths of a
     second) and after, it runs the tasks none of them has taken yet, from the last one back."""
     tasks = list(zip(*arguments, strict=True))
+    if here is not None and jobs <= 1:
+        for task in tasks:
+            yield here(*task)
+        return
     spawn = multiprocessing.get_context("spawn")
     workers = jobs - 1 if here is not None else jobs
     with ProcessPoolExecutor(
