@@ -17,6 +17,7 @@ import httpx
 import msgspec
 import pytest
 from cryptography import x509
+from google.rpc import code_pb2, status_pb2
 
 from auditmesh.datadir import open_ledger
 from auditmesh.events import AuditEvent, encode_ndjson
@@ -180,6 +181,30 @@ def test_renewal_over_mtls_keeps_the_identity(mesh: Mesh) -> None:
     assert renewed.serial_number != credentials.certificate.serial_number
     with mesh.anonymous() as client:
         assert client.post("/v1/identity/renew", json={"csr": "x"}).status_code == 401
+
+
+def test_an_otlp_export_sent_to_the_mesh_listener_is_told_where_otlp_is_served(
+    mesh: Mesh,
+) -> None:
+    """An exporter pointed at the mesh port gets a 404 as a google.rpc.Status in its own
+    encoding (OTLP spec, "Failures"), naming the API listener (--listen) and its address;
+    was a plain-text "Not Found", which an OTel SDK cannot read."""
+    listen = f"127.0.0.1:{mesh.server.port}"
+    with mesh.anonymous() as client:
+        protobuf = client.post(
+            "/v1/traces", content=b"", headers={"content-type": "application/x-protobuf"}
+        )
+        as_json = client.post(
+            "/v1/logs", content=b"{}", headers={"content-type": "application/json"}
+        )
+    assert protobuf.status_code == 404, protobuf.text
+    assert protobuf.headers["content-type"] == "application/x-protobuf"
+    status = status_pb2.Status.FromString(protobuf.content)
+    assert status.code == code_pb2.UNIMPLEMENTED
+    assert f"on the API listener (--listen, here {listen})" in status.message
+    assert as_json.status_code == 404, as_json.text
+    assert as_json.headers["content-type"] == "application/json"
+    assert f"(--listen, here {listen})" in as_json.json()["message"]
 
 
 def test_issuance_and_refusals_are_audit_events(mesh: Mesh) -> None:

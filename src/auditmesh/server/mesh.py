@@ -7,6 +7,9 @@
                                caller's SPIFFE ID, so no sidecar can speak for another;
                                header `x-auditmesh-spool-depth` (the sidecar's spool backlog,
                                proxy/emitter.py) sets the metrics' spool-depth gauge
+    *    /v1/traces, /v1/logs  no OTLP here: an exporter pointed at this listener gets a 404
+                               whose google.rpc.Status says OTLP/HTTP is on the API listener
+                               (--listen), as any OTLP error answer is (`_OtlpElsewhere`)
 
 The peer's SVID is checked when the connection is made by `PeerAwareProtocol`, which puts
 the result in the ASGI scope's TLS extension, and again at a request that comes after the SVID
@@ -24,11 +27,13 @@ from typing import Any
 
 import msgspec
 from cryptography import x509
+from google.rpc import code_pb2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from auditmesh.collector import Collector, CollectorUnavailable
 from auditmesh.events import Peer
@@ -42,6 +47,7 @@ from auditmesh.identity.svid import (
     verify_peer_svid,
 )
 from auditmesh.identity.tokens import JoinTokens, TokenError
+from auditmesh.ingest import otlp_http
 from auditmesh.issuance import identity_event
 from auditmesh.proxy.emitter import SPOOL_DEPTH_HEADER
 from auditmesh.server.app import _error, admit_batch
@@ -240,12 +246,35 @@ class MeshApi:
         return await admit_batch(request, self.collector, reporter=str(peer))
 
 
-def create_mesh_app(api: MeshApi) -> Starlette:
+class _OtlpElsewhere:
+    """An OTLP/HTTP path on the mesh listener (any method): a 404 saying where OTLP is
+    served, as a google.rpc.Status in the request's encoding (OTLP spec, "Failures": the
+    body of every 4xx and 5xx answer is a Status; a 404 is not retried, and sending the
+    same export here again would not help)."""
+
+    def __init__(self, api_listen: str | None) -> None:
+        here = f", here {api_listen}" if api_listen else ""
+        self.message = (
+            "this is the auditmesh server's mesh listener (mTLS for sidecars, --mesh-listen), "
+            f"which takes no OTLP: OTLP/HTTP is served on the API listener (--listen{here}) "
+            "at /v1/traces and /v1/logs, OTLP/gRPC on --otlp-grpc; point the exporter there"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = otlp_http.status_answer(scope, 404, code_pb2.UNIMPLEMENTED, self.message)
+        await answer(scope, receive, send)
+
+
+def create_mesh_app(api: MeshApi, *, api_listen: str | None = None) -> Starlette:
+    """The mesh listener's routes; `api_listen` (HOST:PORT of the API listener) is named in
+    the answer to an OTLP exporter pointed here."""
+    elsewhere = _OtlpElsewhere(api_listen)
     return Starlette(
         routes=[
             Route("/v1/identity/join", api.join, methods=["POST"]),
             Route("/v1/identity/renew", api.renew, methods=["POST"]),
             Route("/v1/identity/bundle", api.bundle, methods=["GET"]),
             Route("/v1/events", api.events, methods=["POST"]),
+            *(Route(path, elsewhere) for path in otlp_http.PATHS),
         ]
     )

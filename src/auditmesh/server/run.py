@@ -238,20 +238,22 @@ def _mesh_server(
     svid_ttl: timedelta,
     reads: Sequence[BaseRoute] = (),
     *,
+    api_listen: str | None = None,
     metrics: Metrics | None = None,
     header_timeout_s: float = HEADER_TIMEOUT_S,
     body_timeout_s: float = BODY_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
 ) -> uvicorn.Server:
     """The mTLS listener for sidecars, with the server's own SVID from the mesh CA; `reads`
-    are the API's event reads, open here to mesh client certificates (server/api_auth.py).
+    are the API's event reads, open here to mesh client certificates (server/api_auth.py);
+    `api_listen` (the API listener's HOST:PORT) is named to OTLP exporters sent here.
     Request heads and join, renew and batch bodies have the same deadlines as the plain
     listener's."""
     ca = MeshCA.load(data_dir)
     server_id = SpiffeId.audit_server(ca.trust_domain)
     own = SelfIssued(ca, server_id, SERVER_SVID_TTL, datetime.now(UTC))
     api = MeshApi(data_dir, ca, collector, server_id, svid_ttl=svid_ttl, metrics=metrics)
-    app = create_mesh_app(api)
+    app = create_mesh_app(api, api_listen=api_listen)
     app.router.routes.extend(reads)
     token = api_auth.load_or_create_token(data_dir)
     app.add_middleware(api_auth.ApiAuth, token=token, collector=collector)
@@ -359,6 +361,7 @@ def serve(
                     *mesh_listen,
                     svid_ttl,
                     reads,
+                    api_listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                     metrics=metrics,
                     header_timeout_s=header_timeout_s,
                     body_timeout_s=body_timeout_s,
