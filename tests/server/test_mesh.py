@@ -207,6 +207,29 @@ def test_an_otlp_export_sent_to_the_mesh_listener_is_told_where_otlp_is_served(
     assert f"(--listen, here {listen})" in as_json.json()["message"]
 
 
+def test_rotated_svids_each_authenticate_their_new_connections(mesh: Mesh) -> None:
+    """SVID rotation at the mesh listener, whose trust bundle is parsed once for all its
+    connections (server/mesh.py peer_protocol): each renewed SVID, presented on a new
+    connection, is verified and renewed again, and a batch over the last one is the
+    caller's."""
+    credentials = join(mesh, ORDERS)
+    serials = {credentials.certificate.serial_number}
+    for _ in range(3):
+        key = new_private_key()
+        with httpx.Client(base_url=mesh.mesh_url, verify=credentials.client_context()) as client:
+            renewed = client.post("/v1/identity/renew", json={"csr": make_csr(key).decode()})
+        assert renewed.status_code == 200, renewed.text
+        body = renewed.json()
+        credentials = Credentials(
+            ORDERS, key_to_pem(key), body["certificate"].encode(), body["bundle"].encode()
+        )
+        serials.add(credentials.certificate.serial_number)
+    assert len(serials) == 4
+    with httpx.Client(base_url=mesh.mesh_url, verify=credentials.client_context()) as client:
+        batch = client.post("/v1/events", content=encode_ndjson(reported_by(ORDERS, 2, 5)))
+    assert batch.status_code == 200, batch.text
+
+
 def test_issuance_and_refusals_are_audit_events(mesh: Mesh) -> None:
     join(mesh, ORDERS)
     with mesh.anonymous() as client:

@@ -59,7 +59,9 @@ PEER_KEY = "auditmesh.peer"  # scope["extensions"]["tls"][PEER_KEY]: SpiffeId | 
 
 def peer_protocol(bundle: bytes) -> type[DeadlineProtocol]:
     """The listeners' protocol (server/protocol.py), plus the ASGI TLS extension with the
-    verified peer."""
+    verified peer. The trust bundle is parsed here, once for the listener's life (its
+    bytes are fixed when the server starts): each connection verifies its peer against
+    the parsed anchors instead of parsing the PEM again."""
 
     anchors = load_certificates(bundle)
 
@@ -78,7 +80,7 @@ def peer_protocol(bundle: bytes) -> type[DeadlineProtocol]:
 
         def _verify_peer(self, der: bytes) -> None:
             try:
-                self._peer = verify_peer_svid(der, bundle, datetime.now(UTC))
+                self._peer = verify_peer_svid(der, anchors, datetime.now(UTC))
             except PeerIdentityError as exc:
                 self._peer = exc
                 return
