@@ -24,6 +24,10 @@ from tests.conftest import START_NS, fill, generate
 
 ONLY_ORDERS_PAYS = POLICIES  # the demo's: payments accepts only orders
 
+# How long a test waits for a read's audit record to be committed. The wait ends as soon as
+# it is, so the bound only matters when it never is; generous for a loaded 2-vCPU CI runner.
+AUDIT_WAIT_S = 60.0
+
 
 class AsgiClient:
     """Synchronous requests to an ASGI app, each on its own event loop."""
@@ -137,7 +141,7 @@ def test_replay_reports_changes_and_is_audited(client: tuple[AsgiClient, Ledger]
     # either way every change names its source, destination and deciding rule
     for change in result["newly_denied"] + result["newly_allowed"]:
         assert change["source"] and change["destination"] and change["examples"]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + AUDIT_WAIT_S
     while ledger.log.size == 400 and time.monotonic() < deadline:
         time.sleep(0.01)
     (_, data), *_ = ledger.store.entries(400, 401)
@@ -169,7 +173,7 @@ def test_replay_errors_say_what_is_wrong(
 
 
 def last_record(ledger: Ledger, size: int) -> dict[str, str]:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + AUDIT_WAIT_S
     while ledger.log.size == size and time.monotonic() < deadline:
         time.sleep(0.01)
     (_, data), *_ = ledger.store.entries(size, size + 1)

@@ -26,6 +26,12 @@ from auditmesh.store.sqlite import SQLiteStore
 
 TD = "cluster.local"
 
+# How long a test waits for the mesh to do what it will do soon: events landing in the
+# ledger, a sidecar taking up a changed policy. The waits end as soon as it is done, so the
+# bound only matters when it never is; it is generous because sidecars and the server are
+# slow on a loaded 2-vCPU CI runner (10 s was the next thing to fail there).
+EVENT_WAIT_S = 60.0
+
 
 def spiffe(sa: str) -> SpiffeId:
     return SpiffeId.kubernetes(TD, "shop", sa)
@@ -164,7 +170,7 @@ class Mesh:
         finally:
             store.close()
 
-    def wait_events(self, predicate: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_events(self, predicate: Any, timeout: float = EVENT_WAIT_S) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in self.events() if predicate(e)]
@@ -187,7 +193,7 @@ def events_of(mesh: Mesh, prefix: str, count: int) -> list[dict[str, Any]]:
             e for e in mesh.events() if e.get("http", {}).get("request_id", "").startswith(prefix)
         ]
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + EVENT_WAIT_S
     found = matching()
     while len(found) < count and time.monotonic() < deadline:
         time.sleep(0.2)

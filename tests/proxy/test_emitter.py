@@ -102,7 +102,12 @@ def emitter(
     )
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+# `until` returns as soon as its condition holds: the bound only matters when it never
+# does, and is generous for a loaded 2-vCPU CI runner.
+UNTIL_S = 60.0
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = UNTIL_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"

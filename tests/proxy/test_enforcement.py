@@ -14,7 +14,7 @@ import pytest
 
 from auditmesh.meshproc import address
 from auditmesh.serverproc import free_port
-from tests.proxy.mesh_fixture import Mesh, mesh_context, spiffe
+from tests.proxy.mesh_fixture import EVENT_WAIT_S, Mesh, mesh_context, spiffe
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +161,7 @@ def test_policy_change_is_enforced_and_logged(setup: tuple[Mesh, dict[str, int],
         )
     )
     changes: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + EVENT_WAIT_S
     while len(changes) < 2 and time.monotonic() < deadline:
         changes = mesh.wait_events(lambda e: e["kind"] == "policy_change")
     assert len(changes) == 2
@@ -170,7 +170,7 @@ def test_policy_change_is_enforced_and_logged(setup: tuple[Mesh, dict[str, int],
     response = httpx.get(f"http://127.0.0.1:{ports['intruder_out']}/secrets/2")
     assert response.status_code == 200
     (policies / "vault.yaml").write_text(ALLOW_ORDERS)  # as it was, for the tests after this
-    while len(changes) < 3 and time.monotonic() < deadline + 10:
+    while len(changes) < 3 and time.monotonic() < deadline + EVENT_WAIT_S:
         changes = mesh.wait_events(lambda e: e["kind"] == "policy_change")
     assert len(changes) == 3
 
@@ -320,7 +320,7 @@ def test_destination_ip_and_sni_conditions_are_matched(
         def status(probe: str) -> int:
             return httpx.get(url, headers={"x-probe": probe}).status_code
 
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + EVENT_WAIT_S
         while status("ip") != 403 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert (status("ip"), status("other-ip")) == (403, 200)
@@ -388,7 +388,7 @@ def test_the_policy_watch_outlives_its_path_going_away_and_back(
         ]
 
     def wait_changes(count: int) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + EVENT_WAIT_S
         while len(found := changes()) < count and time.monotonic() < deadline:
             time.sleep(0.1)
         return found
@@ -410,7 +410,7 @@ def test_the_policy_watch_outlives_its_path_going_away_and_back(
     file.write_text(watched_policy(target, "someone-else"))  # an edit after the absence is enforced
     [*_, edited] = wait_changes(4)
     assert edited["labels"]["policy.summary"] == "changed: AuthorizationPolicy shop/watched-allow"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + EVENT_WAIT_S
     while (status := httpx.get(url).status_code) != 403 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert status == 403
@@ -447,7 +447,7 @@ def test_policy_sees_the_client_certificate_header_the_app_gets(
         def status(headers: dict[str, str]) -> int:
             return httpx.get(url, headers=headers).status_code
 
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + EVENT_WAIT_S
         while status({"x-probe": "xfcc"}) != 403 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert status({"x-probe": "xfcc"}) == 403  # the sidecar's header names orders
