@@ -23,6 +23,8 @@ from tests.proxy.mesh_fixture import Mesh, events_of, mesh_context, spiffe
 pytestmark = pytest.mark.integration
 
 IDLE_CLOSE_S = 0.003  # the app's keep-alive timeout: shorter than any proxy would guess
+HEADER_TIMEOUT_S = 1.0  # payments' inbound sidecar: a request head must arrive within this
+IDLE_TIMEOUT_S = 8.0  # and a kept-alive connection may idle this long before the next one
 
 
 class ClosingApp:
@@ -96,7 +98,7 @@ def ports(mesh: Mesh, app: ClosingApp) -> dict[str, int]:
         "payments",
         {
             "inbound": {"listen": address(ports["pay_in"]), "app": address(app.port)},
-            "limits": {"header_timeout_s": 1.0, "idle_timeout_s": 8.0},
+            "limits": {"header_timeout_s": HEADER_TIMEOUT_S, "idle_timeout_s": IDLE_TIMEOUT_S},
         },
     )
     mesh.echo_sidecar("ledgerdb", ports["tcp_in"])
@@ -171,7 +173,7 @@ def test_slowloris_on_a_kept_alive_connection_gets_the_header_timeout(
     with context.wrap_socket(raw) as conn:
         conn.sendall(b"GET /first HTTP/1.1\r\nHost: payments\r\nx-request-id: loris-1\r\n\r\n")
         assert read_response(conn).startswith(b"HTTP/1.1 200")
-        time.sleep(1.5)  # idle longer than the header timeout: still kept alive
+        time.sleep(HEADER_TIMEOUT_S + 0.5)  # idle longer than the header timeout: still kept alive
         trickle = b"GET /second HTTP/1.1\r\nHost: payments\r\nx-slow: " + b"a" * 1000
         started = time.monotonic()
         conn.settimeout(0.25)
@@ -188,7 +190,12 @@ def test_slowloris_on_a_kept_alive_connection_gets_the_header_timeout(
                 break
         waited = time.monotonic() - started
     assert reply.startswith(b"HTTP/1.1 408"), reply
-    assert waited < 5  # the 1 s header timeout, well before the 8 s idle timeout
+    # Checked: which timeout cut the head. The header timeout fires HEADER_TIMEOUT_S after
+    # the head began; the idle timeout (the regression) IDLE_TIMEOUT_S after the first
+    # response was sent, about 8 - 1.5 = 6.5 s after `started` since its clock ran through
+    # the sleep above. The bound is the configured header timeout plus a generous 5 s for a
+    # loaded machine, and stays below 6.5 s so that the regression still fails it.
+    assert waited < HEADER_TIMEOUT_S + 5.0
     [event] = mesh.wait_events(
         lambda e: (
             e.get("error", {}).get("type") == "stream_idle_timeout"
