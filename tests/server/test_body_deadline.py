@@ -25,6 +25,8 @@ from auditmesh.serverproc import ServerProcess
 from tests.conftest import generate
 from tests.server.meshserver import mesh_server
 from tests.server.rawhttp import parse_answer
+from tests.server.test_metrics import samples
+from tests.server.test_metrics_ingest import otlp_requests
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +174,27 @@ def test_a_trickled_otlp_export_gets_a_retryable_503_as_an_otlp_status(
         _assert_timed_out(answer, status=503)
         assert answer.headers["content-type"] == "application/json"
         assert "did not arrive whole" in json.loads(answer.body)["message"]
+
+
+def _otlp_http_requests(server: ServerProcess) -> dict[tuple[str, str], float]:
+    found = samples(httpx.get(server.url + "/metrics").text)
+    return otlp_requests(found, "http")
+
+
+def test_a_trickled_otlp_export_is_counted_as_a_timeout_not_as_invalid(
+    server: ServerProcess,
+) -> None:
+    """auditmesh_otlp_requests_total counts an export whose body missed --body-timeout
+    under result="timeout": its data was never whole, so not "invalid" (was "invalid").
+    The count is made before the answer goes out, so the scrape after it sees it."""
+    before = _otlp_http_requests(server)
+    head = _head("/v1/logs", 5000, "application/x-protobuf")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        answer = _post_in_pieces(sock, head, [b"\n"] * 20, TRICKLE_GAP_S)
+        _assert_timed_out(answer, status=503)
+    after = _otlp_http_requests(server)
+    assert after.get(("logs", "timeout"), 0) == before.get(("logs", "timeout"), 0) + 1
+    assert after.get(("logs", "invalid"), 0) == before.get(("logs", "invalid"), 0)
 
 
 def test_a_trickled_console_post_gets_408(server: ServerProcess) -> None:

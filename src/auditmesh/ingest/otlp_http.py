@@ -28,9 +28,10 @@ Everything here follows the OTLP specification, section "OTLP/HTTP":
 
 Metrics: an optional `ExportObserver` hears of every POST once it is answered, with
 its signal, a result ("ok", "partial", "invalid", "too_large", "unsupported",
-"unavailable") and the number of rejected records; `server/app.py` binds it to
-`Metrics.count_otlp` (ingest imports no server code). Accepted records are counted from
-the ledger's commits instead (`server/metrics.py`), so a retried export is counted once.
+"unavailable", "timeout": a body not whole within the deadline) and the number of rejected
+records; `server/app.py` binds it to `Metrics.count_otlp` (ingest imports no server code).
+Accepted records are counted from the ledger's commits instead (`server/metrics.py`), so a
+retried export is counted once.
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ class OtlpHttpReceiver:
             response = status_response(
                 503, code_pb2.DEADLINE_EXCEEDED, str(exc), encoding, headers=RETRY_AFTER
             )
-            return response, "invalid", 0
+            return response, "timeout", 0  # the data was never whole: not invalid
         except BodyTooLarge:
             response = status_response(
                 413,

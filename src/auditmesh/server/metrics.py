@@ -62,7 +62,9 @@ Metrics (Prometheus text exposition format 0.0.4, `prometheus-client`):
     auditmesh_ingest_rejected_total{adapter}    records refused, by adapter
     auditmesh_otlp_requests_total{protocol,signal,result}
         OTLP Export requests: protocol http/grpc, signal traces/logs, result one of
-        `OTLP_RESULTS` (gRPC's own size limit refuses before our handler: not counted)
+        `OTLP_RESULTS` (gRPC's own size limit refuses before our handler: not counted);
+        "timeout" is an OTLP/HTTP body not whole within --body-timeout (answered 503),
+        "invalid" data that was whole but could not be decoded (or a body cut short)
     auditmesh_sidecar_spool_depth{reporter}     see `set_spool_depth`
     auditmesh_ledger_entries                    entries in the log (at scrape)
     auditmesh_checkpoint_size                   entries covered by the latest checkpoint
@@ -109,7 +111,7 @@ REFUSED_LABEL = "ingest.refused"  # also written by cli/ingest.py's report of re
 # The adapters whose CLI (`auditmesh ingest envoy|linkerd`) writes those reports; elsewhere
 # (a report relayed over OTLP, any other reporter) such an event is an accepted record.
 REPORTING_ADAPTERS = frozenset({"envoy", "linkerd"})
-OTLP_RESULTS = ("ok", "partial", "invalid", "too_large", "unsupported", "unavailable")
+OTLP_RESULTS = ("ok", "partial", "invalid", "too_large", "unsupported", "unavailable", "timeout")
 # Canonical JSON (RFC 8785) sorts keys and omits defaults: an attested event, and only
 # one, starts like this ("attested" is the first key of AuditEvent in code-point order).
 _ATTESTED_PREFIX = b'{"attested":true'
