@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from auditmesh.analysis import graph
@@ -16,6 +17,7 @@ from auditmesh.analysis.rollup import MINUTE_NS
 from auditmesh.cli.main import main
 from auditmesh.collector import entry_of
 from auditmesh.datadir import open_ledger
+from auditmesh.events import Peer
 from auditmesh.ledger.merkle import leaf_hash
 from tests.analysis.calls import T0, hop
 from tests.analysis.test_graph import SECOND, hand_made
@@ -225,6 +227,32 @@ def test_the_names_graph_prints_are_what_query_takes(
     with pytest.raises(SystemExit):
         main([*both, "--calls", "twice"])
     assert "invalid choice: 'twice'" in capsys.readouterr().err
+
+
+def test_query_and_trace_print_a_party_with_no_name_as_the_graph_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: `graph` printed `orders → unknown` for a callee that named nothing (an
+    outbound report of a call that reached no service), and `query --dest unknown` found it,
+    but query's table printed `orders ⇢ ?` and a trace `orders → ?`, a name no filter takes."""
+    nameless = []
+    for trace_id, destination in (("d" * 32, None), ("e" * 32, Peer())):
+        events, _, _ = hop(
+            "orders", "x", trace_id=trace_id, parent=None, time_ns=T0, sides=("outbound",)
+        )
+        nameless += [msgspec.structs.replace(e, destination=destination) for e in events]
+    ledger = open_ledger(tmp_path / "data", origin="test/cli")
+    ledger.log.append([entry_of(e) for e in nameless])
+    ledger.close()
+    data = ["--data", str(tmp_path / "data")]
+    assert main(["graph", *data]) == 0
+    assert re.search(r"^ orders +unknown +2 ", capsys.readouterr().out, re.M)
+    assert main(["query", *data, "--dest", "unknown", "--calls", "once"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("orders ⇢ unknown") == 2 and "?" not in out, out
+    assert main(["trace", "d" * 32, *data, "--format", "json"]) == 0
+    tree = json.dumps(json.loads(capsys.readouterr().out))
+    assert '"destination": "unknown"' in tree and '"?"' not in tree, tree
 
 
 def _help(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -30,9 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from auditmesh.analysis.query import UNKNOWN as UNKNOWN  # no identity, no service: "unknown"
 from auditmesh.analysis.rollup import MINUTE_NS, Rollup, RollupRow
-
-UNKNOWN = "unknown"  # a caller that proved no identity and named no service
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,8 @@ KINDS = ("http", "tcp", "authn", "identity", "policy_change", "audit_read", "sys
 DECISIONS = ("allow", "deny", "audit")
 DIRECTIONS = ("inbound", "outbound")
 CALLS = ("once",)
-UNKNOWN = "unknown"  # the service graph's name of a party with no identity and no service
+# The name of a party with no identity and no service: in the graph, query's table, a trace
+UNKNOWN = "unknown"
 CALL_KINDS = ("http", "tcp")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000  # per page of the HTTP API; the CLI pages through more

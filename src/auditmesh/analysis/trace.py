@@ -24,7 +24,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditmesh.analysis.query import MIN_TRACE_PREFIX, TRACE_OR_PREFIX, SqlReader, trace_range
+from auditmesh.analysis.query import (
+    MIN_TRACE_PREFIX,
+    TRACE_OR_PREFIX,
+    UNKNOWN,
+    SqlReader,
+    trace_range,
+)
 from auditmesh.events import AuditEvent, Peer, decode_event
 
 
@@ -96,16 +102,17 @@ class Call:
 
 
 def peer_name(peer: Peer | None) -> str:
-    """A service's name as people say it: service, else SPIFFE ID, else address."""
+    """A service's name as people say it: service, else SPIFFE ID, else address, else
+    `unknown`, the service graph's name of such a party (which `query --source` takes)."""
     if peer is None:
-        return "?"
+        return UNKNOWN
     if peer.service:
         return peer.service
     if peer.identity:
         return peer.identity
     if peer.ip:
         return peer.ip if peer.port is None else f"{peer.ip}:{peer.port}"
-    return "?"
+    return UNKNOWN
 
 
 def _pair(rows: Sequence[Side]) -> list[Call]:
