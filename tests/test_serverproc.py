@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -80,3 +81,29 @@ def test_a_live_server_that_never_answers_is_killed_at_the_bound(
     assert f"server did not answer at {server.url} within 1.0 s" in message
     assert str(server.log_path) in message and "loading" in message
     assert server.proc is None  # killed, not left running
+
+
+def test_a_server_that_does_not_stop_is_killed_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM ignored: `stop` kills the process at its bound and says so."""
+    real = subprocess.Popen
+    ignoring = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring', flush=True); time.sleep(60)"
+    )
+
+    def stubborn(_: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return real([sys.executable, "-c", ignoring], **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", stubborn)
+    monkeypatch.setattr(serverproc.ServerProcess, "_answers", lambda self: True)
+    server = serverproc.ServerProcess(tmp_path / "data").start()
+    process = server.proc
+    assert process is not None
+    deadline = time.monotonic() + 60  # a SIGTERM before the handler is set would end it
+    while "ignoring" not in server.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(RuntimeError, match=r"did not stop within 1\.0 s of SIGTERM"):
+        server.stop(timeout_s=1.0)
+    assert process.poll() == -signal.SIGKILL and server.proc is None

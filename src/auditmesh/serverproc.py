@@ -126,12 +126,23 @@ class ServerProcess:
             text = log.read().decode(errors="replace")
         return f"its output ({self.log_path}) ends:\n{text[-2000:]}"
 
-    def stop(self, timeout_s: float = 20.0) -> int:
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, and the exit code once the server has shut down (its last checkpoint
+        signed). One still running after `timeout_s` is killed, never left behind, and
+        this raises: a server that cannot stop is a bug to see."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout_s)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pid = self.proc.pid
+            self.kill()
+            raise RuntimeError(
+                f"server (pid {pid}) did not stop within {timeout_s} s of SIGTERM, so it was "
+                f"killed; {self._output(0)}"
+            ) from None
         self.proc = None
         return code
 
