@@ -170,11 +170,15 @@ class Mesh:
         finally:
             store.close()
 
-    def wait_events(self, predicate: Any, timeout: float = EVENT_WAIT_S) -> list[dict[str, Any]]:
+    def wait_events(
+        self, predicate: Any, timeout: float = EVENT_WAIT_S, *, count: int = 1
+    ) -> list[dict[str, Any]]:
+        """The events matching `predicate`, once at least `count` have landed (or what
+        there is at `timeout`), reading the ledger every 0.1 s meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in self.events() if predicate(e)]
-            if found or time.monotonic() > deadline:
+            if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)
 
