@@ -5,10 +5,12 @@ request on a connection whose caller's SVID or CA has expired since is refused l
 handshake (an `authn` failure) and the connection closed; outbound, a pooled connection is
 not reused once the server's SVID, or the sidecar's own, has expired: it dials again. A
 connection relayed as bytes (TCP mode, a WebSocket after 101) has no request to check: it is
-closed as that moment passes, and its event says why."""
+closed as that moment passes, and its event says why; so is an HTTP exchange whose request or
+response body is still streaming then."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -172,9 +174,14 @@ def tunnel(conn: socket.socket, request_id: str) -> None:
 
 
 def assert_cut(event: dict[str, Any], protocol: str, end: str, words: str) -> None:
-    """`event` is a relay's (TCP mode, or a WebSocket after 101) that the sidecar cut."""
+    """`event` is a relay's (TCP mode, or a WebSocket after 101) that the sidecar cut, or
+    ("stream") an HTTP exchange's, cut while its response streamed."""
     if protocol == "tcp":
         assert event["kind"] == "tcp" and event["tcp"]["end"] == end
+    elif protocol == "stream":
+        assert event["http"]["path"] == "/stream" and event["http"]["status"] == 200
+        assert event["http"]["response_bytes"] == len(TICK)
+        assert "upgrade" not in event.get("labels", {})
     else:
         assert event["http"]["status"] == 101 and event["labels"]["upgrade"] == "websocket"
     assert event["outcome"] == "failure" and event["error"]["type"] == end
@@ -202,11 +209,105 @@ def test_an_inbound_relay_is_cut_when_the_callers_svid_or_ca_expires(
     assert_cut(event, protocol, "peer_certificate_expired", words[expiring])
 
 
-class ClientCertHandler(AppHandler):
+TICK = b"tick\n"
+
+
+class StreamingHandler(AppHandler):
+    """/stream: a chunked response whose first chunk comes at once and whose end never does;
+    POST /upload: reads a request body until the connection closes, and never answers."""
+
+    def do_GET(self) -> None:
+        if self.path != "/stream":
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(TICK), TICK))
+        self.wfile.flush()
+        self._until_closed()
+
+    def do_POST(self) -> None:
+        if self.path != "/upload":
+            return super().do_POST()
+        self._until_closed()
+
+    def _until_closed(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.rfile.read1(4096):
+                pass
+        self.close_connection = True
+
+
+@pytest.fixture
+def streaming_app() -> Iterator[str]:
+    """An app serving `StreamingHandler`: its address."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StreamingHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield address(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+STREAMS = {
+    "response": b"GET /stream HTTP/1.1\r\nhost: x\r\nx-request-id: %s\r\n\r\n",
+    "request": b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+    b"x-request-id: %s\r\n\r\n5\r\nhello\r\n",
+}
+
+
+def stream(conn: socket.socket, body: str, request_id: str) -> None:
+    """Start an exchange whose `body` ("request" or "response") does not end; for a
+    response, until its first chunk is here."""
+    conn.sendall(STREAMS[body] % request_id.encode())
+    received = b""
+    while body == "response" and TICK not in received:
+        chunk = conn.recv(1000)
+        assert chunk, f"closed after {received!r}"
+        received += chunk
+
+
+def cut_off(conn: socket.socket, until: datetime) -> None:
+    """Until the sidecar closes `conn`, which it must do as `until` passes (the request
+    timeout, 60 s, is far off); fails when it is still open 10 s after."""
+    conn.settimeout(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 10)
+    try:
+        while chunk := conn.recv(4096):
+            assert not chunk.endswith(b"0\r\n\r\n"), "the stream ended of itself"
+    except (ssl.SSLError, ConnectionError):
+        pass
+    except TimeoutError:
+        pytest.fail("the exchange went on after a certificate it was authenticated with expired")
+    assert datetime.now(UTC) >= until, "cut before the certificate expired"
+
+
+@pytest.mark.parametrize("body", ["response", "request"])
+def test_an_inbound_stream_is_cut_when_the_callers_svid_expires(
+    mesh: Mesh, tmp_path: Path, streaming_app: str, body: str
+) -> None:
+    """Regression: a response (or request) body still streaming when the caller's SVID
+    expired went on until the request timeout; only the next request was checked."""
+    name = f"stream-{body}"
+    caller = short_lived_caller(mesh, tmp_path, name, "svid", {"app": streaming_app})
+    with tls_to(mesh, caller.port, caller.files) as conn:
+        stream(conn, body, name)
+        cut_off(conn, caller.until)
+    event = caller.event(mesh)
+    assert event["kind"] == "http" and event["reporter"] == str(spiffe(name))
+    assert event["outcome"] == "failure" and event["error"]["type"] == "peer_certificate_expired"
+    assert "the caller's SVID expired at" in event["error"]["message"]
+    assert "envoy.response_flags" not in event.get("labels", {})
+    if body == "response":
+        assert_cut(event, "stream", "peer_certificate_expired", "the caller's SVID")
+    else:
+        assert event["http"]["path"] == "/upload" and event["http"]["request_bytes"] == 5
+
+
+class ClientCertHandler(StreamingHandler):
     def do_GET(self) -> None:
         """Answers with the notAfter (Unix seconds) of the client certificate of its
-        connection; /ws as AppHandler."""
-        if self.path == "/ws":
+        connection; /ws and /stream as StreamingHandler."""
+        if self.path in ("/ws", "/stream"):
             return super().do_GET()
         assert isinstance(self.connection, ssl.SSLSocket)
         der = self.connection.getpeercert(binary_form=True)
@@ -323,19 +424,23 @@ def plain_to(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
-@pytest.mark.parametrize("protocol", ["tcp", "websocket"])
+@pytest.mark.parametrize("protocol", ["tcp", "websocket", "stream"])
 def test_an_outbound_relay_is_cut_when_the_servers_svid_expires(
     mesh: Mesh, tls_app: TlsApp, protocol: str
 ) -> None:
-    """Regression: TCP mode and a tunnel after 101 went on relaying to an upstream whose
-    SVID had expired."""
+    """Regression: TCP mode, a tunnel after 101 and a streaming response went on relaying
+    from an upstream whose SVID had expired."""
     name = f"out-{protocol}"
     port = outbound_to(mesh, name, tls_app, protocol)
     short = tls_app.present(timedelta(seconds=3))
     with plain_to(port) as conn:
-        tunnel(conn, name)
-        wait_past(short.not_valid_after_utc)
-        assert closed(conn), "relayed on after the upstream's certificate expired"
+        if protocol == "stream":
+            stream(conn, "response", name)
+            cut_off(conn, short.not_valid_after_utc)
+        else:
+            tunnel(conn, name)
+            wait_past(short.not_valid_after_utc)
+            assert closed(conn), "relayed on after the upstream's certificate expired"
     [event] = relay_events(mesh, name)
     assert_cut(event, protocol, "peer_certificate_expired", "the upstream's SVID expired at")
     assert event["tls"]["peer_cert_sha256"] == short.fingerprint(hashes.SHA256()).hex()
@@ -347,20 +452,23 @@ def test_a_relay_is_cut_when_the_sidecars_own_svid_expires(
     """The client SVID this sidecar presented on a relayed connection expires (it renewed
     since, for new connections): an inbound sidecar would cut the connection, so it does too.
     Regression: TCP mode and a tunnel went on with the expired client SVID."""
-    protocols = ("tcp", "websocket")
+    protocols = ("tcp", "websocket", "stream")
     for mesh in mesh_context(tmp_path_factory.mktemp("own-relay"), ["--svid-ttl", "4s"]):
         app = TlsApp(mesh, "catalog", tmp_path)  # its own SVID lasts a day
         try:
             ports = {p: outbound_to(mesh, f"own-{p}", app, p) for p in protocols}
             conns = {p: plain_to(port) for p, port in ports.items()}
             for protocol, conn in conns.items():
-                tunnel(conn, f"own-{protocol}")
-            # every SVID issued to either sidecar before this has expired after 4 s
+                if protocol == "stream":  # a response still streaming
+                    stream(conn, "response", "own-stream")
+                else:
+                    tunnel(conn, f"own-{protocol}")
+            # every SVID issued to these sidecars before this has expired after 4 s
             wait_past(datetime.now(UTC) + timedelta(seconds=4))
             cut = {p: closed(conn) for p, conn in conns.items()}
             for conn in conns.values():
                 conn.close()
-            assert cut == {"tcp": True, "websocket": True}
+            assert cut == dict.fromkeys(protocols, True)
             for protocol in protocols:
                 [event] = relay_events(mesh, f"own-{protocol}")
                 assert_cut(event, protocol, "local_certificate_expired", "own SVID")

@@ -11,7 +11,9 @@ response byte is sent once more on a new connection (the event describes that la
 A kept-alive downstream connection may idle for `idle_timeout_s` before its next request
 begins; every request head then has `header_timeout_s` to arrive. A listener shared by several
 services routes each request by its Host header; a host it does not serve is answered 404
-with Envoy's NR (no route) flag, like a request that matches no virtual host.
+with Envoy's NR (no route) flag, like a request that matches no virtual host. An exchange
+still streaming when an SVID of either connection, or its CA, expires is cut then, as a tunnel
+is (RFC 5280 §6.1.3 (a)(2)).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from auditmesh.proxy.paths import PathError, normalize
 from auditmesh.proxy.pool import Pool, Upstream, relay_expiry
 from auditmesh.proxy.record import FLAGS, BodyDigests, Exchange, peer_of, reached_at, to_event
 from auditmesh.proxy.routing import origin_form
-from auditmesh.proxy.tcp import relay
+from auditmesh.proxy.tcp import Deadline, Expiry, relay
 from auditmesh.proxy.tracing import continue_or_start
 from auditmesh.proxy.xfcc import HEADER as XFCC
 from auditmesh.proxy.xfcc import xfcc_value
@@ -400,22 +402,34 @@ class HttpProxy:
             return False
         replay = replayable and upstream.reused
         hop = h.hop_by_hop(request.headers)  # not forwarded as trailers either
+        pool, timeout_s = route.pool, route.limits.request_timeout_s
+        cut: tuple[Expiry, Deadline] | None = None
         try:
-            async with asyncio.timeout(route.limits.request_timeout_s):
+            async with asyncio.timeout(timeout_s) as timer:
+                ends_ns = self._now_ns() + int(timeout_s * 1e9)
                 while True:
-                    outcome = await self._relay(
-                        route.pool, down, reader, writer, upstream, outgoing, x, body, replay, hop
-                    )
+                    cut = self._cut_at_expiry(timer, x, upstream, ends_ns)
+                    try:
+                        outcome = await self._relay(
+                            pool, down, reader, writer, upstream, outgoing, x, body, replay, hop
+                        )
+                    finally:
+                        if cut is not None:
+                            cut[1].cancel()
                     if outcome != "retry":
                         break
                     x.labels["upstream.attempts"] = "2"
-                    again = await self._connect(route.pool, down, writer, x, fresh=True)
+                    again = await self._connect(pool, down, writer, x, fresh=True)
                     if again is None:
                         return False
                     upstream, replay = again, False
         except TimeoutError:
             upstream.close()
-            if x.status is None:
+            if cut is not None and cut[1].passed.done():
+                # cut as a relay is, closing both sides; the expiry is why it ended
+                expiry = cut[0]
+                x.flag, x.end, x.detail = None, expiry.end, expiry.detail
+            elif x.status is None:
                 self._fail(x, "UT", "upstream request timeout")
                 await self._answer(down, writer, x)
             else:
@@ -425,6 +439,32 @@ class HttpProxy:
             await self._tunnel(down, reader, writer, up_of(upstream), upstream, x)
             return False
         return outcome == "keep"
+
+    def _cut_at_expiry(
+        self, timer: asyncio.Timeout, x: Exchange, upstream: Upstream, ends_ns: int
+    ) -> tuple[Expiry, Deadline] | None:
+        """RFC 5280 §6.1.3 (a)(2): an exchange still streaming when an SVID it was
+        authenticated with (or its CA) expires is cut then, as a relay is (`relay_expiry`):
+        the request timeout `timer` fires early. A timer of its own only when that comes
+        before the request timeout's end `ends_ns` (Unix ns), which is rare."""
+        caller = x.tls
+        until_ns = (
+            upstream.until_ns if caller is None else min(caller.valid_until_ns, upstream.until_ns)
+        )
+        if upstream.tls is not None:
+            until_ns = min(until_ns, upstream.tls.valid_until_ns)
+        if until_ns >= ends_ns:
+            return None
+        expiry = relay_expiry(caller, upstream)
+        if expiry is None:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            if not timer.expired():
+                timer.reschedule(loop.time())
+
+        return expiry, Deadline(expiry.until_ns, self._now_ns, fire)
 
     async def _connect(
         self,

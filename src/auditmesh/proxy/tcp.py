@@ -89,7 +89,7 @@ async def relay(
     end, detail = "downstream_closed", ""
     pending: set[asyncio.Future[bool]] = {to_up, to_down}
     timeout, lingering = idle_timeout_s, False
-    deadline = None if expiry is None else _Deadline(expiry.until_ns, now_ns)
+    deadline = None if expiry is None else Deadline(expiry.until_ns, now_ns)
     expired = set() if deadline is None else {deadline.passed}
     try:
         while pending:
@@ -126,14 +126,21 @@ async def relay(
     return RelayResult(sent[0], received[0], end, detail)
 
 
-class _Deadline:
+class Deadline:
     """A future done once `now_ns()` is past `until_ns`: one `loop.call_at` on the loop's
     monotonic clock, set again should it fire before the wall clock says so (the two drift,
-    and the wall clock can be set back). `cancel` when the relay ends."""
+    and the wall clock can be set back). `on_passed`, if given, is called then too (never
+    after `cancel`). `cancel` when the relay (or the HTTP exchange) ends."""
 
-    def __init__(self, until_ns: int, now_ns: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        until_ns: int,
+        now_ns: Callable[[], int],
+        on_passed: Callable[[], object] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._until_ns, self._now_ns = until_ns, now_ns
+        self._on_passed = on_passed
         self.passed: asyncio.Future[bool] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._check()
@@ -142,6 +149,8 @@ class _Deadline:
         left_ns = self._until_ns - self._now_ns()
         if left_ns < 0:
             self.passed.set_result(True)
+            if self._on_passed is not None:
+                self._on_passed()
         else:  # valid through `until_ns` itself: a millisecond past it
             at = self._loop.time() + left_ns / 1e9 + 0.001
             self._timer = self._loop.call_at(at, self._check)
