@@ -229,6 +229,31 @@ def test_json_and_linkerd_from_stdin(
     assert stored(server, first.id) == to_json_dict(first)
 
 
+def test_linkerd_host_svc_ns_is_stored_as_the_destination_service(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: Linkerd's `"host":"emoji-svc.emojivoto:8080"` reached the ledger with no
+    destination service; it is the service emoji-svc of namespace emojivoto, the namespace of
+    the caller's identity (envoy.service_of)."""
+    record = json.loads((DATA / "linkerd.log").read_text().splitlines()[0])
+    record |= {
+        "client.id": "web.emojivoto.serviceaccount.identity.linkerd.cluster.local",
+        "host": "emoji-svc.emojivoto:8080",
+        "uri": "http://emoji-svc.emojivoto:8080/emojivoto.v1.EmojiService/ListAll",
+    }
+    log = tmp_path / "emojivoto.log"
+    log.write_text(json.dumps(record) + "\n")
+    assert main(["ingest", "linkerd", str(log), "--url", server.url]) == 0
+    assert summary_numbers(capsys.readouterr().out)["taken"] == 1
+    event = linkerd.to_event(linkerd.parse_line(json.dumps(record)), "ingest:linkerd:emojivoto.log")
+    found = stored(server, event.id)
+    assert found is not None and found["destination"] == {
+        "service": "emoji-svc",
+        "namespace": "emojivoto",
+        "host": "emoji-svc.emojivoto:8080",
+    }, found
+
+
 def follow(log: Path, server: ServerProcess, *, idle: str, more: Sequence[str] = ()) -> list[str]:
     """`ingest envoy LOG --follow` that stops after `idle` seconds without a new line."""
     return [

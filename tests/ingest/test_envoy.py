@@ -615,6 +615,53 @@ def test_service_of(host: str | None, expected: tuple[object, object]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("host", "namespaces", "expected"),
+    [
+        ("emoji-svc.emojivoto:8080", ("emojivoto",), ("emoji-svc", "emojivoto")),
+        ("emoji-svc.emojivoto", (None, "emojivoto"), ("emoji-svc", "emojivoto")),
+        ("Emoji-Svc.Emojivoto:8080", ("shop", "emojivoto"), ("emoji-svc", "emojivoto")),
+        ("emoji-svc.emojivoto:8080", (), (None, None)),
+        ("emoji-svc.emojivoto:8080", ("shop",), (None, None)),
+        ("example.com", ("shop", None), (None, None)),
+        ("api.github.com", ("github.com", "com"), (None, None)),
+        ("svc.a.b", ("a.b",), (None, None)),
+    ],
+)  # fmt: skip
+def test_service_of_svc_ns_only_in_a_known_namespace(
+    host: str, namespaces: tuple[str | None, ...], expected: tuple[object, object]
+) -> None:
+    """Regression: Linkerd logs `"host":"emoji-svc.emojivoto:8080"`, which cluster DNS resolves
+    to the service emoji-svc of namespace emojivoto, and no destination service was found.
+    Two labels name a service only in a namespace the call's parties are known to be in:
+    `example.com` is an external host, not the service example of a namespace com."""
+    assert service_of(host, *namespaces) == expected
+
+
+def test_an_authority_svc_ns_names_a_service_in_a_namespace_of_the_call() -> None:
+    inbound = json_line(
+        upstream_cluster="inbound|9080||",
+        authority="reviews.bookinfo:9080",
+        downstream_local_uri_san="spiffe://cluster.local/ns/bookinfo/sa/reviews",
+    )
+    event = to_event(parse_line(inbound), REPORTER)
+    assert event.direction == "inbound" and event.destination is not None
+    assert (event.destination.service, event.destination.namespace) == ("reviews", "bookinfo")
+    orders = "spiffe://cluster.local/ns/shop/sa/orders"
+    for authority, expected in (
+        ("payments.shop:8080", ("payments", "shop")),  # the caller's namespace
+        ("example.com:443", (None, None)),  # an external host
+    ):
+        line = json_line(
+            upstream_cluster="PassthroughCluster",
+            authority=authority,
+            upstream_local_uri_san=orders,
+        )
+        event = to_event(parse_line(line), REPORTER)
+        assert event.direction == "outbound" and event.destination is not None
+        assert (event.destination.service, event.destination.namespace) == expected, authority
+
+
+@pytest.mark.parametrize(
     ("traceparent", "trace_id", "expected"),
     [
         ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None,

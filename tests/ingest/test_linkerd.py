@@ -176,6 +176,20 @@ def test_path_from_uri(uri: str, path: str) -> None:
     assert event_of(line(uri=uri))["http"]["path"] == path
 
 
+def test_a_host_svc_ns_names_the_service_in_a_namespace_of_the_call() -> None:
+    """Regression: `"host":"emoji-svc.emojivoto:8080"` (cluster DNS: the service emoji-svc of
+    namespace emojivoto, as Linkerd's own demo logs it) gave no destination service. It does
+    when a party's identity is in that namespace; `example.com` stays an external host."""
+    web = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local"
+    emoji = "emoji.emojivoto.serviceaccount.identity.linkerd.cluster.local"
+    for changes in ({"client.id": web}, {"client.id": "-", "server.id": emoji}):
+        event = event_of(line(host="emoji-svc.emojivoto:8080", **changes))
+        assert event["destination"]["service"] == "emoji-svc", changes
+        assert event["destination"]["namespace"] == "emojivoto", changes
+    for host in ("example.com", "emoji-svc.emojivoto:8080"):  # the client is in booksapp
+        assert "service" not in event_of(line(host=host))["destination"], host
+
+
 def test_server_identity_and_request_id() -> None:
     event = event_of(
         line(

@@ -557,9 +557,12 @@ def spiffe_id(text: str | None) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)  # a mesh has few service hosts, each logged many times
-def service_of(host: str | None) -> tuple[str | None, str | None]:
-    """(service, namespace) of a Kubernetes service host: `svc.ns.svc.cluster.local[:port]`,
-    or a bare `svc[:port]` (service only). Other hosts name no service."""
+def service_of(host: str | None, *namespaces: str | None) -> tuple[str | None, str | None]:
+    """(service, namespace) of a Kubernetes service host: `svc.ns.svc[.cluster.local][:port]`,
+    a bare `svc[:port]` (service only), or `svc.ns[:port]` when `ns` is one of `namespaces`,
+    the ones the call's parties are known to be in (their SPIFFE IDs'). Other hosts name no
+    service. Cluster DNS resolves `svc.ns` too, but an external host looks the same
+    (`example.com`): two labels name a service only in a namespace known to exist."""
     if not host:
         return None, None
     name = host.lower()
@@ -571,6 +574,13 @@ def service_of(host: str | None) -> tuple[str | None, str | None]:
         return match.group(1), match.group(3)
     if _DNS_LABEL.fullmatch(name) and not name.isdigit():
         return name, None
+    service, _, namespace = name.partition(".")
+    if (
+        namespace in namespaces
+        and _DNS_LABEL.fullmatch(service)
+        and _DNS_LABEL.fullmatch(namespace)
+    ):
+        return service, namespace
     return None, None
 
 
@@ -705,8 +715,10 @@ def to_event(record: AccessRecord, reporter: str, clip: Clipper | None = None) -
         dest_ip, dest_port = split_address(record.upstream_host)
         dest_identity = spiffe_id(record.upstream_peer_uri_san)
         service_host = cluster.host or record.authority
-    dest_service, dest_namespace = service_of(service_host)
     source_namespace = namespace_of(source_identity)
+    dest_service, dest_namespace = service_of(
+        service_host, source_namespace, namespace_of(dest_identity)
+    )
     is_http = record.method is not None or (record.protocol or "").startswith("HTTP")
     outcome, error, authz = _outcome(record, cluster.direction, is_http, clip)
     labels = {

@@ -11,7 +11,9 @@ one flat JSON object per request with the keys `client.addr`, `client.id`, `host
 `total_ns`, `trace_id`, `uri`, `user_agent`, `version`. Numbers other than `status` are
 strings; a header that was absent is `""`, an unauthenticated client `"-"`. The proxy
 records the log on the *inbound* side, so the reporting workload is the destination and
-`client.*` is the caller.
+`client.*` is the caller. `host` names the destination service as `envoy.service_of` reads
+it: `svc`, `svc.ns.svc[.cluster.local]`, or `svc.ns` when the client's or the server's
+identity is in namespace `ns` (else `example.com` would be a service `example`).
 """
 
 from __future__ import annotations
@@ -161,7 +163,9 @@ def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
     client_ip, client_port = split_address(record.client_addr)
     client_identity = identity_to_spiffe(record.client_id)
     server_identity = identity_to_spiffe(record.server_id)
-    service, namespace = service_of(record.host)
+    service, namespace = service_of(
+        record.host, namespace_of(client_identity), namespace_of(server_identity)
+    )
     server_ip, server_port = split_address(record.host)  # a probe or a direct call by IP
     path = _path_of(record.uri)
     # W3C Trace Context §3.2.2.3 (B3 alike): an all-zero trace id is invalid, so absent,
