@@ -8,8 +8,8 @@ configured for that service (secure naming). Every request (HTTP) or connection 
 and every refused handshake, is an audit event handed to the emitter. A rotated SVID is
 used for new connections only; open ones keep theirs until it expires (RFC 5280 §6.1.3
 (a)(2)): then a request there is refused like a handshake with it, a pooled upstream
-connection is dialled again, and a byte relay (TCP, a tunnel) is cut, as when the peer's
-SVID expired.
+connection is dialled again, and a byte relay (TCP, a tunnel) or an HTTP exchange still
+streaming is cut, as when the peer's SVID expired.
 """
 
 from __future__ import annotations
