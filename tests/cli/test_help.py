@@ -59,3 +59,33 @@ def test_ingest_names_its_server_url_as_the_other_commands_do(
     text = _help(["ingest", mesh], capsys)
     assert "[--url URL]" in text and "--url URL, --server URL" in text
     assert "--server URL is an older spelling, still accepted" in text
+
+
+@pytest.mark.parametrize(
+    ("command", "since"),
+    [
+        (["query"], "--since SINCE at or after: "),
+        (["graph"], "--since SINCE "),
+        (["bundle", "create"], "--since SINCE at or after: "),
+        (["findings"], "--since SINCE "),
+        (["export", "ecs"], "--since SINCE only events at or after: "),
+        (["policy", "replay"], "--since WHEN start of the window: "),
+    ],
+)
+def test_since_says_a_plain_date_is_taken(
+    command: list[str], since: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # parse_time takes 2026-11-29 (that day's midnight UTC), as README says, but the help
+    # listed only "15m, 2h, 7d or an RFC 3339 time"
+    text = _help(command, capsys)
+    assert f"{since}15m, 2h, 7d, a date (2026-11-29: its midnight UTC) or an RFC 3339" in text
+
+
+def test_ingest_help_says_a_refused_line_makes_the_exit_status_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # a run that took some lines and refused others exits 1 (cli/ingest.py), unsaid in --help
+    for mesh in ("envoy", "linkerd"):
+        text = _help(["ingest", mesh], capsys)
+        assert "Exit status: 0 when every line was taken" in text, mesh
+        assert "1 when any line was refused, though the others were taken" in text, mesh

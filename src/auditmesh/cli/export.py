@@ -32,7 +32,7 @@ from auditmesh.cli import (
     writable_file,
 )
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_time_ns
+from auditmesh.cli.timespec import TIME_HELP, parse_time_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, EventError, decode_event
 from auditmesh.export.cursor import Cursor, CursorError, check_cursor, load_cursor, save_cursor
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _add_reading(ecs)
     ecs.add_argument("-o", "--output", default="-", help="file to write, or - for stdout")
-    ecs.add_argument("--since", help="only events at or after: 15m, 2h, 7d or an RFC 3339 time")
+    ecs.add_argument("--since", help=f"only events at or after: {TIME_HELP}")
     ecs.add_argument(
         "--preserve-original",
         action="store_true",

@@ -27,7 +27,7 @@ from rich.text import Text
 from auditmesh.analysis.findings import Finding, detect
 from auditmesh.cli import add_data_arg, output_dir, write_output
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_window_ns
+from auditmesh.cli.timespec import TIME_HELP, parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, decode_event
 from auditmesh.evidence import evidence_bundle
@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     add_data_arg(parser)
-    parser.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time (default: all)")
-    parser.add_argument("--until", help="15m, 2h, 7d or an RFC 3339 time (default: now)")
+    parser.add_argument("--since", help=f"{TIME_HELP} (default: all)")
+    parser.add_argument("--until", help=f"{TIME_HELP} (default: now)")
     parser.add_argument(
         "--format", choices=("table", "json"), default="table", help="output format"
     )

@@ -105,7 +105,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lkd.set_defaults(func=run_linkerd)
 
 
+EXIT_HELP = (
+    "Exit status: 0 when every line was taken (or was already in the log); 1 when any line "
+    "was refused, though the others were taken (the refused ones are in the rejects file); 2 "
+    "when the run stops on an error (a bad argument, a file it cannot read or write, the "
+    "server unreachable or refusing a batch); 130 when interrupted."
+)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_HELP
     parser.add_argument("file", metavar="FILE|-", help="the access-log file, or - for stdin")
     parser.add_argument(
         "--url",

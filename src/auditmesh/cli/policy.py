@@ -33,7 +33,7 @@ from rich.text import Text
 
 from auditmesh.cli import add_data_arg, positive_int, writable_file, write_output
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_window_ns
+from auditmesh.cli.timespec import TIME_HELP, parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, EventError, decode_event
 from auditmesh.identity.ca import mesh_trust_domain
@@ -354,7 +354,7 @@ def _recorded_args(parser: argparse.ArgumentParser) -> None:
         "--since",
         required=True,
         metavar="WHEN",
-        help="start of the window: a duration before now (15m, 24h, 7d) or an RFC 3339 time",
+        help=f"start of the window: {TIME_HELP}",
     )
     parser.add_argument("--until", metavar="WHEN", help="end of the window (default: now)")
     add_data_arg(parser)

@@ -42,7 +42,7 @@ from auditmesh.analysis.query import (
 from auditmesh.analysis.rollup import ROLLUP_DB, Rollup
 from auditmesh.cli import DEFAULT_DATA, server_url
 from auditmesh.cli.main import UserError
-from auditmesh.cli.timespec import parse_window_ns
+from auditmesh.cli.timespec import TIME_HELP, parse_window_ns
 from auditmesh.datadir import Ledger, open_ledger
 from auditmesh.events import AuditEvent, canonical_bytes, decode_event
 from auditmesh.export.ecs import ecs_document
@@ -100,10 +100,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "once` with the names printed lists an edge's calls."
         ),
     )
-    gr.add_argument("--since", help="15m, 2h, 7d or an RFC 3339 time (default: everything)")
+    gr.add_argument("--since", help=f"{TIME_HELP} (default: everything)")
     gr.add_argument(
         "--until",
-        help="15m, 2h, 7d or an RFC 3339 time; the graph counts whole minutes, so --since "
+        help=f"{TIME_HELP}; the graph counts whole minutes, so --since "
         "rounds down and --until up to the minute",
     )
     gr.add_argument(
@@ -140,8 +140,8 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
         help="once: calls only, each once as `graph` counts them (the callee's report, the "
         "caller's when the callee sent none)",
     )
-    parser.add_argument("--since", help="at or after: 15m, 2h, 7d or an RFC 3339 time")
-    parser.add_argument("--until", help="before: 15m, 2h, 7d or an RFC 3339 time")
+    parser.add_argument("--since", help=f"at or after: {TIME_HELP}")
+    parser.add_argument("--until", help=f"before: {TIME_HELP}")
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,9 @@ from auditmesh.analysis.query import QueryError, check_window, parse_time
 from auditmesh.cli.main import UserError
 from auditmesh.durations import EXAMPLES, duration_s
 
+# What every --since and --until takes (`parse_time_ns`), as their help says it.
+TIME_HELP = "15m, 2h, 7d, a date (2026-11-29: its midnight UTC) or an RFC 3339 time"
+
 
 def parse_duration_s(text: str) -> int:
     seconds = duration_s(text)
