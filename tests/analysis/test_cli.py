@@ -8,10 +8,12 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import pytest
 
+import auditmesh.cli.query as cli_query
 from auditmesh.analysis import graph
 from auditmesh.analysis.rollup import MINUTE_NS
 from auditmesh.cli.main import main
@@ -325,6 +327,30 @@ def test_a_tables_rates_share_the_unit_its_largest_reads_best_in(
 ) -> None:
     unit = graph.rate_unit(rates)
     assert [graph.format_rate_in(rate, unit) for rate in rates] == shown
+
+
+def test_one_call_in_the_running_minute_reads_one_a_minute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: `graph --since 5m` showed 2.1/min for the one call of an edge, made in
+    the current minute with 28 s of it gone: the active span ended at now, so the running
+    minute counted 28 s. It counts as a whole minute, as the edge's other minutes do."""
+    events, _, _ = hop("orders", "payments", trace_id="f" * 32, parent=None, time_ns=T0 + SECOND)
+    ledger = open_ledger(tmp_path / "data", origin="test/cli")
+    ledger.log.append([entry_of(e) for e in events])
+    ledger.close()
+    now = T0 + 28 * SECOND
+    monkeypatch.setattr(cli_query, "time", SimpleNamespace(time_ns=lambda: now))
+    argv = ["graph", "--data", str(tmp_path / "data"), "--since", "5m"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"^ orders +payments +1 +1\.0/min ", table, re.M), table
+    assert main([*argv, "--format", "json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    [edge] = body["edges"]
+    assert body["window"]["to_ns"] == now  # the window still ends now
+    assert (edge["active_from_ns"], edge["active_to_ns"]) == (T0, T0 + MINUTE_NS)
+    assert (edge["active_seconds"], edge["active_rate_per_s"]) == (60, round(1 / 60, 3))
 
 
 def test_the_graph_shows_rates_while_active_in_one_unit_and_marks_denials(

@@ -269,13 +269,14 @@ def test_rates_are_over_the_span_that_had_traffic(ledger: Ledger) -> None:
     catalog = edges[("frontend", "catalog")]  # minutes 0 and 3: the span holds the gap
     assert (catalog.active_from_ns, catalog.active_to_ns) == (T0, T0 + 4 * MINUTE_NS)
     assert catalog.active_rate_per_s == pytest.approx(11 / 240)
-    # a window still open: its last minute counts up to now
+    # a window still open: its last minute, still running, counts whole (not up to now)
     open_ = graph.compute(
         rollup, since_ns=T0, until_ns=None, now_ns=T0 + 3 * MINUTE_NS + 30 * SECOND
     )
     catalog = next(e for e in open_.edges if e.dest == "catalog")
-    assert catalog.active_to_ns == T0 + 3 * MINUTE_NS + 30 * SECOND
-    assert catalog.active_rate_per_s == pytest.approx(11 / 210)
+    assert open_.to_ns == T0 + 3 * MINUTE_NS + 30 * SECOND
+    assert catalog.active_to_ns == T0 + 4 * MINUTE_NS
+    assert catalog.active_rate_per_s == pytest.approx(11 / 240)
     # the JSON says both, and reads back
     hour_json = graph.to_json(hour)
     [body] = [e for e in hour_json["edges"] if e["dest"] == "payments" and e["denials"]]

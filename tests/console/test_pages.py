@@ -168,8 +168,8 @@ def test_graph_rates_are_over_the_minutes_with_traffic(browser: Browser, demo: D
     assert "selected" in str(browser.find("#edge-table tbody tr").get_attribute("class"))
     browser.screenshot("graph-rates")
     # the same traffic, the same rates, whatever the window: each edge's span (calls / rate)
-    # is the same, but for the seconds that passed between two loads while a minute of its
-    # calls was still running (it counts up to now), and the 2 digits a rate is shown to
+    # is the same (a minute still running counts whole), but for calls that came between two
+    # loads, and the 2 digits a rate is shown to
     for since in ("1h", "7d"):
         loaded = time.monotonic()
         other = rates_in_table(browser, since)
@@ -366,8 +366,8 @@ def test_overview_rates_say_what_they_average(browser: Browser, server: Served) 
     active = re.search(r"^(\S+) while there were calls \(", sub, re.M)
     assert average and active, sub
     assert shown_rate(average[1]) == pytest.approx(requests / body["window"]["seconds"], rel=0.05)
-    # the span may end at "now" (a minute still running): it can only have grown since the
-    # page loaded, by the seconds between the two reads
+    # the span ends with the last minute that has calls (one still running counts whole): it
+    # can only have grown since the page loaded, as calls came between the two reads
     span_s = (last - first) / 1e9
     assert requests / span_s * 0.95 <= shown_rate(active[1]) <= requests / (span_s - 30) * 1.05
     edges = {(e["source"], e["dest"]) for e in body["edges"] if e["denials"]}

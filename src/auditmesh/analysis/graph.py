@@ -17,10 +17,12 @@ window's length (since → until or now; without `since`, the minutes that hold 
 An edge's traffic may fill only part of the window (an incident's two minutes in the last
 24 hours), and the window's average then reads as if the edge were nearly idle. So each edge
 also has its active span, `active_from_ns` → `active_to_ns`: from the start of the first minute
-holding one of its calls to the end of the last (cut at the window's end, `now` for a window
-still open), and `active_rate_per_s`, its calls over that span: the rate while it had traffic,
-to the rollup's resolution of whole minutes (a ten-second burst reads as its minute's rate).
-That is the rate the console, the CLI's table and the DOT picture show.
+holding one of its calls to the end of the last, and `active_rate_per_s`, its calls over that
+span: the rate while it had traffic, to the rollup's resolution of whole minutes (a ten-second
+burst reads as its minute's rate). The current minute, still running in a window that ends
+now, counts whole too, so the span may end after the window (cut at now, one call 28 s into
+the minute would read as 2.1 a minute). That is the rate the console (which divides the
+JSON's `requests` by `active_seconds`), the CLI's table and the DOT picture show.
 """
 
 from __future__ import annotations
@@ -112,15 +114,14 @@ Span = tuple[int, int]  # the first and last minute that hold calls of an edge
 
 
 def active_span(minutes: Span | None, from_ns: int | None, to_ns: int | None) -> Span:
-    """[from, to) in ns of an edge whose calls fall in `minutes`, within the window [from, to);
-    the window itself when the minutes are unknown (or (0, 0), which has no rate)."""
+    """[from, to) in ns of an edge whose calls fall in `minutes`: those minutes, whole (the
+    last may still be running: its end is after the window's, now), from no earlier than the
+    window's start; the window itself when the minutes are unknown (or (0, 0), no rate)."""
     if minutes is None:
         return (from_ns or 0, to_ns or 0)
     start, end = minutes[0] * MINUTE_NS, (minutes[1] + 1) * MINUTE_NS
     if from_ns is not None:
         start = max(start, from_ns)
-    if to_ns is not None and start < to_ns < end:  # the minute still running: up to now
-        end = to_ns
     return (start, end)
 
 

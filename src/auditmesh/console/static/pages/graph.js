@@ -257,7 +257,8 @@ function legend() {
 
 const RATE_HELP =
   "Calls per second while the edge had traffic: from the start of the minute of its first call " +
-  "in the window to the end of the minute of its last (or now), not the average over the whole window.";
+  "in the window to the end of the minute of its last (a minute still running counts whole), not the " +
+  "average over the whole window.";
 
 function edgeTable(graph, unit, onSelect) {
   const head = ["Caller", "Callee", "Calls", "Rate while active", "Errors", "Denied", "mTLS", "p50", "p95", "p99", "Bytes"];
