@@ -1,9 +1,11 @@
 """`auditmesh findings`: who misbehaves, with the evidence, optionally as bundles.
 
 The I/O side of analysis/findings.py: read the events of a data directory (all of them, or
-those in `--since`/`--until`), run the pure `detect`, render a table or JSON, and with
-`--bundle DIR` write one evidence bundle per finding (the format `auditmesh bundle verify`
-checks offline, plus `finding.json` saying what the events show). Never writes the ledger.
+those in `--since`/`--until`) and run the pure `detect`, or ask a running server for the
+same (`--url`, with the API token, as `auditmesh query` does: GET /v1/findings, audited
+there); render a table or JSON, and with `--bundle DIR` (local only) write one evidence
+bundle per finding (the format `auditmesh bundle verify` checks offline, plus
+`finding.json` saying what the events show). Never writes the ledger.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import zipfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -25,14 +28,15 @@ from rich.table import Table
 from rich.text import Text
 
 from auditmesh.analysis.findings import Finding, detect
-from auditmesh.cli import add_data_arg, output_dir, write_output
+from auditmesh.cli import output_dir, write_output
 from auditmesh.cli.main import UserError
+from auditmesh.cli.query import add_source, api_client, api_get, local_ledger, window_params
 from auditmesh.cli.timespec import TIME_HELP, parse_window_ns
-from auditmesh.datadir import Ledger, open_ledger
+from auditmesh.datadir import Ledger
 from auditmesh.events import AuditEvent, decode_event
 from auditmesh.evidence import evidence_bundle
 from auditmesh.identity.spiffe import short_name
-from auditmesh.store.base import EventFilter, StoreError
+from auditmesh.store.base import EventFilter
 
 SPIFFE_ID = re.compile(r"spiffe://[A-Za-z0-9._/-]+")  # as a finding's summary quotes one
 
@@ -46,15 +50,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "range) and report what stands out, with the events that show it."
         ),
     )
-    add_data_arg(parser)
     parser.add_argument("--since", help=f"{TIME_HELP} (default: all)")
     parser.add_argument("--until", help=f"{TIME_HELP} (default: now)")
     parser.add_argument(
         "--format", choices=("table", "json"), default="table", help="output format"
     )
     parser.add_argument(
-        "--bundle", type=Path, metavar="DIR", help="write one evidence bundle per finding here"
+        "--bundle",
+        type=Path,
+        metavar="DIR",
+        help="write one evidence bundle per finding here (with --data only)",
     )
+    add_source(parser)
     parser.set_defaults(func=run)
 
 
@@ -62,23 +69,54 @@ def run(args: argparse.Namespace) -> int:
     now = time.time_ns()
     since, until = parse_window_ns(args.since, args.until, now)
     if args.bundle is not None:  # before the work: a path that cannot hold the bundles
+        if args.url:
+            raise UserError(
+                "--bundle reads the ledger itself: give --data DIR (the server's data "
+                "directory) instead of --url"
+            )
         output_dir(args.bundle, "--bundle")
-    try:
-        ledger = open_ledger(args.data, create=False)
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
-    try:
-        events = load(ledger, since, until)
-        findings = detect(events, start_ns=since, end_ns=until)
-        if args.bundle is not None:
-            _bundles(ledger, findings, args.bundle)
-    finally:
-        ledger.close()
+    if args.url:
+        with api_client(args) as client:
+            body = api_get(client, "/v1/findings", window_params(since, until))
+        shown: list[dict[str, Any]] = body["findings"]
+        findings = [from_json(item) for item in shown]
+        events: int = body["events"]
+    else:
+        with local_ledger(args.data) as ledger:
+            read = load(ledger, since, until)
+            findings = detect(read, start_ns=since, end_ns=until)
+            if args.bundle is not None:
+                _bundles(ledger, findings, args.bundle)
+        shown, events = [f.to_json() for f in findings], len(read)
     if args.format == "json":
-        print(json.dumps([f.to_json() for f in findings], indent=2))
+        print(json.dumps(shown, indent=2))
         return 0
-    Console().print(table(findings, len(events)))
+    Console().print(table(findings, events))
     return 0
+
+
+def from_json(item: dict[str, Any]) -> Finding:
+    """A Finding as `Finding.to_json` wrote it (the server's GET /v1/findings): what the
+    table shows is kept exactly; `observed` and `expected` are rounded as the JSON has them."""
+    return Finding(
+        kind=item["kind"],
+        severity=item["severity"],
+        responsible=item["responsible"],
+        destination=item["destination"],
+        start_ns=int(item["window"]["start_ns"]),
+        end_ns=int(item["window"]["end_ns"]),
+        observed=item["observed"],
+        expected=item["expected"],
+        unit=item["unit"],
+        count=item["count"],
+        event_ids=tuple(item["event_ids"]),
+        indices=tuple(item["indices"]),
+        summary=item["summary"],
+        source=item["source"],
+        details=tuple(item["details"].items()),
+        evidence=tuple(item["evidence_indices"]),
+        search=tuple(item["search"].items()),
+    )
 
 
 def table(findings: list[Finding], events: int) -> Table:

@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     query.add_argument(
         "--format", choices=("table", "json", "ecs"), default="table", help="output format"
     )
-    _add_source(query)
+    add_source(query)
     query.set_defaults(func=run_query)
 
     tr = sub.add_parser(
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the trace id (32 hex digits), or its first 8 or more as `query` shows them",
     )
     tr.add_argument("--format", choices=("tree", "json"), default="tree", help="output format")
-    _add_source(tr)
+    add_source(tr)
     tr.set_defaults(func=run_trace)
 
     gr = sub.add_parser(
@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gr.add_argument(
         "--format", choices=("table", "json", "dot"), default="table", help="output format"
     )
-    _add_source(gr)
+    add_source(gr)
     gr.set_defaults(func=run_graph)
 
 
@@ -144,7 +144,9 @@ def add_filter_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", help=f"before: {TIME_HELP}")
 
 
-def _add_source(parser: argparse.ArgumentParser) -> None:
+def add_source(parser: argparse.ArgumentParser) -> None:
+    """--data DIR or --url URL (with --token), for `local_ledger` or `api_client` to read;
+    shared by query, trace, graph and findings."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--data", type=Path, help="data directory (default ./auditmesh-data)")
     where.add_argument(
@@ -157,7 +159,8 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def _ledger(data: Path | None) -> Iterator[Ledger]:
+def local_ledger(data: Path | None) -> Iterator[Ledger]:
+    """The ledger of `--data` (default ./auditmesh-data), opened for reading."""
     try:
         ledger = open_ledger(data or DEFAULT_DATA, create=False)
     except StoreError as exc:
@@ -169,7 +172,8 @@ def _ledger(data: Path | None) -> Iterator[Ledger]:
 
 
 @contextmanager
-def _client(args: argparse.Namespace) -> Iterator[httpx.Client]:
+def api_client(args: argparse.Namespace) -> Iterator[httpx.Client]:
+    """A client of the server at `--url`, with the token of `--token` or $AUDITMESH_TOKEN."""
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
         raise UserError(
@@ -181,7 +185,8 @@ def _client(args: argparse.Namespace) -> Iterator[httpx.Client]:
         yield client
 
 
-def _get(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> Any:
+def api_get(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> Any:
+    """The JSON of a 200; an unreachable server or any other status is a UserError."""
     try:
         response = client.get(path, params=params)
     except httpx.HTTPError as exc:
@@ -193,6 +198,11 @@ def _get(client: httpx.Client, path: str, params: dict[str, str] | None = None) 
             message = response.text.strip()
         raise UserError(f"{client.base_url}{path}: {response.status_code} {message}")
     return response.json()
+
+
+def window_params(since: int | None, until: int | None) -> dict[str, str]:
+    """The `since` and `until` URL parameters (Unix ns) of a window-only API route."""
+    return {k: str(v) for k, v in (("since", since), ("until", until)) if v is not None}
 
 
 # -- query -----------------------------------------------------------------------------
@@ -265,10 +275,10 @@ def _remote_events(
 ) -> tuple[list[tuple[int, bytes]], str | None]:
     rows: list[tuple[int, bytes]] = []
     cursor = args.cursor
-    with _client(args) as client:
+    with api_client(args) as client:
         while len(rows) < query.limit:
             want = min(PAGE, query.limit - len(rows))
-            page = _get(client, "/v1/events", _params(query, want, cursor))
+            page = api_get(client, "/v1/events", _params(query, want, cursor))
             for item in page["events"]:
                 # the server sends the canonical bytes; re-encoding restores them exactly
                 event = decode_event(msgspec.json.encode(item["event"]))
@@ -282,7 +292,7 @@ def _remote_events(
 def _local_events(
     args: argparse.Namespace, query: Query
 ) -> tuple[list[tuple[int, bytes]], str | None]:
-    with _ledger(args.data) as ledger:
+    with local_ledger(args.data) as ledger:
         try:
             page = run(ledger.store, query, args.cursor)
         except QueryError as exc:
@@ -361,10 +371,10 @@ def _event_table(events: list[tuple[int, AuditEvent]]) -> None:
 
 def run_trace(args: argparse.Namespace) -> int:
     if args.url:
-        with _client(args) as client:  # the server resolves a prefix itself
-            body = _get(client, f"/v1/traces/{quote(args.trace_id.strip(), safe='')}")
+        with api_client(args) as client:  # the server resolves a prefix itself
+            body = api_get(client, f"/v1/traces/{quote(args.trace_id.strip(), safe='')}")
     else:
-        with _ledger(args.data) as ledger:
+        with local_ledger(args.data) as ledger:
             try:
                 found = trace.trace_json(ledger.store, args.trace_id)
             except trace.TraceIdError as exc:
@@ -436,12 +446,11 @@ def run_graph(args: argparse.Namespace) -> int:
     now = time.time_ns()
     since, until = parse_window_ns(args.since, args.until, now)
     if args.url:
-        params = {k: str(v) for k, v in (("since", since), ("until", until)) if v is not None}
-        with _client(args) as client:
-            body = _get(client, "/v1/graph", params)
+        with api_client(args) as client:
+            body = api_get(client, "/v1/graph", window_params(since, until))
         result = graph.from_json(body)
     else:
-        with _ledger(args.data) as ledger:
+        with local_ledger(args.data) as ledger:
             rollup = Rollup(ledger.store, ledger.data_dir / ROLLUP_DB)
             try:
                 result = graph.compute(rollup, since_ns=since, until_ns=until, now_ns=now)
