@@ -26,7 +26,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from auditmesh.analysis.query import parse_time
-from auditmesh.events import AuditEvent, encode_ndjson
+from auditmesh.events import AuditEvent, Peer, Trace, encode_ndjson, event_id_at
 from auditmesh.ledger import merkle
 from auditmesh.ledger.bundle import verify_bundle
 from auditmesh.ledger.note import Verifier
@@ -917,6 +917,45 @@ def test_the_edge_query_and_time_helpers(browser: Browser) -> None:
         {"source": "unknown.shop", "dest": "unknown", "calls": "once", "since": since},
         {"source": "a", "dest": "b", "calls": "once"},
     ]
+
+
+def test_a_party_with_no_name_reads_unknown_as_the_cli_and_the_graph_say(
+    browser: Browser, server: Served
+) -> None:
+    """Regression: a party with no service, SPIFFE ID or address read `?` in the search
+    results and on the event page (where a caller like that read `outside`), while the graph,
+    `auditmesh query` and `auditmesh trace` name it `unknown`, the name the filters take."""
+    base = generate(1, seed=43)[0]
+    trace_id = "5e" * 16
+    nameless = [
+        msgspec.structs.replace(
+            base,
+            id=event_id_at(base.time_ns + n, bytes([0x5E + n]) * 10),
+            reporter="ingest:envoy:access.log",
+            attested=False,
+            source=source,
+            destination=Peer(namespace="shop"),
+            trace=Trace(trace_id=trace_id, span_id=f"{n + 1:016x}"),
+        )
+        for n, source in enumerate((Peer(), None))
+    ]
+    response = httpx.post(f"{server.url}/v1/events", content=encode_ndjson(nameless))
+    assert response.status_code == 200, response.text
+    browser.open(f"#/events?trace={trace_id}&dest=unknown")
+    calls = {
+        row.get_attribute("data-id"): row.find_elements(By.CSS_SELECTOR, "td")[1].text
+        for row in browser.find_all("#results tbody tr")
+    }
+    # no party at all (an event of no call, or a caller not recorded) is still a dash
+    assert calls == {nameless[0].id: "unknown → unknown", nameless[1].id: "— → unknown"}, calls
+    for event in nameless:
+        browser.open(f"#/event/{event.id}")
+        browser.wait_for(".summary .provenance")
+        names = [strong.text for strong in browser.find_all(".summary strong")]
+        assert names == ["unknown", "unknown"], names
+        assert browser.find(".summary").text.startswith("unknown → unknown")
+    fits_laptop(browser)
+    browser.screenshot("event-unknown-parties")
 
 
 ENVOY_OUTBOUND = {

@@ -155,6 +155,21 @@ export function shortId(identity) {
   return m ? m[1] : identity.replace(/^spiffe:\/\//, "");
 }
 
+// The name of a party that proved no identity and named no service or address: what the service
+// graph, `auditmesh query` and `auditmesh trace` print (analysis/query.py UNKNOWN), and what
+// the events filters take for it.
+export const UNKNOWN = "unknown";
+
+/** A party's name as people say it, as analysis/trace.py `peer_name` gives it: service, else
+ * SPIFFE ID (through `identity`, e.g. shortId), else address, else UNKNOWN. */
+export function peerName(peer, identity = (id) => id) {
+  if (!peer) return UNKNOWN;
+  if (peer.service) return peer.service;
+  if (peer.identity) return identity(peer.identity);
+  if (peer.ip) return peer.port === undefined || peer.port === null ? peer.ip : `${peer.ip}:${peer.port}`;
+  return UNKNOWN;
+}
+
 /** A pill for a decision, status or outcome: class names map to colours in console.css. */
 export function badge(text, kind) {
   return h("span", { class: `badge ${kind || ""}` }, text);

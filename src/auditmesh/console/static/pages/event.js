@@ -14,6 +14,7 @@ import {
   fmtDurationUs,
   fmtTime,
   h,
+  peerName,
   provenanceBadge,
   statusBadge,
   traceLink,
@@ -60,8 +61,8 @@ function fieldValue(path, value, event) {
 }
 
 function summary(event) {
-  const src = event.source?.service || event.source?.identity || event.source?.ip || "outside";
-  const dst = event.destination?.service || event.destination?.identity || "?";
+  const src = peerName(event.source);
+  const dst = peerName(event.destination);
   const what = event.http ? `${event.http.method || ""} ${event.http.path || ""}` : event.kind;
   return h(
     "p",

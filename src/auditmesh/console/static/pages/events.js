@@ -11,6 +11,7 @@ import {
   fmtDurationUs,
   fmtTime,
   h,
+  peerName,
   provenanceBadge,
   shortId,
   statusBadge,
@@ -39,8 +40,7 @@ const PAGE = 50;
 
 function party(peer) {
   if (!peer) return h("span", { class: "dim" }, "—");
-  const name = peer.service || shortId(peer.identity) || peer.ip || "?";
-  return h("span", { title: peer.identity || peer.ip || "" }, name);
+  return h("span", { title: peer.identity || peer.ip || "" }, peerName(peer, shortId));
 }
 
 function row(item) {

@@ -3,9 +3,7 @@
 // One place that knows the API's field names, shared by the overview and the graph view.
 
 import { api } from "../api.js";
-import { fmtRfc3339 } from "../dom.js";
-
-const UNKNOWN = "unknown"; // analysis/graph.py: a caller that proved no identity, named no service
+import { fmtRfc3339, UNKNOWN } from "../dom.js";
 
 function num(value, fallback = 0) {
   return typeof value === "number" && Number.isFinite(value) ? value : fallback;
