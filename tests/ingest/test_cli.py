@@ -250,8 +250,37 @@ def test_linkerd_host_svc_ns_is_stored_as_the_destination_service(
     assert found is not None and found["destination"] == {
         "service": "emoji-svc",
         "namespace": "emojivoto",
+        "port": 8080,
         "host": "emoji-svc.emojivoto:8080",
     }, found
+
+
+def test_linkerd_host_port_is_stored_as_the_destination_port(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Regression: `auditmesh ingest linkerd FILE` stored `"host":"emoji-svc.emojivoto:8080"`
+    with no `destination.port`, and `10.42.0.69:7000` with its port: a host name's port, the
+    one the client asked for, is the destination's port too."""
+    template = json.loads((DATA / "linkerd.log").read_text().splitlines()[0])
+    hosts = {"emoji-svc.emojivoto:8080": 8080, "10.42.0.69:7000": 7000, "webapp": None}
+    records = [
+        template | {"host": host, "timestamp": f"2022-08-23T20:33:4{n}.5Z"}
+        for n, host in enumerate(hosts)
+    ]
+    log = tmp_path / "ports.log"
+    log.write_text("".join(json.dumps(record) + "\n" for record in records))
+    command = [sys.executable, "-m", "auditmesh", "ingest", "linkerd", str(log), "--quiet"]
+    result = subprocess.run(
+        [*command, "--url", server.url], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for record, port in zip(records, hosts.values(), strict=True):
+        event = linkerd.to_event(linkerd.parse_line(json.dumps(record)), "ingest:linkerd:ports.log")
+        found = stored(server, event.id)
+        assert found is not None, record["host"]
+        destination = cast(dict[str, object], found["destination"])
+        assert destination.get("port") == port, destination
+        assert destination["host"] == record["host"]
 
 
 def follow(log: Path, server: ServerProcess, *, idle: str, more: Sequence[str] = ()) -> list[str]:

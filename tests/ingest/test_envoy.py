@@ -22,6 +22,7 @@ from auditmesh.ingest.envoy import (
     TEXT_FIELDS,
     AccessRecord,
     EnvoyLogError,
+    authority_port,
     line_event_id,
     parse_cluster,
     parse_json_line,
@@ -659,6 +660,63 @@ def test_an_authority_svc_ns_names_a_service_in_a_namespace_of_the_call() -> Non
         event = to_event(parse_line(line), REPORTER)
         assert event.direction == "outbound" and event.destination is not None
         assert (event.destination.service, event.destination.namespace) == expected, authority
+
+
+@pytest.mark.parametrize(
+    ("authority", "expected"),
+    [
+        ("reviews.bookinfo.svc.cluster.local:9080", 9080),
+        ("reviews:9080", 9080),
+        ("10.0.0.1:80", 80),
+        ("[fd00::1]:443", 443),
+        ("reviews", None),  # the scheme's default port: not written, not known
+        ("fd00::1", None),  # a bare IPv6 address: its last group is no port
+        ("[fd00::1]", None),
+        ("reviews:65536", None),
+        ("reviews:" + "9" * 5000, None),
+        ("reviews:-1", None),
+        ("reviews:８０", None),  # fullwidth digits are no port
+        (":80", None),
+        ("-", None),
+        (None, None),
+    ],
+)  # fmt: skip
+def test_authority_port(authority: str | None, expected: int | None) -> None:
+    assert authority_port(authority) == expected
+
+
+def test_an_authority_port_is_the_destination_port_when_no_address_says_one() -> None:
+    """Regression: an authority `reviews.bookinfo.svc.cluster.local:9080` on a line with no
+    upstream host and no cluster port (no route, a passthrough that connected nowhere) was
+    stored with the host but no `destination.port`, while an IP:port kept its port. The port
+    the caller asked for is the destination's, unless an address the call reached says one."""
+    authority = "reviews.bookinfo.svc.cluster.local:9080"
+    for changes in (
+        {"upstream_cluster": "-", "response_flags": "NR", "response_code": "404"},
+        {"upstream_cluster": "PassthroughCluster", "response_flags": "UF"},
+    ):
+        event = event_of(json_line(authority=authority, upstream_host="-", **changes))
+        assert event["destination"] == {
+            "service": "reviews",
+            "namespace": "bookinfo",
+            "port": 9080,
+            "host": authority,
+        }, changes
+    # the address the call reached says the port: the endpoint's (outbound), the one the
+    # sidecar took the call on (inbound), even where the service's port differs
+    outbound = event_of(json_line(authority="reviews:80", upstream_host="10.244.1.17:9080"))
+    assert (outbound["destination"]["ip"], outbound["destination"]["port"]) == ("10.244.1.17", 9080)
+    inbound = event_of(
+        json_line(
+            authority="payments:8000",
+            upstream_cluster="inbound|8080||",
+            downstream_local_address="10.244.3.21:8080",
+        )
+    )
+    assert (inbound["destination"]["ip"], inbound["destination"]["port"]) == ("10.244.3.21", 8080)
+    # then the cluster's port (the service's, as the authority's would be)
+    unrouted = event_of(json_line(authority="reviews:80", upstream_host="-"))
+    assert unrouted["destination"]["port"] == 9080 and "ip" not in unrouted["destination"]
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def test_every_sample_line_becomes_a_valid_event() -> None:
             "ip": "10.42.0.70",
             "port": 32996,
         },
-        "destination": {"service": "webapp", "host": "webapp:7000"},
+        "destination": {"service": "webapp", "port": 7000, "host": "webapp:7000"},
         "tls": {"mutual": True},
         "http": {
             "method": "GET",
@@ -188,6 +188,31 @@ def test_a_host_svc_ns_names_the_service_in_a_namespace_of_the_call() -> None:
         assert event["destination"]["namespace"] == "emojivoto", changes
     for host in ("example.com", "emoji-svc.emojivoto:8080"):  # the client is in booksapp
         assert "service" not in event_of(line(host=host))["destination"], host
+
+
+@pytest.mark.parametrize(
+    ("host", "ip", "port"),
+    [
+        ("emoji-svc.emojivoto:8080", None, 8080),
+        ("emoji-svc.emojivoto.svc.cluster.local:8080", None, 8080),
+        ("example.com:8443", None, 8443),
+        ("10.42.0.69:7000", "10.42.0.69", 7000),
+        ("[fd00::1]:7000", "fd00::1", 7000),
+        ("emoji-svc.emojivoto", None, None),  # no port written: the scheme's, not known
+        ("emoji-svc:99999", None, None),
+        ("emoji-svc:", None, None),
+    ],
+)
+def test_a_host_name_keeps_its_port_as_an_address_does(
+    host: str, ip: str | None, port: int | None
+) -> None:
+    """Regression: `"host":"emoji-svc.emojivoto:8080"` was stored with the host but no
+    `destination.port`, while `10.42.0.69:7000` kept its port. The log names no address the
+    call reached, so the host's port, the one the client asked for, is the destination's."""
+    web = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local"
+    destination = event_of(line(host=host, **{"client.id": web}))["destination"]
+    assert (destination.get("ip"), destination.get("port")) == (ip, port), destination
+    assert destination["host"] == host
 
 
 def test_server_identity_and_request_id() -> None:

@@ -536,8 +536,28 @@ def split_address(text: str | None) -> tuple[str | None, int | None]:
     ip = _ip(host)
     if ip is None:
         return None, None
-    port = int(port_text) if port_text.isascii() and port_text.isdigit() else None
-    return ip, port if port is not None and port <= 65535 else None
+    return ip, _port(port_text)
+
+
+def authority_port(authority: str | None) -> int | None:
+    """The port of an HTTP authority, `host:port` or `[v6]:port` (RFC 3986 §3.2.2-3): the
+    port the caller asked for, which `destination.port` is when no address says it. None
+    without one (the scheme's default port is not written, so not known) or for anything
+    else (a bare IPv6 address, a port past 65535)."""
+    if not authority:
+        return None
+    host, sep, port_text = authority.rpartition(":")
+    if not sep or not host or (":" in host and not (host[0] == "[" and host[-1] == "]")):
+        return None
+    return _port(port_text)
+
+
+def _port(text: str) -> int | None:
+    """A port number written in decimal ASCII digits, else None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
+        return None
+    port = int(text)
+    return port if port <= 65535 else None
 
 
 @functools.lru_cache(maxsize=4096)  # a mesh has few addresses, each logged many times
@@ -679,10 +699,9 @@ def parse_cluster(name: str | None) -> Cluster:
     parts = name.split("|")
     if len(parts) == 4 and parts[0] in ("inbound", "outbound", "inbound-vip", "outbound-vip"):
         direction: Direction = "inbound" if parts[0].startswith("inbound") else "outbound"
-        port = int(parts[1]) if parts[1].isascii() and parts[1].isdigit() else None
         return Cluster(
             direction,
-            port if port is not None and port <= 65535 else None,
+            _port(parts[1]),
             parts[2] or None,
             parts[3] or None,
         )
@@ -753,7 +772,11 @@ def to_event(record: AccessRecord, reporter: str, clip: Clipper | None = None) -
             service=dest_service,
             namespace=dest_namespace or namespace_of(dest_identity),
             ip=dest_ip,
-            port=dest_port or cluster.port,
+            # the address the call reached, else the port of its cluster, else the one the
+            # caller asked for in the authority (an IP:port address says that port too)
+            port=dest_port
+            or cluster.port
+            or (authority_port(record.authority) if is_http else None),
             host=clip("destination.host", record.authority, MAX_NAME) if is_http else None,
         ),
         # Envoy logs a peer URI SAN only when that peer presented a certificate (mTLS).

@@ -13,7 +13,8 @@ strings; a header that was absent is `""`, an unauthenticated client `"-"`. The 
 records the log on the *inbound* side, so the reporting workload is the destination and
 `client.*` is the caller. `host` names the destination service as `envoy.service_of` reads
 it: `svc`, `svc.ns.svc[.cluster.local]`, or `svc.ns` when the client's or the server's
-identity is in namespace `ns` (else `example.com` would be a service `example`).
+identity is in namespace `ns` (else `example.com` would be a service `example`); its port,
+the one the client asked for, is `destination.port` (the log names no address the call reached).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import msgspec
 from auditmesh.events import HTTP, MAX_NAME, MAX_REQUEST_ID, MAX_TEXT, TLS, AuditEvent, Error
 from auditmesh.ingest.envoy import (
     Clipper,
+    authority_port,
     line_event_id,
     make_peer,
     namespace_of,
@@ -206,7 +208,8 @@ def to_event(record: LinkerdRecord, reporter: str) -> AuditEvent:
             service=service,
             namespace=namespace or namespace_of(server_identity),
             ip=server_ip,
-            port=server_port,
+            # the port the client asked for: the log names no address the call reached
+            port=server_port or authority_port(record.host),
             host=clip("destination.host", record.host, MAX_NAME),
         ),
         # client.id is set only when the client authenticated with its certificate (mTLS).
