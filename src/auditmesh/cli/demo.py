@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from auditmesh.analysis.findings import detect
+from auditmesh.analysis.trace import peer_name
 from auditmesh.cli.main import UserError
 from auditmesh.client import RemoteLog
 from auditmesh.datadir import open_ledger
@@ -250,11 +251,12 @@ def _prove_denied(
     path.write_bytes(response.content)
     # the proof does not carry its event: the auditor needs it beside the proof
     (data / EVENT_FILE).write_bytes(leaf)
-    src = denied.source.identity if denied.source else "?"
+    caller = denied.source  # named by the identity it proved, as policies name it
+    src = caller.identity if caller and caller.identity else peer_name(caller)
     http = denied.http
     what = f"{http.method} {http.path}" if http else denied.kind
-    dest = denied.destination.service if denied.destination else "?"
-    policy = denied.authz.policy if denied.authz else "?"
+    dest = peer_name(denied.destination)
+    policy = denied.authz.policy if denied.authz and denied.authz.policy else "no policy named"
     console.print(f"5. Proved a denied call: {src} → {dest} {what}, denied by {policy}.")
     console.print(
         f"   Entry {proof.index} of {checkpoint.size}; {len(proof.proof)} hashes up to the signed "
