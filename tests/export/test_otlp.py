@@ -4,11 +4,13 @@ through auditmesh's own receiver in a real server (OTLP/HTTP and OTLP/gRPC), wit
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -292,3 +294,57 @@ def test_grpc_round_trip_and_receiver_dedup(ledger: Ledger, tmp_path: Path) -> N
         cursors[0].unlink()
         assert main(argv) == 0
     assert stored(b_dir) == expected(events)
+
+
+@pytest.mark.integration
+def test_a_relayed_event_keeps_its_reporter_and_attestation_as_claims(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    # Regression: the receiving server stored `ingest:otlp:auditmesh`, not attested, and
+    # nothing of who reported the event or that it was attested.
+    events = generate(6, seed=24)
+    events[2] = msgspec.structs.replace(events[2], attested=True)
+    fill(ledger, events)
+    b_dir = tmp_path / "b"
+    argv = ["export", "otlp", "--data", str(ledger.data_dir), "--attempts", "1"]
+    with ServerProcess(b_dir, extra=["--otlp-grpc", "off"]) as server:
+        assert main([*argv, "--endpoint", server.url]) == 0
+    received = [json.loads(data) for data in stored(b_dir)]
+    assert [r["id"] for r in received] == [e.id for e in events]  # same ids, one each
+    for event, got in zip(events, received, strict=True):
+        assert got["reporter"] == "ingest:otlp:auditmesh" and "attested" not in got
+        claims = {"relayed.reporter": event.reporter}
+        if event.attested:
+            claims["relayed.attested"] = "true"
+        assert got["labels"] == {**event.labels, **claims}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_export_sent_back_to_the_server_of_its_ledger_says_so(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str], protocol: str
+) -> None:
+    # Regression: every record was rejected as "the log holds this id already, with other
+    # content" and the export ended with that, not with what went wrong.
+    events = generate(20, seed=25)
+    events[3] = msgspec.structs.replace(events[3], attested=True)
+    fill(ledger, events)
+    before = stored(ledger.data_dir)
+    grpc = f"127.0.0.1:{free_port()}"
+    server = ServerProcess(ledger.data_dir, extra=["--otlp-grpc", grpc])
+    endpoint = f"http://{grpc}" if protocol == "grpc" else server.url
+    argv = ["export", "otlp", "--data", str(ledger.data_dir), "--endpoint", endpoint]
+    argv += ["--protocol", protocol, "--attempts", "1", "--batch", "8"]
+    with server:
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exported 0 events" in err
+    assert "8 events are already in this ledger as reported by spiffe://" in err
+    assert "this export was sent back to the server it came from" in err
+    assert f"{endpoint} is the server of this very ledger ({ledger.data_dir}" in err
+    assert "rejected 20 records, first 8 of entries 0..7" in err
+    assert "give --endpoint another auditmesh server or an OpenTelemetry Collector" in err
+    assert "with other content" not in err
+    after = stored(ledger.data_dir)
+    assert after[: len(before)] == before
+    assert not any(b"ingest:otlp:" in data for data in after)  # nothing relayed was stored

@@ -34,6 +34,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from auditmesh.events import (
     HTTP,
+    MAX_EVENT_BYTES,
     MAX_LABEL,
     MAX_NAME,
     MAX_REQUEST_ID,
@@ -584,7 +585,8 @@ def test_audit_events_round_trip_through_log_records() -> None:
     assert mapped.events == [otlp.as_received(e, "auditmesh-a") for e in events]
     for sent, received in zip(events, mapped.events, strict=True):
         assert received.id == sent.id
-        assert msgspec.structs.replace(received, reporter=sent.reporter) == sent
+        assert received.labels[otlp.RELAYED_REPORTER_LABEL] == sent.reporter
+        assert msgspec.structs.replace(received, reporter=sent.reporter, labels=sent.labels) == sent
     # and through OTLP/JSON, as an HTTP exporter with the JSON encoding sends them
     via_json = otlp.map_request(otlp.decode_request("logs", to_otlp_json(request), "json"))
     assert via_json.events == mapped.events
@@ -605,6 +607,68 @@ def test_a_relayed_attested_event_is_stored_as_reported() -> None:
     (received,) = otlp.map_logs(logs(otlp.audit_log_record(event))).events
     assert received.attested is False
     assert received.reporter == "ingest:otlp:relay"
+
+
+def test_a_relayed_event_keeps_what_its_record_claimed_as_relayed_labels() -> None:
+    # Regression: the receiving server lost which identity reported the event, and that it
+    # said it was attested: only `ingest:otlp:relay` and `attested: false` were stored.
+    event = msgspec.structs.replace(generate(1)[0], attested=True)
+    (received,) = otlp.map_logs(logs(otlp.audit_log_record(event))).events
+    assert (received.id, received.reporter, received.attested) == (
+        event.id,
+        "ingest:otlp:relay",
+        False,
+    )
+    assert received.labels == {
+        **event.labels,
+        "relayed.reporter": event.reporter,
+        "relayed.attested": "true",
+    }
+    assert decode_event(canonical_bytes(received)) == received  # a valid event, as stored
+
+
+def test_claims_equal_to_what_is_stored_add_no_labels() -> None:
+    # An event a relay of the same service reported and did not attest: stored as sent, so
+    # relaying it again and again is still the same leaf (exactly once).
+    event = msgspec.structs.replace(generate(1)[0], reporter="ingest:otlp:relay", attested=False)
+    (received,) = otlp.map_logs(logs(otlp.audit_log_record(event))).events
+    assert received == event
+
+
+def test_an_event_relayed_twice_names_the_reporter_claimed_first() -> None:
+    event = msgspec.structs.replace(generate(1)[0], attested=True)
+    once = otlp.as_received(event, "edge-a")
+    twice = otlp.as_received(once, "edge-b")
+    assert twice.reporter == "ingest:otlp:edge-b"
+    assert twice.labels == once.labels  # the labels the record carried are its own claims
+    assert twice.labels["relayed.reporter"] == event.reporter
+
+
+def test_a_claimed_reporter_past_the_label_limit_is_cut_and_says_so() -> None:
+    claimed = "spiffe://cluster.local/ns/shop/sa/" + "x" * 2000  # reporter: up to 2048
+    event = msgspec.structs.replace(generate(1)[0], reporter=claimed)
+    (received,) = otlp.map_logs(logs(otlp.audit_log_record(event))).events
+    label = received.labels["relayed.reporter"]
+    assert len(label) == MAX_LABEL and label == claimed[: MAX_LABEL - 1] + "…"
+    assert decode_event(canonical_bytes(received)) == received
+
+
+def test_claim_labels_that_would_outgrow_a_ledger_entry_are_left_out() -> None:
+    # An event just under the entry limit as sent: with the claim labels it would be over
+    # it, and a record is never refused for what the receiver adds.
+    base = msgspec.structs.replace(generate(1)[0], reporter="r" * 1000, attested=True)
+    labels = {f"k{i}": "v" * MAX_LABEL for i in range(61)}
+    event = msgspec.structs.replace(base, labels=labels)
+    filler = MAX_EVENT_BYTES - 10 - len(canonical_bytes(event)) - len(',"pad":""')
+    labels["pad"] = "v" * filler
+    event = msgspec.structs.replace(base, labels=labels)
+    assert len(canonical_bytes(event)) == MAX_EVENT_BYTES - 10
+    assert len(canonical_bytes(otlp.as_received(event, "relay"))) > MAX_EVENT_BYTES
+    mapped = otlp.map_logs(logs(otlp.audit_log_record(event)))
+    assert mapped.rejected == 0, mapped.reasons
+    (received,) = mapped.events
+    assert received.labels == labels
+    assert (received.reporter, received.attested) == ("ingest:otlp:relay", False)
 
 
 def test_a_relayed_event_too_large_for_a_ledger_entry_is_rejected_alone() -> None:
@@ -710,7 +774,39 @@ def test_what_a_record_says_of_reporter_and_attested_is_replaced_not_refused() -
     event = generate(1, seed=6)[0]
     fields = event_fields(event) | {"reporter": "", "attested": "yes"}
     (received,) = otlp.map_logs(logs(LogRecord(attributes=kv_pairs(fields)))).events
-    assert received == otlp.as_received(event, "relay")
+    # neither is a claim (no reporter, no boolean): no relayed.* labels either
+    assert received == msgspec.structs.replace(event, reporter="ingest:otlp:relay", attested=False)
+
+
+def test_event_fields_keep_what_they_claimed_as_relayed_labels() -> None:
+    event = msgspec.structs.replace(generate(1, seed=8)[0], attested=True)
+    for record in (
+        LogRecord(attributes=kv_pairs(event_fields(event))),
+        LogRecord(body=AnyValue(string_value=canonical_bytes(event).decode())),
+    ):
+        (received,) = otlp.map_logs(logs(record, service="otelcol")).events
+        assert received.labels == {
+            **event.labels,
+            "relayed.reporter": event.reporter,
+            "relayed.attested": "true",
+        }
+        assert received == otlp.as_received(event, "otelcol")
+
+
+def test_records_sent_back_are_rejected_in_one_reason_that_says_so() -> None:
+    events = generate(8, seed=12)
+    mapped = otlp.map_logs(logs(*(otlp.audit_log_record(e) for e in events)))
+    by_position = {n: events[n].reporter for n in range(6)}
+    mapped.leave_out([*by_position, 7], sent_back=by_position)
+    assert (mapped.rejected, len(mapped.events)) == (7, 1)
+    reporters = list(dict.fromkeys(by_position.values()))
+    message = mapped.error_message()
+    assert message.startswith(
+        f"rejected 7 of 8 log records: 6 events are already in this ledger as reported by "
+        f"{', '.join(reporters[:3])}"
+    )
+    assert f"{otlp.SENT_BACK}; event {events[7].id}: the log holds this id already" in message
+    assert not message.endswith("…")
 
 
 def test_an_absurdly_nested_json_line_is_skipped_not_a_crash() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +23,10 @@ from starlette.applications import Starlette
 
 from auditmesh.collector import Collector
 from auditmesh.datadir import Ledger
+from auditmesh.events import canonical_bytes
+from auditmesh.export.otlp import log_records_request
 from auditmesh.ingest import otlp, otlp_http
+from auditmesh.ledger.merkle import leaf_hash
 from tests.conftest import generate
 from tests.ingest.test_otlp import (
     SPAN,
@@ -162,6 +166,34 @@ def test_an_event_whose_id_the_log_holds_with_other_content_is_a_rejected_record
     assert stored(ledger, second.id) and ledger.log.size == 2
     kept = ledger.store.event_by_id(uuid.UUID(first.id).bytes)
     assert kept is not None and json.loads(kept.data)["reporter"] == "ingest:otlp:edge-a"
+
+
+def test_records_exported_from_this_very_log_are_rejected_as_sent_back(
+    client: Client, collector: Collector, ledger: Ledger
+) -> None:
+    # Regression: `auditmesh export otlp` pointed at the server of its own ledger had every
+    # record rejected as "the log holds this id already, with other content".
+    events = generate(6, seed=31)
+    events[1] = msgspec.structs.replace(events[1], attested=True)
+    collector.submit(events[:5]).result()
+    entries = [
+        (i, e, canonical_bytes(e), leaf_hash(canonical_bytes(e))) for i, e in enumerate(events)
+    ]
+    entries[4] = (3, *entries[4][1:])  # claims the entry of another event: a plain conflict
+    request = log_records_request(entries, origin=ledger.log.origin)
+    response = client.post("/v1/logs", content=request.SerializeToString(), headers=PROTOBUF)
+    assert response.status_code == 200
+    partial = ExportLogsServiceResponse.FromString(response.content).partial_success
+    assert partial.rejected_log_records == 5
+    reporters = ", ".join(dict.fromkeys(e.reporter for e in events[:4]))
+    assert partial.error_message == (
+        f"rejected 5 of 6 log records: 4 events are already in this ledger as reported by "
+        f"{reporters}: {otlp.SENT_BACK}; event {events[4].id}: the log holds this id already, "
+        "with other content"
+    )
+    assert ledger.log.size == 6 and stored(ledger, events[5].id)  # only the new one added
+    kept = ledger.store.event_by_id(uuid.UUID(events[1].id).bytes)
+    assert kept is not None and kept.data == canonical_bytes(events[1])
 
 
 def test_partial_success_over_protobuf_counts_log_records(client: Client) -> None:

@@ -468,6 +468,8 @@ def run_otlp(args: argparse.Namespace) -> int:
         cursor_path, target = args.cursor, f"{args.protocol}:{args.endpoint}"
     sent = 0
     refused: list[str] = []  # "N of entries A..B (reason)", per partly rejected request
+    rejected = 0
+    sent_back = False  # the receiver holds records of ours in its own ledger: the source
     with ExitStack() as stack:
         ledger = _open(args.data)
         stack.callback(ledger.close)
@@ -513,6 +515,8 @@ def run_otlp(args: argparse.Namespace) -> int:
                         # The receiver does not say which records it refused: name the range.
                         first, last = taken[-exc.count][0], taken[-1][0]
                         sent -= exc.rejected
+                        rejected += exc.rejected
+                        sent_back = sent_back or exc.sent_back
                         refused.append(f"{exc.rejected} of entries {first}..{last} ({exc.reason})")
                         print(
                             f"{args.endpoint} rejected {exc.rejected} of the log records for "
@@ -537,6 +541,13 @@ def run_otlp(args: argparse.Namespace) -> int:
                 advance(len(rows))
                 rows = []
     print(f"exported {sent} events as OTLP log records to {args.endpoint}", file=sys.stderr)
+    if refused and sent_back:
+        raise UserError(
+            f"{args.endpoint} is the server of this very ledger ({args.data}, log "
+            f"{ledger.log.origin}), or of a copy of it: it holds these events already, so it "
+            f"added nothing and rejected {rejected} records, first {refused[0]}. To hand the "
+            "trail on, give --endpoint another auditmesh server or an OpenTelemetry Collector"
+        )
     if refused:
         raise UserError(
             f"the receiver rejected records: {'; '.join(refused)}. They stay in the ledger; "

@@ -17,7 +17,8 @@ Each event becomes one LogRecord (OTLP logs data model):
                           event's canonical JSON -- the exact Merkle leaf data, so the
                           record can be checked against the log's proofs, and so that
                           auditmesh's own OTLP receiver stores the very same event (same
-                          id, same fields; it sets `reporter` and `attested` itself).
+                          id, same fields; it sets `reporter` and `attested` itself and
+                          keeps what the record said of them as `relayed.*` labels).
 Resource: service.name `auditmesh`, service.version, and `auditmesh.log.origin`.
 
 Sending follows the OTLP specification: OTLP/HTTP posts binary protobuf to `<endpoint>/v1/logs`
@@ -70,7 +71,12 @@ from opentelemetry.proto.logs.v1.logs_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from auditmesh.events import AuditEvent
-from auditmesh.ingest.otlp import EVENT_ATTRIBUTE, audit_log_record
+from auditmesh.ingest.otlp import (
+    EVENT_ATTRIBUTE,
+    LOG_INDEX_ATTRIBUTE,
+    SENT_BACK,
+    audit_log_record,
+)
 
 Protocol = Literal["http", "grpc"]
 AttrValue = str | int | bool | list[str]
@@ -79,7 +85,7 @@ SERVICE_NAME = "auditmesh"
 SCOPE_NAME = "auditmesh.export.otlp"
 # auditmesh attributes for what the semantic conventions have no name for.
 ATTR_LOG_ORIGIN = "auditmesh.log.origin"  # resource: the log's C2SP checkpoint origin
-ATTR_LOG_INDEX = "auditmesh.log.index"  # the entry's ledger index
+ATTR_LOG_INDEX = LOG_INDEX_ATTRIBUTE  # the entry's ledger index
 ATTR_LEAF_HASH = "auditmesh.log.leaf_hash"  # hex RFC 9162 leaf hash of EVENT_ATTRIBUTE
 ATTR_EVENT_ID = "auditmesh.event.id"
 ATTR_KIND = "auditmesh.event.kind"
@@ -326,6 +332,12 @@ class PartlyRejected(ExportError):
         self.rejected = rejected
         self.count = count
         self.reason = reason
+
+    @property
+    def sent_back(self) -> bool:
+        """An auditmesh receiver found records exported from its own ledger among them
+        (ingest.otlp `SENT_BACK`): the endpoint is the server the export came from."""
+        return SENT_BACK in self.reason
 
 
 _JITTER = 0.5  # each backoff step is its nominal delay times 0.5 to 1.5 (as the Collector's)

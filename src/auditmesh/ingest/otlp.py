@@ -23,7 +23,12 @@ What becomes an audit event (each reported, never observed: `attested=False`, `r
 (c) Log records carrying an audit event: attribute `auditmesh.event` (`EVENT_ATTRIBUTE`)
     holds the event's canonical JSON (RFC 8785), exactly what `audit_log_record` writes.
     The receiver keeps the event as sent, id included, except `reporter` and `attested`
-    (`as_received`): a relayed record proves nothing about who observed the call.
+    (`as_received`): a relayed record proves nothing about who observed the call. What
+    the record claimed of them, where it differs, stays as labels that say so
+    (`relayed.reporter`, `relayed.attested`: claims of the relayed record, not facts).
+    A record `auditmesh export otlp` took from this very ledger and sent back here thus
+    differs from the event stored under its id: it is rejected saying so (`SENT_BACK`,
+    `Mapped.leave_out`), not as an id reused for another event.
     The same holds for the shapes an OpenTelemetry Collector gives a log line that is an
     audit event (`structured_event_fields`): the line's fields as attributes (the filelog
     receiver's `json_parser`; other attributes, such as `log.file.name`, are left aside), as
@@ -80,6 +85,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from auditmesh.collector import entry_of
 from auditmesh.events import (
     HTTP,
+    MAX_EVENT_BYTES,
+    MAX_LABEL,
     MAX_NAME,
     MAX_REQUEST_ID,
     MAX_TEXT,
@@ -97,6 +104,7 @@ from auditmesh.events import (
 )
 from auditmesh.ingest import envoy
 from auditmesh.ledger.log import Entry
+from auditmesh.ledger.merkle import leaf_hash
 
 # --- names shared with `auditmesh export otlp` (the inverse of case (c)) -------------------
 
@@ -109,6 +117,16 @@ EVENT_NAME = "auditmesh.audit_event"
 REPORTER_PREFIX = "ingest:otlp:"
 #: Resource semantic conventions: the SDK default when `service.name` is not configured.
 UNKNOWN_SERVICE = "unknown_service"
+#: Log-record attribute `auditmesh export otlp` sets: the entry's index in the ledger the
+#: record was exported from (a claim: `Mapped.exported_entries` checks it against this log).
+LOG_INDEX_ATTRIBUTE = "auditmesh.log.index"
+#: Labels of a relayed event (case (c)): the `reporter` and `attested` its record claimed,
+#: where they differ from what is stored (`as_received`). Claims of the relayed record.
+RELAYED_REPORTER_LABEL = "relayed.reporter"
+RELAYED_ATTESTED_LABEL = "relayed.attested"
+#: How the partial success ends when records were exported from this very ledger and sent
+#: back to its server (`Mapped.leave_out`); `auditmesh export otlp` looks for it.
+SENT_BACK = "this export was sent back to the server it came from"
 
 Encoding: TypeAlias = Literal["protobuf", "json"]
 Signal: TypeAlias = Literal["traces", "logs"]
@@ -131,6 +149,17 @@ class Unmappable(ValueError):
     """One record is audit data we cannot turn into a valid event; the reason says why."""
 
 
+@dataclass(frozen=True, slots=True)
+class ExportedEntry:
+    """What a relayed record of `auditmesh export otlp` says of the entry it was exported
+    from: its index there, the RFC 9162 leaf hash of the event it carries (computed here,
+    not taken from the record), and that event's reporter."""
+
+    index: int
+    leaf_hash: bytes
+    reporter: str
+
+
 @dataclass(slots=True)
 class Mapped:
     """What one Export request yields: events to commit, and the records left out."""
@@ -139,22 +168,64 @@ class Mapped:
     events: list[AuditEvent] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)  # the events' ledger entries, for
     #   `Collector.submit_entries`: encoded once, here, where their size is checked
+    records: list[Any] = field(default_factory=list)  # the span or log record of each event
     rejected: int = 0
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
+    unlisted: int = 0  # rejected records whose reason is not in `reasons`
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
         if len(self.reasons) < _MAX_REASONS and reason not in self.reasons:
             self.reasons.append(reason)
+        else:
+            self.unlisted += 1
 
-    def leave_out(self, positions: Iterable[int]) -> None:
+    def leave_out(
+        self, positions: Iterable[int], sent_back: Mapping[int, str] | None = None
+    ) -> None:
         """The events at these positions were not stored: the log holds their ids with other
-        content (`Collector.submit_leaving_out_conflicts`). Each is a rejected record."""
+        content (`Collector.submit_leaving_out_conflicts`). Each is a rejected record.
+        `sent_back` names those whose record was exported from this very log (its entry
+        holds the record's own event, `exported_entries`), with that event's reporter: they
+        are rejected in one reason saying so, which the exporter recognises (`SENT_BACK`)."""
+        sent_back = sent_back or {}
+        echoes = [sent_back[p] for p in sorted(positions) if p in sent_back]
         for position in sorted(positions, reverse=True):
             event = self.events.pop(position)
             del self.entries[position]
-            self.reject(f"event {event.id}: the log holds this id already, with other content")
+            del self.records[position]
+            if position not in sent_back:
+                self.reject(f"event {event.id}: the log holds this id already, with other content")
+        if echoes:  # first: it explains the export, the other reasons only records
+            self.rejected += len(echoes)
+            self.reasons.insert(0, _sent_back_reason(len(echoes), list(dict.fromkeys(echoes))))
+            if len(self.reasons) > _MAX_REASONS:
+                self.reasons.pop()
+                self.unlisted += 1
+
+    def exported_entries(self, positions: Iterable[int]) -> dict[int, ExportedEntry]:
+        """For the events at these positions relayed by `auditmesh export otlp` (their log
+        record carries `EVENT_ATTRIBUTE` and `LOG_INDEX_ATTRIBUTE`): the entry each says
+        it was exported from. Whether this log holds it there is for the caller to read."""
+        found: dict[int, ExportedEntry] = {}
+        for position in positions:
+            record = self.records[position]
+            if not isinstance(record, LogRecord):
+                continue
+            attrs = attribute_map(record.attributes)
+            carried = attrs.get(EVENT_ATTRIBUTE)
+            try:
+                index = integer(attrs, LOG_INDEX_ATTRIBUTE)
+                if carried is None or index is None or index < 0:
+                    continue
+                event = _carried_event(carried)
+            except Unmappable:
+                continue
+            found[position] = ExportedEntry(
+                index, leaf_hash(canonical_bytes(event)), event.reporter
+            )
+        return found
 
     @property
     def unit(self) -> str:
@@ -166,9 +237,18 @@ class Mapped:
             return ""
         total = self.rejected + self.skipped + len(self.events)
         text = f"rejected {self.rejected} of {total} {self.unit}: " + "; ".join(self.reasons)
-        if self.rejected > len(self.reasons):
+        if self.unlisted:
             text += "; …"
         return text
+
+
+def _sent_back_reason(count: int, reporters: list[str]) -> str:
+    shown = [r if len(r) <= 200 else r[:199] + "…" for r in reporters[:3]]
+    who = ", ".join(shown)
+    if len(reporters) > 3:
+        who += f" and {len(reporters) - 3} other reporters"
+    what = "event is" if count == 1 else "events are"
+    return f"{count} {what} already in this ledger as reported by {who}: {SENT_BACK}"
 
 
 # --- wire decoding (pure; shared by OTLP/HTTP and OTLP/gRPC) -------------------------------
@@ -476,6 +556,7 @@ def _map(
         else:
             mapped.events.append(event)
             mapped.entries.append(entry)
+            mapped.records.append(record)
     return mapped
 
 
@@ -865,9 +946,42 @@ def audit_log_record(event: AuditEvent) -> LogRecord:
 def as_received(event: AuditEvent, service_name: str = UNKNOWN_SERVICE) -> AuditEvent:
     """What the receiver stores for `event` relayed by the service `service_name`: the same
     event (same id, so it is logged once however often it is relayed), reported by
-    `ingest:otlp:<service.name>` and not attested."""
+    `ingest:otlp:<service.name>` and not attested. What the record claimed instead is kept
+    as labels: `relayed.reporter` (its reporter, when another; past the label limit cut,
+    ending in "…") and `relayed.attested` ("true", when it said so). Labels the event
+    carries already are its own claims, kept as sent: an event relayed twice names the
+    reporter claimed on its first relay."""
     reporter = (REPORTER_PREFIX + (service_name or UNKNOWN_SERVICE))[:_MAX_REPORTER]
-    return msgspec.structs.replace(event, reporter=reporter, attested=False)
+    labels = event.labels
+    if event.reporter != reporter and RELAYED_REPORTER_LABEL not in labels:
+        claimed = event.reporter
+        if len(claimed) > MAX_LABEL:
+            claimed = claimed[: MAX_LABEL - 1] + "…"
+        labels = labels | {RELAYED_REPORTER_LABEL: claimed}
+    if event.attested and RELAYED_ATTESTED_LABEL not in labels:
+        labels = labels | {RELAYED_ATTESTED_LABEL: "true"}
+    return msgspec.structs.replace(event, reporter=reporter, attested=False, labels=labels)
+
+
+# A relayed event that came as JSON of up to this many bytes fits a ledger entry with the
+# claim labels: they add two labels, the reporter's value up to MAX_LABEL characters of 6
+# bytes at most (a control character's JSON escape); a new reporter of up to _MAX_REPORTER
+# such characters, integers written out in full and `time_ns` quoted add less than the rest.
+_CLAIMS_FIT = MAX_EVENT_BYTES // 2
+
+
+def _received(event: AuditEvent, origin: _Origin, size: int) -> AuditEvent:
+    """`as_received`, without the claim labels when only they would make the event too
+    large for a ledger entry (`size`: at least the bytes of the JSON it came in): a record
+    is never refused for what the receiver adds."""
+    received = as_received(event, origin.service)
+    if (
+        size > _CLAIMS_FIT
+        and received.labels is not event.labels
+        and len(canonical_bytes(received)) > MAX_EVENT_BYTES
+    ):
+        return msgspec.structs.replace(received, labels=event.labels)
+    return received
 
 
 def log_event(record: LogRecord, origin: _Origin) -> AuditEvent | None:
@@ -879,16 +993,23 @@ def log_event(record: LogRecord, origin: _Origin) -> AuditEvent | None:
     attrs = attribute_map(record.attributes)
     fields = structured_event_fields(record.body, attrs)
     if fields is not None:
-        # as_received sets both: what the record says of them proves nothing either way
+        # as_received sets both: what the record says of them proves nothing either way,
+        # and is not refused either; a reporter or attested it may claim stays a claim.
+        claimed = fields.get("reporter")
+        attested = fields.pop("attested", None) is True
         fields["reporter"] = origin.reporter
-        fields.pop("attested", None)
         try:
-            event = decode_event(msgspec.json.encode(fields))
+            data = msgspec.json.encode(fields)
+            event = decode_event(data)
         except EventError as exc:
             raise Unmappable(f"log record fields are not a valid audit event: {exc}") from None
         except RecursionError:
             raise Unmappable("log record fields are nested too deeply for an audit event") from None
-        return as_received(event, origin.service)
+        if isinstance(claimed, str) and claimed:
+            event = msgspec.structs.replace(event, reporter=claimed)
+        if attested:
+            event = msgspec.structs.replace(event, attested=True)
+        return _received(event, origin, len(data))
     return _envoy_event(record, attrs, origin)
 
 
@@ -930,6 +1051,14 @@ def _plain(value: AnyValue) -> Any:
 
 
 def _relayed_event(value: AnyValue, origin: _Origin) -> AuditEvent:
+    event = _carried_event(value)
+    data = value.string_value or value.bytes_value
+    # a character of a string is at most 4 bytes of UTF-8
+    return _received(event, origin, len(data) * (4 if isinstance(data, str) else 1))
+
+
+def _carried_event(value: AnyValue) -> AuditEvent:
+    """The event an `EVENT_ATTRIBUTE` value carries, as the record sent it."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
         data: bytes | str = value.string_value
@@ -938,10 +1067,9 @@ def _relayed_event(value: AnyValue, origin: _Origin) -> AuditEvent:
     else:
         raise Unmappable(f"{EVENT_ATTRIBUTE} must be a string holding the event JSON")
     try:
-        event = decode_event(data)
+        return decode_event(data)
     except EventError as exc:
         raise Unmappable(f"{EVENT_ATTRIBUTE} is not a valid audit event: {exc}") from None
-    return as_received(event, origin.service)
 
 
 # (b) Envoy's OpenTelemetry access logger (envoy.access_loggers.open_telemetry) as Istio's

@@ -36,6 +36,7 @@ retried export is counted once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,7 @@ from auditmesh.ingest.otlp import (
     encode_response,
     map_body,
 )
+from auditmesh.ledger.log import Log
 
 #: OTLP spec, "OTLP/HTTP Request": "It is RECOMMENDED to use 20 MiB as the default limit."
 MAX_BODY_BYTES = 20 * 1024 * 1024
@@ -180,9 +182,11 @@ async def commit(collector: Collector, mapped: Mapped) -> None:
     very batch found the storage broken: the collector then stops and answers every later
     batch `CollectorStopped`, and this one is owed the same retryable answer (OTLP spec,
     "Failures": not-retryable codes are for data that cannot be processed, and a client
-    MUST drop the data it gets one for; a broken store is not the data's fault)."""
+    MUST drop the data it gets one for; a broken store is not the data's fault). A left-out
+    record exported from this very log (by `auditmesh export otlp`) is rejected as sent
+    back to the server it came from, the likely mistake, not as a conflict."""
     try:
-        mapped.leave_out(await collector.submit_leaving_out_conflicts(mapped.entries))
+        left_out = await collector.submit_leaving_out_conflicts(mapped.entries)
     except CollectorUnavailable:
         raise
     except Exception as exc:
@@ -191,6 +195,29 @@ async def commit(collector: Collector, mapped: Mapped) -> None:
         raise CollectorStopped(
             f"the collector takes no more events: its storage failed: {exc}"
         ) from exc
+    sent_back: dict[int, str] = {}
+    if left_out:
+        sent_back = await asyncio.to_thread(_sent_back, collector.log, mapped, left_out)
+    mapped.leave_out(left_out, sent_back)
+
+
+def _sent_back(log: Log, mapped: Mapped, left_out: list[int]) -> dict[int, str]:
+    """Of the left-out events whose records say which entry they were exported from
+    (`Mapped.exported_entries`), those this log holds at that very index: the same leaf
+    hash, so the record was exported from this log and sent back to it. Position → the
+    event's reporter. Read from the stored tiles, only to explain the reject: a failed
+    read explains less and fails nothing."""
+    found: dict[int, str] = {}
+    exported = mapped.exported_entries(left_out)
+    size = log.size
+    try:
+        hashes = log.hashes()
+        for position, entry in exported.items():
+            if entry.index < size and hashes.subtree_hash(0, entry.index) == entry.leaf_hash:
+                found[position] = entry.reporter
+    except Exception:  # a storage or tile error: the records stay rejected as conflicts
+        _log.warning("OTLP: could not read the log to explain a conflict", exc_info=True)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
