@@ -56,3 +56,17 @@ def test_the_first_failure_in_order_is_raised() -> None:
 def test_one_job_with_here_runs_everything_here() -> None:
     results = list(map_in_workers(1, _opened, None, _task, [0, 1, 2], here=_task))
     assert results == [(0, os.getpid()), (1, os.getpid()), (2, os.getpid())]
+
+
+def test_this_process_goes_on_helping_after_a_task_of_its_own_failed() -> None:
+    """Task 59 fails here first; the error is raised only in its turn, and until then this
+    process still takes the tasks before it, rather than leaving them all to the worker."""
+    ran_here: list[int] = []
+
+    def here(number: int) -> tuple[int, int]:
+        ran_here.append(number)
+        return _task(number if number != 59 else 3)  # 3 fails, as task 3 does
+
+    with pytest.raises(ValueError, match="^3$"):
+        list(map_in_workers(2, _opened, None, _task, range(60), here=here))
+    assert ran_here[0] == 59 and len(ran_here) > 1

@@ -50,18 +50,18 @@ def map_in_workers(
 def _shared(
     futures: Sequence[Future[R]], tasks: Sequence[tuple[Any, ...]], here: Callable[..., R]
 ) -> Iterator[R]:
-    """Results in order, this process taking queued tasks from the back (a cancelled future
-    is one no worker had started) until it meets the workers or a task of its own fails."""
+    """Results in order, this process taking queued tasks from the back (a future it can
+    cancel is one no worker has started; the pool marks a few queued ones started early)
+    until it meets the workers. A task of its own that failed is raised in its turn: an
+    earlier one may fail too, so this process goes on helping with those meanwhile."""
     done_here: dict[int, Callable[[], R]] = {}
     at, last = 0, len(tasks)
     while last > at and futures[last - 1].cancel():
         last -= 1
-        done_here[last] = outcome = _outcome(here, tasks[last])
+        done_here[last] = _outcome(here, tasks[last])
         while at < last and futures[at].done():
             yield futures[at].result()
             at += 1
-        if isinstance(outcome, _Raise):
-            break  # raised in order below, once the tasks before it are done
     for index in range(at, len(tasks)):
         yield done_here[index]() if index in done_here else futures[index].result()
 

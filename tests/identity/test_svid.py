@@ -275,3 +275,20 @@ def test_renew_at_half_life_with_ten_percent_jitter() -> None:
 def test_renew_at_rejects_an_empty_lifetime() -> None:
     with pytest.raises(ValueError, match="later than"):
         renew_at(NOW, NOW, random.Random(0))
+
+
+def test_valid_until_of_a_ca_renewed_with_its_key_is_the_renewal(env: Env) -> None:
+    """A CA renewed under the same name and key: both certificates verify the SVID, and one
+    valid path is enough (RFC 5280 §6.1), so the later notAfter counts, in either order."""
+
+    def randbytes(n: int) -> bytes:  # the same subject serialNumber attribute, both roots
+        return b"\x01" * n if n == 8 else secrets.token_bytes(n)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    old = build_root(TD, key, now=NOW - timedelta(days=365), randbytes=randbytes)
+    renewed = build_root(TD, key, now=NOW, randbytes=randbytes)
+    assert old.subject == renewed.subject and old.not_valid_after_utc < renewed.not_valid_after_utc
+    far = renewed.not_valid_after_utc + timedelta(days=1)
+    leaf = forge_leaf(renewed, key, now=NOW, uris=(str(CLIENT),), not_after=far)
+    for bundle in ([old, renewed], [renewed, old]):
+        assert valid_until(leaf, bundle) == renewed.not_valid_after_utc

@@ -250,12 +250,14 @@ def valid_until(leaf: x509.Certificate, anchors: Sequence[x509.Certificate]) -> 
 
     The signer is found by subject, and among several CAs of that name (a CA rotation keeps
     the name) by the key that verifies the leaf's signature; with none of them, the leaf's
-    own notAfter. A sole namesake is taken unchecked: callers validated the path first, and
-    that spares a signature check per handshake."""
+    own notAfter. Of several that verify it (a CA renewed with the same key), the latest:
+    one valid path is enough (RFC 5280 §6.1). A sole namesake is taken unchecked: callers
+    validated the path first, and that spares a signature check per handshake."""
     namesakes = [a for a in anchors if a.subject == leaf.issuer]
     if len(namesakes) > 1:
         namesakes = [a for a in namesakes if _signed_by(leaf, a)]
-    return min([leaf.not_valid_after_utc, *(a.not_valid_after_utc for a in namesakes)])
+    ca_until = max((a.not_valid_after_utc for a in namesakes), default=None)
+    return leaf.not_valid_after_utc if ca_until is None else min(leaf.not_valid_after_utc, ca_until)
 
 
 def _signed_by(leaf: x509.Certificate, anchor: x509.Certificate) -> bool:

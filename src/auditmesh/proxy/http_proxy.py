@@ -455,6 +455,10 @@ class HttpProxy:
             until_ns = min(until_ns, upstream.tls.valid_until_ns)
         if until_ns >= ends_ns:
             return None
+        if until_ns <= self._now_ns():
+            # Passed already, yet the request was let through: its SVIDs validated in full
+            # just now (the per-request re-check), along a path that outlives this date.
+            return None
         expiry = relay_expiry(caller, upstream)
         if expiry is None:
             return None
