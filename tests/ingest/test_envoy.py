@@ -648,14 +648,21 @@ def test_an_authority_svc_ns_names_a_service_in_a_namespace_of_the_call() -> Non
     assert event.direction == "inbound" and event.destination is not None
     assert (event.destination.service, event.destination.namespace) == ("reviews", "bookinfo")
     orders = "spiffe://cluster.local/ns/shop/sa/orders"
-    for authority, expected in (
-        ("payments.shop:8080", ("payments", "shop")),  # the caller's namespace
-        ("example.com:443", (None, None)),  # an external host
+    payments = "spiffe://cluster.local/ns/shop/sa/payments"
+    for authority, server, expected in (
+        ("payments.shop:8080", payments, ("payments", "shop")),  # the server's namespace
+        # Outbound with no server identity, the caller's own namespace proves nothing of
+        # the host: a pod of namespace dev calling go.dev called no service go of dev.
+        ("payments.shop:8080", None, (None, None)),
+        ("go.dev:443", None, (None, None)),
+        ("example.com:443", None, (None, None)),  # an external host
     ):
+        caller = orders if authority != "go.dev:443" else "spiffe://cluster.local/ns/dev/sa/ci"
         line = json_line(
             upstream_cluster="PassthroughCluster",
             authority=authority,
-            upstream_local_uri_san=orders,
+            upstream_local_uri_san=caller,
+            **({"upstream_peer_uri_san": server} if server else {}),
         )
         event = to_event(parse_line(line), REPORTER)
         assert event.direction == "outbound" and event.destination is not None
@@ -673,6 +680,7 @@ def test_an_authority_svc_ns_names_a_service_in_a_namespace_of_the_call() -> Non
         ("fd00::1", None),  # a bare IPv6 address: its last group is no port
         ("[fd00::1]", None),
         ("reviews:65536", None),
+        ("reviews:0", None),  # no port a caller can ask for
         ("reviews:" + "9" * 5000, None),
         ("reviews:-1", None),
         ("reviews:８０", None),  # fullwidth digits are no port

@@ -549,7 +549,8 @@ def authority_port(authority: str | None) -> int | None:
     host, sep, port_text = authority.rpartition(":")
     if not sep or not host or (":" in host and not (host[0] == "[" and host[-1] == "]")):
         return None
-    return _port(port_text)
+    port = _port(port_text)
+    return port or None  # port 0 is no port a caller can ask for
 
 
 def _port(text: str) -> int | None:
@@ -582,7 +583,8 @@ def service_of(host: str | None, *namespaces: str | None) -> tuple[str | None, s
     a bare `svc[:port]` (service only), or `svc.ns[:port]` when `ns` is one of `namespaces`,
     the ones the call's parties are known to be in (their SPIFFE IDs'). Other hosts name no
     service. Cluster DNS resolves `svc.ns` too, but an external host looks the same
-    (`example.com`): two labels name a service only in a namespace known to exist."""
+    (`example.com`, `go.dev`): two labels name a service only in a namespace known to exist,
+    and callers pass only the namespaces that can say so."""
     if not host:
         return None, None
     name = host.lower()
@@ -735,8 +737,13 @@ def to_event(record: AccessRecord, reporter: str, clip: Clipper | None = None) -
         dest_identity = spiffe_id(record.upstream_peer_uri_san)
         service_host = cluster.host or record.authority
     source_namespace = namespace_of(source_identity)
+    # An outbound call to a host outside the mesh has no server identity, and its caller's
+    # namespace proves nothing of the host: a pod in namespace `dev` calling out to `go.dev`
+    # did not call service `go` of its namespace. Inbound, the host reached this workload.
     dest_service, dest_namespace = service_of(
-        service_host, source_namespace, namespace_of(dest_identity)
+        service_host,
+        namespace_of(dest_identity),
+        source_namespace if cluster.direction == "inbound" else None,
     )
     is_http = record.method is not None or (record.protocol or "").startswith("HTTP")
     outcome, error, authz = _outcome(record, cluster.direction, is_http, clip)
