@@ -968,3 +968,15 @@ def test_resources_without_records_are_not_read(monkeypatch: pytest.MonkeyPatch)
     )
     assert one(request).reporter == "ingest:otlp:shop"
     assert len(read) == 1
+
+
+def test_a_reason_given_twice_is_said_once_and_leaves_nothing_out() -> None:
+    """Two records rejected for the same reason: one reason, and no "; …" (nothing left
+    unsaid); past the reasons kept, the rest is "…"."""
+    mapped = otlp.Mapped("logs")
+    mapped.reject("same reason")
+    mapped.reject("same reason")
+    assert mapped.error_message() == "rejected 2 of 2 log records: same reason"
+    for number in range(20):
+        mapped.reject(f"reason {number}")
+    assert mapped.error_message().endswith("; …")

@@ -196,6 +196,35 @@ def test_records_exported_from_this_very_log_are_rejected_as_sent_back(
     assert kept is not None and kept.data == canonical_bytes(events[1])
 
 
+def test_a_record_relayed_before_claims_were_kept_is_still_a_duplicate(
+    client: Client, collector: Collector, ledger: Ledger
+) -> None:
+    """Regression: an event stored by a relay before the receiver kept its record's claims
+    (no relayed.* labels), sent again by the same service afterwards (a retry across the
+    upgrade), was rejected as an id held with other content; it is the same relayed event,
+    taken once, while a real conflict in the same request is still rejected."""
+    first, second, third = generate(3, seed=41)
+    before = msgspec.structs.replace(
+        first, reporter=otlp.REPORTER_PREFIX + "edge-a", attested=False
+    )  # what as_received stored then: the record's reporter and attested dropped
+    other = msgspec.structs.replace(third, http=None)  # the id of third, other content
+    collector.submit([before, other]).result()
+    request = logs(
+        otlp.audit_log_record(first),
+        otlp.audit_log_record(second),
+        otlp.audit_log_record(third),
+        service="edge-a",
+    )
+    response = client.post("/v1/logs", content=request.SerializeToString(), headers=PROTOBUF)
+    assert response.status_code == 200
+    partial = ExportLogsServiceResponse.FromString(response.content).partial_success
+    assert partial.rejected_log_records == 1, partial.error_message
+    assert f"event {third.id}: the log holds this id already" in partial.error_message
+    assert ledger.log.size == 3 and stored(ledger, second.id)
+    kept = ledger.store.event_by_id(uuid.UUID(first.id).bytes)
+    assert kept is not None and kept.data == canonical_bytes(before)
+
+
 def test_partial_success_over_protobuf_counts_log_records(client: Client) -> None:
     request = logs(otlp.audit_log_record(generate(1)[0]))
     broken = request.resource_logs[0].scope_logs[0].log_records.add()

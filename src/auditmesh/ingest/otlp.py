@@ -127,6 +127,7 @@ RELAYED_ATTESTED_LABEL = "relayed.attested"
 #: How the partial success ends when records were exported from this very ledger and sent
 #: back to its server (`Mapped.leave_out`); `auditmesh export otlp` looks for it.
 SENT_BACK = "this export was sent back to the server it came from"
+_CLAIM_LABELS = frozenset({RELAYED_REPORTER_LABEL, RELAYED_ATTESTED_LABEL})
 
 Encoding: TypeAlias = Literal["protobuf", "json"]
 Signal: TypeAlias = Literal["traces", "logs"]
@@ -176,7 +177,9 @@ class Mapped:
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
-        if len(self.reasons) < _MAX_REASONS and reason not in self.reasons:
+        if reason in self.reasons:
+            return  # said already
+        if len(self.reasons) < _MAX_REASONS:
             self.reasons.append(reason)
         else:
             self.unlisted += 1
@@ -226,6 +229,20 @@ class Mapped:
                 index, leaf_hash(canonical_bytes(event)), event.reporter
             )
         return found
+
+    def without_claims(self, positions: Iterable[int]) -> dict[int, Entry]:
+        """The entries the events at these positions had before relayed events kept their
+        record's claims (`as_received` adds `relayed.*` labels since then): position → that
+        entry, for those that carry such labels. A record relayed again after the upgrade
+        is a duplicate of what was stored then, not an id reused for another event."""
+        older: dict[int, Entry] = {}
+        for position in positions:
+            event = self.events[position]
+            labels = event.labels
+            if RELAYED_REPORTER_LABEL in labels or RELAYED_ATTESTED_LABEL in labels:
+                kept = {k: v for k, v in labels.items() if k not in _CLAIM_LABELS}
+                older[position] = entry_of(msgspec.structs.replace(event, labels=kept))
+        return older
 
     @property
     def unit(self) -> str:

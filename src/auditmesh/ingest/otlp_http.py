@@ -197,8 +197,25 @@ async def commit(collector: Collector, mapped: Mapped) -> None:
         ) from exc
     sent_back: dict[int, str] = {}
     if left_out:
+        left_out = await _stored_before_claims(collector, mapped, left_out)
+    if left_out:
         sent_back = await asyncio.to_thread(_sent_back, collector.log, mapped, left_out)
     mapped.leave_out(left_out, sent_back)
+
+
+async def _stored_before_claims(
+    collector: Collector, mapped: Mapped, left_out: list[int]
+) -> list[int]:
+    """`left_out` but the events the log holds as relayed before relayed events kept their
+    record's claims (`Mapped.without_claims`): submitted in that form, such an event is a
+    duplicate (nothing is written) and its record was taken, as on its first relay."""
+    older = mapped.without_claims(left_out)
+    if not older:
+        return left_out
+    positions = list(older)
+    again = set(await collector.submit_leaving_out_conflicts([older[p] for p in positions]))
+    stored = {position for i, position in enumerate(positions) if i not in again}
+    return [position for position in left_out if position not in stored]
 
 
 def _sent_back(log: Log, mapped: Mapped, left_out: list[int]) -> dict[int, str]:
