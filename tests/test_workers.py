@@ -70,3 +70,16 @@ def test_this_process_goes_on_helping_after_a_task_of_its_own_failed() -> None:
     with pytest.raises(ValueError, match="^3$"):
         list(map_in_workers(2, _opened, None, _task, range(60), here=here))
     assert ran_here[0] == 59 and len(ran_here) > 1
+
+
+def test_done_is_told_of_each_task_that_succeeded_once_wherever_it_ran() -> None:
+    """`done(position)` as each task succeeds, here or in a worker, for a progress bar: every
+    succeeded position once, failed ones never; the tail ran here, so it was told before
+    the results in order reached it."""
+    told: list[int] = []
+    numbers = list(range(60))
+    with pytest.raises(ValueError, match="^3$"):
+        for _ in map_in_workers(2, _opened, None, _task, numbers, here=_task, done=told.append):
+            pass
+    assert len(told) == len(set(told)) and not set(told) & FAILING
+    assert {59, 58, 0, 1, 2} <= set(told)  # the tail here, the head in the worker

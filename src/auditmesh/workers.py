@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -17,6 +18,7 @@ def map_in_workers(
     work: Callable[..., R],
     *arguments: Iterable[Any],
     here: Callable[..., R] | None = None,
+    done: Callable[[int], None] | None = None,
 ) -> Iterator[R]:
     """`work(*args)` for each tuple of `arguments`, in `jobs` processes that each first ran
     `open_in_worker(opened_with)` (e.g. to open the ledger once); results in input order.
@@ -24,11 +26,17 @@ def map_in_workers(
 
     With `here` (the same work on this process's own resources), this process is one of the
     `jobs`: while the others start (an interpreter and its imports each, a few tenths of a
-    second) and after, it runs the tasks none of them has taken yet, from the last one back."""
+    second) and after, it runs the tasks none of them has taken yet, from the last one back.
+
+    `done(position)` is told of each task that succeeded as it does, in whatever order they
+    finish (for a progress bar), from this thread or the pool's."""
     tasks = list(zip(*arguments, strict=True))
+    tell = done if done is not None else _nobody
     if here is not None and jobs <= 1:
-        for task in tasks:
-            yield here(*task)
+        for position, task in enumerate(tasks):
+            result = here(*task)
+            tell(position)
+            yield result
         return
     spawn = multiprocessing.get_context("spawn")
     workers = jobs - 1 if here is not None else jobs
@@ -36,19 +44,33 @@ def map_in_workers(
         workers, mp_context=spawn, initializer=open_in_worker, initargs=(opened_with,)
     ) as pool:
         futures = [pool.submit(work, *task) for task in tasks]
+        for position, future in enumerate(futures):
+            future.add_done_callback(functools.partial(_tell_success, tell, position))
         try:
             if here is None:
                 for future in futures:
                     yield future.result()
             else:
-                yield from _shared(futures, tasks, here)
+                yield from _shared(futures, tasks, here, tell)
         finally:
             for future in futures:  # stopped early: what no worker has started, never runs
                 future.cancel()
 
 
+def _nobody(_: int) -> None:
+    pass
+
+
+def _tell_success(tell: Callable[[int], None], position: int, future: Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        tell(position)
+
+
 def _shared(
-    futures: Sequence[Future[R]], tasks: Sequence[tuple[Any, ...]], here: Callable[..., R]
+    futures: Sequence[Future[R]],
+    tasks: Sequence[tuple[Any, ...]],
+    here: Callable[..., R],
+    tell: Callable[[int], None],
 ) -> Iterator[R]:
     """Results in order, this process taking queued tasks from the back (a future it can
     cancel is one no worker has started; the pool marks a few queued ones started early)
@@ -58,7 +80,9 @@ def _shared(
     at, last = 0, len(tasks)
     while last > at and futures[last - 1].cancel():
         last -= 1
-        done_here[last] = _outcome(here, tasks[last])
+        done_here[last] = outcome = _outcome(here, tasks[last])
+        if not isinstance(outcome, _Raise):
+            tell(last)
         while at < last and futures[at].done():
             yield futures[at].result()
             at += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -134,7 +135,8 @@ def verify_log(
             _check_root(checkpoint, merkle.EMPTY_ROOT, trusted=id(checkpoint) in kept_ids)
         else:
             by_size.setdefault(checkpoint.size, []).append(checkpoint)
-    for segment in _segments(reader, tile_checker, open_reader, jobs, plan):
+    verified = _Verified(progress, size)
+    for segment in _segments(reader, tile_checker, open_reader, jobs, plan, verified.add):
         before = top.compact_range  # the tree [0, segment.start), in perfect subtrees
         if segment.end - segment.start == width:  # a full segment: its root, one level up
             top.append(segment.compact[0])
@@ -144,8 +146,6 @@ def verify_log(
             root = merkle.TreeBuilder.from_compact_range(cut, hashes).root()
             for checkpoint in by_size[cut]:
                 _check_root(checkpoint, root, trusted=id(checkpoint) in kept_ids)
-        if progress is not None:
-            progress(segment.end, size)
     tile_checker.check_edge(size)
     latest = checkpoints[-1] if checkpoints else None
     return VerifyReport(size, len(checkpoints), latest, len(kept))
@@ -167,12 +167,30 @@ def _plan(size: int, width: int, sizes: list[int]) -> Iterator[tuple[int, int, l
         yield start, end, cuts
 
 
+class _Verified:
+    """Entries verified so far for `progress`, counted as segments finish: in parallel they
+    finish out of order (this process works from the back), before they are combined."""
+
+    def __init__(self, progress: Progress | None, size: int) -> None:
+        self._progress, self._size = progress, size
+        self._count = 0
+        self._lock = threading.Lock()  # workers' results are told from the pool's thread
+
+    def add(self, entries: int) -> None:
+        if self._progress is None:
+            return
+        with self._lock:  # in order of the count: a bar never steps back
+            self._count += entries
+            self._progress(self._count, self._size)
+
+
 def _segments(
     reader: LogReader,
     checker: _TileChecker,
     open_reader: OpenReader | None,
     jobs: int,
     plan: Iterator[tuple[int, int, list[int]]],
+    verified: Callable[[int], None],
 ) -> Iterator[_Segment]:
     if jobs > 1 and open_reader is not None:
         # Worker processes re-open a local log, whose size is that of the entries it holds.
@@ -188,11 +206,14 @@ def _segments(
                 ends,
                 cuts,
                 here=functools.partial(_verify_segment, reader, checker),
+                done=lambda position: verified(ends[position] - starts[position]),
             )
             return
         plan = iter(segments)
     for start, end, at in plan:
-        yield _verify_segment(reader, checker, start, end, at)
+        segment = _verify_segment(reader, checker, start, end, at)
+        verified(end - start)
+        yield segment
 
 
 _WORKER: tuple[LogReader, _TileChecker] | None = None  # one per worker process
