@@ -24,7 +24,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -111,6 +111,30 @@ class Finding:
             "search": dict(self.search),
             "summary": self.summary,
         }
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> Finding:
+        """A Finding as `to_json` wrote it (the server's GET /v1/findings): `observed` and
+        `expected` rounded as the JSON has them, the rest exactly."""
+        return cls(
+            kind=item["kind"],
+            severity=item["severity"],
+            responsible=item["responsible"],
+            destination=item["destination"],
+            start_ns=int(item["window"]["start_ns"]),
+            end_ns=int(item["window"]["end_ns"]),
+            observed=item["observed"],
+            expected=item["expected"],
+            unit=item["unit"],
+            count=item["count"],
+            event_ids=tuple(item["event_ids"]),
+            indices=tuple(item["indices"]),
+            summary=item["summary"],
+            source=item["source"],
+            details=tuple(item["details"].items()),
+            evidence=tuple(item["evidence_indices"]),
+            search=tuple(item["search"].items()),
+        )
 
 
 @dataclass(slots=True)

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         with api_client(args) as client:
             body = api_get(client, "/v1/findings", window_params(since, until))
         shown: list[dict[str, Any]] = body["findings"]
-        findings = [from_json(item) for item in shown]
+        findings = [Finding.from_json(item) for item in shown]
         events: int = body["events"]
     else:
         with local_ledger(args.data) as ledger:
@@ -93,30 +93,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     Console().print(table(findings, events))
     return 0
-
-
-def from_json(item: dict[str, Any]) -> Finding:
-    """A Finding as `Finding.to_json` wrote it (the server's GET /v1/findings): what the
-    table shows is kept exactly; `observed` and `expected` are rounded as the JSON has them."""
-    return Finding(
-        kind=item["kind"],
-        severity=item["severity"],
-        responsible=item["responsible"],
-        destination=item["destination"],
-        start_ns=int(item["window"]["start_ns"]),
-        end_ns=int(item["window"]["end_ns"]),
-        observed=item["observed"],
-        expected=item["expected"],
-        unit=item["unit"],
-        count=item["count"],
-        event_ids=tuple(item["event_ids"]),
-        indices=tuple(item["indices"]),
-        summary=item["summary"],
-        source=item["source"],
-        details=tuple(item["details"].items()),
-        evidence=tuple(item["evidence_indices"]),
-        search=tuple(item["search"].items()),
-    )
 
 
 def table(findings: list[Finding], events: int) -> Table:

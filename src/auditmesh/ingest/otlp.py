@@ -239,7 +239,7 @@ class Mapped:
         for position in positions:
             event = self.events[position]
             labels = event.labels
-            if RELAYED_REPORTER_LABEL in labels or RELAYED_ATTESTED_LABEL in labels:
+            if not _CLAIM_LABELS.isdisjoint(labels):
                 kept = {k: v for k, v in labels.items() if k not in _CLAIM_LABELS}
                 older[position] = entry_of(msgspec.structs.replace(event, labels=kept))
         return older

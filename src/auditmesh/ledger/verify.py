@@ -90,8 +90,7 @@ def verify_log(
 ) -> VerifyReport:
     """Verify everything; with `jobs` > 1 and `open_reader`, segments run in that many
     processes (this one and workers that each open the log with `open_reader`) and are
-    combined in order, so
-    the first divergence reported is the same as with one process.
+    combined in order, so the first divergence reported is the same as with one process.
 
     `trusted`: checkpoint notes the auditor kept from before (``log checkpoint``, a bundle),
     signed by the same key. The log must still hold each one's entries with the same root,

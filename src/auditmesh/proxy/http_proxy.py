@@ -447,12 +447,10 @@ class HttpProxy:
         authenticated with (or its CA) expires is cut then, as a relay is (`relay_expiry`):
         the request timeout `timer` fires early. A timer of its own only when that comes
         before the request timeout's end `ends_ns` (Unix ns), which is rare."""
-        caller = x.tls
+        caller = x.tls  # upstream.until_ns holds the server's SVID and this sidecar's own
         until_ns = (
             upstream.until_ns if caller is None else min(caller.valid_until_ns, upstream.until_ns)
         )
-        if upstream.tls is not None:
-            until_ns = min(until_ns, upstream.tls.valid_until_ns)
         if until_ns >= ends_ns:
             return None
         if until_ns <= self._now_ns():

@@ -43,24 +43,17 @@ def check_indexes(
 
 
 def _segments(data_dir: Path, bounds: list[tuple[int, int]], jobs: int) -> Iterator[int]:
-    if jobs <= 1 or len(bounds) < 2:
-        store = SQLiteStore(data_dir, create=False)
-        try:
-            for start, end in bounds:
-                yield check_index_rows(store.indexed_rows(start, end))
-        finally:
-            store.close()
-        return
-    starts, ends = zip(*bounds, strict=True)
+    """Rows checked per segment, in order: all here with one job (or one segment), else
+    here and in spawned workers (`map_in_workers`)."""
     store = SQLiteStore(data_dir, create=False)
     try:
         yield from map_in_workers(
-            jobs,
+            jobs if len(bounds) >= 2 else 1,
             _open_in_worker,
             data_dir,
             _segment_in_worker,
-            starts,
-            ends,
+            [start for start, _ in bounds],
+            [end for _, end in bounds],
             here=lambda start, end: check_index_rows(store.indexed_rows(start, end)),
         )
     finally:
