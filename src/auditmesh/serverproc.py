@@ -73,6 +73,7 @@ class ServerProcess:
         self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+        self._logged_from = 0  # where this run's output starts in the log
 
     @property
     def auth(self) -> dict[str, str]:
@@ -91,7 +92,8 @@ class ServerProcess:
         command = [sys.executable, "-m", "auditmesh", "server", "--data", str(self.data_dir)]
         command += ["--listen", f"127.0.0.1:{self.port}", *self.extra]
         with open(self.log_path, "ab") as log:
-            logged_from = log.tell()  # the log is appended to: earlier runs' output is not ours
+            # the log is appended to: earlier runs' output is not this run's
+            self._logged_from = logged_from = log.tell()
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -141,7 +143,7 @@ class ServerProcess:
             self.kill()
             raise RuntimeError(
                 f"server (pid {pid}) did not stop within {timeout_s} s of SIGTERM, so it was "
-                f"killed; {self._output(0)}"
+                f"killed; {self._output(self._logged_from)}"
             ) from None
         self.proc = None
         return code
